@@ -1,0 +1,179 @@
+//! `rulechain dry-run --input FILE`: feeds recorded messages through the chains on a virtual
+//! clock, with no side effects, and prints what would happen as JSON lines (the contract of
+//! RULES.md), ending with a `summary` line.
+
+use std::io::{BufRead, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::diag::Diagnostics;
+use crate::engine::effect::{Effect, EffectSink, Summary};
+use crate::replay::Replay;
+use crate::rules::{self, model::InputLine};
+
+/// `dry-run` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// JSON lines to feed (`-` reads stdin).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The rules directory (default: the config's, else `./rules`).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// The devices file (default: the config's).
+    #[arg(long)]
+    pub devices: Option<PathBuf>,
+    /// The engine config (topic patterns, channels).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Also print a `node` event for every node a message reaches.
+    #[arg(long)]
+    pub trace: bool,
+    /// How long timers still run after the last input (default: until none is pending, at most 1 day).
+    #[arg(long)]
+    pub drain: Option<String>,
+}
+
+/// Longest input line read; longer lines are reported as `bad-input` (memory stays bounded).
+const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+struct JsonLines<W: Write> {
+    w: W,
+    trace: bool,
+    summary: Summary,
+    broken: bool,
+}
+
+impl<W: Write> JsonLines<W> {
+    fn line(&mut self, v: &impl serde::Serialize) {
+        if self.broken {
+            return;
+        }
+        let r = serde_json::to_writer(&mut self.w, v).map_err(std::io::Error::from).and_then(|_| self.w.write_all(b"\n"));
+        if r.is_err() {
+            // A closed pipe (`| head`) is a normal end: stop writing.
+            self.broken = true;
+        }
+    }
+}
+
+impl<W: Write> EffectSink for JsonLines<W> {
+    fn emit(&mut self, e: Effect) {
+        self.summary.count(&e.event);
+        self.line(&e);
+    }
+    fn wants_trace(&self) -> bool {
+        self.trace
+    }
+}
+
+/// Runs `dry-run`.
+pub fn run(a: Args) -> i32 {
+    let mut diags = Diagnostics::new();
+    let cfg = super::load_config(a.config.as_deref(), &mut diags);
+    let rules_dir = super::rules_dir(a.rules.clone(), a.config.as_deref(), cfg.as_ref());
+    let devices_path = a
+        .devices
+        .clone()
+        .or_else(|| cfg.as_ref().and_then(|c| c.devices.as_ref()).map(|d| super::config_relative(a.config.as_deref(), d)));
+    let drain = match a.drain.as_deref().map(rules::duration::parse) {
+        Some(Err(e)) => {
+            eprintln!("error: --drain: {e}");
+            return super::EXIT_USAGE;
+        }
+        Some(Ok(d)) => Some(d),
+        None => None,
+    };
+    let files = rules::yaml_files(std::slice::from_ref(&rules_dir), &mut diags);
+    let ruleset = rules::load_chains(&files, cfg.as_ref(), &mut diags);
+    let devices = match &devices_path {
+        Some(p) => rules::load_devices(p, &mut diags).unwrap_or_default(),
+        None => Default::default(),
+    };
+    if !diags.is_empty() {
+        eprint!("{}", diags.render_text());
+    }
+    if diags.has_errors() {
+        eprintln!("dry-run: the rules have errors; nothing was run");
+        return super::EXIT_FINDINGS;
+    }
+    let input: Box<dyn BufRead> = if a.input.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(&a.input) {
+            Ok(f) => Box::new(std::io::BufReader::with_capacity(1 << 16, f)),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", a.input.display());
+                return super::EXIT_USAGE;
+            }
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = JsonLines { w: BufWriter::with_capacity(1 << 16, stdout.lock()), trace: a.trace, summary: Summary::default(), broken: false };
+    let mut replay = Replay::new(Arc::new(ruleset), devices, super::patterns(cfg.as_ref()), super::wall_ms());
+    let bad = feed_lines(input, &mut replay, &mut out);
+    replay.drain(drain, &mut out);
+    out.summary.messages = replay.messages;
+    let s = &out.summary;
+    let summary = json!({
+        "event": "summary", "messages": s.messages, "alarms": s.alarms, "rpcs": s.rpcs,
+        "influx_points": s.influx_points, "websocket": s.websocket, "notifications": s.notifications,
+        "publishes": s.publishes, "errors": s.errors, "dropped": s.dropped, "bad_input": bad,
+    });
+    out.line(&summary);
+    let _ = out.w.flush();
+    if bad > 0 {
+        eprintln!("dry-run: {bad} input line{} could not be read (see the `bad-input` events)", if bad == 1 { "" } else { "s" });
+        return super::EXIT_FINDINGS;
+    }
+    super::EXIT_OK
+}
+
+/// Feeds every line; returns how many could not be read.
+fn feed_lines(mut input: Box<dyn BufRead>, replay: &mut Replay, out: &mut JsonLines<impl Write>) -> u64 {
+    let mut bad = 0;
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        let read = (&mut input).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf);
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: reading the input: {e}");
+                bad += 1;
+                break;
+            }
+        }
+        n += 1;
+        let too_long = buf.len() > MAX_LINE_BYTES && !buf.ends_with(b"\n");
+        if too_long {
+            // Skip the rest of the line.
+            let mut sink = Vec::new();
+            let _ = (&mut input).take(u64::MAX).read_until(b'\n', &mut sink);
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let parsed = if too_long {
+            Err(format!("the line is longer than {MAX_LINE_BYTES} bytes"))
+        } else {
+            serde_json::from_str::<InputLine>(trimmed).map_err(|e| e.to_string()).and_then(|l| replay.message(l))
+        };
+        match parsed {
+            Ok(m) => replay.feed(m, out),
+            Err(e) => {
+                bad += 1;
+                let ts = replay.executor().now();
+                out.summary.dropped += 1;
+                out.line(&json!({"event": "dropped", "ts": ts.max(0), "reason": "bad-input", "line": n, "detail": e}));
+            }
+        }
+    }
+    bad
+}

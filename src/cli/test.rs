@@ -1,0 +1,208 @@
+//! `rulechain test [PATHS]`: runs `*.test.yaml` files. Each case feeds its inputs through the
+//! chains under test on a virtual clock starting at 0 and compares the events with `expect`:
+//! for every event kind an expectation names, the actual events of that kind must match the
+//! expectations one for one, in order (an expectation lists only the fields it checks; `at: 30s`
+//! checks `ts`). Prints a line per case and `N passed, N failed`; exit 1 on any failure.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::diag::Diagnostics;
+use crate::engine::effect::Recorder;
+use crate::replay::Replay;
+use crate::rules::model::{TestCase, TestFile};
+use crate::rules::{self, duration};
+
+/// Runs `test`.
+pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
+    let mut diags = Diagnostics::new();
+    let cfg = super::load_config(config.as_deref(), &mut diags);
+    let paths = if paths.is_empty() { vec![super::rules_dir(None, config.as_deref(), cfg.as_ref())] } else { paths };
+    let files: Vec<PathBuf> = rules::yaml_files(&paths, &mut diags).into_iter().filter(|p| rules::is_test_file(p)).collect();
+    if diags.has_errors() {
+        eprint!("{}", diags.render_text());
+        return super::EXIT_FINDINGS;
+    }
+    if files.is_empty() {
+        eprintln!("no *.test.yaml files under {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        println!("0 passed, 0 failed");
+        return super::EXIT_FINDINGS;
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for f in &files {
+        let mut d = Diagnostics::new();
+        let Some((src, t)) = rules::load_test_file(f, &mut d) else {
+            eprint!("{}", d.render_text());
+            println!("FAIL {}: the test file cannot be loaded", f.display());
+            failed += 1;
+            continue;
+        };
+        let chain_files = chains_under_test(f, &t);
+        let ruleset = Arc::new(rules::load_chains(&chain_files, cfg.as_ref(), &mut d));
+        let devices = rules::devices_registry(&src, &t.devices, &mut d).unwrap_or_default();
+        if d.has_errors() {
+            eprint!("{}", d.render_text());
+            println!("FAIL {}: the chains under test have errors", f.display());
+            failed += t.cases.len().max(1);
+            continue;
+        }
+        for case in &t.cases {
+            let replay = Replay::new(ruleset.clone(), devices.clone(), super::patterns(cfg.as_ref()), 0);
+            match run_case(replay, case) {
+                Ok(()) => {
+                    passed += 1;
+                    println!("ok   {}: {}", f.display(), case.name.value);
+                }
+                Err(why) => {
+                    failed += 1;
+                    println!("FAIL {}:{}: {}", f.display(), case.name.pos.line, case.name.value);
+                    for l in why.lines() {
+                        println!("     {l}");
+                    }
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        super::EXIT_FINDINGS
+    } else {
+        super::EXIT_OK
+    }
+}
+
+/// The chain files a test file tests: `chains:`, else `<stem>.yaml` beside it, else every chain
+/// file in its directory.
+fn chains_under_test(test: &Path, t: &TestFile) -> Vec<PathBuf> {
+    let dir = test.parent().unwrap_or(Path::new("."));
+    if let Some(list) = &t.chains {
+        return list.iter().map(|c| dir.join(c.as_str())).collect();
+    }
+    let name = test.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = name.trim_end_matches(".test.yaml").trim_end_matches(".test.yml");
+    for ext in ["yaml", "yml"] {
+        let p = dir.join(format!("{stem}.{ext}"));
+        if p.exists() {
+            return vec![p];
+        }
+    }
+    let mut d = Diagnostics::new();
+    rules::yaml_files(&[dir.to_path_buf()], &mut d).into_iter().filter(|p| !rules::is_test_file(p)).collect()
+}
+
+fn run_case(mut replay: Replay, case: &TestCase) -> Result<(), String> {
+    let mut rec = Recorder::default();
+    for (i, line) in case.input.iter().enumerate() {
+        let m = replay.message(line.value.clone()).map_err(|e| format!("input {} (line {}): {e}", i + 1, line.pos.line))?;
+        replay.feed(m, &mut rec);
+    }
+    let drain = match &case.drain {
+        Some(d) => Some(duration::parse(d)?),
+        None => None,
+    };
+    replay.drain(drain, &mut rec);
+    let actual: Vec<Value> = rec.effects.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+    compare(&case.expect.iter().map(|e| e.value.clone()).collect::<Vec<_>>(), &actual)
+}
+
+/// Compares expectations with actual events (see the module docs).
+pub fn compare(expect: &[BTreeMap<String, Value>], actual: &[Value]) -> Result<(), String> {
+    let kinds: Vec<&str> = expect.iter().filter_map(|e| e.get("event").and_then(Value::as_str)).collect();
+    if kinds.len() != expect.len() {
+        return Err("every expected event needs `event:`".into());
+    }
+    let relevant: Vec<&Value> = actual.iter().filter(|a| a["event"].as_str().is_some_and(|k| kinds.contains(&k))).collect();
+    for (i, e) in expect.iter().enumerate() {
+        let Some(a) = relevant.get(i) else {
+            return Err(format!(
+                "expected event {} {}, but only {} event{} of the expected kinds happened{}",
+                i + 1,
+                show(e),
+                relevant.len(),
+                if relevant.len() == 1 { "" } else { "s" },
+                listing(&relevant)
+            ));
+        };
+        if let Some(field) = mismatch(e, a)? {
+            return Err(format!("event {}: expected {}\n  got {a}\n  (`{field}` differs){}", i + 1, show(e), listing(&relevant)));
+        }
+    }
+    if relevant.len() > expect.len() {
+        return Err(format!(
+            "{} more event{} than expected, from {}{}",
+            relevant.len() - expect.len(),
+            if relevant.len() - expect.len() == 1 { "" } else { "s" },
+            relevant[expect.len()],
+            listing(&relevant)
+        ));
+    }
+    Ok(())
+}
+
+fn show(e: &BTreeMap<String, Value>) -> String {
+    serde_json::to_string(e).unwrap_or_default()
+}
+
+fn listing(events: &[&Value]) -> String {
+    let mut s = String::from("\n  events of the expected kinds:");
+    for e in events {
+        s.push_str(&format!("\n    {e}"));
+    }
+    s
+}
+
+/// The first expected field that differs, if any.
+fn mismatch(e: &BTreeMap<String, Value>, a: &Value) -> Result<Option<String>, String> {
+    for (k, v) in e {
+        let ok = if k == "at" {
+            let at = v.as_str().ok_or("`at` is a duration like `30s`")?;
+            Some(duration::parse(at)?) == a["ts"].as_i64()
+        } else {
+            same(v, &a[k.as_str()])
+        };
+        if !ok {
+            return Ok(Some(k.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// JSON equality where 55 equals 55.0 and expected maps match as subsets.
+fn same(e: &Value, a: &Value) -> bool {
+    match (e, a) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Object(x), Value::Object(y)) => x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w)),
+        _ => e == a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn exp(v: Value) -> BTreeMap<String, Value> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn one_for_one_per_named_kind() {
+        let actual = vec![
+            json!({"event": "alarm", "transition": "created", "ts": 30000}),
+            json!({"event": "notify", "channel": "x"}),
+            json!({"event": "alarm", "transition": "cleared", "ts": 60000}),
+        ];
+        let ok = [exp(json!({"event": "alarm", "transition": "created", "at": "30s"})), exp(json!({"event": "alarm", "transition": "cleared"}))];
+        assert!(compare(&ok, &actual).is_ok());
+        let missing = [exp(json!({"event": "alarm", "transition": "created"}))];
+        assert!(compare(&missing, &actual).unwrap_err().contains("1 more event"));
+        let wrong = [exp(json!({"event": "alarm", "transition": "cleared"})), exp(json!({"event": "alarm"}))];
+        assert!(compare(&wrong, &actual).unwrap_err().contains("`transition` differs"));
+        let numbers = [exp(json!({"event": "alarm", "ts": 30000.0})), exp(json!({"event": "alarm"}))];
+        assert!(compare(&numbers, &actual).is_ok());
+    }
+}

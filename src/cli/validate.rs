@@ -1,0 +1,112 @@
+//! `rulechain validate [--config F] [PATHS]`: checks config, chains, devices and test files and
+//! prints every problem (`path:line:col: error: …` with a snippet, or `--format json`).
+
+use std::path::{Path, PathBuf};
+
+use crate::diag::Diagnostics;
+use crate::rules::compile::{self, ChainDoc, CompileOptions};
+use crate::rules::{self, classify, read_yaml, FileKind};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `path:line:col: error: …` with snippets.
+    Text,
+    /// One JSON array of diagnostics.
+    Json,
+}
+
+/// Runs `validate`.
+pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 {
+    let mut diags = Diagnostics::new();
+    let cfg = super::load_config(config.as_deref(), &mut diags);
+    let mut paths = paths;
+    if paths.is_empty() {
+        paths.push(super::rules_dir(None, config.as_deref(), cfg.as_ref()));
+        if let Some(d) = cfg.as_ref().and_then(|c| c.devices.as_ref()) {
+            paths.push(super::config_relative(config.as_deref(), d));
+        }
+    }
+    let files = rules::yaml_files(&paths, &mut diags);
+    let mut docs = Vec::new();
+    let mut checked = 0;
+    for f in &files {
+        let Some((src, root)) = read_yaml(f, &mut diags) else { continue };
+        checked += 1;
+        match classify(&root) {
+            Some(FileKind::Chain) => docs.push(ChainDoc { src, root }),
+            Some(FileKind::Test) => check_test_file(f, &mut diags),
+            Some(FileKind::Devices) => {
+                rules::load_devices(f, &mut diags);
+            }
+            Some(FileKind::Config) => {
+                rules::check_config(&src, &root, &mut diags);
+            }
+            None => {
+                diags
+                    .error(&src, root.pos, "not a rulechain file: expected a top-level `chain:`, `cases:` or `devices:` key (or a config)")
+                    .hint("chains start with `chain: NAME`, tests with `cases:`, device registries with `devices:`");
+            }
+        }
+    }
+    // With a broken config, channel names cannot be checked; the config's own errors are shown.
+    compile::compile(&docs, &CompileOptions { config: cfg.as_ref() }, &mut diags);
+    match format {
+        Format::Json => println!("{}", diags.render_json()),
+        Format::Text => {
+            print!("{}", diags.render_text());
+            let (e, w) = (diags.error_count(), diags.warning_count());
+            println!(
+                "{checked} file{} checked: {e} error{}, {w} warning{}",
+                if checked == 1 { "" } else { "s" },
+                if e == 1 { "" } else { "s" },
+                if w == 1 { "" } else { "s" }
+            );
+        }
+    }
+    if files.is_empty() && !diags.has_errors() {
+        eprintln!("no YAML files found under {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        return super::EXIT_FINDINGS;
+    }
+    if diags.has_errors() {
+        super::EXIT_FINDINGS
+    } else {
+        super::EXIT_OK
+    }
+}
+
+/// Checks a test file's structure and that the chains it names exist.
+pub fn check_test_file(path: &Path, diags: &mut Diagnostics) {
+    let Some((src, t)) = rules::load_test_file(path, diags) else { return };
+    for c in t.chains.iter().flatten() {
+        let p = path.parent().unwrap_or(Path::new(".")).join(c.as_str());
+        if !p.exists() {
+            diags.error(&src, c.pos, format!("chain file `{}` not found (relative to this test file)", c.value));
+        }
+    }
+    rules::devices_registry(&src, &t.devices, diags);
+    for case in &t.cases {
+        for e in &case.expect {
+            if !e.value.contains_key("event") {
+                diags
+                    .error(&src, e.pos, "an expected event needs `event:`")
+                    .hint("e.g. `{event: alarm, transition: created}`");
+            }
+        }
+        for i in &case.input {
+            if i.value.device.is_none() && i.value.topic.is_none() {
+                diags.error(&src, i.pos, "an input needs `device` or `topic`");
+            }
+            if let Some(a) = &i.value.at {
+                if let Err(e) = rules::duration::parse(a) {
+                    diags.error(&src, i.pos, format!("`at`: {e}"));
+                }
+            }
+        }
+        if let Some(d) = &case.drain {
+            if let Err(e) = rules::duration::parse(d) {
+                diags.error(&src, d.pos, e);
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Alarms: one per (device, type) for the whole engine, with ThingsBoard's four statuses.
+//!
+//! A raise creates the alarm (ACTIVE_UNACK) or updates the active one; a clear ends it. Only
+//! transitions are reported, so a `notify` after an `alarm` node fires once per transition, not
+//! once per reading.
+
+use std::collections::HashMap;
+
+use rhai::{Dynamic, Map};
+
+/// Alarm severities, most severe first.
+pub const SEVERITIES: [&str; 5] = ["CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE"];
+
+/// The canonical `&'static str` of a severity name, if it is one.
+pub fn severity(name: &str) -> Option<&'static str> {
+    SEVERITIES.iter().copied().find(|s| *s == name)
+}
+
+/// An alarm's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Active, not acknowledged.
+    ActiveUnack,
+    /// Active, acknowledged.
+    ActiveAck,
+    /// Cleared, not acknowledged.
+    ClearedUnack,
+    /// Cleared and acknowledged.
+    ClearedAck,
+}
+
+impl Status {
+    /// ThingsBoard's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::ActiveUnack => "ACTIVE_UNACK",
+            Status::ActiveAck => "ACTIVE_ACK",
+            Status::ClearedUnack => "CLEARED_UNACK",
+            Status::ClearedAck => "CLEARED_ACK",
+        }
+    }
+
+    /// Still active.
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::ActiveUnack | Status::ActiveAck)
+    }
+}
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A new alarm.
+    Created,
+    /// The active alarm's severity changed (up or down).
+    SeverityChanged,
+    /// Acknowledged by an operator (live only).
+    Acknowledged,
+    /// Cleared.
+    Cleared,
+}
+
+impl Transition {
+    /// The name in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Created => "created",
+            Transition::SeverityChanged => "severity_changed",
+            Transition::Acknowledged => "acknowledged",
+            Transition::Cleared => "cleared",
+        }
+    }
+}
+
+/// One alarm.
+#[derive(Debug, Clone)]
+pub struct Alarm {
+    /// Stable id: `{type}:{device}:{start_ts}`.
+    pub id: String,
+    /// The device.
+    pub device: String,
+    /// The type.
+    pub type_: String,
+    /// The current severity.
+    pub severity: &'static str,
+    /// The status.
+    pub status: Status,
+    /// The latest text.
+    pub message: String,
+    /// The latest details.
+    pub details: Map,
+    /// When it was created (ms).
+    pub start_ts: i64,
+    /// When it was last raised (ms).
+    pub last_ts: i64,
+    /// When it was cleared (ms).
+    pub end_ts: Option<i64>,
+    /// How many raises it has seen.
+    pub count: u64,
+}
+
+impl Alarm {
+    /// The alarm as a Rhai map, as `msg.alarm` holds it.
+    pub fn to_map(&self, transition: Transition) -> Map {
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("device".into(), self.device.clone().into());
+        m.insert("type".into(), self.type_.clone().into());
+        m.insert("severity".into(), self.severity.into());
+        m.insert("status".into(), self.status.as_str().into());
+        m.insert("transition".into(), transition.as_str().into());
+        m.insert("message".into(), self.message.clone().into());
+        m.insert("details".into(), Dynamic::from_map(self.details.clone()));
+        m.insert("start_ts".into(), self.start_ts.into());
+        m.insert("last_ts".into(), self.last_ts.into());
+        m.insert("end_ts".into(), self.end_ts.map_or(Dynamic::UNIT, Dynamic::from));
+        m.insert("count".into(), (self.count as i64).into());
+        m
+    }
+}
+
+/// Every alarm the engine knows, by (device, type).
+#[derive(Debug, Default)]
+pub struct AlarmStore {
+    alarms: HashMap<(String, String), Alarm>,
+}
+
+impl AlarmStore {
+    /// Raises the alarm; returns the transition, if any.
+    pub fn raise(
+        &mut self,
+        device: &str,
+        type_: &str,
+        severity: &'static str,
+        message: String,
+        details: Map,
+        now: i64,
+    ) -> Option<(Transition, &Alarm)> {
+        let key = (device.to_string(), type_.to_string());
+        let transition = match self.alarms.get_mut(&key) {
+            Some(a) if a.status.is_active() => {
+                a.count += 1;
+                a.last_ts = now;
+                a.message = message;
+                a.details = details;
+                if a.severity == severity {
+                    None
+                } else {
+                    a.severity = severity;
+                    Some(Transition::SeverityChanged)
+                }
+            }
+            _ => {
+                self.alarms.insert(
+                    key.clone(),
+                    Alarm {
+                        id: format!("{type_}:{device}:{now}"),
+                        device: device.to_string(),
+                        type_: type_.to_string(),
+                        severity,
+                        status: Status::ActiveUnack,
+                        message,
+                        details,
+                        start_ts: now,
+                        last_ts: now,
+                        end_ts: None,
+                        count: 1,
+                    },
+                );
+                Some(Transition::Created)
+            }
+        };
+        transition.map(|t| (t, &self.alarms[&key]))
+    }
+
+    /// Clears the active alarm; returns it if there was one.
+    pub fn clear(&mut self, device: &str, type_: &str, now: i64) -> Option<&Alarm> {
+        let a = self.alarms.get_mut(&(device.to_string(), type_.to_string()))?;
+        if !a.status.is_active() {
+            return None;
+        }
+        a.status = match a.status {
+            Status::ActiveAck => Status::ClearedAck,
+            _ => Status::ClearedUnack,
+        };
+        a.end_ts = Some(now);
+        Some(a)
+    }
+
+    /// The alarm of (device, type), active or not.
+    pub fn get(&self, device: &str, type_: &str) -> Option<&Alarm> {
+        self.alarms.get(&(device.to_string(), type_.to_string()))
+    }
+
+    /// Every alarm.
+    pub fn iter(&self) -> impl Iterator<Item = &Alarm> {
+        self.alarms.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_fires_once_and_clears_once() {
+        let mut s = AlarmStore::default();
+        let t = s.raise("p", "Hot", "WARNING", "m".into(), Map::new(), 1).map(|x| x.0);
+        assert_eq!(t, Some(Transition::Created));
+        assert!(s.raise("p", "Hot", "WARNING", "m".into(), Map::new(), 2).is_none());
+        let t = s.raise("p", "Hot", "CRITICAL", "m".into(), Map::new(), 3).map(|x| x.0);
+        assert_eq!(t, Some(Transition::SeverityChanged));
+        assert_eq!(s.get("p", "Hot").unwrap().count, 3);
+        assert_eq!(s.clear("p", "Hot", 4).unwrap().status, Status::ClearedUnack);
+        assert!(s.clear("p", "Hot", 5).is_none(), "a cleared alarm clears once");
+        let t = s.raise("p", "Hot", "WARNING", "m".into(), Map::new(), 6).map(|x| x.0);
+        assert_eq!(t, Some(Transition::Created), "a raise after a clear is a new alarm");
+        assert_eq!(s.get("p", "Hot").unwrap().id, "Hot:p:6");
+    }
+}

@@ -1,0 +1,221 @@
+//! What the core emits: [`Effect`]s, one per thing that happens (an alarm transition, an RPC
+//! command, an InfluxDB point…), in the order they happen. The live engine routes them to real
+//! sinks; `dry-run` and `test` record them. The JSON form is the `dry-run` output contract.
+
+use std::sync::Arc;
+
+use rhai::Dynamic;
+use serde::Serialize;
+
+/// One thing that happened, at a clock time, in a chain's node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Effect {
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+    /// The clock time (ms since the epoch): a message's processing time, or a timer's due time.
+    pub ts: i64,
+    /// The chain.
+    pub chain: Arc<str>,
+    /// The node id.
+    pub node: Arc<str>,
+}
+
+/// The kinds of effects (`"event"` in JSON).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// An alarm transition.
+    Alarm {
+        /// The device.
+        device: Arc<str>,
+        /// The alarm type.
+        #[serde(rename = "type")]
+        type_: String,
+        /// The severity after the transition.
+        severity: &'static str,
+        /// `created`, `severity_changed`, `acknowledged` or `cleared`.
+        transition: &'static str,
+        /// The status after the transition (ACTIVE_UNACK, …).
+        status: &'static str,
+        /// The alarm text.
+        message: String,
+        /// The alarm id.
+        id: String,
+    },
+    /// A notification to a channel.
+    Notify {
+        /// The channel name.
+        channel: String,
+        /// The device.
+        device: Arc<str>,
+        /// The rendered subject.
+        subject: String,
+        /// The rendered body.
+        body: String,
+    },
+    /// An RPC command to a device.
+    Rpc {
+        /// The device.
+        device: Arc<str>,
+        /// The command topic.
+        topic: String,
+        /// The request id (matches the reply).
+        id: String,
+        /// The method.
+        method: String,
+        /// The parameters.
+        params: Dynamic,
+        /// MQTT QoS.
+        qos: u8,
+    },
+    /// A point for InfluxDB, as one line of line protocol.
+    Influx {
+        /// The device.
+        device: Arc<str>,
+        /// The line.
+        line: String,
+    },
+    /// A push to WebSocket clients.
+    Websocket {
+        /// The device.
+        device: Arc<str>,
+        /// The room.
+        room: String,
+        /// The message.
+        data: Dynamic,
+    },
+    /// A republish to MQTT.
+    Publish {
+        /// The device.
+        device: Arc<str>,
+        /// The topic.
+        topic: String,
+        /// The message.
+        payload: Dynamic,
+        /// MQTT QoS.
+        qos: u8,
+        /// Retained.
+        retain: bool,
+    },
+    /// A log event from a `log` node.
+    Log {
+        /// The device.
+        device: Arc<str>,
+        /// The level.
+        level: crate::rules::model::LogLevel,
+        /// The rendered text.
+        message: String,
+    },
+    /// A node failed on a message.
+    Error {
+        /// The device.
+        device: Arc<str>,
+        /// What went wrong.
+        error: String,
+    },
+    /// A message was dropped for a reason worth reporting (delay cancel/overflow, a non-finite
+    /// influx field, an unreadable input line).
+    Dropped {
+        /// The device.
+        device: Arc<str>,
+        /// `cancelled`, `overflow`, `non-finite`, `bad-input`.
+        reason: &'static str,
+        /// More about it (the field, the parse error).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// `--trace`: a message reached a node.
+    Node {
+        /// The device.
+        device: Arc<str>,
+        /// `pass`, `stop`, `else`, `held`, `suppressed`, `error`.
+        result: &'static str,
+    },
+}
+
+impl Event {
+    /// The `"event"` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Alarm { .. } => "alarm",
+            Event::Notify { .. } => "notify",
+            Event::Rpc { .. } => "rpc",
+            Event::Influx { .. } => "influx",
+            Event::Websocket { .. } => "websocket",
+            Event::Publish { .. } => "publish",
+            Event::Log { .. } => "log",
+            Event::Error { .. } => "error",
+            Event::Dropped { .. } => "dropped",
+            Event::Node { .. } => "node",
+        }
+    }
+}
+
+/// Where effects go.
+pub trait EffectSink {
+    /// Takes one effect.
+    fn emit(&mut self, effect: Effect);
+    /// Whether `node` trace events are wanted (they cost a little per node).
+    fn wants_trace(&self) -> bool {
+        false
+    }
+}
+
+/// A sink that keeps everything, in order (`dry-run`, `test`, unit tests).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// What was emitted.
+    pub effects: Vec<Effect>,
+    /// Whether to record trace events.
+    pub trace: bool,
+}
+
+impl EffectSink for Recorder {
+    fn emit(&mut self, effect: Effect) {
+        self.effects.push(effect);
+    }
+    fn wants_trace(&self) -> bool {
+        self.trace
+    }
+}
+
+/// Counts of effects by kind: the `summary` line of `dry-run`.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    /// Input messages accepted.
+    pub messages: u64,
+    /// Alarm events (all transitions).
+    pub alarms: u64,
+    /// RPC commands.
+    pub rpcs: u64,
+    /// InfluxDB points.
+    pub influx_points: u64,
+    /// WebSocket pushes.
+    pub websocket: u64,
+    /// Notifications.
+    pub notifications: u64,
+    /// Publishes.
+    pub publishes: u64,
+    /// Node errors.
+    pub errors: u64,
+    /// Dropped messages (reported ones).
+    pub dropped: u64,
+}
+
+impl Summary {
+    /// Counts one effect.
+    pub fn count(&mut self, e: &Event) {
+        match e {
+            Event::Alarm { .. } => self.alarms += 1,
+            Event::Rpc { .. } => self.rpcs += 1,
+            Event::Influx { .. } => self.influx_points += 1,
+            Event::Websocket { .. } => self.websocket += 1,
+            Event::Notify { .. } => self.notifications += 1,
+            Event::Publish { .. } => self.publishes += 1,
+            Event::Error { .. } => self.errors += 1,
+            Event::Dropped { .. } => self.dropped += 1,
+            Event::Log { .. } | Event::Node { .. } => {}
+        }
+    }
+}

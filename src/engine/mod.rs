@@ -1,0 +1,460 @@
+//! The executor: runs compiled chains on messages, owns per-node state, the alarm store, device
+//! attributes and the timer queue, and emits [`effect::Effect`]s.
+//!
+//! Architecture invariant: the executor does no I/O and never reads the wall clock. Time moves
+//! only when its harness calls [`Executor::advance_to`]: `dry-run` and `test` jump it to each
+//! input's timestamp (the virtual clock), `run` to the wall clock. Every timer due on the way
+//! fires first, in due order (ties: the order they were set), with its due time as the effect
+//! time. That is why a dry-run is exact and deterministic.
+
+pub mod alarm;
+pub mod effect;
+
+use std::any::Any;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use rhai::{Dynamic, Map};
+
+use crate::rules::compile::{Chain, RuleSet};
+use crate::rules::model::Kind;
+use crate::script::{Runtime, Vars};
+use alarm::AlarmStore;
+use effect::{Effect, EffectSink, Event};
+
+/// A message entering the engine.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The device id.
+    pub device: Arc<str>,
+    /// The kind (which topic it came from).
+    pub kind: Kind,
+    /// The source topic, if it came from one.
+    pub topic: Option<Arc<str>>,
+    /// `meta.ts`, ms since the epoch.
+    pub ts: i64,
+    /// Named captures of the topic pattern (`site`), into `meta`.
+    pub captures: Vec<(String, String)>,
+    /// The payload fields.
+    pub payload: Map,
+}
+
+/// A message on its way through a chain: Rhai's three maps plus what nodes read often.
+#[derive(Debug, Clone)]
+pub struct Packet {
+    /// `msg`, `attr`, `meta`.
+    pub vars: Vars,
+    /// `meta.device`.
+    pub device: Arc<str>,
+    /// `meta.topic`.
+    pub topic: Option<Arc<str>>,
+    /// `meta.ts`.
+    pub ts: i64,
+}
+
+impl Packet {
+    /// Reads a field of `msg`.
+    pub fn field(&self, name: &str) -> Option<Dynamic> {
+        self.vars.msg.read_lock::<Map>().and_then(|m| m.get(name).cloned())
+    }
+
+    /// Changes `msg` in place.
+    pub fn with_msg<R>(&mut self, f: impl FnOnce(&mut Map) -> R) -> R {
+        if !self.vars.msg.is_map() {
+            self.vars.msg = Dynamic::from_map(Map::new());
+        }
+        let mut guard = self.vars.msg.write_lock::<Map>().expect("msg is a map");
+        f(&mut guard)
+    }
+
+    /// Sets a field of `meta`.
+    pub fn set_meta(&mut self, name: &str, value: Dynamic) {
+        if let Some(mut m) = self.vars.meta.write_lock::<Map>() {
+            m.insert(name.into(), value);
+        }
+    }
+
+    /// `msg` as JSON-serializable data.
+    pub fn msg(&self) -> &Dynamic {
+        &self.vars.msg
+    }
+}
+
+/// What a node decided for a message.
+pub enum Flow {
+    /// Go on to the node's `next` (by default the next node in the list).
+    Pass(Packet),
+    /// Go on as `Pass`, with another trace result (an rpc suppressed by its cooldown passes on).
+    PassAs(&'static str, Packet),
+    /// A false filter: go to `else`, if any.
+    Else(Packet),
+    /// Go to this node (switch cases).
+    Route(Option<usize>, Packet),
+    /// The message stops here; the word is the trace result (`stop`, `held`, `suppressed`).
+    Stop(&'static str),
+    /// The node failed; the packet is the message as it entered the node.
+    Error(String, Packet),
+}
+
+/// One kind of node, compiled. Each file of `src/nodes/` implements it.
+pub trait NodeImpl: Send + Sync {
+    /// Runs the node on a message.
+    fn run(&self, cx: &mut Cx<'_>, p: Packet) -> Flow;
+
+    /// A timer this node set fell due. What it returns continues as [`NodeImpl::run`]'s would.
+    fn fire(&self, _cx: &mut Cx<'_>, _key: &str, _tag: u64) -> Option<Flow> {
+        None
+    }
+
+    /// A device replied to a command this node awaits (see [`Cx::await_reply`]).
+    fn reply(&self, _cx: &mut Cx<'_>, _id: &str, _reply: Packet) -> Option<Flow> {
+        None
+    }
+}
+
+/// Device registry entries: type and attributes (registry overlaid with reported ones).
+#[derive(Debug, Default, Clone)]
+pub struct Device {
+    /// The device type.
+    pub type_: Option<Arc<str>>,
+    /// The attributes.
+    pub attrs: Map,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    due: i64,
+    seq: u64,
+    chain: usize,
+    node: usize,
+    key: Arc<str>,
+    tag: u64,
+}
+
+/// Most pending timers at once; past it, new timers are refused and counted as node errors
+/// (no queue is unbounded).
+pub const MAX_TIMERS: usize = 1_000_000;
+
+/// What a node sees while it runs: the clock, its own state, timers, alarms, effects.
+pub struct Cx<'a> {
+    /// The clock time.
+    pub now: i64,
+    /// The Rhai runtime.
+    pub rt: &'a mut Runtime,
+    /// The alarm store.
+    pub alarms: &'a mut AlarmStore,
+    /// The chain's name.
+    pub chain: &'a Arc<str>,
+    /// The node's id.
+    pub node: &'a Arc<str>,
+    /// The whole rule set (config-derived data such as channel templates).
+    pub rules: &'a RuleSet,
+    state: &'a mut Option<Box<dyn Any + Send>>,
+    timers: &'a mut BinaryHeap<Reverse<Timer>>,
+    seq: &'a mut u64,
+    awaits: &'a mut HashMap<Arc<str>, (usize, usize)>,
+    chain_idx: usize,
+    node_idx: usize,
+    out: &'a mut dyn EffectSink,
+}
+
+impl Cx<'_> {
+    /// Emits an effect at the current time from this node.
+    pub fn emit(&mut self, event: Event) {
+        self.out.emit(Effect { event, ts: self.now, chain: self.chain.clone(), node: self.node.clone() });
+    }
+
+    /// This node's state, created on first use.
+    pub fn state<T: Default + Send + 'static>(&mut self) -> &mut T {
+        if !self.state.as_ref().is_some_and(|s| s.is::<T>()) {
+            *self.state = Some(Box::new(T::default()));
+        }
+        self.state.as_mut().and_then(|s| s.downcast_mut::<T>()).expect("state was just set to T")
+    }
+
+    /// Sets a timer for this node at `due` (not before now). Returns its sequence number, or
+    /// an error when the engine holds [`MAX_TIMERS`] already.
+    pub fn schedule(&mut self, due: i64, key: &str, tag: u64) -> Result<u64, String> {
+        if self.timers.len() >= MAX_TIMERS {
+            return Err(format!("too many pending timers ({MAX_TIMERS}); timer refused"));
+        }
+        *self.seq += 1;
+        self.timers.push(Reverse(Timer {
+            due: due.max(self.now),
+            seq: *self.seq,
+            chain: self.chain_idx,
+            node: self.node_idx,
+            key: key.into(),
+            tag,
+        }));
+        Ok(*self.seq)
+    }
+
+    /// Routes the `rpc_response` message whose `id` is `id` to this node's [`NodeImpl::reply`].
+    pub fn await_reply(&mut self, id: &str) {
+        self.awaits.insert(id.into(), (self.chain_idx, self.node_idx));
+    }
+
+    /// Stops routing replies with this id (the wait timed out).
+    pub fn forget_await(&mut self, id: &str) {
+        self.awaits.remove(id);
+    }
+
+    /// A fresh number, unique in this engine (RPC ids).
+    pub fn next_id(&mut self) -> u64 {
+        *self.seq += 1;
+        *self.seq
+    }
+}
+
+/// The engine core: compiled rules plus all their state.
+pub struct Executor {
+    rules: Arc<RuleSet>,
+    rt: Runtime,
+    states: Vec<Option<Box<dyn Any + Send>>>,
+    alarms: AlarmStore,
+    devices: HashMap<Arc<str>, Device>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    awaits: HashMap<Arc<str>, (usize, usize)>,
+    seq: u64,
+    now: i64,
+}
+
+impl Executor {
+    /// An executor for a rule set, with a device registry, at clock time `now`.
+    pub fn new(rules: Arc<RuleSet>, devices: HashMap<Arc<str>, Device>, now: i64) -> Self {
+        let states = rules.chains.iter().flat_map(|c| c.nodes.iter().map(|_| None)).collect();
+        Executor {
+            rt: Runtime::new(rules.engine.clone()),
+            rules,
+            states,
+            alarms: AlarmStore::default(),
+            devices,
+            timers: BinaryHeap::new(),
+            awaits: HashMap::new(),
+            seq: 0,
+            now,
+        }
+    }
+
+    /// The clock time.
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// The alarms.
+    pub fn alarms(&self) -> &AlarmStore {
+        &self.alarms
+    }
+
+    /// The due time of the earliest pending timer.
+    pub fn next_due(&self) -> Option<i64> {
+        self.timers.peek().map(|t| t.0.due)
+    }
+
+    /// How many timers are pending.
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Moves the clock to `to` (never backwards), firing every timer due at or before it.
+    pub fn advance_to(&mut self, to: i64, out: &mut dyn EffectSink) {
+        while let Some(Reverse(t)) = self.timers.peek() {
+            if t.due > to {
+                break;
+            }
+            let Some(Reverse(t)) = self.timers.pop() else { break };
+            self.now = self.now.max(t.due);
+            let rules = self.rules.clone();
+            let chain = &rules.chains[t.chain];
+            let node = &chain.nodes[t.node];
+            let mut cx = self.cx(&rules, t.chain, t.node, out);
+            if let Some(flow) = node.imp.fire(&mut cx, &t.key, t.tag) {
+                self.follow(&rules, t.chain, t.node, flow, out);
+            }
+        }
+        self.now = self.now.max(to);
+    }
+
+    fn cx<'a>(&'a mut self, rules: &'a RuleSet, ci: usize, ni: usize, out: &'a mut dyn EffectSink) -> Cx<'a> {
+        let chain = &rules.chains[ci];
+        let slot = chain.first_slot + ni;
+        Cx {
+            now: self.now,
+            rt: &mut self.rt,
+            alarms: &mut self.alarms,
+            chain: &chain.name,
+            node: &chain.nodes[ni].id,
+            rules,
+            state: &mut self.states[slot],
+            timers: &mut self.timers,
+            seq: &mut self.seq,
+            awaits: &mut self.awaits,
+            chain_idx: ci,
+            node_idx: ni,
+            out,
+        }
+    }
+
+    /// Runs every matching chain on a message, at the current clock time.
+    pub fn process(&mut self, m: Message, out: &mut dyn EffectSink) {
+        let device = self.devices.entry(m.device.clone()).or_default();
+        if m.kind == Kind::Attributes {
+            for (k, v) in &m.payload {
+                device.attrs.insert(k.clone(), v.clone());
+            }
+        }
+        let device_type = device.type_.clone();
+        let mut meta = Map::new();
+        meta.insert("device".into(), Dynamic::from(m.device.to_string()));
+        meta.insert(
+            "device_type".into(),
+            device_type.as_ref().map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())),
+        );
+        meta.insert("kind".into(), m.kind.as_str().into());
+        meta.insert("topic".into(), m.topic.as_ref().map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())));
+        meta.insert("ts".into(), m.ts.into());
+        for (k, v) in &m.captures {
+            meta.insert(k.as_str().into(), v.clone().into());
+        }
+        let mut packet = Packet {
+            vars: Vars {
+                msg: Dynamic::from_map(m.payload),
+                attr: Dynamic::from_map(device.attrs.clone()),
+                meta: Dynamic::from_map(meta),
+            },
+            device: m.device,
+            topic: m.topic,
+            ts: m.ts,
+        };
+        let rules = self.rules.clone();
+        if m.kind == Kind::RpcResponse {
+            let id = packet.field("id").map(|v| v.to_string());
+            if let Some((ci, ni)) = id.as_deref().and_then(|id| self.awaits.remove(id)) {
+                let reply = packet.clone();
+                let flow = {
+                    let mut cx = self.cx(&rules, ci, ni, out);
+                    rules.chains[ci].nodes[ni].imp.reply(&mut cx, id.as_deref().unwrap_or(""), reply)
+                };
+                if let Some(flow) = flow {
+                    self.follow(&rules, ci, ni, flow, out);
+                }
+            }
+        }
+        let mut matching = Vec::new();
+        for (ci, chain) in rules.chains.iter().enumerate() {
+            match chain.on.matches(m.kind, device_type.as_deref(), packet.topic.as_deref()) {
+                false => continue,
+                true => {}
+            }
+            if let Some(when) = &chain.on.when {
+                match when.eval_bool(&mut self.rt, &mut packet.vars) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        out.emit(Effect {
+                            event: Event::Error { device: packet.device.clone(), error: format!("on.when: {e}") },
+                            ts: self.now,
+                            chain: chain.name.clone(),
+                            node: "on".into(),
+                        });
+                        continue;
+                    }
+                }
+            }
+            if !chain.nodes.is_empty() {
+                matching.push(ci);
+            }
+        }
+        let last = matching.len().saturating_sub(1);
+        for (i, ci) in matching.iter().enumerate() {
+            let p = if i == last { std::mem::replace(&mut packet, empty_packet()) } else { packet.clone() };
+            self.run_from(&rules, *ci, 0, p, out);
+        }
+    }
+
+    /// Runs chain `ci` from node `start` (depth-first, in list order).
+    fn run_from(&mut self, rules: &RuleSet, ci: usize, start: usize, p: Packet, out: &mut dyn EffectSink) {
+        let mut stack = vec![(start, p)];
+        while let Some((ni, p)) = stack.pop() {
+            let chain = &rules.chains[ci];
+            let node = &chain.nodes[ni];
+            let keep = node.on_error.is_some() && node.mutates;
+            let backup = keep.then(|| p.clone());
+            let device = p.device.clone();
+            let mut flow = {
+                let mut cx = self.cx(rules, ci, ni, out);
+                node.imp.run(&mut cx, p)
+            };
+            if let (Some(b), Flow::Error(_, p)) = (backup, &mut flow) {
+                *p = b;
+            }
+            if out.wants_trace() {
+                let result = match &flow {
+                    Flow::Pass(_) | Flow::Route(Some(_), _) => "pass",
+                    Flow::PassAs(r, _) => r,
+                    Flow::Route(None, _) => "stop",
+                    Flow::Else(_) if node.else_.is_some() => "else",
+                    Flow::Else(_) => "stop",
+                    Flow::Stop(r) => r,
+                    Flow::Error(..) => "error",
+                };
+                out.emit(Effect {
+                    event: Event::Node { device, result },
+                    ts: self.now,
+                    chain: chain.name.clone(),
+                    node: node.id.clone(),
+                });
+            }
+            self.push_targets(chain, ni, flow, &mut stack, out);
+        }
+    }
+
+    /// Continues after a timer's flow.
+    fn follow(&mut self, rules: &RuleSet, ci: usize, ni: usize, flow: Flow, out: &mut dyn EffectSink) {
+        let mut stack = Vec::new();
+        self.push_targets(&rules.chains[ci], ni, flow, &mut stack, out);
+        while let Some((next, p)) = stack.pop() {
+            self.run_from(rules, ci, next, p, out);
+        }
+    }
+
+    fn push_targets(&self, chain: &Chain, ni: usize, flow: Flow, stack: &mut Vec<(usize, Packet)>, out: &mut dyn EffectSink) {
+        let node = &chain.nodes[ni];
+        match flow {
+            Flow::Pass(p) | Flow::PassAs(_, p) => {
+                // Reversed so that the first target runs first (depth-first, list order).
+                if let Some((first, rest)) = node.next.split_first() {
+                    for t in rest.iter().rev() {
+                        stack.push((*t, p.clone()));
+                    }
+                    stack.push((*first, p));
+                }
+            }
+            Flow::Else(p) => {
+                if let Some(t) = node.else_ {
+                    stack.push((t, p));
+                }
+            }
+            Flow::Route(Some(t), p) => stack.push((t, p)),
+            Flow::Route(None, _) | Flow::Stop(_) => {}
+            Flow::Error(error, mut p) => {
+                out.emit(Effect {
+                    event: Event::Error { device: p.device.clone(), error: error.clone() },
+                    ts: self.now,
+                    chain: chain.name.clone(),
+                    node: node.id.clone(),
+                });
+                if let Some(t) = node.on_error {
+                    p.set_meta("error", error.into());
+                    stack.push((t, p));
+                }
+            }
+        }
+    }
+}
+
+fn empty_packet() -> Packet {
+    Packet { vars: Vars::default(), device: "".into(), topic: None, ts: 0 }
+}

@@ -1,0 +1,17 @@
+//! rulechain: a declarative rule-engine stream processor for IoT telemetry.
+//!
+//! The rule core ([`rules`], [`script`], [`engine`], [`nodes`]) does no I/O and never reads the
+//! wall clock; the harnesses ([`replay`] for `dry-run`/`test`, the live engine for `run`) feed it
+//! messages and time and take its effects. See `ARCHITECTURE.md`.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod diag;
+pub mod engine;
+pub mod lineproto;
+pub mod nodes;
+pub mod replay;
+pub mod rules;
+pub mod script;
+pub mod topic;

@@ -1,0 +1,126 @@
+//! `alarm`: raises or clears the one alarm per (device, type). Only transitions pass on, as the
+//! message with `msg.alarm` set, so a following `notify` fires once per transition.
+
+use rhai::{Dynamic, Map};
+
+use crate::engine::alarm::{severity, Transition, SEVERITIES};
+use crate::engine::effect::Event;
+use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::{AlarmAction, NodeSpec};
+use crate::script::{Expr, Template};
+
+enum Severity {
+    Fixed(&'static str),
+    Expr(Expr),
+}
+
+struct AlarmNode {
+    type_: Template,
+    action: AlarmAction,
+    severity: Severity,
+    message: Option<Template>,
+    details: Vec<(String, Expr)>,
+}
+
+pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let a = spec.alarm.as_ref()?;
+    let type_ = b.template(&a.type_);
+    let action = a.action.as_ref().map_or(AlarmAction::Raise, |x| x.value);
+    let sev = match &a.severity {
+        None => Some(Severity::Fixed("WARNING")),
+        Some(s) => match severity(&s.text) {
+            Some(name) => Some(Severity::Fixed(name)),
+            None if s.text.chars().all(|c| c.is_ascii_alphabetic()) && s.text.to_uppercase() == s.text => {
+                b.error(s.pos, format!("unknown severity `{}`", s.text))
+                    .hint(format!("one of {}, or a Rhai expression giving one", SEVERITIES.join(", ")));
+                None
+            }
+            None => match severity(&s.text.to_uppercase()) {
+                Some(name) => {
+                    b.error(s.pos, format!("unknown severity `{}`", s.text)).hint(format!("did you mean `{name}`?"));
+                    None
+                }
+                None => b.expr(s).map(Severity::Expr),
+            },
+        },
+    };
+    let message = b.opt_template(&a.message);
+    let mut details = Vec::new();
+    let mut ok = true;
+    for (k, e) in a.details.iter().flat_map(|d| d.value.0.iter()) {
+        match b.expr(e) {
+            Some(x) => details.push((k.value.clone(), x)),
+            None => ok = false,
+        }
+    }
+    if action == AlarmAction::Clear && a.severity.is_some() {
+        b.error(a.severity.as_ref().map_or(a.pos, |s| s.pos), "a clear takes no `severity`");
+        ok = false;
+    }
+    let node = AlarmNode { type_: type_?, action, severity: sev?, message: message.ok()?, details };
+    ok.then(|| Box::new(node) as Box<dyn NodeImpl>)
+}
+
+impl AlarmNode {
+    fn raise(&self, cx: &mut Cx<'_>, p: &mut Packet, type_: String) -> Result<Option<(Transition, Map)>, String> {
+        let sev = match &self.severity {
+            Severity::Fixed(s) => s,
+            Severity::Expr(e) => {
+                let v = e.eval(cx.rt, &mut p.vars)?.to_string();
+                severity(&v).ok_or_else(|| format!("severity `{v}` is not one of {}", SEVERITIES.join(", ")))?
+            }
+        };
+        let message = match &self.message {
+            Some(t) => t.render(cx.rt, &mut p.vars)?,
+            None => format!("{type_} on {}", p.device),
+        };
+        let mut details = Map::new();
+        for (k, e) in &self.details {
+            details.insert(k.as_str().into(), e.eval(cx.rt, &mut p.vars)?);
+        }
+        let now = cx.now;
+        Ok(cx.alarms.raise(&p.device, &type_, sev, message, details, now).map(|(t, a)| (t, a.to_map(t))))
+    }
+}
+
+impl NodeImpl for AlarmNode {
+    fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
+        let type_ = match self.type_.render(cx.rt, &mut p.vars) {
+            Ok(t) => t,
+            Err(e) => return Flow::Error(e, p),
+        };
+        let outcome = match self.action {
+            AlarmAction::Raise => self.raise(cx, &mut p, type_),
+            AlarmAction::Clear => {
+                let now = cx.now;
+                Ok(cx.alarms.clear(&p.device, &type_, now).map(|a| (Transition::Cleared, a.to_map(Transition::Cleared))))
+            }
+        };
+        match outcome {
+            Err(e) => Flow::Error(e, p),
+            Ok(None) => Flow::Stop("suppressed"),
+            Ok(Some((t, alarm))) => {
+                let text = |k: &str| alarm.get(k).map(|v| v.to_string()).unwrap_or_default();
+                let sev = severity(&text("severity")).unwrap_or("WARNING");
+                let status = match text("status").as_str() {
+                    "ACTIVE_UNACK" => "ACTIVE_UNACK",
+                    "ACTIVE_ACK" => "ACTIVE_ACK",
+                    "CLEARED_ACK" => "CLEARED_ACK",
+                    _ => "CLEARED_UNACK",
+                };
+                cx.emit(Event::Alarm {
+                    device: p.device.clone(),
+                    type_: text("type"),
+                    severity: sev,
+                    transition: t.as_str(),
+                    status,
+                    message: text("message"),
+                    id: text("id"),
+                });
+                p.with_msg(|m| m.insert("alarm".into(), Dynamic::from_map(alarm)));
+                Flow::Pass(p)
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `deadband`: change-of-value. Passes a message only when `field` moved by more than `delta`
+//! since the last value passed for the key (the first message passes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{as_f64, KeySel};
+use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::NodeSpec;
+
+struct Deadband {
+    field: String,
+    delta: f64,
+    key: KeySel,
+}
+
+pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let d = spec.deadband.as_ref()?;
+    let key = KeySel::build(&spec.key, b);
+    if !(d.delta.value >= 0.0 && d.delta.value.is_finite()) {
+        b.error(d.delta.pos, "`delta` must be a finite number, 0 or more");
+        return None;
+    }
+    Some(Box::new(Deadband { field: d.field.value.clone(), delta: d.delta.value, key: key? }))
+}
+
+#[derive(Default)]
+struct State {
+    last: HashMap<Arc<str>, f64>,
+}
+
+impl NodeImpl for Deadband {
+    fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
+        let Some(v) = p.field(&self.field).as_ref().and_then(as_f64) else {
+            return Flow::Error(format!("field `{}` is missing or not a number", self.field), p);
+        };
+        let key = match self.key.key(cx, &mut p) {
+            Ok(k) => k,
+            Err(e) => return Flow::Error(e, p),
+        };
+        let delta = self.delta;
+        let st = cx.state::<State>();
+        match st.last.get(&key) {
+            Some(last) if (v - last).abs() <= delta => Flow::Stop("suppressed"),
+            _ => {
+                st.last.insert(key, v);
+                Flow::Pass(p)
+            }
+        }
+    }
+}

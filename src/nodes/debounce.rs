@@ -1,0 +1,98 @@
+//! `debounce`: per key, `last` passes the latest message once the key has been quiet for the
+//! duration; `first` passes a message when no message for the key came in the duration before it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::KeySel;
+use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::{Emit, NodeSpec};
+
+struct Debounce {
+    quiet: i64,
+    emit: Emit,
+    key: KeySel,
+}
+
+pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let quiet = spec.debounce.as_ref().and_then(|d| b.duration(d));
+    let key = KeySel::build(&spec.key, b);
+    let emit = spec.emit.as_ref().map_or(Emit::Last, |e| e.value);
+    Some(Box::new(Debounce { quiet: quiet?, emit, key: key? }))
+}
+
+/// `last`: the pending message and when it is due. One timer per key is kept armed: when it
+/// fires early (newer messages moved `due`), it is set again for `due`.
+struct Pending {
+    latest: Packet,
+    due: i64,
+    tag: u64,
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<Arc<str>, Pending>,
+    last_seen: HashMap<Arc<str>, i64>,
+}
+
+impl NodeImpl for Debounce {
+    fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
+        let key = match self.key.key(cx, &mut p) {
+            Ok(k) => k,
+            Err(e) => return Flow::Error(e, p),
+        };
+        let now = cx.now;
+        match self.emit {
+            Emit::First => {
+                let last = cx.state::<State>().last_seen.insert(key, now);
+                match last {
+                    Some(t) if now - t < self.quiet => Flow::Stop("suppressed"),
+                    _ => Flow::Pass(p),
+                }
+            }
+            Emit::Last => {
+                let due = now + self.quiet;
+                if let Some(pend) = cx.state::<State>().pending.get_mut(&key) {
+                    pend.latest = p;
+                    pend.due = due;
+                    return Flow::Stop("held");
+                }
+                let tag = cx.next_id();
+                if let Err(e) = cx.schedule(due, &key, tag) {
+                    return Flow::Error(e, p);
+                }
+                cx.state::<State>().pending.insert(key, Pending { latest: p, due, tag });
+                Flow::Stop("held")
+            }
+        }
+    }
+
+    fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
+        let now = cx.now;
+        let due = {
+            let pend = cx.state::<State>().pending.get(key)?;
+            if pend.tag != tag {
+                return None;
+            }
+            pend.due
+        };
+        if due <= now {
+            let pend = cx.state::<State>().pending.remove(key)?;
+            return Some(Flow::Pass(pend.latest));
+        }
+        let new_tag = cx.next_id();
+        match cx.schedule(due, key, new_tag) {
+            Ok(_) => {
+                if let Some(p) = cx.state::<State>().pending.get_mut(key) {
+                    p.tag = new_tag;
+                }
+                None
+            }
+            Err(e) => {
+                let pend = cx.state::<State>().pending.remove(key)?;
+                Some(Flow::Error(e, pend.latest))
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `delay`: holds each message for the duration, then passes it at its due time. A message for
+//! which `cancel_when` is true drops the key's pending messages and is consumed; beyond
+//! `max_pending` per key the oldest pending message is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::KeySel;
+use crate::engine::effect::Event;
+use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::NodeSpec;
+use crate::script::Expr;
+
+/// The default bound on pending messages per key.
+const DEFAULT_MAX_PENDING: usize = 1000;
+
+struct Delay {
+    hold: i64,
+    max_pending: usize,
+    cancel_when: Option<Expr>,
+    key: KeySel,
+}
+
+pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let hold = spec.delay.as_ref().and_then(|d| b.duration(d));
+    let cancel_when = b.opt_expr(&spec.cancel_when);
+    let key = KeySel::build(&spec.key, b);
+    let max_pending = match &spec.max_pending {
+        Some(m) if m.value == 0 => {
+            b.error(m.pos, "`max_pending` must be at least 1");
+            return None;
+        }
+        Some(m) => m.value as usize,
+        None => DEFAULT_MAX_PENDING,
+    };
+    Some(Box::new(Delay { hold: hold?, max_pending, cancel_when: cancel_when.ok()?, key: key? }))
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<Arc<str>, VecDeque<(u64, Packet)>>,
+}
+
+impl NodeImpl for Delay {
+    fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
+        let key = match self.key.key(cx, &mut p) {
+            Ok(k) => k,
+            Err(e) => return Flow::Error(e, p),
+        };
+        if let Some(c) = &self.cancel_when {
+            match c.eval_bool(cx.rt, &mut p.vars) {
+                Ok(true) => {
+                    let dropped = cx.state::<State>().pending.remove(&key).unwrap_or_default();
+                    for (_, d) in dropped {
+                        cx.emit(Event::Dropped { device: d.device.clone(), reason: "cancelled", detail: None });
+                    }
+                    return Flow::Stop("stop");
+                }
+                Ok(false) => {}
+                Err(e) => return Flow::Error(e, p),
+            }
+        }
+        let tag = cx.next_id();
+        if let Err(e) = cx.schedule(cx.now + self.hold, &key, tag) {
+            return Flow::Error(e, p);
+        }
+        let max = self.max_pending;
+        let q = cx.state::<State>().pending.entry(key).or_default();
+        q.push_back((tag, p));
+        let over = if q.len() > max { q.pop_front() } else { None };
+        if let Some((_, d)) = over {
+            cx.emit(Event::Dropped { device: d.device.clone(), reason: "overflow", detail: None });
+        }
+        Flow::Stop("held")
+    }
+
+    fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
+        let st = cx.state::<State>();
+        let q = st.pending.get_mut(key)?;
+        let i = q.iter().position(|(t, _)| *t == tag)?;
+        let (_, p) = q.remove(i)?;
+        if q.is_empty() {
+            st.pending.remove(key);
+        }
+        Some(Flow::Pass(p))
+    }
+}

@@ -1,0 +1,87 @@
+//! `filter`: passes messages for which the expression is true; with `for`, only once the
+//! condition has held for the duration per key (the hold), then every true message until a false
+//! one ends the episode.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::KeySel;
+use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::NodeSpec;
+use crate::script::Expr;
+
+struct Filter {
+    cond: Expr,
+    hold: Option<i64>,
+    key: KeySel,
+}
+
+pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let cond = spec.filter.as_ref().and_then(|f| b.expr(f));
+    let hold = b.opt_duration(&spec.hold);
+    let key = KeySel::build(&spec.key, b);
+    Some(Box::new(Filter { cond: cond?, hold: hold.ok()?.filter(|h| *h > 0), key: key? }))
+}
+
+enum Hold {
+    /// The condition is true since a time; the latest true message waits for the timer `tag`.
+    Holding { latest: Packet, tag: u64 },
+    /// The hold completed: true messages pass until a false one.
+    Passing,
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<Arc<str>, Hold>,
+}
+
+impl NodeImpl for Filter {
+    fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
+        let ok = match self.cond.eval_bool(cx.rt, &mut p.vars) {
+            Ok(v) => v,
+            Err(e) => return Flow::Error(e, p),
+        };
+        let Some(hold) = self.hold else {
+            return if ok { Flow::Pass(p) } else { Flow::Else(p) };
+        };
+        let key = match self.key.key(cx, &mut p) {
+            Ok(k) => k,
+            Err(e) => return Flow::Error(e, p),
+        };
+        if !ok {
+            cx.state::<State>().keys.remove(&key);
+            return Flow::Else(p);
+        }
+        match cx.state::<State>().keys.get_mut(&key) {
+            Some(Hold::Passing) => return Flow::Pass(p),
+            Some(Hold::Holding { latest, .. }) => {
+                *latest = p;
+                return Flow::Stop("held");
+            }
+            None => {}
+        }
+        let tag = cx.next_id();
+        if let Err(e) = cx.schedule(cx.now + hold, &key, tag) {
+            return Flow::Error(e, p);
+        }
+        cx.state::<State>().keys.insert(key, Hold::Holding { latest: p, tag });
+        Flow::Stop("held")
+    }
+
+    fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
+        let st = cx.state::<State>();
+        match st.keys.get_mut(key) {
+            Some(h @ Hold::Holding { .. }) => {
+                if !matches!(h, Hold::Holding { tag: t, .. } if *t == tag) {
+                    return None;
+                }
+                match std::mem::replace(h, Hold::Passing) {
+                    Hold::Holding { latest, .. } => Some(Flow::Pass(latest)),
+                    Hold::Passing => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}

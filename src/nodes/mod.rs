@@ -1,0 +1,76 @@
+//! Every node kind of the rule language, one file each, with the same shape: the compile step
+//! (`build`, from the node's YAML through a [`Builder`] that reports problems with positions)
+//! and the run step (an [`NodeImpl`]). The YAML types live in [`crate::rules::model`].
+
+mod aggregate;
+mod alarm;
+mod deadband;
+mod debounce;
+mod delay;
+mod filter;
+mod influx;
+mod log;
+mod notify;
+mod publish;
+mod rpc;
+mod switch;
+mod throttle;
+mod transform;
+mod websocket;
+
+use std::sync::Arc;
+
+use crate::engine::{Cx, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::{ExprSrc, NodeSpec};
+use crate::rules::yaml::{Pos, Sp};
+use crate::script::Expr;
+
+/// Compiles the node of kind `kind`. `edge` records extra graph edges (switch targets) for the
+/// cycle and reachability checks. Returns `None` when the node has errors (already reported).
+pub fn build(
+    kind: &str,
+    spec: &NodeSpec,
+    b: &mut Builder,
+    edge: &mut dyn FnMut(usize, Pos),
+) -> Option<Box<dyn NodeImpl>> {
+    match kind {
+        "filter" => filter::build(spec, b),
+        "transform" => transform::build(spec, b),
+        "switch" => switch::build(spec, b, edge),
+        "debounce" => debounce::build(spec, b),
+        "delay" => delay::build(spec, b),
+        "throttle" => throttle::build(spec, b),
+        "deadband" => deadband::build(spec, b),
+        "aggregate" => aggregate::build(spec, b),
+        "alarm" => alarm::build(spec, b),
+        "rpc" => rpc::build(spec, b),
+        "influx" => influx::build(spec, b),
+        "websocket" => websocket::build(spec, b),
+        "notify" => notify::build(spec, b),
+        "publish" => publish::build(spec, b),
+        "log" => log::build(spec, b),
+        _ => None,
+    }
+}
+
+/// How a per-key node picks its key: `key:` or `meta.device`.
+pub(crate) struct KeySel(Option<Expr>);
+
+impl KeySel {
+    pub(crate) fn build(key: &Option<Sp<ExprSrc>>, b: &mut Builder) -> Option<KeySel> {
+        b.opt_expr(key).ok().map(KeySel)
+    }
+
+    pub(crate) fn key(&self, cx: &mut Cx<'_>, p: &mut Packet) -> Result<Arc<str>, String> {
+        match &self.0 {
+            None => Ok(p.device.clone()),
+            Some(e) => e.eval(cx.rt, &mut p.vars).map(|v| Arc::from(v.to_string())),
+        }
+    }
+}
+
+/// A Rhai number as f64.
+pub(crate) fn as_f64(v: &rhai::Dynamic) -> Option<f64> {
+    v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64))
+}

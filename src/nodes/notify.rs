@@ -1,0 +1,72 @@
+//! `notify`: sends the message to notification channels. Subject and body come from the
+//! channel's templates in the config; without them, an alarm message reads
+//! `[WARNING] MotorOverload created on pump-3` with the alarm text as body, and any other
+//! message `<chain> on <device>` with the message as JSON.
+
+use rhai::Map;
+
+use crate::engine::effect::Event;
+use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::NodeSpec;
+
+struct Notify {
+    channels: Vec<String>,
+}
+
+pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let n = spec.notify.as_ref()?;
+    let mut ok = true;
+    if n.0.is_empty() {
+        b.error(n.pos, "`notify` names no channel");
+        ok = false;
+    }
+    let mut channels = Vec::new();
+    for c in &n.0 {
+        let c = if c.pos.line == 0 { crate::rules::yaml::Sp { value: c.value.clone(), pos: n.pos } } else { c.clone() };
+        ok &= b.channel(&c);
+        channels.push(c.value);
+    }
+    ok.then(|| Box::new(Notify { channels }) as Box<dyn NodeImpl>)
+}
+
+fn default_text(cx: &Cx<'_>, p: &Packet) -> (String, String) {
+    let alarm = p.field("alarm").and_then(|a| a.try_cast::<Map>());
+    match alarm {
+        Some(a) => {
+            let get = |k: &str| a.get(k).map(|v| v.to_string()).unwrap_or_default();
+            (
+                format!("[{}] {} {} on {}", get("severity"), get("type"), get("transition"), get("device")),
+                get("message"),
+            )
+        }
+        None => (
+            format!("{} on {}", cx.chain, p.device),
+            serde_json::to_string(p.msg()).unwrap_or_default(),
+        ),
+    }
+}
+
+impl NodeImpl for Notify {
+    fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
+        for ch in &self.channels {
+            let (mut subject, mut body) = default_text(cx, &p);
+            if let Some(t) = cx.rules.channels.get(ch).cloned() {
+                if let Some(s) = &t.subject {
+                    match s.render(cx.rt, &mut p.vars) {
+                        Ok(s) => subject = s,
+                        Err(e) => return Flow::Error(format!("channel `{ch}` subject: {e}"), p),
+                    }
+                }
+                if let Some(b) = &t.body {
+                    match b.render(cx.rt, &mut p.vars) {
+                        Ok(b) => body = b,
+                        Err(e) => return Flow::Error(format!("channel `{ch}` body: {e}"), p),
+                    }
+                }
+            }
+            cx.emit(Event::Notify { channel: ch.clone(), device: p.device.clone(), subject, body });
+        }
+        Flow::Pass(p)
+    }
+}

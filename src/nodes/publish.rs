@@ -1,0 +1,39 @@
+//! `publish`: republishes the message as JSON to an MQTT topic (template).
+
+use crate::engine::effect::Event;
+use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::NodeSpec;
+use crate::script::Template;
+
+struct Publish {
+    topic: Template,
+    qos: u8,
+    retain: bool,
+}
+
+pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let s = spec.publish.as_ref()?;
+    let topic = b.template(&s.topic);
+    let qos = match &s.qos {
+        Some(q) if q.value > 2 => {
+            b.error(q.pos, "qos is 0, 1 or 2");
+            return None;
+        }
+        Some(q) => q.value,
+        None => 0,
+    };
+    Some(Box::new(Publish { topic: topic?, qos, retain: s.retain.unwrap_or(false) }))
+}
+
+impl NodeImpl for Publish {
+    fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
+        let topic = match self.topic.render(cx.rt, &mut p.vars) {
+            Ok(t) if !t.is_empty() && !t.contains(['+', '#']) => t,
+            Ok(t) => return Flow::Error(format!("`{t}` is not a topic to publish to"), p),
+            Err(e) => return Flow::Error(e, p),
+        };
+        cx.emit(Event::Publish { device: p.device.clone(), topic, payload: p.msg().clone(), qos: self.qos, retain: self.retain });
+        Flow::Pass(p)
+    }
+}

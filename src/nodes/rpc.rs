@@ -1,0 +1,160 @@
+//! `rpc`: sends a command `{id, method, params}` to the device's command topic, at most once per
+//! key per `cooldown` (a suppressed command emits nothing and the message passes on). With
+//! `await`, the message waits for the device's reply (an `rpc_response` message with the same
+//! `id`): the reply passes on; a timeout is this node's error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rhai::{Dynamic, Map};
+
+use super::KeySel;
+use crate::engine::effect::Event;
+use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::NodeSpec;
+use crate::script::{Expr, Template};
+use crate::topic::default_command_topic;
+
+struct Rpc {
+    method: String,
+    params: Vec<(String, Expr)>,
+    topic: Option<Template>,
+    qos: u8,
+    cooldown: Option<i64>,
+    await_: Option<i64>,
+    key: KeySel,
+}
+
+pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let r = spec.rpc.as_ref()?;
+    let mut ok = true;
+    if r.method.trim().is_empty() {
+        b.error(r.method.pos, "the rpc method is empty");
+        ok = false;
+    }
+    let mut params = Vec::new();
+    for (k, e) in r.params.iter().flat_map(|p| p.value.0.iter()) {
+        match b.expr(e) {
+            Some(x) => params.push((k.value.clone(), x)),
+            None => ok = false,
+        }
+    }
+    let topic = b.opt_template(&r.topic);
+    let cooldown = b.opt_duration(&r.cooldown);
+    let key = KeySel::build(&spec.key, b);
+    let qos = match &r.qos {
+        Some(q) if q.value > 2 => {
+            b.error(q.pos, "qos is 0, 1 or 2");
+            ok = false;
+            1
+        }
+        Some(q) => q.value,
+        None => 1,
+    };
+    let await_ = b.opt_duration(&r.await_);
+    let node = Rpc {
+        method: r.method.value.clone(),
+        params,
+        topic: topic.ok()?,
+        qos,
+        cooldown: cooldown.ok()?,
+        await_: await_.ok()?,
+        key: key?,
+    };
+    ok.then(|| Box::new(node) as Box<dyn NodeImpl>)
+}
+
+#[derive(Default)]
+struct State {
+    last_sent: HashMap<Arc<str>, i64>,
+    /// Commands awaiting a reply: id → (timeout timer tag, the message that sent it).
+    awaiting: HashMap<Arc<str>, (u64, Packet)>,
+}
+
+/// Fills a `{name}` command pattern from `meta` (device and topic captures).
+fn fill_pattern(pattern: &str, p: &Packet) -> String {
+    pattern
+        .split('/')
+        .map(|level| match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+            Some(name) => p
+                .vars
+                .meta
+                .read_lock::<Map>()
+                .and_then(|m| m.get(name).map(|v| v.to_string()))
+                .unwrap_or_default(),
+            None => level.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl NodeImpl for Rpc {
+    fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
+        let key = match self.key.key(cx, &mut p) {
+            Ok(k) => k,
+            Err(e) => return Flow::Error(e, p),
+        };
+        let now = cx.now;
+        if let Some(c) = self.cooldown {
+            if cx.state::<State>().last_sent.get(&key).is_some_and(|t| now - t < c) {
+                return Flow::PassAs("suppressed", p);
+            }
+        }
+        let mut params = Map::new();
+        for (k, e) in &self.params {
+            match e.eval(cx.rt, &mut p.vars) {
+                Ok(v) => {
+                    params.insert(k.as_str().into(), v);
+                }
+                Err(e) => return Flow::Error(format!("param `{k}`: {e}"), p),
+            }
+        }
+        let topic = match &self.topic {
+            Some(t) => match t.render(cx.rt, &mut p.vars) {
+                Ok(t) => t,
+                Err(e) => return Flow::Error(e, p),
+            },
+            None => match &cx.rules.command_topic {
+                Some(pattern) => fill_pattern(pattern, &p),
+                None => default_command_topic(p.topic.as_deref(), &p.device),
+            },
+        };
+        if self.cooldown.is_some() {
+            cx.state::<State>().last_sent.insert(key, now);
+        }
+        let id = cx.next_id().to_string();
+        cx.emit(Event::Rpc {
+            device: p.device.clone(),
+            topic,
+            id: id.clone(),
+            method: self.method.clone(),
+            params: Dynamic::from_map(params),
+            qos: self.qos,
+        });
+        let Some(wait) = self.await_ else { return Flow::Pass(p) };
+        let tag = cx.next_id();
+        if let Err(e) = cx.schedule(cx.now + wait, &id, tag) {
+            return Flow::Error(e, p);
+        }
+        cx.await_reply(&id);
+        cx.state::<State>().awaiting.insert(id.into(), (tag, p));
+        Flow::Stop("held")
+    }
+
+    fn fire(&self, cx: &mut Cx<'_>, id: &str, tag: u64) -> Option<Flow> {
+        let st = cx.state::<State>();
+        if st.awaiting.get(id).is_none_or(|(t, _)| *t != tag) {
+            return None;
+        }
+        let (_, p) = st.awaiting.remove(id)?;
+        cx.forget_await(id);
+        let wait = crate::rules::duration::format(self.await_.unwrap_or(0));
+        Some(Flow::Error(format!("no reply to `{}` (id {id}) within {wait}", self.method), p))
+    }
+
+    fn reply(&self, cx: &mut Cx<'_>, id: &str, reply: Packet) -> Option<Flow> {
+        cx.state::<State>().awaiting.remove(id)?;
+        Some(Flow::Pass(reply))
+    }
+}

@@ -1,0 +1,31 @@
+//! `websocket`: pushes the message to the clients subscribed to a room (template, default
+//! `device/${meta.device}`).
+
+use crate::engine::effect::Event;
+use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::rules::compile::Builder;
+use crate::rules::model::NodeSpec;
+use crate::script::Template;
+
+struct Websocket {
+    room: Option<Template>,
+}
+
+pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let w = spec.websocket.as_ref()?;
+    Some(Box::new(Websocket { room: b.opt_template(&w.room).ok()? }))
+}
+
+impl NodeImpl for Websocket {
+    fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
+        let room = match &self.room {
+            Some(t) => match t.render(cx.rt, &mut p.vars) {
+                Ok(r) => r,
+                Err(e) => return Flow::Error(e, p),
+            },
+            None => format!("device/{}", p.device),
+        };
+        cx.emit(Event::Websocket { device: p.device.clone(), room, data: p.msg().clone() });
+        Flow::Pass(p)
+    }
+}

@@ -1,0 +1,169 @@
+//! The virtual-clock harness of `dry-run` and `test`: input lines become messages, the clock
+//! jumps to each message's time (firing the timers due on the way), and after the last input the
+//! clock drains the pending timers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rhai::Map;
+
+use crate::engine::effect::EffectSink;
+use crate::engine::{Device, Executor, Message};
+use crate::rules::compile::RuleSet;
+use crate::rules::model::InputLine;
+use crate::topic::TopicPattern;
+
+/// How far `--drain` goes by default: until no timer is pending, but at most this much virtual
+/// time after the last input.
+pub const DEFAULT_DRAIN_LIMIT_MS: i64 = 86_400_000;
+
+/// Input lines in, effects out, on a virtual clock.
+pub struct Replay {
+    exec: Executor,
+    patterns: Vec<TopicPattern>,
+    last_ts: i64,
+    /// Input messages accepted.
+    pub messages: u64,
+}
+
+impl Replay {
+    /// A replay whose clock starts at the first message; `default_ts` is the time of a first
+    /// line that names none.
+    pub fn new(rules: Arc<RuleSet>, devices: HashMap<Arc<str>, Device>, patterns: Vec<TopicPattern>, default_ts: i64) -> Self {
+        Replay { exec: Executor::new(rules, devices, i64::MIN), patterns, last_ts: default_ts, messages: 0 }
+    }
+
+    /// The executor (alarms, clock).
+    pub fn executor(&self) -> &Executor {
+        &self.exec
+    }
+
+    /// Turns an input line into a message (resolving topic, kind and time).
+    pub fn message(&self, line: InputLine) -> Result<Message, String> {
+        let (device, kind, topic, captures, payload) = match (line.device, line.topic) {
+            (Some(_), Some(_)) => return Err("give `device` or `topic`, not both".into()),
+            (Some(device), None) => {
+                if line.payload.is_some() {
+                    return Err("the device form takes `data`, not `payload`".into());
+                }
+                (device, line.kind.unwrap_or_default(), None, Vec::new(), line.data)
+            }
+            (None, Some(topic)) => {
+                if line.data.is_some() {
+                    return Err("the topic form takes `payload`, not `data`".into());
+                }
+                let m = self
+                    .patterns
+                    .iter()
+                    .find_map(|p| p.matches(&topic))
+                    .ok_or_else(|| format!("topic `{topic}` matches no topic pattern"))?;
+                (m.device, m.kind, Some(Arc::<str>::from(topic)), m.captures, line.payload)
+            }
+            (None, None) => return Err("a line needs `device` or `topic`".into()),
+        };
+        if device.is_empty() {
+            return Err("the device id is empty".into());
+        }
+        let payload = payload.unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        if !payload.is_object() {
+            return Err("the payload must be a JSON object".into());
+        }
+        let map: Map = rhai::serde::to_dynamic(&payload)
+            .ok()
+            .and_then(|d| d.try_cast::<Map>())
+            .ok_or_else(|| "the payload cannot be read".to_string())?;
+        let at = match &line.at {
+            Some(a) => Some(crate::rules::duration::parse(a)?),
+            None => None,
+        };
+        let ts = line.ts.or(at).or_else(|| payload_ts(&payload)).unwrap_or(self.last_ts);
+        Ok(Message { device: device.as_str().into(), kind, topic, ts, captures, payload: map })
+    }
+
+    /// Feeds one message: timers due up to its time fire first.
+    pub fn feed(&mut self, m: Message, out: &mut dyn EffectSink) {
+        self.last_ts = m.ts;
+        self.exec.advance_to(m.ts, out);
+        self.messages += 1;
+        self.exec.process(m, out);
+    }
+
+    /// After the last input: run timers for `drain` ms, or (`None`) until none is pending, at
+    /// most [`DEFAULT_DRAIN_LIMIT_MS`].
+    pub fn drain(&mut self, drain: Option<i64>, out: &mut dyn EffectSink) {
+        let now = self.exec.now();
+        match drain {
+            Some(d) => self.exec.advance_to(now.saturating_add(d), out),
+            None => {
+                let limit = now.saturating_add(DEFAULT_DRAIN_LIMIT_MS);
+                while let Some(due) = self.exec.next_due() {
+                    if due > limit {
+                        break;
+                    }
+                    self.exec.advance_to(due, out);
+                }
+            }
+        }
+    }
+}
+
+/// The payload's own `ts`/`timestamp`: ms since the epoch, or an RFC 3339 time.
+pub fn payload_ts(payload: &serde_json::Value) -> Option<i64> {
+    let v = payload.get("ts").or_else(|| payload.get("timestamp"))?;
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => parse_rfc3339(s),
+        _ => None,
+    }
+}
+
+/// Parses `2024-12-05T10:30:00Z` / `2024-12-05T10:30:00.250+01:00` into ms since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut ms = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
+        let f = &frac[..digits];
+        ms = format!("{:0<3}", &f[..f.len().min(3)]).parse::<i64>().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
+            let sign = if r.starts_with('-') { -1 } else { 1 };
+            sign * (r.get(1..3)?.parse::<i64>().ok()? * 60 + r.get(4..6)?.parse::<i64>().ok()?)
+        }
+        _ => return None,
+    };
+    // Days from the civil date (proleptic Gregorian).
+    let (y, m) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + se) - offset_min * 60) * 1000 + ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2024-12-05T10:30:00Z"), Some(1_733_394_600_000));
+        assert_eq!(parse_rfc3339("2024-12-05T11:30:00.25+01:00"), Some(1_733_394_600_250));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}

@@ -1,0 +1,586 @@
+//! Compilation: chain files (already parsed into spanned trees) become a [`RuleSet`] of runnable
+//! chains. Every expression and template is compiled here, once; durations, severities and
+//! references are checked; the graph is checked for unknown and duplicate ids, cycles,
+//! unreachable nodes and ambiguous fall-through. Every problem is reported with its position and
+//! compilation carries on, so one run shows them all.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use rhai::Engine;
+
+use super::duration;
+use super::model::{ChainFile, ExprSrc, Kind, NodeSpec, NODE_KINDS};
+use super::yaml::{self, did_you_mean, from_node, Node, Pos, Sp};
+use crate::config::Config;
+use crate::diag::{Diagnostics, Source};
+use crate::engine::NodeImpl;
+use crate::script::{CompileError, Expr, Script, Template};
+use crate::topic;
+
+/// Every compiled chain, and what they share.
+pub struct RuleSet {
+    /// The Rhai engine the chains were compiled with.
+    pub engine: Arc<Engine>,
+    /// The chains, in the order of their file paths.
+    pub chains: Vec<Chain>,
+    /// Notification channel templates by name (from the config).
+    pub channels: HashMap<String, ChannelTemplates>,
+    /// The config's RPC command topic pattern (`site/{site}/device/{device}/command`).
+    pub command_topic: Option<String>,
+}
+
+/// Subject and body templates of a notification channel.
+#[derive(Clone, Default)]
+pub struct ChannelTemplates {
+    /// Subject.
+    pub subject: Option<Template>,
+    /// Body.
+    pub body: Option<Template>,
+}
+
+/// A compiled chain.
+pub struct Chain {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its file.
+    pub path: String,
+    /// Which messages enter it.
+    pub on: OnFilter,
+    /// Its nodes, in file order.
+    pub nodes: Vec<CNode>,
+    /// Index of its first node's state slot in the executor.
+    pub first_slot: usize,
+}
+
+/// A compiled node.
+pub struct CNode {
+    /// The id (given or `<kind>-<n>`).
+    pub id: Arc<str>,
+    /// The kind key.
+    pub kind: &'static str,
+    /// Where its output goes.
+    pub next: Vec<usize>,
+    /// A false filter's target.
+    pub else_: Option<usize>,
+    /// Where errors go.
+    pub on_error: Option<usize>,
+    /// True when the node changes `msg` (the executor keeps a copy for `on_error`).
+    pub mutates: bool,
+    /// The node's behaviour.
+    pub imp: Box<dyn NodeImpl>,
+}
+
+/// A chain's `on:`.
+#[derive(Default)]
+pub struct OnFilter {
+    kind: Kind,
+    device_types: Vec<String>,
+    topic: Option<String>,
+    /// The precondition.
+    pub when: Option<Expr>,
+}
+
+impl OnFilter {
+    /// Whether a message of this kind, device type and topic enters (before `when`).
+    pub fn matches(&self, kind: Kind, device_type: Option<&str>, topic: Option<&str>) -> bool {
+        kind == self.kind
+            && (self.device_types.is_empty()
+                || device_type.is_some_and(|t| self.device_types.iter().any(|d| d == t)))
+            && self
+                .topic
+                .as_deref()
+                .is_none_or(|f| topic.is_some_and(|t| topic::filter_matches(f, t)))
+    }
+}
+
+/// What node builders use to compile their keys: each method reports its own problems (at the
+/// right file position) and returns `None` on error, so a builder can check every key.
+pub struct Builder<'a> {
+    /// The Rhai engine.
+    pub engine: &'a Engine,
+    src: &'a Source,
+    diags: &'a mut Diagnostics,
+    ids: &'a HashMap<String, usize>,
+    channels: Option<&'a BTreeSet<String>>,
+    failed: bool,
+}
+
+impl Builder<'_> {
+    /// Reports an error.
+    pub fn error(&mut self, pos: Pos, message: impl Into<String>) -> &mut crate::diag::Diagnostic {
+        self.failed = true;
+        self.diags.error(self.src, pos, message)
+    }
+
+    fn compile_error(&mut self, at: Pos, e: CompileError, what: &str) {
+        let pos = yaml::pos_in_scalar(&self.src.text, at, e.line, e.col);
+        let d = self.error(pos, format!("{what}: {}", e.message));
+        if let Some(h) = e.hint {
+            d.hint(h);
+        }
+    }
+
+    /// Compiles an expression.
+    pub fn expr(&mut self, s: &Sp<ExprSrc>) -> Option<Expr> {
+        match Expr::compile(self.engine, &s.text) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.compile_error(s.pos, e, "in expression");
+                None
+            }
+        }
+    }
+
+    /// Compiles an optional expression: `Err` when it was given and failed.
+    pub fn opt_expr(&mut self, s: &Option<Sp<ExprSrc>>) -> Result<Option<Expr>, ()> {
+        match s {
+            None => Ok(None),
+            Some(s) => self.expr(s).map(Some).ok_or(()),
+        }
+    }
+
+    /// Compiles a `${}` template.
+    pub fn template(&mut self, s: &Sp<String>) -> Option<Template> {
+        match Template::compile(self.engine, s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.compile_error(s.pos, e, "in template");
+                None
+            }
+        }
+    }
+
+    /// Compiles an optional template: `Err` when it was given and failed.
+    pub fn opt_template(&mut self, s: &Option<Sp<String>>) -> Result<Option<Template>, ()> {
+        match s {
+            None => Ok(None),
+            Some(s) => self.template(s).map(Some).ok_or(()),
+        }
+    }
+
+    /// Compiles a statement script.
+    pub fn script(&mut self, s: &Sp<String>) -> Option<Script> {
+        match Script::compile(self.engine, s) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                self.compile_error(s.pos, e, "in script");
+                None
+            }
+        }
+    }
+
+    /// Parses a duration (`500ms`, `30s`, `5m`, `1h`) into milliseconds.
+    pub fn duration(&mut self, s: &Sp<String>) -> Option<i64> {
+        match duration::parse(s) {
+            Ok(ms) => Some(ms),
+            Err(e) => {
+                self.error(s.pos, e).hint("durations are a number and a unit: `500ms`, `30s`, `5m`, `1h`, `1d`");
+                None
+            }
+        }
+    }
+
+    /// Parses an optional duration: `Err` when it was given and is bad.
+    pub fn opt_duration(&mut self, s: &Option<Sp<String>>) -> Result<Option<i64>, ()> {
+        match s {
+            None => Ok(None),
+            Some(s) => self.duration(s).map(Some).ok_or(()),
+        }
+    }
+
+    /// Resolves a node id in this chain.
+    pub fn target(&mut self, s: &Sp<String>) -> Option<usize> {
+        if let Some(i) = self.ids.get(s.as_str()) {
+            return Some(*i);
+        }
+        let hint = did_you_mean(s, self.ids.keys().map(String::as_str));
+        let d = self.error(s.pos, format!("unknown node id `{}`", s.value));
+        if let Some(h) = hint {
+            d.hint(h);
+        }
+        None
+    }
+
+    /// Checks a notification channel name against the config (when one was given).
+    pub fn channel(&mut self, s: &Sp<String>) -> bool {
+        let Some(known) = self.channels else { return true };
+        if known.contains(s.as_str()) {
+            return true;
+        }
+        let hint = did_you_mean(s, known.iter().map(String::as_str))
+            .unwrap_or_else(|| format!("define it under `channels:` in the config (known: {})", join(known)));
+        self.error(s.pos, format!("unknown notification channel `{}`", s.value)).hint(hint);
+        false
+    }
+}
+
+fn join(s: &BTreeSet<String>) -> String {
+    if s.is_empty() {
+        "none".into()
+    } else {
+        s.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Keys that belong to one kind of node (besides the kind key), for "`for` is a filter key" errors.
+const OWNED_KEYS: &[(&str, &[&str])] = &[
+    ("for", &["filter"]),
+    ("else", &["filter"]),
+    ("drop", &["transform"]),
+    ("cases", &["switch"]),
+    ("default", &["switch"]),
+    ("emit", &["debounce"]),
+    ("max_pending", &["delay"]),
+    ("cancel_when", &["delay"]),
+    ("key", &["filter", "debounce", "delay", "throttle", "deadband", "aggregate", "rpc"]),
+];
+
+fn owned_key_present(spec: &NodeSpec, key: &str) -> Option<Pos> {
+    match key {
+        "for" => spec.hold.as_ref().map(|s| s.pos),
+        "else" => spec.else_.as_ref().map(|s| s.pos),
+        "drop" => spec.drop.as_ref().and_then(|d| d.first()).map(|s| s.pos),
+        "cases" => spec.cases.as_ref().map(|s| s.pos),
+        "default" => spec.default.as_ref().map(|s| s.pos),
+        "emit" => spec.emit.as_ref().map(|s| s.pos),
+        "max_pending" => spec.max_pending.as_ref().map(|s| s.pos),
+        "cancel_when" => spec.cancel_when.as_ref().map(|s| s.pos),
+        "key" => spec.key.as_ref().map(|s| s.pos),
+        _ => None,
+    }
+}
+
+/// One chain file, parsed.
+pub struct ChainDoc {
+    /// The file.
+    pub src: Source,
+    /// Its tree.
+    pub root: Node,
+}
+
+/// What compiling needs from the config.
+pub struct CompileOptions<'a> {
+    /// The config, if one was given.
+    pub config: Option<&'a Config>,
+}
+
+/// Compiles chain documents into a rule set. Problems go to `diags`; the rule set holds every
+/// chain that compiled cleanly (callers refuse to run when `diags` has errors).
+pub fn compile(docs: &[ChainDoc], opts: &CompileOptions, diags: &mut Diagnostics) -> RuleSet {
+    let engine = Arc::new(crate::script::new_engine());
+    let channel_names: Option<BTreeSet<String>> = opts.config.map(|c| c.channels.keys().cloned().collect());
+    let mut chains: Vec<Chain> = Vec::new();
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut slot = 0;
+    for doc in docs {
+        if let Some(mut chain) = compile_chain(doc, &engine, channel_names.as_ref(), diags) {
+            if let Some(first) = names.get(chain.name.as_ref()) {
+                let pos = doc.root.get("chain").map_or(Pos::default(), |n| n.pos);
+                diags
+                    .error(&doc.src, pos, format!("duplicate chain name `{}`", chain.name))
+                    .hint(format!("`{first}` already defines it; chain names are unique"));
+                continue;
+            }
+            names.insert(chain.name.to_string(), chain.path.clone());
+            chain.first_slot = slot;
+            slot += chain.nodes.len();
+            chains.push(chain);
+        }
+    }
+    let mut channels = HashMap::new();
+    if let Some(cfg) = opts.config {
+        for (name, spec) in &cfg.channels {
+            // Config templates are checked by the config loader; compile quietly here.
+            let t = |s: &Option<Sp<String>>| s.as_ref().and_then(|s| Template::compile(&engine, s).ok());
+            channels.insert(name.clone(), ChannelTemplates { subject: t(&spec.subject), body: t(&spec.body) });
+        }
+    }
+    RuleSet {
+        engine,
+        chains,
+        channels,
+        command_topic: opts.config.and_then(|c| c.command_topic.as_ref().map(|t| t.value.clone())),
+    }
+}
+
+/// Reports a deserialization error of a subtree.
+pub fn report_de(diags: &mut Diagnostics, src: &Source, e: yaml::DeError, fallback: Pos) {
+    let d = diags.error(src, e.pos.unwrap_or(fallback), e.message);
+    if let Some(h) = e.hint {
+        d.hint(h);
+    }
+}
+
+struct Edge {
+    to: usize,
+    pos: Pos,
+    branch: bool,
+}
+
+fn compile_chain(
+    doc: &ChainDoc,
+    engine: &Arc<Engine>,
+    channels: Option<&BTreeSet<String>>,
+    diags: &mut Diagnostics,
+) -> Option<Chain> {
+    let src = &doc.src;
+    let header: ChainFile = match from_node(&doc.root) {
+        Ok(h) => h,
+        Err(e) => {
+            report_de(diags, src, e, doc.root.pos);
+            // Keep going: the nodes may have problems of their own worth reporting.
+            ChainFile { chain: Sp::unplaced(String::new()), description: None, on: None, nodes: None }
+        }
+    };
+    let before = diags.error_count();
+    if header.chain.pos != Pos::default() && header.chain.trim().is_empty() {
+        diags.error(src, header.chain.pos, "the chain name is empty");
+    }
+
+    // Nodes, each deserialized on its own.
+    let node_list: &[Node] = match doc.root.get("nodes").map(|n| &n.value) {
+        Some(yaml::Yaml::Seq(items)) => items,
+        Some(_) => {
+            let n = doc.root.get("nodes").expect("present");
+            diags.error(src, n.pos, format!("`nodes` must be a list of nodes, found {}", n.type_name()));
+            &[]
+        }
+        None => {
+            if header.chain.pos != Pos::default() {
+                diags.error(src, doc.root.pos, "the chain has no `nodes:`").hint("add `nodes:` with at least one node");
+            }
+            &[]
+        }
+    };
+    let mut specs: Vec<Option<NodeSpec>> = Vec::new();
+    for n in node_list {
+        match from_node::<NodeSpec>(n) {
+            Ok(s) => specs.push(Some(s)),
+            Err(e) => {
+                report_de(diags, src, e, n.pos);
+                specs.push(None);
+            }
+        }
+    }
+
+    // Ids: given, or `<kind>-<n>`. A node that failed to load still reserves its id, so that
+    // references to it do not add a second, misleading error.
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut id_list: Vec<Arc<str>> = Vec::new();
+    let mut kinds: Vec<&'static str> = Vec::new();
+    for (i, (spec, raw)) in specs.iter().zip(node_list).enumerate() {
+        let kind = match spec {
+            Some(s) => {
+                let k = s.kinds();
+                match k.as_slice() {
+                    [(one, _)] => *one,
+                    [] => {
+                        diags
+                            .error(src, raw.pos, "the node has no kind key")
+                            .hint(format!("add one of: {}", NODE_KINDS.join(", ")));
+                        "node"
+                    }
+                    [(first, _), (second, pos), ..] => {
+                        diags
+                            .error(src, *pos, format!("the node has two kind keys, `{first}` and `{second}`"))
+                            .hint("one node does one thing: split it in two nodes");
+                        first
+                    }
+                }
+            }
+            None => "node",
+        };
+        kinds.push(kind);
+        let id_node = raw.get("id");
+        let id = match id_node.and_then(Node::as_str) {
+            Some(id) => id.to_string(),
+            None => format!("{kind}-{}", i + 1),
+        };
+        if let Some(first) = ids.get(&id) {
+            let pos = id_node.map_or(raw.pos, |n| n.pos);
+            diags
+                .error(src, pos, format!("duplicate node id `{id}`"))
+                .hint(format!("node {} already has this id; ids are unique in a chain", first + 1));
+        } else {
+            ids.insert(id.clone(), i);
+        }
+        id_list.push(id.into());
+    }
+
+    // Each node: kind-specific compile, shared keys, edges.
+    let mut b = Builder { engine, src, diags, ids: &ids, channels, failed: false };
+    let mut nodes: Vec<Option<CNode>> = Vec::new();
+    let mut edges: Vec<Vec<Edge>> = Vec::new();
+    let mut explicit_next: Vec<bool> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let mut out = Vec::new();
+        let Some(spec) = spec else {
+            nodes.push(None);
+            edges.push(out);
+            explicit_next.push(false);
+            continue;
+        };
+        let kind = kinds[i];
+        for (key, owners) in OWNED_KEYS {
+            if let Some(pos) = owned_key_present(spec, key) {
+                if !owners.contains(&kind) {
+                    b.error(pos, format!("`{key}` does not apply to a {kind} node"))
+                        .hint(format!("`{key}` belongs to: {}", owners.join(", ")));
+                }
+            }
+        }
+        let next = match &spec.next {
+            Some(n) => {
+                let mut v = Vec::new();
+                for id in &n.0 {
+                    let id = if id.pos == Pos::default() { Sp { value: id.value.clone(), pos: n.pos } } else { id.clone() };
+                    if let Some(t) = b.target(&id) {
+                        out.push(Edge { to: t, pos: id.pos, branch: false });
+                        v.push(t);
+                    }
+                }
+                v
+            }
+            None if i + 1 < specs.len() => {
+                out.push(Edge { to: i + 1, pos: Pos::default(), branch: false });
+                vec![i + 1]
+            }
+            None => Vec::new(),
+        };
+        explicit_next.push(spec.next.is_some());
+        let else_ = spec.else_.as_ref().and_then(|e| {
+            let t = b.target(e)?;
+            out.push(Edge { to: t, pos: e.pos, branch: true });
+            Some(t)
+        });
+        let on_error = spec.on_error.as_ref().and_then(|e| {
+            let t = b.target(e)?;
+            out.push(Edge { to: t, pos: e.pos, branch: true });
+            Some(t)
+        });
+        b.failed = false;
+        let imp = crate::nodes::build(kind, spec, &mut b, &mut |to, pos| out.push(Edge { to, pos, branch: true }));
+        let ok = !b.failed;
+        edges.push(out);
+        nodes.push(match (imp, ok) {
+            (Some(imp), true) => Some(CNode {
+                id: id_list[i].clone(),
+                kind,
+                next,
+                else_,
+                on_error,
+                mutates: kind == "transform",
+                imp,
+            }),
+            _ => None,
+        });
+    }
+
+    // on:
+    let on = compile_on(&header, &mut b);
+
+    let node_pos: Vec<Pos> = node_list.iter().map(|n| n.pos).collect();
+    check_graph(src, &id_list, &node_pos, &edges, &explicit_next, b.diags);
+
+    if b.diags.error_count() > before || nodes.iter().any(Option::is_none) {
+        return None;
+    }
+    Some(Chain {
+        name: header.chain.value.as_str().into(),
+        path: src.display(),
+        on: on?,
+        nodes: nodes.into_iter().flatten().collect(),
+        first_slot: 0,
+    })
+}
+
+fn compile_on(header: &ChainFile, b: &mut Builder) -> Option<OnFilter> {
+    let Some(on) = &header.on else { return Some(OnFilter::default()) };
+    if let Some(t) = &on.topic {
+        if let Err(e) = topic::check_filter(t) {
+            b.error(t.pos, format!("bad topic filter: {e}"));
+        }
+    }
+    let when = b.opt_expr(&on.when).ok()?;
+    Some(OnFilter {
+        kind: on.kind.as_ref().map_or(Kind::Telemetry, |k| k.value),
+        device_types: on.device_type.as_ref().map_or(Vec::new(), |d| d.0.iter().map(|s| s.value.clone()).collect()),
+        topic: on.topic.as_ref().map(|t| t.value.clone()),
+        when,
+    })
+}
+
+fn check_graph(
+    src: &Source,
+    ids: &[Arc<str>],
+    node_pos: &[Pos],
+    edges: &[Vec<Edge>],
+    explicit_next: &[bool],
+    diags: &mut Diagnostics,
+) {
+    let n = ids.len();
+    // Cycles: depth-first from every node; an edge to a node on the stack closes a cycle and is
+    // reported at that edge.
+    let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
+    let mut reported = std::collections::HashSet::new();
+    for start in 0..n {
+        if state[start] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        state[start] = 1;
+        while let Some(&mut (v, ref mut ei)) = stack.last_mut() {
+            if let Some(e) = edges[v].get(*ei) {
+                *ei += 1;
+                match state[e.to] {
+                    0 => {
+                        state[e.to] = 1;
+                        stack.push((e.to, 0));
+                    }
+                    1 if reported.insert((v, e.to)) => {
+                        let from = stack.iter().position(|(x, _)| *x == e.to).unwrap_or(0);
+                        let path: Vec<&str> =
+                            stack[from..].iter().map(|(x, _)| ids[*x].as_ref()).chain([ids[e.to].as_ref()]).collect();
+                        let pos = if e.pos == Pos::default() { Pos { line: 1, col: 1, offset: 0 } } else { e.pos };
+                        diags
+                            .error(src, pos, format!("cycle: {}", path.join(" → ")))
+                            .hint("chains are acyclic: end a branch with `next: []`");
+                    }
+                    _ => {}
+                }
+            } else {
+                state[v] = 2;
+                stack.pop();
+            }
+        }
+    }
+    // Unreachable nodes.
+    let mut seen = vec![false; n];
+    let mut todo = vec![0usize];
+    while let Some(v) = todo.pop() {
+        if v < n && !seen[v] {
+            seen[v] = true;
+            todo.extend(edges[v].iter().map(|e| e.to));
+        }
+    }
+    for i in 0..n {
+        if !seen[i] {
+            diags
+                .warning(src, node_pos[i], format!("node `{}` is unreachable", ids[i]))
+                .hint("no node leads here: reference it from `next`, `else`, `on_error` or a switch, or remove it");
+        }
+    }
+    // Fall-through into a branch target.
+    for i in 1..n {
+        let falls = !explicit_next[i - 1] && edges[i - 1].iter().any(|e| e.to == i && !e.branch);
+        let branch = edges.iter().flatten().any(|e| e.to == i && e.branch);
+        if falls && branch {
+            let warn = format!(
+                "node `{}` is entered by fall-through from `{}` and as a branch target; add `next: []` to `{}` if the branch is meant to stand alone",
+                ids[i], ids[i - 1], ids[i - 1]
+            );
+            diags.warning(src, node_pos[i], warn);
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Rule files: the model, loading with positions, and compilation.
+//!
+//! Architecture invariant: loading never stops at the first problem. Every function here
+//! returns what it could load and pushes every problem, with its position, into a
+//! [`Diagnostics`].
+
+pub mod compile;
+pub mod duration;
+pub mod model;
+pub mod yaml;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::diag::{Diagnostics, Source};
+use crate::engine::Device;
+use crate::topic::TopicPattern;
+use compile::{report_de, ChainDoc, CompileOptions, RuleSet};
+use model::{DeviceSpec, DevicesFile, TestFile};
+use yaml::{from_node, Node};
+
+/// Largest rule, config, devices or test file read (rule files are small; this bounds memory).
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What a YAML file is, judged by its top-level keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `chain:` — a rule chain.
+    Chain,
+    /// `cases:` — a rule test.
+    Test,
+    /// `devices:` — a device registry.
+    Devices,
+    /// `topics:`/`channels:`/`rules:` — an engine config.
+    Config,
+}
+
+/// Reads and parses a YAML file. A problem is reported and `None` returned.
+pub fn read_yaml(path: &Path, diags: &mut Diagnostics) -> Option<(Source, Node)> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            diags.file_error(path, format!("cannot read the file: {e}"));
+            return None;
+        }
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        diags.file_error(path, format!("the file is {} bytes; rule files may be at most {MAX_FILE_BYTES}", meta.len()));
+        return None;
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            diags.file_error(path, format!("cannot read the file: {e}"));
+            return None;
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.file_error(path, format!("the file is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()));
+            return None;
+        }
+    };
+    parse_text(path, text, diags)
+}
+
+/// Parses YAML text as if read from `path`.
+pub fn parse_text(path: &Path, text: String, diags: &mut Diagnostics) -> Option<(Source, Node)> {
+    let src = Source::new(path, text);
+    match yaml::parse(&src.text) {
+        Ok(root) => Some((src, root)),
+        Err((pos, msg)) => {
+            diags.error(&src, pos, msg);
+            None
+        }
+    }
+}
+
+/// Classifies a parsed file by its top-level keys.
+pub fn classify(root: &Node) -> Option<FileKind> {
+    if root.get("chain").is_some() {
+        Some(FileKind::Chain)
+    } else if root.get("cases").is_some() {
+        Some(FileKind::Test)
+    } else if root.get("devices").is_some() && root.get("topics").is_none() && root.get("channels").is_none() {
+        Some(FileKind::Devices)
+    } else if ["topics", "channels", "rules", "command_topic"].iter().any(|k| root.get(k).is_some()) {
+        Some(FileKind::Config)
+    } else {
+        None
+    }
+}
+
+/// The YAML files under `paths` (files as given; directories searched recursively, skipping
+/// hidden entries), sorted, without repeats.
+pub fn yaml_files(paths: &[PathBuf], diags: &mut Diagnostics) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out, diags);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            diags.file_error(p, "no such file or directory");
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Diagnostics) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            diags.file_error(dir, format!("cannot read the directory: {e}"));
+            return;
+        }
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            walk(&p, out, diags);
+        } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+            out.push(p);
+        }
+    }
+}
+
+/// True for `*.test.yaml` / `*.test.yml`.
+pub fn is_test_file(p: &Path) -> bool {
+    let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    name.ends_with(".test.yaml") || name.ends_with(".test.yml")
+}
+
+/// Loads and checks the engine config.
+pub fn load_config(path: &Path, diags: &mut Diagnostics) -> Option<Config> {
+    let (src, root) = read_yaml(path, diags)?;
+    check_config(&src, &root, diags)
+}
+
+/// Checks a parsed config: structure, topic patterns, channel kinds and templates.
+pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Option<Config> {
+    let cfg: Config = match from_node(root) {
+        Ok(c) => c,
+        Err(e) => {
+            report_de(diags, src, e, root.pos);
+            return None;
+        }
+    };
+    let before = diags.error_count();
+    for t in cfg.topics.iter().flatten() {
+        if let Err(e) = TopicPattern::parse(&t.pattern, t.kind) {
+            diags.error(src, t.pattern.pos, format!("bad topic pattern: {e}"));
+        }
+    }
+    let engine = crate::script::new_engine();
+    for (name, ch) in &cfg.channels {
+        let n = usize::from(ch.email.is_some()) + usize::from(ch.webhook.is_some()) + usize::from(ch.log.is_some());
+        if n != 1 {
+            diags
+                .error(src, ch.pos, format!("channel `{name}` needs exactly one of `email`, `webhook`, `log`"))
+                .hint("e.g. `webhook: {url: https://example.com/hook}`");
+        }
+        for t in [&ch.subject, &ch.body].into_iter().flatten() {
+            if let Err(e) = crate::script::Template::compile(&engine, t) {
+                let pos = yaml::pos_in_scalar(&src.text, t.pos, e.line, e.col);
+                let d = diags.error(src, pos, format!("in template: {}", e.message));
+                if let Some(h) = e.hint {
+                    d.hint(h);
+                }
+            }
+        }
+    }
+    (diags.error_count() == before).then_some(cfg)
+}
+
+/// Loads a devices file into the registry form the executor uses.
+pub fn load_devices(path: &Path, diags: &mut Diagnostics) -> Option<HashMap<Arc<str>, Device>> {
+    let (src, root) = read_yaml(path, diags)?;
+    match from_node::<DevicesFile>(&root) {
+        Ok(f) => devices_registry(&src, &f.devices, diags),
+        Err(e) => {
+            report_de(diags, &src, e, root.pos);
+            None
+        }
+    }
+}
+
+/// Turns device specs into the registry, reporting duplicates.
+pub fn devices_registry(src: &Source, specs: &[DeviceSpec], diags: &mut Diagnostics) -> Option<HashMap<Arc<str>, Device>> {
+    let mut map: HashMap<Arc<str>, Device> = HashMap::new();
+    let mut ok = true;
+    for d in specs {
+        let attrs = match rhai::serde::to_dynamic(&d.attributes).map(|v| v.try_cast::<rhai::Map>()) {
+            Ok(Some(m)) => m,
+            _ => {
+                diags.error(src, d.id.pos, "attributes must be a map of values");
+                ok = false;
+                continue;
+            }
+        };
+        let id: Arc<str> = d.id.value.as_str().into();
+        if map.contains_key(&id) {
+            diags.error(src, d.id.pos, format!("duplicate device `{id}`"));
+            ok = false;
+            continue;
+        }
+        map.insert(id, Device { type_: d.type_.as_deref().map(Arc::from), attrs });
+    }
+    ok.then_some(map)
+}
+
+/// Loads a test file's model.
+pub fn load_test_file(path: &Path, diags: &mut Diagnostics) -> Option<(Source, TestFile)> {
+    let (src, root) = read_yaml(path, diags)?;
+    match from_node::<TestFile>(&root) {
+        Ok(t) => Some((src, t)),
+        Err(e) => {
+            report_de(diags, &src, e, root.pos);
+            None
+        }
+    }
+}
+
+/// Loads the chain files among `files` (test files skipped) and compiles them.
+pub fn load_chains(files: &[PathBuf], config: Option<&Config>, diags: &mut Diagnostics) -> RuleSet {
+    let mut docs = Vec::new();
+    for f in files.iter().filter(|f| !is_test_file(f)) {
+        let Some((src, root)) = read_yaml(f, diags) else { continue };
+        match classify(&root) {
+            Some(FileKind::Chain) => docs.push(ChainDoc { src, root }),
+            Some(_) => {}
+            None => {
+                diags
+                    .error(&src, root.pos, "not a chain file: no top-level `chain:` key")
+                    .hint("a chain file starts with `chain: NAME` and `nodes:`");
+            }
+        }
+    }
+    compile::compile(&docs, &CompileOptions { config }, diags)
+}

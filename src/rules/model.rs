@@ -1,0 +1,582 @@
+//! The files users write, as Rust types. These types are the single source of truth: the loader
+//! deserializes them, `schemas/*.json` are derived from them (their doc comments become the
+//! schema descriptions editors show), and the compiler turns them into runnable chains.
+//!
+//! A node is one flat map (`filter:` next to `for:` and `else:`), as users write it; its kind is
+//! the one kind key it holds, found by [`NodeSpec::kinds`].
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+
+use super::yaml::{Sp, SpMap};
+
+/// A Rhai expression. In YAML a string is Rhai source (`msg.current > 10`); a YAML number or
+/// boolean is that literal. A Rhai string literal needs inner quotes: `'"ok"'`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExprSrc {
+    /// The Rhai source.
+    pub text: String,
+    /// True when the YAML value was a string (its position is inside a string scalar).
+    pub from_string: bool,
+}
+
+impl<'de> Deserialize<'de> for ExprSrc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ExprSrc;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a Rhai expression (a string), a number or a boolean")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<ExprSrc, E> {
+                Ok(ExprSrc { text: s.to_string(), from_string: true })
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<ExprSrc, E> {
+                Ok(ExprSrc { text: b.to_string(), from_string: false })
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<ExprSrc, E> {
+                Ok(ExprSrc { text: i.to_string(), from_string: false })
+            }
+            fn visit_u64<E>(self, i: u64) -> Result<ExprSrc, E> {
+                Ok(ExprSrc { text: i.to_string(), from_string: false })
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<ExprSrc, E> {
+                // Rhai needs a decimal point to read a float.
+                let mut t = format!("{f:?}");
+                if !t.contains(['.', 'e', 'E']) {
+                    t.push_str(".0");
+                }
+                Ok(ExprSrc { text: t, from_string: false })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for ExprSrc {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Expr".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A Rhai expression over `msg`, `attr` and `meta` (a string), or a literal number or boolean. String literals need inner quotes: '\"ok\"'.",
+            "type": ["string", "number", "boolean"]
+        })
+    }
+}
+
+/// One id or a list of ids.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IdList(pub Vec<Sp<String>>);
+
+impl<'de> Deserialize<'de> for IdList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Not `#[serde(untagged)]`: it buffers the value and loses positions.
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IdList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a name or a list of names")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<IdList, E> {
+                Ok(IdList(vec![Sp::unplaced(s.to_string())]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<IdList, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = a.next_element::<Sp<String>>()? {
+                    v.push(s);
+                }
+                Ok(IdList(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for IdList {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IdList".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "One name, or a list of names.",
+            "anyOf": [{ "type": "string" }, { "type": "array", "items": { "type": "string" } }]
+        })
+    }
+}
+
+/// Deserializes a kind key that may be written with no value (`- influx:`) as its defaults.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<Option<Sp<T>>, D::Error> {
+    let v: Sp<Option<T>> = Deserialize::deserialize(d)?;
+    Ok(Some(Sp { value: v.value.unwrap_or_default(), pos: v.pos }))
+}
+
+/// A message kind: which topic a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Readings (the default).
+    #[default]
+    Telemetry,
+    /// Attributes the device reports (merged into `attr` before chains run).
+    Attributes,
+    /// Online/offline status (also the MQTT last will).
+    Status,
+    /// A device's reply to an RPC command.
+    RpcResponse,
+}
+
+impl Kind {
+    /// The name used in topics, `meta.kind` and YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Telemetry => "telemetry",
+            Kind::Attributes => "attributes",
+            Kind::Status => "status",
+            Kind::RpcResponse => "rpc_response",
+        }
+    }
+
+    /// The kind of a name, if it is one.
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "telemetry" => Some(Kind::Telemetry),
+            "attributes" => Some(Kind::Attributes),
+            "status" => Some(Kind::Status),
+            "rpc_response" => Some(Kind::RpcResponse),
+            _ => None,
+        }
+    }
+}
+
+/// A rule chain file (`rules/*.yaml`): one chain.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "rulechain chain file")]
+pub struct ChainFile {
+    /// The chain's unique name; also the metrics label and the `chain` of every event it emits.
+    pub chain: Sp<String>,
+    /// What the chain is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Which messages enter the chain. Every key is optional and all given keys must match.
+    #[serde(default)]
+    pub on: Option<OnSpec>,
+    /// The nodes. A message enters at the first and flows down the list, or along `next:`.
+    #[serde(default)]
+    #[schemars(with = "Vec<NodeSpec>")]
+    pub nodes: Option<serde::de::IgnoredAny>,
+}
+
+/// Which messages enter a chain.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OnSpec {
+    /// Message kind: `telemetry` (default), `attributes`, `status` or `rpc_response`.
+    #[serde(default)]
+    pub kind: Option<Sp<Kind>>,
+    /// The device type (from the devices file), or a list of types.
+    #[serde(default)]
+    pub device_type: Option<IdList>,
+    /// An MQTT topic filter (`+`, `#`) the message's source topic must match.
+    #[serde(default)]
+    pub topic: Option<Sp<String>>,
+    /// A Rhai precondition; the message enters only when it is true.
+    #[serde(default)]
+    pub when: Option<Sp<ExprSrc>>,
+}
+
+/// `debounce` emit mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Emit {
+    /// Pass the latest message once the key has been quiet for the duration.
+    #[default]
+    Last,
+    /// Pass the first message and suppress the rest until the key has been quiet for the duration.
+    First,
+}
+
+/// One node of a chain. It holds exactly one kind key (`filter`, `transform`, `alarm`, …) and
+/// the keys that go with it.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The node's id: unique in the chain, the target of `next`/`else`/`on_error`, and the key of
+    /// its state across hot reloads. Default: `<kind>-<position>` (1-based).
+    #[serde(default)]
+    pub id: Option<Sp<String>>,
+    /// What the node is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where the output goes instead of the next node in the list: an id, a list of ids
+    /// (fan-out, in order), or `[]` to end here.
+    #[serde(default)]
+    pub next: Option<Sp<IdList>>,
+    /// Where a message goes when this node fails (a Rhai error, say), with `meta.error` set.
+    #[serde(default)]
+    pub on_error: Option<Sp<String>>,
+    /// Per-key state is kept per value of this expression. Default: `meta.device`.
+    #[serde(default)]
+    pub key: Option<Sp<ExprSrc>>,
+
+    /// filter: passes the message when the expression is true.
+    #[serde(default)]
+    pub filter: Option<Sp<ExprSrc>>,
+    /// filter: the condition must stay true this long per key before anything passes (`30s`).
+    #[serde(default, rename = "for")]
+    pub hold: Option<Sp<String>>,
+    /// filter: the node id a false message goes to (default: nowhere).
+    #[serde(default, rename = "else")]
+    pub else_: Option<Sp<String>>,
+
+    /// transform: fields to set, `name: EXPR`, evaluated in order; a `()` value removes the field.
+    #[serde(default)]
+    pub transform: Option<Sp<SpMap<Sp<ExprSrc>>>>,
+    /// transform: a Rhai script returning a map of fields to set (instead of, or after, `transform`).
+    #[serde(default)]
+    pub script: Option<Sp<String>>,
+    /// transform: fields to remove.
+    #[serde(default)]
+    pub drop: Option<Vec<Sp<String>>>,
+
+    /// switch: routes by the value of this expression.
+    #[serde(default)]
+    pub switch: Option<Sp<ExprSrc>>,
+    /// switch: `value: node-id`; values are compared as text.
+    #[serde(default)]
+    pub cases: Option<Sp<SpMap<Sp<String>>>>,
+    /// switch: the node id for a value with no case (default: nowhere).
+    #[serde(default)]
+    pub default: Option<Sp<String>>,
+
+    /// debounce: the quiet time per key (`5s`).
+    #[serde(default)]
+    pub debounce: Option<Sp<String>>,
+    /// debounce: `last` (default) or `first`.
+    #[serde(default)]
+    pub emit: Option<Sp<Emit>>,
+
+    /// delay: how long each message is held before it passes.
+    #[serde(default)]
+    pub delay: Option<Sp<String>>,
+    /// delay: at most this many pending messages per key; the oldest is dropped beyond it (default 1000).
+    #[serde(default)]
+    pub max_pending: Option<Sp<u32>>,
+    /// delay: a message for which this is true drops the key's pending messages and is consumed.
+    #[serde(default)]
+    pub cancel_when: Option<Sp<ExprSrc>>,
+
+    /// throttle: at most one message per key per duration (leading edge).
+    #[serde(default)]
+    pub throttle: Option<Sp<String>>,
+
+    /// deadband: passes only when a field moved by more than `delta` since the last passed value.
+    #[serde(default)]
+    pub deadband: Option<Sp<DeadbandSpec>>,
+
+    /// aggregate: a tumbling window per key, emitting one message when it closes.
+    #[serde(default)]
+    pub aggregate: Option<Sp<AggregateSpec>>,
+
+    /// alarm: raise or clear the one alarm per (device, type).
+    #[serde(default)]
+    pub alarm: Option<Sp<AlarmSpec>>,
+
+    /// rpc: send a command `{id, method, params}` to the device.
+    #[serde(default)]
+    pub rpc: Option<Sp<RpcSpec>>,
+
+    /// influx: write one point to InfluxDB.
+    #[serde(default, deserialize_with = "present")]
+    pub influx: Option<Sp<InfluxSpec>>,
+
+    /// websocket: push the message to the WebSocket clients of a room.
+    #[serde(default, deserialize_with = "present")]
+    pub websocket: Option<Sp<WebsocketSpec>>,
+
+    /// notify: the notification channels (names from the config) to send the message to.
+    #[serde(default)]
+    pub notify: Option<Sp<IdList>>,
+
+    /// publish: republish the message as JSON to MQTT.
+    #[serde(default)]
+    pub publish: Option<Sp<PublishSpec>>,
+
+    /// log: write a log event.
+    #[serde(default, deserialize_with = "present")]
+    pub log: Option<Sp<LogSpec>>,
+}
+
+impl NodeSpec {
+    /// The kind keys this node holds, with their positions (exactly one is valid).
+    pub fn kinds(&self) -> Vec<(&'static str, super::yaml::Pos)> {
+        let mut k = Vec::new();
+        let mut add = |name, pos: Option<super::yaml::Pos>| {
+            if let Some(p) = pos {
+                k.push((name, p));
+            }
+        };
+        add("filter", self.filter.as_ref().map(|s| s.pos));
+        add(
+            "transform",
+            self.transform.as_ref().map(|s| s.pos).or(self.script.as_ref().map(|s| s.pos)),
+        );
+        add("switch", self.switch.as_ref().map(|s| s.pos));
+        add("debounce", self.debounce.as_ref().map(|s| s.pos));
+        add("delay", self.delay.as_ref().map(|s| s.pos));
+        add("throttle", self.throttle.as_ref().map(|s| s.pos));
+        add("deadband", self.deadband.as_ref().map(|s| s.pos));
+        add("aggregate", self.aggregate.as_ref().map(|s| s.pos));
+        add("alarm", self.alarm.as_ref().map(|s| s.pos));
+        add("rpc", self.rpc.as_ref().map(|s| s.pos));
+        add("influx", self.influx.as_ref().map(|s| s.pos));
+        add("websocket", self.websocket.as_ref().map(|s| s.pos));
+        add("notify", self.notify.as_ref().map(|s| s.pos));
+        add("publish", self.publish.as_ref().map(|s| s.pos));
+        add("log", self.log.as_ref().map(|s| s.pos));
+        k
+    }
+}
+
+/// Every kind key, for hints.
+pub const NODE_KINDS: &[&str] = &[
+    "filter", "transform", "switch", "debounce", "delay", "throttle", "deadband", "aggregate",
+    "alarm", "rpc", "influx", "websocket", "notify", "publish", "log",
+];
+
+/// `deadband`: change-of-value.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeadbandSpec {
+    /// The numeric field of `msg` to watch.
+    pub field: Sp<String>,
+    /// The message passes when the field moved by more than this since the last passed value.
+    pub delta: Sp<f64>,
+}
+
+/// `aggregate`: a tumbling window, aligned to the epoch.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSpec {
+    /// The window length (`1m`).
+    pub window: Sp<String>,
+    /// Per-key windows; default `meta.device`.
+    #[serde(default)]
+    pub key: Option<Sp<ExprSrc>>,
+    /// Output fields: `name: "avg(field)"` with `avg min max sum count first last`.
+    pub fields: Sp<SpMap<Sp<String>>>,
+}
+
+/// `alarm` action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmAction {
+    /// Create the alarm, or update an active one (default).
+    #[default]
+    Raise,
+    /// Clear the active alarm.
+    Clear,
+}
+
+/// `alarm`: one alarm per (device, type), with ThingsBoard's lifecycle.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmSpec {
+    /// The alarm type, a template (`MotorOverload`, `${msg.sensor}Fault`).
+    #[serde(rename = "type")]
+    pub type_: Sp<String>,
+    /// `raise` (default) or `clear`.
+    #[serde(default)]
+    pub action: Option<Sp<AlarmAction>>,
+    /// `CRITICAL`, `MAJOR`, `MINOR`, `WARNING` or `INDETERMINATE`, or a Rhai expression giving one.
+    #[serde(default)]
+    pub severity: Option<Sp<ExprSrc>>,
+    /// The alarm text, a template (`"${meta.device} is hot"`).
+    #[serde(default)]
+    pub message: Option<Sp<String>>,
+    /// Extra values kept with the alarm: `name: EXPR`.
+    #[serde(default)]
+    pub details: Option<Sp<SpMap<Sp<ExprSrc>>>>,
+}
+
+/// `rpc`: a command to the device.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RpcSpec {
+    /// The method name.
+    pub method: Sp<String>,
+    /// Parameters: `name: EXPR`.
+    #[serde(default)]
+    pub params: Option<Sp<SpMap<Sp<ExprSrc>>>>,
+    /// The command topic, a template. Default: the source topic with its last level replaced
+    /// by `command`, or the config's command pattern.
+    #[serde(default)]
+    pub topic: Option<Sp<String>>,
+    /// MQTT QoS 0, 1 or 2 (default 1).
+    #[serde(default)]
+    pub qos: Option<Sp<u8>>,
+    /// At most one command per key per this duration.
+    #[serde(default)]
+    pub cooldown: Option<Sp<String>>,
+    /// Wait this long for the device's reply (same id on its rpc-response topic); the reply
+    /// passes downstream, a timeout goes to `on_error`.
+    #[serde(default, rename = "await")]
+    pub await_: Option<Sp<String>>,
+}
+
+/// `influx`: one point per message.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSpec {
+    /// The measurement, a template (default `telemetry`).
+    #[serde(default)]
+    pub measurement: Option<Sp<String>>,
+    /// Tag names, looked up in `meta`, then `attr`, then `msg`; a missing tag is omitted.
+    #[serde(default)]
+    pub tags: Option<Vec<Sp<String>>>,
+    /// Field names of `msg` (strings are written only when listed). Default: every numeric and
+    /// boolean field.
+    #[serde(default)]
+    pub fields: Option<Vec<Sp<String>>>,
+}
+
+/// `websocket`: push to a room.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WebsocketSpec {
+    /// The room, a template (default `device/${meta.device}`).
+    #[serde(default)]
+    pub room: Option<Sp<String>>,
+}
+
+/// `publish`: republish to MQTT.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSpec {
+    /// The topic, a template.
+    pub topic: Sp<String>,
+    /// MQTT QoS 0, 1 or 2 (default 0).
+    #[serde(default)]
+    pub qos: Option<Sp<u8>>,
+    /// Publish as a retained message.
+    #[serde(default)]
+    pub retain: Option<bool>,
+}
+
+/// Log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors.
+    Error,
+    /// Warnings.
+    Warn,
+    /// Information (default).
+    #[default]
+    Info,
+    /// Debugging.
+    Debug,
+    /// Tracing.
+    Trace,
+}
+
+/// `log`: a log event.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogSpec {
+    /// The level (default `info`).
+    #[serde(default)]
+    pub level: Option<Sp<LogLevel>>,
+    /// The text, a template (default: the message as JSON).
+    #[serde(default)]
+    pub message: Option<Sp<String>>,
+}
+
+/// The devices file (`devices.yaml`).
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "rulechain devices file")]
+pub struct DevicesFile {
+    /// The devices.
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// A device of the registry.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    /// The device id, as in its topics (`{device}`).
+    pub id: Sp<String>,
+    /// The device type (`on.device_type` matches it; `meta.device_type`).
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// Attributes seen as `attr` in Rhai (`rated_current: 10.0`). What the device publishes on
+    /// its attributes topic overlays them.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+/// A rule test file (`*.test.yaml`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "rulechain test file")]
+pub struct TestFile {
+    /// The chain files under test, relative to this file. Default: the chain file with the same
+    /// stem (`overload.test.yaml` tests `overload.yaml`), else every chain in this directory.
+    #[serde(default)]
+    pub chains: Option<Vec<Sp<String>>>,
+    /// Devices for every case (as in the devices file).
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+    /// The cases.
+    pub cases: Vec<TestCase>,
+}
+
+/// One test case: input messages and the events expected.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    /// The case's name, printed with its result.
+    pub name: Sp<String>,
+    /// Input messages, as dry-run input lines (`ts` in ms or `at: 30s` from time 0).
+    pub input: Vec<Sp<InputLine>>,
+    /// Expected events, in order. Each lists only the fields it checks. Every event of a kind
+    /// named here (`event: alarm`) must be expected: an extra or missing one fails the case;
+    /// other kinds are not checked.
+    #[serde(default)]
+    pub expect: Vec<Sp<BTreeMap<String, serde_json::Value>>>,
+    /// How long timers still run after the last input (default: until none is pending).
+    #[serde(default)]
+    pub drain: Option<Sp<String>>,
+}
+
+/// One input message, as a `dry-run` JSON line or a test case's `input` entry.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputLine {
+    /// The device (the direct form).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The MQTT topic (the topic form: goes through the topic patterns).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// `telemetry` (default), `attributes`, `status` or `rpc_response` (direct form).
+    #[serde(default)]
+    pub kind: Option<Kind>,
+    /// Milliseconds since the epoch; default: the payload's `ts`/`timestamp`, else the previous line's.
+    #[serde(default)]
+    pub ts: Option<i64>,
+    /// Tests only: the time as a duration from 0 (`30s`), instead of `ts`.
+    #[serde(default)]
+    pub at: Option<String>,
+    /// The payload (direct form).
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+    /// The payload (topic form).
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+}

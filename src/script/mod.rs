@@ -1,0 +1,367 @@
+//! The Rhai layer: one sandboxed engine, expressions and templates compiled once at load, and
+//! evaluation against a message's `msg`, `attr` and `meta`.
+//!
+//! Invariants:
+//! - Nothing is compiled per message. [`Expr`], [`Template`] and [`Script`] hold compiled ASTs.
+//! - `msg`, `attr` and `meta` are ordinary scope variables, moved into a reused [`Scope`] for an
+//!   evaluation and moved back out after it: no map is cloned to evaluate an expression, and the
+//!   optimizer never bakes values into an AST (it would bake stale attributes).
+//! - Scripts cannot reach files, the network, processes or the clock (rhai's `no_time`,
+//!   `no_module`, `eval` disabled), and limits stop a runaway script: it becomes that node's error.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use rhai::{Dynamic, Engine, Scope, AST};
+
+/// Most operations one evaluation may take before it is stopped (a `loop {}` ends here).
+pub const MAX_OPERATIONS: u64 = 100_000;
+
+/// The sandboxed engine every chain uses.
+pub fn new_engine() -> Engine {
+    let mut e = Engine::new();
+    e.set_strict_variables(true);
+    e.set_max_operations(MAX_OPERATIONS);
+    e.set_max_call_levels(32);
+    e.set_max_expr_depths(64, 32);
+    e.set_max_string_size(256 * 1024);
+    e.set_max_array_size(10_000);
+    e.set_max_map_size(10_000);
+    e.disable_symbol("eval");
+    e.on_print(|_| {});
+    e.on_debug(|_, _, _| {});
+    e
+}
+
+/// What a message looks like to Rhai: three maps.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    /// The payload (`msg`).
+    pub msg: Dynamic,
+    /// The device's attributes (`attr`), read-only in effect: a copy per message.
+    pub attr: Dynamic,
+    /// `meta`: device, device_type, kind, topic, ts, topic captures, error.
+    pub meta: Dynamic,
+}
+
+/// An engine and a scratch scope: what one shard needs to evaluate.
+pub struct Runtime {
+    engine: Arc<Engine>,
+    scope: Scope<'static>,
+}
+
+impl Runtime {
+    /// A runtime over a shared engine.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Runtime { engine, scope: Scope::new() }
+    }
+
+    fn run(&mut self, ast: &AST, vars: &mut Vars) -> Result<Dynamic, String> {
+        let scope = &mut self.scope;
+        scope.clear();
+        scope.push_dynamic("msg", std::mem::take(&mut vars.msg));
+        scope.push_dynamic("attr", std::mem::take(&mut vars.attr));
+        scope.push_dynamic("meta", std::mem::take(&mut vars.meta));
+        let engine = &self.engine;
+        let result = catch_unwind(AssertUnwindSafe(|| engine.eval_ast_with_scope::<Dynamic>(scope, ast)));
+        // A script's own `let`s come after our three: drop them, then take ours back.
+        scope.rewind(3);
+        for (name, slot) in [("msg", &mut vars.msg), ("attr", &mut vars.attr), ("meta", &mut vars.meta)] {
+            if let Some(v) = scope.get_mut(name) {
+                *slot = std::mem::take(v);
+            }
+        }
+        scope.clear();
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(runtime_error_text(&e)),
+            Err(_) => Err("the script engine failed on this message (internal error)".into()),
+        }
+    }
+}
+
+fn runtime_error_text(e: &rhai::EvalAltResult) -> String {
+    use rhai::EvalAltResult as E;
+    match e {
+        E::ErrorTooManyOperations(_) => {
+            format!("script stopped after {MAX_OPERATIONS} operations (a runaway loop?)")
+        }
+        _ => {
+            // rhai appends " (line 1, position 9)"; positions inside one expression are noise
+            // at run time, where the node id says where.
+            let t = e.to_string();
+            match t.rfind(" (line ") {
+                Some(i) => t[..i].to_string(),
+                None => t,
+            }
+        }
+    }
+}
+
+/// A compile error with its position in the compiled text (1-based line and column).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompileError {
+    /// What is wrong.
+    pub message: String,
+    /// 1-based line in the text.
+    pub line: usize,
+    /// 1-based column in the text.
+    pub col: usize,
+    /// A hint, e.g. for strict-variable errors.
+    pub hint: Option<String>,
+}
+
+fn compile_scope() -> Scope<'static> {
+    let mut s = Scope::new();
+    s.push_dynamic("msg", Dynamic::UNIT);
+    s.push_dynamic("attr", Dynamic::UNIT);
+    s.push_dynamic("meta", Dynamic::UNIT);
+    s
+}
+
+fn compile_error(e: &rhai::ParseError) -> CompileError {
+    let pos = e.position();
+    let mut message = e.err_type().to_string();
+    let mut hint = None;
+    if let rhai::ParseErrorType::VariableUndefined(name) = e.err_type() {
+        message = format!("undefined variable `{name}`");
+        hint = Some(format!(
+            "expressions see `msg`, `attr` and `meta` (e.g. `msg.{name}`); a string literal needs inner quotes: '\"{name}\"'"
+        ));
+    }
+    CompileError { message, line: pos.line().unwrap_or(1), col: pos.position().unwrap_or(1), hint }
+}
+
+/// A compiled Rhai expression.
+#[derive(Clone)]
+pub struct Expr {
+    ast: Arc<AST>,
+    /// The source, for messages.
+    pub src: Arc<str>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Expr({:?})", self.src)
+    }
+}
+
+impl Expr {
+    /// Compiles an expression (no statements) with `msg`, `attr`, `meta` in scope.
+    pub fn compile(engine: &Engine, src: &str) -> Result<Expr, CompileError> {
+        if src.trim().is_empty() {
+            return Err(CompileError { message: "empty expression".into(), line: 1, col: 1, hint: None });
+        }
+        let ast = engine
+            .compile_expression_with_scope(&compile_scope(), src)
+            .map_err(|e| compile_error(&e))?;
+        Ok(Expr { ast: Arc::new(ast), src: src.into() })
+    }
+
+    /// Evaluates against a message.
+    pub fn eval(&self, rt: &mut Runtime, vars: &mut Vars) -> Result<Dynamic, String> {
+        rt.run(&self.ast, vars)
+    }
+
+    /// Evaluates and requires a boolean.
+    pub fn eval_bool(&self, rt: &mut Runtime, vars: &mut Vars) -> Result<bool, String> {
+        let v = self.eval(rt, vars)?;
+        v.as_bool().map_err(|t| {
+            if t == "()" {
+                format!("`{}` gave () (a missing field?), not a boolean", self.src)
+            } else {
+                format!("`{}` gave a {t}, not a boolean", self.src)
+            }
+        })
+    }
+}
+
+/// A compiled statement script (transform `script:`).
+#[derive(Clone)]
+pub struct Script {
+    ast: Arc<AST>,
+}
+
+impl Script {
+    /// Compiles a script with `msg`, `attr`, `meta` in scope.
+    pub fn compile(engine: &Engine, src: &str) -> Result<Script, CompileError> {
+        let ast = engine.compile_with_scope(&compile_scope(), src).map_err(|e| compile_error(&e))?;
+        Ok(Script { ast: Arc::new(ast) })
+    }
+
+    /// Runs the script; its value is returned.
+    pub fn eval(&self, rt: &mut Runtime, vars: &mut Vars) -> Result<Dynamic, String> {
+        rt.run(&self.ast, vars)
+    }
+}
+
+/// A text with `${EXPR}` holes, each hole compiled once.
+#[derive(Clone, Debug)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug)]
+enum Part {
+    Lit(String),
+    Hole(Expr),
+}
+
+impl Template {
+    /// Compiles a template. A compile error's position is in the template text.
+    pub fn compile(engine: &Engine, text: &str) -> Result<Template, CompileError> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = text;
+        let mut consumed = 0usize; // bytes of `text` before `rest`
+        while let Some(i) = rest.find("${") {
+            lit.push_str(&rest[..i]);
+            let start = consumed + i + 2; // byte offset of the expression in `text`
+            let body = &text[start..];
+            let end = hole_end(body).ok_or_else(|| {
+                let (line, col) = line_col(text, consumed + i);
+                CompileError { message: "`${` without its closing `}`".into(), line, col, hint: None }
+            })?;
+            let expr_src = &body[..end];
+            let expr = Expr::compile(engine, expr_src).map_err(|mut e| {
+                // Move the position from the hole to the template.
+                let (hl, hc) = line_col(text, start);
+                if e.line == 1 {
+                    e.col += hc - 1;
+                }
+                e.line += hl - 1;
+                e
+            })?;
+            if !lit.is_empty() {
+                parts.push(Part::Lit(std::mem::take(&mut lit)));
+            }
+            parts.push(Part::Hole(expr));
+            consumed = start + end + 1;
+            rest = &text[consumed..];
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        Ok(Template { parts })
+    }
+
+    /// A template that is only this text.
+    pub fn literal(text: &str) -> Template {
+        Template { parts: vec![Part::Lit(text.to_string())] }
+    }
+
+    /// Renders the template for a message.
+    pub fn render(&self, rt: &mut Runtime, vars: &mut Vars) -> Result<String, String> {
+        if let [Part::Lit(s)] = self.parts.as_slice() {
+            return Ok(s.clone());
+        }
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => out.push_str(s),
+                Part::Hole(e) => {
+                    let v = e.eval(rt, vars)?;
+                    if v.is_unit() {
+                        out.push_str("()");
+                    } else {
+                        out.push_str(&v.to_string());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The byte index of the `}` closing a `${` hole whose body starts `body` (nested braces and
+/// string literals skipped).
+fn hole_end(body: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_str: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in body.char_indices() {
+        if let Some(q) = in_str {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                in_str = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => in_str = Some(c),
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(i),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// 1-based line and column (chars) of byte offset `off` in `text`.
+pub fn line_col(text: &str, off: usize) -> (usize, usize) {
+    let before = &text[..off.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(msg: serde_json::Value) -> Vars {
+        Vars {
+            msg: rhai::serde::to_dynamic(msg).unwrap(),
+            attr: rhai::serde::to_dynamic(serde_json::json!({"rated_current": 10.0})).unwrap(),
+            meta: rhai::serde::to_dynamic(serde_json::json!({"device": "pump-3"})).unwrap(),
+        }
+    }
+
+    #[test]
+    fn expressions_see_msg_attr_meta() {
+        let e = Arc::new(new_engine());
+        let mut rt = Runtime::new(e.clone());
+        let x = Expr::compile(&e, "msg.current > attr.rated_current * 1.2").unwrap();
+        let mut v = vars(serde_json::json!({"current": 12.5}));
+        assert!(x.eval_bool(&mut rt, &mut v).unwrap());
+        let mut v = vars(serde_json::json!({"current": 11.0}));
+        assert!(!x.eval_bool(&mut rt, &mut v).unwrap());
+        // the maps come back after evaluation
+        assert_eq!(v.msg.clone().cast::<rhai::Map>()["current"].as_float().unwrap(), 11.0);
+    }
+
+    #[test]
+    fn strict_variables_give_a_hint() {
+        let e = new_engine();
+        let err = Expr::compile(&e, "status == ok").unwrap_err();
+        assert_eq!(err.message, "undefined variable `status`");
+        assert_eq!((err.line, err.col), (1, 1));
+        assert!(err.hint.unwrap().contains("'\"status\"'"));
+    }
+
+    #[test]
+    fn runaway_is_stopped() {
+        let e = Arc::new(new_engine());
+        let s = Script::compile(&e, "loop { }").unwrap();
+        let err = s.eval(&mut Runtime::new(e), &mut vars(serde_json::json!({}))).unwrap_err();
+        assert!(err.contains("runaway"), "{err}");
+    }
+
+    #[test]
+    fn template_holes_and_positions() {
+        let e = Arc::new(new_engine());
+        let t = Template::compile(&e, "${meta.device} at ${msg.pct.round().to_int()}%").unwrap();
+        let mut v = vars(serde_json::json!({"pct": 31.4}));
+        assert_eq!(t.render(&mut Runtime::new(e.clone()), &mut v).unwrap(), "pump-3 at 31%");
+        let err = Template::compile(&e, "ok ${msg.x +} end").unwrap_err();
+        assert_eq!(err.line, 1);
+        assert!(err.col >= 6 && err.col <= 14, "{err:?}");
+        let err = Template::compile(&e, "ok ${nope}").unwrap_err();
+        assert_eq!((err.line, err.col), (1, 6));
+    }
+}
