@@ -1,8 +1,8 @@
 //! `rulechain test [PATHS]`: runs `*.test.yaml` files. Each case feeds its inputs through the
 //! chains under test on a virtual clock starting at 0 and compares the events with `expect`:
 //! for every event kind an expectation names, the actual events of that kind must match the
-//! expectations one for one, in order (an expectation lists only the fields it checks; `at: 30s`
-//! checks `ts`). Prints a line per case and `N passed, N failed`; exit 1 on any failure.
+//! expectations of that kind one for one, in order (an expectation lists only the fields it checks; `at: 30s`
+//! checks `ts`); `expect_none` names event kinds that must not happen at all. Prints a line per case and `N passed, N failed`; exit 1 on any failure.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -105,39 +105,51 @@ fn run_case(mut replay: Replay, case: &TestCase) -> Result<(), String> {
     };
     replay.drain(drain, &mut rec);
     let actual: Vec<Value> = rec.effects.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+    for kind in &case.expect_none {
+        if let Some(e) = actual.iter().find(|a| a["event"] == kind.as_str()) {
+            return Err(format!("expected no `{}` event, got {e}", kind.value));
+        }
+    }
     compare(&case.expect.iter().map(|e| e.value.clone()).collect::<Vec<_>>(), &actual)
 }
 
-/// Compares expectations with actual events (see the module docs).
+/// Compares expectations with actual events (see the module docs): per event kind named in
+/// `expect`, the actual events of that kind match its expectations one for one, in order.
 pub fn compare(expect: &[BTreeMap<String, Value>], actual: &[Value]) -> Result<(), String> {
-    let kinds: Vec<&str> = expect.iter().filter_map(|e| e.get("event").and_then(Value::as_str)).collect();
-    if kinds.len() != expect.len() {
-        return Err("every expected event needs `event:`".into());
-    }
-    let relevant: Vec<&Value> = actual.iter().filter(|a| a["event"].as_str().is_some_and(|k| kinds.contains(&k))).collect();
-    for (i, e) in expect.iter().enumerate() {
-        let Some(a) = relevant.get(i) else {
-            return Err(format!(
-                "expected event {} {}, but only {} event{} of the expected kinds happened{}",
-                i + 1,
-                show(e),
-                relevant.len(),
-                if relevant.len() == 1 { "" } else { "s" },
-                listing(&relevant)
-            ));
-        };
-        if let Some(field) = mismatch(e, a)? {
-            return Err(format!("event {}: expected {}\n  got {a}\n  (`{field}` differs){}", i + 1, show(e), listing(&relevant)));
+    let mut kinds: Vec<&str> = Vec::new();
+    for e in expect {
+        let k = e.get("event").and_then(Value::as_str).ok_or("every expected event needs `event:`")?;
+        if !kinds.contains(&k) {
+            kinds.push(k);
         }
     }
-    if relevant.len() > expect.len() {
-        return Err(format!(
-            "{} more event{} than expected, from {}{}",
-            relevant.len() - expect.len(),
-            if relevant.len() - expect.len() == 1 { "" } else { "s" },
-            relevant[expect.len()],
-            listing(&relevant)
-        ));
+    for kind in kinds {
+        let want: Vec<&BTreeMap<String, Value>> = expect.iter().filter(|e| e["event"] == kind).collect();
+        let got: Vec<&Value> = actual.iter().filter(|a| a["event"] == kind).collect();
+        for (i, e) in want.iter().enumerate() {
+            let Some(a) = got.get(i) else {
+                return Err(format!(
+                    "expected {kind} event {} {}, but only {} {kind} event{} happened{}",
+                    i + 1,
+                    show(e),
+                    got.len(),
+                    if got.len() == 1 { "" } else { "s" },
+                    listing(&got)
+                ));
+            };
+            if let Some(field) = mismatch(e, a)? {
+                return Err(format!("{kind} event {}: expected {}\n  got {a}\n  (`{field}` differs){}", i + 1, show(e), listing(&got)));
+            }
+        }
+        if got.len() > want.len() {
+            let extra = got.len() - want.len();
+            return Err(format!(
+                "{extra} more {kind} event{} than expected, from {}{}",
+                if extra == 1 { "" } else { "s" },
+                got[want.len()],
+                listing(&got)
+            ));
+        }
     }
     Ok(())
 }
@@ -147,7 +159,7 @@ fn show(e: &BTreeMap<String, Value>) -> String {
 }
 
 fn listing(events: &[&Value]) -> String {
-    let mut s = String::from("\n  events of the expected kinds:");
+    let mut s = String::from("\n  actual events of this kind:");
     for e in events {
         s.push_str(&format!("\n    {e}"));
     }
@@ -199,8 +211,10 @@ mod tests {
         let ok = [exp(json!({"event": "alarm", "transition": "created", "at": "30s"})), exp(json!({"event": "alarm", "transition": "cleared"}))];
         assert!(compare(&ok, &actual).is_ok());
         let missing = [exp(json!({"event": "alarm", "transition": "created"}))];
-        assert!(compare(&missing, &actual).unwrap_err().contains("1 more event"));
+        assert!(compare(&missing, &actual).unwrap_err().contains("1 more alarm event"));
         let wrong = [exp(json!({"event": "alarm", "transition": "cleared"})), exp(json!({"event": "alarm"}))];
+        let other_kinds_in_any_order = [exp(json!({"event": "notify"})), exp(json!({"event": "alarm"})), exp(json!({"event": "alarm"}))];
+        assert!(compare(&other_kinds_in_any_order, &actual).is_ok());
         assert!(compare(&wrong, &actual).unwrap_err().contains("`transition` differs"));
         let numbers = [exp(json!({"event": "alarm", "ts": 30000.0})), exp(json!({"event": "alarm"}))];
         assert!(compare(&numbers, &actual).is_ok());

@@ -93,6 +93,13 @@ pub fn check_test_file(path: &Path, diags: &mut Diagnostics) {
                     .hint("e.g. `{event: alarm, transition: created}`");
             }
         }
+        for k in &case.expect_none {
+            const KINDS: &[&str] = &["alarm", "notify", "rpc", "influx", "websocket", "publish", "log", "error", "dropped"];
+            if !KINDS.contains(&k.as_str()) {
+                let d = diags.error(&src, k.pos, format!("unknown event kind `{}`", k.value));
+                d.hint(crate::rules::yaml::did_you_mean(k, KINDS.iter().copied()).unwrap_or_else(|| format!("one of {}", KINDS.join(", "))));
+            }
+        }
         for i in &case.input {
             if i.value.device.is_none() && i.value.topic.is_none() {
                 diags.error(&src, i.pos, "an input needs `device` or `topic`");

@@ -544,11 +544,14 @@ pub struct TestCase {
     pub name: Sp<String>,
     /// Input messages, as dry-run input lines (`ts` in ms or `at: 30s` from time 0).
     pub input: Vec<Sp<InputLine>>,
-    /// Expected events, in order. Each lists only the fields it checks. Every event of a kind
-    /// named here (`event: alarm`) must be expected: an extra or missing one fails the case;
-    /// other kinds are not checked.
+    /// Expected events. Each lists only the fields it checks (`at: 30s` checks `ts`). For every
+    /// kind named here (`event: alarm`), the events of that kind must match its expectations one
+    /// for one, in order: an extra or missing one fails the case. Other kinds are not checked.
     #[serde(default)]
     pub expect: Vec<Sp<BTreeMap<String, serde_json::Value>>>,
+    /// Event kinds that must not happen at all in this case (`[alarm, error]`).
+    #[serde(default)]
+    pub expect_none: Vec<Sp<String>>,
     /// How long timers still run after the last input (default: until none is pending).
     #[serde(default)]
     pub drain: Option<Sp<String>>,
