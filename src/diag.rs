@@ -165,9 +165,13 @@ impl Diagnostics {
                 if let Some(line) = src.text.lines().nth(d.line as usize - 1) {
                     let num = d.line.to_string();
                     let pad = " ".repeat(num.len());
+                    // Long lines are cropped to a window around the column.
+                    let col = d.column as usize - 1;
+                    let skip = col.saturating_sub(60);
+                    let line: String = line.chars().skip(skip).take(120).collect();
                     let caret_pad: String = line
                         .chars()
-                        .take(d.column as usize - 1)
+                        .take(col - skip)
                         .map(|c| if c == '\t' { '\t' } else { ' ' })
                         .collect();
                     let _ = writeln!(out, "{pad} |");

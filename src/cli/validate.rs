@@ -31,8 +31,8 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
     let mut docs = Vec::new();
     let mut checked = 0;
     for f in &files {
-        let Some((src, root)) = read_yaml(f, &mut diags) else { continue };
         checked += 1;
+        let Some((src, root)) = read_yaml(f, &mut diags) else { continue };
         match classify(&root) {
             Some(FileKind::Chain) => docs.push(ChainDoc { src, root }),
             Some(FileKind::Test) => check_test_file(f, &mut diags),

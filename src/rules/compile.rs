@@ -401,7 +401,7 @@ fn compile_chain(
             let pos = id_node.map_or(raw.pos, |n| n.pos);
             diags
                 .error(src, pos, format!("duplicate node id `{id}`"))
-                .hint(format!("node {} already has this id; ids are unique in a chain", first + 1));
+                .hint(format!("the node at line {} has it already; ids are unique in a chain", node_list[*first].pos.line));
         } else {
             ids.insert(id.clone(), i);
         }
@@ -416,6 +416,11 @@ fn compile_chain(
     for (i, spec) in specs.iter().enumerate() {
         let mut out = Vec::new();
         let Some(spec) = spec else {
+            // It failed to load: assume it falls through, so that the nodes after it are not
+            // also reported as unreachable.
+            if i + 1 < specs.len() {
+                out.push(Edge { to: i + 1, pos: Pos::default(), branch: false });
+            }
             nodes.push(None);
             edges.push(out);
             explicit_next.push(false);
