@@ -122,9 +122,11 @@ pub struct Device {
     pub attrs: Map,
 }
 
+/// Timers order by due time, then by when they were (logically) set.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
     due: i64,
+    order: u64,
     seq: u64,
     chain: usize,
     node: usize,
@@ -173,22 +175,31 @@ impl Cx<'_> {
         self.state.as_mut().and_then(|s| s.downcast_mut::<T>()).expect("state was just set to T")
     }
 
-    /// Sets a timer for this node at `due` (not before now). Returns its sequence number, or
-    /// an error when the engine holds [`MAX_TIMERS`] already.
-    pub fn schedule(&mut self, due: i64, key: &str, tag: u64) -> Result<u64, String> {
+    /// Sets a timer for this node at `due` (not before now). Returns an error when the engine
+    /// holds [`MAX_TIMERS`] already.
+    pub fn schedule(&mut self, due: i64, key: &str, tag: u64) -> Result<(), String> {
+        let order = self.next_id();
+        self.schedule_as(due, key, tag, order)
+    }
+
+    /// Sets a timer that ranks, among timers due at the same instant, as if set when `order`
+    /// was drawn from [`Cx::next_id`]. A node that moves one armed timer forward instead of
+    /// setting a new one per message (debounce) keeps "fire in the order set" this way.
+    pub fn schedule_as(&mut self, due: i64, key: &str, tag: u64, order: u64) -> Result<(), String> {
         if self.timers.len() >= MAX_TIMERS {
             return Err(format!("too many pending timers ({MAX_TIMERS}); timer refused"));
         }
         *self.seq += 1;
         self.timers.push(Reverse(Timer {
             due: due.max(self.now),
+            order,
             seq: *self.seq,
             chain: self.chain_idx,
             node: self.node_idx,
             key: key.into(),
             tag,
         }));
-        Ok(*self.seq)
+        Ok(())
     }
 
     /// Routes the `rpc_response` message whose `id` is `id` to this node's [`NodeImpl::reply`].

@@ -28,6 +28,8 @@ struct Pending {
     latest: Packet,
     due: i64,
     tag: u64,
+    /// When the latest message set the (logical) timer: its rank among same-instant timers.
+    order: u64,
 }
 
 #[derive(Default)]
@@ -53,16 +55,18 @@ impl NodeImpl for Debounce {
             }
             Emit::Last => {
                 let due = now + self.quiet;
+                let order = cx.next_id();
                 if let Some(pend) = cx.state::<State>().pending.get_mut(&key) {
                     pend.latest = p;
                     pend.due = due;
+                    pend.order = order;
                     return Flow::Stop("held");
                 }
                 let tag = cx.next_id();
-                if let Err(e) = cx.schedule(due, &key, tag) {
+                if let Err(e) = cx.schedule_as(due, &key, tag, order) {
                     return Flow::Error(e, p);
                 }
-                cx.state::<State>().pending.insert(key, Pending { latest: p, due, tag });
+                cx.state::<State>().pending.insert(key, Pending { latest: p, due, tag, order });
                 Flow::Stop("held")
             }
         }
@@ -70,19 +74,19 @@ impl NodeImpl for Debounce {
 
     fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
         let now = cx.now;
-        let due = {
+        let (due, order) = {
             let pend = cx.state::<State>().pending.get(key)?;
             if pend.tag != tag {
                 return None;
             }
-            pend.due
+            (pend.due, pend.order)
         };
         if due <= now {
             let pend = cx.state::<State>().pending.remove(key)?;
             return Some(Flow::Pass(pend.latest));
         }
         let new_tag = cx.next_id();
-        match cx.schedule(due, key, new_tag) {
+        match cx.schedule_as(due, key, new_tag, order) {
             Ok(_) => {
                 if let Some(p) = cx.state::<State>().pending.get_mut(key) {
                     p.tag = new_tag;

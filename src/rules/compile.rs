@@ -330,7 +330,7 @@ fn compile_chain(
         Err(e) => {
             report_de(diags, src, e, doc.root.pos);
             // Keep going: the nodes may have problems of their own worth reporting.
-            ChainFile { chain: Sp::unplaced(String::new()), description: None, on: None, nodes: None }
+            ChainFile { chain: Sp::unplaced(String::new()), description: None, on: None, nodes: serde::de::IgnoredAny }
         }
     };
     let before = diags.error_count();
@@ -346,12 +346,8 @@ fn compile_chain(
             diags.error(src, n.pos, format!("`nodes` must be a list of nodes, found {}", n.type_name()));
             &[]
         }
-        None => {
-            if header.chain.pos != Pos::default() {
-                diags.error(src, doc.root.pos, "the chain has no `nodes:`").hint("add `nodes:` with at least one node");
-            }
-            &[]
-        }
+        // Reported by the header: "missing key `nodes`".
+        None => &[],
     };
     let mut specs: Vec<Option<NodeSpec>> = Vec::new();
     for n in node_list {

@@ -165,9 +165,8 @@ pub struct ChainFile {
     #[serde(default)]
     pub on: Option<OnSpec>,
     /// The nodes. A message enters at the first and flows down the list, or along `next:`.
-    #[serde(default)]
     #[schemars(with = "Vec<NodeSpec>")]
-    pub nodes: Option<serde::de::IgnoredAny>,
+    pub nodes: serde::de::IgnoredAny,
 }
 
 /// Which messages enter a chain.
