@@ -1,0 +1,132 @@
+//! Property tests: whatever text or JSON comes in, the loader, the compiler and the executor
+//! report problems; they never panic.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use rulechain::diag::Diagnostics;
+use rulechain::engine::effect::Recorder;
+use rulechain::replay::Replay;
+use rulechain::rules::compile::{compile, ChainDoc, CompileOptions};
+use rulechain::rules::{self, model::InputLine};
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        "[a-z_]{0,8}".prop_map(Value::String),
+        prop_oneof![
+            Just("msg.current > attr.rated_current * 1.2"),
+            Just("msg.x +"),
+            Just("loop {}"),
+            Just("30s"),
+            Just("5m"),
+            Just("x"),
+            Just("WARNING"),
+            Just("${meta.device}"),
+            Just("avg(x)"),
+            Just("[1, 2"),
+            Just("\"quoted\""),
+        ]
+        .prop_map(|s| Value::String(s.to_string())),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::btree_map(key(), inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "id", "next", "else", "on_error", "key", "filter", "for", "transform", "script", "drop", "switch",
+            "cases", "default", "debounce", "emit", "delay", "max_pending", "cancel_when", "throttle", "deadband",
+            "aggregate", "alarm", "rpc", "influx", "websocket", "notify", "publish", "log", "type", "severity",
+            "message", "method", "params", "cooldown", "await", "window", "fields", "field", "delta", "room",
+            "topic", "tags", "measurement", "action",
+        ])
+        .prop_map(str::to_string),
+        "[a-z]{1,6}",
+    ]
+}
+
+fn node() -> impl Strategy<Value = Value> {
+    prop::collection::btree_map(key(), json_value(), 1..4).prop_map(|m| Value::Object(m.into_iter().collect()))
+}
+
+fn load(text: String) -> (Diagnostics, Option<Arc<rulechain::rules::compile::RuleSet>>) {
+    let mut d = Diagnostics::new();
+    let docs: Vec<ChainDoc> = rules::parse_text(Path::new("p.yaml"), text, &mut d)
+        .filter(|(_, root)| rules::classify(root) == Some(rules::FileKind::Chain))
+        .map(|(src, root)| ChainDoc { src, root })
+        .into_iter()
+        .collect();
+    let set = compile(&docs, &CompileOptions { config: None }, &mut d);
+    let ok = !d.has_errors();
+    (d, ok.then(|| Arc::new(set)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_text_loads_without_panicking(text in ".{0,300}") {
+        let (d, _) = load(text);
+        let _ = d.render_text();
+        let _ = d.render_json();
+    }
+
+    #[test]
+    fn random_chains_compile_or_report_and_compiled_ones_run(
+        nodes in prop::collection::vec(node(), 0..6),
+        payloads in prop::collection::vec(json_value(), 0..8),
+    ) {
+        let text = serde_json::to_string(&json!({"chain": "p", "nodes": nodes})).unwrap();
+        let (d, set) = load(text);
+        let _ = d.render_text();
+        if let Some(set) = set {
+            let mut replay = Replay::new(set, Default::default(), Vec::new(), 0);
+            let mut rec = Recorder::default();
+            for (i, p) in payloads.into_iter().enumerate() {
+                let line = InputLine { device: Some("d".into()), ts: Some(i as i64 * 7_000), data: Some(p), ..InputLine::default() };
+                if let Ok(m) = replay.message(line) {
+                    replay.feed(m, &mut rec);
+                }
+            }
+            replay.drain(None, &mut rec);
+        }
+    }
+
+    #[test]
+    fn random_payloads_through_the_example_rules(
+        payloads in prop::collection::vec((json_value(), 0i64..200_000, prop::sample::select(vec!["telemetry", "status", "attributes", "rpc_response"])), 0..12),
+    ) {
+        let mut d = Diagnostics::new();
+        let files = rules::yaml_files(&[Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")], &mut d);
+        let set = Arc::new(rules::load_chains(&files, None, &mut d));
+        prop_assert!(!d.has_errors());
+        let mut replay = Replay::new(set, Default::default(), Vec::new(), 0);
+        let mut rec = Recorder::default();
+        for (p, ts, kind) in payloads {
+            let line: Result<InputLine, _> = serde_json::from_value(json!({"device": "pump-3", "ts": ts, "kind": kind, "data": p}));
+            if let Ok(line) = line {
+                if let Ok(m) = replay.message(line) {
+                    replay.feed(m, &mut rec);
+                }
+            }
+        }
+        replay.drain(None, &mut rec);
+    }
+
+    #[test]
+    fn random_input_lines_are_read_or_rejected(line in ".{0,200}") {
+        let _ = serde_json::from_str::<InputLine>(&line);
+    }
+}
