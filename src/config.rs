@@ -103,7 +103,10 @@ impl Config {
     /// The topic patterns in force: the configured ones, or the embedded default's.
     pub fn topic_patterns(&self) -> Vec<(String, Option<Kind>)> {
         match &self.topics {
-            Some(t) => t.iter().map(|t| (t.pattern.value.clone(), t.kind)).collect(),
+            Some(t) => t
+                .iter()
+                .map(|t| (t.pattern.value.clone(), t.kind))
+                .collect(),
             None => vec![
                 ("device/{device}/{kind}".into(), None),
                 ("site/{site}/device/{device}/{kind}".into(), None),

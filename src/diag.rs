@@ -52,7 +52,10 @@ pub struct Source {
 impl Source {
     /// A source from a path and its text.
     pub fn new(path: &Path, text: impl Into<Arc<str>>) -> Self {
-        Source { path: path.to_path_buf(), text: text.into() }
+        Source {
+            path: path.to_path_buf(),
+            text: text.into(),
+        }
     }
 
     /// The path as displayed in diagnostics.
@@ -79,7 +82,12 @@ impl Diagnostics {
     }
 
     /// Adds a warning at `pos` in `src`.
-    pub fn warning(&mut self, src: &Source, pos: Pos, message: impl Into<String>) -> &mut Diagnostic {
+    pub fn warning(
+        &mut self,
+        src: &Source,
+        pos: Pos,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         self.push(src, pos, Severity::Warning, message.into())
     }
 
@@ -98,8 +106,22 @@ impl Diagnostics {
         ));
     }
 
-    fn push(&mut self, src: &Source, pos: Pos, severity: Severity, message: String) -> &mut Diagnostic {
-        let pos = if pos.line == 0 { Pos { line: 1, col: 1, offset: 0 } } else { pos };
+    fn push(
+        &mut self,
+        src: &Source,
+        pos: Pos,
+        severity: Severity,
+        message: String,
+    ) -> &mut Diagnostic {
+        let pos = if pos.line == 0 {
+            Pos {
+                line: 1,
+                col: 1,
+                offset: 0,
+            }
+        } else {
+            pos
+        };
         self.items.push((
             Diagnostic {
                 path: src.display(),
@@ -121,12 +143,17 @@ impl Diagnostics {
 
     /// True when any problem is an error.
     pub fn has_errors(&self) -> bool {
-        self.items.iter().any(|(d, _)| d.severity == Severity::Error)
+        self.items
+            .iter()
+            .any(|(d, _)| d.severity == Severity::Error)
     }
 
     /// The number of errors.
     pub fn error_count(&self) -> usize {
-        self.items.iter().filter(|(d, _)| d.severity == Severity::Error).count()
+        self.items
+            .iter()
+            .filter(|(d, _)| d.severity == Severity::Error)
+            .count()
     }
 
     /// The number of warnings.
@@ -142,7 +169,9 @@ impl Diagnostics {
     /// The problems, in file order (path, then position) and without repeats.
     pub fn sorted(&self) -> Vec<&Diagnostic> {
         let mut v: Vec<&Diagnostic> = self.items.iter().map(|(d, _)| d).collect();
-        v.sort_by(|a, b| (&a.path, a.line, a.column, a.severity).cmp(&(&b.path, b.line, b.column, b.severity)));
+        v.sort_by(|a, b| {
+            (&a.path, a.line, a.column, a.severity).cmp(&(&b.path, b.line, b.column, b.severity))
+        });
         v.dedup();
         v
     }
@@ -160,7 +189,11 @@ impl Diagnostics {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
             };
-            let _ = writeln!(out, "{}:{}:{}: {sev}: {}", d.path, d.line, d.column, d.message);
+            let _ = writeln!(
+                out,
+                "{}:{}:{}: {sev}: {}",
+                d.path, d.line, d.column, d.message
+            );
             if let Some(src) = src {
                 if let Some(line) = src.text.lines().nth(d.line as usize - 1) {
                     let num = d.line.to_string();
@@ -206,12 +239,26 @@ mod tests {
 
     #[test]
     fn text_form_has_position_snippet_and_hint() {
-        let src = Source::new(Path::new("rules/a.yaml"), "chain: a\nnodes:\n  - fitler: x\n");
+        let src = Source::new(
+            Path::new("rules/a.yaml"),
+            "chain: a\nnodes:\n  - fitler: x\n",
+        );
         let mut d = Diagnostics::new();
-        d.error(&src, Pos { line: 3, col: 5, offset: 0 }, "unknown key `fitler`")
-            .hint("did you mean `filter`?");
+        d.error(
+            &src,
+            Pos {
+                line: 3,
+                col: 5,
+                offset: 0,
+            },
+            "unknown key `fitler`",
+        )
+        .hint("did you mean `filter`?");
         let text = d.render_text();
-        assert!(text.starts_with("rules/a.yaml:3:5: error: unknown key `fitler`\n"), "{text}");
+        assert!(
+            text.starts_with("rules/a.yaml:3:5: error: unknown key `fitler`\n"),
+            "{text}"
+        );
         assert!(text.contains("3 |   - fitler: x\n  |     ^\n"), "{text}");
         assert!(text.contains("= hint: did you mean `filter`?"));
         let json: serde_json::Value = serde_json::from_str(&d.render_json()).unwrap();

@@ -11,33 +11,108 @@
 //!
 //! NaN and infinite values cannot be written; [`Point::line`] leaves them out and names them.
 
-use std::fmt::Write as _;
-
-/// A field value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FieldValue {
-    /// A float (every number).
-    Float(f64),
-    /// A boolean.
-    Bool(bool),
-    /// A string.
-    Str(String),
+/// Writes one line of line protocol. The caller adds tags and fields **sorted by key** (the
+/// influx node sorts its tag and field lists at load time; `msg` is a sorted map).
+///
+/// ```
+/// use rulechain::lineproto::Line;
+/// let mut l = Line::new("telemetry");
+/// l.tag("device", "pump 3");
+/// l.float("current", 13.1);
+/// l.boolean("running", true);
+/// assert_eq!(l.finish(1_000).as_deref(), Some("telemetry,device=pump\\ 3 current=13.1,running=true 1000"));
+/// ```
+#[derive(Debug)]
+pub struct Line {
+    out: String,
+    fields: usize,
+    /// Fields left out because they were NaN or infinite.
+    pub skipped: Vec<String>,
 }
 
-/// One point.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Point {
-    /// The measurement.
-    pub measurement: String,
-    /// Tags (sorted on write).
-    pub tags: Vec<(String, String)>,
-    /// Fields (sorted on write).
-    pub fields: Vec<(String, FieldValue)>,
-    /// Nanoseconds since the epoch.
-    pub ts_ns: i64,
+impl Line {
+    /// Starts a line with its measurement.
+    pub fn new(measurement: &str) -> Self {
+        let mut out = String::with_capacity(96);
+        escape(&mut out, measurement, &[]);
+        Line {
+            out,
+            fields: 0,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Adds a tag (empty keys or values are left out, as InfluxDB cannot store them).
+    pub fn tag(&mut self, key: &str, value: &str) {
+        debug_assert_eq!(self.fields, 0, "tags come before fields");
+        if key.is_empty() || value.is_empty() {
+            return;
+        }
+        self.out.push(',');
+        escape(&mut self.out, key, &['=']);
+        self.out.push('=');
+        escape(&mut self.out, value, &['=']);
+    }
+
+    fn key(&mut self, key: &str) {
+        self.out.push(if self.fields == 0 { ' ' } else { ',' });
+        self.fields += 1;
+        escape(&mut self.out, key, &['=']);
+        self.out.push('=');
+    }
+
+    /// Adds a float field; a NaN or infinite one is left out and recorded in `skipped`.
+    pub fn float(&mut self, key: &str, v: f64) {
+        if !v.is_finite() {
+            self.skipped.push(key.to_string());
+            return;
+        }
+        self.key(key);
+        push_float(&mut self.out, v);
+    }
+
+    /// Adds a boolean field.
+    pub fn boolean(&mut self, key: &str, v: bool) {
+        self.key(key);
+        self.out.push_str(if v { "true" } else { "false" });
+    }
+
+    /// Adds a string field.
+    pub fn string(&mut self, key: &str, v: &str) {
+        self.key(key);
+        self.out.push('"');
+        for c in v.chars() {
+            match c {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                '\r' => self.out.push_str("\\r"),
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+    }
+
+    /// Ends the line with its timestamp (ns). `None` when it has no field: such a point is not
+    /// written.
+    pub fn finish(mut self, ts_ns: i64) -> Option<String> {
+        if self.fields == 0 {
+            return None;
+        }
+        self.out.push(' ');
+        self.out.push_str(itoa::Buffer::new().format(ts_ns));
+        Some(self.out)
+    }
 }
 
+/// Escapes `s` for a measurement (`extra` empty) or a tag/field key or tag value (`extra` = `=`).
 fn escape(out: &mut String, s: &str, extra: &[char]) {
+    if !s.bytes().any(|b| {
+        matches!(b, b'\n' | b'\r' | b'\\' | b',' | b' ') || (b == b'=' && !extra.is_empty())
+    }) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '\n' => out.push_str("\\n"),
@@ -52,62 +127,12 @@ fn escape(out: &mut String, s: &str, extra: &[char]) {
     }
 }
 
-impl Point {
-    /// The line (no trailing newline), and the names of fields left out because they are not
-    /// finite. `None` when no field is left: such a point is not written.
-    pub fn line(&self) -> (Option<String>, Vec<String>) {
-        let mut skipped = Vec::new();
-        let mut fields: Vec<&(String, FieldValue)> = self
-            .fields
-            .iter()
-            .filter(|(k, v)| match v {
-                FieldValue::Float(f) if !f.is_finite() => {
-                    skipped.push(k.clone());
-                    false
-                }
-                _ => true,
-            })
-            .collect();
-        if fields.is_empty() {
-            return (None, skipped);
-        }
-        fields.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tags: Vec<&(String, String)> = self.tags.iter().filter(|(k, v)| !k.is_empty() && !v.is_empty()).collect();
-        tags.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out = String::with_capacity(64);
-        escape(&mut out, &self.measurement, &[]);
-        for (k, v) in tags {
-            out.push(',');
-            escape(&mut out, k, &['=']);
-            out.push('=');
-            escape(&mut out, v, &['=']);
-        }
-        for (i, (k, v)) in fields.into_iter().enumerate() {
-            out.push(if i == 0 { ' ' } else { ',' });
-            escape(&mut out, k, &['=']);
-            out.push('=');
-            match v {
-                FieldValue::Float(f) => {
-                    let _ = write!(out, "{f}");
-                }
-                FieldValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-                FieldValue::Str(s) => {
-                    out.push('"');
-                    for c in s.chars() {
-                        match c {
-                            '"' => out.push_str("\\\""),
-                            '\\' => out.push_str("\\\\"),
-                            '\n' => out.push_str("\\n"),
-                            '\r' => out.push_str("\\r"),
-                            c => out.push(c),
-                        }
-                    }
-                    out.push('"');
-                }
-            }
-        }
-        let _ = write!(out, " {}", self.ts_ns);
-        (Some(out), skipped)
+/// A finite float in its shortest round-trip form, without a trailing `.0` (`2`, `2.5`).
+fn push_float(out: &mut String, f: f64) {
+    if f.fract() == 0.0 && f.abs() < 9.0e15 {
+        out.push_str(itoa::Buffer::new().format(f as i64));
+    } else {
+        out.push_str(ryu::Buffer::new().format_finite(f));
     }
 }
 
@@ -117,29 +142,45 @@ mod tests {
 
     #[test]
     fn escapes_exactly() {
-        let p = Point {
-            measurement: "my meas,x".into(),
-            tags: vec![("site".into(), "a b=c,d".into()), ("device".into(), "pump-3".into())],
-            fields: vec![
-                ("temp".into(), FieldValue::Float(2.0)),
-                ("a=b".into(), FieldValue::Float(2.5)),
-                ("ok".into(), FieldValue::Bool(true)),
-                ("note".into(), FieldValue::Str("say \"hi\"\\\nbye".into())),
-                ("bad".into(), FieldValue::Float(f64::NAN)),
-            ],
-            ts_ns: 1_710_000_000_000_000_000,
-        };
-        let (line, skipped) = p.line();
+        let mut l = Line::new("my meas,x=1");
+        l.tag("device", "pump-3");
+        l.tag("site", "a b=c,d");
+        l.tag("empty", "");
+        l.float("a=b", 2.5);
+        l.float("bad", f64::NAN);
+        l.string("note", "say \"hi\"\\\nbye");
+        l.boolean("ok", true);
+        l.float("temp", 2.0);
+        let skipped = l.skipped.clone();
         assert_eq!(
-            line.unwrap(),
-            "my\\ meas\\,x,device=pump-3,site=a\\ b\\=c\\,d a\\=b=2.5,note=\"say \\\"hi\\\"\\\\\\nbye\",ok=true,temp=2 1710000000000000000"
+            l.finish(1_710_000_000_000_000_000).unwrap(),
+            "my\\ meas\\,x=1,device=pump-3,site=a\\ b\\=c\\,d a\\=b=2.5,note=\"say \\\"hi\\\"\\\\\\nbye\",ok=true,temp=2 1710000000000000000"
         );
         assert_eq!(skipped, vec!["bad".to_string()]);
     }
 
     #[test]
+    fn floats_are_shortest_round_trip() {
+        for (f, text) in [
+            (2.0, "2"),
+            (2.5, "2.5"),
+            (-0.5, "-0.5"),
+            (13.1, "13.1"),
+            (1e21, "1e21"),
+            (-0.0, "0"),
+        ] {
+            let mut s = String::new();
+            push_float(&mut s, f);
+            assert_eq!(s, text);
+            assert_eq!(s.parse::<f64>().unwrap(), f);
+        }
+    }
+
+    #[test]
     fn no_finite_field_no_point() {
-        let p = Point { measurement: "m".into(), fields: vec![("x".into(), FieldValue::Float(f64::INFINITY))], ..Point::default() };
-        assert_eq!(p.line(), (None, vec!["x".to_string()]));
+        let mut l = Line::new("m");
+        l.float("x", f64::INFINITY);
+        assert_eq!(l.skipped, vec!["x".to_string()]);
+        assert_eq!(l.finish(0), None);
     }
 }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use rulechain::cli;
 
 #[derive(Parser)]
-#[command(name = "rulechain", version, about = "A declarative rule-engine stream processor for IoT telemetry")]
+#[command(
+    name = "rulechain",
+    version,
+    about = "A declarative rule-engine stream processor for IoT telemetry"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +51,11 @@ enum Command {
 fn main() {
     let args = Cli::parse();
     let code = match args.command {
-        Command::Validate { config, format, paths } => cli::validate::run(config, paths, format),
+        Command::Validate {
+            config,
+            format,
+            paths,
+        } => cli::validate::run(config, paths, format),
         Command::DryRun(a) => cli::dry_run::run(a),
         Command::Test { config, paths } => cli::test::run(config, paths),
         Command::Schema { out } => cli::schema::run(&out),

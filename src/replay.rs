@@ -29,8 +29,18 @@ pub struct Replay {
 impl Replay {
     /// A replay whose clock starts at the first message; `default_ts` is the time of a first
     /// line that names none.
-    pub fn new(rules: Arc<RuleSet>, devices: HashMap<Arc<str>, Device>, patterns: Vec<TopicPattern>, default_ts: i64) -> Self {
-        Replay { exec: Executor::new(rules, devices, i64::MIN), patterns, last_ts: default_ts, messages: 0 }
+    pub fn new(
+        rules: Arc<RuleSet>,
+        devices: HashMap<Arc<str>, Device>,
+        patterns: Vec<TopicPattern>,
+        default_ts: i64,
+    ) -> Self {
+        Replay {
+            exec: Executor::new(rules, devices, i64::MIN),
+            patterns,
+            last_ts: default_ts,
+            messages: 0,
+        }
     }
 
     /// The executor (alarms, clock).
@@ -46,7 +56,13 @@ impl Replay {
                 if line.payload.is_some() {
                     return Err("the device form takes `data`, not `payload`".into());
                 }
-                (device, line.kind.unwrap_or_default(), None, Vec::new(), line.data)
+                (
+                    device,
+                    line.kind.unwrap_or_default(),
+                    None,
+                    Vec::new(),
+                    line.data,
+                )
             }
             (None, Some(topic)) => {
                 if line.data.is_some() {
@@ -57,7 +73,13 @@ impl Replay {
                     .iter()
                     .find_map(|p| p.matches(&topic))
                     .ok_or_else(|| format!("topic `{topic}` matches no topic pattern"))?;
-                (m.device, m.kind, Some(Arc::<str>::from(topic)), m.captures, line.payload)
+                (
+                    m.device,
+                    m.kind,
+                    Some(Arc::<str>::from(topic)),
+                    m.captures,
+                    line.payload,
+                )
             }
             (None, None) => return Err("a line needs `device` or `topic`".into()),
         };
@@ -76,8 +98,19 @@ impl Replay {
             Some(a) => Some(crate::rules::duration::parse(a)?),
             None => None,
         };
-        let ts = line.ts.or(at).or_else(|| payload_ts(&payload)).unwrap_or(self.last_ts);
-        Ok(Message { device: device.as_str().into(), kind, topic, ts, captures, payload: map })
+        let ts = line
+            .ts
+            .or(at)
+            .or_else(|| payload_ts(&payload))
+            .unwrap_or(self.last_ts);
+        Ok(Message {
+            device: device.as_str().into(),
+            kind,
+            topic,
+            ts,
+            captures,
+            payload: map,
+        })
     }
 
     /// Feeds one message: timers due up to its time fire first.
@@ -120,7 +153,13 @@ pub fn payload_ts(payload: &serde_json::Value) -> Option<i64> {
 /// Parses `2024-12-05T10:30:00Z` / `2024-12-05T10:30:00.250+01:00` into ms since the epoch.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
@@ -132,9 +171,13 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let mut rest = &s[19..];
     let mut ms = 0;
     if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
+        let digits = frac
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(frac.len());
         let f = &frac[..digits];
-        ms = format!("{:0<3}", &f[..f.len().min(3)]).parse::<i64>().ok()?;
+        ms = format!("{:0<3}", &f[..f.len().min(3)])
+            .parse::<i64>()
+            .ok()?;
         rest = &frac[digits..];
     }
     let offset_min = match rest {
@@ -146,7 +189,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         _ => return None,
     };
     // Days from the civil date (proleptic Gregorian).
-    let (y, m) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let (y, m) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * m + 2) / 5 + d - 1;
@@ -162,8 +209,14 @@ mod tests {
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2024-12-05T10:30:00Z"), Some(1_733_394_600_000));
-        assert_eq!(parse_rfc3339("2024-12-05T11:30:00.25+01:00"), Some(1_733_394_600_250));
+        assert_eq!(
+            parse_rfc3339("2024-12-05T10:30:00Z"),
+            Some(1_733_394_600_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-12-05T11:30:00.25+01:00"),
+            Some(1_733_394_600_250)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

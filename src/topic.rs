@@ -36,14 +36,18 @@ impl TopicPattern {
         for l in text.split('/') {
             if let Some(name) = l.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!("bad capture `{l}`: use `{{name}}` with letters, digits and `_`"));
+                    return Err(format!(
+                        "bad capture `{l}`: use `{{name}}` with letters, digits and `_`"
+                    ));
                 }
                 if levels.contains(&Level::Capture(name.to_string())) {
                     return Err(format!("capture `{{{name}}}` appears twice"));
                 }
                 levels.push(Level::Capture(name.to_string()));
             } else if l.contains(['{', '}', '+', '#']) {
-                return Err(format!("bad level `{l}`: a level is literal text or one `{{name}}` capture"));
+                return Err(format!(
+                    "bad level `{l}`: a level is literal text or one `{{name}}` capture"
+                ));
             } else {
                 levels.push(Level::Lit(l.to_string()));
             }
@@ -55,7 +59,11 @@ impl TopicPattern {
         if !has_kind && kind.is_none() {
             return Err("a topic pattern needs a `{kind}` capture or a `kind:`".into());
         }
-        Ok(TopicPattern { levels, kind, text: text.to_string() })
+        Ok(TopicPattern {
+            levels,
+            kind,
+            text: text.to_string(),
+        })
     }
 
     /// Matches a topic.
@@ -78,7 +86,11 @@ impl TopicPattern {
         if parts.next().is_some() {
             return None;
         }
-        Some(Matched { device: device?, kind: kind?, captures })
+        Some(Matched {
+            device: device?,
+            kind: kind?,
+            captures,
+        })
     }
 }
 
@@ -137,11 +149,17 @@ mod tests {
 
     #[test]
     fn filters() {
-        assert!(filter_matches("site/+/device/+/telemetry", "site/a/device/p/telemetry"));
+        assert!(filter_matches(
+            "site/+/device/+/telemetry",
+            "site/a/device/p/telemetry"
+        ));
         assert!(filter_matches("site/#", "site/a/b"));
         assert!(!filter_matches("site/+", "site/a/b"));
         assert!(check_filter("a/#/b").is_err());
-        assert_eq!(default_command_topic(Some("site/a/device/p/telemetry"), "p"), "site/a/device/p/command");
+        assert_eq!(
+            default_command_topic(Some("site/a/device/p/telemetry"), "p"),
+            "site/a/device/p/command"
+        );
         assert_eq!(default_command_topic(None, "p"), "device/p/command");
     }
 }

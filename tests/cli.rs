@@ -9,7 +9,11 @@ fn root() -> PathBuf {
 }
 
 fn rulechain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rulechain")).args(args).current_dir(root()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
 }
 
 fn with_stdin(args: &[&str], input: &str) -> Output {
@@ -21,7 +25,12 @@ fn with_stdin(args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -30,7 +39,10 @@ fn stdout(o: &Output) -> String {
 }
 
 fn json_lines(o: &Output) -> Vec<serde_json::Value> {
-    stdout(o).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 /// A scratch directory for one test.
@@ -85,15 +97,19 @@ nodes:
 fn validate_reports_every_problem_with_its_exact_position() {
     let dir = scratch("broken");
     let path = write(&dir, "broken.yaml", BROKEN);
-    let cfg = write(&dir, "rulechain.yaml", "channels:\n  ops:\n    webhook: { url: http://127.0.0.1:9/hook }\n");
+    let cfg = write(
+        &dir,
+        "rulechain.yaml",
+        "channels:\n  ops:\n    webhook: { url: http://127.0.0.1:9/hook }\n",
+    );
     let o = rulechain(&["validate", "--config", &cfg, &path]);
     assert_eq!(o.status.code(), Some(1));
     let text = stdout(&o);
     for (at, what) in [
         ("4:5", "error: unknown key `fitler`"),
-        ("6:45", "error: in expression:"),            // plain scalar, at the dangling `+`'s end
+        ("6:45", "error: in expression:"), // plain scalar, at the dangling `+`'s end
         ("7:10", "error: bad duration `30x`"),
-        ("10:23", "error: in expression:"),           // double-quoted scalar
+        ("10:23", "error: in expression:"), // double-quoted scalar
         ("11:10", "error: in expression: undefined variable `status`"),
         ("15:13", "error: in script: Unexpected ';'"), // block scalar, second line
         ("17:33", "error: unknown severity `WARN`"),
@@ -103,11 +119,20 @@ fn validate_reports_every_problem_with_its_exact_position() {
         assert!(text.contains(&needle), "missing `{needle}` in:\n{text}");
     }
     assert!(text.contains("= hint: did you mean `filter`?"), "{text}");
-    assert!(text.contains("a string literal needs inner quotes"), "{text}");
-    assert!(text.contains("4 |     fitler: msg.x > 1\n  |     ^"), "snippet:\n{text}");
+    assert!(
+        text.contains("a string literal needs inner quotes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("4 |     fitler: msg.x > 1\n  |     ^"),
+        "snippet:\n{text}"
+    );
 
     // The cycle f → b → … → f is reported at the reference that closes it.
-    let cycle = text.lines().find(|l| l.contains("error: cycle:")).unwrap_or_else(|| panic!("no cycle in:\n{text}"));
+    let cycle = text
+        .lines()
+        .find(|l| l.contains("error: cycle:"))
+        .unwrap_or_else(|| panic!("no cycle in:\n{text}"));
     assert!(cycle.starts_with(&format!("{path}:20:11:")), "{cycle}");
 
     let o = rulechain(&["validate", "--format", "json", "--config", &cfg, &path]);
@@ -115,7 +140,10 @@ fn validate_reports_every_problem_with_its_exact_position() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let first = &v.as_array().unwrap()[0];
     assert_eq!(first["path"], path.as_str());
-    assert_eq!((first["line"].as_u64(), first["column"].as_u64()), (Some(4), Some(5)));
+    assert_eq!(
+        (first["line"].as_u64(), first["column"].as_u64()),
+        (Some(4), Some(5))
+    );
     assert_eq!(first["severity"], "error");
     assert_eq!(first["hint"], "did you mean `filter`?");
 }
@@ -128,21 +156,47 @@ fn validate_reports_files_that_are_not_yaml_or_not_rulechain() {
     let o = rulechain(&["validate", &bad, &other]);
     assert_eq!(o.status.code(), Some(1));
     let text = stdout(&o);
-    assert!(text.contains(&format!("{bad}:3:1: error:")) || text.contains(&format!("{bad}:2:")), "{text}");
-    assert!(text.contains(&format!("{other}:1:1: error: not a rulechain file")), "{text}");
+    assert!(
+        text.contains(&format!("{bad}:3:1: error:")) || text.contains(&format!("{bad}:2:")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{other}:1:1: error: not a rulechain file")),
+        "{text}"
+    );
 }
 
 #[test]
 fn dry_run_prints_the_contract_at_the_right_virtual_times() {
-    let o = rulechain(&["dry-run", "--config", "examples/rulechain.yaml", "--input", "examples/motor-overload.jsonl"]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rulechain(&[
+        "dry-run",
+        "--config",
+        "examples/rulechain.yaml",
+        "--input",
+        "examples/motor-overload.jsonl",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let events = json_lines(&o);
     let t0 = 1_710_000_000_000i64;
-    let of = |kind: &str| events.iter().filter(|e| e["event"] == kind).collect::<Vec<_>>();
+    let of = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .collect::<Vec<_>>()
+    };
     let alarms = of("alarm");
     assert_eq!(alarms.len(), 2, "{alarms:?}");
     assert_eq!(alarms[0]["transition"], "created");
-    assert_eq!(alarms[0]["ts"], t0 + 40_000, "overload from +10 s, held 30 s");
+    assert_eq!(
+        alarms[0]["ts"],
+        t0 + 40_000,
+        "overload from +10 s, held 30 s"
+    );
     assert_eq!(alarms[0]["severity"], "WARNING");
     assert_eq!(alarms[0]["message"], "pump-3 at 31% over rated current");
     assert_eq!(alarms[0]["chain"], "motor-overload");
@@ -152,7 +206,10 @@ fn dry_run_prints_the_contract_at_the_right_virtual_times() {
     let notify = of("notify");
     assert_eq!(notify.len(), 3);
     assert_eq!(notify[0]["channel"], "maintenance-email");
-    assert_eq!(notify[0]["subject"], "[WARNING] MotorOverload created: pump-3");
+    assert_eq!(
+        notify[0]["subject"],
+        "[WARNING] MotorOverload created: pump-3"
+    );
     assert_eq!(notify[1]["channel"], "ops-webhook");
     let rpc = of("rpc");
     assert_eq!(rpc.len(), 1);
@@ -181,12 +238,35 @@ fn dry_run_reads_stdin_reports_bad_lines_and_goes_on() {
         "\n",
         "{\"device\":\"pump-3\",\"ts\":3000,\"data\":{\"current\":2}}\n",
     );
-    let o = with_stdin(&["dry-run", "--rules", "rules", "--devices", "examples/devices.yaml", "--input", "-"], input);
+    let o = with_stdin(
+        &[
+            "dry-run",
+            "--rules",
+            "rules",
+            "--devices",
+            "examples/devices.yaml",
+            "--input",
+            "-",
+        ],
+        input,
+    );
     assert_eq!(o.status.code(), Some(1), "bad lines make the exit code 1");
     let events = json_lines(&o);
-    let bad: Vec<_> = events.iter().filter(|e| e["reason"] == "bad-input").collect();
-    assert_eq!(bad.iter().map(|e| e["line"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 3, 4]);
-    assert!(bad[1]["detail"].as_str().unwrap().contains("object"), "{:?}", bad[1]);
+    let bad: Vec<_> = events
+        .iter()
+        .filter(|e| e["reason"] == "bad-input")
+        .collect();
+    assert_eq!(
+        bad.iter()
+            .map(|e| e["line"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    assert!(
+        bad[1]["detail"].as_str().unwrap().contains("object"),
+        "{:?}",
+        bad[1]
+    );
     let summary = events.last().unwrap();
     assert_eq!(summary["messages"], 2);
     assert_eq!(summary["influx_points"], 2);
@@ -196,12 +276,29 @@ fn dry_run_reads_stdin_reports_bad_lines_and_goes_on() {
 #[test]
 fn dry_run_trace_shows_every_node_a_message_reaches() {
     let input = "{\"device\":\"pump-3\",\"ts\":0,\"data\":{\"current\":13.0}}\n";
-    let o = with_stdin(&["dry-run", "--devices", "examples/devices.yaml", "--input", "-", "--trace", "--drain", "0s"], input);
+    let o = with_stdin(
+        &[
+            "dry-run",
+            "--devices",
+            "examples/devices.yaml",
+            "--input",
+            "-",
+            "--trace",
+            "--drain",
+            "0s",
+        ],
+        input,
+    );
     let events = json_lines(&o);
     let trace: Vec<(String, String)> = events
         .iter()
         .filter(|e| e["event"] == "node" && e["chain"] == "motor-overload")
-        .map(|e| (e["node"].as_str().unwrap().to_string(), e["result"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["node"].as_str().unwrap().to_string(),
+                e["result"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(trace, vec![("overload".to_string(), "held".to_string())]);
 }
@@ -210,17 +307,27 @@ fn dry_run_trace_shows_every_node_a_message_reaches() {
 fn dry_run_refuses_invalid_rules() {
     let dir = scratch("invalid");
     write(&dir, "x.yaml", "chain: x\nnodes:\n  - filter: nope\n");
-    let o = with_stdin(&["dry-run", "--rules", dir.to_str().unwrap(), "--input", "-"], "");
+    let o = with_stdin(
+        &["dry-run", "--rules", dir.to_str().unwrap(), "--input", "-"],
+        "",
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("x.yaml:3:13: error: in expression: undefined variable `nope`"), "{err}");
+    assert!(
+        err.contains("x.yaml:3:13: error: in expression: undefined variable `nope`"),
+        "{err}"
+    );
     assert!(o.stdout.is_empty());
 }
 
 #[test]
 fn test_command_reports_failures_and_exits_1() {
     let dir = scratch("failing");
-    write(&dir, "hot.yaml", "chain: hot\nnodes:\n  - filter: msg.t > 50\n  - alarm: { type: Hot, severity: MAJOR }\n");
+    write(
+        &dir,
+        "hot.yaml",
+        "chain: hot\nnodes:\n  - filter: msg.t > 50\n  - alarm: { type: Hot, severity: MAJOR }\n",
+    );
     write(
         &dir,
         "hot.test.yaml",

@@ -18,7 +18,8 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         "[a-z_]{0,8}".prop_map(Value::String),
         prop_oneof![
             Just("msg.current > attr.rated_current * 1.2"),
@@ -38,7 +39,8 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::btree_map(key(), inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(key(), inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -46,11 +48,50 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "id", "next", "else", "on_error", "key", "filter", "for", "transform", "script", "drop", "switch",
-            "cases", "default", "debounce", "emit", "delay", "max_pending", "cancel_when", "throttle", "deadband",
-            "aggregate", "alarm", "rpc", "influx", "websocket", "notify", "publish", "log", "type", "severity",
-            "message", "method", "params", "cooldown", "await", "window", "fields", "field", "delta", "room",
-            "topic", "tags", "measurement", "action",
+            "id",
+            "next",
+            "else",
+            "on_error",
+            "key",
+            "filter",
+            "for",
+            "transform",
+            "script",
+            "drop",
+            "switch",
+            "cases",
+            "default",
+            "debounce",
+            "emit",
+            "delay",
+            "max_pending",
+            "cancel_when",
+            "throttle",
+            "deadband",
+            "aggregate",
+            "alarm",
+            "rpc",
+            "influx",
+            "websocket",
+            "notify",
+            "publish",
+            "log",
+            "type",
+            "severity",
+            "message",
+            "method",
+            "params",
+            "cooldown",
+            "await",
+            "window",
+            "fields",
+            "field",
+            "delta",
+            "room",
+            "topic",
+            "tags",
+            "measurement",
+            "action",
         ])
         .prop_map(str::to_string),
         "[a-z]{1,6}",
@@ -58,7 +99,8 @@ fn key() -> impl Strategy<Value = String> {
 }
 
 fn node() -> impl Strategy<Value = Value> {
-    prop::collection::btree_map(key(), json_value(), 1..4).prop_map(|m| Value::Object(m.into_iter().collect()))
+    prop::collection::btree_map(key(), json_value(), 1..4)
+        .prop_map(|m| Value::Object(m.into_iter().collect()))
 }
 
 fn load(text: String) -> (Diagnostics, Option<Arc<rulechain::rules::compile::RuleSet>>) {

@@ -6,11 +6,19 @@ use std::path::PathBuf;
 #[test]
 fn rule_semantics_hold() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/rules");
-    assert_eq!(rulechain::cli::test::run(None, vec![dir]), 0, "a rule test failed: see its FAIL line above");
+    assert_eq!(
+        rulechain::cli::test::run(None, vec![dir]),
+        0,
+        "a rule test failed: see its FAIL line above"
+    );
 }
 
 #[test]
 fn example_rules_pass_their_tests() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
-    assert_eq!(rulechain::cli::test::run(None, vec![dir]), 0, "an example rule test failed: see its FAIL line above");
+    assert_eq!(
+        rulechain::cli::test::run(None, vec![dir]),
+        0,
+        "an example rule test failed: see its FAIL line above"
+    );
 }

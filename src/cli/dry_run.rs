@@ -51,7 +51,9 @@ impl<W: Write> JsonLines<W> {
         if self.broken {
             return;
         }
-        let r = serde_json::to_writer(&mut self.w, v).map_err(std::io::Error::from).and_then(|_| self.w.write_all(b"\n"));
+        let r = serde_json::to_writer(&mut self.w, v)
+            .map_err(std::io::Error::from)
+            .and_then(|_| self.w.write_all(b"\n"));
         if r.is_err() {
             // A closed pipe (`| head`) is a normal end: stop writing.
             self.broken = true;
@@ -74,10 +76,11 @@ pub fn run(a: Args) -> i32 {
     let mut diags = Diagnostics::new();
     let cfg = super::load_config(a.config.as_deref(), &mut diags);
     let rules_dir = super::rules_dir(a.rules.clone(), a.config.as_deref(), cfg.as_ref());
-    let devices_path = a
-        .devices
-        .clone()
-        .or_else(|| cfg.as_ref().and_then(|c| c.devices.as_ref()).map(|d| super::config_relative(a.config.as_deref(), d)));
+    let devices_path = a.devices.clone().or_else(|| {
+        cfg.as_ref()
+            .and_then(|c| c.devices.as_ref())
+            .map(|d| super::config_relative(a.config.as_deref(), d))
+    });
     let drain = match a.drain.as_deref().map(rules::duration::parse) {
         Some(Err(e)) => {
             eprintln!("error: --drain: {e}");
@@ -111,8 +114,18 @@ pub fn run(a: Args) -> i32 {
         }
     };
     let stdout = std::io::stdout();
-    let mut out = JsonLines { w: BufWriter::with_capacity(1 << 16, stdout.lock()), trace: a.trace, summary: Summary::default(), broken: false };
-    let mut replay = Replay::new(Arc::new(ruleset), devices, super::patterns(cfg.as_ref()), super::wall_ms());
+    let mut out = JsonLines {
+        w: BufWriter::with_capacity(1 << 16, stdout.lock()),
+        trace: a.trace,
+        summary: Summary::default(),
+        broken: false,
+    };
+    let mut replay = Replay::new(
+        Arc::new(ruleset),
+        devices,
+        super::patterns(cfg.as_ref()),
+        super::wall_ms(),
+    );
     let bad = feed_lines(input, &mut replay, &mut out);
     replay.drain(drain, &mut out);
     out.summary.messages = replay.messages;
@@ -125,20 +138,29 @@ pub fn run(a: Args) -> i32 {
     out.line(&summary);
     let _ = out.w.flush();
     if bad > 0 {
-        eprintln!("dry-run: {bad} input line{} could not be read (see the `bad-input` events)", if bad == 1 { "" } else { "s" });
+        eprintln!(
+            "dry-run: {bad} input line{} could not be read (see the `bad-input` events)",
+            if bad == 1 { "" } else { "s" }
+        );
         return super::EXIT_FINDINGS;
     }
     super::EXIT_OK
 }
 
 /// Feeds every line; returns how many could not be read.
-fn feed_lines(mut input: Box<dyn BufRead>, replay: &mut Replay, out: &mut JsonLines<impl Write>) -> u64 {
+fn feed_lines(
+    mut input: Box<dyn BufRead>,
+    replay: &mut Replay,
+    out: &mut JsonLines<impl Write>,
+) -> u64 {
     let mut bad = 0;
     let mut buf = Vec::new();
     let mut n = 0u64;
     loop {
         buf.clear();
-        let read = (&mut input).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf);
+        let read = (&mut input)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf);
         match read {
             Ok(0) => break,
             Ok(_) => {}
@@ -163,7 +185,9 @@ fn feed_lines(mut input: Box<dyn BufRead>, replay: &mut Replay, out: &mut JsonLi
         let parsed = if too_long {
             Err(format!("the line is longer than {MAX_LINE_BYTES} bytes"))
         } else {
-            serde_json::from_str::<InputLine>(trimmed).map_err(|e| e.to_string()).and_then(|l| replay.message(l))
+            serde_json::from_str::<InputLine>(trimmed)
+                .map_err(|e| e.to_string())
+                .and_then(|l| replay.message(l))
         };
         match parsed {
             Ok(m) => replay.feed(m, out),

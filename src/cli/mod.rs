@@ -34,9 +34,16 @@ pub fn config_relative(config_path: Option<&Path>, p: &str) -> PathBuf {
 }
 
 /// The rules directory: `--rules`, else the config's `rules:`, else `./rules`.
-pub fn rules_dir(arg: Option<PathBuf>, config_path: Option<&Path>, cfg: Option<&Config>) -> PathBuf {
-    arg.or_else(|| cfg.and_then(|c| c.rules.as_ref()).map(|r| config_relative(config_path, r)))
-        .unwrap_or_else(|| PathBuf::from("rules"))
+pub fn rules_dir(
+    arg: Option<PathBuf>,
+    config_path: Option<&Path>,
+    cfg: Option<&Config>,
+) -> PathBuf {
+    arg.or_else(|| {
+        cfg.and_then(|c| c.rules.as_ref())
+            .map(|r| config_relative(config_path, r))
+    })
+    .unwrap_or_else(|| PathBuf::from("rules"))
 }
 
 /// The topic patterns in force.

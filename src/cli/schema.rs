@@ -13,10 +13,22 @@ pub fn all() -> Vec<(&'static str, String)> {
     let gen = || SchemaSettings::draft2020_12().into_generator();
     let render = |s: schemars::Schema| serde_json::to_string_pretty(&s).unwrap_or_default() + "\n";
     vec![
-        ("config.schema.json", render(gen().into_root_schema_for::<Config>())),
-        ("chain.schema.json", render(gen().into_root_schema_for::<ChainFile>())),
-        ("devices.schema.json", render(gen().into_root_schema_for::<DevicesFile>())),
-        ("test.schema.json", render(gen().into_root_schema_for::<TestFile>())),
+        (
+            "config.schema.json",
+            render(gen().into_root_schema_for::<Config>()),
+        ),
+        (
+            "chain.schema.json",
+            render(gen().into_root_schema_for::<ChainFile>()),
+        ),
+        (
+            "devices.schema.json",
+            render(gen().into_root_schema_for::<DevicesFile>()),
+        ),
+        (
+            "test.schema.json",
+            render(gen().into_root_schema_for::<TestFile>()),
+        ),
     ]
 }
 

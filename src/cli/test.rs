@@ -20,14 +20,28 @@ use crate::rules::{self, duration};
 pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
     let mut diags = Diagnostics::new();
     let cfg = super::load_config(config.as_deref(), &mut diags);
-    let paths = if paths.is_empty() { vec![super::rules_dir(None, config.as_deref(), cfg.as_ref())] } else { paths };
-    let files: Vec<PathBuf> = rules::yaml_files(&paths, &mut diags).into_iter().filter(|p| rules::is_test_file(p)).collect();
+    let paths = if paths.is_empty() {
+        vec![super::rules_dir(None, config.as_deref(), cfg.as_ref())]
+    } else {
+        paths
+    };
+    let files: Vec<PathBuf> = rules::yaml_files(&paths, &mut diags)
+        .into_iter()
+        .filter(|p| rules::is_test_file(p))
+        .collect();
     if diags.has_errors() {
         eprint!("{}", diags.render_text());
         return super::EXIT_FINDINGS;
     }
     if files.is_empty() {
-        eprintln!("no *.test.yaml files under {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "no *.test.yaml files under {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!("0 passed, 0 failed");
         return super::EXIT_FINDINGS;
     }
@@ -50,7 +64,12 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
             continue;
         }
         for case in &t.cases {
-            let replay = Replay::new(ruleset.clone(), devices.clone(), super::patterns(cfg.as_ref()), 0);
+            let replay = Replay::new(
+                ruleset.clone(),
+                devices.clone(),
+                super::patterns(cfg.as_ref()),
+                0,
+            );
             match run_case(replay, case) {
                 Ok(()) => {
                     passed += 1;
@@ -58,7 +77,12 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
                 }
                 Err(why) => {
                     failed += 1;
-                    println!("FAIL {}:{}: {}", f.display(), case.name.pos.line, case.name.value);
+                    println!(
+                        "FAIL {}:{}: {}",
+                        f.display(),
+                        case.name.pos.line,
+                        case.name.value
+                    );
                     for l in why.lines() {
                         println!("     {l}");
                     }
@@ -81,8 +105,13 @@ fn chains_under_test(test: &Path, t: &TestFile) -> Vec<PathBuf> {
     if let Some(list) = &t.chains {
         return list.iter().map(|c| dir.join(c.as_str())).collect();
     }
-    let name = test.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let stem = name.trim_end_matches(".test.yaml").trim_end_matches(".test.yml");
+    let name = test
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let stem = name
+        .trim_end_matches(".test.yaml")
+        .trim_end_matches(".test.yml");
     for ext in ["yaml", "yml"] {
         let p = dir.join(format!("{stem}.{ext}"));
         if p.exists() {
@@ -90,13 +119,18 @@ fn chains_under_test(test: &Path, t: &TestFile) -> Vec<PathBuf> {
         }
     }
     let mut d = Diagnostics::new();
-    rules::yaml_files(&[dir.to_path_buf()], &mut d).into_iter().filter(|p| !rules::is_test_file(p)).collect()
+    rules::yaml_files(&[dir.to_path_buf()], &mut d)
+        .into_iter()
+        .filter(|p| !rules::is_test_file(p))
+        .collect()
 }
 
 fn run_case(mut replay: Replay, case: &TestCase) -> Result<(), String> {
     let mut rec = Recorder::default();
     for (i, line) in case.input.iter().enumerate() {
-        let m = replay.message(line.value.clone()).map_err(|e| format!("input {} (line {}): {e}", i + 1, line.pos.line))?;
+        let m = replay
+            .message(line.value.clone())
+            .map_err(|e| format!("input {} (line {}): {e}", i + 1, line.pos.line))?;
         replay.feed(m, &mut rec);
     }
     let drain = match &case.drain {
@@ -104,13 +138,24 @@ fn run_case(mut replay: Replay, case: &TestCase) -> Result<(), String> {
         None => None,
     };
     replay.drain(drain, &mut rec);
-    let actual: Vec<Value> = rec.effects.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+    let actual: Vec<Value> = rec
+        .effects
+        .iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect();
     for kind in &case.expect_none {
         if let Some(e) = actual.iter().find(|a| a["event"] == kind.as_str()) {
             return Err(format!("expected no `{}` event, got {e}", kind.value));
         }
     }
-    compare(&case.expect.iter().map(|e| e.value.clone()).collect::<Vec<_>>(), &actual)
+    compare(
+        &case
+            .expect
+            .iter()
+            .map(|e| e.value.clone())
+            .collect::<Vec<_>>(),
+        &actual,
+    )
 }
 
 /// Compares expectations with actual events (see the module docs): per event kind named in
@@ -118,13 +163,17 @@ fn run_case(mut replay: Replay, case: &TestCase) -> Result<(), String> {
 pub fn compare(expect: &[BTreeMap<String, Value>], actual: &[Value]) -> Result<(), String> {
     let mut kinds: Vec<&str> = Vec::new();
     for e in expect {
-        let k = e.get("event").and_then(Value::as_str).ok_or("every expected event needs `event:`")?;
+        let k = e
+            .get("event")
+            .and_then(Value::as_str)
+            .ok_or("every expected event needs `event:`")?;
         if !kinds.contains(&k) {
             kinds.push(k);
         }
     }
     for kind in kinds {
-        let want: Vec<&BTreeMap<String, Value>> = expect.iter().filter(|e| e["event"] == kind).collect();
+        let want: Vec<&BTreeMap<String, Value>> =
+            expect.iter().filter(|e| e["event"] == kind).collect();
         let got: Vec<&Value> = actual.iter().filter(|a| a["event"] == kind).collect();
         for (i, e) in want.iter().enumerate() {
             let Some(a) = got.get(i) else {
@@ -138,7 +187,12 @@ pub fn compare(expect: &[BTreeMap<String, Value>], actual: &[Value]) -> Result<(
                 ));
             };
             if let Some(field) = mismatch(e, a)? {
-                return Err(format!("{kind} event {}: expected {}\n  got {a}\n  (`{field}` differs){}", i + 1, show(e), listing(&got)));
+                return Err(format!(
+                    "{kind} event {}: expected {}\n  got {a}\n  (`{field}` differs){}",
+                    i + 1,
+                    show(e),
+                    listing(&got)
+                ));
             }
         }
         if got.len() > want.len() {
@@ -186,8 +240,12 @@ fn mismatch(e: &BTreeMap<String, Value>, a: &Value) -> Result<Option<String>, St
 fn same(e: &Value, a: &Value) -> bool {
     match (e, a) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Object(x), Value::Object(y)) => x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w))
+        }
         _ => e == a,
     }
 }
@@ -208,15 +266,32 @@ mod tests {
             json!({"event": "notify", "channel": "x"}),
             json!({"event": "alarm", "transition": "cleared", "ts": 60000}),
         ];
-        let ok = [exp(json!({"event": "alarm", "transition": "created", "at": "30s"})), exp(json!({"event": "alarm", "transition": "cleared"}))];
+        let ok = [
+            exp(json!({"event": "alarm", "transition": "created", "at": "30s"})),
+            exp(json!({"event": "alarm", "transition": "cleared"})),
+        ];
         assert!(compare(&ok, &actual).is_ok());
         let missing = [exp(json!({"event": "alarm", "transition": "created"}))];
-        assert!(compare(&missing, &actual).unwrap_err().contains("1 more alarm event"));
-        let wrong = [exp(json!({"event": "alarm", "transition": "cleared"})), exp(json!({"event": "alarm"}))];
-        let other_kinds_in_any_order = [exp(json!({"event": "notify"})), exp(json!({"event": "alarm"})), exp(json!({"event": "alarm"}))];
+        assert!(compare(&missing, &actual)
+            .unwrap_err()
+            .contains("1 more alarm event"));
+        let wrong = [
+            exp(json!({"event": "alarm", "transition": "cleared"})),
+            exp(json!({"event": "alarm"})),
+        ];
+        let other_kinds_in_any_order = [
+            exp(json!({"event": "notify"})),
+            exp(json!({"event": "alarm"})),
+            exp(json!({"event": "alarm"})),
+        ];
         assert!(compare(&other_kinds_in_any_order, &actual).is_ok());
-        assert!(compare(&wrong, &actual).unwrap_err().contains("`transition` differs"));
-        let numbers = [exp(json!({"event": "alarm", "ts": 30000.0})), exp(json!({"event": "alarm"}))];
+        assert!(compare(&wrong, &actual)
+            .unwrap_err()
+            .contains("`transition` differs"));
+        let numbers = [
+            exp(json!({"event": "alarm", "ts": 30000.0})),
+            exp(json!({"event": "alarm"})),
+        ];
         assert!(compare(&numbers, &actual).is_ok());
     }
 }

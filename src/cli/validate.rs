@@ -32,7 +32,9 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
     let mut checked = 0;
     for f in &files {
         checked += 1;
-        let Some((src, root)) = read_yaml(f, &mut diags) else { continue };
+        let Some((src, root)) = read_yaml(f, &mut diags) else {
+            continue;
+        };
         match classify(&root) {
             Some(FileKind::Chain) => docs.push(ChainDoc { src, root }),
             Some(FileKind::Test) => check_test_file(f, &mut diags),
@@ -50,7 +52,13 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
         }
     }
     // With a broken config, channel names cannot be checked; the config's own errors are shown.
-    compile::compile(&docs, &CompileOptions { config: cfg.as_ref() }, &mut diags);
+    compile::compile(
+        &docs,
+        &CompileOptions {
+            config: cfg.as_ref(),
+        },
+        &mut diags,
+    );
     match format {
         Format::Json => println!("{}", diags.render_json()),
         Format::Text => {
@@ -65,7 +73,14 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
         }
     }
     if files.is_empty() && !diags.has_errors() {
-        eprintln!("no YAML files found under {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "no YAML files found under {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         return super::EXIT_FINDINGS;
     }
     if diags.has_errors() {
@@ -77,11 +92,20 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
 
 /// Checks a test file's structure and that the chains it names exist.
 pub fn check_test_file(path: &Path, diags: &mut Diagnostics) {
-    let Some((src, t)) = rules::load_test_file(path, diags) else { return };
+    let Some((src, t)) = rules::load_test_file(path, diags) else {
+        return;
+    };
     for c in t.chains.iter().flatten() {
         let p = path.parent().unwrap_or(Path::new(".")).join(c.as_str());
         if !p.exists() {
-            diags.error(&src, c.pos, format!("chain file `{}` not found (relative to this test file)", c.value));
+            diags.error(
+                &src,
+                c.pos,
+                format!(
+                    "chain file `{}` not found (relative to this test file)",
+                    c.value
+                ),
+            );
         }
     }
     rules::devices_registry(&src, &t.devices, diags);
@@ -94,10 +118,23 @@ pub fn check_test_file(path: &Path, diags: &mut Diagnostics) {
             }
         }
         for k in &case.expect_none {
-            const KINDS: &[&str] = &["alarm", "notify", "rpc", "influx", "websocket", "publish", "log", "error", "dropped"];
+            const KINDS: &[&str] = &[
+                "alarm",
+                "notify",
+                "rpc",
+                "influx",
+                "websocket",
+                "publish",
+                "log",
+                "error",
+                "dropped",
+            ];
             if !KINDS.contains(&k.as_str()) {
                 let d = diags.error(&src, k.pos, format!("unknown event kind `{}`", k.value));
-                d.hint(crate::rules::yaml::did_you_mean(k, KINDS.iter().copied()).unwrap_or_else(|| format!("one of {}", KINDS.join(", "))));
+                d.hint(
+                    crate::rules::yaml::did_you_mean(k, KINDS.iter().copied())
+                        .unwrap_or_else(|| format!("one of {}", KINDS.join(", "))),
+                );
             }
         }
         for i in &case.input {

@@ -112,7 +112,10 @@ impl Alarm {
         m.insert("details".into(), Dynamic::from_map(self.details.clone()));
         m.insert("start_ts".into(), self.start_ts.into());
         m.insert("last_ts".into(), self.last_ts.into());
-        m.insert("end_ts".into(), self.end_ts.map_or(Dynamic::UNIT, Dynamic::from));
+        m.insert(
+            "end_ts".into(),
+            self.end_ts.map_or(Dynamic::UNIT, Dynamic::from),
+        );
         m.insert("count".into(), (self.count as i64).into());
         m
     }
@@ -174,7 +177,9 @@ impl AlarmStore {
 
     /// Clears the active alarm; returns it if there was one.
     pub fn clear(&mut self, device: &str, type_: &str, now: i64) -> Option<&Alarm> {
-        let a = self.alarms.get_mut(&(device.to_string(), type_.to_string()))?;
+        let a = self
+            .alarms
+            .get_mut(&(device.to_string(), type_.to_string()))?;
         if !a.status.is_active() {
             return None;
         }
@@ -204,16 +209,31 @@ mod tests {
     #[test]
     fn lifecycle_fires_once_and_clears_once() {
         let mut s = AlarmStore::default();
-        let t = s.raise("p", "Hot", "WARNING", "m".into(), Map::new(), 1).map(|x| x.0);
+        let t = s
+            .raise("p", "Hot", "WARNING", "m".into(), Map::new(), 1)
+            .map(|x| x.0);
         assert_eq!(t, Some(Transition::Created));
-        assert!(s.raise("p", "Hot", "WARNING", "m".into(), Map::new(), 2).is_none());
-        let t = s.raise("p", "Hot", "CRITICAL", "m".into(), Map::new(), 3).map(|x| x.0);
+        assert!(s
+            .raise("p", "Hot", "WARNING", "m".into(), Map::new(), 2)
+            .is_none());
+        let t = s
+            .raise("p", "Hot", "CRITICAL", "m".into(), Map::new(), 3)
+            .map(|x| x.0);
         assert_eq!(t, Some(Transition::SeverityChanged));
         assert_eq!(s.get("p", "Hot").unwrap().count, 3);
         assert_eq!(s.clear("p", "Hot", 4).unwrap().status, Status::ClearedUnack);
-        assert!(s.clear("p", "Hot", 5).is_none(), "a cleared alarm clears once");
-        let t = s.raise("p", "Hot", "WARNING", "m".into(), Map::new(), 6).map(|x| x.0);
-        assert_eq!(t, Some(Transition::Created), "a raise after a clear is a new alarm");
+        assert!(
+            s.clear("p", "Hot", 5).is_none(),
+            "a cleared alarm clears once"
+        );
+        let t = s
+            .raise("p", "Hot", "WARNING", "m".into(), Map::new(), 6)
+            .map(|x| x.0);
+        assert_eq!(
+            t,
+            Some(Transition::Created),
+            "a raise after a clear is a new alarm"
+        );
         assert_eq!(s.get("p", "Hot").unwrap().id, "Hot:p:6");
     }
 }

@@ -40,6 +40,77 @@ pub struct Message {
     pub payload: Map,
 }
 
+/// Parses a JSON payload straight into the map `msg` is made of (JSON integers become Rhai
+/// integers, decimals floats). Anything but a JSON object is an error.
+pub fn parse_payload(bytes: &[u8]) -> Result<Map, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = serde::de::Deserializer::deserialize_any(&mut de, json::ValueVisitor)
+        .map_err(|e| format!("not JSON: {e}"))?;
+    de.end().map_err(|e| format!("not JSON: {e}"))?;
+    let type_name = v.type_name();
+    v.try_cast::<Map>()
+        .ok_or_else(|| format!("the payload must be a JSON object, not {type_name}"))
+}
+
+/// JSON → Rhai values without an intermediate tree (rhai's generic `Dynamic` deserializer is
+/// several times slower on small objects, and this runs for every message).
+mod json {
+    use rhai::{Array, Dynamic, Map};
+    use serde::de::{self, MapAccess, SeqAccess, Visitor};
+
+    pub(super) struct ValueVisitor;
+
+    impl<'de> de::DeserializeSeed<'de> for ValueVisitor {
+        type Value = Dynamic;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Dynamic, D::Error> {
+            d.deserialize_any(ValueVisitor)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ValueVisitor {
+        type Value = Dynamic;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_unit<E>(self) -> Result<Dynamic, E> {
+            Ok(Dynamic::UNIT)
+        }
+        fn visit_bool<E>(self, b: bool) -> Result<Dynamic, E> {
+            Ok(Dynamic::from_bool(b))
+        }
+        fn visit_i64<E>(self, i: i64) -> Result<Dynamic, E> {
+            Ok(Dynamic::from_int(i))
+        }
+        fn visit_u64<E>(self, u: u64) -> Result<Dynamic, E> {
+            Ok(i64::try_from(u).map_or_else(|_| Dynamic::from_float(u as f64), Dynamic::from_int))
+        }
+        fn visit_f64<E>(self, f: f64) -> Result<Dynamic, E> {
+            Ok(Dynamic::from_float(f))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Dynamic, E> {
+            Ok(Dynamic::from(rhai::ImmutableString::from(s)))
+        }
+        fn visit_string<E>(self, s: String) -> Result<Dynamic, E> {
+            Ok(Dynamic::from(s))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Dynamic, A::Error> {
+            let mut v = Array::new();
+            while let Some(x) = a.next_element_seed(ValueVisitor)? {
+                v.push(x);
+            }
+            Ok(Dynamic::from_array(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Dynamic, A::Error> {
+            let mut m = Map::new();
+            while let Some(k) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+                let v = a.next_value_seed(ValueVisitor)?;
+                m.insert(k.as_ref().into(), v);
+            }
+            Ok(Dynamic::from_map(m))
+        }
+    }
+}
+
 /// A message on its way through a chain: Rhai's three maps plus what nodes read often.
 #[derive(Debug, Clone)]
 pub struct Packet {
@@ -56,7 +127,10 @@ pub struct Packet {
 impl Packet {
     /// Reads a field of `msg`.
     pub fn field(&self, name: &str) -> Option<Dynamic> {
-        self.vars.msg.read_lock::<Map>().and_then(|m| m.get(name).cloned())
+        self.vars
+            .msg
+            .read_lock::<Map>()
+            .and_then(|m| m.get(name).cloned())
     }
 
     /// Changes `msg` in place.
@@ -120,6 +194,19 @@ pub struct Device {
     pub type_: Option<Arc<str>>,
     /// The attributes.
     pub attrs: Map,
+    /// `meta.device` and `meta.device_type`, built once: each message's `meta` starts as a copy.
+    meta_base: Option<Map>,
+}
+
+impl Device {
+    /// A device of a type, with attributes.
+    pub fn new(type_: Option<Arc<str>>, attrs: Map) -> Self {
+        Device {
+            type_,
+            attrs,
+            meta_base: None,
+        }
+    }
 }
 
 /// Timers order by due time, then by when they were (logically) set.
@@ -164,7 +251,12 @@ pub struct Cx<'a> {
 impl Cx<'_> {
     /// Emits an effect at the current time from this node.
     pub fn emit(&mut self, event: Event) {
-        self.out.emit(Effect { event, ts: self.now, chain: self.chain.clone(), node: self.node.clone() });
+        self.out.emit(Effect {
+            event,
+            ts: self.now,
+            chain: self.chain.clone(),
+            node: self.node.clone(),
+        });
     }
 
     /// This node's state, created on first use.
@@ -172,7 +264,10 @@ impl Cx<'_> {
         if !self.state.as_ref().is_some_and(|s| s.is::<T>()) {
             *self.state = Some(Box::new(T::default()));
         }
-        self.state.as_mut().and_then(|s| s.downcast_mut::<T>()).expect("state was just set to T")
+        self.state
+            .as_mut()
+            .and_then(|s| s.downcast_mut::<T>())
+            .expect("state was just set to T")
     }
 
     /// Sets a timer for this node at `due` (not before now). Returns an error when the engine
@@ -187,7 +282,9 @@ impl Cx<'_> {
     /// setting a new one per message (debounce) keeps "fire in the order set" this way.
     pub fn schedule_as(&mut self, due: i64, key: &str, tag: u64, order: u64) -> Result<(), String> {
         if self.timers.len() >= MAX_TIMERS {
-            return Err(format!("too many pending timers ({MAX_TIMERS}); timer refused"));
+            return Err(format!(
+                "too many pending timers ({MAX_TIMERS}); timer refused"
+            ));
         }
         *self.seq += 1;
         self.timers.push(Reverse(Timer {
@@ -204,7 +301,8 @@ impl Cx<'_> {
 
     /// Routes the `rpc_response` message whose `id` is `id` to this node's [`NodeImpl::reply`].
     pub fn await_reply(&mut self, id: &str) {
-        self.awaits.insert(id.into(), (self.chain_idx, self.node_idx));
+        self.awaits
+            .insert(id.into(), (self.chain_idx, self.node_idx));
     }
 
     /// Stops routing replies with this id (the wait timed out).
@@ -230,12 +328,20 @@ pub struct Executor {
     awaits: HashMap<Arc<str>, (usize, usize)>,
     seq: u64,
     now: i64,
+    /// `meta.kind` values, by `Kind as usize`, shared by every message.
+    kind_names: [Dynamic; 4],
+    /// The traversal stack, kept between messages.
+    stack: Vec<(usize, Packet)>,
 }
 
 impl Executor {
     /// An executor for a rule set, with a device registry, at clock time `now`.
     pub fn new(rules: Arc<RuleSet>, devices: HashMap<Arc<str>, Device>, now: i64) -> Self {
-        let states = rules.chains.iter().flat_map(|c| c.nodes.iter().map(|_| None)).collect();
+        let states = rules
+            .chains
+            .iter()
+            .flat_map(|c| c.nodes.iter().map(|_| None))
+            .collect();
         Executor {
             rt: Runtime::new(rules.engine.clone()),
             rules,
@@ -246,6 +352,14 @@ impl Executor {
             awaits: HashMap::new(),
             seq: 0,
             now,
+            kind_names: [
+                Kind::Telemetry,
+                Kind::Attributes,
+                Kind::Status,
+                Kind::RpcResponse,
+            ]
+            .map(|k| Dynamic::from(k.as_str())),
+            stack: Vec::new(),
         }
     }
 
@@ -275,7 +389,9 @@ impl Executor {
             if t.due > to {
                 break;
             }
-            let Some(Reverse(t)) = self.timers.pop() else { break };
+            let Some(Reverse(t)) = self.timers.pop() else {
+                break;
+            };
             self.now = self.now.max(t.due);
             let rules = self.rules.clone();
             let chain = &rules.chains[t.chain];
@@ -288,7 +404,13 @@ impl Executor {
         self.now = self.now.max(to);
     }
 
-    fn cx<'a>(&'a mut self, rules: &'a RuleSet, ci: usize, ni: usize, out: &'a mut dyn EffectSink) -> Cx<'a> {
+    fn cx<'a>(
+        &'a mut self,
+        rules: &'a RuleSet,
+        ci: usize,
+        ni: usize,
+        out: &'a mut dyn EffectSink,
+    ) -> Cx<'a> {
         let chain = &rules.chains[ci];
         let slot = chain.first_slot + ni;
         Cx {
@@ -310,21 +432,37 @@ impl Executor {
 
     /// Runs every matching chain on a message, at the current clock time.
     pub fn process(&mut self, m: Message, out: &mut dyn EffectSink) {
-        let device = self.devices.entry(m.device.clone()).or_default();
+        if !self.devices.contains_key(&m.device) {
+            self.devices.insert(m.device.clone(), Device::default());
+        }
+        let device = self.devices.get_mut(&m.device).expect("inserted above");
         if m.kind == Kind::Attributes {
             for (k, v) in &m.payload {
                 device.attrs.insert(k.clone(), v.clone());
             }
         }
         let device_type = device.type_.clone();
-        let mut meta = Map::new();
-        meta.insert("device".into(), Dynamic::from(m.device.to_string()));
+        let mut meta = device
+            .meta_base
+            .get_or_insert_with(|| {
+                let mut b = Map::new();
+                b.insert("device".into(), Dynamic::from(m.device.to_string()));
+                b.insert(
+                    "device_type".into(),
+                    device_type
+                        .as_ref()
+                        .map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())),
+                );
+                b
+            })
+            .clone();
+        meta.insert("kind".into(), self.kind_names[m.kind as usize].clone());
         meta.insert(
-            "device_type".into(),
-            device_type.as_ref().map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())),
+            "topic".into(),
+            m.topic
+                .as_ref()
+                .map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())),
         );
-        meta.insert("kind".into(), m.kind.as_str().into());
-        meta.insert("topic".into(), m.topic.as_ref().map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())));
         meta.insert("ts".into(), m.ts.into());
         for (k, v) in &m.captures {
             meta.insert(k.as_str().into(), v.clone().into());
@@ -346,18 +484,26 @@ impl Executor {
                 let reply = packet.clone();
                 let flow = {
                     let mut cx = self.cx(&rules, ci, ni, out);
-                    rules.chains[ci].nodes[ni].imp.reply(&mut cx, id.as_deref().unwrap_or(""), reply)
+                    rules.chains[ci].nodes[ni].imp.reply(
+                        &mut cx,
+                        id.as_deref().unwrap_or(""),
+                        reply,
+                    )
                 };
                 if let Some(flow) = flow {
                     self.follow(&rules, ci, ni, flow, out);
                 }
             }
         }
-        let mut matching = Vec::new();
+        // The chains this message enters; the last one gets the packet, the others a copy.
+        let mut last: Option<usize> = None;
         for (ci, chain) in rules.chains.iter().enumerate() {
-            match chain.on.matches(m.kind, device_type.as_deref(), packet.topic.as_deref()) {
-                false => continue,
-                true => {}
+            if chain.nodes.is_empty()
+                || !chain
+                    .on
+                    .matches(m.kind, device_type.as_deref(), packet.topic.as_deref())
+            {
+                continue;
             }
             if let Some(when) = &chain.on.when {
                 match when.eval_bool(&mut self.rt, &mut packet.vars) {
@@ -365,7 +511,10 @@ impl Executor {
                     Ok(false) => continue,
                     Err(e) => {
                         out.emit(Effect {
-                            event: Event::Error { device: packet.device.clone(), error: format!("on.when: {e}") },
+                            event: Event::Error {
+                                device: packet.device.clone(),
+                                error: format!("on.when: {e}"),
+                            },
                             ts: self.now,
                             chain: chain.name.clone(),
                             node: "on".into(),
@@ -374,21 +523,29 @@ impl Executor {
                     }
                 }
             }
-            if !chain.nodes.is_empty() {
-                matching.push(ci);
+            if let Some(prev) = last.replace(ci) {
+                self.run_from(&rules, prev, 0, packet.clone(), out);
             }
         }
-        let last = matching.len().saturating_sub(1);
-        for (i, ci) in matching.iter().enumerate() {
-            let p = if i == last { std::mem::replace(&mut packet, empty_packet()) } else { packet.clone() };
-            self.run_from(&rules, *ci, 0, p, out);
+        if let Some(ci) = last {
+            self.run_from(&rules, ci, 0, packet, out);
         }
     }
 
     /// Runs chain `ci` from node `start` (depth-first, in list order).
-    fn run_from(&mut self, rules: &RuleSet, ci: usize, start: usize, p: Packet, out: &mut dyn EffectSink) {
-        let mut stack = vec![(start, p)];
-        while let Some((ni, p)) = stack.pop() {
+    fn run_from(
+        &mut self,
+        rules: &RuleSet,
+        ci: usize,
+        start: usize,
+        p: Packet,
+        out: &mut dyn EffectSink,
+    ) {
+        let mut stack = std::mem::take(&mut self.stack);
+        let base = stack.len();
+        stack.push((start, p));
+        while stack.len() > base {
+            let Some((ni, p)) = stack.pop() else { break };
             let chain = &rules.chains[ci];
             let node = &chain.nodes[ni];
             let keep = node.on_error.is_some() && node.mutates;
@@ -420,10 +577,18 @@ impl Executor {
             }
             self.push_targets(chain, ni, flow, &mut stack, out);
         }
+        self.stack = stack;
     }
 
     /// Continues after a timer's flow.
-    fn follow(&mut self, rules: &RuleSet, ci: usize, ni: usize, flow: Flow, out: &mut dyn EffectSink) {
+    fn follow(
+        &mut self,
+        rules: &RuleSet,
+        ci: usize,
+        ni: usize,
+        flow: Flow,
+        out: &mut dyn EffectSink,
+    ) {
         let mut stack = Vec::new();
         self.push_targets(&rules.chains[ci], ni, flow, &mut stack, out);
         while let Some((next, p)) = stack.pop() {
@@ -431,7 +596,14 @@ impl Executor {
         }
     }
 
-    fn push_targets(&self, chain: &Chain, ni: usize, flow: Flow, stack: &mut Vec<(usize, Packet)>, out: &mut dyn EffectSink) {
+    fn push_targets(
+        &self,
+        chain: &Chain,
+        ni: usize,
+        flow: Flow,
+        stack: &mut Vec<(usize, Packet)>,
+        out: &mut dyn EffectSink,
+    ) {
         let node = &chain.nodes[ni];
         match flow {
             Flow::Pass(p) | Flow::PassAs(_, p) => {
@@ -452,7 +624,10 @@ impl Executor {
             Flow::Route(None, _) | Flow::Stop(_) => {}
             Flow::Error(error, mut p) => {
                 out.emit(Effect {
-                    event: Event::Error { device: p.device.clone(), error: error.clone() },
+                    event: Event::Error {
+                        device: p.device.clone(),
+                        error: error.clone(),
+                    },
                     ts: self.now,
                     chain: chain.name.clone(),
                     node: node.id.clone(),
@@ -466,6 +641,22 @@ impl Executor {
     }
 }
 
-fn empty_packet() -> Packet {
-    Packet { vars: Vars::default(), device: "".into(), topic: None, ts: 0 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse_into_rhai_values() {
+        let m = parse_payload(br#"{"i": 2, "f": 2.5, "b": true, "s": "x\"y", "n": null, "a": [1, {"k": 1}], "big": 18446744073709551615}"#).unwrap();
+        assert_eq!(m["i"].as_int(), Ok(2));
+        assert_eq!(m["f"].as_float(), Ok(2.5));
+        assert_eq!(m["b"].as_bool(), Ok(true));
+        assert_eq!(m["s"].to_string(), "x\"y");
+        assert!(m["n"].is_unit());
+        assert_eq!(m["a"].clone().into_array().unwrap().len(), 2);
+        assert_eq!(m["big"].as_float(), Ok(18446744073709551615.0));
+        assert!(parse_payload(b"[1]").unwrap_err().contains("object"));
+        assert!(parse_payload(b"{} x").unwrap_err().contains("not JSON"));
+        assert!(parse_payload(b"\xff").is_err());
+    }
 }

@@ -38,8 +38,13 @@ const FUNCS: &[&str] = &["avg", "min", "max", "sum", "count", "first", "last"];
 
 fn parse_call(text: &str) -> Result<(Func, String), String> {
     let t = text.trim();
-    let (name, rest) = t.split_once('(').ok_or_else(|| format!("`{t}` is not a call like `avg(temperature)`"))?;
-    let field = rest.strip_suffix(')').ok_or_else(|| format!("`{t}` misses its closing `)`"))?.trim();
+    let (name, rest) = t
+        .split_once('(')
+        .ok_or_else(|| format!("`{t}` is not a call like `avg(temperature)`"))?;
+    let field = rest
+        .strip_suffix(')')
+        .ok_or_else(|| format!("`{t}` misses its closing `)`"))?
+        .trim();
     let f = match name.trim() {
         "avg" => Func::Avg,
         "min" => Func::Min,
@@ -48,7 +53,12 @@ fn parse_call(text: &str) -> Result<(Func, String), String> {
         "count" => Func::Count,
         "first" => Func::First,
         "last" => Func::Last,
-        other => return Err(format!("unknown function `{other}`; use one of {}", FUNCS.join(", "))),
+        other => {
+            return Err(format!(
+                "unknown function `{other}`; use one of {}",
+                FUNCS.join(", ")
+            ))
+        }
     };
     if field.is_empty() && f != Func::Count {
         return Err(format!("`{name}()` needs a field name"));
@@ -67,14 +77,19 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     let mut outs = Vec::new();
     let mut ok = true;
     if a.fields.value.0.is_empty() {
-        b.error(a.fields.pos, "`fields` is empty").hint("e.g. `fields: {avg_rms: \"avg(rms)\"}`");
+        b.error(a.fields.pos, "`fields` is empty")
+            .hint("e.g. `fields: {avg_rms: \"avg(rms)\"}`");
         ok = false;
     }
     for (name, call) in &a.fields.value.0 {
         match parse_call(call) {
             Ok((f, field)) => outs.push((name.value.clone(), f, field)),
             Err(e) => {
-                let pos = if call.pos == Pos::default() { name.pos } else { call.pos };
+                let pos = if call.pos == Pos::default() {
+                    name.pos
+                } else {
+                    call.pos
+                };
                 b.error(pos, e);
                 ok = false;
             }
@@ -97,7 +112,14 @@ struct Acc {
 
 impl Default for Acc {
     fn default() -> Self {
-        Acc { n: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, first: None, last: None }
+        Acc {
+            n: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            first: None,
+            last: None,
+        }
     }
 }
 
@@ -122,16 +144,31 @@ impl NodeImpl for Aggregate {
         };
         let start = cx.now.div_euclid(self.window) * self.window;
         let values: Vec<Option<Dynamic>> = self.outs.iter().map(|(_, _, f)| p.field(f)).collect();
-        let exists = cx.state::<State>().windows.get(&key).is_some_and(|w| w.start == start);
+        let exists = cx
+            .state::<State>()
+            .windows
+            .get(&key)
+            .is_some_and(|w| w.start == start);
         if !exists {
             let tag = cx.next_id();
             if let Err(e) = cx.schedule(start + self.window, &key, tag) {
                 return Flow::Error(e, p);
             }
             let accs = vec![Acc::default(); self.outs.len()];
-            cx.state::<State>().windows.insert(key.clone(), Window { start, tag, accs, messages: 0, last: p.clone() });
+            cx.state::<State>().windows.insert(
+                key.clone(),
+                Window {
+                    start,
+                    tag,
+                    accs,
+                    messages: 0,
+                    last: p.clone(),
+                },
+            );
         }
-        let Some(w) = cx.state::<State>().windows.get_mut(&key) else { return Flow::Stop("held") };
+        let Some(w) = cx.state::<State>().windows.get_mut(&key) else {
+            return Flow::Stop("held");
+        };
         w.messages += 1;
         for ((acc, v), (_, f, field)) in w.accs.iter_mut().zip(values).zip(&self.outs) {
             let Some(v) = v else { continue };

@@ -31,14 +31,20 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         None => Some(Severity::Fixed("WARNING")),
         Some(s) => match severity(&s.text) {
             Some(name) => Some(Severity::Fixed(name)),
-            None if s.text.chars().all(|c| c.is_ascii_alphabetic()) && s.text.to_uppercase() == s.text => {
+            None if s.text.chars().all(|c| c.is_ascii_alphabetic())
+                && s.text.to_uppercase() == s.text =>
+            {
                 b.error(s.pos, format!("unknown severity `{}`", s.text))
-                    .hint(format!("one of {}, or a Rhai expression giving one", SEVERITIES.join(", ")));
+                    .hint(format!(
+                        "one of {}, or a Rhai expression giving one",
+                        SEVERITIES.join(", ")
+                    ));
                 None
             }
             None => match severity(&s.text.to_uppercase()) {
                 Some(name) => {
-                    b.error(s.pos, format!("unknown severity `{}`", s.text)).hint(format!("did you mean `{name}`?"));
+                    b.error(s.pos, format!("unknown severity `{}`", s.text))
+                        .hint(format!("did you mean `{name}`?"));
                     None
                 }
                 None => b.expr(s).map(Severity::Expr),
@@ -55,20 +61,36 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         }
     }
     if action == AlarmAction::Clear && a.severity.is_some() {
-        b.error(a.severity.as_ref().map_or(a.pos, |s| s.pos), "a clear takes no `severity`");
+        b.error(
+            a.severity.as_ref().map_or(a.pos, |s| s.pos),
+            "a clear takes no `severity`",
+        );
         ok = false;
     }
-    let node = AlarmNode { type_: type_?, action, severity: sev?, message: message.ok()?, details };
+    let node = AlarmNode {
+        type_: type_?,
+        action,
+        severity: sev?,
+        message: message?,
+        details,
+    };
     ok.then(|| Box::new(node) as Box<dyn NodeImpl>)
 }
 
 impl AlarmNode {
-    fn raise(&self, cx: &mut Cx<'_>, p: &mut Packet, type_: String) -> Result<Option<(Transition, Map)>, String> {
+    fn raise(
+        &self,
+        cx: &mut Cx<'_>,
+        p: &mut Packet,
+        type_: String,
+    ) -> Result<Option<(Transition, Map)>, String> {
         let sev = match &self.severity {
             Severity::Fixed(s) => s,
             Severity::Expr(e) => {
                 let v = e.eval(cx.rt, &mut p.vars)?.to_string();
-                severity(&v).ok_or_else(|| format!("severity `{v}` is not one of {}", SEVERITIES.join(", ")))?
+                severity(&v).ok_or_else(|| {
+                    format!("severity `{v}` is not one of {}", SEVERITIES.join(", "))
+                })?
             }
         };
         let message = match &self.message {
@@ -80,7 +102,10 @@ impl AlarmNode {
             details.insert(k.as_str().into(), e.eval(cx.rt, &mut p.vars)?);
         }
         let now = cx.now;
-        Ok(cx.alarms.raise(&p.device, &type_, sev, message, details, now).map(|(t, a)| (t, a.to_map(t))))
+        Ok(cx
+            .alarms
+            .raise(&p.device, &type_, sev, message, details, now)
+            .map(|(t, a)| (t, a.to_map(t))))
     }
 }
 
@@ -94,7 +119,10 @@ impl NodeImpl for AlarmNode {
             AlarmAction::Raise => self.raise(cx, &mut p, type_),
             AlarmAction::Clear => {
                 let now = cx.now;
-                Ok(cx.alarms.clear(&p.device, &type_, now).map(|a| (Transition::Cleared, a.to_map(Transition::Cleared))))
+                Ok(cx
+                    .alarms
+                    .clear(&p.device, &type_, now)
+                    .map(|a| (Transition::Cleared, a.to_map(Transition::Cleared))))
             }
         };
         match outcome {

@@ -22,7 +22,11 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         b.error(d.delta.pos, "`delta` must be a finite number, 0 or more");
         return None;
     }
-    Some(Box::new(Deadband { field: d.field.value.clone(), delta: d.delta.value, key: key? }))
+    Some(Box::new(Deadband {
+        field: d.field.value.clone(),
+        delta: d.delta.value,
+        key: key?,
+    }))
 }
 
 #[derive(Default)]
@@ -33,7 +37,10 @@ struct State {
 impl NodeImpl for Deadband {
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let Some(v) = p.field(&self.field).as_ref().and_then(as_f64) else {
-            return Flow::Error(format!("field `{}` is missing or not a number", self.field), p);
+            return Flow::Error(
+                format!("field `{}` is missing or not a number", self.field),
+                p,
+            );
         };
         let key = match self.key.key(cx, &mut p) {
             Ok(k) => k,

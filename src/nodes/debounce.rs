@@ -19,7 +19,11 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     let quiet = spec.debounce.as_ref().and_then(|d| b.duration(d));
     let key = KeySel::build(&spec.key, b);
     let emit = spec.emit.as_ref().map_or(Emit::Last, |e| e.value);
-    Some(Box::new(Debounce { quiet: quiet?, emit, key: key? }))
+    Some(Box::new(Debounce {
+        quiet: quiet?,
+        emit,
+        key: key?,
+    }))
 }
 
 /// `last`: the pending message and when it is due. One timer per key is kept armed: when it
@@ -66,7 +70,15 @@ impl NodeImpl for Debounce {
                 if let Err(e) = cx.schedule_as(due, &key, tag, order) {
                     return Flow::Error(e, p);
                 }
-                cx.state::<State>().pending.insert(key, Pending { latest: p, due, tag, order });
+                cx.state::<State>().pending.insert(
+                    key,
+                    Pending {
+                        latest: p,
+                        due,
+                        tag,
+                        order,
+                    },
+                );
                 Flow::Stop("held")
             }
         }

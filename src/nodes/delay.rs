@@ -34,7 +34,12 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         Some(m) => m.value as usize,
         None => DEFAULT_MAX_PENDING,
     };
-    Some(Box::new(Delay { hold: hold?, max_pending, cancel_when: cancel_when.ok()?, key: key? }))
+    Some(Box::new(Delay {
+        hold: hold?,
+        max_pending,
+        cancel_when: cancel_when?,
+        key: key?,
+    }))
 }
 
 #[derive(Default)]
@@ -53,7 +58,11 @@ impl NodeImpl for Delay {
                 Ok(true) => {
                     let dropped = cx.state::<State>().pending.remove(&key).unwrap_or_default();
                     for (_, d) in dropped {
-                        cx.emit(Event::Dropped { device: d.device.clone(), reason: "cancelled", detail: None });
+                        cx.emit(Event::Dropped {
+                            device: d.device.clone(),
+                            reason: "cancelled",
+                            detail: None,
+                        });
                     }
                     return Flow::Stop("stop");
                 }
@@ -70,7 +79,11 @@ impl NodeImpl for Delay {
         q.push_back((tag, p));
         let over = if q.len() > max { q.pop_front() } else { None };
         if let Some((_, d)) = over {
-            cx.emit(Event::Dropped { device: d.device.clone(), reason: "overflow", detail: None });
+            cx.emit(Event::Dropped {
+                device: d.device.clone(),
+                reason: "overflow",
+                detail: None,
+            });
         }
         Flow::Stop("held")
     }

@@ -21,7 +21,11 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     let cond = spec.filter.as_ref().and_then(|f| b.expr(f));
     let hold = b.opt_duration(&spec.hold);
     let key = KeySel::build(&spec.key, b);
-    Some(Box::new(Filter { cond: cond?, hold: hold.ok()?.filter(|h| *h > 0), key: key? }))
+    Some(Box::new(Filter {
+        cond: cond?,
+        hold: hold?.filter(|h| *h > 0),
+        key: key?,
+    }))
 }
 
 enum Hold {
@@ -65,7 +69,9 @@ impl NodeImpl for Filter {
         if let Err(e) = cx.schedule(cx.now + hold, &key, tag) {
             return Flow::Error(e, p);
         }
-        cx.state::<State>().keys.insert(key, Hold::Holding { latest: p, tag });
+        cx.state::<State>()
+            .keys
+            .insert(key, Hold::Holding { latest: p, tag });
         Flow::Stop("held")
     }
 

@@ -7,14 +7,16 @@ use rhai::{Dynamic, Map};
 use super::as_f64;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
-use crate::lineproto::{FieldValue, Point};
+use crate::lineproto::Line;
 use crate::rules::compile::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::Template;
 
 struct Influx {
     measurement: Template,
+    /// Sorted, as line protocol wants them.
     tags: Vec<String>,
+    /// Sorted; `None`: every numeric and boolean field of `msg` (a sorted map already).
     fields: Option<Vec<String>>,
 }
 
@@ -24,27 +26,39 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         Some(m) => b.template(m)?,
         None => Template::literal("telemetry"),
     };
-    let tags = i.tags.iter().flatten().map(|t| t.value.clone()).collect();
-    let fields = i.fields.as_ref().map(|f| f.iter().map(|x| x.value.clone()).collect());
-    Some(Box::new(Influx { measurement, tags, fields }))
+    let sorted = |v: &Vec<crate::rules::yaml::Sp<String>>| {
+        let mut v: Vec<String> = v.iter().map(|x| x.value.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let tags = i.tags.as_ref().map(sorted).unwrap_or_default();
+    let fields = i.fields.as_ref().map(sorted);
+    Some(Box::new(Influx {
+        measurement,
+        tags,
+        fields,
+    }))
 }
 
-fn field_value(v: &Dynamic, listed: bool) -> Option<FieldValue> {
+/// Adds a value as a field: numbers as floats, booleans; strings only when listed.
+fn add_field(line: &mut Line, key: &str, v: &Dynamic, listed: bool) {
     if let Ok(b) = v.as_bool() {
-        return Some(FieldValue::Bool(b));
+        line.boolean(key, b);
+    } else if let Some(f) = as_f64(v) {
+        line.float(key, f);
+    } else if listed && v.is_string() {
+        line.string(key, &v.to_string());
     }
-    if let Some(f) = as_f64(v) {
-        return Some(FieldValue::Float(f));
-    }
-    if listed && v.is_string() {
-        return Some(FieldValue::Str(v.to_string()));
-    }
-    None
 }
 
 fn lookup(maps: [&Dynamic; 3], name: &str) -> Option<String> {
     maps.iter().find_map(|m| {
-        m.read_lock::<Map>().and_then(|m| m.get(name).filter(|v| !v.is_unit() && !v.is_map() && !v.is_array()).map(|v| v.to_string()))
+        m.read_lock::<Map>().and_then(|m| {
+            m.get(name)
+                .filter(|v| !v.is_unit() && !v.is_map() && !v.is_array())
+                .map(|v| v.to_string())
+        })
     })
 }
 
@@ -54,28 +68,42 @@ impl NodeImpl for Influx {
             Ok(m) => m,
             Err(e) => return Flow::Error(e, p),
         };
-        let tags = self
-            .tags
-            .iter()
-            .filter_map(|t| lookup([&p.vars.meta, &p.vars.attr, &p.vars.msg], t).map(|v| (t.clone(), v)))
-            .collect();
-        let fields: Vec<(String, FieldValue)> = match p.vars.msg.read_lock::<Map>() {
-            None => Vec::new(),
-            Some(m) => match &self.fields {
-                Some(list) => list
-                    .iter()
-                    .filter_map(|f| m.get(f.as_str()).and_then(|v| field_value(v, true)).map(|v| (f.clone(), v)))
-                    .collect(),
-                None => m.iter().filter_map(|(k, v)| field_value(v, false).map(|v| (k.to_string(), v))).collect(),
-            },
-        };
-        let point = Point { measurement, tags, fields, ts_ns: p.ts.saturating_mul(1_000_000) };
-        let (line, skipped) = point.line();
-        for f in skipped {
-            cx.emit(Event::Dropped { device: p.device.clone(), reason: "non-finite", detail: Some(format!("field `{f}`")) });
+        let mut line = Line::new(&measurement);
+        for t in &self.tags {
+            if let Some(v) = lookup([&p.vars.meta, &p.vars.attr, &p.vars.msg], t) {
+                line.tag(t, &v);
+            }
         }
-        if let Some(line) = line {
-            cx.emit(Event::Influx { device: p.device.clone(), line });
+        if let Some(m) = p.vars.msg.read_lock::<Map>() {
+            match &self.fields {
+                Some(list) => {
+                    for f in list {
+                        if let Some(v) = m.get(f.as_str()) {
+                            add_field(&mut line, f, v, true);
+                        }
+                    }
+                }
+                None => {
+                    for (k, v) in m.iter() {
+                        add_field(&mut line, k, v, false);
+                    }
+                }
+            }
+        }
+        let skipped = std::mem::take(&mut line.skipped);
+        let text = line.finish(p.ts.saturating_mul(1_000_000));
+        for f in skipped {
+            cx.emit(Event::Dropped {
+                device: p.device.clone(),
+                reason: "non-finite",
+                detail: Some(format!("field `{f}`")),
+            });
+        }
+        if let Some(line) = text {
+            cx.emit(Event::Influx {
+                device: p.device.clone(),
+                line,
+            });
         }
         Flow::Pass(p)
     }

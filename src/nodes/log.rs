@@ -14,8 +14,11 @@ struct Log {
 
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let l = spec.log.as_ref()?;
-    let message = b.opt_template(&l.message).ok()?;
-    Some(Box::new(Log { level: l.level.as_ref().map_or(LogLevel::Info, |x| x.value), message }))
+    let message = b.opt_template(&l.message)?;
+    Some(Box::new(Log {
+        level: l.level.as_ref().map_or(LogLevel::Info, |x| x.value),
+        message,
+    }))
 }
 
 impl NodeImpl for Log {
@@ -27,7 +30,11 @@ impl NodeImpl for Log {
             },
             None => serde_json::to_string(p.msg()).unwrap_or_default(),
         };
-        cx.emit(Event::Log { device: p.device.clone(), level: self.level, message });
+        cx.emit(Event::Log {
+            device: p.device.clone(),
+            level: self.level,
+            message,
+        });
         Flow::Pass(p)
     }
 }

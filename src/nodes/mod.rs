@@ -59,7 +59,7 @@ pub(crate) struct KeySel(Option<Expr>);
 
 impl KeySel {
     pub(crate) fn build(key: &Option<Sp<ExprSrc>>, b: &mut Builder) -> Option<KeySel> {
-        b.opt_expr(key).ok().map(KeySel)
+        b.opt_expr(key).map(KeySel)
     }
 
     pub(crate) fn key(&self, cx: &mut Cx<'_>, p: &mut Packet) -> Result<Arc<str>, String> {
@@ -72,5 +72,7 @@ impl KeySel {
 
 /// A Rhai number as f64.
 pub(crate) fn as_f64(v: &rhai::Dynamic) -> Option<f64> {
-    v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64))
+    v.as_float()
+        .ok()
+        .or_else(|| v.as_int().ok().map(|i| i as f64))
 }

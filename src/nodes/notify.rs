@@ -23,7 +23,14 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     }
     let mut channels = Vec::new();
     for c in &n.0 {
-        let c = if c.pos.line == 0 { crate::rules::yaml::Sp { value: c.value.clone(), pos: n.pos } } else { c.clone() };
+        let c = if c.pos.line == 0 {
+            crate::rules::yaml::Sp {
+                value: c.value.clone(),
+                pos: n.pos,
+            }
+        } else {
+            c.clone()
+        };
         ok &= b.channel(&c);
         channels.push(c.value);
     }
@@ -36,7 +43,13 @@ fn default_text(cx: &Cx<'_>, p: &Packet) -> (String, String) {
         Some(a) => {
             let get = |k: &str| a.get(k).map(|v| v.to_string()).unwrap_or_default();
             (
-                format!("[{}] {} {} on {}", get("severity"), get("type"), get("transition"), get("device")),
+                format!(
+                    "[{}] {} {} on {}",
+                    get("severity"),
+                    get("type"),
+                    get("transition"),
+                    get("device")
+                ),
                 get("message"),
             )
         }
@@ -65,7 +78,12 @@ impl NodeImpl for Notify {
                     }
                 }
             }
-            cx.emit(Event::Notify { channel: ch.clone(), device: p.device.clone(), subject, body });
+            cx.emit(Event::Notify {
+                channel: ch.clone(),
+                device: p.device.clone(),
+                subject,
+                body,
+            });
         }
         Flow::Pass(p)
     }

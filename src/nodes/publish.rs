@@ -23,7 +23,11 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         Some(q) => q.value,
         None => 0,
     };
-    Some(Box::new(Publish { topic: topic?, qos, retain: s.retain.unwrap_or(false) }))
+    Some(Box::new(Publish {
+        topic: topic?,
+        qos,
+        retain: s.retain.unwrap_or(false),
+    }))
 }
 
 impl NodeImpl for Publish {
@@ -33,7 +37,13 @@ impl NodeImpl for Publish {
             Ok(t) => return Flow::Error(format!("`{t}` is not a topic to publish to"), p),
             Err(e) => return Flow::Error(e, p),
         };
-        cx.emit(Event::Publish { device: p.device.clone(), topic, payload: p.msg().clone(), qos: self.qos, retain: self.retain });
+        cx.emit(Event::Publish {
+            device: p.device.clone(),
+            topic,
+            payload: p.msg().clone(),
+            qos: self.qos,
+            retain: self.retain,
+        });
         Flow::Pass(p)
     }
 }

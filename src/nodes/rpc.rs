@@ -56,10 +56,10 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     let node = Rpc {
         method: r.method.value.clone(),
         params,
-        topic: topic.ok()?,
+        topic: topic?,
         qos,
-        cooldown: cooldown.ok()?,
-        await_: await_.ok()?,
+        cooldown: cooldown?,
+        await_: await_?,
         key: key?,
     };
     ok.then(|| Box::new(node) as Box<dyn NodeImpl>)
@@ -76,15 +76,17 @@ struct State {
 fn fill_pattern(pattern: &str, p: &Packet) -> String {
     pattern
         .split('/')
-        .map(|level| match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
-            Some(name) => p
-                .vars
-                .meta
-                .read_lock::<Map>()
-                .and_then(|m| m.get(name).map(|v| v.to_string()))
-                .unwrap_or_default(),
-            None => level.to_string(),
-        })
+        .map(
+            |level| match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+                Some(name) => p
+                    .vars
+                    .meta
+                    .read_lock::<Map>()
+                    .and_then(|m| m.get(name).map(|v| v.to_string()))
+                    .unwrap_or_default(),
+                None => level.to_string(),
+            },
+        )
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -97,7 +99,12 @@ impl NodeImpl for Rpc {
         };
         let now = cx.now;
         if let Some(c) = self.cooldown {
-            if cx.state::<State>().last_sent.get(&key).is_some_and(|t| now - t < c) {
+            if cx
+                .state::<State>()
+                .last_sent
+                .get(&key)
+                .is_some_and(|t| now - t < c)
+            {
                 return Flow::PassAs("suppressed", p);
             }
         }
@@ -132,7 +139,9 @@ impl NodeImpl for Rpc {
             params: Dynamic::from_map(params),
             qos: self.qos,
         });
-        let Some(wait) = self.await_ else { return Flow::Pass(p) };
+        let Some(wait) = self.await_ else {
+            return Flow::Pass(p);
+        };
         let tag = cx.next_id();
         if let Err(e) = cx.schedule(cx.now + wait, &id, tag) {
             return Flow::Error(e, p);
@@ -150,7 +159,10 @@ impl NodeImpl for Rpc {
         let (_, p) = st.awaiting.remove(id)?;
         cx.forget_await(id);
         let wait = crate::rules::duration::format(self.await_.unwrap_or(0));
-        Some(Flow::Error(format!("no reply to `{}` (id {id}) within {wait}", self.method), p))
+        Some(Flow::Error(
+            format!("no reply to `{}` (id {id}) within {wait}", self.method),
+            p,
+        ))
     }
 
     fn reply(&self, cx: &mut Cx<'_>, id: &str, reply: Packet) -> Option<Flow> {

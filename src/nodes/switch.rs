@@ -12,7 +12,11 @@ struct Switch {
     default: Option<usize>,
 }
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder, edge: &mut dyn FnMut(usize, Pos)) -> Option<Box<dyn NodeImpl>> {
+pub(super) fn build(
+    spec: &NodeSpec,
+    b: &mut Builder,
+    edge: &mut dyn FnMut(usize, Pos),
+) -> Option<Box<dyn NodeImpl>> {
     let expr = spec.switch.as_ref().and_then(|e| b.expr(e));
     let mut cases = Vec::new();
     let mut ok = true;
@@ -30,7 +34,8 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder, edge: &mut dyn FnMut(usize
         }
         None => {
             let pos = spec.switch.as_ref().map_or(Pos::default(), |s| s.pos);
-            b.error(pos, "a switch needs `cases:`").hint("e.g. `cases: {\"high\": alarm, \"low\": store}`");
+            b.error(pos, "a switch needs `cases:`")
+                .hint("e.g. `cases: {\"high\": alarm, \"low\": store}`");
             ok = false;
         }
     }
@@ -47,7 +52,13 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder, edge: &mut dyn FnMut(usize
         None => None,
     };
     let expr = expr?;
-    ok.then(|| Box::new(Switch { expr, cases, default }) as Box<dyn NodeImpl>)
+    ok.then(|| {
+        Box::new(Switch {
+            expr,
+            cases,
+            default,
+        }) as Box<dyn NodeImpl>
+    })
 }
 
 impl NodeImpl for Switch {
@@ -56,7 +67,12 @@ impl NodeImpl for Switch {
             Ok(v) => v.to_string(),
             Err(e) => return Flow::Error(e, p),
         };
-        let to = self.cases.iter().find(|(c, _)| *c == v).map(|(_, t)| *t).or(self.default);
+        let to = self
+            .cases
+            .iter()
+            .find(|(c, _)| *c == v)
+            .map(|(_, t)| *t)
+            .or(self.default);
         Flow::Route(to, p)
     }
 }

@@ -16,7 +16,10 @@ struct Throttle {
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let every = spec.throttle.as_ref().and_then(|d| b.duration(d));
     let key = KeySel::build(&spec.key, b);
-    Some(Box::new(Throttle { every: every?, key: key? }))
+    Some(Box::new(Throttle {
+        every: every?,
+        key: key?,
+    }))
 }
 
 #[derive(Default)]

@@ -27,8 +27,19 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         Some(s) => Some(b.script(s)?),
         None => None,
     };
-    let drop = spec.drop.iter().flatten().map(|s| s.value.clone()).collect();
-    ok.then(|| Box::new(Transform { fields, script, drop }) as Box<dyn NodeImpl>)
+    let drop = spec
+        .drop
+        .iter()
+        .flatten()
+        .map(|s| s.value.clone())
+        .collect();
+    ok.then(|| {
+        Box::new(Transform {
+            fields,
+            script,
+            drop,
+        }) as Box<dyn NodeImpl>
+    })
 }
 
 fn set(m: &mut Map, name: &str, v: Dynamic) {
@@ -56,7 +67,9 @@ impl NodeImpl for Transform {
                             set(m, &k, v);
                         }
                     }),
-                    None => return Flow::Error("script must return a map of fields (or ())".into(), p),
+                    None => {
+                        return Flow::Error("script must return a map of fields (or ())".into(), p)
+                    }
                 },
                 Err(e) => return Flow::Error(e, p),
             }

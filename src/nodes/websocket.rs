@@ -13,7 +13,9 @@ struct Websocket {
 
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let w = spec.websocket.as_ref()?;
-    Some(Box::new(Websocket { room: b.opt_template(&w.room).ok()? }))
+    Some(Box::new(Websocket {
+        room: b.opt_template(&w.room)?,
+    }))
 }
 
 impl NodeImpl for Websocket {
@@ -25,7 +27,11 @@ impl NodeImpl for Websocket {
             },
             None => format!("device/{}", p.device),
         };
-        cx.emit(Event::Websocket { device: p.device.clone(), room, data: p.msg().clone() });
+        cx.emit(Event::Websocket {
+            device: p.device.clone(),
+            room,
+            data: p.msg().clone(),
+        });
         Flow::Pass(p)
     }
 }

@@ -132,11 +132,12 @@ impl Builder<'_> {
         }
     }
 
-    /// Compiles an optional expression: `Err` when it was given and failed.
-    pub fn opt_expr(&mut self, s: &Option<Sp<ExprSrc>>) -> Result<Option<Expr>, ()> {
+    /// Compiles an optional expression: `None` when it was given and failed (reported),
+    /// `Some(None)` when it was not given.
+    pub fn opt_expr(&mut self, s: &Option<Sp<ExprSrc>>) -> Option<Option<Expr>> {
         match s {
-            None => Ok(None),
-            Some(s) => self.expr(s).map(Some).ok_or(()),
+            None => Some(None),
+            Some(s) => self.expr(s).map(Some),
         }
     }
 
@@ -151,11 +152,11 @@ impl Builder<'_> {
         }
     }
 
-    /// Compiles an optional template: `Err` when it was given and failed.
-    pub fn opt_template(&mut self, s: &Option<Sp<String>>) -> Result<Option<Template>, ()> {
+    /// Compiles an optional template: `None` when given and failed, `Some(None)` when absent.
+    pub fn opt_template(&mut self, s: &Option<Sp<String>>) -> Option<Option<Template>> {
         match s {
-            None => Ok(None),
-            Some(s) => self.template(s).map(Some).ok_or(()),
+            None => Some(None),
+            Some(s) => self.template(s).map(Some),
         }
     }
 
@@ -175,17 +176,18 @@ impl Builder<'_> {
         match duration::parse(s) {
             Ok(ms) => Some(ms),
             Err(e) => {
-                self.error(s.pos, e).hint("durations are a number and a unit: `500ms`, `30s`, `5m`, `1h`, `1d`");
+                self.error(s.pos, e)
+                    .hint("durations are a number and a unit: `500ms`, `30s`, `5m`, `1h`, `1d`");
                 None
             }
         }
     }
 
-    /// Parses an optional duration: `Err` when it was given and is bad.
-    pub fn opt_duration(&mut self, s: &Option<Sp<String>>) -> Result<Option<i64>, ()> {
+    /// Parses an optional duration: `None` when given and bad, `Some(None)` when absent.
+    pub fn opt_duration(&mut self, s: &Option<Sp<String>>) -> Option<Option<i64>> {
         match s {
-            None => Ok(None),
-            Some(s) => self.duration(s).map(Some).ok_or(()),
+            None => Some(None),
+            Some(s) => self.duration(s).map(Some),
         }
     }
 
@@ -204,13 +206,20 @@ impl Builder<'_> {
 
     /// Checks a notification channel name against the config (when one was given).
     pub fn channel(&mut self, s: &Sp<String>) -> bool {
-        let Some(known) = self.channels else { return true };
+        let Some(known) = self.channels else {
+            return true;
+        };
         if known.contains(s.as_str()) {
             return true;
         }
-        let hint = did_you_mean(s, known.iter().map(String::as_str))
-            .unwrap_or_else(|| format!("define it under `channels:` in the config (known: {})", join(known)));
-        self.error(s.pos, format!("unknown notification channel `{}`", s.value)).hint(hint);
+        let hint = did_you_mean(s, known.iter().map(String::as_str)).unwrap_or_else(|| {
+            format!(
+                "define it under `channels:` in the config (known: {})",
+                join(known)
+            )
+        });
+        self.error(s.pos, format!("unknown notification channel `{}`", s.value))
+            .hint(hint);
         false
     }
 }
@@ -233,7 +242,18 @@ const OWNED_KEYS: &[(&str, &[&str])] = &[
     ("emit", &["debounce"]),
     ("max_pending", &["delay"]),
     ("cancel_when", &["delay"]),
-    ("key", &["filter", "debounce", "delay", "throttle", "deadband", "aggregate", "rpc"]),
+    (
+        "key",
+        &[
+            "filter",
+            "debounce",
+            "delay",
+            "throttle",
+            "deadband",
+            "aggregate",
+            "rpc",
+        ],
+    ),
 ];
 
 fn owned_key_present(spec: &NodeSpec, key: &str) -> Option<Pos> {
@@ -269,7 +289,8 @@ pub struct CompileOptions<'a> {
 /// chain that compiled cleanly (callers refuse to run when `diags` has errors).
 pub fn compile(docs: &[ChainDoc], opts: &CompileOptions, diags: &mut Diagnostics) -> RuleSet {
     let engine = Arc::new(crate::script::new_engine());
-    let channel_names: Option<BTreeSet<String>> = opts.config.map(|c| c.channels.keys().cloned().collect());
+    let channel_names: Option<BTreeSet<String>> =
+        opts.config.map(|c| c.channels.keys().cloned().collect());
     let mut chains: Vec<Chain> = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
     let mut slot = 0;
@@ -278,8 +299,14 @@ pub fn compile(docs: &[ChainDoc], opts: &CompileOptions, diags: &mut Diagnostics
             if let Some(first) = names.get(chain.name.as_ref()) {
                 let pos = doc.root.get("chain").map_or(Pos::default(), |n| n.pos);
                 diags
-                    .error(&doc.src, pos, format!("duplicate chain name `{}`", chain.name))
-                    .hint(format!("`{first}` already defines it; chain names are unique"));
+                    .error(
+                        &doc.src,
+                        pos,
+                        format!("duplicate chain name `{}`", chain.name),
+                    )
+                    .hint(format!(
+                        "`{first}` already defines it; chain names are unique"
+                    ));
                 continue;
             }
             names.insert(chain.name.to_string(), chain.path.clone());
@@ -292,15 +319,25 @@ pub fn compile(docs: &[ChainDoc], opts: &CompileOptions, diags: &mut Diagnostics
     if let Some(cfg) = opts.config {
         for (name, spec) in &cfg.channels {
             // Config templates are checked by the config loader; compile quietly here.
-            let t = |s: &Option<Sp<String>>| s.as_ref().and_then(|s| Template::compile(&engine, s).ok());
-            channels.insert(name.clone(), ChannelTemplates { subject: t(&spec.subject), body: t(&spec.body) });
+            let t = |s: &Option<Sp<String>>| {
+                s.as_ref().and_then(|s| Template::compile(&engine, s).ok())
+            };
+            channels.insert(
+                name.clone(),
+                ChannelTemplates {
+                    subject: t(&spec.subject),
+                    body: t(&spec.body),
+                },
+            );
         }
     }
     RuleSet {
         engine,
         chains,
         channels,
-        command_topic: opts.config.and_then(|c| c.command_topic.as_ref().map(|t| t.value.clone())),
+        command_topic: opts
+            .config
+            .and_then(|c| c.command_topic.as_ref().map(|t| t.value.clone())),
     }
 }
 
@@ -330,7 +367,12 @@ fn compile_chain(
         Err(e) => {
             report_de(diags, src, e, doc.root.pos);
             // Keep going: the nodes may have problems of their own worth reporting.
-            ChainFile { chain: Sp::unplaced(String::new()), description: None, on: None, nodes: serde::de::IgnoredAny }
+            ChainFile {
+                chain: Sp::unplaced(String::new()),
+                description: None,
+                on: None,
+                nodes: serde::de::IgnoredAny,
+            }
         }
     };
     let before = diags.error_count();
@@ -343,7 +385,11 @@ fn compile_chain(
         Some(yaml::Yaml::Seq(items)) => items,
         Some(_) => {
             let n = doc.root.get("nodes").expect("present");
-            diags.error(src, n.pos, format!("`nodes` must be a list of nodes, found {}", n.type_name()));
+            diags.error(
+                src,
+                n.pos,
+                format!("`nodes` must be a list of nodes, found {}", n.type_name()),
+            );
             &[]
         }
         // Reported by the header: "missing key `nodes`".
@@ -379,7 +425,11 @@ fn compile_chain(
                     }
                     [(first, _), (second, pos), ..] => {
                         diags
-                            .error(src, *pos, format!("the node has two kind keys, `{first}` and `{second}`"))
+                            .error(
+                                src,
+                                *pos,
+                                format!("the node has two kind keys, `{first}` and `{second}`"),
+                            )
                             .hint("one node does one thing: split it in two nodes");
                         first
                     }
@@ -397,7 +447,10 @@ fn compile_chain(
             let pos = id_node.map_or(raw.pos, |n| n.pos);
             diags
                 .error(src, pos, format!("duplicate node id `{id}`"))
-                .hint(format!("the node at line {} has it already; ids are unique in a chain", node_list[*first].pos.line));
+                .hint(format!(
+                    "the node at line {} has it already; ids are unique in a chain",
+                    node_list[*first].pos.line
+                ));
         } else {
             ids.insert(id.clone(), i);
         }
@@ -405,7 +458,14 @@ fn compile_chain(
     }
 
     // Each node: kind-specific compile, shared keys, edges.
-    let mut b = Builder { engine, src, diags, ids: &ids, channels, failed: false };
+    let mut b = Builder {
+        engine,
+        src,
+        diags,
+        ids: &ids,
+        channels,
+        failed: false,
+    };
     let mut nodes: Vec<Option<CNode>> = Vec::new();
     let mut edges: Vec<Vec<Edge>> = Vec::new();
     let mut explicit_next: Vec<bool> = Vec::new();
@@ -415,7 +475,11 @@ fn compile_chain(
             // It failed to load: assume it falls through, so that the nodes after it are not
             // also reported as unreachable.
             if i + 1 < specs.len() {
-                out.push(Edge { to: i + 1, pos: Pos::default(), branch: false });
+                out.push(Edge {
+                    to: i + 1,
+                    pos: Pos::default(),
+                    branch: false,
+                });
             }
             nodes.push(None);
             edges.push(out);
@@ -435,16 +499,31 @@ fn compile_chain(
             Some(n) => {
                 let mut v = Vec::new();
                 for id in &n.0 {
-                    let id = if id.pos == Pos::default() { Sp { value: id.value.clone(), pos: n.pos } } else { id.clone() };
+                    let id = if id.pos == Pos::default() {
+                        Sp {
+                            value: id.value.clone(),
+                            pos: n.pos,
+                        }
+                    } else {
+                        id.clone()
+                    };
                     if let Some(t) = b.target(&id) {
-                        out.push(Edge { to: t, pos: id.pos, branch: false });
+                        out.push(Edge {
+                            to: t,
+                            pos: id.pos,
+                            branch: false,
+                        });
                         v.push(t);
                     }
                 }
                 v
             }
             None if i + 1 < specs.len() => {
-                out.push(Edge { to: i + 1, pos: Pos::default(), branch: false });
+                out.push(Edge {
+                    to: i + 1,
+                    pos: Pos::default(),
+                    branch: false,
+                });
                 vec![i + 1]
             }
             None => Vec::new(),
@@ -452,16 +531,30 @@ fn compile_chain(
         explicit_next.push(spec.next.is_some());
         let else_ = spec.else_.as_ref().and_then(|e| {
             let t = b.target(e)?;
-            out.push(Edge { to: t, pos: e.pos, branch: true });
+            out.push(Edge {
+                to: t,
+                pos: e.pos,
+                branch: true,
+            });
             Some(t)
         });
         let on_error = spec.on_error.as_ref().and_then(|e| {
             let t = b.target(e)?;
-            out.push(Edge { to: t, pos: e.pos, branch: true });
+            out.push(Edge {
+                to: t,
+                pos: e.pos,
+                branch: true,
+            });
             Some(t)
         });
         b.failed = false;
-        let imp = crate::nodes::build(kind, spec, &mut b, &mut |to, pos| out.push(Edge { to, pos, branch: true }));
+        let imp = crate::nodes::build(kind, spec, &mut b, &mut |to, pos| {
+            out.push(Edge {
+                to,
+                pos,
+                branch: true,
+            })
+        });
         let ok = !b.failed;
         edges.push(out);
         nodes.push(match (imp, ok) {
@@ -497,16 +590,20 @@ fn compile_chain(
 }
 
 fn compile_on(header: &ChainFile, b: &mut Builder) -> Option<OnFilter> {
-    let Some(on) = &header.on else { return Some(OnFilter::default()) };
+    let Some(on) = &header.on else {
+        return Some(OnFilter::default());
+    };
     if let Some(t) = &on.topic {
         if let Err(e) = topic::check_filter(t) {
             b.error(t.pos, format!("bad topic filter: {e}"));
         }
     }
-    let when = b.opt_expr(&on.when).ok()?;
+    let when = b.opt_expr(&on.when)?;
     Some(OnFilter {
         kind: on.kind.as_ref().map_or(Kind::Telemetry, |k| k.value),
-        device_types: on.device_type.as_ref().map_or(Vec::new(), |d| d.0.iter().map(|s| s.value.clone()).collect()),
+        device_types: on.device_type.as_ref().map_or(Vec::new(), |d| {
+            d.0.iter().map(|s| s.value.clone()).collect()
+        }),
         topic: on.topic.as_ref().map(|t| t.value.clone()),
         when,
     })
@@ -541,9 +638,20 @@ fn check_graph(
                     }
                     1 if reported.insert((v, e.to)) => {
                         let from = stack.iter().position(|(x, _)| *x == e.to).unwrap_or(0);
-                        let path: Vec<&str> =
-                            stack[from..].iter().map(|(x, _)| ids[*x].as_ref()).chain([ids[e.to].as_ref()]).collect();
-                        let pos = if e.pos == Pos::default() { Pos { line: 1, col: 1, offset: 0 } } else { e.pos };
+                        let path: Vec<&str> = stack[from..]
+                            .iter()
+                            .map(|(x, _)| ids[*x].as_ref())
+                            .chain([ids[e.to].as_ref()])
+                            .collect();
+                        let pos = if e.pos == Pos::default() {
+                            Pos {
+                                line: 1,
+                                col: 1,
+                                offset: 0,
+                            }
+                        } else {
+                            e.pos
+                        };
                         diags
                             .error(src, pos, format!("cycle: {}", path.join(" → ")))
                             .hint("chains are acyclic: end a branch with `next: []`");

@@ -13,13 +13,19 @@ pub fn parse(text: &str) -> Result<i64, String> {
     let mut total: i64 = 0;
     let mut rest = t;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("bad duration `{t}`: expected a number at `{rest}`"));
         }
-        let n: i64 = rest[..digits].parse().map_err(|_| format!("bad duration `{t}`: number too large"))?;
+        let n: i64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("bad duration `{t}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         let ms = match unit {
             "ms" => 1,
@@ -46,7 +52,13 @@ pub fn format(ms: i64) -> String {
     }
     let mut out = String::new();
     let mut rest = ms;
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if rest >= size {
             out.push_str(&format!("{}{unit}", rest / size));
             rest %= size;

@@ -47,7 +47,13 @@ pub fn read_yaml(path: &Path, diags: &mut Diagnostics) -> Option<(Source, Node)>
         }
     };
     if meta.len() > MAX_FILE_BYTES {
-        diags.file_error(path, format!("the file is {} bytes; rule files may be at most {MAX_FILE_BYTES}", meta.len()));
+        diags.file_error(
+            path,
+            format!(
+                "the file is {} bytes; rule files may be at most {MAX_FILE_BYTES}",
+                meta.len()
+            ),
+        );
         return None;
     }
     let bytes = match std::fs::read(path) {
@@ -60,7 +66,13 @@ pub fn read_yaml(path: &Path, diags: &mut Diagnostics) -> Option<(Source, Node)>
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            diags.file_error(path, format!("the file is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()));
+            diags.file_error(
+                path,
+                format!(
+                    "the file is not UTF-8 text (byte {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            );
             return None;
         }
     };
@@ -85,9 +97,15 @@ pub fn classify(root: &Node) -> Option<FileKind> {
         Some(FileKind::Chain)
     } else if root.get("cases").is_some() {
         Some(FileKind::Test)
-    } else if root.get("devices").is_some() && root.get("topics").is_none() && root.get("channels").is_none() {
+    } else if root.get("devices").is_some()
+        && root.get("topics").is_none()
+        && root.get("channels").is_none()
+    {
         Some(FileKind::Devices)
-    } else if ["topics", "channels", "rules", "command_topic"].iter().any(|k| root.get(k).is_some()) {
+    } else if ["topics", "channels", "rules", "command_topic"]
+        .iter()
+        .any(|k| root.get(k).is_some())
+    {
         Some(FileKind::Config)
     } else {
         None
@@ -135,7 +153,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Diagnostics) {
 
 /// True for `*.test.yaml` / `*.test.yml`.
 pub fn is_test_file(p: &Path) -> bool {
-    let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     name.ends_with(".test.yaml") || name.ends_with(".test.yml")
 }
 
@@ -162,10 +183,16 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
     }
     let engine = crate::script::new_engine();
     for (name, ch) in &cfg.channels {
-        let n = usize::from(ch.email.is_some()) + usize::from(ch.webhook.is_some()) + usize::from(ch.log.is_some());
+        let n = usize::from(ch.email.is_some())
+            + usize::from(ch.webhook.is_some())
+            + usize::from(ch.log.is_some());
         if n != 1 {
             diags
-                .error(src, ch.pos, format!("channel `{name}` needs exactly one of `email`, `webhook`, `log`"))
+                .error(
+                    src,
+                    ch.pos,
+                    format!("channel `{name}` needs exactly one of `email`, `webhook`, `log`"),
+                )
                 .hint("e.g. `webhook: {url: https://example.com/hook}`");
         }
         for t in [&ch.subject, &ch.body].into_iter().flatten() {
@@ -194,11 +221,16 @@ pub fn load_devices(path: &Path, diags: &mut Diagnostics) -> Option<HashMap<Arc<
 }
 
 /// Turns device specs into the registry, reporting duplicates.
-pub fn devices_registry(src: &Source, specs: &[DeviceSpec], diags: &mut Diagnostics) -> Option<HashMap<Arc<str>, Device>> {
+pub fn devices_registry(
+    src: &Source,
+    specs: &[DeviceSpec],
+    diags: &mut Diagnostics,
+) -> Option<HashMap<Arc<str>, Device>> {
     let mut map: HashMap<Arc<str>, Device> = HashMap::new();
     let mut ok = true;
     for d in specs {
-        let attrs = match rhai::serde::to_dynamic(&d.attributes).map(|v| v.try_cast::<rhai::Map>()) {
+        let attrs = match rhai::serde::to_dynamic(&d.attributes).map(|v| v.try_cast::<rhai::Map>())
+        {
             Ok(Some(m)) => m,
             _ => {
                 diags.error(src, d.id.pos, "attributes must be a map of values");
@@ -212,7 +244,7 @@ pub fn devices_registry(src: &Source, specs: &[DeviceSpec], diags: &mut Diagnost
             ok = false;
             continue;
         }
-        map.insert(id, Device { type_: d.type_.as_deref().map(Arc::from), attrs });
+        map.insert(id, Device::new(d.type_.as_deref().map(Arc::from), attrs));
     }
     ok.then_some(map)
 }
@@ -233,13 +265,19 @@ pub fn load_test_file(path: &Path, diags: &mut Diagnostics) -> Option<(Source, T
 pub fn load_chains(files: &[PathBuf], config: Option<&Config>, diags: &mut Diagnostics) -> RuleSet {
     let mut docs = Vec::new();
     for f in files.iter().filter(|f| !is_test_file(f)) {
-        let Some((src, root)) = read_yaml(f, diags) else { continue };
+        let Some((src, root)) = read_yaml(f, diags) else {
+            continue;
+        };
         match classify(&root) {
             Some(FileKind::Chain) => docs.push(ChainDoc { src, root }),
             Some(_) => {}
             None => {
                 diags
-                    .error(&src, root.pos, "not a chain file: no top-level `chain:` key")
+                    .error(
+                        &src,
+                        root.pos,
+                        "not a chain file: no top-level `chain:` key",
+                    )
                     .hint("a chain file starts with `chain: NAME` and `nodes:`");
             }
         }

@@ -31,16 +31,28 @@ impl<'de> Deserialize<'de> for ExprSrc {
                 f.write_str("a Rhai expression (a string), a number or a boolean")
             }
             fn visit_str<E>(self, s: &str) -> Result<ExprSrc, E> {
-                Ok(ExprSrc { text: s.to_string(), from_string: true })
+                Ok(ExprSrc {
+                    text: s.to_string(),
+                    from_string: true,
+                })
             }
             fn visit_bool<E>(self, b: bool) -> Result<ExprSrc, E> {
-                Ok(ExprSrc { text: b.to_string(), from_string: false })
+                Ok(ExprSrc {
+                    text: b.to_string(),
+                    from_string: false,
+                })
             }
             fn visit_i64<E>(self, i: i64) -> Result<ExprSrc, E> {
-                Ok(ExprSrc { text: i.to_string(), from_string: false })
+                Ok(ExprSrc {
+                    text: i.to_string(),
+                    from_string: false,
+                })
             }
             fn visit_u64<E>(self, i: u64) -> Result<ExprSrc, E> {
-                Ok(ExprSrc { text: i.to_string(), from_string: false })
+                Ok(ExprSrc {
+                    text: i.to_string(),
+                    from_string: false,
+                })
             }
             fn visit_f64<E>(self, f: f64) -> Result<ExprSrc, E> {
                 // Rhai needs a decimal point to read a float.
@@ -48,7 +60,10 @@ impl<'de> Deserialize<'de> for ExprSrc {
                 if !t.contains(['.', 'e', 'E']) {
                     t.push_str(".0");
                 }
-                Ok(ExprSrc { text: t, from_string: false })
+                Ok(ExprSrc {
+                    text: t,
+                    from_string: false,
+                })
             }
         }
         d.deserialize_any(V)
@@ -108,13 +123,20 @@ impl JsonSchema for IdList {
 }
 
 /// Deserializes a kind key that may be written with no value (`- influx:`) as its defaults.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<Option<Sp<T>>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<Option<Sp<T>>, D::Error> {
     let v: Sp<Option<T>> = Deserialize::deserialize(d)?;
-    Ok(Some(Sp { value: v.value.unwrap_or_default(), pos: v.pos }))
+    Ok(Some(Sp {
+        value: v.value.unwrap_or_default(),
+        pos: v.pos,
+    }))
 }
 
 /// A message kind: which topic a message came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema, Default, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema, Default, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Readings (the default).
@@ -321,7 +343,10 @@ impl NodeSpec {
         add("filter", self.filter.as_ref().map(|s| s.pos));
         add(
             "transform",
-            self.transform.as_ref().map(|s| s.pos).or(self.script.as_ref().map(|s| s.pos)),
+            self.transform
+                .as_ref()
+                .map(|s| s.pos)
+                .or(self.script.as_ref().map(|s| s.pos)),
         );
         add("switch", self.switch.as_ref().map(|s| s.pos));
         add("debounce", self.debounce.as_ref().map(|s| s.pos));
@@ -342,8 +367,21 @@ impl NodeSpec {
 
 /// Every kind key, for hints.
 pub const NODE_KINDS: &[&str] = &[
-    "filter", "transform", "switch", "debounce", "delay", "throttle", "deadband", "aggregate",
-    "alarm", "rpc", "influx", "websocket", "notify", "publish", "log",
+    "filter",
+    "transform",
+    "switch",
+    "debounce",
+    "delay",
+    "throttle",
+    "deadband",
+    "aggregate",
+    "alarm",
+    "rpc",
+    "influx",
+    "websocket",
+    "notify",
+    "publish",
+    "log",
 ];
 
 /// `deadband`: change-of-value.

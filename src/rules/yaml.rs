@@ -155,8 +155,19 @@ const MAX_REPLAYED_EVENTS: usize = 100_000;
 
 /// Parses YAML text into a [`Node`] tree. An empty document is `Null`.
 pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
-    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-        return Ok(Node { value: Yaml::Null, pos: Pos { line: 1, col: 1, offset: 0 } });
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Ok(Node {
+            value: Yaml::Null,
+            pos: Pos {
+                line: 1,
+                col: 1,
+                offset: 0,
+            },
+        });
     }
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = MAX_DEPTH;
@@ -168,12 +179,16 @@ pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
     options.with_snippet = false;
     // YAML 1.2: only `true`/`false` are booleans (`on`, `no`, `n` stay strings: the "Norway problem").
     options.strict_booleans = true;
-    let spanned: serde_saphyr::Spanned<Raw> =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+    let spanned: serde_saphyr::Spanned<Raw> = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| {
             let pos = e
                 .location()
                 .map(|l| Pos::from_location(l, text))
-                .unwrap_or(Pos { line: 1, col: 1, offset: 0 });
+                .unwrap_or(Pos {
+                    line: 1,
+                    col: 1,
+                    offset: 0,
+                });
             (pos, saphyr_message(&e))
         })?;
     Ok(convert(spanned, text))
@@ -302,7 +317,10 @@ pub struct Sp<T> {
 impl<T> Sp<T> {
     /// A value with no position (defaults, values built in code).
     pub fn unplaced(value: T) -> Self {
-        Sp { value, pos: Pos::default() }
+        Sp {
+            value,
+            pos: Pos::default(),
+        }
     }
 }
 
@@ -332,10 +350,20 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Sp<T> {
                 let value = a
                     .next_element()?
                     .ok_or_else(|| de::Error::custom("missing value"))?;
-                Ok(Sp { value, pos: Pos { line, col, offset: offset as usize } })
+                Ok(Sp {
+                    value,
+                    pos: Pos {
+                        line,
+                        col,
+                        offset: offset as usize,
+                    },
+                })
             }
             // From any other deserializer: no position.
-            fn visit_newtype_struct<D: de::Deserializer<'de>>(self, d: D) -> Result<Sp<T>, D::Error> {
+            fn visit_newtype_struct<D: de::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Sp<T>, D::Error> {
                 T::deserialize(d).map(Sp::unplaced)
             }
         }
@@ -378,31 +406,45 @@ impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        DeError { message: msg.to_string(), pos: None, hint: None }
+        DeError {
+            message: msg.to_string(),
+            pos: None,
+            hint: None,
+        }
     }
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
         DeError {
             message: format!("unknown key `{field}`"),
             pos: None,
-            hint: Some(did_you_mean(field, expected.iter().copied()).unwrap_or_else(|| {
-                format!("expected one of: {}", expected.join(", "))
-            })),
+            hint: Some(
+                did_you_mean(field, expected.iter().copied())
+                    .unwrap_or_else(|| format!("expected one of: {}", expected.join(", "))),
+            ),
         }
     }
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
         DeError {
             message: format!("unknown value `{variant}`"),
             pos: None,
-            hint: Some(did_you_mean(variant, expected.iter().copied()).unwrap_or_else(|| {
-                format!("expected one of: {}", expected.join(", "))
-            })),
+            hint: Some(
+                did_you_mean(variant, expected.iter().copied())
+                    .unwrap_or_else(|| format!("expected one of: {}", expected.join(", "))),
+            ),
         }
     }
     fn missing_field(field: &'static str) -> Self {
-        DeError { message: format!("missing key `{field}`"), pos: None, hint: None }
+        DeError {
+            message: format!("missing key `{field}`"),
+            pos: None,
+            hint: None,
+        }
     }
     fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
-        DeError { message: format!("expected {exp}, found {}", unexpected(unexp)), pos: None, hint: None }
+        DeError {
+            message: format!("expected {exp}, found {}", unexpected(unexp)),
+            pos: None,
+            hint: None,
+        }
     }
 }
 
@@ -417,7 +459,10 @@ fn unexpected(u: de::Unexpected) -> String {
 }
 
 /// "did you mean `x`?" for the closest of `candidates` to `word`, if one is close enough.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), c))
@@ -453,7 +498,10 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
             Yaml::Float(f) => v.visit_f64(*f),
             Yaml::Str(s) => v.visit_borrowed_str(s),
             Yaml::Seq(items) => v.visit_seq(SeqDe(items.iter())),
-            Yaml::Map(entries) => v.visit_map(MapDe { iter: entries.iter(), value: None }),
+            Yaml::Map(entries) => v.visit_map(MapDe {
+                iter: entries.iter(),
+                value: None,
+            }),
         };
         place(r, n.pos)
     }
@@ -473,7 +521,13 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
         if name == SP_MARKER {
             let p = self.0.pos;
             let pos = (p.line, p.col, p.offset as u64);
-            place(v.visit_seq(SpSeq { pos: Some(pos), node: Some(self.0) }), p)
+            place(
+                v.visit_seq(SpSeq {
+                    pos: Some(pos),
+                    node: Some(self.0),
+                }),
+                p,
+            )
         } else {
             v.visit_newtype_struct(self)
         }
@@ -488,8 +542,13 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
         let n = self.0;
         let r = match &n.value {
             Yaml::Str(s) => v.visit_enum(s.as_str().into_deserializer()),
-            Yaml::Map(entries) if entries.len() == 1 => v.visit_enum(EnumDe(&entries[0].0, &entries[0].1)),
-            _ => Err(de::Error::custom(format!("expected a name or a one-key map, found {}", n.type_name()))),
+            Yaml::Map(entries) if entries.len() == 1 => {
+                v.visit_enum(EnumDe(&entries[0].0, &entries[0].1))
+            }
+            _ => Err(de::Error::custom(format!(
+                "expected a name or a one-key map, found {}",
+                n.type_name()
+            ))),
         };
         place(r, n.pos)
     }
@@ -509,7 +568,9 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
     fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         // `type: 404` or `cases: {1: high}`: a scalar reads as its text where text is wanted.
         match &self.0.value {
-            Yaml::Int(_) | Yaml::Float(_) | Yaml::Bool(_) => place(v.visit_string(self.0.scalar_text()), self.0.pos),
+            Yaml::Int(_) | Yaml::Float(_) | Yaml::Bool(_) => {
+                place(v.visit_string(self.0.scalar_text()), self.0.pos)
+            }
             _ => self.deserialize_any(v),
         }
     }
@@ -532,7 +593,10 @@ struct SpSeq<'a> {
 
 impl<'de> SeqAccess<'de> for SpSeq<'de> {
     type Error = DeError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         if let Some(p) = self.pos.take() {
             return seed.deserialize(p.into_deserializer_tuple()).map(Some);
         }
@@ -544,11 +608,17 @@ impl<'de> SeqAccess<'de> for SpSeq<'de> {
 }
 
 trait IntoTupleDe {
-    fn into_deserializer_tuple(self) -> de::value::SeqDeserializer<std::vec::IntoIter<u64>, DeError>;
+    fn into_deserializer_tuple(
+        self,
+    ) -> de::value::SeqDeserializer<std::vec::IntoIter<u64>, DeError>;
 }
 impl IntoTupleDe for (u32, u32, u64) {
-    fn into_deserializer_tuple(self) -> de::value::SeqDeserializer<std::vec::IntoIter<u64>, DeError> {
-        de::value::SeqDeserializer::new(vec![u64::from(self.0), u64::from(self.1), self.2].into_iter())
+    fn into_deserializer_tuple(
+        self,
+    ) -> de::value::SeqDeserializer<std::vec::IntoIter<u64>, DeError> {
+        de::value::SeqDeserializer::new(
+            vec![u64::from(self.0), u64::from(self.1), self.2].into_iter(),
+        )
     }
 }
 
@@ -556,7 +626,10 @@ struct SeqDe<'a>(std::slice::Iter<'a, Node>);
 
 impl<'de> SeqAccess<'de> for SeqDe<'de> {
     type Error = DeError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         match self.0.next() {
             Some(n) => place(seed.deserialize(NodeDe(n)), n.pos).map(Some),
             None => Ok(None),
@@ -574,7 +647,10 @@ struct MapDe<'a> {
 
 impl<'de> MapAccess<'de> for MapDe<'de> {
     type Error = DeError;
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         match self.iter.next() {
             Some((k, v)) => {
                 self.value = Some(v);
@@ -584,7 +660,10 @@ impl<'de> MapAccess<'de> for MapDe<'de> {
         }
     }
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        let v = self.value.take().ok_or_else(|| de::Error::custom("value without key"))?;
+        let v = self
+            .value
+            .take()
+            .ok_or_else(|| de::Error::custom("value without key"))?;
         place(seed.deserialize(NodeDe(v)), v.pos)
     }
 }
@@ -610,10 +689,17 @@ impl<'de> de::Deserializer<'de> for KeyDe<'de> {
     fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         self.deserialize_string(v)
     }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, v: V) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        v: V,
+    ) -> Result<V::Value, DeError> {
         if name == SP_MARKER {
             let p = self.0.pos;
-            v.visit_seq(SpKeySeq { pos: Some((p.line, p.col, p.offset as u64)), node: Some(self.0) })
+            v.visit_seq(SpKeySeq {
+                pos: Some((p.line, p.col, p.offset as u64)),
+                node: Some(self.0),
+            })
         } else {
             v.visit_newtype_struct(self)
         }
@@ -632,7 +718,10 @@ struct SpKeySeq<'a> {
 
 impl<'de> SeqAccess<'de> for SpKeySeq<'de> {
     type Error = DeError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         if let Some(p) = self.pos.take() {
             return seed.deserialize(p.into_deserializer_tuple()).map(Some);
         }
@@ -648,7 +737,10 @@ struct EnumDe<'a>(&'a Node, &'a Node);
 impl<'de> de::EnumAccess<'de> for EnumDe<'de> {
     type Error = DeError;
     type Variant = NodeDe<'de>;
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, NodeDe<'de>), DeError> {
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, NodeDe<'de>), DeError> {
         let v = place(seed.deserialize(KeyDe(self.0)), self.0.pos)?;
         Ok((v, NodeDe(self.1)))
     }
@@ -665,7 +757,11 @@ impl<'de> de::VariantAccess<'de> for NodeDe<'de> {
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, DeError> {
         de::Deserializer::deserialize_seq(self, v)
     }
-    fn struct_variant<V: Visitor<'de>>(self, _fields: &'static [&'static str], v: V) -> Result<V::Value, DeError> {
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
         de::Deserializer::deserialize_map(self, v)
     }
 }
@@ -737,7 +833,10 @@ mod tests {
         let m = t.m.unwrap();
         assert_eq!(m.0[0].0.value, "a");
         assert_eq!((m.0[0].0.pos.line, m.0[0].0.pos.col), (3, 3));
-        assert_eq!(m.0[1].1.value, "2", "a YAML integer reads as a string where a string is wanted");
+        assert_eq!(
+            m.0[1].1.value, "2",
+            "a YAML integer reads as a string where a string is wanted"
+        );
     }
 
     #[test]
@@ -785,14 +884,24 @@ mod tests {
 /// the block's indentation. Plain and quoted scalars fold line breaks into spaces, so value line
 /// 1 is walked across the file lines it was folded from.
 pub fn pos_in_scalar(text: &str, start: Pos, vline: usize, vcol: usize) -> Pos {
-    let at = |line: u32, col: u32| Pos { line, col, offset: offset_of(text, line, col) };
+    let at = |line: u32, col: u32| Pos {
+        line,
+        col,
+        offset: offset_of(text, line, col),
+    };
     if start.line == 0 {
-        return Pos { line: 1, col: 1, offset: 0 };
+        return Pos {
+            line: 1,
+            col: 1,
+            offset: 0,
+        };
     }
     if vline > 1 {
         return at(start.line + (vline as u32 - 1), start.col + vcol as u32 - 1);
     }
-    let quoted = text.get(start.offset..).is_some_and(|t| t.starts_with(['"', '\'']));
+    let quoted = text
+        .get(start.offset..)
+        .is_some_and(|t| t.starts_with(['"', '\'']));
     let mut line = start.line;
     let mut col = start.col + u32::from(quoted);
     let mut remaining = vcol.saturating_sub(1);

@@ -53,25 +53,36 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime over a shared engine.
     pub fn new(engine: Arc<Engine>) -> Self {
-        Runtime { engine, scope: Scope::new() }
+        // The three variables stay in the scope; evaluations swap their values in and out, so
+        // no variable name is built per evaluation.
+        let mut scope = Scope::new();
+        scope.push_dynamic("msg", Dynamic::UNIT);
+        scope.push_dynamic("attr", Dynamic::UNIT);
+        scope.push_dynamic("meta", Dynamic::UNIT);
+        Runtime { engine, scope }
+    }
+
+    fn swap(&mut self, vars: &mut Vars) {
+        for (name, slot) in [
+            ("msg", &mut vars.msg),
+            ("attr", &mut vars.attr),
+            ("meta", &mut vars.meta),
+        ] {
+            if let Some(v) = self.scope.get_mut(name) {
+                std::mem::swap(v, slot);
+            }
+        }
     }
 
     fn run(&mut self, ast: &AST, vars: &mut Vars) -> Result<Dynamic, String> {
-        let scope = &mut self.scope;
-        scope.clear();
-        scope.push_dynamic("msg", std::mem::take(&mut vars.msg));
-        scope.push_dynamic("attr", std::mem::take(&mut vars.attr));
-        scope.push_dynamic("meta", std::mem::take(&mut vars.meta));
-        let engine = &self.engine;
-        let result = catch_unwind(AssertUnwindSafe(|| engine.eval_ast_with_scope::<Dynamic>(scope, ast)));
+        self.swap(vars);
+        let (engine, scope) = (&self.engine, &mut self.scope);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            engine.eval_ast_with_scope::<Dynamic>(scope, ast)
+        }));
         // A script's own `let`s come after our three: drop them, then take ours back.
-        scope.rewind(3);
-        for (name, slot) in [("msg", &mut vars.msg), ("attr", &mut vars.attr), ("meta", &mut vars.meta)] {
-            if let Some(v) = scope.get_mut(name) {
-                *slot = std::mem::take(v);
-            }
-        }
-        scope.clear();
+        self.scope.rewind(3);
+        self.swap(vars);
         match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(runtime_error_text(&e)),
@@ -129,7 +140,12 @@ fn compile_error(e: &rhai::ParseError) -> CompileError {
             "expressions see `msg`, `attr` and `meta` (e.g. `msg.{name}`); a string literal needs inner quotes: '\"{name}\"'"
         ));
     }
-    CompileError { message, line: pos.line().unwrap_or(1), col: pos.position().unwrap_or(1), hint }
+    CompileError {
+        message,
+        line: pos.line().unwrap_or(1),
+        col: pos.position().unwrap_or(1),
+        hint,
+    }
 }
 
 /// A compiled Rhai expression.
@@ -150,12 +166,20 @@ impl Expr {
     /// Compiles an expression (no statements) with `msg`, `attr`, `meta` in scope.
     pub fn compile(engine: &Engine, src: &str) -> Result<Expr, CompileError> {
         if src.trim().is_empty() {
-            return Err(CompileError { message: "empty expression".into(), line: 1, col: 1, hint: None });
+            return Err(CompileError {
+                message: "empty expression".into(),
+                line: 1,
+                col: 1,
+                hint: None,
+            });
         }
         let ast = engine
             .compile_expression_with_scope(&compile_scope(), src)
             .map_err(|e| compile_error(&e))?;
-        Ok(Expr { ast: Arc::new(ast), src: src.into() })
+        Ok(Expr {
+            ast: Arc::new(ast),
+            src: src.into(),
+        })
     }
 
     /// Evaluates against a message.
@@ -185,7 +209,9 @@ pub struct Script {
 impl Script {
     /// Compiles a script with `msg`, `attr`, `meta` in scope.
     pub fn compile(engine: &Engine, src: &str) -> Result<Script, CompileError> {
-        let ast = engine.compile_with_scope(&compile_scope(), src).map_err(|e| compile_error(&e))?;
+        let ast = engine
+            .compile_with_scope(&compile_scope(), src)
+            .map_err(|e| compile_error(&e))?;
         Ok(Script { ast: Arc::new(ast) })
     }
 
@@ -220,7 +246,12 @@ impl Template {
             let body = &text[start..];
             let end = hole_end(body).ok_or_else(|| {
                 let (line, col) = line_col(text, consumed + i);
-                CompileError { message: "`${` without its closing `}`".into(), line, col, hint: None }
+                CompileError {
+                    message: "`${` without its closing `}`".into(),
+                    line,
+                    col,
+                    hint: None,
+                }
             })?;
             let expr_src = &body[..end];
             let expr = Expr::compile(engine, expr_src).map_err(|mut e| {
@@ -248,7 +279,9 @@ impl Template {
 
     /// A template that is only this text.
     pub fn literal(text: &str) -> Template {
-        Template { parts: vec![Part::Lit(text.to_string())] }
+        Template {
+            parts: vec![Part::Lit(text.to_string())],
+        }
     }
 
     /// Renders the template for a message.
@@ -332,7 +365,12 @@ mod tests {
         let mut v = vars(serde_json::json!({"current": 11.0}));
         assert!(!x.eval_bool(&mut rt, &mut v).unwrap());
         // the maps come back after evaluation
-        assert_eq!(v.msg.clone().cast::<rhai::Map>()["current"].as_float().unwrap(), 11.0);
+        assert_eq!(
+            v.msg.clone().cast::<rhai::Map>()["current"]
+                .as_float()
+                .unwrap(),
+            11.0
+        );
     }
 
     #[test]
@@ -348,7 +386,9 @@ mod tests {
     fn runaway_is_stopped() {
         let e = Arc::new(new_engine());
         let s = Script::compile(&e, "loop { }").unwrap();
-        let err = s.eval(&mut Runtime::new(e), &mut vars(serde_json::json!({}))).unwrap_err();
+        let err = s
+            .eval(&mut Runtime::new(e), &mut vars(serde_json::json!({})))
+            .unwrap_err();
         assert!(err.contains("runaway"), "{err}");
     }
 
@@ -357,7 +397,10 @@ mod tests {
         let e = Arc::new(new_engine());
         let t = Template::compile(&e, "${meta.device} at ${msg.pct.round().to_int()}%").unwrap();
         let mut v = vars(serde_json::json!({"pct": 31.4}));
-        assert_eq!(t.render(&mut Runtime::new(e.clone()), &mut v).unwrap(), "pump-3 at 31%");
+        assert_eq!(
+            t.render(&mut Runtime::new(e.clone()), &mut v).unwrap(),
+            "pump-3 at 31%"
+        );
         let err = Template::compile(&e, "ok ${msg.x +} end").unwrap_err();
         assert_eq!(err.line, 1);
         assert!(err.col >= 6 && err.col <= 14, "{err:?}");
