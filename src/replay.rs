@@ -48,57 +48,101 @@ impl Replay {
         &self.exec
     }
 
-    /// Turns an input line into a message (resolving topic, kind and time).
+    /// Turns an input line (a test case's, already parsed) into a message.
     pub fn message(&self, line: InputLine) -> Result<Message, String> {
-        let (device, kind, topic, captures, payload) = match (line.device, line.topic) {
-            (Some(_), Some(_)) => return Err("give `device` or `topic`, not both".into()),
-            (Some(device), None) => {
-                if line.payload.is_some() {
-                    return Err("the device form takes `data`, not `payload`".into());
-                }
-                (
-                    device,
-                    line.kind.unwrap_or_default(),
-                    None,
-                    Vec::new(),
-                    line.data,
-                )
+        let direct = line.device.is_some();
+        let payload = match (line.data, line.payload) {
+            (Some(_), _) if !direct => {
+                return Err("the topic form takes `payload`, not `data`".into())
             }
+            (_, Some(_)) if direct => {
+                return Err("the device form takes `data`, not `payload`".into())
+            }
+            (Some(v), None) | (None, Some(v)) => rhai::serde::to_dynamic(&v)
+                .ok()
+                .and_then(|d| d.try_cast::<Map>())
+                .ok_or_else(|| "the payload must be a JSON object".to_string())?,
+            (None, None) => Map::new(),
+            (Some(_), Some(_)) => return Err("give `data` or `payload`, not both".into()),
+        };
+        let head = Head {
+            device: line.device,
+            topic: line.topic,
+            kind: line.kind,
+            ts: line.ts,
+            at: line.at,
+        };
+        self.resolve(head, payload)
+    }
+
+    /// Turns a `dry-run` JSON line into a message; the payload is parsed straight into `msg`.
+    pub fn message_json(&self, text: &str) -> Result<Message, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Wire<'a> {
+            #[serde(default)]
+            device: Option<String>,
+            #[serde(default)]
+            topic: Option<String>,
+            #[serde(default)]
+            kind: Option<crate::rules::model::Kind>,
+            #[serde(default)]
+            ts: Option<i64>,
+            #[serde(default, borrow)]
+            data: Option<&'a serde_json::value::RawValue>,
+            #[serde(default, borrow)]
+            payload: Option<&'a serde_json::value::RawValue>,
+        }
+        let w: Wire = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let direct = w.device.is_some();
+        let raw = match (w.data, w.payload) {
+            (Some(_), _) if !direct => {
+                return Err("the topic form takes `payload`, not `data`".into())
+            }
+            (_, Some(_)) if direct => {
+                return Err("the device form takes `data`, not `payload`".into())
+            }
+            (Some(r), None) | (None, Some(r)) => Some(r),
+            _ => None,
+        };
+        let payload = match raw {
+            Some(r) => crate::engine::parse_payload(r.get().as_bytes())?,
+            None => Map::new(),
+        };
+        self.resolve(
+            Head {
+                device: w.device,
+                topic: w.topic,
+                kind: w.kind,
+                ts: w.ts,
+                at: None,
+            },
+            payload,
+        )
+    }
+
+    fn resolve(&self, head: Head, payload: Map) -> Result<Message, String> {
+        let (device, kind, topic, captures) = match (head.device, head.topic) {
+            (Some(_), Some(_)) => return Err("give `device` or `topic`, not both".into()),
+            (Some(device), None) => (device, head.kind.unwrap_or_default(), None, Vec::new()),
             (None, Some(topic)) => {
-                if line.data.is_some() {
-                    return Err("the topic form takes `payload`, not `data`".into());
-                }
                 let m = self
                     .patterns
                     .iter()
                     .find_map(|p| p.matches(&topic))
                     .ok_or_else(|| format!("topic `{topic}` matches no topic pattern"))?;
-                (
-                    m.device,
-                    m.kind,
-                    Some(Arc::<str>::from(topic)),
-                    m.captures,
-                    line.payload,
-                )
+                (m.device, m.kind, Some(Arc::<str>::from(topic)), m.captures)
             }
             (None, None) => return Err("a line needs `device` or `topic`".into()),
         };
         if device.is_empty() {
             return Err("the device id is empty".into());
         }
-        let payload = payload.unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-        if !payload.is_object() {
-            return Err("the payload must be a JSON object".into());
-        }
-        let map: Map = rhai::serde::to_dynamic(&payload)
-            .ok()
-            .and_then(|d| d.try_cast::<Map>())
-            .ok_or_else(|| "the payload cannot be read".to_string())?;
-        let at = match &line.at {
+        let at = match &head.at {
             Some(a) => Some(crate::rules::duration::parse(a)?),
             None => None,
         };
-        let ts = line
+        let ts = head
             .ts
             .or(at)
             .or_else(|| payload_ts(&payload))
@@ -109,7 +153,7 @@ impl Replay {
             topic,
             ts,
             captures,
-            payload: map,
+            payload,
         })
     }
 
@@ -140,14 +184,26 @@ impl Replay {
     }
 }
 
+/// The envelope of an input line.
+struct Head {
+    device: Option<String>,
+    topic: Option<String>,
+    kind: Option<crate::rules::model::Kind>,
+    ts: Option<i64>,
+    at: Option<String>,
+}
+
 /// The payload's own `ts`/`timestamp`: ms since the epoch, or an RFC 3339 time.
-pub fn payload_ts(payload: &serde_json::Value) -> Option<i64> {
+pub fn payload_ts(payload: &Map) -> Option<i64> {
     let v = payload.get("ts").or_else(|| payload.get("timestamp"))?;
-    match v {
-        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        serde_json::Value::String(s) => parse_rfc3339(s),
-        _ => None,
+    if let Ok(i) = v.as_int() {
+        return Some(i);
     }
+    if let Ok(f) = v.as_float() {
+        return f.is_finite().then_some(f as i64);
+    }
+    v.read_lock::<rhai::ImmutableString>()
+        .and_then(|s| parse_rfc3339(&s))
 }
 
 /// Parses `2024-12-05T10:30:00Z` / `2024-12-05T10:30:00.250+01:00` into ms since the epoch.

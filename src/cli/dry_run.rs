@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::diag::Diagnostics;
 use crate::engine::effect::{Effect, EffectSink, Summary};
 use crate::replay::Replay;
-use crate::rules::{self, model::InputLine};
+use crate::rules;
 
 /// `dry-run` options.
 #[derive(Debug, clap::Args)]
@@ -185,9 +185,7 @@ fn feed_lines(
         let parsed = if too_long {
             Err(format!("the line is longer than {MAX_LINE_BYTES} bytes"))
         } else {
-            serde_json::from_str::<InputLine>(trimmed)
-                .map_err(|e| e.to_string())
-                .and_then(|l| replay.message(l))
+            replay.message_json(trimmed)
         };
         match parsed {
             Ok(m) => replay.feed(m, out),
