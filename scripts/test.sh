@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`.ci/run` calls exactly this). It installs and starts the
+# services the tests need; today the rule core needs none (the live engine's tests will add
+# Mosquitto, VictoriaMetrics and an SMTP sink here, started on 127.0.0.1 and stopped by pid).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "formatting"
+cargo fmt --all -- --check
+
+step "lints"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "unit, integration and property tests"
+cargo test --locked --all-targets
+
+step "doc tests"
+cargo test --locked --doc
+
+step "the example rules, as a user checks them"
+cargo build --locked --release
+./target/release/rulechain validate rules/
+./target/release/rulechain validate --config examples/rulechain.yaml
+./target/release/rulechain dry-run --input examples/motor-overload.jsonl --devices examples/devices.yaml >/dev/null
+./target/release/rulechain test rules/ tests/rules/
