@@ -19,9 +19,12 @@ cargo test --locked --all-targets
 step "doc tests"
 cargo test --locked --doc
 
-step "the example rules, as a user checks them"
+step "the example rules and recordings, as a user checks them"
 cargo build --locked --release
-./target/release/rulechain validate rules/
-./target/release/rulechain validate --config examples/rulechain.yaml
-./target/release/rulechain dry-run --input examples/motor-overload.jsonl --devices examples/devices.yaml >/dev/null
-./target/release/rulechain test rules/ tests/rules/
+bin="${CARGO_TARGET_DIR:-target}/release/rulechain"
+"$bin" validate rules/
+"$bin" validate --config examples/rulechain.yaml
+for rec in examples/*.jsonl; do
+  "$bin" dry-run --config examples/rulechain.yaml --input "$rec" | tail -n 1
+done
+"$bin" test rules/ tests/rules/

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rhai::Map;
 
+use crate::engine::clock::{Clock, VirtualClock};
 use crate::engine::effect::EffectSink;
 use crate::engine::{Device, Executor, Message};
 use crate::rules::compile::RuleSet;
@@ -19,6 +20,7 @@ pub const DEFAULT_DRAIN_LIMIT_MS: i64 = 86_400_000;
 
 /// Input lines in, effects out, on a virtual clock.
 pub struct Replay {
+    clock: VirtualClock,
     exec: Executor,
     patterns: Vec<TopicPattern>,
     last_ts: i64,
@@ -35,8 +37,10 @@ impl Replay {
         patterns: Vec<TopicPattern>,
         default_ts: i64,
     ) -> Self {
+        let clock = VirtualClock::default();
         Replay {
-            exec: Executor::new(rules, devices, i64::MIN),
+            exec: Executor::new(rules, devices, clock.now_ms()),
+            clock,
             patterns,
             last_ts: default_ts,
             messages: 0,
@@ -160,7 +164,8 @@ impl Replay {
     /// Feeds one message: timers due up to its time fire first.
     pub fn feed(&mut self, m: Message, out: &mut dyn EffectSink) {
         self.last_ts = m.ts;
-        self.exec.advance_to(m.ts, out);
+        let now = self.clock.jump_to(m.ts);
+        self.exec.advance_to(now, out);
         self.messages += 1;
         self.exec.process(m, out);
     }
@@ -168,16 +173,20 @@ impl Replay {
     /// After the last input: run timers for `drain` ms, or (`None`) until none is pending, at
     /// most [`DEFAULT_DRAIN_LIMIT_MS`].
     pub fn drain(&mut self, drain: Option<i64>, out: &mut dyn EffectSink) {
-        let now = self.exec.now();
+        let now = self.clock.now_ms();
         match drain {
-            Some(d) => self.exec.advance_to(now.saturating_add(d), out),
+            Some(d) => {
+                let end = self.clock.jump_to(now.saturating_add(d));
+                self.exec.advance_to(end, out);
+            }
             None => {
                 let limit = now.saturating_add(DEFAULT_DRAIN_LIMIT_MS);
                 while let Some(due) = self.exec.next_due() {
                     if due > limit {
                         break;
                     }
-                    self.exec.advance_to(due, out);
+                    let t = self.clock.jump_to(due);
+                    self.exec.advance_to(t, out);
                 }
             }
         }

@@ -58,7 +58,6 @@ pub fn patterns(cfg: Option<&Config>) -> Vec<TopicPattern> {
 
 /// Milliseconds since the epoch, by the wall clock (only the CLI reads it, never the core).
 pub fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    use crate::engine::clock::Clock;
+    crate::engine::clock::WallClock.now_ms()
 }

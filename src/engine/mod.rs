@@ -8,6 +8,7 @@
 //! time. That is why a dry-run is exact and deterministic.
 
 pub mod alarm;
+pub mod clock;
 pub mod effect;
 
 use std::any::Any;
