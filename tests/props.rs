@@ -148,7 +148,7 @@ proptest! {
 
     #[test]
     fn random_payloads_through_the_example_rules(
-        payloads in prop::collection::vec((json_value(), 0i64..200_000, prop::sample::select(vec!["telemetry", "status", "attributes", "rpc_response"])), 0..12),
+        payloads in prop::collection::vec((json_value(), prop_oneof![0i64..200_000, any::<i64>(), Just(i64::MAX), Just(i64::MIN)], prop::sample::select(vec!["telemetry", "status", "attributes", "rpc_response"])), 0..12),
     ) {
         let mut d = Diagnostics::new();
         let files = rules::yaml_files(&[Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")], &mut d);

@@ -142,7 +142,7 @@ impl NodeImpl for Aggregate {
             Ok(k) => k,
             Err(e) => return Flow::Error(e, p),
         };
-        let start = cx.now.div_euclid(self.window) * self.window;
+        let start = cx.now.saturating_sub(cx.now.rem_euclid(self.window));
         let values: Vec<Option<Dynamic>> = self.outs.iter().map(|(_, _, f)| p.field(f)).collect();
         let exists = cx
             .state::<State>()
@@ -151,7 +151,7 @@ impl NodeImpl for Aggregate {
             .is_some_and(|w| w.start == start);
         if !exists {
             let tag = cx.next_id();
-            if let Err(e) = cx.schedule(start + self.window, &key, tag) {
+            if let Err(e) = cx.schedule(start.saturating_add(self.window), &key, tag) {
                 return Flow::Error(e, p);
             }
             let accs = vec![Acc::default(); self.outs.len()];
@@ -195,7 +195,7 @@ impl NodeImpl for Aggregate {
             return None;
         }
         let w = st.windows.remove(key)?;
-        let end = w.start + self.window;
+        let end = w.start.saturating_add(self.window);
         let mut out = Map::new();
         for (acc, (name, f, field)) in w.accs.iter().zip(&self.outs) {
             let v: Option<Dynamic> = match f {

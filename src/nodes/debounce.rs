@@ -53,12 +53,12 @@ impl NodeImpl for Debounce {
             Emit::First => {
                 let last = cx.state::<State>().last_seen.insert(key, now);
                 match last {
-                    Some(t) if now - t < self.quiet => Flow::Stop("suppressed"),
+                    Some(t) if now.saturating_sub(t) < self.quiet => Flow::Stop("suppressed"),
                     _ => Flow::Pass(p),
                 }
             }
             Emit::Last => {
-                let due = now + self.quiet;
+                let due = now.saturating_add(self.quiet);
                 let order = cx.next_id();
                 if let Some(pend) = cx.state::<State>().pending.get_mut(&key) {
                     pend.latest = p;

@@ -71,7 +71,7 @@ impl NodeImpl for Delay {
             }
         }
         let tag = cx.next_id();
-        if let Err(e) = cx.schedule(cx.now + self.hold, &key, tag) {
+        if let Err(e) = cx.schedule(cx.now.saturating_add(self.hold), &key, tag) {
             return Flow::Error(e, p);
         }
         let max = self.max_pending;

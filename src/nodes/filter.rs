@@ -66,7 +66,7 @@ impl NodeImpl for Filter {
             None => {}
         }
         let tag = cx.next_id();
-        if let Err(e) = cx.schedule(cx.now + hold, &key, tag) {
+        if let Err(e) = cx.schedule(cx.now.saturating_add(hold), &key, tag) {
             return Flow::Error(e, p);
         }
         cx.state::<State>()

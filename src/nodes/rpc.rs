@@ -103,7 +103,7 @@ impl NodeImpl for Rpc {
                 .state::<State>()
                 .last_sent
                 .get(&key)
-                .is_some_and(|t| now - t < c)
+                .is_some_and(|t| now.saturating_sub(*t) < c)
             {
                 return Flow::PassAs("suppressed", p);
             }
@@ -143,7 +143,7 @@ impl NodeImpl for Rpc {
             return Flow::Pass(p);
         };
         let tag = cx.next_id();
-        if let Err(e) = cx.schedule(cx.now + wait, &id, tag) {
+        if let Err(e) = cx.schedule(cx.now.saturating_add(wait), &id, tag) {
             return Flow::Error(e, p);
         }
         cx.await_reply(&id);

@@ -37,7 +37,7 @@ impl NodeImpl for Throttle {
         let every = self.every;
         let st = cx.state::<State>();
         match st.last_passed.get(&key) {
-            Some(t) if now - t < every => Flow::Stop("suppressed"),
+            Some(t) if now.saturating_sub(*t) < every => Flow::Stop("suppressed"),
             _ => {
                 st.last_passed.insert(key, now);
                 Flow::Pass(p)
