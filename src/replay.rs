@@ -54,20 +54,12 @@ impl Replay {
 
     /// Turns an input line (a test case's, already parsed) into a message.
     pub fn message(&self, line: InputLine) -> Result<Message, String> {
-        let direct = line.device.is_some();
-        let payload = match (line.data, line.payload) {
-            (Some(_), _) if !direct => {
-                return Err("the topic form takes `payload`, not `data`".into())
-            }
-            (_, Some(_)) if direct => {
-                return Err("the device form takes `data`, not `payload`".into())
-            }
-            (Some(v), None) | (None, Some(v)) => rhai::serde::to_dynamic(&v)
+        let payload = match pick_payload(line.device.is_some(), line.data, line.payload)? {
+            Some(v) => rhai::serde::to_dynamic(&v)
                 .ok()
                 .and_then(|d| d.try_cast::<Map>())
                 .ok_or_else(|| "the payload must be a JSON object".to_string())?,
-            (None, None) => Map::new(),
-            (Some(_), Some(_)) => return Err("give `data` or `payload`, not both".into()),
+            None => Map::new(),
         };
         let head = Head {
             device: line.device,
@@ -98,17 +90,7 @@ impl Replay {
             payload: Option<&'a serde_json::value::RawValue>,
         }
         let w: Wire = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let direct = w.device.is_some();
-        let raw = match (w.data, w.payload) {
-            (Some(_), _) if !direct => {
-                return Err("the topic form takes `payload`, not `data`".into())
-            }
-            (_, Some(_)) if direct => {
-                return Err("the device form takes `data`, not `payload`".into())
-            }
-            (Some(r), None) | (None, Some(r)) => Some(r),
-            _ => None,
-        };
+        let raw = pick_payload(w.device.is_some(), w.data, w.payload)?;
         let payload = match raw {
             Some(r) => crate::engine::parse_payload(r.get().as_bytes())?,
             None => Map::new(),
@@ -190,6 +172,15 @@ impl Replay {
                 }
             }
         }
+    }
+}
+
+/// The payload of an input line: `data` in the device form, `payload` in the topic form.
+fn pick_payload<T>(direct: bool, data: Option<T>, payload: Option<T>) -> Result<Option<T>, String> {
+    match (direct, data, payload) {
+        (false, Some(_), _) => Err("the topic form takes `payload`, not `data`".into()),
+        (true, _, Some(_)) => Err("the device form takes `data`, not `payload`".into()),
+        (_, data, payload) => Ok(data.or(payload)),
     }
 }
 
