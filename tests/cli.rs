@@ -345,3 +345,39 @@ fn test_command_reports_failures_and_exits_1() {
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(stdout(&o).trim_end().ends_with(" passed, 0 failed"));
 }
+
+#[test]
+fn the_config_command_pattern_fills_from_meta_or_is_the_node_error() {
+    let input = concat!(
+        "{\"device\":\"pump-3\",\"ts\":0,\"data\":{\"current\":13.1}}\n",
+        "{\"topic\":\"site/a/device/pump-3/telemetry\",\"ts\":60000,\"payload\":{\"current\":9}}\n",
+        "{\"topic\":\"site/a/device/pump-3/telemetry\",\"ts\":70000,\"payload\":{\"current\":13.1}}\n",
+    );
+    let o = with_stdin(
+        &[
+            "dry-run",
+            "--config",
+            "examples/rulechain.yaml",
+            "--input",
+            "-",
+        ],
+        input,
+    );
+    assert_eq!(o.status.code(), Some(0));
+    let events = json_lines(&o);
+    let error = events
+        .iter()
+        .find(|e| e["event"] == "error")
+        .expect("an error event");
+    assert_eq!(error["node"], "shed");
+    assert!(
+        error["error"].as_str().unwrap().contains("needs `{site}`"),
+        "{error}"
+    );
+    let rpc = events
+        .iter()
+        .find(|e| e["event"] == "rpc")
+        .expect("an rpc event");
+    assert_eq!(rpc["topic"], "site/a/device/pump-3/command");
+    assert_eq!(rpc["ts"], 100_000);
+}

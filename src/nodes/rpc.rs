@@ -73,22 +73,24 @@ struct State {
 }
 
 /// Fills a `{name}` command pattern from `meta` (device and topic captures).
-fn fill_pattern(pattern: &str, p: &Packet) -> String {
+fn fill_pattern(pattern: &str, p: &Packet) -> Result<String, String> {
+    let meta = p.vars.meta.read_lock::<Map>();
     pattern
         .split('/')
-        .map(
-            |level| match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
-                Some(name) => p
-                    .vars
-                    .meta
-                    .read_lock::<Map>()
-                    .and_then(|m| m.get(name).map(|v| v.to_string()))
-                    .unwrap_or_default(),
-                None => level.to_string(),
-            },
-        )
-        .collect::<Vec<_>>()
-        .join("/")
+        .map(|level| match level.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+            Some(name) => meta
+                .as_ref()
+                .and_then(|m| m.get(name))
+                .filter(|v| !v.is_unit())
+                .map(|v| v.to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    format!("the command topic `{pattern}` needs `{{{name}}}`, which this message has no value for")
+                }),
+            None => Ok(level.to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|levels| levels.join("/"))
 }
 
 impl NodeImpl for Rpc {
@@ -123,7 +125,10 @@ impl NodeImpl for Rpc {
                 Err(e) => return Flow::Error(e, p),
             },
             None => match &cx.rules.command_topic {
-                Some(pattern) => fill_pattern(pattern, &p),
+                Some(pattern) => match fill_pattern(pattern, &p) {
+                    Ok(t) => t,
+                    Err(e) => return Flow::Error(e, p),
+                },
                 None => default_command_topic(p.topic.as_deref(), &p.device),
             },
         };
