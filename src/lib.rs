@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod diag;
 pub mod engine;
+pub mod env;
 pub mod lineproto;
 pub mod nodes;
 pub mod replay;

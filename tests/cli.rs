@@ -381,3 +381,36 @@ fn the_config_command_pattern_fills_from_meta_or_is_the_node_error() {
     assert_eq!(rpc["topic"], "site/a/device/pump-3/command");
     assert_eq!(rpc["ts"], 100_000);
 }
+
+#[test]
+fn config_variables_come_from_the_environment_and_are_never_printed() {
+    let dir = scratch("env");
+    let cfg = write(
+        &dir,
+        "rulechain.yaml",
+        "channels:\n  ops:\n    webhook:\n      url: ${RULECHAIN_TEST_HOOK}\n      secret: ${RULECHAIN_TEST_SECRET}\n    subject: \"[${msg.alarm.severity}] ${meta.device}\"\n",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["validate", "--config", &cfg, &cfg])
+        .env_remove("RULECHAIN_TEST_HOOK")
+        .env("RULECHAIN_TEST_SECRET", "hunter2-do-not-print")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!(
+            "{cfg}:4:12: error: environment variable `RULECHAIN_TEST_HOOK` is not set"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "a secret was printed:\n{text}");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["validate", "--config", &cfg, &cfg])
+        .env("RULECHAIN_TEST_HOOK", "http://127.0.0.1:9/hook")
+        .env("RULECHAIN_TEST_SECRET", "hunter2-do-not-print")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}

@@ -166,9 +166,24 @@ pub fn load_config(path: &Path, diags: &mut Diagnostics) -> Option<Config> {
     check_config(&src, &root, diags)
 }
 
-/// Checks a parsed config: structure, topic patterns, channel kinds and templates.
+/// Checks a parsed config: `${ENV}` variables, structure, topic patterns, channel kinds and
+/// templates.
 pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Option<Config> {
-    let cfg: Config = match from_node(root) {
+    let mut root = root.clone();
+    let missing = crate::env::expand_tree(&mut root, &|name| std::env::var(name).ok());
+    for (name, pos) in &missing {
+        diags
+            .error(
+                src,
+                *pos,
+                format!("environment variable `{name}` is not set"),
+            )
+            .hint(format!("set it, or give a default: `${{{name}:-value}}`"));
+    }
+    if !missing.is_empty() {
+        return None;
+    }
+    let cfg: Config = match from_node(&root) {
         Ok(c) => c,
         Err(e) => {
             report_de(diags, src, e, root.pos);
