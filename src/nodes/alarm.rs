@@ -3,7 +3,7 @@
 
 use rhai::{Dynamic, Map};
 
-use crate::engine::alarm::{severity, Transition, SEVERITIES};
+use crate::engine::alarm::{severity, Alarm, Transition, SEVERITIES};
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::rules::compile::Builder;
@@ -83,7 +83,7 @@ impl AlarmNode {
         cx: &mut Cx<'_>,
         p: &mut Packet,
         type_: String,
-    ) -> Result<Option<(Transition, Map)>, String> {
+    ) -> Result<Option<(Transition, Alarm)>, String> {
         let sev = match &self.severity {
             Severity::Fixed(s) => s,
             Severity::Expr(e) => {
@@ -105,7 +105,7 @@ impl AlarmNode {
         Ok(cx
             .alarms
             .raise(&p.device, &type_, sev, message, details, now)
-            .map(|(t, a)| (t, a.to_map(t))))
+            .map(|(t, a)| (t, a.clone())))
     }
 }
 
@@ -122,31 +122,23 @@ impl NodeImpl for AlarmNode {
                 Ok(cx
                     .alarms
                     .clear(&p.device, &type_, now)
-                    .map(|a| (Transition::Cleared, a.to_map(Transition::Cleared))))
+                    .map(|a| (Transition::Cleared, a.clone())))
             }
         };
         match outcome {
             Err(e) => Flow::Error(e, p),
             Ok(None) => Flow::Stop("suppressed"),
             Ok(Some((t, alarm))) => {
-                let text = |k: &str| alarm.get(k).map(|v| v.to_string()).unwrap_or_default();
-                let sev = severity(&text("severity")).unwrap_or("WARNING");
-                let status = match text("status").as_str() {
-                    "ACTIVE_UNACK" => "ACTIVE_UNACK",
-                    "ACTIVE_ACK" => "ACTIVE_ACK",
-                    "CLEARED_ACK" => "CLEARED_ACK",
-                    _ => "CLEARED_UNACK",
-                };
+                p.with_msg(|m| m.insert("alarm".into(), Dynamic::from_map(alarm.to_map(t))));
                 cx.emit(Event::Alarm {
                     device: p.device.clone(),
-                    type_: text("type"),
-                    severity: sev,
+                    type_: alarm.type_,
+                    severity: alarm.severity,
                     transition: t.as_str(),
-                    status,
-                    message: text("message"),
-                    id: text("id"),
+                    status: alarm.status.as_str(),
+                    message: alarm.message,
+                    id: alarm.id,
                 });
-                p.with_msg(|m| m.insert("alarm".into(), Dynamic::from_map(alarm)));
                 Flow::Pass(p)
             }
         }
