@@ -414,3 +414,26 @@ fn config_variables_come_from_the_environment_and_are_never_printed() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
 }
+
+#[test]
+fn every_broken_test_case_and_device_is_reported() {
+    let dir = scratch("brokentests");
+    let t = write(
+        &dir,
+        "x.test.yaml",
+        "devices:\n  - { id: a, tpye: pump }\n  - { id: b }\ncases:\n  - name: one\n    input: []\n    expct: []\n  - name: two\n    input: 3\n",
+    );
+    let o = rulechain(&["validate", &t]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!("{t}:2:14: error: unknown key `tpye`")),
+        "{text}"
+    );
+    assert!(text.contains("did you mean `type`?"), "{text}");
+    assert!(
+        text.contains(&format!("{t}:7:5: error: unknown key `expct`")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{t}:9:12: error:")), "{text}");
+}

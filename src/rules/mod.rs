@@ -226,13 +226,76 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
 /// Loads a devices file into the registry form the executor uses.
 pub fn load_devices(path: &Path, diags: &mut Diagnostics) -> Option<HashMap<Arc<str>, Device>> {
     let (src, root) = read_yaml(path, diags)?;
-    match from_node::<DevicesFile>(&root) {
-        Ok(f) => devices_registry(&src, &f.devices, diags),
-        Err(e) => {
-            report_de(diags, &src, e, root.pos);
-            None
+    let header = from_node::<DevicesFile>(&without_lists(&root, &["devices"]));
+    let (devices, ok) = items::<DeviceSpec>(&src, &root, "devices", diags);
+    if let Err(e) = header {
+        report_de(diags, &src, e, root.pos);
+        return None;
+    }
+    let registry = devices_registry(&src, &devices, diags);
+    if ok {
+        registry
+    } else {
+        None
+    }
+}
+
+/// Deserializes every item of the list `key` of `root` on its own, so that every broken item is
+/// reported, not only the first. The flag is false when any item failed.
+pub fn items<'a, T: serde::Deserialize<'a>>(
+    src: &Source,
+    root: &'a Node,
+    key: &str,
+    diags: &mut Diagnostics,
+) -> (Vec<T>, bool) {
+    match root.get(key) {
+        None => (Vec::new(), true),
+        Some(Node {
+            value: yaml::Yaml::Null,
+            ..
+        }) => (Vec::new(), true),
+        Some(Node {
+            value: yaml::Yaml::Seq(list),
+            ..
+        }) => {
+            let mut out = Vec::new();
+            let mut ok = true;
+            for item in list {
+                match from_node::<T>(item) {
+                    Ok(t) => out.push(t),
+                    Err(e) => {
+                        report_de(diags, src, e, item.pos);
+                        ok = false;
+                    }
+                }
+            }
+            (out, ok)
+        }
+        Some(n) => {
+            diags.error(
+                src,
+                n.pos,
+                format!("`{key}` must be a list, found {}", n.type_name()),
+            );
+            (Vec::new(), false)
         }
     }
+}
+
+/// `root` with the lists `keys` emptied: what is left to check of a file's structure once its
+/// lists are checked item by item.
+fn without_lists(root: &Node, keys: &[&str]) -> Node {
+    let mut n = root.clone();
+    if let yaml::Yaml::Map(entries) = &mut n.value {
+        for (k, v) in entries.iter_mut() {
+            if k.as_str().is_some_and(|k| keys.contains(&k))
+                && matches!(v.value, yaml::Yaml::Seq(_))
+            {
+                v.value = yaml::Yaml::Seq(Vec::new());
+            }
+        }
+    }
+    n
 }
 
 /// Turns device specs into the registry, reporting duplicates.
@@ -264,15 +327,26 @@ pub fn devices_registry(
     ok.then_some(map)
 }
 
-/// Loads a test file's model.
+/// Loads a test file's model; every broken case or device is reported.
 pub fn load_test_file(path: &Path, diags: &mut Diagnostics) -> Option<(Source, TestFile)> {
     let (src, root) = read_yaml(path, diags)?;
-    match from_node::<TestFile>(&root) {
-        Ok(t) => Some((src, t)),
+    let header = from_node::<TestFile>(&without_lists(&root, &["devices", "cases"]));
+    let (devices, devices_ok) = items::<DeviceSpec>(&src, &root, "devices", diags);
+    let (cases, cases_ok) = items(&src, &root, "cases", diags);
+    match header {
         Err(e) => {
             report_de(diags, &src, e, root.pos);
             None
         }
+        Ok(h) if devices_ok && cases_ok => Some((
+            src,
+            TestFile {
+                chains: h.chains,
+                devices,
+                cases,
+            },
+        )),
+        Ok(_) => None,
     }
 }
 
