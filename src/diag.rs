@@ -161,6 +161,17 @@ impl Diagnostics {
         self.items.len() - self.error_count()
     }
 
+    /// Errors and warnings as printed: a problem found twice (a file checked as `--config` and
+    /// as a path) counts once.
+    pub fn printed_counts(&self) -> (usize, usize) {
+        let shown = self.sorted();
+        let errors = shown
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        (errors, shown.len() - errors)
+    }
+
     /// True when nothing was found.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()

@@ -437,3 +437,31 @@ fn every_broken_test_case_and_device_is_reported() {
     );
     assert!(text.contains(&format!("{t}:9:12: error:")), "{text}");
 }
+
+#[test]
+fn every_broken_topic_and_channel_of_a_config_is_reported_once() {
+    let dir = scratch("badcfg");
+    let cfg = write(
+        &dir,
+        "rulechain.yaml",
+        "topics:\n  - pattern: x/{device}\n    knd: telemetry\nchannels:\n  a:\n    webhok: {url: http://x}\n  b:\n    email: {smtp: s, from: f, to: [t]}\n    subjct: x\n",
+    );
+    let o = rulechain(&["validate", "--config", &cfg, &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    for at in [
+        "3:5: error: unknown key `knd`",
+        "6:5: error: unknown key `webhok`",
+        "9:5: error: unknown key `subjct`",
+    ] {
+        assert!(
+            text.contains(&format!("{cfg}:{at}")),
+            "missing {at} in:\n{text}"
+        );
+    }
+    assert!(
+        text.trim_end()
+            .ends_with("1 file checked: 3 errors, 0 warnings"),
+        "{text}"
+    );
+}

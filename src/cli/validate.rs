@@ -63,7 +63,7 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
         Format::Json => println!("{}", diags.render_json()),
         Format::Text => {
             print!("{}", diags.render_text());
-            let (e, w) = (diags.error_count(), diags.warning_count());
+            let (e, w) = diags.printed_counts();
             println!(
                 "{checked} file{} checked: {e} error{}, {w} warning{}",
                 if checked == 1 { "" } else { "s" },

@@ -183,13 +183,47 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
     if !missing.is_empty() {
         return None;
     }
-    let cfg: Config = match from_node(&root) {
+    // The structure, then each topic and each channel on its own: every broken one is reported.
+    let header = from_node::<Config>(&without_lists(&root, &["topics", "channels"]));
+    let (topics, topics_ok) = items(src, &root, "topics", diags);
+    let mut channels_ok = true;
+    let mut channels = std::collections::BTreeMap::new();
+    if let Some(Node {
+        value: yaml::Yaml::Map(entries),
+        ..
+    }) = root.get("channels")
+    {
+        for (k, v) in entries {
+            match from_node::<yaml::Sp<crate::config::ChannelSpec>>(v) {
+                Ok(c) => {
+                    channels.insert(k.scalar_text(), c);
+                }
+                Err(e) => {
+                    report_de(diags, src, e, v.pos);
+                    channels_ok = false;
+                }
+            }
+        }
+    }
+    let mut cfg = match header {
         Ok(c) => c,
         Err(e) => {
             report_de(diags, src, e, root.pos);
             return None;
         }
     };
+    if !(topics_ok && channels_ok) {
+        return None;
+    }
+    if root
+        .get("topics")
+        .is_some_and(|t| matches!(t.value, yaml::Yaml::Seq(_)))
+    {
+        cfg.topics = Some(topics);
+    }
+    if !channels.is_empty() {
+        cfg.channels = channels;
+    }
     let before = diags.error_count();
     for t in cfg.topics.iter().flatten() {
         if let Err(e) = TopicPattern::parse(&t.pattern, t.kind) {
@@ -282,16 +316,18 @@ pub fn items<'a, T: serde::Deserialize<'a>>(
     }
 }
 
-/// `root` with the lists `keys` emptied: what is left to check of a file's structure once its
-/// lists are checked item by item.
+/// `root` with the lists and maps `keys` emptied: what is left to check of a file's structure
+/// once their items are checked one by one.
 fn without_lists(root: &Node, keys: &[&str]) -> Node {
     let mut n = root.clone();
     if let yaml::Yaml::Map(entries) = &mut n.value {
         for (k, v) in entries.iter_mut() {
-            if k.as_str().is_some_and(|k| keys.contains(&k))
-                && matches!(v.value, yaml::Yaml::Seq(_))
-            {
-                v.value = yaml::Yaml::Seq(Vec::new());
+            if k.as_str().is_some_and(|k| keys.contains(&k)) {
+                match v.value {
+                    yaml::Yaml::Seq(_) => v.value = yaml::Yaml::Seq(Vec::new()),
+                    yaml::Yaml::Map(_) => v.value = yaml::Yaml::Map(Vec::new()),
+                    _ => {}
+                }
             }
         }
     }
