@@ -12,6 +12,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+mod native;
+
 use rhai::{Dynamic, Engine, Scope, AST};
 
 /// Most operations one evaluation may take before it is stopped (a `loop {}` ends here).
@@ -154,39 +156,8 @@ pub struct Expr {
     ast: Arc<AST>,
     /// The source, for messages.
     pub src: Arc<str>,
-    /// The presence guard `msg.a != () && attr.b != ()`, the idiom chains use in `on.when` to
-    /// pick their messages, checked natively (the same result as Rhai's, in far less time).
-    presence: Option<Vec<(Var, String)>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Var {
-    Msg,
-    Attr,
-    Meta,
-}
-
-/// Recognises `v.field != ()` terms joined by `&&`.
-fn presence_guard(src: &str) -> Option<Vec<(Var, String)>> {
-    src.split("&&")
-        .map(|term| {
-            let (lhs, rhs) = term.split_once("!=")?;
-            if rhs.trim() != "()" {
-                return None;
-            }
-            let (var, field) = lhs.trim().split_once('.')?;
-            let var = match var {
-                "msg" => Var::Msg,
-                "attr" => Var::Attr,
-                "meta" => Var::Meta,
-                _ => return None,
-            };
-            let ident = !field.is_empty()
-                && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !field.starts_with(|c: char| c.is_ascii_digit());
-            ident.then(|| (var, field.to_string()))
-        })
-        .collect()
+    /// The same expression for the native evaluator, when it is in its subset (see `native`).
+    native: Option<native::N>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -212,22 +183,14 @@ impl Expr {
         Ok(Expr {
             ast: Arc::new(ast),
             src: src.into(),
-            presence: presence_guard(src),
+            native: native::compile(src),
         })
     }
 
     /// Evaluates against a message.
     pub fn eval(&self, rt: &mut Runtime, vars: &mut Vars) -> Result<Dynamic, String> {
-        if let Some(terms) = &self.presence {
-            return Ok(Dynamic::from_bool(terms.iter().all(|(var, field)| {
-                let map = match var {
-                    Var::Msg => &vars.msg,
-                    Var::Attr => &vars.attr,
-                    Var::Meta => &vars.meta,
-                };
-                map.read_lock::<rhai::Map>()
-                    .is_some_and(|m| m.get(field.as_str()).is_some_and(|v| !v.is_unit()))
-            })));
+        if let Some(v) = self.native.as_ref().and_then(|n| native::eval(n, vars)) {
+            return Ok(v);
         }
         rt.run(&self.ast, vars)
     }
@@ -416,31 +379,6 @@ mod tests {
                 .unwrap(),
             11.0
         );
-    }
-
-    #[test]
-    fn presence_guards_agree_with_rhai() {
-        let e = Arc::new(new_engine());
-        let mut rt = Runtime::new(e.clone());
-        let src = "msg.current != () && attr.rated_current != ()";
-        let fast = Expr::compile(&e, src).unwrap();
-        assert!(fast.presence.is_some());
-        let mut slow = fast.clone();
-        slow.presence = None;
-        for msg in [
-            serde_json::json!({"current": 1}),
-            serde_json::json!({}),
-            serde_json::json!({"current": null}),
-        ] {
-            let mut v = vars(msg);
-            assert_eq!(
-                fast.eval_bool(&mut rt, &mut v).unwrap(),
-                slow.eval_bool(&mut rt, &mut v).unwrap()
-            );
-        }
-        assert!(presence_guard("msg.x != () || msg.y != ()").is_none());
-        assert!(presence_guard("msg.x.y != ()").is_none());
-        assert!(presence_guard("msg.x != 0").is_none());
     }
 
     #[test]
