@@ -301,16 +301,7 @@ pub(super) fn eval(n: &N, vars: &Vars) -> Option<Dynamic> {
                 Root::Attr => &vars.attr,
                 Root::Meta => &vars.meta,
             };
-            let mut cur = start.clone();
-            for f in path {
-                let next = cur
-                    .read_lock::<Map>()?
-                    .get(f.as_str())
-                    .cloned()
-                    .unwrap_or(Dynamic::UNIT);
-                cur = next;
-            }
-            Some(cur)
+            field(start, path)
         }
         N::Neg(x) => match num(&eval(x, vars)?)? {
             Num::I(i) => i.checked_neg().map(Dynamic::from_int),
@@ -321,6 +312,21 @@ pub(super) fn eval(n: &N, vars: &Vars) -> Option<Dynamic> {
             .ok()
             .map(|b| Dynamic::from_bool(!b)),
         N::Bin(op, a, b) => bin(*op, a, b, vars),
+    }
+}
+
+/// The value at `path` under `v`, by reference: only the leaf is cloned. A missing field is `()`;
+/// a field of something that is not a map is Rhai's to judge.
+fn field(v: &Dynamic, path: &[String]) -> Option<Dynamic> {
+    let Some((first, rest)) = path.split_first() else {
+        return Some(v.clone());
+    };
+    let map = v.read_lock::<Map>()?;
+    match map.get(first.as_str()) {
+        Some(next) if !rest.is_empty() => field(next, rest),
+        Some(leaf) => Some(leaf.clone()),
+        None if rest.is_empty() => Some(Dynamic::UNIT),
+        None => None,
     }
 }
 
