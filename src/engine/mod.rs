@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, Map};
 
-use crate::rules::compile::{Chain, RuleSet};
+use crate::rules::compile::{Chain, Reads, RuleSet};
 use crate::rules::model::Kind;
 use crate::script::{Runtime, Vars};
 use alarm::AlarmStore;
@@ -186,6 +186,12 @@ pub trait NodeImpl: Send + Sync {
     fn reply(&self, _cx: &mut Cx<'_>, _id: &str, _reply: Packet) -> Option<Flow> {
         None
     }
+}
+
+/// What `meta` is built from, besides the packet.
+struct Head<'a> {
+    kind: Kind,
+    captures: &'a [(String, String)],
 }
 
 /// Device registry entries: type and attributes (registry overlaid with reported ones).
@@ -433,56 +439,44 @@ impl Executor {
 
     /// Runs every matching chain on a message, at the current clock time.
     pub fn process(&mut self, m: Message, out: &mut dyn EffectSink) {
-        if !self.devices.contains_key(&m.device) {
-            self.devices.insert(m.device.clone(), Device::default());
-        }
-        let device = self.devices.get_mut(&m.device).expect("inserted above");
+        let device = match self.devices.get_mut(&m.device) {
+            Some(d) => d,
+            None => self.devices.entry(m.device.clone()).or_default(),
+        };
         if m.kind == Kind::Attributes {
             for (k, v) in &m.payload {
                 device.attrs.insert(k.clone(), v.clone());
             }
         }
         let device_type = device.type_.clone();
-        let mut meta = device
-            .meta_base
-            .get_or_insert_with(|| {
-                let mut b = Map::new();
-                b.insert("device".into(), Dynamic::from(m.device.to_string()));
-                b.insert(
-                    "device_type".into(),
-                    device_type
-                        .as_ref()
-                        .map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())),
-                );
-                b
-            })
-            .clone();
-        meta.insert("kind".into(), self.kind_names[m.kind as usize].clone());
-        meta.insert(
-            "topic".into(),
-            m.topic
-                .as_ref()
-                .map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())),
-        );
-        meta.insert("ts".into(), m.ts.into());
-        for (k, v) in &m.captures {
-            meta.insert(k.as_str().into(), v.clone().into());
-        }
+        // `meta` and `attr` are built only when a chain the message enters reads them.
         let mut packet = Packet {
             vars: Vars {
                 msg: Dynamic::from_map(m.payload),
-                attr: Dynamic::from_map(device.attrs.clone()),
-                meta: Dynamic::from_map(meta),
+                attr: Dynamic::UNIT,
+                meta: Dynamic::UNIT,
             },
             device: m.device,
             topic: m.topic,
             ts: m.ts,
         };
+        let head = Head {
+            kind: m.kind,
+            captures: &m.captures,
+        };
         let rules = self.rules.clone();
         if m.kind == Kind::RpcResponse {
             let id = packet.field("id").map(|v| v.to_string());
             if let Some((ci, ni)) = id.as_deref().and_then(|id| self.awaits.remove(id)) {
-                let reply = packet.clone();
+                let mut reply = packet.clone();
+                self.fill(
+                    &mut reply,
+                    &head,
+                    Reads {
+                        meta: true,
+                        attr: true,
+                    },
+                );
                 let flow = {
                     let mut cx = self.cx(&rules, ci, ni, out);
                     rules.chains[ci].nodes[ni].imp.reply(
@@ -506,6 +500,7 @@ impl Executor {
             {
                 continue;
             }
+            self.fill(&mut packet, &head, chain.reads);
             if let Some(when) = &chain.on.when {
                 match when.eval_bool(&mut self.rt, &mut packet.vars) {
                     Ok(true) => {}
@@ -530,6 +525,49 @@ impl Executor {
         }
         if let Some(ci) = last {
             self.run_from(&rules, ci, 0, packet, out);
+        }
+    }
+
+    /// Builds the packet's `meta` and `attr`, if `reads` wants them and they are not built yet.
+    fn fill(&mut self, p: &mut Packet, head: &Head<'_>, reads: Reads) {
+        if !(reads.meta && p.vars.meta.is_unit()) && !(reads.attr && p.vars.attr.is_unit()) {
+            return;
+        }
+        let Some(device) = self.devices.get_mut(&p.device) else {
+            return;
+        };
+        if reads.attr && p.vars.attr.is_unit() {
+            p.vars.attr = Dynamic::from_map(device.attrs.clone());
+        }
+        if reads.meta && p.vars.meta.is_unit() {
+            let device_type = device.type_.clone();
+            let name = &p.device;
+            let mut meta = device
+                .meta_base
+                .get_or_insert_with(|| {
+                    let mut b = Map::new();
+                    b.insert("device".into(), Dynamic::from(name.to_string()));
+                    b.insert(
+                        "device_type".into(),
+                        device_type
+                            .as_ref()
+                            .map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())),
+                    );
+                    b
+                })
+                .clone();
+            meta.insert("kind".into(), self.kind_names[head.kind as usize].clone());
+            meta.insert(
+                "topic".into(),
+                p.topic
+                    .as_ref()
+                    .map_or(Dynamic::UNIT, |t| Dynamic::from(t.to_string())),
+            );
+            meta.insert("ts".into(), p.ts.into());
+            for (k, v) in head.captures {
+                meta.insert(k.as_str().into(), v.clone().into());
+            }
+            p.vars.meta = Dynamic::from_map(meta);
         }
     }
 

@@ -33,6 +33,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         v
     };
     let tags = i.tags.as_ref().map(sorted).unwrap_or_default();
+    b.reads(!tags.is_empty(), !tags.is_empty());
     let fields = i.fields.as_ref().map(sorted);
     Some(Box::new(Influx {
         measurement,

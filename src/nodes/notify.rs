@@ -22,6 +22,8 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         ok = false;
     }
     let mut channels = Vec::new();
+    // The channels' templates (from the config) may read anything.
+    b.reads(true, true);
     for c in &n.0 {
         let c = if c.pos.line == 0 {
             crate::rules::yaml::Sp {

@@ -53,6 +53,8 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         None => 1,
     };
     let await_ = b.opt_duration(&r.await_);
+    // The config's command pattern is filled from `meta`.
+    b.reads(true, false);
     let node = Rpc {
         method: r.method.value.clone(),
         params,

@@ -51,6 +51,19 @@ pub struct Chain {
     pub nodes: Vec<CNode>,
     /// Index of its first node's state slot in the executor.
     pub first_slot: usize,
+    /// Whether anything in the chain reads `meta` / `attr`: the executor builds those maps for
+    /// a message only when a chain it enters does.
+    pub reads: Reads,
+}
+
+/// Which of a message's maps a chain reads (a conservative answer: a source that mentions the
+/// name counts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reads {
+    /// `meta` is read.
+    pub meta: bool,
+    /// `attr` is read.
+    pub attr: bool,
 }
 
 /// A compiled node.
@@ -104,6 +117,7 @@ pub struct Builder<'a> {
     ids: &'a HashMap<String, usize>,
     channels: Option<&'a BTreeSet<String>>,
     failed: bool,
+    reads: Reads,
 }
 
 impl Builder<'_> {
@@ -121,8 +135,20 @@ impl Builder<'_> {
         }
     }
 
+    /// Notes that the node being built reads `meta` and/or `attr` by itself (not through an
+    /// expression): influx tags, rpc command patterns, channel templates.
+    pub fn reads(&mut self, meta: bool, attr: bool) {
+        self.reads.meta |= meta;
+        self.reads.attr |= attr;
+    }
+
+    fn saw(&mut self, src: &str) {
+        self.reads(src.contains("meta"), src.contains("attr"));
+    }
+
     /// Compiles an expression.
     pub fn expr(&mut self, s: &Sp<ExprSrc>) -> Option<Expr> {
+        self.saw(&s.text);
         match Expr::compile(self.engine, &s.text) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -143,6 +169,7 @@ impl Builder<'_> {
 
     /// Compiles a `${}` template.
     pub fn template(&mut self, s: &Sp<String>) -> Option<Template> {
+        self.saw(s);
         match Template::compile(self.engine, s) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -162,6 +189,7 @@ impl Builder<'_> {
 
     /// Compiles a statement script.
     pub fn script(&mut self, s: &Sp<String>) -> Option<Script> {
+        self.saw(s);
         match Script::compile(self.engine, s) {
             Ok(x) => Some(x),
             Err(e) => {
@@ -465,6 +493,7 @@ fn compile_chain(
         ids: &ids,
         channels,
         failed: false,
+        reads: Reads::default(),
     };
     let mut nodes: Vec<Option<CNode>> = Vec::new();
     let mut edges: Vec<Vec<Edge>> = Vec::new();
@@ -586,6 +615,7 @@ fn compile_chain(
         on: on?,
         nodes: nodes.into_iter().flatten().collect(),
         first_slot: 0,
+        reads: b.reads,
     })
 }
 
