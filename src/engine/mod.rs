@@ -530,16 +530,18 @@ impl Executor {
 
     /// Builds the packet's `meta` and `attr`, if `reads` wants them and they are not built yet.
     fn fill(&mut self, p: &mut Packet, head: &Head<'_>, reads: Reads) {
-        if !(reads.meta && p.vars.meta.is_unit()) && !(reads.attr && p.vars.attr.is_unit()) {
+        let want_meta = reads.meta && p.vars.meta.is_unit();
+        let want_attr = reads.attr && p.vars.attr.is_unit();
+        if !want_meta && !want_attr {
             return;
         }
         let Some(device) = self.devices.get_mut(&p.device) else {
             return;
         };
-        if reads.attr && p.vars.attr.is_unit() {
+        if want_attr {
             p.vars.attr = Dynamic::from_map(device.attrs.clone());
         }
-        if reads.meta && p.vars.meta.is_unit() {
+        if want_meta {
             let device_type = device.type_.clone();
             let name = &p.device;
             let mut meta = device
