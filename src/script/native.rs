@@ -102,36 +102,27 @@ fn tokens(src: &str) -> Option<Vec<Tok>> {
             i += 2;
             continue;
         }
+        let single = match c {
+            b'.' => Some(Tok::Dot),
+            b'(' => Some(Tok::Open),
+            b')' => Some(Tok::Close),
+            b'!' => Some(Tok::Bang),
+            b'<' => Some(Tok::Op(Op::Lt)),
+            b'>' => Some(Tok::Op(Op::Gt)),
+            b'+' => Some(Tok::Op(Op::Add)),
+            b'-' => Some(Tok::Op(Op::Sub)),
+            b'*' => Some(Tok::Op(Op::Mul)),
+            b'/' => Some(Tok::Op(Op::Div)),
+            b'%' => Some(Tok::Op(Op::Rem)),
+            _ => None,
+        };
+        if let Some(t) = single {
+            out.push(t);
+            i += 1;
+            continue;
+        }
         match c {
             b' ' | b'\t' | b'\n' | b'\r' => i += 1,
-            b'.' => {
-                out.push(Tok::Dot);
-                i += 1;
-            }
-            b'(' => {
-                out.push(Tok::Open);
-                i += 1;
-            }
-            b')' => {
-                out.push(Tok::Close);
-                i += 1;
-            }
-            b'!' => {
-                out.push(Tok::Bang);
-                i += 1;
-            }
-            b'<' | b'>' | b'+' | b'-' | b'*' | b'/' | b'%' => {
-                out.push(Tok::Op(match c {
-                    b'<' => Op::Lt,
-                    b'>' => Op::Gt,
-                    b'+' => Op::Add,
-                    b'-' => Op::Sub,
-                    b'*' => Op::Mul,
-                    b'/' => Op::Div,
-                    _ => Op::Rem,
-                }));
-                i += 1;
-            }
             b'"' => {
                 let end = src[i + 1..].find('"')? + i + 1;
                 let s = &src[i + 1..end];
