@@ -71,11 +71,12 @@ impl Replay {
         self.resolve(head, payload)
     }
 
-    /// Turns a `dry-run` JSON line into a message; the payload is parsed straight into `msg`.
+    /// Turns a `dry-run` JSON line into a message; the payload is parsed straight into `msg`, in
+    /// the same pass as the envelope.
     pub fn message_json(&self, text: &str) -> Result<Message, String> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct Wire<'a> {
+        struct Wire {
             #[serde(default)]
             device: Option<String>,
             #[serde(default)]
@@ -84,17 +85,14 @@ impl Replay {
             kind: Option<crate::rules::model::Kind>,
             #[serde(default)]
             ts: Option<i64>,
-            #[serde(default, borrow)]
-            data: Option<&'a serde_json::value::RawValue>,
-            #[serde(default, borrow)]
-            payload: Option<&'a serde_json::value::RawValue>,
+            #[serde(default)]
+            data: Option<crate::engine::JsonMap>,
+            #[serde(default)]
+            payload: Option<crate::engine::JsonMap>,
         }
         let w: Wire = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let raw = pick_payload(w.device.is_some(), w.data, w.payload)?;
-        let payload = match raw {
-            Some(r) => crate::engine::parse_payload(r.get().as_bytes())?,
-            None => Map::new(),
-        };
+        let payload =
+            pick_payload(w.device.is_some(), w.data, w.payload)?.map_or_else(Map::new, |m| m.0);
         self.resolve(
             Head {
                 device: w.device,

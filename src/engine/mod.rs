@@ -53,6 +53,22 @@ pub fn parse_payload(bytes: &[u8]) -> Result<Map, String> {
         .ok_or_else(|| format!("the payload must be a JSON object, not {type_name}"))
 }
 
+/// A JSON object read straight into the map `msg` is made of, inside a larger document (the
+/// payload of a dry-run line): one pass over the text, no intermediate value.
+pub struct JsonMap(pub Map);
+
+impl<'de> serde::Deserialize<'de> for JsonMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = d.deserialize_any(json::ValueVisitor)?;
+        let type_name = v.type_name();
+        v.try_cast::<Map>().map(JsonMap).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "the payload must be a JSON object, not {type_name}"
+            ))
+        })
+    }
+}
+
 /// JSON → Rhai values without an intermediate tree (rhai's generic `Dynamic` deserializer is
 /// several times slower on small objects, and this runs for every message).
 mod json {
