@@ -156,11 +156,6 @@ impl Diagnostics {
             .count()
     }
 
-    /// The number of warnings.
-    pub fn warning_count(&self) -> usize {
-        self.items.len() - self.error_count()
-    }
-
     /// Errors and warnings as printed: a problem found twice (a file checked as `--config` and
     /// as a path) counts once.
     pub fn printed_counts(&self) -> (usize, usize) {

@@ -158,8 +158,20 @@ proptest! {
         replay.drain(None, &mut rec);
     }
 
+    /// The dry-run input path: any line becomes a message or a reason, and a line that is not
+    /// a JSON object is always rejected.
     #[test]
-    fn random_input_lines_are_read_or_rejected(line in ".{0,200}") {
-        let _ = serde_json::from_str::<InputLine>(&line);
+    fn random_dry_run_lines_become_a_message_or_a_reason(
+        line in prop_oneof![".{0,200}".boxed(), json_value().prop_map(|v| serde_json::to_string(&json!({"device": "d", "data": v})).unwrap()).boxed()],
+    ) {
+        let replay = Replay::new(Arc::new(compile(&[], &CompileOptions { config: None }, &mut Diagnostics::new())), Default::default(), Vec::new(), 0);
+        match replay.message_json(&line) {
+            Ok(m) => {
+                let v: Value = serde_json::from_str(&line).expect("an accepted line is JSON");
+                prop_assert!(v.is_object());
+                prop_assert_eq!(m.payload.len(), v["data"].as_object().map_or(0, |o| o.len()));
+            }
+            Err(e) => prop_assert!(!e.is_empty()),
+        }
     }
 }

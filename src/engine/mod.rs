@@ -44,13 +44,16 @@ pub struct Message {
 /// Parses a JSON payload straight into the map `msg` is made of (JSON integers become Rhai
 /// integers, decimals floats). Anything but a JSON object is an error.
 pub fn parse_payload(bytes: &[u8]) -> Result<Map, String> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = serde::de::Deserializer::deserialize_any(&mut de, json::ValueVisitor)
-        .map_err(|e| format!("not JSON: {e}"))?;
-    de.end().map_err(|e| format!("not JSON: {e}"))?;
-    let type_name = v.type_name();
-    v.try_cast::<Map>()
-        .ok_or_else(|| format!("the payload must be a JSON object, not {type_name}"))
+    serde_json::from_slice::<JsonMap>(bytes)
+        .map(|m| m.0)
+        .map_err(|e| {
+            // A data error is ours ("must be a JSON object"); the others are syntax.
+            if e.is_data() {
+                e.to_string()
+            } else {
+                format!("not JSON: {e}")
+            }
+        })
 }
 
 /// A JSON object read straight into the map `msg` is made of, inside a larger document (the
@@ -391,19 +394,9 @@ impl Executor {
         self.now
     }
 
-    /// The alarms.
-    pub fn alarms(&self) -> &AlarmStore {
-        &self.alarms
-    }
-
     /// The due time of the earliest pending timer.
     pub fn next_due(&self) -> Option<i64> {
         self.timers.peek().map(|t| t.0.due)
-    }
-
-    /// How many timers are pending.
-    pub fn pending_timers(&self) -> usize {
-        self.timers.len()
     }
 
     /// Moves the clock to `to` (never backwards), firing every timer due at or before it.

@@ -519,15 +519,7 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
         v: V,
     ) -> Result<V::Value, DeError> {
         if name == SP_MARKER {
-            let p = self.0.pos;
-            let pos = (p.line, p.col, p.offset as u64);
-            place(
-                v.visit_seq(SpSeq {
-                    pos: Some(pos),
-                    node: Some(self.0),
-                }),
-                p,
-            )
+            place(v.visit_seq(SpSeq::new(self.0, false)), self.0.pos)
         } else {
             v.visit_newtype_struct(self)
         }
@@ -586,9 +578,22 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
     }
 }
 
+/// What [`Sp`] reads from [`NodeDe`]/[`KeyDe`]: the node's position as `(line, col, offset)`,
+/// then its value (read as a mapping key when `as_key`).
 struct SpSeq<'a> {
-    pos: Option<(u32, u32, u64)>,
     node: Option<&'a Node>,
+    pos_sent: bool,
+    as_key: bool,
+}
+
+impl<'a> SpSeq<'a> {
+    fn new(node: &'a Node, as_key: bool) -> Self {
+        SpSeq {
+            node: Some(node),
+            pos_sent: false,
+            as_key,
+        }
+    }
 }
 
 impl<'de> SeqAccess<'de> for SpSeq<'de> {
@@ -597,28 +602,21 @@ impl<'de> SeqAccess<'de> for SpSeq<'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, DeError> {
-        if let Some(p) = self.pos.take() {
-            return seed.deserialize(p.into_deserializer_tuple()).map(Some);
+        let Some(n) = self.node else { return Ok(None) };
+        if !self.pos_sent {
+            self.pos_sent = true;
+            let p = n.pos;
+            let tuple = vec![u64::from(p.line), u64::from(p.col), p.offset as u64];
+            return seed
+                .deserialize(de::value::SeqDeserializer::new(tuple.into_iter()))
+                .map(Some);
         }
-        match self.node.take() {
-            Some(n) => seed.deserialize(NodeDe(n)).map(Some),
-            None => Ok(None),
+        self.node = None;
+        if self.as_key {
+            seed.deserialize(KeyDe(n)).map(Some)
+        } else {
+            seed.deserialize(NodeDe(n)).map(Some)
         }
-    }
-}
-
-trait IntoTupleDe {
-    fn into_deserializer_tuple(
-        self,
-    ) -> de::value::SeqDeserializer<std::vec::IntoIter<u64>, DeError>;
-}
-impl IntoTupleDe for (u32, u32, u64) {
-    fn into_deserializer_tuple(
-        self,
-    ) -> de::value::SeqDeserializer<std::vec::IntoIter<u64>, DeError> {
-        de::value::SeqDeserializer::new(
-            vec![u64::from(self.0), u64::from(self.1), self.2].into_iter(),
-        )
     }
 }
 
@@ -695,11 +693,7 @@ impl<'de> de::Deserializer<'de> for KeyDe<'de> {
         v: V,
     ) -> Result<V::Value, DeError> {
         if name == SP_MARKER {
-            let p = self.0.pos;
-            v.visit_seq(SpKeySeq {
-                pos: Some((p.line, p.col, p.offset as u64)),
-                node: Some(self.0),
-            })
+            v.visit_seq(SpSeq::new(self.0, true))
         } else {
             v.visit_newtype_struct(self)
         }
@@ -708,27 +702,6 @@ impl<'de> de::Deserializer<'de> for KeyDe<'de> {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char
         bytes byte_buf option unit unit_struct seq tuple
         tuple_struct map struct enum ignored_any
-    }
-}
-
-struct SpKeySeq<'a> {
-    pos: Option<(u32, u32, u64)>,
-    node: Option<&'a Node>,
-}
-
-impl<'de> SeqAccess<'de> for SpKeySeq<'de> {
-    type Error = DeError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DeError> {
-        if let Some(p) = self.pos.take() {
-            return seed.deserialize(p.into_deserializer_tuple()).map(Some);
-        }
-        match self.node.take() {
-            Some(n) => seed.deserialize(KeyDe(n)).map(Some),
-            None => Ok(None),
-        }
     }
 }
 
