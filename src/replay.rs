@@ -52,6 +52,11 @@ impl Replay {
         &self.exec
     }
 
+    /// The executor, to restore a snapshot or reload rules.
+    pub fn executor_mut(&mut self) -> &mut Executor {
+        &mut self.exec
+    }
+
     /// Turns an input line (a test case's, already parsed) into a message.
     pub fn message(&self, line: InputLine) -> Result<Message, String> {
         let payload = match pick_payload(line.device.is_some(), line.data, line.payload)? {

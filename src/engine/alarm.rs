@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use rhai::{Dynamic, Map};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Alarm severities, most severe first.
 pub const SEVERITIES: [&str; 5] = ["CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE"];
@@ -17,7 +18,8 @@ pub fn severity(name: &str) -> Option<&'static str> {
 }
 
 /// An alarm's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     /// Active, not acknowledged.
     ActiveUnack,
@@ -71,8 +73,21 @@ impl Transition {
     }
 }
 
+fn ser_severity<S: Serializer>(s: &&'static str, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
+}
+
+fn de_severity<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let s = String::deserialize(d)?;
+    severity(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown severity `{s}`")))
+}
+
+/// A severity name (one of [`SEVERITIES`]). An alias, so that serde does not take the field
+/// for borrowed text.
+pub type Severity = &'static str;
+
 /// One alarm.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Alarm {
     /// Stable id: `{type}:{device}:{start_ts}`.
     pub id: String,
@@ -81,12 +96,14 @@ pub struct Alarm {
     /// The type.
     pub type_: String,
     /// The current severity.
-    pub severity: &'static str,
+    #[serde(serialize_with = "ser_severity", deserialize_with = "de_severity")]
+    pub severity: Severity,
     /// The status.
     pub status: Status,
     /// The latest text.
     pub message: String,
     /// The latest details.
+    #[serde(with = "details_serde")]
     pub details: Map,
     /// When it was created (ms).
     pub start_ts: i64,
@@ -121,13 +138,56 @@ impl Alarm {
     }
 }
 
+mod details_serde {
+    use rhai::{Dynamic, Map};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &Map, s: S) -> Result<S::Ok, S::Error> {
+        Dynamic::from_map(m.clone()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        Ok(Dynamic::deserialize(d)?
+            .try_cast::<Map>()
+            .unwrap_or_default())
+    }
+}
+
 /// Every alarm the engine knows, by (device, type).
 #[derive(Debug, Default)]
 pub struct AlarmStore {
     alarms: HashMap<(String, String), Alarm>,
+    changes: u64,
 }
 
 impl AlarmStore {
+    /// How many transitions the store has seen: the live engine writes its state through to
+    /// disk when this moves, so an alarm never fires twice across a restart.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Replaces every alarm (a restore).
+    pub fn restore(&mut self, alarms: Vec<Alarm>) {
+        self.alarms = alarms
+            .into_iter()
+            .map(|a| ((a.device.clone(), a.type_.clone()), a))
+            .collect();
+    }
+
+    /// Acknowledges the alarm with this id: ACTIVE_UNACK → ACTIVE_ACK, CLEARED_UNACK →
+    /// CLEARED_ACK. Returns it when its status changed.
+    pub fn acknowledge(&mut self, id: &str) -> Option<&Alarm> {
+        let a = self.alarms.values_mut().find(|a| a.id == id)?;
+        a.status = match a.status {
+            Status::ActiveUnack => Status::ActiveAck,
+            Status::ClearedUnack => Status::ClearedAck,
+            _ => return None,
+        };
+        self.changes += 1;
+        Some(a)
+    }
+
     /// Raises the alarm; returns the transition, if any.
     pub fn raise(
         &mut self,
@@ -172,6 +232,9 @@ impl AlarmStore {
                 Some(Transition::Created)
             }
         };
+        if transition.is_some() {
+            self.changes += 1;
+        }
         transition.map(|t| (t, &self.alarms[&key]))
     }
 
@@ -188,6 +251,7 @@ impl AlarmStore {
             _ => Status::ClearedUnack,
         };
         a.end_ts = Some(now);
+        self.changes += 1;
         Some(a)
     }
 

@@ -10,6 +10,7 @@
 pub mod alarm;
 pub mod clock;
 pub mod effect;
+pub mod persist;
 
 use std::any::Any;
 use std::cmp::Reverse;
@@ -131,8 +132,10 @@ mod json {
     }
 }
 
-/// A message on its way through a chain: Rhai's three maps plus what nodes read often.
-#[derive(Debug, Clone)]
+/// A message on its way through a chain: Rhai's three maps plus what nodes read often. It is
+/// serializable because held messages (holds, delays, windows, awaited replies) are node state
+/// that the live engine persists.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Packet {
     /// `msg`, `attr`, `meta`.
     pub vars: Vars,
@@ -205,6 +208,17 @@ pub trait NodeImpl: Send + Sync {
     fn reply(&self, _cx: &mut Cx<'_>, _id: &str, _reply: Packet) -> Option<Flow> {
         None
     }
+
+    /// Writes this node's state (what [`Cx::state`] holds) as data, for checkpoints and
+    /// restarts. Nodes with state implement it with [`persist::save`].
+    fn save(&self, _state: &(dyn Any + Send)) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Reads state written by [`NodeImpl::save`]; `None` when it does not read as this node's.
+    fn load(&self, _state: serde_json::Value) -> Option<Box<dyn Any + Send>> {
+        None
+    }
 }
 
 /// What `meta` is built from, besides the packet.
@@ -218,8 +232,10 @@ struct Head<'a> {
 pub struct Device {
     /// The device type.
     pub type_: Option<Arc<str>>,
-    /// The attributes.
+    /// The attributes: the registry's, overlaid with `reported`.
     pub attrs: Map,
+    /// What the device itself reported (attributes and status messages): persisted live.
+    pub reported: Map,
     /// `meta.device` and `meta.device_type`, built once: each message's `meta` starts as a copy.
     meta_base: Option<Map>,
 }
@@ -230,6 +246,7 @@ impl Device {
         Device {
             type_,
             attrs,
+            reported: Map::new(),
             meta_base: None,
         }
     }
@@ -269,6 +286,7 @@ pub struct Cx<'a> {
     timers: &'a mut BinaryHeap<Reverse<Timer>>,
     seq: &'a mut u64,
     awaits: &'a mut HashMap<Arc<str>, (usize, usize)>,
+    id_prefix: &'a str,
     chain_idx: usize,
     node_idx: usize,
     out: &'a mut dyn EffectSink,
@@ -336,10 +354,20 @@ impl Cx<'_> {
         self.awaits.remove(id);
     }
 
-    /// A fresh number, unique in this engine (RPC ids).
+    /// A fresh number, unique in this engine (timer tags).
     pub fn next_id(&mut self) -> u64 {
         *self.seq += 1;
         *self.seq
+    }
+
+    /// A fresh RPC request id: the engine's id prefix (live: unique per run and shard, so ids
+    /// never repeat across restarts) and a number.
+    pub fn rpc_id(&mut self) -> String {
+        let n = self.next_id();
+        let mut s = String::with_capacity(self.id_prefix.len() + 20);
+        s.push_str(self.id_prefix);
+        s.push_str(itoa::Buffer::new().format(n));
+        s
     }
 }
 
@@ -352,6 +380,7 @@ pub struct Executor {
     devices: HashMap<Arc<str>, Device>,
     timers: BinaryHeap<Reverse<Timer>>,
     awaits: HashMap<Arc<str>, (usize, usize)>,
+    id_prefix: String,
     seq: u64,
     now: i64,
     /// `meta.kind` values, by `Kind as usize`, shared by every message.
@@ -376,6 +405,7 @@ impl Executor {
             devices,
             timers: BinaryHeap::new(),
             awaits: HashMap::new(),
+            id_prefix: String::new(),
             seq: 0,
             now,
             kind_names: [
@@ -392,6 +422,222 @@ impl Executor {
     /// The clock time.
     pub fn now(&self) -> i64 {
         self.now
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Prefixes every RPC id from now on (live: unique per run and shard).
+    pub fn set_id_prefix(&mut self, prefix: impl Into<String>) {
+        self.id_prefix = prefix.into();
+    }
+
+    /// The alarm store.
+    pub fn alarms(&self) -> &AlarmStore {
+        &self.alarms
+    }
+
+    /// The alarm store, to acknowledge alarms.
+    pub fn alarms_mut(&mut self) -> &mut AlarmStore {
+        &mut self.alarms
+    }
+
+    /// How many timers are pending.
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The (chain, node) of every slot, in slot order.
+    fn slot_names(rules: &RuleSet) -> Vec<(usize, usize)> {
+        rules
+            .chains
+            .iter()
+            .enumerate()
+            .flat_map(|(ci, c)| (0..c.nodes.len()).map(move |ni| (ci, ni)))
+            .collect()
+    }
+
+    /// Where (chain name, node id) lives in `rules`.
+    fn locate(rules: &RuleSet) -> HashMap<(&str, &str), (usize, usize)> {
+        let mut m = HashMap::new();
+        for (ci, c) in rules.chains.iter().enumerate() {
+            for (ni, n) in c.nodes.iter().enumerate() {
+                m.insert((c.name.as_ref(), n.id.as_ref()), (ci, ni));
+            }
+        }
+        m
+    }
+
+    /// Everything but the rules, as data (see [`persist`]).
+    pub fn snapshot(&self) -> persist::Snapshot {
+        let rules = &self.rules;
+        let name = |ci: usize, ni: usize| {
+            let c = &rules.chains[ci];
+            (c.name.to_string(), c.nodes[ni].id.to_string())
+        };
+        let mut nodes = Vec::new();
+        for (slot, (ci, ni)) in Self::slot_names(rules).into_iter().enumerate() {
+            let Some(state) = self.states[slot].as_deref() else {
+                continue;
+            };
+            if let Some(v) = rules.chains[ci].nodes[ni].imp.save(state) {
+                let (chain, node) = name(ci, ni);
+                nodes.push(persist::SavedNode {
+                    chain,
+                    node,
+                    state: v,
+                });
+            }
+        }
+        let timers = self
+            .timers
+            .iter()
+            .map(|Reverse(t)| {
+                let (chain, node) = name(t.chain, t.node);
+                persist::SavedTimer {
+                    due: t.due,
+                    order: t.order,
+                    chain,
+                    node,
+                    key: t.key.to_string(),
+                    tag: t.tag,
+                }
+            })
+            .collect();
+        let awaits = self
+            .awaits
+            .iter()
+            .map(|(id, (ci, ni))| {
+                let (chain, node) = name(*ci, *ni);
+                persist::SavedAwait {
+                    id: id.to_string(),
+                    chain,
+                    node,
+                }
+            })
+            .collect();
+        let reported = self
+            .devices
+            .iter()
+            .filter(|(_, d)| !d.reported.is_empty())
+            .map(|(id, d)| (id.to_string(), Dynamic::from_map(d.reported.clone())))
+            .collect();
+        persist::Snapshot {
+            version: persist::VERSION,
+            now: self.now,
+            seq: self.seq,
+            nodes,
+            timers,
+            awaits,
+            alarms: self.alarms.iter().cloned().collect(),
+            reported,
+        }
+    }
+
+    /// Takes over a snapshot's state (after a restart): node state and timers of nodes that
+    /// still exist, every alarm, the reported attributes over the registry's. The clock does not
+    /// move back; timers that fell due while the engine was down fire on the next
+    /// [`Executor::advance_to`].
+    pub fn restore(&mut self, snap: persist::Snapshot) -> persist::Carried {
+        let rules = self.rules.clone();
+        let at = Self::locate(&rules);
+        let mut carried = persist::Carried::default();
+        for n in snap.nodes {
+            let Some(&(ci, ni)) = at.get(&(n.chain.as_str(), n.node.as_str())) else {
+                carried.dropped_nodes += 1;
+                continue;
+            };
+            match rules.chains[ci].nodes[ni].imp.load(n.state) {
+                Some(state) => {
+                    self.states[rules.chains[ci].first_slot + ni] = Some(state);
+                    carried.nodes += 1;
+                }
+                None => carried.dropped_nodes += 1,
+            }
+        }
+        for t in snap.timers {
+            let Some(&(ci, ni)) = at.get(&(t.chain.as_str(), t.node.as_str())) else {
+                carried.dropped_timers += 1;
+                continue;
+            };
+            self.timers.push(Reverse(Timer {
+                due: t.due,
+                order: t.order,
+                seq: t.order,
+                chain: ci,
+                node: ni,
+                key: t.key.into(),
+                tag: t.tag,
+            }));
+            carried.timers += 1;
+        }
+        for a in snap.awaits {
+            if let Some(&(ci, ni)) = at.get(&(a.chain.as_str(), a.node.as_str())) {
+                self.awaits.insert(a.id.into(), (ci, ni));
+            }
+        }
+        self.alarms.restore(snap.alarms);
+        for (id, reported) in snap.reported {
+            let Some(reported) = reported.try_cast::<Map>() else {
+                continue;
+            };
+            let d = self.devices.entry(id.into()).or_default();
+            for (k, v) in &reported {
+                d.attrs.insert(k.clone(), v.clone());
+            }
+            d.reported = reported;
+        }
+        self.seq = self.seq.max(snap.seq);
+        self.now = self.now.max(snap.now);
+        carried
+    }
+
+    /// Swaps in a new rule set (a hot reload). Node state, timers and awaited replies follow
+    /// their (chain name, node id); those of nodes that are gone are dropped. A node whose
+    /// kind changed keeps nothing usable: [`Cx::state`] starts it fresh.
+    pub fn reload(&mut self, rules: Arc<RuleSet>) -> persist::Carried {
+        let old = std::mem::replace(&mut self.rules, rules.clone());
+        let at = Self::locate(&rules);
+        let mut carried = persist::Carried::default();
+        let mut states: Vec<Option<Box<dyn Any + Send>>> =
+            Self::slot_names(&rules).iter().map(|_| None).collect();
+        for (slot, (ci, ni)) in Self::slot_names(&old).into_iter().enumerate() {
+            let Some(state) = self.states[slot].take() else {
+                continue;
+            };
+            let (c, n) = (&old.chains[ci], &old.chains[ci].nodes[ni]);
+            match at.get(&(c.name.as_ref(), n.id.as_ref())) {
+                Some(&(nci, nni)) => {
+                    states[rules.chains[nci].first_slot + nni] = Some(state);
+                    carried.nodes += 1;
+                }
+                None => carried.dropped_nodes += 1,
+            }
+        }
+        self.states = states;
+        let remap = |ci: usize, ni: usize| {
+            let c = &old.chains[ci];
+            at.get(&(c.name.as_ref(), c.nodes[ni].id.as_ref())).copied()
+        };
+        let timers = std::mem::take(&mut self.timers);
+        for Reverse(mut t) in timers.into_vec() {
+            match remap(t.chain, t.node) {
+                Some((ci, ni)) => {
+                    t.chain = ci;
+                    t.node = ni;
+                    self.timers.push(Reverse(t));
+                    carried.timers += 1;
+                }
+                None => carried.dropped_timers += 1,
+            }
+        }
+        self.awaits = std::mem::take(&mut self.awaits)
+            .into_iter()
+            .filter_map(|(id, (ci, ni))| remap(ci, ni).map(|x| (id, x)))
+            .collect();
+        carried
     }
 
     /// The due time of the earliest pending timer.
@@ -440,6 +686,7 @@ impl Executor {
             timers: &mut self.timers,
             seq: &mut self.seq,
             awaits: &mut self.awaits,
+            id_prefix: &self.id_prefix,
             chain_idx: ci,
             node_idx: ni,
             out,
@@ -452,9 +699,10 @@ impl Executor {
             Some(d) => d,
             None => self.devices.entry(m.device.clone()).or_default(),
         };
-        if m.kind == Kind::Attributes {
+        if matches!(m.kind, Kind::Attributes | Kind::Status) {
             for (k, v) in &m.payload {
                 device.attrs.insert(k.clone(), v.clone());
+                device.reported.insert(k.clone(), v.clone());
             }
         }
         let device_type = device.type_.clone();

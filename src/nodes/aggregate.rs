@@ -100,11 +100,13 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     ok.then(|| Box::new(Aggregate { window, key, outs }) as Box<dyn NodeImpl>)
 }
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Acc {
     n: u64,
     sum: f64,
+    #[serde(with = "crate::engine::persist::any_f64")]
     min: f64,
+    #[serde(with = "crate::engine::persist::any_f64")]
     max: f64,
     first: Option<Dynamic>,
     last: Option<Dynamic>,
@@ -123,6 +125,7 @@ impl Default for Acc {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Window {
     start: i64,
     tag: u64,
@@ -131,12 +134,14 @@ struct Window {
     last: Packet,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
     windows: HashMap<Arc<str>, Window>,
 }
 
 impl NodeImpl for Aggregate {
+    super::persisted!(State);
+
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let key = match self.key.key(cx, &mut p) {
             Ok(k) => k,

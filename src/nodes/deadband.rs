@@ -29,12 +29,14 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     }))
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
     last: HashMap<Arc<str>, f64>,
 }
 
 impl NodeImpl for Deadband {
+    super::persisted!(State);
+
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let Some(v) = p.field(&self.field).as_ref().and_then(as_f64) else {
             return Flow::Error(

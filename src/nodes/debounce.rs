@@ -28,6 +28,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
 
 /// `last`: the pending message and when it is due. One timer per key is kept armed: when it
 /// fires early (newer messages moved `due`), it is set again for `due`.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Pending {
     latest: Packet,
     due: i64,
@@ -36,13 +37,15 @@ struct Pending {
     order: u64,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
     pending: HashMap<Arc<str>, Pending>,
     last_seen: HashMap<Arc<str>, i64>,
 }
 
 impl NodeImpl for Debounce {
+    super::persisted!(State);
+
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let key = match self.key.key(cx, &mut p) {
             Ok(k) => k,

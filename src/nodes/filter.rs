@@ -28,6 +28,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     }))
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Hold {
     /// The condition is true since a time; the latest true message waits for the timer `tag`.
     Holding { latest: Packet, tag: u64 },
@@ -35,12 +36,14 @@ enum Hold {
     Passing,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
     keys: HashMap<Arc<str>, Hold>,
 }
 
 impl NodeImpl for Filter {
+    super::persisted!(State);
+
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let ok = match self.cond.eval_bool(cx.rt, &mut p.vars) {
             Ok(v) => v,

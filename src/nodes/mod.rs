@@ -26,6 +26,19 @@ use crate::rules::model::{ExprSrc, NodeSpec};
 use crate::rules::yaml::{Pos, Sp};
 use crate::script::Expr;
 
+/// Makes a node's `State` type its persisted state (see [`NodeImpl::save`]).
+macro_rules! persisted {
+    ($t:ty) => {
+        fn save(&self, state: &(dyn std::any::Any + Send)) -> Option<serde_json::Value> {
+            crate::engine::persist::save::<$t>(state)
+        }
+        fn load(&self, state: serde_json::Value) -> Option<Box<dyn std::any::Any + Send>> {
+            crate::engine::persist::load::<$t>(state)
+        }
+    };
+}
+pub(crate) use persisted;
+
 /// Compiles the node of kind `kind`. `edge` records extra graph edges (switch targets) for the
 /// cycle and reachability checks. Returns `None` when the node has errors (already reported).
 pub fn build(

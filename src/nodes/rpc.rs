@@ -67,7 +67,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     ok.then(|| Box::new(node) as Box<dyn NodeImpl>)
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
     last_sent: HashMap<Arc<str>, i64>,
     /// Commands awaiting a reply: id → (timeout timer tag, the message that sent it).
@@ -96,6 +96,8 @@ fn fill_pattern(pattern: &str, p: &Packet) -> Result<String, String> {
 }
 
 impl NodeImpl for Rpc {
+    super::persisted!(State);
+
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let key = match self.key.key(cx, &mut p) {
             Ok(k) => k,
@@ -137,7 +139,7 @@ impl NodeImpl for Rpc {
         if self.cooldown.is_some() {
             cx.state::<State>().last_sent.insert(key, now);
         }
-        let id = cx.next_id().to_string();
+        let id = cx.rpc_id();
         cx.emit(Event::Rpc {
             device: p.device.clone(),
             topic,

@@ -36,7 +36,7 @@ pub fn new_engine() -> Engine {
 }
 
 /// What a message looks like to Rhai: three maps.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Vars {
     /// The payload (`msg`).
     pub msg: Dynamic,
