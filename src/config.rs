@@ -32,6 +32,129 @@ pub struct Config {
     /// Notification channels, by name, for `notify` nodes.
     #[serde(default)]
     pub channels: BTreeMap<String, Sp<ChannelSpec>>,
+    /// The MQTT broker to connect to. Without it, `rulechain run` starts its embedded broker.
+    #[serde(default)]
+    pub mqtt: Option<Sp<MqttSpec>>,
+    /// The embedded broker (used when `mqtt` is not given).
+    #[serde(default)]
+    pub embedded_broker: Option<EmbeddedBrokerSpec>,
+    /// How incoming messages are checked.
+    #[serde(default)]
+    pub ingest: Option<IngestSpec>,
+    /// The HTTP server (API, health).
+    #[serde(default)]
+    pub http: Option<HttpSpec>,
+    /// Where state is kept (alarms, attributes, holds, windows): default `./.rulechain`,
+    /// relative to the config file.
+    #[serde(default)]
+    pub state_dir: Option<Sp<String>>,
+    /// The engine: shards, queues, checkpoints.
+    #[serde(default)]
+    pub engine: Option<EngineSpec>,
+}
+
+/// The MQTT connection. rulechain opens two: `{client_id}-in` subscribes, `{client_id}-out`
+/// publishes commands and republished messages, so a full pipeline never blocks the client
+/// that reads.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSpec {
+    /// `mqtt://host:1883`, or `mqtts://host:8883` for TLS.
+    pub url: Sp<String>,
+    /// The client id prefix (default `rulechain`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (use `${ENV_VAR}`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS files (PEM). With `mqtts://` and no `ca`, the system roots are not used: give the
+    /// broker's CA.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+    /// Keep-alive interval (default `30s`).
+    #[serde(default)]
+    pub keep_alive: Option<Sp<String>>,
+    /// QoS of the subscriptions (0 or 1; default 1).
+    #[serde(default)]
+    pub qos: Option<Sp<u8>>,
+    /// Keep the session on the broker across reconnects and restarts (default true), so QoS 1
+    /// messages published while rulechain was down are delivered when it returns.
+    #[serde(default)]
+    pub persistent_session: Option<bool>,
+}
+
+/// TLS files for MQTT.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// The CA certificate(s) that signed the broker's certificate.
+    pub ca: Sp<String>,
+    /// A client certificate, for brokers that require one.
+    #[serde(default)]
+    pub client_cert: Option<Sp<String>>,
+    /// The client certificate's private key.
+    #[serde(default)]
+    pub client_key: Option<Sp<String>>,
+}
+
+/// The embedded broker.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBrokerSpec {
+    /// The address it listens on (default `127.0.0.1:1883`).
+    #[serde(default)]
+    pub listen: Option<Sp<String>>,
+}
+
+/// Checks on incoming messages; a message that fails one is counted by reason, logged
+/// (rate-limited) and, with `dead_letter`, republished there. It never stops the engine.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSpec {
+    /// Largest payload accepted, in bytes (default 65536).
+    #[serde(default)]
+    pub max_payload_bytes: Option<usize>,
+    /// Deepest JSON nesting accepted (default 32).
+    #[serde(default)]
+    pub max_depth: Option<usize>,
+    /// A payload `ts` further than this from the receive time is replaced by the receive time
+    /// (default `10m`).
+    #[serde(default)]
+    pub max_clock_skew: Option<Sp<String>>,
+    /// A topic to republish rejected messages to, as `{topic, reason, payload}` JSON.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// The address it listens on (default `127.0.0.1:8080`); `off` for none.
+    #[serde(default)]
+    pub listen: Option<Sp<String>>,
+}
+
+/// The engine's shape.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSpec {
+    /// Shard workers (default: the number of CPUs). Fixed for a state dir once written.
+    #[serde(default)]
+    pub shards: Option<Sp<usize>>,
+    /// Messages queued per shard before ingest waits (default 4096).
+    #[serde(default)]
+    pub queue: Option<Sp<usize>>,
+    /// How often state is written to disk (default `1s`). Alarm transitions are written at
+    /// once, whatever this says.
+    #[serde(default)]
+    pub checkpoint: Option<Sp<String>>,
+    /// How long a shutdown may take before it gives up on draining (default `10s`).
+    #[serde(default)]
+    pub shutdown_timeout: Option<Sp<String>>,
 }
 
 /// One topic pattern: literal levels and `{name}` captures. `{device}` is required; `{kind}`

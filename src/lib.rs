@@ -11,6 +11,7 @@ pub mod diag;
 pub mod engine;
 pub mod env;
 pub mod lineproto;
+pub mod live;
 pub mod nodes;
 pub mod replay;
 pub mod rules;

@@ -19,6 +19,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the engine: MQTT in, chains on every message, commands and alarms out. With no
+    /// config it runs the embedded default (a broker on 127.0.0.1:1883, `./rules`).
+    Run {
+        /// The engine config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The rules directory (default: the config's, else `./rules`).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Also run the device simulator (the motor-overload alarm fires within a minute).
+        #[arg(long)]
+        demo: bool,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: cli::run::LogFormat,
+    },
+    /// Publish simulated pump telemetry to the broker.
+    Simulate(cli::run::SimArgs),
+    /// Write live MQTT traffic as `dry-run` input lines.
+    Record {
+        /// The engine config (broker and topic patterns).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The broker (default: the config's, else 127.0.0.1:1883).
+        #[arg(long)]
+        broker: Option<String>,
+        /// The file to write (`-` for stdout).
+        #[arg(long)]
+        output: PathBuf,
+        /// Stop after this many lines.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Check config, chains, devices and test files; print every problem with its position.
     Validate {
         /// The engine config (checks notify channel names against it).
@@ -56,6 +89,19 @@ fn main() {
             format,
             paths,
         } => cli::validate::run(config, paths, format),
+        Command::Run {
+            config,
+            rules,
+            demo,
+            log_format,
+        } => cli::run::run(config, rules, demo, log_format),
+        Command::Simulate(a) => cli::run::simulate(a),
+        Command::Record {
+            config,
+            broker,
+            output,
+            count,
+        } => cli::run::record(config, broker, output, count),
         Command::DryRun(a) => cli::dry_run::run(a),
         Command::Test { config, paths } => cli::test::run(config, paths),
         Command::Schema { out } => cli::schema::run(&out),

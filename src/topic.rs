@@ -66,6 +66,31 @@ impl TopicPattern {
         })
     }
 
+    /// The MQTT subscription filters that receive every topic this pattern matches, and no
+    /// other kind's: `site/{site}/device/{device}/{kind}` → `site/+/device/+/telemetry`, … one
+    /// per message kind (so the engine never receives the commands it sends).
+    pub fn mqtt_filters(&self) -> Vec<String> {
+        let kinds: &[&str] = if self.levels.contains(&Level::Capture("kind".into())) {
+            &["telemetry", "attributes", "status", "rpc_response"]
+        } else {
+            &[""]
+        };
+        kinds
+            .iter()
+            .map(|k| {
+                self.levels
+                    .iter()
+                    .map(|l| match l {
+                        Level::Lit(s) => s.as_str(),
+                        Level::Capture(c) if c == "kind" => k,
+                        Level::Capture(_) => "+",
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .collect()
+    }
+
     /// Matches a topic.
     pub fn matches(&self, topic: &str) -> Option<Matched> {
         let mut device = None;

@@ -599,6 +599,7 @@ impl Executor {
     /// kind changed keeps nothing usable: [`Cx::state`] starts it fresh.
     pub fn reload(&mut self, rules: Arc<RuleSet>) -> persist::Carried {
         let old = std::mem::replace(&mut self.rules, rules.clone());
+        self.rt = Runtime::new(rules.engine.clone());
         let at = Self::locate(&rules);
         let mut carried = persist::Carried::default();
         let mut states: Vec<Option<Box<dyn Any + Send>>> =

@@ -230,6 +230,7 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
             diags.error(src, t.pattern.pos, format!("bad topic pattern: {e}"));
         }
     }
+    check_live_settings(src, &cfg, diags);
     let engine = crate::script::new_engine();
     for (name, ch) in &cfg.channels {
         let n = usize::from(ch.email.is_some())
@@ -255,6 +256,69 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
         }
     }
     (diags.error_count() == before).then_some(cfg)
+}
+
+/// Checks the settings only `run` uses: durations, addresses, the MQTT URL, numbers in range.
+fn check_live_settings(src: &Source, cfg: &Config, diags: &mut Diagnostics) {
+    let mut durations: Vec<&yaml::Sp<String>> = Vec::new();
+    if let Some(m) = &cfg.mqtt {
+        let url = &m.value.url;
+        match url.value.split_once("://") {
+            Some(("mqtt" | "mqtts" | "tcp" | "ssl", rest)) if !rest.is_empty() => {}
+            _ => {
+                diags
+                    .error(src, url.pos, format!("bad MQTT URL `{}`", url.value))
+                    .hint("use `mqtt://host:1883`, or `mqtts://host:8883` for TLS");
+            }
+        }
+        durations.extend(&m.value.keep_alive);
+        if let Some(q) = m.value.qos.as_ref().filter(|q| q.value > 1) {
+            diags
+                .error(src, q.pos, "the subscription qos is 0 or 1")
+                .hint("rulechain acknowledges QoS 1 after the chains ran; QoS 2 adds nothing");
+        }
+        if let Some(t) = &m.value.tls {
+            if t.client_cert.is_some() != t.client_key.is_some() {
+                diags.error(src, t.ca.pos, "`client_cert` and `client_key` go together");
+            }
+        }
+    }
+    let addrs = [
+        cfg.embedded_broker.as_ref().and_then(|b| b.listen.as_ref()),
+        cfg.http
+            .as_ref()
+            .and_then(|h| h.listen.as_ref())
+            .filter(|l| l.value != "off"),
+    ];
+    for a in addrs.into_iter().flatten() {
+        if a.value.parse::<std::net::SocketAddr>().is_err() {
+            diags
+                .error(src, a.pos, format!("`{}` is not an address", a.value))
+                .hint("give an IP and a port, e.g. `127.0.0.1:8080`");
+        }
+    }
+    if let Some(i) = &cfg.ingest {
+        durations.extend(&i.max_clock_skew);
+    }
+    if let Some(e) = &cfg.engine {
+        durations.extend(&e.checkpoint);
+        durations.extend(&e.shutdown_timeout);
+        if let Some(n) = e.shards.as_ref().filter(|n| !(1..=256).contains(&n.value)) {
+            diags.error(src, n.pos, "shards is between 1 and 256");
+        }
+        if let Some(n) = e
+            .queue
+            .as_ref()
+            .filter(|n| !(1..=1 << 20).contains(&n.value))
+        {
+            diags.error(src, n.pos, "queue is between 1 and 1048576");
+        }
+    }
+    for d in durations {
+        if let Err(e) = duration::parse(&d.value) {
+            diags.error(src, d.pos, e);
+        }
+    }
 }
 
 /// Loads a devices file into the registry form the executor uses.

@@ -1,0 +1,225 @@
+//! `rulechain run`, `simulate` and `record`: the commands that talk to a live broker.
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::watch;
+
+use crate::diag::Diagnostics;
+use crate::live::settings::{MqttConn, Settings};
+use crate::live::{self, sim};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Sets up logging: `RUST_LOG` if set, else info (the broker library's chatter at warn).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+fn settings(config: Option<&Path>, rules: Option<PathBuf>) -> Result<Settings, i32> {
+    let mut diags = Diagnostics::new();
+    let cfg = super::load_config(config, &mut diags);
+    if !diags.is_empty() {
+        eprint!("{}", diags.render_text());
+    }
+    if diags.has_errors() || (config.is_some() && cfg.is_none()) {
+        eprintln!("error: the config has errors; nothing was started");
+        return Err(super::EXIT_FINDINGS);
+    }
+    Settings::resolve(config, cfg, rules).map_err(|e| {
+        eprintln!("error: {e}");
+        super::EXIT_USAGE
+    })
+}
+
+/// `run`.
+pub fn run(config: Option<PathBuf>, rules: Option<PathBuf>, demo: bool, log: LogFormat) -> i32 {
+    init_logging(log);
+    match settings(config.as_deref(), rules) {
+        Ok(s) => live::run(s, live::RunOptions { demo }),
+        Err(code) => code,
+    }
+}
+
+/// The broker a client command talks to: `--broker`, else the config's, else the embedded
+/// default's address.
+fn client_conn(config: Option<&Path>, broker: Option<String>) -> Result<(Settings, MqttConn), i32> {
+    let s = settings(config, None)?;
+    let mut conn = s.mqtt();
+    if let Some(url) = broker {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h.to_string(), p),
+                Err(_) => {
+                    eprintln!("error: bad port in `{url}`");
+                    return Err(super::EXIT_USAGE);
+                }
+            },
+            None => (rest.to_string(), 1883),
+        };
+        conn.host = host;
+        conn.port = port;
+        conn.tls = None;
+    }
+    Ok((s, conn))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            super::EXIT_USAGE
+        })
+}
+
+/// A stop signal that turns true on Ctrl-C / SIGTERM.
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// `simulate` options.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// The engine config (its broker).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The broker, e.g. `mqtt://127.0.0.1:1883` (default: the config's, else 127.0.0.1:1883).
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// How many devices.
+    #[arg(long, default_value_t = 10)]
+    pub devices: usize,
+    /// Telemetry messages a second, over all devices.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Stop after this many telemetry messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// QoS of telemetry (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    pub qos: u8,
+    /// The `site` topic level.
+    #[arg(long, default_value = "a")]
+    pub site: String,
+    /// The scripted demo instead of random episodes.
+    #[arg(long)]
+    pub demo: bool,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `simulate`.
+pub fn simulate(a: SimArgs) -> i32 {
+    init_logging(LogFormat::Text);
+    if !(a.rate.is_finite() && a.rate > 0.0) || a.devices == 0 || a.qos > 1 {
+        eprintln!("error: --rate must be positive, --devices at least 1, --qos 0 or 1");
+        return super::EXIT_USAGE;
+    }
+    let (_, conn) = match client_conn(a.config.as_deref(), a.broker) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let opts = sim::SimOptions {
+        devices: a.devices,
+        rate: a.rate,
+        site: a.site,
+        demo: a.demo,
+        count: a.count,
+        qos: a.qos,
+        seed: a.seed,
+    };
+    rt.block_on(async move { sim::run(conn, opts, stop_on_signal()).await });
+    super::EXIT_OK
+}
+
+/// `record`.
+pub fn record(
+    config: Option<PathBuf>,
+    broker: Option<String>,
+    output: PathBuf,
+    count: Option<u64>,
+) -> i32 {
+    let (s, conn) = match client_conn(config.as_deref(), broker) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut out: Box<dyn std::io::Write> = if output.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        match std::fs::File::create(&output) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => {
+                eprintln!("error: cannot create {}: {e}", output.display());
+                return super::EXIT_USAGE;
+            }
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let r = rt.block_on(async move {
+        live::record::run(conn, s.patterns, &mut out, count, stop_on_signal()).await
+    });
+    match r {
+        Ok(r) => {
+            eprintln!(
+                "record: {} line{} written to {}, {} skipped",
+                r.written,
+                if r.written == 1 { "" } else { "s" },
+                output.display(),
+                r.skipped
+            );
+            super::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            super::EXIT_USAGE
+        }
+    }
+}

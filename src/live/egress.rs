@@ -1,0 +1,207 @@
+//! Where effects go live. RPC commands, republished messages and dead letters leave through the
+//! egress MQTT connection (its own client, so a slow publish never blocks the client that
+//! reads); alarm transitions, notifications, log and error events go to the log. The InfluxDB
+//! writer, the WebSocket hub and notification delivery plug in here (see ARCHITECTURE.md).
+//!
+//! Every queue is bounded: when the egress queue is full (the broker is away for long), new
+//! commands are dropped and counted rather than stalling the shards.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, QoS};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::shard::Reject;
+use super::{RateLimit, Stats};
+use crate::engine::effect::{Effect, Event};
+use crate::rules::model::LogLevel;
+
+/// One MQTT publish.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// QoS.
+    pub qos: u8,
+    /// Retain.
+    pub retain: bool,
+}
+
+/// The shards' handle on the outside world.
+#[derive(Clone)]
+pub struct Outbox {
+    /// The egress queue.
+    pub mqtt: mpsc::Sender<Outgoing>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// The dead-letter topic.
+    pub dead_letter: Option<Arc<str>>,
+    /// Log lines about bad input and node errors, at most a few a second.
+    pub limit: Arc<RateLimit>,
+    /// A copy of every effect, for `record` and tests (bounded; dropped when full).
+    pub tap: Option<mpsc::Sender<Effect>>,
+}
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+impl Outbox {
+    fn publish(&self, o: Outgoing) {
+        if self.mqtt.try_send(o).is_err() {
+            self.stats.egress_dropped.fetch_add(1, Relaxed);
+            if self.limit.allow() {
+                tracing::warn!(
+                    "egress queue full (is the broker reachable?): a publish was dropped"
+                );
+            }
+        }
+    }
+
+    /// Routes one effect.
+    pub fn send(&self, e: Effect) {
+        if let Some(tap) = &self.tap {
+            let _ = tap.try_send(e.clone());
+        }
+        let s = &self.stats;
+        match e.event {
+            Event::Rpc {
+                device,
+                topic,
+                id,
+                method,
+                params,
+                qos,
+            } => {
+                s.rpc_sent.fetch_add(1, Relaxed);
+                tracing::info!(chain = %e.chain, node = %e.node, %device, %topic, %id, %method, "rpc command");
+                let payload = json!({"id": id, "method": method, "params": params});
+                self.publish(Outgoing {
+                    topic,
+                    payload: payload.to_string().into_bytes(),
+                    qos,
+                    retain: false,
+                });
+            }
+            Event::Publish {
+                topic,
+                payload,
+                qos,
+                retain,
+                ..
+            } => {
+                s.published.fetch_add(1, Relaxed);
+                self.publish(Outgoing {
+                    topic,
+                    payload: serde_json::to_vec(&payload).unwrap_or_default(),
+                    qos,
+                    retain,
+                });
+            }
+            Event::Alarm {
+                device,
+                type_,
+                severity,
+                transition,
+                status,
+                message,
+                id,
+            } => {
+                s.alarm_events.fetch_add(1, Relaxed);
+                tracing::warn!(chain = %e.chain, %device, alarm = %type_, %severity, %status, %id, "ALARM {transition}: {message}");
+            }
+            Event::Notify {
+                channel,
+                device,
+                subject,
+                ..
+            } => {
+                s.notifications.fetch_add(1, Relaxed);
+                tracing::info!(chain = %e.chain, node = %e.node, %device, %channel, "notify: {subject}");
+            }
+            Event::Influx { .. } => {
+                s.influx_points.fetch_add(1, Relaxed);
+            }
+            Event::Websocket { .. } => {
+                s.websocket.fetch_add(1, Relaxed);
+            }
+            Event::Log {
+                device,
+                level,
+                message,
+            } => match level {
+                LogLevel::Error => {
+                    tracing::error!(chain = %e.chain, node = %e.node, %device, "{message}")
+                }
+                LogLevel::Warn => {
+                    tracing::warn!(chain = %e.chain, node = %e.node, %device, "{message}")
+                }
+                LogLevel::Info => {
+                    tracing::info!(chain = %e.chain, node = %e.node, %device, "{message}")
+                }
+                LogLevel::Debug => {
+                    tracing::debug!(chain = %e.chain, node = %e.node, %device, "{message}")
+                }
+                LogLevel::Trace => {
+                    tracing::trace!(chain = %e.chain, node = %e.node, %device, "{message}")
+                }
+            },
+            Event::Error { device, error } => {
+                s.node_errors.fetch_add(1, Relaxed);
+                if self.limit.allow() {
+                    tracing::warn!(chain = %e.chain, node = %e.node, %device, "node error: {error}");
+                }
+            }
+            Event::Dropped { .. } => {
+                s.dropped.fetch_add(1, Relaxed);
+            }
+            Event::Node { .. } => {}
+        }
+    }
+
+    /// Reports a rejected payload (counted by the caller) and republishes it to the dead-letter
+    /// topic, if one is configured.
+    pub fn dead_letter(&self, topic: &str, reason: Reject, payload: &[u8]) {
+        if self.limit.allow() {
+            tracing::warn!(%topic, reason = reason.as_str(), bytes = payload.len(), "payload rejected");
+        }
+        if let Some(dl) = &self.dead_letter {
+            let body = json!({
+                "topic": topic,
+                "reason": reason.as_str(),
+                "payload": String::from_utf8_lossy(payload),
+            });
+            self.publish(Outgoing {
+                topic: dl.to_string(),
+                payload: body.to_string().into_bytes(),
+                qos: 0,
+                retain: false,
+            });
+        }
+    }
+}
+
+/// Publishes the egress queue on `client` until the queue closes (shutdown) or `deadline`
+/// passes after that.
+pub async fn run(client: AsyncClient, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some(o) = rx.recv().await {
+        if let Err(e) = client
+            .publish(o.topic, qos(o.qos), o.retain, o.payload)
+            .await
+        {
+            tracing::warn!("egress publish failed: {e}");
+        }
+    }
+    // Give the event loop a moment to put the last packets on the wire.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = client.disconnect().await;
+}

@@ -1,0 +1,307 @@
+//! MQTT ingest: the connection that subscribes. Its event loop is polled by this task alone
+//! (never `.await` a client request from the task that polls: rumqttc deadlocks), topics become
+//! shard jobs by the topic patterns, and QoS 1 messages are acknowledged by a separate task once
+//! their chains ran, in receive order.
+//!
+//! Reconnects use capped exponential backoff with jitter; every ConnAck resubscribes, so a
+//! broker that lost the session (restart without persistence) still delivers.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use tokio::sync::{mpsc, watch};
+
+use super::settings::MqttConn;
+use super::shard::{shard_of, Job, ShardMsg};
+use super::{wall_ms, RateLimit, Stats};
+use crate::topic::TopicPattern;
+
+/// Largest MQTT packet the clients accept. Larger payloads break the connection (rumqttc's
+/// rule), so this is far above `ingest.max_payload_bytes`, which rejects one message only.
+pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
+
+/// Between ingest, the shards and the acknowledging task.
+pub enum AckMsg {
+    /// A QoS 1 message was handed to a shard under this sequence number.
+    Pending(u64, Publish),
+    /// Its chains ran.
+    Done(u64),
+}
+
+/// Capacity of the ack channel: MQTT packet ids are 16-bit, so a session never has more
+/// unacknowledged messages than this, and the channel never makes a shard wait for long.
+pub const ACK_CAPACITY: usize = 2 * 65_536;
+
+/// rumqttc options for one of our connections (`suffix`: `in`, `out`, `sim`, `record`).
+pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {
+    let id = format!("{}-{suffix}", conn.client_id);
+    let mut o = MqttOptions::new(id, conn.host.clone(), conn.port);
+    o.set_keep_alive(conn.keep_alive);
+    o.set_clean_session(!conn.persistent_session);
+    o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    o.set_request_channel_capacity(1024);
+    o.set_inflight(100);
+    if let Some(u) = &conn.username {
+        o.set_credentials(u.clone(), conn.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &conn.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let client_auth = match &tls.client {
+            Some((c, k)) => Some((read(c)?, read(k)?)),
+            None => None,
+        };
+        o.set_transport(Transport::tls(read(&tls.ca)?, client_auth, None));
+    }
+    Ok(o)
+}
+
+/// Subscription filters for the topic patterns (duplicates removed).
+pub fn filters(patterns: &[TopicPattern]) -> Vec<String> {
+    let mut f: Vec<String> = patterns
+        .iter()
+        .flat_map(TopicPattern::mqtt_filters)
+        .collect();
+    f.sort();
+    f.dedup();
+    f
+}
+
+/// Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s … 30 s, each ±25%.
+pub struct Backoff {
+    attempt: u32,
+    seed: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            attempt: 0,
+            seed: wall_ms() as u64 | 1,
+        }
+    }
+}
+
+impl Backoff {
+    /// The next wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = 500u64.saturating_mul(1 << self.attempt.min(6)).min(30_000);
+        self.attempt += 1;
+        // xorshift: jitter needs no cryptographic randomness.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let jitter = self.seed % (base / 2 + 1);
+        Duration::from_millis(base - base / 4 + jitter)
+    }
+
+    /// Connected: start over.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// What the ingest task needs.
+pub struct Ingest {
+    /// Topic patterns.
+    pub patterns: Vec<TopicPattern>,
+    /// Subscription QoS.
+    pub qos: u8,
+    /// Shard queues.
+    pub shards: Vec<mpsc::Sender<ShardMsg>>,
+    /// The acknowledging task's queue (QoS 1).
+    pub acks: mpsc::Sender<AckMsg>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Log limiter.
+    pub limit: Arc<RateLimit>,
+}
+
+/// Polls the ingest connection until `stop` turns true.
+pub async fn run(
+    ing: Ingest,
+    client: AsyncClient,
+    mut events: EventLoop,
+    mut stop: watch::Receiver<bool>,
+) {
+    let subs = filters(&ing.patterns);
+    let qos = if ing.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let mut backoff = Backoff::default();
+    let mut seq: u64 = 0;
+    let mut connected_once = false;
+    loop {
+        let ev = tokio::select! {
+            _ = stop.changed() => break,
+            ev = events.poll() => ev,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff.reset();
+                ing.stats.connects.fetch_add(1, Relaxed);
+                ing.stats.connected.store(true, Relaxed);
+                if connected_once {
+                    tracing::info!(session_present = ack.session_present, "MQTT reconnected");
+                } else {
+                    tracing::info!(filters = ?subs, "MQTT connected; subscribing");
+                }
+                connected_once = true;
+                for f in &subs {
+                    if let Err(e) = client.try_subscribe(f.clone(), qos) {
+                        tracing::error!("cannot subscribe to {f}: {e}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                ing.stats.received.fetch_add(1, Relaxed);
+                let received = wall_ms();
+                let needs_ack = p.qos != QoS::AtMostOnce;
+                let Some(m) = ing.patterns.iter().find_map(|pat| pat.matches(&p.topic)) else {
+                    ing.stats.no_pattern.fetch_add(1, Relaxed);
+                    if ing.limit.allow() {
+                        tracing::warn!(topic = %p.topic, "topic matches no topic pattern; ignored");
+                    }
+                    if needs_ack {
+                        seq += 1;
+                        if ing.acks.send(AckMsg::Pending(seq, p)).await.is_err()
+                            || ing.acks.send(AckMsg::Done(seq)).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    continue;
+                };
+                let ack = if needs_ack {
+                    seq += 1;
+                    if ing
+                        .acks
+                        .send(AckMsg::Pending(seq, p.clone()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    Some(seq)
+                } else {
+                    None
+                };
+                let device: Arc<str> = m.device.into();
+                let shard = shard_of(&device, ing.shards.len());
+                let job = Job {
+                    device,
+                    kind: m.kind,
+                    topic: p.topic.as_str().into(),
+                    captures: m.captures,
+                    payload: p.payload,
+                    received,
+                    ack,
+                };
+                // A full shard queue makes ingest wait: backpressure reaches the broker.
+                if ing.shards[shard].send(ShardMsg::Job(job)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ing.stats.connected.store(false, Relaxed);
+                let wait = backoff.next_delay();
+                ing.stats.connect_errors.fetch_add(1, Relaxed);
+                if ing.limit.allow() {
+                    tracing::warn!("MQTT ingest connection: {e}; retrying in {wait:?}");
+                }
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    tracing::debug!("ingest stopped");
+}
+
+/// Acknowledges QoS 1 messages in receive order, once each one's chains ran.
+pub async fn acker(client: AsyncClient, mut rx: mpsc::Receiver<AckMsg>) {
+    let mut q: VecDeque<(u64, Publish, bool)> = VecDeque::new();
+    while let Some(m) = rx.recv().await {
+        match m {
+            AckMsg::Pending(seq, p) => q.push_back((seq, p, false)),
+            AckMsg::Done(seq) => {
+                if let Some(front) = q.front().map(|f| f.0) {
+                    if let Some(e) = seq.checked_sub(front).and_then(|i| q.get_mut(i as usize)) {
+                        e.2 = true;
+                    }
+                }
+                while q.front().is_some_and(|f| f.2) {
+                    if let Some((_, p, _)) = q.pop_front() {
+                        if client.ack(&p).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The event loop of a connection whose client only sends (egress): polled until the client
+/// disconnects, reconnecting with backoff.
+pub async fn drive(
+    mut events: EventLoop,
+    stats: Arc<Stats>,
+    name: &'static str,
+    limit: Arc<RateLimit>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => backoff.reset(),
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::RequestsDone) => break,
+            Err(e) => {
+                stats.connect_errors.fetch_add(1, Relaxed);
+                let wait = backoff.next_delay();
+                if limit.allow() {
+                    tracing::warn!("MQTT {name} connection: {e}; retrying in {wait:?}");
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let mut b = Backoff::default();
+        let d: Vec<u128> = (0..10).map(|_| b.next_delay().as_millis()).collect();
+        assert!((375..=625).contains(&d[0]), "{d:?}");
+        assert!(d[9] <= 37_500 && d[9] >= 22_500, "{d:?}");
+        b.reset();
+        assert!(b.next_delay().as_millis() <= 625);
+    }
+
+    #[test]
+    fn filters_cover_the_patterns() {
+        let p = vec![
+            TopicPattern::parse("site/{site}/device/{device}/{kind}", None).unwrap(),
+            TopicPattern::parse("device/{device}/{kind}", None).unwrap(),
+            TopicPattern::parse("device/{device}/{kind}", None).unwrap(),
+        ];
+        let f = filters(&p);
+        assert_eq!(f.len(), 8, "{f:?}");
+        assert!(f.contains(&"device/+/telemetry".to_string()));
+        assert!(f.contains(&"site/+/device/+/rpc_response".to_string()));
+        assert!(!f.iter().any(|f| f.ends_with("/+")), "{f:?}");
+    }
+}

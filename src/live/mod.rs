@@ -1,0 +1,518 @@
+//! The live engine (`rulechain run`): the rule core plugged into real I/O.
+//!
+//! ```text
+//! MQTT ──ingest conn.──► ingest task ──hash(device)──► shard threads (executor, wall clock, timers)
+//!   ▲                      │ QoS 1: Pending(seq)            │ effects            │ Done(seq)
+//!   │                      ▼                                 ▼                    ▼
+//!   │                   acker task ◄──────────────────────────────────────────────┘ (acks in order)
+//!   └──egress conn.── egress task ◄── outbox (rpc, publish, dead letters; logs the rest)
+//! ```
+//!
+//! Every queue is bounded. State is checkpointed per shard to the store (see [`store`]); alarm
+//! transitions are written through before they leave the shard. Rule reloads swap a new rule set
+//! into every shard without touching the MQTT connections.
+
+pub mod broker;
+pub mod egress;
+pub mod http;
+pub mod ingest;
+pub mod record;
+pub mod reload;
+pub mod settings;
+pub mod shard;
+pub mod sim;
+pub mod store;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::diag::Diagnostics;
+use settings::{Broker, Settings};
+use shard::{Reject, ShardMsg};
+
+/// Milliseconds since the epoch, by the wall clock.
+pub fn wall_ms() -> i64 {
+    crate::cli::wall_ms()
+}
+
+/// The engine's counters (shown by `/api/status` and the periodic log line).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// MQTT messages received.
+    pub received: AtomicU64,
+    /// Messages whose chains ran.
+    pub processed: AtomicU64,
+    /// Topics that matched no pattern.
+    pub no_pattern: AtomicU64,
+    /// Rejected payloads, by reason.
+    pub rejected: [AtomicU64; 5],
+    /// Payload timestamps replaced by the receive time (skew guard).
+    pub skew_replaced: AtomicU64,
+    /// RPC commands sent.
+    pub rpc_sent: AtomicU64,
+    /// Messages republished.
+    pub published: AtomicU64,
+    /// Publishes dropped because the egress queue was full.
+    pub egress_dropped: AtomicU64,
+    /// Alarm transitions.
+    pub alarm_events: AtomicU64,
+    /// Notifications.
+    pub notifications: AtomicU64,
+    /// InfluxDB points.
+    pub influx_points: AtomicU64,
+    /// WebSocket pushes.
+    pub websocket: AtomicU64,
+    /// Node errors.
+    pub node_errors: AtomicU64,
+    /// Messages dropped by nodes (delay overflow…).
+    pub dropped: AtomicU64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Checkpoints that failed.
+    pub checkpoint_errors: AtomicU64,
+    /// MQTT ConnAcks on the ingest connection.
+    pub connects: AtomicU64,
+    /// MQTT connection errors (all connections).
+    pub connect_errors: AtomicU64,
+    /// Whether ingest is connected.
+    pub connected: AtomicBool,
+}
+
+const REJECTS: [Reject; 5] = [
+    Reject::TooLarge,
+    Reject::InvalidUtf8,
+    Reject::TooDeep,
+    Reject::NotJson,
+    Reject::NotObject,
+];
+
+impl Stats {
+    /// Counts a rejected payload.
+    pub fn reject(&self, r: Reject) {
+        if let Some(i) = REJECTS.iter().position(|x| *x == r) {
+            self.rejected[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Every counter, as JSON.
+    pub fn to_json(&self) -> Value {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        let rejected: serde_json::Map<String, Value> = REJECTS
+            .iter()
+            .zip(&self.rejected)
+            .map(|(r, n)| (r.as_str().to_string(), g(n).into()))
+            .collect();
+        json!({
+            "received": g(&self.received),
+            "processed": g(&self.processed),
+            "no_pattern": g(&self.no_pattern),
+            "rejected": rejected,
+            "skew_replaced": g(&self.skew_replaced),
+            "rpc_sent": g(&self.rpc_sent),
+            "published": g(&self.published),
+            "egress_dropped": g(&self.egress_dropped),
+            "alarm_events": g(&self.alarm_events),
+            "notifications": g(&self.notifications),
+            "influx_points": g(&self.influx_points),
+            "websocket": g(&self.websocket),
+            "node_errors": g(&self.node_errors),
+            "dropped": g(&self.dropped),
+            "checkpoints": g(&self.checkpoints),
+            "checkpoint_errors": g(&self.checkpoint_errors),
+            "mqtt_connects": g(&self.connects),
+            "mqtt_connect_errors": g(&self.connect_errors),
+            "mqtt_connected": self.connected.load(Relaxed),
+        })
+    }
+}
+
+/// At most `per_sec` log lines a second for a noisy source (bad payloads, node errors); the
+/// counters still count every one.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_sec: u64,
+    window: AtomicU64,
+    used: AtomicU64,
+}
+
+impl RateLimit {
+    /// A limiter.
+    pub fn new(per_sec: u64) -> Self {
+        RateLimit {
+            per_sec,
+            window: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more line may be logged now.
+    pub fn allow(&self) -> bool {
+        let now = (wall_ms() / 1000) as u64;
+        if self.window.swap(now, Relaxed) != now {
+            self.used.store(0, Relaxed);
+        }
+        self.used.fetch_add(1, Relaxed) < self.per_sec
+    }
+}
+
+/// `run`'s options besides the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Also run the device simulator (`--demo`).
+    pub demo: bool,
+}
+
+/// Runs the engine until SIGINT/SIGTERM. Returns the process exit code.
+pub fn run(settings: Settings, opts: RunOptions) -> i32 {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match start(settings, opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+fn start(settings: Settings, opts: RunOptions) -> Result<(), String> {
+    if !settings.rules_dir.is_dir() {
+        return Err(format!(
+            "the rules directory {} does not exist: create it, give `--rules DIR`, or set `rules:` in the config",
+            settings.rules_dir.display()
+        ));
+    }
+    if let Broker::Embedded(addr) = settings.broker {
+        broker::start(addr)?;
+        tracing::info!("embedded MQTT broker listening on {addr}");
+    }
+    let store: Arc<dyn store::StateStore> = Arc::new(store::RedbStore::open(&settings.state_dir)?);
+    // A state dir keeps the shard count it was written with: devices map to shards by hash.
+    let shards = match store.shard_count()? {
+        Some(n) if n != settings.shards => {
+            tracing::info!(
+                "the state in {} was written by {n} shards; running {n} shards (not {})",
+                settings.state_dir.display(),
+                settings.shards
+            );
+            n
+        }
+        Some(n) => n,
+        None => {
+            store.set_shard_count(settings.shards)?;
+            settings.shards
+        }
+    };
+    let mut reloader = reload::Reloader::new(
+        &settings.rules_dir,
+        settings.config_given.then(|| settings.config.clone()),
+    );
+    let (rules, report) = reloader.load();
+    for e in &report.errors {
+        tracing::error!("{e}");
+    }
+    let rules = rules.ok_or_else(|| {
+        format!(
+            "the rules in {} do not compile (see above)",
+            settings.rules_dir.display()
+        )
+    })?;
+    tracing::info!(
+        chains = ?rules.chains.iter().map(|c| c.name.to_string()).collect::<Vec<_>>(),
+        dir = %settings.rules_dir.display(),
+        "rules loaded"
+    );
+    let devices = match &settings.devices {
+        Some(p) => {
+            let mut d = Diagnostics::new();
+            let devices = crate::rules::load_devices(p, &mut d);
+            if d.has_errors() {
+                return Err(format!("the devices file has errors:\n{}", d.render_text()));
+            }
+            devices.unwrap_or_default()
+        }
+        None => Default::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rulechain-io")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(serve(
+        settings, opts, store, shards, reloader, rules, devices,
+    ))
+}
+
+async fn serve(
+    settings: Settings,
+    opts: RunOptions,
+    store: Arc<dyn store::StateStore>,
+    shards: usize,
+    reloader: reload::Reloader,
+    rules: Arc<crate::rules::compile::RuleSet>,
+    devices: std::collections::HashMap<Arc<str>, crate::engine::Device>,
+) -> Result<(), String> {
+    let stats = Arc::new(Stats::default());
+    let limit = Arc::new(RateLimit::new(5));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = match settings.http {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    let conn = settings.mqtt();
+    // Egress: its own connection, a bounded queue.
+    let (out_client, out_events) = rumqttc::AsyncClient::new(ingest::options(&conn, "out")?, 1024);
+    let (out_tx, out_rx) = mpsc::channel::<egress::Outgoing>(10_000);
+    let egress_drive = tokio::spawn(ingest::drive(
+        out_events,
+        stats.clone(),
+        "egress",
+        limit.clone(),
+    ));
+    let egress_task = tokio::spawn(egress::run(out_client, out_rx));
+    // Ingest and its acknowledgements.
+    let mut in_opts = ingest::options(&conn, "in")?;
+    in_opts.set_manual_acks(true);
+    let (in_client, in_events) = rumqttc::AsyncClient::new(in_opts, 1024);
+    let (ack_tx, ack_rx) = mpsc::channel(ingest::ACK_CAPACITY);
+    let acker = tokio::spawn(ingest::acker(in_client.clone(), ack_rx));
+    // Shards.
+    let outbox = egress::Outbox {
+        mqtt: out_tx,
+        stats: stats.clone(),
+        dead_letter: settings.dead_letter.as_deref().map(Arc::from),
+        limit: limit.clone(),
+        tap: None,
+    };
+    let limits = shard::Limits {
+        max_payload_bytes: settings.max_payload_bytes,
+        max_depth: settings.max_depth,
+        max_clock_skew_ms: settings.max_clock_skew_ms,
+    };
+    let mut shard_tx = Vec::new();
+    let mut shard_threads = Vec::new();
+    for index in 0..shards {
+        let (tx, rx) = mpsc::channel(settings.queue);
+        shard_tx.push(tx);
+        let ctx = shard::ShardCtx {
+            index,
+            store: store.clone(),
+            stats: stats.clone(),
+            outbox: outbox.clone(),
+            done: Some(ack_tx.clone()),
+            checkpoint: settings.checkpoint,
+            limits,
+        };
+        let (rules, devices) = (rules.clone(), devices.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("shard-{index}"))
+            .spawn(move || shard::run(rules, devices, rx, ctx))
+            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        shard_threads.push(t);
+    }
+    drop(outbox);
+    let ingest_task = tokio::spawn(ingest::run(
+        ingest::Ingest {
+            patterns: settings.patterns.clone(),
+            qos: conn.qos,
+            shards: shard_tx.clone(),
+            acks: ack_tx,
+            stats: stats.clone(),
+            limit: limit.clone(),
+        },
+        in_client.clone(),
+        in_events,
+        stop_rx.clone(),
+    ));
+    // Reloads: the watcher, SIGHUP and the API send requests; one task serves them in turn.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadReq>(16);
+    let status = reloader.status.clone();
+    let reloader = Arc::new(std::sync::Mutex::new(reloader));
+    let reload_task = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    _ = stop.changed() => break,
+                    r = reload_rx.recv() => match r { Some(r) => r, None => break },
+                };
+                let r = reloader.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    r.lock().unwrap_or_else(|e| e.into_inner()).load()
+                })
+                .await;
+                let Ok((rules, report)) = loaded else {
+                    tracing::error!("a reload failed unexpectedly; the rules in force stay");
+                    continue;
+                };
+                for e in &report.errors {
+                    tracing::error!("reload: {e}");
+                }
+                if let Some(rules) = rules {
+                    for tx in &shard_tx {
+                        let _ = tx
+                            .send(ShardMsg::Reload(rules.clone(), report.generation))
+                            .await;
+                    }
+                    tracing::info!(
+                        generation = report.generation,
+                        chains = rules.chains.len(),
+                        "rules reloaded"
+                    );
+                }
+                if let Some(reply) = req.reply {
+                    let _ = reply.send(report);
+                }
+            }
+        })
+    };
+    let _watcher = watch_rules(&settings.rules_dir, reload_tx.clone());
+    let http_task = listener.map(|l| {
+        tracing::info!(
+            "HTTP API on http://{}",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        tokio::spawn(http::serve(
+            l,
+            stats.clone(),
+            status,
+            reload_tx.clone(),
+            shards,
+            stop_rx.clone(),
+        ))
+    });
+    let sim_task = opts.demo.then(|| {
+        tokio::spawn(sim::run(
+            conn.clone(),
+            sim::SimOptions::demo(),
+            stop_rx.clone(),
+        ))
+    });
+    let progress = tokio::spawn(progress(stats.clone(), stop_rx.clone()));
+    wait_for_signal(reload_tx).await;
+    // Shutdown: stop reading, let the shards finish their queues and save, flush egress.
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    tracing::info!("shutting down: draining shards, saving state");
+    let _ = stop_tx.send(true);
+    let _ = ingest_task.await;
+    let _ = reload_task.await;
+    if let Some(t) = sim_task {
+        let _ = t.await;
+    }
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in shard_threads {
+            let _ = t.join();
+        }
+    });
+    if tokio::time::timeout_at(deadline, joined).await.is_err() {
+        tracing::error!(
+            "shards did not finish within the shutdown timeout; their last checkpoint stands"
+        );
+    }
+    let _ = tokio::time::timeout_at(deadline, acker).await;
+    let _ = in_client.disconnect().await;
+    let _ = tokio::time::timeout_at(deadline, egress_task).await;
+    egress_drive.abort();
+    if let Some(t) = http_task {
+        let _ = tokio::time::timeout_at(deadline, t).await;
+    }
+    progress.abort();
+    tracing::info!(counters = %stats.to_json(), "stopped");
+    Ok(())
+}
+
+/// Watches the rules directory; changes (debounced 300 ms) ask for a reload.
+fn watch_rules(
+    dir: &std::path::Path,
+    tx: mpsc::Sender<http::ReloadReq>,
+) -> Option<
+    notify_debouncer_full::Debouncer<
+        notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+> {
+    use notify::RecursiveMode;
+    let mut d = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(300),
+        None,
+        move |res: notify_debouncer_full::DebounceEventResult| {
+            if res.is_ok_and(|evs| evs.iter().any(|e| !e.kind.is_access())) {
+                // A full queue already holds a reload request: that one will see this change.
+                let _ = tx.try_send(http::ReloadReq { reply: None });
+            }
+        },
+    )
+    .map_err(|e| {
+        tracing::warn!(
+            "cannot watch the rules directory ({e}); reload with SIGHUP or POST /api/reload"
+        )
+    })
+    .ok()?;
+    if let Err(e) = d.watch(dir, RecursiveMode::Recursive) {
+        tracing::warn!(
+            "cannot watch {} ({e}); reload with SIGHUP or POST /api/reload",
+            dir.display()
+        );
+        return None;
+    }
+    Some(d)
+}
+
+/// Waits for SIGINT or SIGTERM; SIGHUP asks for a reload meanwhile.
+async fn wait_for_signal(reload: mpsc::Sender<http::ReloadReq>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the rules");
+                    let _ = reload.try_send(http::ReloadReq { reply: None });
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reload;
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A log line every 10 s while messages flow: rate, totals, alarms.
+async fn progress(stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let n = stats.processed.load(Relaxed);
+        if n != last {
+            tracing::info!(
+                processed = n,
+                per_sec = (n - last) / 10,
+                rpc_sent = stats.rpc_sent.load(Relaxed),
+                alarm_events = stats.alarm_events.load(Relaxed),
+                node_errors = stats.node_errors.load(Relaxed),
+                "flowing"
+            );
+            last = n;
+        }
+    }
+}

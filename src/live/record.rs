@@ -1,0 +1,107 @@
+//! `rulechain record --output FILE`: writes live MQTT traffic as `dry-run` input lines
+//! (`{"topic", "ts", "payload"}`, `ts` the receive time), so a behaviour seen live replays
+//! offline with `dry-run`. Subscribes to the same topics as the engine, through the same topic
+//! patterns.
+
+use std::io::Write;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tokio::sync::watch;
+
+use super::ingest::{self, Backoff};
+use super::settings::MqttConn;
+use super::shard::{self, Limits};
+use super::wall_ms;
+use crate::topic::TopicPattern;
+
+/// What `record` reports at the end.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Recorded {
+    /// Lines written.
+    pub written: u64,
+    /// Messages skipped (payload not a JSON object, topic outside the patterns).
+    pub skipped: u64,
+}
+
+/// Records until `stop` turns true or `count` lines are written.
+pub async fn run(
+    conn: MqttConn,
+    patterns: Vec<TopicPattern>,
+    out: &mut dyn Write,
+    count: Option<u64>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Recorded, String> {
+    let mut o = ingest::options(&conn, "record")?;
+    o.set_clean_session(true);
+    let (client, mut events) = AsyncClient::new(o, 64);
+    let subs = ingest::filters(&patterns);
+    let limits = Limits {
+        max_payload_bytes: ingest::MAX_PACKET_BYTES,
+        max_depth: 128,
+        max_clock_skew_ms: 0,
+    };
+    let mut r = Recorded::default();
+    let mut backoff = Backoff::default();
+    let mut last_flush = wall_ms();
+    loop {
+        let ev = tokio::select! {
+            _ = stop.changed() => break,
+            ev = events.poll() => ev,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                eprintln!("record: connected; subscribed to {}", subs.join(", "));
+                for f in &subs {
+                    let _ = client.try_subscribe(f.clone(), QoS::AtMostOnce);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Some(m) = patterns.iter().find_map(|pat| pat.matches(&p.topic)) else {
+                    r.skipped += 1;
+                    continue;
+                };
+                let payload = match shard::parse(m.kind, &p.payload, &limits) {
+                    Ok(map) => map,
+                    Err(reason) => {
+                        r.skipped += 1;
+                        eprintln!(
+                            "record: skipped a message on {} ({})",
+                            p.topic,
+                            reason.as_str()
+                        );
+                        continue;
+                    }
+                };
+                let line = serde_json::json!({
+                    "topic": p.topic,
+                    "ts": wall_ms(),
+                    "payload": rhai::Dynamic::from_map(payload),
+                });
+                writeln!(out, "{line}").map_err(|e| format!("cannot write: {e}"))?;
+                r.written += 1;
+                if wall_ms() - last_flush > 200 {
+                    out.flush().map_err(|e| format!("cannot write: {e}"))?;
+                    last_flush = wall_ms();
+                }
+                if count.is_some_and(|c| r.written >= c) {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let wait = backoff.next_delay();
+                eprintln!("record: MQTT connection: {e}; retrying in {wait:?}");
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    out.flush().map_err(|e| format!("cannot write: {e}"))?;
+    let _ = client.try_disconnect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(r)
+}

@@ -1,0 +1,262 @@
+//! Hot reload of the rules directory, per file: each chain file is checked on its own; a file
+//! with errors keeps its last good version (its diagnostics are logged and kept for the API), a
+//! good file replaces its old version, a deleted file's chains go. The rules that result are
+//! swapped in atomically on every shard; node state follows (chain, node id).
+//!
+//! Triggers: file changes (debounced), SIGHUP, and `POST /api/reload`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::diag::{Diagnostics, Source};
+use crate::rules::compile::{self, ChainDoc, CompileOptions, RuleSet};
+use crate::rules::yaml::Node;
+use crate::rules::{self, FileKind};
+
+/// What the API shows about reloads.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// The generation of the rules in force (1 = the rules loaded at start).
+    pub generation: u64,
+    /// Reloads that swapped in new rules.
+    pub reloads: u64,
+    /// Reloads that found errors (some files kept their last good version, or nothing changed).
+    pub failed: u64,
+    /// The problems of the last reload, as `path:line:col: error: …` text (empty: none).
+    pub errors: Vec<String>,
+    /// The chains in force.
+    pub chains: Vec<String>,
+    /// When rules were last swapped (ms since the epoch).
+    pub swapped_at: i64,
+}
+
+/// The result of one reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// Whether new rules were swapped in.
+    pub swapped: bool,
+    /// The generation in force after it.
+    pub generation: u64,
+    /// Its problems.
+    pub errors: Vec<String>,
+}
+
+/// The last good version of each chain file.
+pub struct Reloader {
+    dir: PathBuf,
+    config: Option<Config>,
+    good: BTreeMap<PathBuf, (Source, Node)>,
+    /// Shared with the API.
+    pub status: Arc<Mutex<ReloadStatus>>,
+}
+
+impl Reloader {
+    /// A reloader for `dir`; call [`Reloader::load`] for the first rule set.
+    pub fn new(dir: &Path, config: Option<Config>) -> Self {
+        Reloader {
+            dir: dir.to_path_buf(),
+            config,
+            good: BTreeMap::new(),
+            status: Arc::default(),
+        }
+    }
+
+    /// The rules directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the directory again. Returns the new rules when anything changed and they compile,
+    /// and the diagnostics either way.
+    pub fn load(&mut self) -> (Option<Arc<RuleSet>>, ReloadReport) {
+        let mut problems = Diagnostics::new();
+        let files = rules::yaml_files(std::slice::from_ref(&self.dir), &mut problems);
+        let mut next: BTreeMap<PathBuf, (Source, Node)> = BTreeMap::new();
+        for f in files.iter().filter(|f| !rules::is_test_file(f)) {
+            let mut d = Diagnostics::new();
+            let parsed = rules::read_yaml(f, &mut d);
+            let candidate = match parsed {
+                Some((src, root)) => match rules::classify(&root) {
+                    Some(FileKind::Chain) => {
+                        // Compile the file alone: its own errors decide its fate.
+                        let doc = ChainDoc {
+                            src: src.clone(),
+                            root: root.clone(),
+                        };
+                        let opts = CompileOptions {
+                            config: self.config.as_ref(),
+                        };
+                        compile::compile(std::slice::from_ref(&doc), &opts, &mut d);
+                        Some((src, root))
+                    }
+                    // Devices, config or other YAML in the rules dir: not chains.
+                    Some(_) => continue,
+                    None => {
+                        d.error(
+                            &src,
+                            root.pos,
+                            "not a chain file: no top-level `chain:` key",
+                        );
+                        Some((src, root))
+                    }
+                },
+                None => None,
+            };
+            if d.has_errors() {
+                problems.extend(d);
+                if let Some(old) = self.good.get(f) {
+                    tracing::warn!(file = %f.display(), "keeping the last good version of this file");
+                    next.insert(f.clone(), old.clone());
+                }
+            } else if let Some(c) = candidate {
+                problems.extend(d);
+                next.insert(f.clone(), c);
+            }
+        }
+        let unchanged = next.len() == self.good.len()
+            && next
+                .iter()
+                .zip(&self.good)
+                .all(|((a, (sa, _)), (b, (sb, _)))| a == b && sa.text == sb.text);
+        let errors = split(&problems);
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if problems.has_errors() {
+            status.failed += 1;
+        }
+        if unchanged && status.generation > 0 {
+            status.errors.clone_from(&errors);
+            return (
+                None,
+                ReloadReport {
+                    swapped: false,
+                    generation: status.generation,
+                    errors,
+                },
+            );
+        }
+        // Together: errors across files (two files naming one chain) refuse the whole swap.
+        let docs: Vec<ChainDoc> = next
+            .values()
+            .map(|(src, root)| ChainDoc {
+                src: src.clone(),
+                root: root.clone(),
+            })
+            .collect();
+        let mut d = Diagnostics::new();
+        let rs = compile::compile(
+            &docs,
+            &CompileOptions {
+                config: self.config.as_ref(),
+            },
+            &mut d,
+        );
+        if d.has_errors() {
+            let mut errors = errors;
+            errors.extend(split(&d));
+            status.failed += 1;
+            status.errors.clone_from(&errors);
+            return (
+                None,
+                ReloadReport {
+                    swapped: false,
+                    generation: status.generation,
+                    errors,
+                },
+            );
+        }
+        self.good = next;
+        status.generation += 1;
+        if status.generation > 1 {
+            status.reloads += 1;
+        }
+        status.errors.clone_from(&errors);
+        status.chains = rs.chains.iter().map(|c| c.name.to_string()).collect();
+        status.swapped_at = super::wall_ms();
+        (
+            Some(Arc::new(rs)),
+            ReloadReport {
+                swapped: true,
+                generation: status.generation,
+                errors,
+            },
+        )
+    }
+}
+
+/// Diagnostics as one text block per problem.
+fn split(d: &Diagnostics) -> Vec<String> {
+    let text = d.render_text();
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let starts = line.contains(": error: ") || line.contains(": warning: ");
+        match out.last_mut() {
+            Some(last) if !starts => {
+                last.push('\n');
+                last.push_str(line);
+            }
+            _ => out.push(line.to_string()),
+        }
+    }
+    out.retain(|s| !s.trim().is_empty());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("rulechain-reload-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const A: &str = "chain: a\nnodes:\n  - filter: msg.x > 1\n";
+    const B: &str = "chain: b\nnodes:\n  - filter: msg.y > 1\n";
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_version() {
+        let d = dir("broken");
+        std::fs::write(d.join("a.yaml"), A).unwrap();
+        std::fs::write(d.join("b.yaml"), B).unwrap();
+        let mut r = Reloader::new(&d, None);
+        let (rs, rep) = r.load();
+        assert!(rep.swapped && rep.errors.is_empty(), "{rep:?}");
+        assert_eq!(rs.unwrap().chains.len(), 2);
+        // Nothing changed: no new generation.
+        let (rs, rep) = r.load();
+        assert!(rs.is_none() && !rep.swapped && rep.generation == 1);
+        // `a` breaks, `b` changes: `b` is swapped in, `a` keeps its old version.
+        std::fs::write(d.join("a.yaml"), "chain: a\nnodes:\n  - filter: msg.x >\n").unwrap();
+        std::fs::write(d.join("b.yaml"), B.replace("1", "2")).unwrap();
+        let (rs, rep) = r.load();
+        let rs = rs.expect("b's change is swapped in");
+        assert_eq!(rep.generation, 2);
+        assert_eq!(rs.chains.len(), 2, "a still runs");
+        assert_eq!(rep.errors.len(), 1, "{rep:?}");
+        assert!(rep.errors[0].contains("a.yaml:3:"), "{rep:?}");
+        let st = r.status.lock().unwrap().clone();
+        assert_eq!((st.reloads, st.failed), (1, 1));
+        // A deleted file's chain goes.
+        std::fs::remove_file(d.join("b.yaml")).unwrap();
+        let (rs, _) = r.load();
+        assert_eq!(rs.unwrap().chains.len(), 1);
+        // Two files naming one chain: the swap is refused as a whole.
+        std::fs::write(d.join("c.yaml"), A.replace("msg.x", "msg.z")).unwrap();
+        let (rs, rep) = r.load();
+        assert!(rs.is_none(), "{rep:?}");
+        assert!(
+            rep.errors
+                .iter()
+                .any(|e| e.contains("duplicate chain name")),
+            "{rep:?}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,456 @@
+//! Shard workers: each owns the executor for the devices that hash to it (one writer per device:
+//! no locks, no duplicate alarms, per-device order), on the wall clock, in its own OS thread so
+//! that Rhai never runs on an I/O task.
+//!
+//! A worker waits for the next message, the next timer, or the next checkpoint, whichever comes
+//! first. It parses payloads itself (the CPU work scales with the shards), writes its state
+//! through to the store before it passes on an alarm transition (so an alarm never fires twice
+//! across a restart), and every `checkpoint` interval otherwise.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rhai::Map;
+use tokio::sync::mpsc;
+
+use super::egress::Outbox;
+use super::store::StateStore;
+use super::{wall_ms, Stats};
+use crate::engine::effect::{Effect, EffectSink};
+use crate::engine::{Device, Executor, Message};
+use crate::rules::compile::RuleSet;
+use crate::rules::model::Kind;
+
+/// A message for a shard.
+pub struct Job {
+    /// The device.
+    pub device: Arc<str>,
+    /// The kind.
+    pub kind: Kind,
+    /// The source topic.
+    pub topic: Arc<str>,
+    /// Topic captures.
+    pub captures: Vec<(String, String)>,
+    /// The raw payload.
+    pub payload: bytes::Bytes,
+    /// Receive time (ms).
+    pub received: i64,
+    /// The ingest sequence number to report done (QoS 1), if any.
+    pub ack: Option<u64>,
+}
+
+/// What a shard is told.
+pub enum ShardMsg {
+    /// A message.
+    Job(Job),
+    /// New rules (a reload), with their generation.
+    Reload(Arc<RuleSet>, u64),
+}
+
+/// What a shard needs besides its queue.
+pub struct ShardCtx {
+    /// Its number.
+    pub index: usize,
+    /// The store.
+    pub store: Arc<dyn StateStore>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Where effects go.
+    pub outbox: Outbox,
+    /// Where finished QoS 1 sequence numbers go.
+    pub done: Option<mpsc::Sender<super::ingest::AckMsg>>,
+    /// Checkpoint interval.
+    pub checkpoint: Duration,
+    /// Ingest limits.
+    pub limits: Limits,
+}
+
+/// Payload checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest payload in bytes.
+    pub max_payload_bytes: usize,
+    /// Deepest nesting.
+    pub max_depth: usize,
+    /// Skew guard (ms).
+    pub max_clock_skew_ms: i64,
+}
+
+/// Why a payload was rejected (the counter names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Larger than `max_payload_bytes`.
+    TooLarge,
+    /// Not UTF-8.
+    InvalidUtf8,
+    /// Deeper than `max_depth`.
+    TooDeep,
+    /// Not JSON.
+    NotJson,
+    /// JSON, but not an object.
+    NotObject,
+}
+
+impl Reject {
+    /// The counter and log name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::TooLarge => "too_large",
+            Reject::InvalidUtf8 => "invalid_utf8",
+            Reject::TooDeep => "too_deep",
+            Reject::NotJson => "not_json",
+            Reject::NotObject => "not_object",
+        }
+    }
+}
+
+/// The deepest nesting of `[`/`{` outside strings (a cheap pre-check before parsing).
+fn depth(bytes: &[u8]) -> usize {
+    let (mut d, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_str {
+            match b {
+                _ if esc => esc = false,
+                b'\\' => esc = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                d += 1;
+                max = max.max(d);
+            }
+            b']' | b'}' => d = d.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Parses a payload into `msg`. A `status` payload may be plain text (`online`, `offline`, as
+/// MQTT last wills usually are): it reads as `{"status": TEXT, "online": BOOL}`.
+pub fn parse(kind: Kind, bytes: &[u8], limits: &Limits) -> Result<Map, Reject> {
+    if bytes.len() > limits.max_payload_bytes {
+        return Err(Reject::TooLarge);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| Reject::InvalidUtf8)?;
+    if depth(bytes) > limits.max_depth {
+        return Err(Reject::TooDeep);
+    }
+    let trimmed = text.trim();
+    if kind == Kind::Status && !trimmed.starts_with('{') {
+        let word = trimmed.trim_matches('"').to_ascii_lowercase();
+        if word == "online" || word == "offline" {
+            let mut m = Map::new();
+            m.insert("online".into(), (word == "online").into());
+            m.insert("status".into(), word.into());
+            return Ok(m);
+        }
+    }
+    let mut m = crate::engine::parse_payload(bytes).map_err(|e| {
+        if e.starts_with("not JSON") {
+            Reject::NotJson
+        } else {
+            Reject::NotObject
+        }
+    })?;
+    if kind == Kind::Status && !m.contains_key("online") {
+        if let Some(s) = m.get("status").map(|s| s.to_string().to_ascii_lowercase()) {
+            if s == "online" || s == "offline" {
+                m.insert("online".into(), (s == "online").into());
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// `meta.ts`: the payload's `ts`/`timestamp` when within the skew guard of the receive time,
+/// else the receive time (counted).
+fn message_ts(payload: &Map, received: i64, limits: &Limits, stats: &Stats) -> i64 {
+    match crate::replay::payload_ts(payload) {
+        Some(ts) if ts.abs_diff(received) <= limits.max_clock_skew_ms.unsigned_abs() => ts,
+        Some(_) => {
+            stats.skew_replaced.fetch_add(1, Relaxed);
+            received
+        }
+        None => received,
+    }
+}
+
+/// Collects a step's effects, so that state is on disk before an alarm transition leaves.
+#[derive(Default)]
+struct Buffer(Vec<Effect>);
+
+impl EffectSink for Buffer {
+    fn emit(&mut self, effect: Effect) {
+        self.0.push(effect);
+    }
+}
+
+/// Restores a shard's executor from the store; problems are logged and the shard starts empty.
+fn restore(exec: &mut Executor, ctx: &ShardCtx) {
+    let bytes = match ctx.store.load(ctx.index) {
+        Ok(Some(b)) => b,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(
+                shard = ctx.index,
+                "cannot read saved state: {e}; starting empty"
+            );
+            return;
+        }
+    };
+    match serde_json::from_slice::<crate::engine::persist::Snapshot>(&bytes) {
+        Ok(s) if s.version == crate::engine::persist::VERSION => {
+            let alarms = s.alarms.iter().filter(|a| a.status.is_active()).count();
+            let c = exec.restore(s);
+            tracing::info!(
+                shard = ctx.index,
+                active_alarms = alarms,
+                node_states = c.nodes,
+                timers = c.timers,
+                dropped = c.dropped_nodes + c.dropped_timers,
+                "state restored"
+            );
+        }
+        Ok(s) => tracing::warn!(
+            shard = ctx.index,
+            "saved state has format {} (this build reads {}); starting empty",
+            s.version,
+            crate::engine::persist::VERSION
+        ),
+        Err(e) => tracing::error!(
+            shard = ctx.index,
+            "saved state is unreadable ({e}); starting empty"
+        ),
+    }
+}
+
+fn checkpoint(exec: &Executor, ctx: &ShardCtx) {
+    let started = Instant::now();
+    let bytes = match serde_json::to_vec(&exec.snapshot()) {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.stats.checkpoint_errors.fetch_add(1, Relaxed);
+            tracing::error!(shard = ctx.index, "cannot serialize state: {e}");
+            return;
+        }
+    };
+    match ctx.store.save(ctx.index, &bytes) {
+        Ok(()) => {
+            ctx.stats.checkpoints.fetch_add(1, Relaxed);
+            tracing::trace!(shard = ctx.index, bytes = bytes.len(), took = ?started.elapsed(), "checkpoint");
+        }
+        Err(e) => {
+            ctx.stats.checkpoint_errors.fetch_add(1, Relaxed);
+            tracing::error!(shard = ctx.index, "cannot write state: {e}");
+        }
+    }
+}
+
+/// Runs a shard until its queue closes (shutdown), then drains, checkpoints and returns.
+pub fn run(
+    rules: Arc<RuleSet>,
+    devices: HashMap<Arc<str>, Device>,
+    mut rx: mpsc::Receiver<ShardMsg>,
+    ctx: ShardCtx,
+) {
+    let mut exec = Executor::new(rules, devices, wall_ms());
+    // RPC ids unique across shards and restarts: start time (base 36) and shard.
+    exec.set_id_prefix(format!("{}-{}-", radix36(wall_ms() as u64), ctx.index));
+    restore(&mut exec, &ctx);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(shard = ctx.index, "cannot start the shard runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async {
+        let mut buf = Buffer::default();
+        let mut done: Vec<u64> = Vec::new();
+        let mut dirty = false;
+        let mut alarm_changes = exec.alarms().changes();
+        let mut next_checkpoint = tokio::time::Instant::now() + ctx.checkpoint;
+        loop {
+            let timer = exec.next_due().map(|due| {
+                let wait = due.saturating_sub(wall_ms()).clamp(0, 86_400_000) as u64;
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            let wake = timer.map_or(next_checkpoint, |t| t.min(next_checkpoint));
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake) => None,
+            };
+            exec.advance_to(wall_ms(), &mut buf);
+            // Take what is queued now too (up to a batch), so one checkpoint check and one
+            // flush of acks serve many messages.
+            let mut next = first;
+            let mut n = 0;
+            while let Some(m) = next.take() {
+                match m {
+                    ShardMsg::Job(job) => {
+                        handle(&mut exec, job, &ctx, &mut buf, &mut done);
+                        dirty = true;
+                    }
+                    ShardMsg::Reload(rules, generation) => {
+                        let c = exec.reload(rules);
+                        dirty = true;
+                        tracing::debug!(
+                            shard = ctx.index,
+                            generation,
+                            kept = c.nodes,
+                            dropped = c.dropped_nodes,
+                            "rules swapped"
+                        );
+                    }
+                }
+                n += 1;
+                if n < 256 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            dirty |= !buf.0.is_empty();
+            if exec.alarms().changes() != alarm_changes {
+                // Alarm transitions reach the world only once they are on disk.
+                checkpoint(&exec, &ctx);
+                alarm_changes = exec.alarms().changes();
+                dirty = false;
+                next_checkpoint = tokio::time::Instant::now() + ctx.checkpoint;
+            } else if tokio::time::Instant::now() >= next_checkpoint {
+                if dirty {
+                    checkpoint(&exec, &ctx);
+                    dirty = false;
+                }
+                next_checkpoint = tokio::time::Instant::now() + ctx.checkpoint;
+            }
+            for e in buf.0.drain(..) {
+                ctx.outbox.send(e);
+            }
+            if let Some(tx) = &ctx.done {
+                for seq in done.drain(..) {
+                    // Bounded: the acker drains it; waiting here is backpressure.
+                    if tx.send(super::ingest::AckMsg::Done(seq)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // The queue closed: shutdown. Everything queued has been handled; save.
+        exec.advance_to(wall_ms(), &mut buf);
+        for e in buf.0.drain(..) {
+            ctx.outbox.send(e);
+        }
+        checkpoint(&exec, &ctx);
+        let active = exec
+            .alarms()
+            .iter()
+            .filter(|a| a.status.is_active())
+            .count();
+        tracing::debug!(shard = ctx.index, active_alarms = active, "shard stopped");
+    });
+}
+
+fn handle(exec: &mut Executor, job: Job, ctx: &ShardCtx, buf: &mut Buffer, done: &mut Vec<u64>) {
+    let stats = &ctx.stats;
+    match parse(job.kind, &job.payload, &ctx.limits) {
+        Ok(payload) => {
+            let ts = message_ts(&payload, job.received, &ctx.limits, stats);
+            exec.process(
+                Message {
+                    device: job.device,
+                    kind: job.kind,
+                    topic: Some(job.topic),
+                    ts,
+                    captures: job.captures,
+                    payload,
+                },
+                buf,
+            );
+            stats.processed.fetch_add(1, Relaxed);
+        }
+        Err(r) => {
+            stats.reject(r);
+            ctx.outbox.dead_letter(&job.topic, r, &job.payload);
+        }
+    }
+    if let Some(seq) = job.ack {
+        done.push(seq);
+    }
+}
+
+fn radix36(mut n: u64) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(digits[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A device's shard (FNV-1a: stable across runs and builds, unlike the std hasher).
+pub fn shard_of(device: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        max_payload_bytes: 64,
+        max_depth: 3,
+        max_clock_skew_ms: 1000,
+    };
+
+    #[test]
+    fn bad_payloads_are_rejected_by_reason() {
+        let t = Kind::Telemetry;
+        assert!(parse(t, br#"{"a": 1}"#, &L).is_ok());
+        assert_eq!(parse(t, &[b'1'; 65], &L).err(), Some(Reject::TooLarge));
+        assert_eq!(parse(t, b"\xff\xfe", &L).err(), Some(Reject::InvalidUtf8));
+        assert_eq!(parse(t, br#"{"a":[[[[1]]]]}"#, &L).err(), Some(Reject::TooDeep));
+        assert_eq!(parse(t, br#"{"a":"[[[[[["}"#, &L).map(|m| m.len()), Ok(1));
+        assert_eq!(parse(t, b"hello", &L).err(), Some(Reject::NotJson));
+        assert_eq!(parse(t, b"[1]", &L).err(), Some(Reject::NotObject));
+        assert_eq!(parse(t, b"online", &L).err(), Some(Reject::NotJson));
+    }
+
+    #[test]
+    fn status_payloads_may_be_words() {
+        let m = parse(Kind::Status, b"offline", &L).unwrap();
+        assert_eq!(m["status"].to_string(), "offline");
+        assert_eq!(m["online"].as_bool(), Ok(false));
+        let m = parse(Kind::Status, br#"{"status": "online"}"#, &L).unwrap();
+        assert_eq!(m["online"].as_bool(), Ok(true));
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        assert_eq!(shard_of("pump-3", 4), shard_of("pump-3", 4));
+        let used: std::collections::HashSet<usize> =
+            (0..100).map(|i| shard_of(&format!("d{i}"), 4)).collect();
+        assert_eq!(used.len(), 4);
+    }
+}
