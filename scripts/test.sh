@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it (`.ci/run` calls exactly this). It installs and starts the
-# services the tests need; today the rule core needs none (the live engine's tests will add
-# Mosquitto, VictoriaMetrics and an SMTP sink here, started on 127.0.0.1 and stopped by pid).
+# The whole test suite, as CI runs it (`.ci/run` calls exactly this). It installs the services
+# the tests need (scripts/services.sh: Mosquitto from Debian); the tests start their own
+# instances on free 127.0.0.1 ports and stop them by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "test services"
+scripts/services.sh
 
 step "formatting"
 cargo fmt --all -- --check

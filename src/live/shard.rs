@@ -430,7 +430,10 @@ mod tests {
         assert!(parse(t, br#"{"a": 1}"#, &L).is_ok());
         assert_eq!(parse(t, &[b'1'; 65], &L).err(), Some(Reject::TooLarge));
         assert_eq!(parse(t, b"\xff\xfe", &L).err(), Some(Reject::InvalidUtf8));
-        assert_eq!(parse(t, br#"{"a":[[[[1]]]]}"#, &L).err(), Some(Reject::TooDeep));
+        assert_eq!(
+            parse(t, br#"{"a":[[[[1]]]]}"#, &L).err(),
+            Some(Reject::TooDeep)
+        );
         assert_eq!(parse(t, br#"{"a":"[[[[[["}"#, &L).map(|m| m.len()), Ok(1));
         assert_eq!(parse(t, b"hello", &L).err(), Some(Reject::NotJson));
         assert_eq!(parse(t, b"[1]", &L).err(), Some(Reject::NotObject));

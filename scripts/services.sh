@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the services the tests talk to, from Debian's packages: Mosquitto (the live engine's
+# tests start their own brokers from it, on free loopback ports, and stop them by pid).
+# Packages are installed without starting their daemons: a policy-rc.d that refuses is put in
+# place for the install when the machine has none, so nothing ends up listening on 1883.
+set -euo pipefail
+
+need=()
+[ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  placed=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    placed=yes
+  fi
+  echo "installing ${need[*]} (apt-get)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  [ -z "$placed" ] || $sudo rm -f /usr/sbin/policy-rc.d
+fi
+(/usr/sbin/mosquitto -h || true) | head -n 1

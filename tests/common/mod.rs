@@ -1,0 +1,346 @@
+//! Real parts for the live tests: a Mosquitto broker of the test's own (started from the
+//! Debian package that `scripts/test.sh` installs, on a free loopback port, stopped by pid), the
+//! real `rulechain` binary, an MQTT client, and a minimal HTTP GET/POST.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh directory for one test.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rulechain-live-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn wait_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port} within 10 s");
+}
+
+fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("mosquitto is not installed: run scripts/test.sh, which installs it (apt-get install mosquitto)");
+}
+
+/// A Mosquitto of the test's own, with persistence (sessions and queued QoS 1 messages
+/// survive its restart).
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        // Started as root, mosquitto drops to its own user: its data dir must be writable.
+        let data = dir.join("mosquitto-data");
+        std::fs::create_dir_all(&data).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 0\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        wait_port(self.port, "mosquitto");
+    }
+
+    /// Stops it with SIGTERM (it saves its sessions) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn signal(c: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(c.id().to_string())
+        .status();
+}
+
+/// The real `rulechain` binary, running `run` in a directory.
+pub struct Engine {
+    pub dir: PathBuf,
+    pub http: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Engine {
+    /// Starts `rulechain run --config rulechain.yaml` in `dir` and waits until it is connected.
+    pub fn start(dir: &Path, http: u16) -> Engine {
+        let mut e = Engine {
+            dir: dir.to_path_buf(),
+            http,
+            child: None,
+            args: vec!["run".into(), "--config".into(), "rulechain.yaml".into()],
+        };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("engine.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start rulechain");
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if let Some((200, _)) = http(self.http, "GET", "/healthz") {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("rulechain exited ({status}) at start:\n{}", self.log());
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "rulechain did not become healthy within 15 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("engine.log")).unwrap_or_default()
+    }
+
+    /// `kill -9`: no shutdown, no last checkpoint.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        signal(&c, "TERM");
+        c.wait().ok()
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// `/api/status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http(self.http, "GET", "/api/status").expect("status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request on loopback: (status, body).
+pub fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// An MQTT test client that collects what its subscriptions receive.
+pub struct Mqtt {
+    pub client: AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+}
+
+impl Mqtt {
+    /// Connects and subscribes (again on every reconnect); returns once subscribed.
+    pub async fn connect(port: u16, id: &str, clean: bool, subs: &[&str]) -> Mqtt {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_clean_session(clean);
+        o.set_inflight(100);
+        let (client, mut events) = AsyncClient::new(o, 10_000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1);
+        let subs: Vec<String> = subs.iter().map(|s| s.to_string()).collect();
+        let c = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if subs.is_empty() {
+                            let _ = ready_tx.try_send(());
+                        }
+                        for s in &subs {
+                            let _ = c.try_subscribe(s.clone(), QoS::AtLeastOnce);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.try_send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .expect("the test client could not connect and subscribe");
+        Mqtt { client, rx }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    /// The next message whose topic and JSON payload satisfy `pred`, within `within`.
+    pub async fn expect(
+        &mut self,
+        within: Duration,
+        mut pred: impl FnMut(&str, &serde_json::Value) -> bool,
+    ) -> Option<(String, serde_json::Value)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (t, p) = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .ok()??;
+            let v: serde_json::Value = serde_json::from_slice(&p).unwrap_or_default();
+            if pred(&t, &v) {
+                return Some((t, v));
+            }
+        }
+    }
+
+    /// Everything received within `within`.
+    pub async fn drain(&mut self, within: Duration) -> Vec<(String, serde_json::Value)> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        while let Ok(Some((t, p))) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            out.push((t, serde_json::from_slice(&p).unwrap_or_default()));
+        }
+        out
+    }
+}
+
+/// Writes the files of an engine directory: config, devices, one chain file per entry.
+pub fn engine_dir(dir: &Path, mqtt: &str, http: u16, chains: &[(&str, &str)], devices: &str) {
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rulechain.yaml"),
+        format!(
+            "{mqtt}\nhttp: {{listen: 127.0.0.1:{http}}}\nstate_dir: state\nrules: rules\ndevices: devices.yaml\n\
+             engine: {{shards: 2, checkpoint: 100ms}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("devices.yaml"), devices).unwrap();
+    for (name, text) in chains {
+        std::fs::write(dir.join("rules").join(name), text).unwrap();
+    }
+}

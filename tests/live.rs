@@ -1,0 +1,425 @@
+//! The live engine against real parts: the `rulechain` binary, a Mosquitto broker of the test's
+//! own (installed by `scripts/test.sh`) or the embedded broker, and MQTT clients. Each test
+//! builds an engine directory (config, devices, chains) and watches what comes out on MQTT.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{engine_dir, free_port, tempdir, Engine, Mosquitto, Mqtt};
+use serde_json::json;
+
+const DEVICES: &str =
+    "devices:\n  - id: pump-3\n    type: pump\n    attributes: { rated_current: 10.0 }\n";
+
+const OVERLOAD: &str = r#"
+chain: overload
+on: { kind: telemetry }
+nodes:
+  - id: hot
+    filter: msg.current > attr.rated_current * 1.2
+    for: 1s
+  - id: shed
+    rpc: { method: setLoad, params: { percent: 80 }, await: 5s }
+    on_error: timeout
+  - id: replied
+    publish: { topic: "out/${meta.device}/replied", qos: 1 }
+    next: []
+  - id: timeout
+    publish: { topic: "out/${meta.device}/timeout", qos: 1 }
+"#;
+
+fn mqtt_cfg(port: u16, id: &str) -> String {
+    format!("mqtt: {{url: mqtt://127.0.0.1:{port}, client_id: {id}}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_in_rpc_out_and_the_reply_is_matched_by_id() {
+    let dir = tempdir("rpc");
+    let broker = Mosquitto::start(&dir);
+    let http = free_port();
+    engine_dir(
+        &dir,
+        &mqtt_cfg(broker.port, "rc-rpc"),
+        http,
+        &[("overload.yaml", OVERLOAD)],
+        DEVICES,
+    );
+    let _engine = Engine::start(&dir, http);
+    let mut dev = Mqtt::connect(
+        broker.port,
+        "pump-3-sim",
+        true,
+        &["site/a/device/pump-3/command", "out/#"],
+    )
+    .await;
+    // 13 A on a 10 A pump, held for more than 1 s.
+    for _ in 0..4 {
+        dev.publish("site/a/device/pump-3/telemetry", r#"{"current": 13.0}"#)
+            .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let (topic, cmd) = dev
+        .expect(Duration::from_secs(10), |t, _| t.ends_with("/command"))
+        .await
+        .expect("no RPC command arrived on the device's command topic");
+    assert_eq!(topic, "site/a/device/pump-3/command");
+    assert_eq!(cmd["method"], "setLoad");
+    assert_eq!(cmd["params"], json!({"percent": 80}));
+    let id = cmd["id"]
+        .as_str()
+        .expect("the command has a string id")
+        .to_string();
+    // A reply with another id is not ours; the one with the command's id resumes the message.
+    dev.publish(
+        "site/a/device/pump-3/rpc_response",
+        json!({"id": "someone-else", "result": "x"}).to_string(),
+    )
+    .await;
+    dev.publish(
+        "site/a/device/pump-3/rpc_response",
+        json!({"id": id, "result": "ok"}).to_string(),
+    )
+    .await;
+    let (topic, reply) = dev
+        .expect(Duration::from_secs(10), |t, _| t.starts_with("out/"))
+        .await
+        .expect("the awaited reply did not pass on");
+    assert_eq!(topic, "out/pump-3/replied");
+    assert_eq!(reply["id"], json!(id));
+    assert_eq!(reply["result"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_command_times_out_to_on_error() {
+    let dir = tempdir("rpc-timeout");
+    let broker = Mosquitto::start(&dir);
+    let http = free_port();
+    engine_dir(
+        &dir,
+        &mqtt_cfg(broker.port, "rc-rpct"),
+        http,
+        &[("overload.yaml", &OVERLOAD.replace("await: 5s", "await: 1s"))],
+        DEVICES,
+    );
+    let _engine = Engine::start(&dir, http);
+    let mut dev = Mqtt::connect(broker.port, "pump-3-mute", true, &["out/#"]).await;
+    for _ in 0..4 {
+        dev.publish("site/a/device/pump-3/telemetry", r#"{"current": 13.0}"#)
+            .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let (topic, _) = dev
+        .expect(Duration::from_secs(10), |_, _| true)
+        .await
+        .expect("the timeout did not go to on_error");
+    assert_eq!(topic, "out/pump-3/timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attributes_update_flips_a_filter_decision() {
+    let dir = tempdir("attrs");
+    let broker = Mosquitto::start(&dir);
+    let http = free_port();
+    let chain = r#"
+chain: limit
+on: { kind: telemetry }
+nodes:
+  - filter: msg.v > (attr.limit ?? 100)
+  - publish: { topic: "out/${meta.device}", qos: 1 }
+"#;
+    engine_dir(
+        &dir,
+        &mqtt_cfg(broker.port, "rc-attrs"),
+        http,
+        &[("limit.yaml", chain)],
+        "devices: []\n",
+    );
+    let _engine = Engine::start(&dir, http);
+    let mut c = Mqtt::connect(broker.port, "attrs-test", true, &["out/#"]).await;
+    c.publish("device/d1/attributes", r#"{"limit": 10}"#).await;
+    c.publish("device/d1/telemetry", r#"{"v": 5, "n": 1}"#)
+        .await;
+    assert!(
+        c.drain(Duration::from_millis(800)).await.is_empty(),
+        "5 is under the limit 10: nothing passes"
+    );
+    c.publish("device/d1/attributes", r#"{"limit": 1}"#).await;
+    c.publish("device/d1/telemetry", r#"{"v": 5, "n": 2}"#)
+        .await;
+    let (_, v) = c
+        .expect(Duration::from_secs(5), |_, _| true)
+        .await
+        .expect("after the update to limit 1, v=5 passes");
+    assert_eq!(v["n"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_edit_applies_within_2s_and_a_broken_file_keeps_the_old_rules() {
+    let dir = tempdir("reload");
+    let broker = Mosquitto::start(&dir);
+    let http = free_port();
+    let chain = |limit: &str| {
+        format!("chain: gate\non: {{ kind: telemetry }}\nnodes:\n  - filter: msg.v > {limit}\n  - publish: {{ topic: \"out/gate\", qos: 1 }}\n")
+    };
+    engine_dir(
+        &dir,
+        &mqtt_cfg(broker.port, "rc-reload"),
+        http,
+        &[("gate.yaml", &chain("10"))],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http);
+    let mut c = Mqtt::connect(broker.port, "reload-test", true, &["out/#"]).await;
+    c.publish("device/d1/telemetry", r#"{"v": 5}"#).await;
+    assert!(c.drain(Duration::from_millis(600)).await.is_empty());
+    assert_eq!(engine.status()["rules"]["generation"], 1);
+    // The edit: from `> 10` to `> 1`.
+    let edited = Instant::now();
+    std::fs::write(dir.join("rules/gate.yaml"), chain("1")).unwrap();
+    loop {
+        if engine.status()["rules"]["generation"] == 2 {
+            break;
+        }
+        assert!(
+            edited.elapsed() < Duration::from_secs(2),
+            "the edit was not applied within 2 s:\n{}",
+            engine.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    c.publish("device/d1/telemetry", r#"{"v": 5, "n": 1}"#)
+        .await;
+    let (_, v) = c
+        .expect(Duration::from_secs(5), |_, _| true)
+        .await
+        .expect("the edited rule lets v=5 pass");
+    assert_eq!(v["n"], 1);
+    // A broken edit: the last good version keeps running, the errors are queryable.
+    std::fs::write(dir.join("rules/gate.yaml"), chain("(1")).unwrap();
+    let broken = Instant::now();
+    loop {
+        let st = engine.status();
+        if st["rules"]["failed"].as_u64() >= Some(1) {
+            let errors = st["rules"]["errors"].as_array().unwrap().clone();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.as_str().unwrap().contains("gate.yaml:4:")),
+                "{errors:?}"
+            );
+            assert_eq!(
+                st["rules"]["generation"], 2,
+                "a broken file swaps nothing in"
+            );
+            break;
+        }
+        assert!(
+            broken.elapsed() < Duration::from_secs(5),
+            "{}",
+            engine.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    c.publish("device/d1/telemetry", r#"{"v": 5, "n": 2}"#)
+        .await;
+    let (_, v) = c
+        .expect(Duration::from_secs(5), |_, _| true)
+        .await
+        .expect("the old rules still run");
+    assert_eq!(v["n"], 2);
+    // POST /api/reload reports the same problem.
+    let (code, body) = common::http(http, "POST", "/api/reload").unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("gate.yaml"), "{body}");
+}
+
+const HOLD_ALARM: &str = r#"
+chain: hot
+on: { kind: telemetry }
+nodes:
+  - id: hot
+    filter: msg.v > 10
+    for: 3s
+    else: cool
+  - id: raise
+    alarm: { type: Hot, severity: MAJOR }
+  - id: tell
+    publish: { topic: "out/alarm", qos: 1 }
+    next: []
+  - id: cool
+    alarm: { type: Hot, action: clear }
+  - id: tell-clear
+    publish: { topic: "out/alarm", qos: 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_keep_holds_and_alarms_on_the_embedded_broker() {
+    let dir = tempdir("kill9");
+    let port = free_port();
+    let http = free_port();
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{port}}}"),
+        http,
+        &[("hot.yaml", HOLD_ALARM)],
+        "devices: []\n",
+    );
+    let mut engine = Engine::start(&dir, http);
+    let c = Mqtt::connect(port, "kill9-test", true, &["out/#"]).await;
+    let t0 = rulechain::cli::wall_ms();
+    c.publish(
+        "device/d1/telemetry",
+        json!({"v": 20, "ts": t0}).to_string(),
+    )
+    .await;
+    // The hold is running; wait for a checkpoint (100 ms), then kill -9.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    engine.kill9();
+    drop(c);
+    engine.restart();
+    let restarted = rulechain::cli::wall_ms();
+    let mut c = Mqtt::connect(port, "kill9-test", true, &["out/#"]).await;
+    let (_, v) = c
+        .expect(Duration::from_secs(10), |_, _| true)
+        .await
+        .expect("the hold that began before the kill raised its alarm");
+    assert_eq!(v["alarm"]["transition"], "created");
+    let start = v["alarm"]["start_ts"].as_i64().unwrap();
+    assert!(
+        start >= t0 + 3000 && start < restarted + 3000,
+        "the hold kept its start (t0 {t0}, restart {restarted}, alarm at {start})"
+    );
+    // The alarm is on disk before it left: a second kill -9 and more hot readings raise nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    engine.kill9();
+    drop(c);
+    engine.restart();
+    let mut c = Mqtt::connect(port, "kill9-test", true, &["out/#"]).await;
+    c.publish("device/d1/telemetry", r#"{"v": 20}"#).await;
+    c.publish("device/d1/telemetry", r#"{"v": 21}"#).await;
+    assert!(
+        c.drain(Duration::from_millis(4000)).await.is_empty(),
+        "the active alarm fired again after a restart"
+    );
+    // And it clears once.
+    c.publish("device/d1/telemetry", r#"{"v": 1}"#).await;
+    c.publish("device/d1/telemetry", r#"{"v": 2}"#).await;
+    let got = c.drain(Duration::from_millis(1500)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1["alarm"]["transition"], "cleared");
+    // A graceful stop exits 0.
+    let status = engine.stop().unwrap();
+    assert!(status.success(), "{status}\n{}", engine.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_no_qos1_message() {
+    let dir = tempdir("broker-restart");
+    let mut broker = Mosquitto::start(&dir);
+    let http = free_port();
+    let chain = "chain: echo\non: { kind: telemetry }\nnodes:\n  - publish: { topic: \"out/seen\", qos: 1 }\n";
+    engine_dir(
+        &dir,
+        &mqtt_cfg(broker.port, "rc-restart"),
+        http,
+        &[("echo.yaml", chain)],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http);
+    // Persistent sessions on both test clients: QoS 1 survives their reconnects too.
+    let mut sub = Mqtt::connect(broker.port, "restart-sub", false, &["out/seen"]).await;
+    let publ = Mqtt::connect(broker.port, "restart-pub", false, &[]).await;
+    const N: u64 = 600;
+    let port = broker.port;
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            let d = format!("device/d{}/telemetry", i % 7);
+            publ.publish(&d, json!({"seq": i}).to_string()).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        publ
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    broker.restart();
+    assert_eq!(broker.port, port);
+    let _publ = publisher.await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (seen.len() as u64) < N && Instant::now() < deadline {
+        if let Some((_, v)) = sub.expect(Duration::from_secs(2), |_, _| true).await {
+            if let Some(s) = v["seq"].as_u64() {
+                seen.insert(s);
+            }
+        }
+    }
+    let missing: Vec<u64> = (0..N).filter(|i| !seen.contains(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {N} lost across the broker restart: {:?}…\n{}",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        engine.log()
+    );
+    assert!(engine.status()["counters"]["mqtt_connects"].as_u64() >= Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_are_counted_by_reason_and_dead_lettered() {
+    let dir = tempdir("bad");
+    let broker = Mosquitto::start(&dir);
+    let http = free_port();
+    let chain = "chain: echo\non: { kind: telemetry }\nnodes:\n  - publish: { topic: \"out/ok\", qos: 1 }\n";
+    engine_dir(
+        &dir,
+        &format!(
+            "{}\ningest: {{max_payload_bytes: 100, max_depth: 4, dead_letter: dlq}}",
+            mqtt_cfg(broker.port, "rc-bad")
+        ),
+        http,
+        &[("echo.yaml", chain)],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http);
+    let mut c = Mqtt::connect(broker.port, "bad-test", true, &["out/#", "dlq"]).await;
+    let t = "device/d1/telemetry";
+    c.publish(t, "not json").await;
+    c.publish(t, "[1, 2]").await;
+    c.publish(t, vec![0xff, 0xfe, 0x7b]).await;
+    c.publish(t, format!("{{\"x\": \"{}\"}}", "a".repeat(200)))
+        .await;
+    c.publish(t, r#"{"a":[[[[[1]]]]]}"#).await;
+    c.publish(t, r#"{"good": true}"#).await;
+    let got = c.drain(Duration::from_secs(2)).await;
+    let ok: Vec<_> = got.iter().filter(|(t, _)| t == "out/ok").collect();
+    assert_eq!(
+        ok.len(),
+        1,
+        "the good message after five bad ones ran: {got:?}"
+    );
+    let dlq: Vec<&str> = got
+        .iter()
+        .filter(|(t, _)| t == "dlq")
+        .map(|(_, v)| v["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        dlq,
+        [
+            "not_json",
+            "not_object",
+            "invalid_utf8",
+            "too_large",
+            "too_deep"
+        ]
+    );
+    let r = &engine.status()["counters"]["rejected"];
+    for k in [
+        "not_json",
+        "not_object",
+        "invalid_utf8",
+        "too_large",
+        "too_deep",
+    ] {
+        assert_eq!(r[k], 1, "{k}: {r}");
+    }
+}
