@@ -505,3 +505,63 @@ async fn simulate_feeds_the_engine_and_record_writes_replayable_lines() {
     assert_eq!(last["messages"], 30);
     assert!(last["influx_points"].as_u64() >= Some(1), "{last}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_restarts_mid_stream_graceful_or_kill_9_lose_no_qos1_message() {
+    let dir = tempdir("engine-restart");
+    let broker = Mosquitto::start(&dir);
+    let http = free_port();
+    let chain = "chain: echo\non: { kind: telemetry }\nnodes:\n  - publish: { topic: \"out/seen\", qos: 1 }\n";
+    engine_dir(
+        &dir,
+        &mqtt_cfg(broker.port, "rc-erestart"),
+        http,
+        &[("echo.yaml", chain)],
+        "devices: []\n",
+    );
+    let mut engine = Engine::start(&dir, http);
+    let mut sub = Mqtt::connect(broker.port, "erestart-sub", false, &["out/seen"]).await;
+    let publ = Mqtt::connect(broker.port, "erestart-pub", false, &[]).await;
+    const N: u64 = 900;
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            publ.publish(
+                &format!("device/d{}/telemetry", i % 5),
+                json!({"seq": i}).to_string(),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+        publ
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let status = engine.stop().unwrap();
+    assert!(
+        status.success(),
+        "graceful stop: {status}\n{}",
+        engine.log()
+    );
+    assert!(engine.log().contains("stopped"), "{}", engine.log());
+    engine.restart();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    engine.kill9();
+    engine.restart();
+    let _publ = publisher.await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (seen.len() as u64) < N && Instant::now() < deadline {
+        if let Some((_, v)) = sub.expect(Duration::from_secs(2), |_, _| true).await {
+            if let Some(s) = v["seq"].as_u64() {
+                seen.insert(s);
+            }
+        }
+    }
+    let missing: Vec<u64> = (0..N).filter(|i| !seen.contains(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {N} lost across engine restarts: {:?}…\n{}",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        engine.log()
+    );
+}

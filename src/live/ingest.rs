@@ -60,6 +60,16 @@ pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {
     Ok(o)
 }
 
+/// A client and its event loop, with TCP_NODELAY: commands are small packets, and Nagle's
+/// algorithm with delayed ACKs would hold them for up to 40 ms.
+pub fn client(o: MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
+    let (c, mut events) = AsyncClient::new(o, cap);
+    let mut net = events.network_options();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
+    (c, events)
+}
+
 /// Subscription filters for the topic patterns (duplicates removed).
 pub fn filters(patterns: &[TopicPattern]) -> Vec<String> {
     let mut f: Vec<String> = patterns
@@ -121,15 +131,29 @@ pub struct Ingest {
     pub limit: Arc<RateLimit>,
 }
 
-/// Polls the ingest connection until `stop` turns true.
+/// Polls the ingest connection. When `stop` turns true it stops handing messages to the shards
+/// (dropping its queues, so they can finish) but keeps polling, so that the acknowledgements of
+/// what the shards still finish reach the broker, until the client disconnects. Messages that
+/// arrive meanwhile are not acknowledged: the broker delivers them again after a restart.
 pub async fn run(
     ing: Ingest,
     client: AsyncClient,
     mut events: EventLoop,
     mut stop: watch::Receiver<bool>,
 ) {
-    let subs = filters(&ing.patterns);
-    let qos = if ing.qos == 0 {
+    let Ingest {
+        patterns,
+        qos: sub_qos,
+        shards,
+        acks,
+        stats,
+        limit,
+    } = ing;
+    let mut shards = shards;
+    let mut acks = Some(acks);
+    let mut draining = false;
+    let subs = filters(&patterns);
+    let qos = if sub_qos == 0 {
         QoS::AtMostOnce
     } else {
         QoS::AtLeastOnce
@@ -139,14 +163,22 @@ pub async fn run(
     let mut connected_once = false;
     loop {
         let ev = tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                shards.clear();
+                acks = None;
+                continue;
+            }
             ev = events.poll() => ev,
         };
         match ev {
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+            Ok(Event::Incoming(Packet::Publish(_))) if draining => {}
+            Err(_) if draining => break,
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
-                ing.stats.connects.fetch_add(1, Relaxed);
-                ing.stats.connected.store(true, Relaxed);
+                stats.connects.fetch_add(1, Relaxed);
+                stats.connected.store(true, Relaxed);
                 if connected_once {
                     tracing::info!(session_present = ack.session_present, "MQTT reconnected");
                 } else {
@@ -160,18 +192,19 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                ing.stats.received.fetch_add(1, Relaxed);
+                let Some(acks) = &acks else { continue };
+                stats.received.fetch_add(1, Relaxed);
                 let received = wall_ms();
                 let needs_ack = p.qos != QoS::AtMostOnce;
-                let Some(m) = ing.patterns.iter().find_map(|pat| pat.matches(&p.topic)) else {
-                    ing.stats.no_pattern.fetch_add(1, Relaxed);
-                    if ing.limit.allow() {
+                let Some(m) = patterns.iter().find_map(|pat| pat.matches(&p.topic)) else {
+                    stats.no_pattern.fetch_add(1, Relaxed);
+                    if limit.allow() {
                         tracing::warn!(topic = %p.topic, "topic matches no topic pattern; ignored");
                     }
                     if needs_ack {
                         seq += 1;
-                        if ing.acks.send(AckMsg::Pending(seq, p)).await.is_err()
-                            || ing.acks.send(AckMsg::Done(seq)).await.is_err()
+                        if acks.send(AckMsg::Pending(seq, p)).await.is_err()
+                            || acks.send(AckMsg::Done(seq)).await.is_err()
                         {
                             break;
                         }
@@ -180,12 +213,7 @@ pub async fn run(
                 };
                 let ack = if needs_ack {
                     seq += 1;
-                    if ing
-                        .acks
-                        .send(AckMsg::Pending(seq, p.clone()))
-                        .await
-                        .is_err()
-                    {
+                    if acks.send(AckMsg::Pending(seq, p.clone())).await.is_err() {
                         break;
                     }
                     Some(seq)
@@ -193,7 +221,7 @@ pub async fn run(
                     None
                 };
                 let device: Arc<str> = m.device.into();
-                let shard = shard_of(&device, ing.shards.len());
+                let shard = shard_of(&device, shards.len());
                 let job = Job {
                     device,
                     kind: m.kind,
@@ -204,20 +232,24 @@ pub async fn run(
                     ack,
                 };
                 // A full shard queue makes ingest wait: backpressure reaches the broker.
-                if ing.shards[shard].send(ShardMsg::Job(job)).await.is_err() {
+                if shards[shard].send(ShardMsg::Job(job)).await.is_err() {
                     break;
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                ing.stats.connected.store(false, Relaxed);
+                stats.connected.store(false, Relaxed);
                 let wait = backoff.next_delay();
-                ing.stats.connect_errors.fetch_add(1, Relaxed);
-                if ing.limit.allow() {
+                stats.connect_errors.fetch_add(1, Relaxed);
+                if limit.allow() {
                     tracing::warn!("MQTT ingest connection: {e}; retrying in {wait:?}");
                 }
                 tokio::select! {
-                    _ = stop.changed() => break,
+                    _ = stop.changed() => {
+                        draining = true;
+                        shards.clear();
+                        acks = None;
+                    }
                     _ = tokio::time::sleep(wait) => {}
                 }
             }

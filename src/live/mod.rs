@@ -173,8 +173,7 @@ pub fn run(settings: Settings, opts: RunOptions) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("error: {e}");
-            2
+            1
         }
     }
 }
@@ -213,14 +212,23 @@ fn start(settings: Settings, opts: RunOptions) -> Result<(), String> {
     );
     let (rules, report) = reloader.load();
     for e in &report.errors {
-        tracing::error!("{e}");
+        if report.has_errors {
+            tracing::error!("{e}");
+        } else {
+            tracing::warn!("{e}");
+        }
     }
-    let rules = rules.ok_or_else(|| {
-        format!(
-            "the rules in {} do not compile (see above)",
-            settings.rules_dir.display()
-        )
-    })?;
+    // At start there is no last good version to fall back on: refuse, as a reload would.
+    let rules = match rules {
+        Some(r) if !report.has_errors => r,
+        _ => {
+            return Err(format!(
+                "the rules in {} have errors (above); fix them (`rulechain validate {}`) and start again",
+                settings.rules_dir.display(),
+                settings.rules_dir.display()
+            ))
+        }
+    };
     tracing::info!(
         chains = ?rules.chains.iter().map(|c| c.name.to_string()).collect::<Vec<_>>(),
         dir = %settings.rules_dir.display(),
@@ -265,7 +273,7 @@ async fn serve(
     };
     let conn = settings.mqtt();
     // Egress: its own connection, a bounded queue.
-    let (out_client, out_events) = rumqttc::AsyncClient::new(ingest::options(&conn, "out")?, 1024);
+    let (out_client, out_events) = ingest::client(ingest::options(&conn, "out")?, 1024);
     let (out_tx, out_rx) = mpsc::channel::<egress::Outgoing>(10_000);
     let egress_drive = tokio::spawn(ingest::drive(
         out_events,
@@ -277,7 +285,7 @@ async fn serve(
     // Ingest and its acknowledgements.
     let mut in_opts = ingest::options(&conn, "in")?;
     in_opts.set_manual_acks(true);
-    let (in_client, in_events) = rumqttc::AsyncClient::new(in_opts, 1024);
+    let (in_client, in_events) = ingest::client(in_opts, 1024);
     let (ack_tx, ack_rx) = mpsc::channel(ingest::ACK_CAPACITY);
     let acker = tokio::spawn(ingest::acker(in_client.clone(), ack_rx));
     // Shards.
@@ -398,7 +406,6 @@ async fn serve(
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
     tracing::info!("shutting down: draining shards, saving state");
     let _ = stop_tx.send(true);
-    let _ = ingest_task.await;
     let _ = reload_task.await;
     if let Some(t) = sim_task {
         let _ = t.await;
@@ -413,8 +420,10 @@ async fn serve(
             "shards did not finish within the shutdown timeout; their last checkpoint stands"
         );
     }
+    // The last acknowledgements go out while ingest still polls; then it disconnects.
     let _ = tokio::time::timeout_at(deadline, acker).await;
     let _ = in_client.disconnect().await;
+    let _ = tokio::time::timeout_at(deadline, ingest_task).await;
     let _ = tokio::time::timeout_at(deadline, egress_task).await;
     egress_drive.abort();
     if let Some(t) = http_task {

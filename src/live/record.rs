@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use tokio::sync::watch;
 
 use super::ingest::{self, Backoff};
@@ -34,7 +34,7 @@ pub async fn run(
 ) -> Result<Recorded, String> {
     let mut o = ingest::options(&conn, "record")?;
     o.set_clean_session(true);
-    let (client, mut events) = AsyncClient::new(o, 64);
+    let (client, mut events) = ingest::client(o, 64);
     let subs = ingest::filters(&patterns);
     let limits = Limits {
         max_payload_bytes: ingest::MAX_PACKET_BYTES,

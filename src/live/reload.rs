@@ -41,8 +41,10 @@ pub struct ReloadReport {
     pub swapped: bool,
     /// The generation in force after it.
     pub generation: u64,
-    /// Its problems.
+    /// Its problems (errors and warnings).
     pub errors: Vec<String>,
+    /// Whether any of them is an error (a warning alone changes nothing).
+    pub has_errors: bool,
 }
 
 /// The last good version of each chain file.
@@ -123,6 +125,7 @@ impl Reloader {
                 .zip(&self.good)
                 .all(|((a, (sa, _)), (b, (sb, _)))| a == b && sa.text == sb.text);
         let errors = split(&problems);
+        let has_errors = problems.has_errors();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if problems.has_errors() {
             status.failed += 1;
@@ -135,6 +138,7 @@ impl Reloader {
                     swapped: false,
                     generation: status.generation,
                     errors,
+                    has_errors,
                 },
             );
         }
@@ -165,6 +169,7 @@ impl Reloader {
                     swapped: false,
                     generation: status.generation,
                     errors,
+                    has_errors: true,
                 },
             );
         }
@@ -182,6 +187,7 @@ impl Reloader {
                 swapped: true,
                 generation: status.generation,
                 errors,
+                has_errors,
             },
         )
     }

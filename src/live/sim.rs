@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -97,7 +97,7 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
         }
     };
     o.set_clean_session(true);
-    let (client, mut events) = AsyncClient::new(o, 4096);
+    let (client, mut events) = ingest::client(o, 4096);
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<rumqttc::Publish>(1024);
     let sub = format!("site/{}/device/+/command", opts.site);
     let poller = {

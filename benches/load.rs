@@ -1,0 +1,447 @@
+//! The load tool: publishes telemetry at set rates through a Mosquitto broker of its own and
+//! measures, side by side in one run,
+//!
+//! - **mosquitto alone**: publisher → Mosquitto → subscriber (what the broker can deliver), and
+//! - **through rulechain**: publisher → Mosquitto → `rulechain run` (a filter on an attribute and
+//!   an `rpc` node) → Mosquitto → subscriber on the command topics,
+//!
+//! reporting messages/s received, the engine's processed count, p50/p99/max latency (publish →
+//! delivery, publish → RPC command) and CPU % of the engine and the broker (of one core).
+//!
+//! `cargo bench --bench load` (builds the release binary first: `cargo build --release`).
+//! Options: `-- --rates 5000,20000,flood --seconds 5 --qos 0 --devices 100`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_port(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Opts {
+    rates: Vec<Option<u64>>,
+    seconds: u64,
+    qos: u8,
+    devices: usize,
+    shards: usize,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        rates: vec![Some(5_000), Some(20_000), None],
+        seconds: 5,
+        qos: 0,
+        devices: 100,
+        shards: 2,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--rates" => {
+                o.rates = v
+                    .split(',')
+                    .map(|r| if r == "flood" { None } else { r.parse().ok() })
+                    .collect();
+                i += 1;
+            }
+            "--seconds" => {
+                o.seconds = v.parse().unwrap_or(5);
+                i += 1;
+            }
+            "--qos" => {
+                o.qos = v.parse().unwrap_or(0);
+                i += 1;
+            }
+            "--devices" => {
+                o.devices = v.parse().unwrap_or(100);
+                i += 1;
+            }
+            "--shards" => {
+                o.shards = v.parse().unwrap_or(2);
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    o
+}
+
+#[derive(Default)]
+struct Recv {
+    count: AtomicU64,
+    lat: Mutex<Vec<u32>>,
+}
+
+async fn client(port: u16, id: &str, subs: &[String], recv: Option<Arc<Recv>>) -> AsyncClient {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_inflight(1000);
+    let (c, mut ev) = AsyncClient::new(o, 100_000);
+    let mut net = ev.network_options();
+    net.set_tcp_nodelay(true);
+    ev.set_network_options(net);
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel::<()>(1);
+    let subs: Vec<String> = subs.to_vec();
+    let cc = c.clone();
+    tokio::spawn(async move {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if subs.is_empty() {
+                        let _ = ready_tx.try_send(());
+                    }
+                    for s in &subs {
+                        let _ = cc.try_subscribe(s.clone(), QoS::AtMostOnce);
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.try_send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(r) = &recv {
+                        r.count.fetch_add(1, Relaxed);
+                        // The send time rides in the payload as `"t":MICROS`.
+                        if let Some(t) = find_t(&p.payload) {
+                            let l = now_us().saturating_sub(t).min(u32::MAX as u64) as u32;
+                            r.lat.lock().unwrap().push(l);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::RequestsDone) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready.recv())
+        .await
+        .expect("connect");
+    c
+}
+
+fn find_t(p: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(p).ok()?;
+    let i = s.find("\"t\":")? + 4;
+    let rest = s[i..].trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+struct Result {
+    sent: u64,
+    received: u64,
+    secs: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Publishes at `rate` (None: as fast as the client goes) for `seconds`, then waits for the
+/// stragglers; counts what `recv` got.
+async fn drive(
+    pubc: &AsyncClient,
+    rate: Option<u64>,
+    seconds: u64,
+    devices: usize,
+    qos: QoS,
+    recv: &Recv,
+) -> Result {
+    recv.count.store(0, Relaxed);
+    recv.lat.lock().unwrap().clear();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut sent: u64 = 0;
+    let topics: Vec<String> = (0..devices)
+        .map(|i| format!("site/a/device/dev-{i}/telemetry"))
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while Instant::now() < end {
+        let due = match rate {
+            Some(r) => (start.elapsed().as_secs_f64() * r as f64) as u64,
+            None => sent + 200,
+        };
+        while sent < due {
+            let t = &topics[(sent as usize) % devices];
+            let body = format!(
+                "{{\"current\":13.1,\"temperature\":61.5,\"t\":{}}}",
+                now_us()
+            );
+            if pubc.publish(t.as_str(), qos, false, body).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        if rate.is_some() {
+            tick.tick().await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // Stragglers: until nothing arrives for 1 s (at most 10 s).
+    let mut last = recv.count.load(Relaxed);
+    let wait_start = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let n = recv.count.load(Relaxed);
+        if n == last || wait_start.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        last = n;
+    }
+    let mut lat = recv.lat.lock().unwrap().clone();
+    lat.sort_unstable();
+    let q = |p: f64| {
+        if lat.is_empty() {
+            0.0
+        } else {
+            lat[((lat.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+        }
+    };
+    Result {
+        sent,
+        received: recv.count.load(Relaxed),
+        secs,
+        p50: q(0.5),
+        p99: q(0.99),
+        max: q(1.0),
+    }
+}
+
+fn report(label: &str, rate: Option<u64>, r: &Result, cpu: &[(&str, f64)], extra: &str) {
+    let rate = rate.map_or("flood".to_string(), |r| r.to_string());
+    let cpu: Vec<String> = cpu.iter().map(|(n, c)| format!("{n} {c:.0}%")).collect();
+    println!(
+        "{label:<18} rate {rate:>6}  sent {:>8.0}/s  received {:>8.0}/s ({:>5.1}%)  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  CPU {}{extra}",
+        r.sent as f64 / r.secs,
+        r.received as f64 / r.secs,
+        100.0 * r.received as f64 / r.sent.max(1) as f64,
+        r.p50,
+        r.p99,
+        r.max,
+        cpu.join(", ")
+    );
+}
+
+fn status_processed(http: u16) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) else {
+        return 0;
+    };
+    let _ = write!(
+        s,
+        "GET /api/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut t = String::new();
+    let _ = s.read_to_string(&mut t);
+    let body = t.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["counters"]["processed"].as_u64())
+        .unwrap_or(0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else is ours.
+    let o = opts();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    let bin = target.join("release/rulechain");
+    assert!(
+        bin.exists(),
+        "build the engine first: cargo build --release ({})",
+        bin.display()
+    );
+    let dir = std::env::temp_dir().join(format!("rulechain-load-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    let port = free_port();
+    let mosq = start_mosquitto(&dir, port);
+    let http = free_port();
+    let devices: String = (0..o.devices)
+        .map(|i| format!("  - {{id: dev-{i}, attributes: {{rated_current: 10.0}}}}\n"))
+        .collect();
+    std::fs::write(dir.join("devices.yaml"), format!("devices:\n{devices}")).unwrap();
+    std::fs::write(
+        dir.join("rules/overload.yaml"),
+        "chain: overload\non: { kind: telemetry }\nnodes:\n  - filter: msg.current > attr.rated_current * 1.2\n  - rpc: { method: setLoad, params: { percent: 80, t: msg.t }, qos: 0 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rulechain.yaml"),
+        format!(
+            "mqtt: {{url: mqtt://127.0.0.1:{port}, client_id: rc-load, qos: {}, persistent_session: false}}\n\
+             http: {{listen: 127.0.0.1:{http}}}\nrules: rules\ndevices: devices.yaml\nstate_dir: state\n\
+             engine: {{shards: {}}}\n",
+            o.qos, o.shards
+        ),
+    )
+    .unwrap();
+    let engine = Proc(
+        Command::new(&bin)
+            .args(["run", "--config", "rulechain.yaml"])
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start rulechain"),
+    );
+    wait_port(http);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let qos = if o.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let tck = 100.0; // USER_HZ on Linux
+    println!(
+        "load: {} devices, {} shards, {} s per step, QoS {}, Mosquitto on :{port}; machine: {} CPUs",
+        o.devices,
+        o.shards,
+        o.seconds,
+        o.qos,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    rt.block_on(async {
+        let direct = Arc::new(Recv::default());
+        let rpc = Arc::new(Recv::default());
+        let pubc = client(port, "load-pub", &[], None).await;
+        let _direct_sub = client(
+            port,
+            "load-sub-direct",
+            &["site/a/device/+/telemetry".into()],
+            Some(direct.clone()),
+        )
+        .await;
+        // Let the engine connect before measuring.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for rate in &o.rates {
+            // Mosquitto alone: the direct subscriber only.
+            let m0 = cpu_ticks(mosq.0.id());
+            let r = drive(&pubc, *rate, o.seconds, o.devices, qos, &direct).await;
+            let m1 = cpu_ticks(mosq.0.id());
+            report(
+                "mosquitto alone",
+                *rate,
+                &r,
+                &[("mosquitto", (m1 - m0) as f64 / tck / r.secs * 100.0)],
+                "",
+            );
+        }
+        drop(_direct_sub);
+        let _rpc_sub = client(
+            port,
+            "load-sub-rpc",
+            &["site/a/device/+/command".into()],
+            Some(rpc.clone()),
+        )
+        .await;
+        for rate in &o.rates {
+            let p0 = status_processed(http);
+            let (m0, e0) = (cpu_ticks(mosq.0.id()), cpu_ticks(engine.0.id()));
+            let r = drive(&pubc, *rate, o.seconds, o.devices, qos, &rpc).await;
+            let (m1, e1) = (cpu_ticks(mosq.0.id()), cpu_ticks(engine.0.id()));
+            let processed = status_processed(http) - p0;
+            report(
+                "through rulechain",
+                *rate,
+                &r,
+                &[
+                    ("rulechain", (e1 - e0) as f64 / tck / r.secs * 100.0),
+                    ("mosquitto", (m1 - m0) as f64 / tck / r.secs * 100.0),
+                ],
+                &format!("  processed {processed}"),
+            );
+        }
+    });
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", engine.0.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        .unwrap_or_default();
+    println!("rulechain peak RSS: {rss} KiB");
+    drop(engine);
+    drop(mosq);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn start_mosquitto(dir: &Path, port: u16) -> Proc {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\n"),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is not installed: scripts/services.sh installs it");
+    let p = Proc(
+        Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mosquitto"),
+    );
+    wait_port(port);
+    p
+}
