@@ -9,7 +9,9 @@
 //! delivery, publish → RPC command) and CPU % of the engine and the broker (of one core).
 //!
 //! `cargo bench --bench load` (builds the release binary first: `cargo build --release`).
-//! Options: `-- --rates 5000,20000,flood --seconds 5 --qos 0 --devices 100`.
+//! Options: `-- --rates 5000,20000,flood --seconds 5 --qos 0 --devices 100 --shards 2
+//! --rounds 1 --engines A,B` (several engine binaries, measured in turn in each round: before
+//! and after a change, side by side in one run).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,6 +69,12 @@ struct Opts {
     qos: u8,
     devices: usize,
     shards: usize,
+    /// Engine binaries to compare (default: this tree's release build).
+    engines: Vec<PathBuf>,
+    /// The engine's chain only filters (nothing goes out): measures what it takes in.
+    ingest_only: bool,
+    /// Rounds: each round measures Mosquitto alone and then every engine, at every rate.
+    rounds: usize,
 }
 
 fn opts() -> Opts {
@@ -76,6 +84,9 @@ fn opts() -> Opts {
         qos: 0,
         devices: 100,
         shards: 2,
+        engines: Vec::new(),
+        rounds: 1,
+        ingest_only: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -99,6 +110,17 @@ fn opts() -> Opts {
             }
             "--devices" => {
                 o.devices = v.parse().unwrap_or(100);
+                i += 1;
+            }
+            "--engines" => {
+                o.engines = v.split(',').map(PathBuf::from).collect();
+                i += 1;
+            }
+            "--ingest-only" => {
+                o.ingest_only = true;
+            }
+            "--rounds" => {
+                o.rounds = v.parse().unwrap_or(1);
                 i += 1;
             }
             "--shards" => {
@@ -154,6 +176,7 @@ async fn client(port: u16, id: &str, subs: &[String], recv: Option<Arc<Recv>>) -
                         }
                     }
                 }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                 Ok(_) => {}
                 Err(rumqttc::ConnectionError::RequestsDone) => break,
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -179,7 +202,12 @@ fn find_t(p: &[u8]) -> Option<u64> {
 struct Result {
     sent: u64,
     received: u64,
+    /// Publishing time.
     secs: f64,
+    /// Publishing plus the wait for the last deliveries: what CPU time is divided by.
+    total_secs: f64,
+    /// When publishing began.
+    start: Instant,
     p50: f64,
     p99: f64,
     max: f64,
@@ -230,15 +258,20 @@ async fn drive(
     let secs = start.elapsed().as_secs_f64();
     // Stragglers: until nothing arrives for 1 s (at most 10 s).
     let mut last = recv.count.load(Relaxed);
+    let mut last_change = Instant::now();
     let wait_start = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    while last_change.elapsed() < Duration::from_secs(1)
+        && wait_start.elapsed() < Duration::from_secs(15)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let n = recv.count.load(Relaxed);
-        if n == last || wait_start.elapsed() > Duration::from_secs(10) {
-            break;
+        if n != last {
+            last = n;
+            last_change = Instant::now();
         }
-        last = n;
     }
+    // CPU is divided by the time until the last delivery (the quiet second after it is idle).
+    let total_secs = last_change.duration_since(start).as_secs_f64().max(secs);
     let mut lat = recv.lat.lock().unwrap().clone();
     lat.sort_unstable();
     let q = |p: f64| {
@@ -252,6 +285,8 @@ async fn drive(
         sent,
         received: recv.count.load(Relaxed),
         secs,
+        total_secs,
+        start,
         p50: q(0.5),
         p99: q(0.99),
         max: q(1.0),
@@ -262,10 +297,11 @@ fn report(label: &str, rate: Option<u64>, r: &Result, cpu: &[(&str, f64)], extra
     let rate = rate.map_or("flood".to_string(), |r| r.to_string());
     let cpu: Vec<String> = cpu.iter().map(|(n, c)| format!("{n} {c:.0}%")).collect();
     println!(
-        "{label:<18} rate {rate:>6}  sent {:>8.0}/s  received {:>8.0}/s ({:>5.1}%)  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  CPU {}{extra}",
+        "{label:<18} rate {rate:>6}  sent {:>8.0}/s  received {:>8.0}/s ({:>5.1}%, all in {:.1} s)  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  CPU {}{extra}",
         r.sent as f64 / r.secs,
         r.received as f64 / r.secs,
         100.0 * r.received as f64 / r.sent.max(1) as f64,
+        r.total_secs,
         r.p50,
         r.p99,
         r.max,
@@ -297,12 +333,18 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target =
         std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
-    let bin = target.join("release/rulechain");
-    assert!(
-        bin.exists(),
-        "build the engine first: cargo build --release ({})",
-        bin.display()
-    );
+    let engines = if o.engines.is_empty() {
+        vec![target.join("release/rulechain")]
+    } else {
+        o.engines.clone()
+    };
+    for bin in &engines {
+        assert!(
+            bin.exists(),
+            "build the engine first: cargo build --release ({})",
+            bin.display()
+        );
+    }
     let dir = std::env::temp_dir().join(format!("rulechain-load-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("rules")).unwrap();
@@ -315,7 +357,11 @@ fn main() {
     std::fs::write(dir.join("devices.yaml"), format!("devices:\n{devices}")).unwrap();
     std::fs::write(
         dir.join("rules/overload.yaml"),
-        "chain: overload\non: { kind: telemetry }\nnodes:\n  - filter: msg.current > attr.rated_current * 1.2\n  - rpc: { method: setLoad, params: { percent: 80, t: msg.t }, qos: 0 }\n",
+        if o.ingest_only {
+            "chain: overload\non: { kind: telemetry }\nnodes:\n  - filter: msg.current > attr.rated_current * 100.0\n  - rpc: { method: setLoad, params: { percent: 80, t: msg.t }, qos: 0 }\n"
+        } else {
+            "chain: overload\non: { kind: telemetry }\nnodes:\n  - filter: msg.current > attr.rated_current * 1.2\n  - rpc: { method: setLoad, params: { percent: 80, t: msg.t }, qos: 0 }\n"
+        },
     )
     .unwrap();
     std::fs::write(
@@ -328,17 +374,6 @@ fn main() {
         ),
     )
     .unwrap();
-    let engine = Proc(
-        Command::new(&bin)
-            .args(["run", "--config", "rulechain.yaml"])
-            .current_dir(&dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rulechain"),
-    );
-    wait_port(http);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -351,73 +386,111 @@ fn main() {
     };
     let tck = 100.0; // USER_HZ on Linux
     println!(
-        "load: {} devices, {} shards, {} s per step, QoS {}, Mosquitto on :{port}; machine: {} CPUs",
+        "load: {} devices, {} shards, {} s per step, QoS {}, {} round(s), Mosquitto on :{port}; machine: {} CPUs",
         o.devices,
         o.shards,
         o.seconds,
         o.qos,
+        o.rounds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     rt.block_on(async {
         let direct = Arc::new(Recv::default());
         let rpc = Arc::new(Recv::default());
         let pubc = client(port, "load-pub", &[], None).await;
-        let _direct_sub = client(
-            port,
-            "load-sub-direct",
-            &["site/a/device/+/telemetry".into()],
-            Some(direct.clone()),
-        )
-        .await;
-        // Let the engine connect before measuring.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        for rate in &o.rates {
-            // Mosquitto alone: the direct subscriber only.
-            let m0 = cpu_ticks(mosq.0.id());
-            let r = drive(&pubc, *rate, o.seconds, o.devices, qos, &direct).await;
-            let m1 = cpu_ticks(mosq.0.id());
-            report(
-                "mosquitto alone",
-                *rate,
-                &r,
-                &[("mosquitto", (m1 - m0) as f64 / tck / r.secs * 100.0)],
-                "",
-            );
-        }
-        drop(_direct_sub);
-        let _rpc_sub = client(
-            port,
-            "load-sub-rpc",
-            &["site/a/device/+/command".into()],
-            Some(rpc.clone()),
-        )
-        .await;
-        for rate in &o.rates {
-            let p0 = status_processed(http);
-            let (m0, e0) = (cpu_ticks(mosq.0.id()), cpu_ticks(engine.0.id()));
-            let r = drive(&pubc, *rate, o.seconds, o.devices, qos, &rpc).await;
-            let (m1, e1) = (cpu_ticks(mosq.0.id()), cpu_ticks(engine.0.id()));
-            let processed = status_processed(http) - p0;
-            report(
-                "through rulechain",
-                *rate,
-                &r,
-                &[
-                    ("rulechain", (e1 - e0) as f64 / tck / r.secs * 100.0),
-                    ("mosquitto", (m1 - m0) as f64 / tck / r.secs * 100.0),
-                ],
-                &format!("  processed {processed}"),
-            );
+        for round in 0..o.rounds {
+            {
+                let direct_sub = client(
+                    port,
+                    "load-sub-direct",
+                    &["site/a/device/+/telemetry".into()],
+                    Some(direct.clone()),
+                )
+                .await;
+                for rate in &o.rates {
+                    let m0 = cpu_ticks(mosq.0.id());
+                    let r = drive(&pubc, *rate, o.seconds, o.devices, qos, &direct).await;
+                    let m1 = cpu_ticks(mosq.0.id());
+                    report(
+                        "mosquitto alone",
+                        *rate,
+                        &r,
+                        &[("mosquitto", (m1 - m0) as f64 / tck / r.total_secs * 100.0)],
+                        "",
+                    );
+                }
+                let _ = direct_sub.disconnect().await;
+            }
+            for (ei, bin) in engines.iter().enumerate() {
+                let _ = std::fs::remove_dir_all(dir.join("state"));
+                let engine = Proc(
+                    Command::new(bin)
+                        .args(["run", "--config", "rulechain.yaml"])
+                        .current_dir(&dir)
+                        .env("RUST_LOG", "warn")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::inherit())
+                        .spawn()
+                        .expect("start rulechain"),
+                );
+                wait_port(http);
+                let rpc_sub = client(
+                    port,
+                    "load-sub-rpc",
+                    &["site/a/device/+/command".into()],
+                    Some(rpc.clone()),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let label = format!("rulechain #{ei}");
+                for rate in &o.rates {
+                    let p0 = status_processed(http);
+                    let (m0, e0) = (cpu_ticks(mosq.0.id()), cpu_ticks(engine.0.id()));
+                    let mut r = drive(&pubc, *rate, o.seconds, o.devices, qos, &rpc).await;
+                    let mut processed = status_processed(http) - p0;
+                    if o.ingest_only {
+                        // Nothing comes out: wait until the processed count stops moving.
+                        let mut last_change = Instant::now();
+                        while last_change.elapsed() < Duration::from_secs(1) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let n = status_processed(http) - p0;
+                            if n != processed {
+                                processed = n;
+                                last_change = Instant::now();
+                            }
+                        }
+                        r.total_secs = last_change
+                            .duration_since(r.start)
+                            .as_secs_f64()
+                            .max(r.secs);
+                        r.received = processed;
+                    }
+                    let (m1, e1) = (cpu_ticks(mosq.0.id()), cpu_ticks(engine.0.id()));
+                    report(
+                        &label,
+                        *rate,
+                        &r,
+                        &[
+                            ("rulechain", (e1 - e0) as f64 / tck / r.total_secs * 100.0),
+                            ("mosquitto", (m1 - m0) as f64 / tck / r.total_secs * 100.0),
+                        ],
+                        &format!("  processed {processed}"),
+                    );
+                }
+                let rss = std::fs::read_to_string(format!("/proc/{}/status", engine.0.id()))
+                    .unwrap_or_default()
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM"))
+                    .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+                    .unwrap_or_default();
+                if round + 1 == o.rounds {
+                    println!("{label} = {}: peak RSS {rss} KiB", bin.display());
+                }
+                let _ = rpc_sub.disconnect().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     });
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", engine.0.id()))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM"))
-        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
-        .unwrap_or_default();
-    println!("rulechain peak RSS: {rss} KiB");
-    drop(engine);
     drop(mosq);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,21 +3,24 @@
 //! reads); alarm transitions, notifications, log and error events go to the log. The InfluxDB
 //! writer, the WebSocket hub and notification delivery plug in here (see ARCHITECTURE.md).
 //!
-//! Every queue is bounded: when the egress queue is full (the broker is away for long), new
-//! commands are dropped and counted rather than stalling the shards.
+//! Shards hand publishes straight to the egress client's request queue (`try_publish`: no extra
+//! task, no extra thread hop per message). The queue is bounded (`EGRESS_QUEUE`): when it is
+//! full (the broker is away for long), new publishes are dropped and counted rather than
+//! stalling the shards.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::shard::Reject;
 use super::{RateLimit, Stats};
 use crate::engine::effect::{Effect, Event};
 use crate::rules::model::LogLevel;
+
+/// Publishes queued for the egress connection before new ones are dropped.
+pub const EGRESS_QUEUE: usize = 10_000;
 
 /// One MQTT publish.
 #[derive(Debug)]
@@ -35,16 +38,14 @@ pub struct Outgoing {
 /// The shards' handle on the outside world.
 #[derive(Clone)]
 pub struct Outbox {
-    /// The egress queue.
-    pub mqtt: mpsc::Sender<Outgoing>,
+    /// The egress connection's client.
+    pub mqtt: AsyncClient,
     /// Counters.
     pub stats: Arc<Stats>,
     /// The dead-letter topic.
     pub dead_letter: Option<Arc<str>>,
     /// Log lines about bad input and node errors, at most a few a second.
     pub limit: Arc<RateLimit>,
-    /// A copy of every effect, for `record` and tests (bounded; dropped when full).
-    pub tap: Option<mpsc::Sender<Effect>>,
 }
 
 fn qos(q: u8) -> QoS {
@@ -57,7 +58,11 @@ fn qos(q: u8) -> QoS {
 
 impl Outbox {
     fn publish(&self, o: Outgoing) {
-        if self.mqtt.try_send(o).is_err() {
+        if self
+            .mqtt
+            .try_publish(o.topic, qos(o.qos), o.retain, o.payload)
+            .is_err()
+        {
             self.stats.egress_dropped.fetch_add(1, Relaxed);
             if self.limit.allow() {
                 tracing::warn!(
@@ -69,9 +74,6 @@ impl Outbox {
 
     /// Routes one effect.
     pub fn send(&self, e: Effect) {
-        if let Some(tap) = &self.tap {
-            let _ = tap.try_send(e.clone());
-        }
         let s = &self.stats;
         match e.event {
             Event::Rpc {
@@ -188,20 +190,4 @@ impl Outbox {
             });
         }
     }
-}
-
-/// Publishes the egress queue on `client` until the queue closes (shutdown) or `deadline`
-/// passes after that.
-pub async fn run(client: AsyncClient, mut rx: mpsc::Receiver<Outgoing>) {
-    while let Some(o) = rx.recv().await {
-        if let Err(e) = client
-            .publish(o.topic, qos(o.qos), o.retain, o.payload)
-            .await
-        {
-            tracing::warn!("egress publish failed: {e}");
-        }
-    }
-    // Give the event loop a moment to put the last packets on the wire.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = client.disconnect().await;
 }

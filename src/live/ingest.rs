@@ -260,23 +260,52 @@ pub async fn run(
 
 /// Acknowledges QoS 1 messages in receive order, once each one's chains ran.
 pub async fn acker(client: AsyncClient, mut rx: mpsc::Receiver<AckMsg>) {
-    let mut q: VecDeque<(u64, Publish, bool)> = VecDeque::new();
+    let mut q = AckQueue::default();
+    let mut ready = Vec::new();
     while let Some(m) = rx.recv().await {
         match m {
-            AckMsg::Pending(seq, p) => q.push_back((seq, p, false)),
-            AckMsg::Done(seq) => {
-                if let Some(front) = q.front().map(|f| f.0) {
-                    if let Some(e) = seq.checked_sub(front).and_then(|i| q.get_mut(i as usize)) {
-                        e.2 = true;
-                    }
-                }
-                while q.front().is_some_and(|f| f.2) {
-                    if let Some((_, p, _)) = q.pop_front() {
-                        if client.ack(&p).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            AckMsg::Pending(seq, p) => q.pending(seq, p),
+            AckMsg::Done(seq) => q.done(seq, &mut ready),
+        }
+        for p in ready.drain(..) {
+            if client.ack(&p).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// QoS 1 messages in receive order, each marked when its chains ran; only the finished prefix
+/// may be acknowledged (a later message that finished first waits for the earlier ones).
+pub struct AckQueue<T = Publish> {
+    q: VecDeque<(u64, T, bool)>,
+}
+
+impl<T> Default for AckQueue<T> {
+    fn default() -> Self {
+        AckQueue { q: VecDeque::new() }
+    }
+}
+
+impl<T> AckQueue<T> {
+    /// Message `seq` (one more than the previous one) was handed to a shard.
+    pub fn pending(&mut self, seq: u64, p: T) {
+        self.q.push_back((seq, p, false));
+    }
+
+    /// Message `seq` is done; the messages that may now be acknowledged go to `ready`, in order.
+    pub fn done(&mut self, seq: u64, ready: &mut Vec<T>) {
+        if let Some(front) = self.q.front().map(|f| f.0) {
+            if let Some(e) = seq
+                .checked_sub(front)
+                .and_then(|i| self.q.get_mut(usize::try_from(i).ok()?))
+            {
+                e.2 = true;
+            }
+        }
+        while self.q.front().is_some_and(|f| f.2) {
+            if let Some((_, p, _)) = self.q.pop_front() {
+                ready.push(p);
             }
         }
     }
@@ -321,6 +350,27 @@ mod tests {
         assert!(d[9] <= 37_500 && d[9] >= 22_500, "{d:?}");
         b.reset();
         assert!(b.next_delay().as_millis() <= 625);
+    }
+
+    #[test]
+    fn acks_go_out_in_receive_order() {
+        let mut q = AckQueue::<&str>::default();
+        let mut ready = Vec::new();
+        for (seq, m) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
+            q.pending(seq, m);
+        }
+        // Two shards: 2 and 4 finish before 1.
+        q.done(2, &mut ready);
+        q.done(4, &mut ready);
+        assert!(ready.is_empty(), "nothing may be acked before message 1");
+        q.done(1, &mut ready);
+        assert_eq!(ready, ["a", "b"]);
+        q.done(3, &mut ready);
+        assert_eq!(ready, ["a", "b", "c", "d"]);
+        // Unknown or repeated numbers change nothing.
+        q.done(99, &mut ready);
+        q.done(1, &mut ready);
+        assert_eq!(ready.len(), 4);
     }
 
     #[test]

@@ -273,15 +273,14 @@ async fn serve(
     };
     let conn = settings.mqtt();
     // Egress: its own connection, a bounded queue.
-    let (out_client, out_events) = ingest::client(ingest::options(&conn, "out")?, 1024);
-    let (out_tx, out_rx) = mpsc::channel::<egress::Outgoing>(10_000);
+    let (out_client, out_events) =
+        ingest::client(ingest::options(&conn, "out")?, egress::EGRESS_QUEUE);
     let egress_drive = tokio::spawn(ingest::drive(
         out_events,
         stats.clone(),
         "egress",
         limit.clone(),
     ));
-    let egress_task = tokio::spawn(egress::run(out_client, out_rx));
     // Ingest and its acknowledgements.
     let mut in_opts = ingest::options(&conn, "in")?;
     in_opts.set_manual_acks(true);
@@ -290,11 +289,10 @@ async fn serve(
     let acker = tokio::spawn(ingest::acker(in_client.clone(), ack_rx));
     // Shards.
     let outbox = egress::Outbox {
-        mqtt: out_tx,
+        mqtt: out_client.clone(),
         stats: stats.clone(),
         dead_letter: settings.dead_letter.as_deref().map(Arc::from),
         limit: limit.clone(),
-        tap: None,
     };
     let limits = shard::Limits {
         max_payload_bytes: settings.max_payload_bytes,
@@ -424,8 +422,14 @@ async fn serve(
     let _ = tokio::time::timeout_at(deadline, acker).await;
     let _ = in_client.disconnect().await;
     let _ = tokio::time::timeout_at(deadline, ingest_task).await;
-    let _ = tokio::time::timeout_at(deadline, egress_task).await;
-    egress_drive.abort();
+    // Queued publishes leave before the egress connection closes.
+    let _ = out_client.disconnect().await;
+    if tokio::time::timeout_at(deadline, egress_drive)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the egress connection did not finish within the shutdown timeout");
+    }
     if let Some(t) = http_task {
         let _ = tokio::time::timeout_at(deadline, t).await;
     }

@@ -450,6 +450,30 @@ mod tests {
     }
 
     #[test]
+    fn payload_time_is_trusted_within_the_skew_guard() {
+        let stats = Stats::default();
+        let mut m = Map::new();
+        assert_eq!(
+            message_ts(&m, 5_000, &L, &stats),
+            5_000,
+            "no ts: receive time"
+        );
+        m.insert("ts".into(), 4_500_i64.into());
+        assert_eq!(
+            message_ts(&m, 5_000, &L, &stats),
+            4_500,
+            "within 1 s: the payload's"
+        );
+        m.insert("ts".into(), 1_000_i64.into());
+        assert_eq!(
+            message_ts(&m, 5_000, &L, &stats),
+            5_000,
+            "4 s off: the receive time"
+        );
+        assert_eq!(stats.skew_replaced.load(Relaxed), 1);
+    }
+
+    #[test]
     fn shards_are_stable_and_spread() {
         assert_eq!(shard_of("pump-3", 4), shard_of("pump-3", 4));
         let used: std::collections::HashSet<usize> =
