@@ -240,7 +240,7 @@ on: { kind: telemetry }
 nodes:
   - id: hot
     filter: msg.v > 10
-    for: 3s
+    for: 5s
     else: cool
   - id: raise
     alarm: { type: Hot, severity: MAJOR }
@@ -266,7 +266,7 @@ async fn kill_9_and_restart_keep_holds_and_alarms_on_the_embedded_broker() {
         "devices: []\n",
     );
     let mut engine = Engine::start(&dir, http);
-    let c = Mqtt::connect(port, "kill9-test", true, &["out/#"]).await;
+    let c = Mqtt::connect(port, "kill9-test-1", true, &["out/#"]).await;
     let t0 = rulechain::cli::wall_ms();
     c.publish(
         "device/d1/telemetry",
@@ -279,7 +279,7 @@ async fn kill_9_and_restart_keep_holds_and_alarms_on_the_embedded_broker() {
     drop(c);
     engine.restart();
     let restarted = rulechain::cli::wall_ms();
-    let mut c = Mqtt::connect(port, "kill9-test", true, &["out/#"]).await;
+    let mut c = Mqtt::connect(port, "kill9-test-2", true, &["out/#"]).await;
     let (_, v) = c
         .expect(Duration::from_secs(10), |_, _| true)
         .await
@@ -287,20 +287,22 @@ async fn kill_9_and_restart_keep_holds_and_alarms_on_the_embedded_broker() {
     assert_eq!(v["alarm"]["transition"], "created");
     let start = v["alarm"]["start_ts"].as_i64().unwrap();
     assert!(
-        start >= t0 + 3000 && start < restarted + 3000,
+        start >= t0 + 5000 && start < restarted + 5000,
         "the hold kept its start (t0 {t0}, restart {restarted}, alarm at {start})"
     );
+    let id = v["alarm"]["id"].as_str().unwrap().to_string();
     // The alarm is on disk before it left: a second kill -9 and more hot readings raise nothing.
     tokio::time::sleep(Duration::from_millis(300)).await;
     engine.kill9();
     drop(c);
     engine.restart();
-    let mut c = Mqtt::connect(port, "kill9-test", true, &["out/#"]).await;
+    let mut c = Mqtt::connect(port, "kill9-test-3", true, &["out/#"]).await;
     c.publish("device/d1/telemetry", r#"{"v": 20}"#).await;
     c.publish("device/d1/telemetry", r#"{"v": 21}"#).await;
+    let got = c.drain(Duration::from_millis(4000)).await;
     assert!(
-        c.drain(Duration::from_millis(4000)).await.is_empty(),
-        "the active alarm fired again after a restart"
+        got.is_empty(),
+        "the active alarm fired again after a restart: {got:?}"
     );
     // And it clears once.
     c.publish("device/d1/telemetry", r#"{"v": 1}"#).await;
@@ -308,6 +310,7 @@ async fn kill_9_and_restart_keep_holds_and_alarms_on_the_embedded_broker() {
     let got = c.drain(Duration::from_millis(1500)).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].1["alarm"]["transition"], "cleared");
+    assert_eq!(got[0].1["alarm"]["id"], json!(id));
     // A graceful stop exits 0.
     let status = engine.stop().unwrap();
     assert!(status.success(), "{status}\n{}", engine.log());

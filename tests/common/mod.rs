@@ -328,6 +328,14 @@ impl Mqtt {
     }
 }
 
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        // Ends the polling task (it holds a client, so the channel alone never closes); a
+        // leftover task would reconnect with the same client id and push the next one out.
+        let _ = self.client.try_disconnect();
+    }
+}
+
 /// Writes the files of an engine directory: config, devices, one chain file per entry.
 pub fn engine_dir(dir: &Path, mqtt: &str, http: u16, chains: &[(&str, &str)], devices: &str) {
     std::fs::create_dir_all(dir.join("rules")).unwrap();
