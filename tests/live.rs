@@ -29,6 +29,20 @@ nodes:
     publish: { topic: "out/${meta.device}/timeout", qos: 1 }
 "#;
 
+/// Collects `{"seq": N}` messages until all of 0..n arrived (at most 30 s); returns the missing.
+async fn missing_seqs(sub: &mut Mqtt, n: u64) -> Vec<u64> {
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (seen.len() as u64) < n && Instant::now() < deadline {
+        if let Some((_, v)) = sub.expect(Duration::from_secs(2), |_, _| true).await {
+            if let Some(s) = v["seq"].as_u64() {
+                seen.insert(s);
+            }
+        }
+    }
+    (0..n).filter(|i| !seen.contains(i)).collect()
+}
+
 fn mqtt_cfg(port: u16, id: &str) -> String {
     format!("mqtt: {{url: mqtt://127.0.0.1:{port}, client_id: {id}}}")
 }
@@ -347,16 +361,7 @@ async fn a_broker_restart_mid_stream_loses_no_qos1_message() {
     broker.restart();
     assert_eq!(broker.port, port);
     let _publ = publisher.await.unwrap();
-    let mut seen = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (seen.len() as u64) < N && Instant::now() < deadline {
-        if let Some((_, v)) = sub.expect(Duration::from_secs(2), |_, _| true).await {
-            if let Some(s) = v["seq"].as_u64() {
-                seen.insert(s);
-            }
-        }
-    }
-    let missing: Vec<u64> = (0..N).filter(|i| !seen.contains(i)).collect();
+    let missing = missing_seqs(&mut sub, N).await;
     assert!(
         missing.is_empty(),
         "{} of {N} lost across the broker restart: {:?}…\n{}",
@@ -550,16 +555,7 @@ async fn engine_restarts_mid_stream_graceful_or_kill_9_lose_no_qos1_message() {
     engine.kill9();
     engine.restart();
     let _publ = publisher.await.unwrap();
-    let mut seen = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (seen.len() as u64) < N && Instant::now() < deadline {
-        if let Some((_, v)) = sub.expect(Duration::from_secs(2), |_, _| true).await {
-            if let Some(s) = v["seq"].as_u64() {
-                seen.insert(s);
-            }
-        }
-    }
-    let missing: Vec<u64> = (0..N).filter(|i| !seen.contains(i)).collect();
+    let missing = missing_seqs(&mut sub, N).await;
     assert!(
         missing.is_empty(),
         "{} of {N} lost across engine restarts: {:?}…\n{}",

@@ -87,6 +87,20 @@ fn topic(site: &str, device: &str, kind: &str) -> String {
     format!("site/{site}/device/{device}/{kind}")
 }
 
+/// Publishes one of a pump's own messages at QoS 1 (attributes, status, replies).
+async fn send(
+    client: &rumqttc::AsyncClient,
+    site: &str,
+    device: &str,
+    kind: &str,
+    retain: bool,
+    body: String,
+) {
+    let _ = client
+        .publish(topic(site, device, kind), QoS::AtLeastOnce, retain, body)
+        .await;
+}
+
 /// Publishes until `stop` turns true or `count` messages went out.
 pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<bool>) {
     let mut o = match ingest::options(&conn, "sim") {
@@ -144,22 +158,16 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
         .collect();
     for p in &pumps {
         let attrs = json!({"rated_current": p.rated, "max_temp": 80.0, "critical_temp": 95.0});
-        let _ = client
-            .publish(
-                topic(&opts.site, &p.id, "attributes"),
-                QoS::AtLeastOnce,
-                true,
-                attrs.to_string(),
-            )
-            .await;
-        let _ = client
-            .publish(
-                topic(&opts.site, &p.id, "status"),
-                QoS::AtLeastOnce,
-                false,
-                "online",
-            )
-            .await;
+        send(
+            &client,
+            &opts.site,
+            &p.id,
+            "attributes",
+            true,
+            attrs.to_string(),
+        )
+        .await;
+        send(&client, &opts.site, &p.id, "status", false, "online".into()).await;
     }
     tracing::info!(
         devices = pumps.len(),
@@ -193,14 +201,15 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
                     tracing::info!(device = %p.id, percent = pct, "simulator: setLoad obeyed");
                 }
                 let reply = json!({"id": v["id"], "result": "ok"});
-                let _ = client
-                    .publish(
-                        topic(&opts.site, &p.id, "rpc_response"),
-                        QoS::AtLeastOnce,
-                        false,
-                        reply.to_string(),
-                    )
-                    .await;
+                send(
+                    &client,
+                    &opts.site,
+                    &p.id,
+                    "rpc_response",
+                    false,
+                    reply.to_string(),
+                )
+                .await;
             }
         }
         let mut due = (t0.elapsed().as_secs_f64() * opts.rate) - sent as f64;
@@ -217,24 +226,18 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
                     continue;
                 }
                 p.offline_until = None;
-                let _ = client
-                    .publish(
-                        topic(&opts.site, &p.id, "status"),
-                        QoS::AtLeastOnce,
-                        false,
-                        "online",
-                    )
-                    .await;
+                send(&client, &opts.site, &p.id, "status", false, "online".into()).await;
             } else if !opts.demo && rng.unit() < 0.000_02 {
                 p.offline_until = Some(now + 180_000);
-                let _ = client
-                    .publish(
-                        topic(&opts.site, &p.id, "status"),
-                        QoS::AtLeastOnce,
-                        false,
-                        "offline",
-                    )
-                    .await;
+                send(
+                    &client,
+                    &opts.site,
+                    &p.id,
+                    "status",
+                    false,
+                    "offline".into(),
+                )
+                .await;
                 continue;
             }
             // Overload episodes: 40–90 s at 125–160% (random), or the demo's from 10 s on.
