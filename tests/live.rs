@@ -242,6 +242,19 @@ async fn a_rule_edit_applies_within_2s_and_a_broken_file_keeps_the_old_rules() {
         .await
         .expect("the old rules still run");
     assert_eq!(v["n"], 2);
+    // SIGHUP reads the directory again (here: finds the same problem, swaps nothing).
+    let checks = engine.status()["rules"]["checks"].as_u64().unwrap();
+    engine.signal("HUP");
+    let hup = Instant::now();
+    while engine.status()["rules"]["checks"].as_u64() == Some(checks) {
+        assert!(
+            hup.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload:\n{}",
+            engine.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(engine.status()["rules"]["generation"], 2);
     // POST /api/reload reports the same problem.
     let (code, body) = common::http(http, "POST", "/api/reload").unwrap();
     assert_eq!(code, 422, "{body}");

@@ -22,6 +22,8 @@ use crate::rules::{self, FileKind};
 pub struct ReloadStatus {
     /// The generation of the rules in force (1 = the rules loaded at start).
     pub generation: u64,
+    /// Times the rules directory was read (start, file changes, SIGHUP, the API).
+    pub checks: u64,
     /// Reloads that swapped in new rules.
     pub reloads: u64,
     /// Reloads that found errors (some files kept their last good version, or nothing changed).
@@ -127,6 +129,7 @@ impl Reloader {
         let errors = split(&problems);
         let has_errors = problems.has_errors();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.checks += 1;
         if problems.has_errors() {
             status.failed += 1;
         }

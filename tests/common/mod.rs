@@ -200,6 +200,13 @@ impl Engine {
         }
     }
 
+    /// Sends a signal (`HUP`, `TERM`, …) to the running engine.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            signal(c, sig);
+        }
+    }
+
     /// SIGTERM, and the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
