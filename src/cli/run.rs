@@ -64,17 +64,14 @@ fn client_conn(config: Option<&Path>, broker: Option<String>) -> Result<(Setting
     let s = settings(config, None)?;
     let mut conn = s.mqtt();
     if let Some(url) = broker {
-        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((h, p)) => match p.parse::<u16>() {
-                Ok(p) => (h.to_string(), p),
-                Err(_) => {
-                    eprintln!("error: bad port in `{url}`");
-                    return Err(super::EXIT_USAGE);
-                }
-            },
-            None => (rest.to_string(), 1883),
-        };
+        let (host, port, tls) = crate::live::settings::parse_url(&url).map_err(|e| {
+            eprintln!("error: --broker: {e}");
+            super::EXIT_USAGE
+        })?;
+        if tls {
+            eprintln!("error: --broker: TLS brokers are set in the config (`mqtt.tls`)");
+            return Err(super::EXIT_USAGE);
+        }
         conn.host = host;
         conn.port = port;
         conn.tls = None;

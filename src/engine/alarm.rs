@@ -300,4 +300,17 @@ mod tests {
         );
         assert_eq!(s.get("p", "Hot").unwrap().id, "Hot:p:6");
     }
+
+    #[test]
+    fn acknowledging_moves_to_the_ack_statuses_once() {
+        let mut s = AlarmStore::default();
+        s.raise("p", "Hot", "MAJOR", "m".into(), Map::new(), 1);
+        let before = s.changes();
+        let a = s.acknowledge("Hot:p:1").map(|a| a.status);
+        assert_eq!(a, Some(Status::ActiveAck));
+        assert!(s.acknowledge("Hot:p:1").is_none(), "acknowledged once");
+        assert!(s.acknowledge("nope").is_none());
+        assert_eq!(s.changes(), before + 1);
+        assert_eq!(s.clear("p", "Hot", 2).unwrap().status, Status::ClearedAck);
+    }
 }

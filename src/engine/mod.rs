@@ -424,11 +424,6 @@ impl Executor {
         self.now
     }
 
-    /// The rules in force.
-    pub fn rules(&self) -> &Arc<RuleSet> {
-        &self.rules
-    }
-
     /// Prefixes every RPC id from now on (live: unique per run and shard).
     pub fn set_id_prefix(&mut self, prefix: impl Into<String>) {
         self.id_prefix = prefix.into();
@@ -437,11 +432,6 @@ impl Executor {
     /// The alarm store.
     pub fn alarms(&self) -> &AlarmStore {
         &self.alarms
-    }
-
-    /// The alarm store, to acknowledge alarms.
-    pub fn alarms_mut(&mut self) -> &mut AlarmStore {
-        &mut self.alarms
     }
 
     /// How many timers are pending.

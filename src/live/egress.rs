@@ -22,19 +22,6 @@ use crate::rules::model::LogLevel;
 /// Publishes queued for the egress connection before new ones are dropped.
 pub const EGRESS_QUEUE: usize = 10_000;
 
-/// One MQTT publish.
-#[derive(Debug)]
-pub struct Outgoing {
-    /// The topic.
-    pub topic: String,
-    /// The payload.
-    pub payload: Vec<u8>,
-    /// QoS.
-    pub qos: u8,
-    /// Retain.
-    pub retain: bool,
-}
-
 /// The shards' handle on the outside world.
 #[derive(Clone)]
 pub struct Outbox {
@@ -48,7 +35,7 @@ pub struct Outbox {
     pub limit: Arc<RateLimit>,
 }
 
-fn qos(q: u8) -> QoS {
+fn to_qos(q: u8) -> QoS {
     match q {
         0 => QoS::AtMostOnce,
         2 => QoS::ExactlyOnce,
@@ -57,10 +44,10 @@ fn qos(q: u8) -> QoS {
 }
 
 impl Outbox {
-    fn publish(&self, o: Outgoing) {
+    fn publish(&self, topic: String, payload: Vec<u8>, qos: u8, retain: bool) {
         if self
             .mqtt
-            .try_publish(o.topic, qos(o.qos), o.retain, o.payload)
+            .try_publish(topic, to_qos(qos), retain, payload)
             .is_err()
         {
             self.stats.egress_dropped.fetch_add(1, Relaxed);
@@ -87,12 +74,7 @@ impl Outbox {
                 s.rpc_sent.fetch_add(1, Relaxed);
                 tracing::info!(chain = %e.chain, node = %e.node, %device, %topic, %id, %method, "rpc command");
                 let payload = json!({"id": id, "method": method, "params": params});
-                self.publish(Outgoing {
-                    topic,
-                    payload: payload.to_string().into_bytes(),
-                    qos,
-                    retain: false,
-                });
+                self.publish(topic, payload.to_string().into_bytes(), qos, false);
             }
             Event::Publish {
                 topic,
@@ -102,12 +84,12 @@ impl Outbox {
                 ..
             } => {
                 s.published.fetch_add(1, Relaxed);
-                self.publish(Outgoing {
+                self.publish(
                     topic,
-                    payload: serde_json::to_vec(&payload).unwrap_or_default(),
+                    serde_json::to_vec(&payload).unwrap_or_default(),
                     qos,
                     retain,
-                });
+                );
             }
             Event::Alarm {
                 device,
@@ -182,12 +164,7 @@ impl Outbox {
                 "reason": reason.as_str(),
                 "payload": String::from_utf8_lossy(payload),
             });
-            self.publish(Outgoing {
-                topic: dl.to_string(),
-                payload: body.to_string().into_bytes(),
-                qos: 0,
-                retain: false,
-            });
+            self.publish(dl.to_string(), body.to_string().into_bytes(), 0, false);
         }
     }
 }

@@ -69,11 +69,6 @@ impl Reloader {
         }
     }
 
-    /// The rules directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Reads the directory again. Returns the new rules when anything changed and they compile,
     /// and the diagnostics either way.
     pub fn load(&mut self) -> (Option<Arc<RuleSet>>, ReloadReport) {
@@ -126,73 +121,50 @@ impl Reloader {
                 .iter()
                 .zip(&self.good)
                 .all(|((a, (sa, _)), (b, (sb, _)))| a == b && sa.text == sb.text);
-        let errors = split(&problems);
-        let has_errors = problems.has_errors();
+        let mut errors = split(&problems);
+        let mut has_errors = problems.has_errors();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.checks += 1;
-        if problems.has_errors() {
-            status.failed += 1;
-        }
-        if unchanged && status.generation > 0 {
-            status.errors.clone_from(&errors);
-            return (
-                None,
-                ReloadReport {
-                    swapped: false,
-                    generation: status.generation,
-                    errors,
-                    has_errors,
-                },
-            );
-        }
-        // Together: errors across files (two files naming one chain) refuse the whole swap.
-        let docs: Vec<ChainDoc> = next
-            .values()
-            .map(|(src, root)| ChainDoc {
-                src: src.clone(),
-                root: root.clone(),
-            })
-            .collect();
-        let mut d = Diagnostics::new();
-        let rs = compile::compile(
-            &docs,
-            &CompileOptions {
+        let mut rules = None;
+        if !(unchanged && status.generation > 0) {
+            // Together: errors across files (two files naming one chain) refuse the whole swap.
+            let docs: Vec<ChainDoc> = next
+                .values()
+                .map(|(src, root)| ChainDoc {
+                    src: src.clone(),
+                    root: root.clone(),
+                })
+                .collect();
+            let mut d = Diagnostics::new();
+            let opts = CompileOptions {
                 config: self.config.as_ref(),
-            },
-            &mut d,
-        );
-        if d.has_errors() {
-            let mut errors = errors;
-            errors.extend(split(&d));
-            status.failed += 1;
-            status.errors.clone_from(&errors);
-            return (
-                None,
-                ReloadReport {
-                    swapped: false,
-                    generation: status.generation,
-                    errors,
-                    has_errors: true,
-                },
-            );
+            };
+            let rs = compile::compile(&docs, &opts, &mut d);
+            if d.has_errors() {
+                errors.extend(split(&d));
+                has_errors = true;
+            } else {
+                self.good = next;
+                status.generation += 1;
+                if status.generation > 1 {
+                    status.reloads += 1;
+                }
+                status.chains = rs.chains.iter().map(|c| c.name.to_string()).collect();
+                status.swapped_at = super::wall_ms();
+                rules = Some(Arc::new(rs));
+            }
         }
-        self.good = next;
-        status.generation += 1;
-        if status.generation > 1 {
-            status.reloads += 1;
+        if has_errors {
+            status.failed += 1;
         }
         status.errors.clone_from(&errors);
-        status.chains = rs.chains.iter().map(|c| c.name.to_string()).collect();
-        status.swapped_at = super::wall_ms();
-        (
-            Some(Arc::new(rs)),
-            ReloadReport {
-                swapped: true,
-                generation: status.generation,
-                errors,
-                has_errors,
-            },
-        )
+        let report = ReloadReport {
+            swapped: rules.is_some(),
+            generation: status.generation,
+            errors,
+            has_errors,
+        };
+        (rules, report)
     }
 }
 
