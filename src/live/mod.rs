@@ -5,7 +5,7 @@
 //!   ▲                      │ QoS 1: Pending(seq)            │ effects            │ Done(seq)
 //!   │                      ▼                                 ▼                    ▼
 //!   │                   acker task ◄──────────────────────────────────────────────┘ (acks in order)
-//!   └──egress conn.── egress task ◄── outbox (rpc, publish, dead letters; logs the rest)
+//!   └──egress conn. (request queue) ◄── outbox in each shard (rpc, publish, dead letters; logs the rest)
 //! ```
 //!
 //! Every queue is bounded. State is checkpointed per shard to the store (see [`store`]); alarm
