@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the services the tests talk to, from Debian's packages: Mosquitto (the live engine's
-# tests start their own brokers from it, on free loopback ports, and stop them by pid).
+# Installs the services the tests talk to, from Debian's packages: Mosquitto (MQTT),
+# VictoriaMetrics (an InfluxDB-compatible write API) and aiosmtpd (an SMTP sink writing a
+# Maildir). The tests start their own instances on free loopback ports and stop them by pid.
 # Packages are installed without starting their daemons: a policy-rc.d that refuses is put in
 # place for the install when the machine has none, so nothing ends up listening on 1883.
 set -euo pipefail
@@ -8,6 +9,8 @@ set -euo pipefail
 need=()
 [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+[ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
+/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -24,3 +27,5 @@ if [ ${#need[@]} -gt 0 ]; then
   [ -z "$placed" ] || $sudo rm -f /usr/sbin/policy-rc.d
 fi
 (/usr/sbin/mosquitto -h || true) | head -n 1
+echo "victoria-metrics $(/usr/bin/victoria-metrics -version 2>&1 | head -n 1)"
+echo "aiosmtpd $(/usr/bin/python3 -c 'import aiosmtpd; print(aiosmtpd.__version__)')"

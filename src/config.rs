@@ -51,6 +51,87 @@ pub struct Config {
     /// The engine: shards, queues, checkpoints.
     #[serde(default)]
     pub engine: Option<EngineSpec>,
+    /// Where `influx` nodes write. Without it, their points are counted and not stored.
+    #[serde(default)]
+    pub influx: Option<Sp<InfluxSpec>>,
+    /// The WebSocket hub (`/ws` on the HTTP listener).
+    #[serde(default)]
+    pub websocket: Option<WebsocketSpec>,
+}
+
+/// An InfluxDB-compatible server: InfluxDB 2.x/3.x and 1.8+ (`/api/v2/write`), older 1.x
+/// (`api: v1`, `/write?db=`), VictoriaMetrics (either).
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSpec {
+    /// The server, e.g. `http://127.0.0.1:8086`.
+    pub url: Sp<String>,
+    /// `v2` (default: `/api/v2/write` with token, org, bucket) or `v1` (`/write?db=`).
+    #[serde(default)]
+    pub api: Option<Sp<String>>,
+    /// The API token (v2: `Authorization: Token ...`; use `${ENV_VAR}`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The organization (v2).
+    #[serde(default)]
+    pub org: Option<String>,
+    /// The bucket (v2).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// The database (v1).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// User name (v1, basic auth).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (v1, basic auth; use `${ENV_VAR}`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Timestamp precision sent: `ns` (default), `us`, `ms` or `s`.
+    #[serde(default)]
+    pub precision: Option<Sp<String>>,
+    /// Points per request (default 5000).
+    #[serde(default)]
+    pub batch_size: Option<Sp<usize>>,
+    /// A partial batch is sent after this long (default `1s`).
+    #[serde(default)]
+    pub flush_interval: Option<Sp<String>>,
+    /// Points held in memory while the server is slow or away (default 200000); beyond it the
+    /// oldest are spooled to disk (`spool`) or dropped and counted.
+    #[serde(default)]
+    pub buffer_points: Option<Sp<usize>>,
+    /// Spill batches that do not fit the buffer to `{state_dir}/influx-spool` and send them
+    /// when the server is back (default false). Also keeps what a shutdown could not send.
+    #[serde(default)]
+    pub spool: Option<bool>,
+    /// The spool's size limit in MiB (default 1024); beyond it the oldest batch is dropped.
+    #[serde(default)]
+    pub spool_max_mb: Option<Sp<u64>>,
+    /// Request timeout (default `10s`).
+    #[serde(default)]
+    pub timeout: Option<Sp<String>>,
+    /// Compress request bodies with gzip (default true).
+    #[serde(default)]
+    pub gzip: Option<bool>,
+    /// The longest wait between retries (default `30s`).
+    #[serde(default)]
+    pub max_backoff: Option<Sp<String>>,
+}
+
+/// The WebSocket hub.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WebsocketSpec {
+    /// Most clients at once (default 20000); one more is refused with close code 1013.
+    #[serde(default)]
+    pub max_clients: Option<Sp<usize>>,
+    /// Messages queued per client (default 1024); a slow client loses the oldest and is told
+    /// how many with `{"op":"lagged"}`.
+    #[serde(default)]
+    pub client_queue: Option<Sp<usize>>,
+    /// How often the server pings (default `30s`); a client that misses two pongs is dropped.
+    #[serde(default)]
+    pub ping_interval: Option<Sp<String>>,
 }
 
 /// The MQTT connection. rulechain opens two: `{client_id}-in` subscribes, `{client_id}-out`
@@ -136,6 +217,10 @@ pub struct HttpSpec {
     /// The address it listens on (default `127.0.0.1:8080`); `off` for none.
     #[serde(default)]
     pub listen: Option<Sp<String>>,
+    /// A bearer token required by `/ws` and `/api/*` (`Authorization: Bearer ...` or
+    /// `?token=`); `/healthz` stays open. Use `${ENV_VAR}`.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// The engine's shape.
@@ -185,17 +270,44 @@ pub struct ChannelSpec {
     /// Subject template (`${}` holes over `msg`, `attr`, `meta`; an alarm is `msg.alarm`).
     #[serde(default)]
     pub subject: Option<Sp<String>>,
-    /// Body template.
+    /// Body template. For a webhook, the request body instead of the default JSON.
     #[serde(default)]
     pub body: Option<Sp<String>>,
+    /// Retries of a failed delivery, with capped exponential backoff (default 5).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Time allowed for one delivery attempt (default `10s`).
+    #[serde(default)]
+    pub timeout: Option<Sp<String>>,
+    /// Another channel that gets the notification when this one has failed `fallback_after`
+    /// times on it.
+    #[serde(default)]
+    pub fallback: Option<Sp<String>>,
+    /// Failed attempts before the fallback is used (default 3).
+    #[serde(default)]
+    pub fallback_after: Option<Sp<u32>>,
+    /// At most this many notifications per period, e.g. `10/1m`; more are dropped and counted.
+    #[serde(default)]
+    pub rate_limit: Option<Sp<String>>,
+    /// While an alarm stays active and unacknowledged, send it again this often (e.g. `4h`).
+    #[serde(default)]
+    pub repeat_interval: Option<Sp<String>>,
+    /// Notifications queued for this channel before new ones are dropped (default 1000).
+    #[serde(default)]
+    pub queue: Option<Sp<usize>>,
 }
 
 /// SMTP delivery.
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSpec {
-    /// The SMTP server, e.g. `smtp://mail.example.com:587`.
-    pub smtp: String,
+    /// The SMTP server, e.g. `smtp://mail.example.com:587` (`smtps://` for TLS from the first
+    /// byte, port 465).
+    pub smtp: Sp<String>,
+    /// `starttls` (default for `smtp://`), `tls` (default for `smtps://`) or `none` (plain
+    /// text: only for a relay on the same host).
+    #[serde(default)]
+    pub tls: Option<Sp<String>>,
     /// The sender address.
     pub from: String,
     /// The recipients.
@@ -213,13 +325,17 @@ pub struct EmailSpec {
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     /// The URL to POST to.
-    pub url: String,
+    pub url: Sp<String>,
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Shared secret for the HMAC-SHA256 signature header.
+    /// Shared secret: each request carries `X-Rulechain-Signature: sha256=<hex>`, the
+    /// HMAC-SHA256 of the body under this secret. Use `${ENV_VAR}`.
     #[serde(default)]
     pub secret: Option<String>,
+    /// The signature header's name (default `X-Rulechain-Signature`).
+    #[serde(default)]
+    pub signature_header: Option<String>,
 }
 
 impl Config {

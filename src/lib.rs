@@ -16,4 +16,5 @@ pub mod nodes;
 pub mod replay;
 pub mod rules;
 pub mod script;
+pub mod sinks;
 pub mod topic;

@@ -73,6 +73,17 @@ enum Command {
         /// Test files or directories (default: the rules directory).
         paths: Vec<PathBuf>,
     },
+    /// Send a sample alarm through a notification channel once and report the result.
+    NotifyTest {
+        /// The engine config that defines the channel.
+        #[arg(long, default_value = "rulechain.yaml")]
+        config: PathBuf,
+        /// The device named in the sample alarm.
+        #[arg(long, default_value = "test-device")]
+        device: String,
+        /// The channel's name.
+        channel: String,
+    },
     /// Write the JSON Schemas of the config, chain, devices and test files.
     Schema {
         /// The directory to write into.
@@ -105,6 +116,11 @@ fn main() {
         Command::DryRun(a) => cli::dry_run::run(a),
         Command::Test { config, paths } => cli::test::run(config, paths),
         Command::Schema { out } => cli::schema::run(&out),
+        Command::NotifyTest {
+            config,
+            device,
+            channel,
+        } => cli::notify_test::run(&config, &channel, &device),
     };
     std::process::exit(code);
 }

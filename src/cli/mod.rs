@@ -2,6 +2,7 @@
 //! (invalid rules, failed tests, unreadable input lines), 2 usage or I/O errors.
 
 pub mod dry_run;
+pub mod notify_test;
 pub mod run;
 pub mod schema;
 pub mod test;

@@ -94,6 +94,7 @@ pub struct Alarm {
     /// The device.
     pub device: String,
     /// The type.
+    #[serde(rename = "type", alias = "type_")]
     pub type_: String,
     /// The current severity.
     #[serde(serialize_with = "ser_severity", deserialize_with = "de_severity")]
@@ -113,6 +114,9 @@ pub struct Alarm {
     pub end_ts: Option<i64>,
     /// How many raises it has seen.
     pub count: u64,
+    /// The chain and alarm node that last raised it: an acknowledgement continues there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<(String, String)>,
 }
 
 impl Alarm {
@@ -227,6 +231,7 @@ impl AlarmStore {
                         last_ts: now,
                         end_ts: None,
                         count: 1,
+                        origin: None,
                     },
                 );
                 Some(Transition::Created)
@@ -253,6 +258,26 @@ impl AlarmStore {
         a.end_ts = Some(now);
         self.changes += 1;
         Some(a)
+    }
+
+    /// Records which chain and node raised the alarm.
+    pub fn set_origin(&mut self, device: &str, type_: &str, chain: &str, node: &str) {
+        if let Some(a) = self
+            .alarms
+            .get_mut(&(device.to_string(), type_.to_string()))
+        {
+            if a.origin
+                .as_ref()
+                .is_none_or(|(c, n)| c != chain || n != node)
+            {
+                a.origin = Some((chain.to_string(), node.to_string()));
+            }
+        }
+    }
+
+    /// The alarm with this id.
+    pub fn by_id(&self, id: &str) -> Option<&Alarm> {
+        self.alarms.values().find(|a| a.id == id)
     }
 
     /// The alarm of (device, type), active or not.

@@ -42,6 +42,9 @@ pub enum Event {
         message: String,
         /// The alarm id.
         id: String,
+        /// The whole alarm after the transition (for the live sinks; not in dry-run output).
+        #[serde(skip)]
+        record: Box<crate::engine::alarm::Alarm>,
     },
     /// A notification to a channel.
     Notify {
@@ -53,6 +56,10 @@ pub enum Event {
         subject: String,
         /// The rendered body.
         body: String,
+        /// The message (an alarm message holds the alarm under `alarm`), for the live
+        /// channels' payloads (not in dry-run output).
+        #[serde(skip)]
+        data: Dynamic,
     },
     /// An RPC command to a device.
     Rpc {

@@ -22,7 +22,7 @@ use rhai::{Dynamic, Map};
 use crate::rules::compile::{Chain, Reads, RuleSet};
 use crate::rules::model::Kind;
 use crate::script::{Runtime, Vars};
-use alarm::AlarmStore;
+use alarm::{Alarm, AlarmStore};
 use effect::{Effect, EffectSink, Event};
 
 /// A message entering the engine.
@@ -458,6 +458,86 @@ impl Executor {
             }
         }
         m
+    }
+
+    /// Acknowledges an alarm (an operator, through the API or a WebSocket client): ACTIVE_UNACK
+    /// → ACTIVE_ACK, CLEARED_UNACK → CLEARED_ACK. The `acknowledged` transition is emitted from
+    /// the alarm node that raised it and passes downstream from there (so a `notify` after the
+    /// alarm node hears of it), at the current clock time.
+    pub fn acknowledge(&mut self, id: &str, out: &mut dyn EffectSink) -> Result<Alarm, String> {
+        let alarm = match self.alarms.acknowledge(id) {
+            Some(a) => a.clone(),
+            None => {
+                return Err(match self.alarms.by_id(id) {
+                    Some(a) => format!(
+                        "alarm `{id}` is already acknowledged ({})",
+                        a.status.as_str()
+                    ),
+                    None => format!("no alarm `{id}`"),
+                })
+            }
+        };
+        let rules = self.rules.clone();
+        let at = alarm.origin.as_ref().and_then(|(c, n)| {
+            let ci = rules.chains.iter().position(|ch| &*ch.name == c)?;
+            let ni = rules.chains[ci].nodes.iter().position(|nd| &*nd.id == n)?;
+            Some((ci, ni))
+        });
+        let (chain, node): (Arc<str>, Arc<str>) = match at {
+            Some((ci, ni)) => (
+                rules.chains[ci].name.clone(),
+                rules.chains[ci].nodes[ni].id.clone(),
+            ),
+            None => ("".into(), "".into()),
+        };
+        let device: Arc<str> = alarm.device.as_str().into();
+        out.emit(Effect {
+            event: Event::Alarm {
+                device: device.clone(),
+                type_: alarm.type_.clone(),
+                severity: alarm.severity,
+                transition: alarm::Transition::Acknowledged.as_str(),
+                status: alarm.status.as_str(),
+                message: alarm.message.clone(),
+                id: alarm.id.clone(),
+                record: Box::new(alarm.clone()),
+            },
+            ts: self.now,
+            chain,
+            node,
+        });
+        if let Some((ci, ni)) = at {
+            self.devices.entry(device.clone()).or_default();
+            let mut msg = Map::new();
+            msg.insert(
+                "alarm".into(),
+                Dynamic::from_map(alarm.to_map(alarm::Transition::Acknowledged)),
+            );
+            let mut p = Packet {
+                vars: Vars {
+                    msg: Dynamic::from_map(msg),
+                    attr: Dynamic::UNIT,
+                    meta: Dynamic::UNIT,
+                },
+                device,
+                topic: None,
+                ts: self.now,
+            };
+            let head = Head {
+                kind: Kind::Telemetry,
+                captures: &[],
+            };
+            self.fill(
+                &mut p,
+                &head,
+                Reads {
+                    meta: true,
+                    attr: true,
+                },
+            );
+            self.follow(&rules, ci, ni, Flow::Pass(p), out);
+        }
+        Ok(alarm)
     }
 
     /// Everything but the rules, as data (see [`persist`]).

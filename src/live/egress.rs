@@ -1,7 +1,9 @@
 //! Where effects go live. RPC commands, republished messages and dead letters leave through the
 //! egress MQTT connection (its own client, so a slow publish never blocks the client that
-//! reads); alarm transitions, notifications, log and error events go to the log. The InfluxDB
-//! writer, the WebSocket hub and notification delivery plug in here (see ARCHITECTURE.md).
+//! reads); points go to the InfluxDB writer (collected per shard turn, handed over as one
+//! chunk), WebSocket pushes and alarm transitions to the hub, notifications to their channels'
+//! queues, log and error events to the log. None of these waits: every queue is bounded and
+//! a full one drops and counts (see `sinks`).
 //!
 //! Shards hand publishes straight to the egress client's request queue (`try_publish`: no extra
 //! task, no extra thread hop per message). The queue is bounded (`EGRESS_QUEUE`): when it is
@@ -25,6 +27,10 @@ pub const EGRESS_QUEUE: usize = 10_000;
 /// The shards' handle on the outside world.
 #[derive(Clone)]
 pub struct Outbox {
+    /// InfluxDB, WebSocket, notifications.
+    pub sinks: crate::sinks::Sinks,
+    /// Lines for InfluxDB gathered in this turn of the shard loop.
+    pub influx_pending: Vec<String>,
     /// The egress connection's client.
     pub mqtt: AsyncClient,
     /// Counters.
@@ -59,8 +65,19 @@ impl Outbox {
         }
     }
 
+    /// Hands what this turn gathered to the sinks that take batches.
+    pub fn flush(&mut self) {
+        if self.influx_pending.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.influx_pending);
+        if let Some(i) = &self.sinks.influx {
+            i.send(lines);
+        }
+    }
+
     /// Routes one effect.
-    pub fn send(&self, e: Effect) {
+    pub fn send(&mut self, e: Effect) {
         let s = &self.stats;
         match e.event {
             Event::Rpc {
@@ -99,24 +116,47 @@ impl Outbox {
                 status,
                 message,
                 id,
+                record,
             } => {
                 s.alarm_events.fetch_add(1, Relaxed);
                 tracing::warn!(chain = %e.chain, %device, alarm = %type_, %severity, %status, %id, "ALARM {transition}: {message}");
+                self.sinks.hub.alarm(&record, transition, e.ts);
             }
             Event::Notify {
                 channel,
                 device,
                 subject,
-                ..
+                body,
+                data,
             } => {
                 s.notifications.fetch_add(1, Relaxed);
-                tracing::info!(chain = %e.chain, node = %e.node, %device, %channel, "notify: {subject}");
+                let notice = crate::sinks::notify::Notice {
+                    channel,
+                    chain: e.chain,
+                    node: e.node,
+                    device,
+                    ts: e.ts,
+                    subject,
+                    body,
+                    data: serde_json::to_value(&data).unwrap_or_default(),
+                    reminder: false,
+                    fallback_from: None,
+                };
+                let (channel, device) = (notice.channel.clone(), notice.device.clone());
+                if !self.sinks.notify.send(notice) && self.limit.allow() {
+                    tracing::warn!(%channel, %device, "notification not queued: no such channel in the config, or its queue is full");
+                }
             }
-            Event::Influx { .. } => {
+            Event::Influx { line, .. } => {
                 s.influx_points.fetch_add(1, Relaxed);
+                if self.sinks.influx.is_some() {
+                    self.influx_pending.push(line);
+                }
             }
-            Event::Websocket { .. } => {
+            Event::Websocket { room, data, .. } => {
                 s.websocket.fetch_add(1, Relaxed);
+                let data = serde_json::to_string(&data).unwrap_or_else(|_| "null".into());
+                self.sinks.hub.publish(&room, e.ts, &data);
             }
             Event::Log {
                 device,

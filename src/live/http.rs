@@ -1,11 +1,16 @@
-//! The HTTP API (axum): health, status (counters, rules generation, last reload errors) and
-//! reload. The WebSocket hub and `/metrics` join it on the same listener.
+//! The HTTP API (axum) on one listener: health, status (counters, rules generation, last reload
+//! errors, sinks), reload, alarms (list, acknowledge) and the WebSocket hub at `/ws`. With
+//! `http.token` set, everything but `/healthz` wants `Authorization: Bearer TOKEN` or
+//! `?token=TOKEN` (browsers cannot set headers on a WebSocket).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -20,12 +25,101 @@ pub struct ReloadReq {
     pub reply: Option<oneshot::Sender<ReloadReport>>,
 }
 
+/// What the HTTP server serves.
 #[derive(Clone)]
-struct Api {
-    stats: Arc<Stats>,
-    reload: Arc<Mutex<ReloadStatus>>,
-    reload_tx: mpsc::Sender<ReloadReq>,
-    shards: usize,
+pub struct Api {
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// The rules' reload status.
+    pub reload: Arc<Mutex<ReloadStatus>>,
+    /// Reload requests.
+    pub reload_tx: mpsc::Sender<ReloadReq>,
+    /// Shard count.
+    pub shards: usize,
+    /// The WebSocket hub.
+    pub hub: Arc<crate::sinks::hub::Hub>,
+    /// The InfluxDB writer's counters (the API holds no sender: the sinks close when the
+    /// shards stop).
+    pub influx: Option<Arc<crate::sinks::influx::InfluxStats>>,
+    /// The notification channels' counters.
+    pub notify: crate::sinks::notify::NotifyView,
+    /// The bearer token, if one is required.
+    pub token: Option<Arc<str>>,
+}
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let Some(want) = api.token.as_deref() else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(|t| t.to_string())
+    });
+    let given = header.map(str::to_string).or(query);
+    if given.is_some_and(|g| same(g.as_bytes(), want.as_bytes())) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "a token is required: `Authorization: Bearer TOKEN` or `?token=TOKEN` (see `http.token` in the config)"})),
+        )
+            .into_response()
+    }
+}
+
+async fn ws(State(api): State<Api>, up: WebSocketUpgrade) -> Response {
+    let hub = api.hub.clone();
+    match hub.admit() {
+        Some(slot) => up
+            .max_message_size(64 * 1024)
+            .on_upgrade(move |socket| hub.serve(socket, slot)),
+        None => {
+            let max = hub.max_clients();
+            up.on_upgrade(move |mut socket| async move {
+                let reason = format!(
+                    "the hub is full ({max} clients; websocket.max_clients): try again later"
+                );
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1013,
+                        reason: reason.into(),
+                    })))
+                    .await;
+            })
+        }
+    }
+}
+
+async fn alarms(State(api): State<Api>) -> Json<Value> {
+    Json(json!({"alarms": api.hub.alarms()}))
+}
+
+async fn ack(State(api): State<Api>, Path(id): Path<String>) -> (StatusCode, Json<Value>) {
+    match api.hub.ack(&id).await {
+        Ok(status) => (StatusCode::OK, Json(json!({"alarm": id, "status": status}))),
+        Err(e) => {
+            let code = if e.contains("shutting down") {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else if e.contains("already acknowledged") {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            (code, Json(json!({"alarm": id, "error": e})))
+        }
+    }
 }
 
 async fn healthz(State(api): State<Api>) -> (StatusCode, Json<Value>) {
@@ -47,6 +141,9 @@ async fn status(State(api): State<Api>) -> Json<Value> {
         "rules": reload,
         "shards": api.shards,
         "counters": api.stats.to_json(),
+        "influx": api.influx.as_ref().map(|i| i.to_json()),
+        "websocket": api.hub.to_json(),
+        "notify": api.notify.to_json(),
     }))
 }
 
@@ -89,24 +186,17 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
 }
 
 /// Serves until `stop` turns true.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    stats: Arc<Stats>,
-    reload_status: Arc<Mutex<ReloadStatus>>,
-    reload_tx: mpsc::Sender<ReloadReq>,
-    shards: usize,
-    mut stop: watch::Receiver<bool>,
-) {
-    let api = Api {
-        stats,
-        reload: reload_status,
-        reload_tx,
-        shards,
-    };
-    let app = Router::new()
-        .route("/healthz", get(healthz))
+pub async fn serve(listener: tokio::net::TcpListener, api: Api, mut stop: watch::Receiver<bool>) {
+    let guarded = Router::new()
         .route("/api/status", get(status))
         .route("/api/reload", post(reload))
+        .route("/api/alarms", get(alarms))
+        .route("/api/alarms/{id}/ack", post(ack))
+        .route("/ws", get(ws))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(guarded)
         .with_state(api);
     let shutdown = async move {
         let _ = stop.changed().await;

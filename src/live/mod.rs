@@ -287,8 +287,32 @@ async fn serve(
     let (in_client, in_events) = ingest::client(in_opts, 1024);
     let (ack_tx, ack_rx) = mpsc::channel(ingest::ACK_CAPACITY);
     let acker = tokio::spawn(ingest::acker(in_client.clone(), ack_rx));
+    // Sinks: InfluxDB writer, WebSocket hub, notification channels.
+    let (ack_tx_hub, mut ack_rx_hub) = mpsc::channel::<crate::sinks::hub::AckReq>(64);
+    let hub = Arc::new(crate::sinks::hub::Hub::new(
+        crate::sinks::hub::HubSettings::from_spec(settings.config.websocket.as_ref())?,
+        ack_tx_hub,
+    ));
+    let (influx, influx_task) = match &settings.config.influx {
+        Some(spec) => {
+            let s = crate::sinks::influx::InfluxSettings::resolve(spec, &settings.state_dir)?;
+            tracing::info!(url = %s.write_url, batch_size = s.batch_size, "writing points to InfluxDB");
+            let (h, t) = crate::sinks::influx::start(s, Arc::default())?;
+            (Some(h), Some(t))
+        }
+        None => (None, None),
+    };
+    let (notifier, notify_tasks) =
+        crate::sinks::notify::Notifier::start(&settings.config.channels)?;
+    let sinks = crate::sinks::Sinks {
+        influx,
+        hub,
+        notify: notifier,
+    };
     // Shards.
     let outbox = egress::Outbox {
+        sinks: sinks.clone(),
+        influx_pending: Vec::new(),
         mqtt: out_client.clone(),
         stats: stats.clone(),
         dead_letter: settings.dead_letter.as_deref().map(Arc::from),
@@ -334,6 +358,26 @@ async fn serve(
         in_events,
         stop_rx.clone(),
     ));
+    // Acknowledgements from the API and WebSocket clients go to the device's shard.
+    let ack_router = {
+        let shard_tx = shard_tx.clone();
+        let mut stop = stop_rx.clone();
+        // It stops with ingest: the shards' queues close only when no sender is left.
+        tokio::spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    _ = stop.changed() => break,
+                    r = ack_rx_hub.recv() => match r { Some(r) => r, None => break },
+                };
+                let tx = &shard_tx[shard::shard_of(&req.device, shard_tx.len())];
+                if let Err(e) = tx.send(ShardMsg::Ack(req)).await {
+                    if let ShardMsg::Ack(req) = e.0 {
+                        let _ = req.reply.send(Err("shutting down".into()));
+                    }
+                }
+            }
+        })
+    };
     // Reloads: the watcher, SIGHUP and the API send requests; one task serves them in turn.
     let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadReq>(16);
     let status = reloader.status.clone();
@@ -382,14 +426,23 @@ async fn serve(
             "HTTP API on http://{}",
             l.local_addr().map(|a| a.to_string()).unwrap_or_default()
         );
-        tokio::spawn(http::serve(
-            l,
-            stats.clone(),
-            status,
-            reload_tx.clone(),
+        let api = http::Api {
+            stats: stats.clone(),
+            reload: status,
+            reload_tx: reload_tx.clone(),
             shards,
-            stop_rx.clone(),
-        ))
+            hub: sinks.hub.clone(),
+            influx: sinks.influx.as_ref().map(|i| i.stats.clone()),
+            notify: sinks.notify.view(),
+            token: settings
+                .config
+                .http
+                .as_ref()
+                .and_then(|h| h.token.as_deref())
+                .filter(|t| !t.is_empty())
+                .map(Arc::from),
+        };
+        tokio::spawn(http::serve(l, api, stop_rx.clone()))
     });
     let sim_task = opts.demo.then(|| {
         tokio::spawn(sim::run(
@@ -405,6 +458,7 @@ async fn serve(
     tracing::info!("shutting down: draining shards, saving state");
     let _ = stop_tx.send(true);
     let _ = reload_task.await;
+    let _ = ack_router.await;
     if let Some(t) = sim_task {
         let _ = t.await;
     }
@@ -417,6 +471,21 @@ async fn serve(
         tracing::error!(
             "shards did not finish within the shutdown timeout; their last checkpoint stands"
         );
+    }
+    // The shards' sink handles are gone; with these, the sinks' inputs close and they send what
+    // they hold (the InfluxDB writer spools what it cannot send in time).
+    let influx_stats = sinks.influx.as_ref().map(|i| i.stats.clone());
+    drop(sinks);
+    if let Some(t) = influx_task {
+        if tokio::time::timeout_at(deadline, t).await.is_err() {
+            tracing::error!("the InfluxDB writer did not finish within the shutdown timeout");
+        }
+    }
+    for t in notify_tasks {
+        if tokio::time::timeout_at(deadline, t).await.is_err() {
+            tracing::warn!("a notification channel did not finish within the shutdown timeout");
+            break;
+        }
     }
     // The last acknowledgements go out while ingest still polls; then it disconnects.
     let _ = tokio::time::timeout_at(deadline, acker).await;
@@ -434,7 +503,11 @@ async fn serve(
         let _ = tokio::time::timeout_at(deadline, t).await;
     }
     progress.abort();
-    tracing::info!(counters = %stats.to_json(), "stopped");
+    tracing::info!(
+        counters = %stats.to_json(),
+        influx = %influx_stats.map(|s| s.to_json()).unwrap_or_default(),
+        "stopped"
+    );
     Ok(())
 }
 

@@ -45,6 +45,8 @@ pub struct Job {
 pub enum ShardMsg {
     /// A message.
     Job(Job),
+    /// An operator acknowledges an alarm of a device of this shard.
+    Ack(crate::sinks::hub::AckReq),
     /// New rules (a reload), with their generation.
     Reload(Arc<RuleSet>, u64),
 }
@@ -258,12 +260,15 @@ pub fn run(
     rules: Arc<RuleSet>,
     devices: HashMap<Arc<str>, Device>,
     mut rx: mpsc::Receiver<ShardMsg>,
-    ctx: ShardCtx,
+    mut ctx: ShardCtx,
 ) {
     let mut exec = Executor::new(rules, devices, wall_ms());
     // RPC ids unique across shards and restarts: start time (base 36) and shard.
     exec.set_id_prefix(format!("{}-{}-", radix36(wall_ms() as u64), ctx.index));
     restore(&mut exec, &ctx);
+    for a in exec.alarms().iter() {
+        ctx.outbox.sinks.hub.seed_alarm(a);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -304,6 +309,12 @@ pub fn run(
                         handle(&mut exec, job, &ctx, &mut buf, &mut done);
                         dirty = true;
                     }
+                    ShardMsg::Ack(req) => {
+                        let r = exec
+                            .acknowledge(&req.id, &mut buf)
+                            .map(|a| a.status.as_str().to_string());
+                        let _ = req.reply.send(r);
+                    }
                     ShardMsg::Reload(rules, generation) => {
                         let c = exec.reload(rules);
                         dirty = true;
@@ -338,6 +349,7 @@ pub fn run(
             for e in buf.0.drain(..) {
                 ctx.outbox.send(e);
             }
+            ctx.outbox.flush();
             if let Some(tx) = &ctx.done {
                 for seq in done.drain(..) {
                     // Bounded: the acker drains it; waiting here is backpressure.
@@ -352,6 +364,7 @@ pub fn run(
         for e in buf.0.drain(..) {
             ctx.outbox.send(e);
         }
+        ctx.outbox.flush();
         checkpoint(&exec, &ctx);
         let active = exec
             .alarms()

@@ -128,16 +128,22 @@ impl NodeImpl for AlarmNode {
         match outcome {
             Err(e) => Flow::Error(e, p),
             Ok(None) => Flow::Stop("suppressed"),
-            Ok(Some((t, alarm))) => {
+            Ok(Some((t, mut alarm))) => {
+                if t != Transition::Cleared {
+                    cx.alarms
+                        .set_origin(&p.device, &alarm.type_, cx.chain, cx.node);
+                    alarm.origin = Some((cx.chain.to_string(), cx.node.to_string()));
+                }
                 p.with_msg(|m| m.insert("alarm".into(), Dynamic::from_map(alarm.to_map(t))));
                 cx.emit(Event::Alarm {
                     device: p.device.clone(),
-                    type_: alarm.type_,
+                    type_: alarm.type_.clone(),
                     severity: alarm.severity,
                     transition: t.as_str(),
                     status: alarm.status.as_str(),
-                    message: alarm.message,
-                    id: alarm.id,
+                    message: alarm.message.clone(),
+                    id: alarm.id.clone(),
+                    record: Box::new(alarm),
                 });
                 Flow::Pass(p)
             }

@@ -10,7 +10,7 @@ mod delay;
 mod filter;
 mod influx;
 mod log;
-mod notify;
+pub mod notify;
 mod publish;
 mod rpc;
 mod switch;

@@ -39,22 +39,26 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     ok.then(|| Box::new(Notify { channels }) as Box<dyn NodeImpl>)
 }
 
+/// The default subject and body of an alarm notification:
+/// `[WARNING] MotorOverload created on pump-3`, and the alarm text.
+pub fn alarm_text(a: &Map) -> (String, String) {
+    let get = |k: &str| a.get(k).map(|v| v.to_string()).unwrap_or_default();
+    (
+        format!(
+            "[{}] {} {} on {}",
+            get("severity"),
+            get("type"),
+            get("transition"),
+            get("device")
+        ),
+        get("message"),
+    )
+}
+
 fn default_text(cx: &Cx<'_>, p: &Packet) -> (String, String) {
     let alarm = p.field("alarm").and_then(|a| a.try_cast::<Map>());
     match alarm {
-        Some(a) => {
-            let get = |k: &str| a.get(k).map(|v| v.to_string()).unwrap_or_default();
-            (
-                format!(
-                    "[{}] {} {} on {}",
-                    get("severity"),
-                    get("type"),
-                    get("transition"),
-                    get("device")
-                ),
-                get("message"),
-            )
-        }
+        Some(a) => alarm_text(&a),
         None => (
             format!("{} on {}", cx.chain, p.device),
             serde_json::to_string(p.msg()).unwrap_or_default(),
@@ -85,6 +89,7 @@ impl NodeImpl for Notify {
                 device: p.device.clone(),
                 subject,
                 body,
+                data: p.msg().clone(),
             });
         }
         Flow::Pass(p)

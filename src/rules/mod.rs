@@ -245,6 +245,12 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
                 )
                 .hint("e.g. `webhook: {url: https://example.com/hook}`");
         }
+        for (pos, text, hint) in crate::sinks::notify::check_channel(name, ch, &cfg.channels) {
+            let d = diags.error(src, pos, text);
+            if let Some(h) = hint {
+                d.hint(h);
+            }
+        }
         for t in [&ch.subject, &ch.body].into_iter().flatten() {
             if let Err(e) = crate::script::Template::compile(&engine, t) {
                 let pos = yaml::pos_in_scalar(&src.text, t.pos, e.line, e.col);
@@ -312,6 +318,64 @@ fn check_live_settings(src: &Source, cfg: &Config, diags: &mut Diagnostics) {
             .filter(|n| !(1..=1 << 20).contains(&n.value))
         {
             diags.error(src, n.pos, "queue is between 1 and 1048576");
+        }
+    }
+    if let Some(i) = &cfg.influx {
+        let i = &i.value;
+        if let Err(e) = crate::sinks::influx::base_url(&i.url.value) {
+            diags.error(src, i.url.pos, e);
+        }
+        if let Some(a) = i
+            .api
+            .as_ref()
+            .filter(|a| a.value != "v1" && a.value != "v2")
+        {
+            diags
+                .error(src, a.pos, format!("unknown InfluxDB api `{}`", a.value))
+                .hint("`v2` (/api/v2/write: InfluxDB 2.x, 3.x, 1.8+, VictoriaMetrics) or `v1` (/write?db=)");
+        }
+        if let Some(p) = i
+            .precision
+            .as_ref()
+            .filter(|p| !["ns", "us", "ms", "s"].contains(&p.value.as_str()))
+        {
+            diags.error(
+                src,
+                p.pos,
+                format!("unknown precision `{}`: use ns, us, ms or s", p.value),
+            );
+        }
+        if let Some(b) = i
+            .batch_size
+            .as_ref()
+            .filter(|b| !(1..=1_000_000).contains(&b.value))
+        {
+            diags.error(src, b.pos, "batch_size is between 1 and 1000000");
+        }
+        if let (Some(b), Some(n)) = (&i.batch_size, &i.buffer_points) {
+            if n.value < b.value {
+                diags.error(
+                    src,
+                    n.pos,
+                    "buffer_points must hold at least one batch (batch_size)",
+                );
+            }
+        }
+        durations.extend(&i.flush_interval);
+        durations.extend(&i.timeout);
+        durations.extend(&i.max_backoff);
+    }
+    if let Some(w) = &cfg.websocket {
+        durations.extend(&w.ping_interval);
+        if let Some(n) = w.max_clients.as_ref().filter(|n| n.value == 0) {
+            diags.error(src, n.pos, "max_clients is at least 1");
+        }
+        if let Some(n) = w
+            .client_queue
+            .as_ref()
+            .filter(|n| !(1..=1 << 20).contains(&n.value))
+        {
+            diags.error(src, n.pos, "client_queue is between 1 and 1048576");
         }
     }
     for d in durations {

@@ -1,0 +1,142 @@
+//! `rulechain notify-test CHANNEL`: renders the channel's templates for a sample alarm, sends
+//! it once (no retries, no fallback) and reports what happened, so a channel can be checked
+//! before a real alarm depends on it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rhai::{Dynamic, Map};
+
+use crate::diag::Diagnostics;
+use crate::script::{Runtime, Template, Vars};
+use crate::sinks::notify::{Notice, Policy, Transport};
+
+/// The sample alarm sent.
+fn sample_alarm(device: &str, now: i64) -> crate::engine::alarm::Alarm {
+    crate::engine::alarm::Alarm {
+        id: format!("TestAlarm:{device}:{now}"),
+        device: device.to_string(),
+        type_: "TestAlarm".into(),
+        severity: "WARNING",
+        status: crate::engine::alarm::Status::ActiveUnack,
+        message: format!("a test notification from rulechain notify-test for {device}"),
+        details: Map::new(),
+        start_ts: now,
+        last_ts: now,
+        end_ts: None,
+        count: 1,
+        origin: None,
+    }
+}
+
+/// Runs `notify-test`.
+pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
+    let mut diags = Diagnostics::new();
+    let Some(cfg) = super::load_config(Some(config), &mut diags) else {
+        eprint!("{}", diags.render_text());
+        return super::EXIT_FINDINGS;
+    };
+    let Some(spec) = cfg.channels.get(channel) else {
+        let known: Vec<&str> = cfg.channels.keys().map(String::as_str).collect();
+        eprintln!(
+            "error: no channel `{channel}` in {} (known: {})",
+            config.display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        return super::EXIT_USAGE;
+    };
+    let now = super::wall_ms();
+    let alarm = sample_alarm(device, now);
+    let transition = crate::engine::alarm::Transition::Created;
+    let alarm_map = alarm.to_map(transition);
+    // The templates see what a `notify` after an alarm node sees.
+    let mut msg = Map::new();
+    msg.insert("alarm".into(), Dynamic::from_map(alarm_map.clone()));
+    let mut meta = Map::new();
+    meta.insert("device".into(), device.to_string().into());
+    meta.insert("device_type".into(), Dynamic::UNIT);
+    meta.insert("kind".into(), "telemetry".into());
+    meta.insert("topic".into(), Dynamic::UNIT);
+    meta.insert("ts".into(), now.into());
+    let mut vars = Vars {
+        msg: Dynamic::from_map(msg.clone()),
+        attr: Dynamic::from_map(Map::new()),
+        meta: Dynamic::from_map(meta),
+    };
+    let engine = Arc::new(crate::script::new_engine());
+    let mut rt = Runtime::new(engine.clone());
+    let (mut subject, mut body) = crate::nodes::notify::alarm_text(&alarm_map);
+    for (t, out) in [(&spec.subject, &mut subject), (&spec.body, &mut body)] {
+        if let Some(t) = t {
+            let rendered = Template::compile(&engine, t)
+                .map_err(|e| e.message)
+                .and_then(|t| t.render(&mut rt, &mut vars));
+            match rendered {
+                Ok(s) => *out = s,
+                Err(e) => {
+                    eprintln!(
+                        "error: channel `{channel}`: a template failed on the sample alarm: {e}"
+                    );
+                    return super::EXIT_FINDINGS;
+                }
+            }
+        }
+    }
+    let notice = Notice {
+        channel: channel.to_string(),
+        chain: "notify-test".into(),
+        node: "notify-test".into(),
+        device: device.into(),
+        ts: now,
+        subject,
+        body,
+        data: serde_json::json!({
+            "alarm": crate::sinks::hub::alarm_json(&alarm, transition.as_str())
+        }),
+        reminder: false,
+        fallback_from: None,
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return super::EXIT_USAGE;
+        }
+    };
+    let outcome = rt.block_on(async {
+        let policy = Policy::from_spec(spec)?;
+        let transport = Transport::build(channel, spec, policy.timeout)?;
+        let via = transport.describe();
+        println!("sending a sample alarm through `{channel}` ({via})");
+        println!("  subject: {}", notice.subject);
+        println!("  body:    {}", notice.body);
+        let start = Instant::now();
+        match tokio::time::timeout(policy.timeout, transport.deliver(&notice)).await {
+            Ok(Ok(())) => Ok(start.elapsed()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!(
+                "no answer within {} ms (the channel's `timeout`)",
+                policy.timeout.as_millis()
+            )),
+        }
+    });
+    match outcome {
+        Ok(took) => {
+            println!("delivered in {} ms", took.as_millis());
+            super::EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: `{channel}` failed: {e}");
+            super::EXIT_FINDINGS
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! The WebSocket hub: rooms, per-room sequence numbers, snapshots on subscribe, bounded
+//! per-client queues, heartbeats, and alarm acknowledgement (protocol in the README).
+//!
+//! Shards publish into the hub without waiting: a publish serializes the frame once, takes the
+//! next sequence number of its room and appends the frame to each subscriber's queue. A queue
+//! that is full loses its oldest frame and counts it per room; the client's task tells the client
+//! with `{"op":"lagged","room":..,"missed":N}` before its next frames. So a slow client never
+//! slows the engine or another client.
+//!
+//! The hub is in-process. Fan-out across instances (Redis Pub/Sub) would plug in behind
+//! [`Hub::publish`] and [`Hub::alarm`] (see ARCHITECTURE.md, "Scale-out").
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Most rooms whose latest message is kept for snapshots.
+pub const MAX_ROOMS: usize = 200_000;
+/// Most rooms one client may subscribe to.
+pub const MAX_ROOMS_PER_CLIENT: usize = 1_000;
+/// Longest room name.
+pub const MAX_ROOM_LEN: usize = 256;
+
+/// The hub's settings.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Most clients at once.
+    pub max_clients: usize,
+    /// Frames queued per client.
+    pub client_queue: usize,
+    /// Ping interval.
+    pub ping_interval: Duration,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            max_clients: 20_000,
+            client_queue: 1024,
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl HubSettings {
+    /// From the config (checked by `validate`).
+    pub fn from_spec(spec: Option<&crate::config::WebsocketSpec>) -> Result<Self, String> {
+        let d = HubSettings::default();
+        let Some(s) = spec else { return Ok(d) };
+        Ok(HubSettings {
+            max_clients: s.max_clients.as_ref().map_or(d.max_clients, |v| v.value),
+            client_queue: s
+                .client_queue
+                .as_ref()
+                .map_or(d.client_queue, |v| v.value)
+                .max(1),
+            ping_interval: match &s.ping_interval {
+                Some(p) => {
+                    Duration::from_millis(crate::rules::duration::parse(&p.value)?.max(100) as u64)
+                }
+                None => d.ping_interval,
+            },
+        })
+    }
+}
+
+/// An acknowledgement asked for by a client or the HTTP API, routed to the device's shard.
+#[derive(Debug)]
+pub struct AckReq {
+    /// The alarm id.
+    pub id: String,
+    /// Its device (the shard is chosen by it).
+    pub device: String,
+    /// The result: the alarm's new status, or why not.
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// The hub's counters.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Clients connected now.
+    pub clients: AtomicUsize,
+    /// Connections refused (limit, auth).
+    pub refused: AtomicU64,
+    /// Frames published (one per room message).
+    pub published: AtomicU64,
+    /// Frames queued to clients.
+    pub delivered: AtomicU64,
+    /// Frames a slow client lost.
+    pub lagged: AtomicU64,
+    /// Clients dropped for missing pongs.
+    pub timed_out: AtomicU64,
+}
+
+struct Room {
+    seq: u64,
+    subs: Vec<Arc<Client>>,
+    /// The latest message: ts and data (JSON text), for snapshots.
+    last: Option<(i64, Arc<str>)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    rooms: HashMap<Arc<str>, Room>,
+    /// Wildcard subscriptions: `device/*` is the prefix `device/`.
+    wild: Vec<(Arc<str>, Arc<Client>)>,
+    /// Alarms that need attention (all but CLEARED_ACK), by id: device and JSON.
+    alarms: BTreeMap<String, (String, Value)>,
+}
+
+/// One connected client's queue.
+pub struct Client {
+    id: u64,
+    queue: Mutex<ClientQueue>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct ClientQueue {
+    frames: VecDeque<(Arc<str>, Utf8Bytes)>,
+    missed: Vec<(Arc<str>, u64)>,
+    rooms: usize,
+}
+
+impl Client {
+    fn push(&self, room: &Arc<str>, frame: Utf8Bytes, cap: usize, stats: &HubStats) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.frames.len() >= cap {
+            if let Some((r, _)) = q.frames.pop_front() {
+                stats.lagged.fetch_add(1, Relaxed);
+                match q.missed.iter_mut().find(|m| m.0 == r) {
+                    Some(m) => m.1 += 1,
+                    None => q.missed.push((r, 1)),
+                }
+            }
+        }
+        q.frames.push_back((room.clone(), frame));
+        drop(q);
+        stats.delivered.fetch_add(1, Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> (Vec<(Arc<str>, u64)>, VecDeque<(Arc<str>, Utf8Bytes)>) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        (std::mem::take(&mut q.missed), std::mem::take(&mut q.frames))
+    }
+}
+
+/// The hub.
+pub struct Hub {
+    settings: HubSettings,
+    inner: Mutex<Inner>,
+    /// Counters.
+    pub stats: HubStats,
+    next_id: AtomicU64,
+    acks: mpsc::Sender<AckReq>,
+}
+
+fn room_frame(room: &str, seq: u64, ts: i64, data: &str) -> Utf8Bytes {
+    let mut s = String::with_capacity(room.len() + data.len() + 48);
+    s.push_str("{\"room\":");
+    s.push_str(&Value::from(room).to_string());
+    s.push_str(",\"seq\":");
+    s.push_str(itoa::Buffer::new().format(seq));
+    s.push_str(",\"ts\":");
+    s.push_str(itoa::Buffer::new().format(ts));
+    s.push_str(",\"data\":");
+    s.push_str(data);
+    s.push('}');
+    Utf8Bytes::from(s)
+}
+
+/// The alarm as clients and webhooks see it.
+pub fn alarm_json(a: &crate::engine::alarm::Alarm, transition: &str) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("origin");
+        o.insert("transition".into(), transition.into());
+    }
+    v
+}
+
+impl Hub {
+    /// A hub; acknowledgements go to `acks`.
+    pub fn new(settings: HubSettings, acks: mpsc::Sender<AckReq>) -> Self {
+        Hub {
+            settings,
+            inner: Mutex::default(),
+            stats: HubStats::default(),
+            next_id: AtomicU64::new(1),
+            acks,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a message (JSON text) to a room.
+    pub fn publish(&self, room: &str, ts: i64, data: &str) {
+        self.stats.published.fetch_add(1, Relaxed);
+        let cap = self.settings.client_queue;
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let wild: Vec<Arc<Client>> = inner
+            .wild
+            .iter()
+            .filter(|(p, _)| room.starts_with(&**p))
+            .map(|(_, c)| c.clone())
+            .collect();
+        let full = inner.rooms.len() >= MAX_ROOMS;
+        let r = match inner.rooms.get_mut(room) {
+            Some(r) => r,
+            None if full && wild.is_empty() => return,
+            None => inner.rooms.entry(Arc::from(room)).or_insert(Room {
+                seq: 0,
+                subs: Vec::new(),
+                last: None,
+            }),
+        };
+        r.seq += 1;
+        let data: Arc<str> = Arc::from(data);
+        if r.subs.is_empty() && wild.is_empty() {
+            r.last = Some((ts, data));
+            return;
+        }
+        let frame = room_frame(room, r.seq, ts, &data);
+        r.last = Some((ts, data));
+        let name: Arc<str> = inner
+            .rooms
+            .get_key_value(room)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| Arc::from(room));
+        let r = &inner.rooms[room];
+        for c in r.subs.iter().chain(wild.iter()) {
+            c.push(&name, frame.clone(), cap, &self.stats);
+        }
+    }
+
+    /// An alarm transition: kept for snapshots and acknowledgements, and published to `alarms`.
+    pub fn alarm(&self, a: &crate::engine::alarm::Alarm, transition: &str, ts: i64) {
+        let v = alarm_json(a, transition);
+        {
+            let mut inner = self.lock();
+            if a.status == crate::engine::alarm::Status::ClearedAck {
+                inner.alarms.remove(&a.id);
+            } else {
+                inner
+                    .alarms
+                    .insert(a.id.clone(), (a.device.clone(), v.clone()));
+            }
+        }
+        self.publish("alarms", ts, &v.to_string());
+    }
+
+    /// Alarms restored at start (no transition: nothing is published).
+    pub fn seed_alarm(&self, a: &crate::engine::alarm::Alarm) {
+        if a.status == crate::engine::alarm::Status::ClearedAck {
+            return;
+        }
+        let v = alarm_json(a, "restored");
+        self.lock()
+            .alarms
+            .insert(a.id.clone(), (a.device.clone(), v));
+    }
+
+    /// The alarms that need attention (active, or cleared but not acknowledged).
+    pub fn alarms(&self) -> Vec<Value> {
+        self.lock()
+            .alarms
+            .values()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Acknowledges an alarm through its device's shard.
+    pub async fn ack(&self, id: &str) -> Result<String, String> {
+        let device = self
+            .lock()
+            .alarms
+            .get(id)
+            .map(|(d, _)| d.clone())
+            .ok_or_else(|| format!("no alarm `{id}` needs acknowledging"))?;
+        let (tx, rx) = oneshot::channel();
+        self.acks
+            .send(AckReq {
+                id: id.to_string(),
+                device,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "shutting down".to_string())?;
+        rx.await.map_err(|_| "shutting down".to_string())?
+    }
+
+    /// Counters and sizes, as JSON.
+    pub fn to_json(&self) -> Value {
+        let (rooms, wild, alarms) = {
+            let i = self.lock();
+            (i.rooms.len(), i.wild.len(), i.alarms.len())
+        };
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        json!({
+            "clients": self.stats.clients.load(Relaxed),
+            "refused": g(&self.stats.refused),
+            "published": g(&self.stats.published),
+            "delivered": g(&self.stats.delivered),
+            "lagged": g(&self.stats.lagged),
+            "timed_out": g(&self.stats.timed_out),
+            "rooms": rooms,
+            "wildcard_subscriptions": wild,
+            "alarms_open": alarms,
+        })
+    }
+
+    /// Takes a connection slot, or `None` when the hub is full.
+    pub fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let n = self.stats.clients.fetch_add(1, Relaxed);
+        if n >= self.settings.max_clients {
+            self.stats.clients.fetch_sub(1, Relaxed);
+            self.stats.refused.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+
+    /// The client limit.
+    pub fn max_clients(&self) -> usize {
+        self.settings.max_clients
+    }
+
+    fn subscribe(&self, c: &Arc<Client>, rooms: &[String]) -> Result<Vec<String>, String> {
+        let mut done = Vec::new();
+        let cap = self.settings.client_queue;
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        for room in rooms {
+            if room.is_empty() || room.len() > MAX_ROOM_LEN {
+                return Err(format!(
+                    "bad room name `{room}` (1 to {MAX_ROOM_LEN} characters)"
+                ));
+            }
+            {
+                let mut q = c.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if q.rooms >= MAX_ROOMS_PER_CLIENT {
+                    return Err(format!("at most {MAX_ROOMS_PER_CLIENT} rooms per client"));
+                }
+                q.rooms += 1;
+            }
+            if let Some(prefix) = room.strip_suffix('*') {
+                if inner
+                    .wild
+                    .iter()
+                    .any(|(p, w)| &**p == prefix && w.id == c.id)
+                {
+                    continue;
+                }
+                inner.wild.push((Arc::from(prefix), c.clone()));
+                let mut names: Vec<&Arc<str>> = inner
+                    .rooms
+                    .keys()
+                    .filter(|k| k.starts_with(prefix))
+                    .collect();
+                names.sort();
+                for name in names {
+                    let frame = snapshot(name, &inner.rooms[name], &inner.alarms);
+                    c.push(name, frame, cap, &self.stats);
+                }
+            } else {
+                let name: Arc<str> = match inner.rooms.get_key_value(room.as_str()) {
+                    Some((k, _)) => k.clone(),
+                    None => {
+                        let k: Arc<str> = Arc::from(room.as_str());
+                        inner.rooms.insert(
+                            k.clone(),
+                            Room {
+                                seq: 0,
+                                subs: Vec::new(),
+                                last: None,
+                            },
+                        );
+                        k
+                    }
+                };
+                let Some(r) = inner.rooms.get_mut(&name) else {
+                    continue;
+                };
+                if r.subs.iter().any(|s| s.id == c.id) {
+                    continue;
+                }
+                r.subs.push(c.clone());
+                let frame = snapshot(&name, r, &inner.alarms);
+                c.push(&name, frame, cap, &self.stats);
+            }
+            done.push(room.clone());
+        }
+        Ok(done)
+    }
+
+    fn unsubscribe(&self, c: &Client, rooms: &[String]) {
+        let mut inner = self.lock();
+        let mut removed = 0;
+        for room in rooms {
+            if let Some(prefix) = room.strip_suffix('*') {
+                let before = inner.wild.len();
+                inner
+                    .wild
+                    .retain(|(p, w)| !(&**p == prefix && w.id == c.id));
+                removed += before - inner.wild.len();
+            } else if let Some(r) = inner.rooms.get_mut(room.as_str()) {
+                let before = r.subs.len();
+                r.subs.retain(|s| s.id != c.id);
+                removed += before - r.subs.len();
+            }
+        }
+        let mut q = c.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.rooms = q.rooms.saturating_sub(removed);
+    }
+
+    fn leave(&self, c: &Client) {
+        let mut inner = self.lock();
+        inner.wild.retain(|(_, w)| w.id != c.id);
+        for r in inner.rooms.values_mut() {
+            r.subs.retain(|s| s.id != c.id);
+        }
+        // Rooms nobody listens to and nothing was published to are forgotten.
+        inner
+            .rooms
+            .retain(|_, r| !r.subs.is_empty() || r.last.is_some());
+    }
+
+    /// Serves one WebSocket connection until it closes.
+    pub async fn serve(self: Arc<Self>, mut socket: WebSocket, _slot: Slot) {
+        let client = Arc::new(Client {
+            id: self.next_id.fetch_add(1, Relaxed),
+            queue: Mutex::default(),
+            wake: Notify::new(),
+        });
+        let mut ping = tokio::time::interval(self.settings.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut unanswered = 0u32;
+        let reason = loop {
+            tokio::select! {
+                m = socket.recv() => {
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        _ => break None,
+                    };
+                    unanswered = 0;
+                    match m {
+                        Message::Text(t) => {
+                            let reply = self.command(&client, t.as_str()).await;
+                            if let Some(r) = reply {
+                                if socket.send(Message::Text(r.to_string().into())).await.is_err() {
+                                    break None;
+                                }
+                            }
+                        }
+                        Message::Close(_) => break None,
+                        Message::Binary(_) => {
+                            let e = json!({"op":"error","error":"binary frames are not understood: send JSON text"});
+                            if socket.send(Message::Text(e.to_string().into())).await.is_err() {
+                                break None;
+                            }
+                        }
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+                _ = client.wake.notified() => {
+                    let (missed, frames) = client.take();
+                    let mut ok = true;
+                    for (room, n) in missed {
+                        let f = json!({"op":"lagged","room":&*room,"missed":n}).to_string();
+                        if socket.send(Message::Text(f.into())).await.is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if ok {
+                        for (_, f) in frames {
+                            if socket.send(Message::Text(f)).await.is_err() {
+                                ok = false;
+                                break;
+                            }
+                        }
+                    }
+                    if !ok {
+                        break None;
+                    }
+                }
+                _ = ping.tick() => {
+                    if unanswered >= 2 {
+                        self.stats.timed_out.fetch_add(1, Relaxed);
+                        break Some((1001u16, "no pong to two pings"));
+                    }
+                    unanswered += 1;
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break None;
+                    }
+                }
+            }
+        };
+        self.leave(&client);
+        if let Some((code, text)) = reason {
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: text.into(),
+                })))
+                .await;
+        }
+    }
+
+    async fn command(&self, c: &Arc<Client>, text: &str) -> Option<Value> {
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return Some(json!({"op":"error","error":format!("not JSON: {e}")})),
+        };
+        let op = v.get("op").and_then(Value::as_str).unwrap_or("");
+        let rooms = || -> Result<Vec<String>, Value> {
+            v.get("rooms")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r.as_str().map(str::to_string))
+                        .collect()
+                })
+                .ok_or_else(|| json!({"op":"error","error":format!("`{op}` needs `rooms`: a list of room names")}))
+        };
+        match op {
+            "subscribe" => {
+                let rooms = match rooms() {
+                    Ok(r) => r,
+                    Err(e) => return Some(e),
+                };
+                match self.subscribe(c, &rooms) {
+                    Ok(done) => {
+                        // After the snapshots, in the same queue.
+                        let f = json!({"op":"subscribed","rooms":done}).to_string();
+                        c.push(&Arc::from(""), f.into(), usize::MAX, &self.stats);
+                        None
+                    }
+                    Err(e) => Some(json!({"op":"error","error":e})),
+                }
+            }
+            "unsubscribe" => {
+                let rooms = match rooms() {
+                    Ok(r) => r,
+                    Err(e) => return Some(e),
+                };
+                self.unsubscribe(c, &rooms);
+                Some(json!({"op":"unsubscribed","rooms":rooms}))
+            }
+            "ack" => {
+                let Some(id) = v.get("alarm").and_then(Value::as_str) else {
+                    return Some(json!({"op":"error","error":"`ack` needs `alarm`: the alarm id"}));
+                };
+                Some(match self.ack(id).await {
+                    Ok(status) => json!({"op":"acked","alarm":id,"status":status}),
+                    Err(e) => json!({"op":"error","alarm":id,"error":e}),
+                })
+            }
+            other => Some(
+                json!({"op":"error","error":format!("unknown op `{other}`: use subscribe, unsubscribe or ack")}),
+            ),
+        }
+    }
+}
+
+/// A connection slot (given back on drop).
+pub struct Slot(Arc<Hub>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.stats.clients.fetch_sub(1, Relaxed);
+    }
+}
+
+fn snapshot(name: &str, r: &Room, alarms: &BTreeMap<String, (String, Value)>) -> Utf8Bytes {
+    let mut v = json!({"op":"snapshot","room":name,"seq":r.seq});
+    if let Some((ts, data)) = &r.last {
+        v["ts"] = (*ts).into();
+        v["data"] = serde_json::from_str(data).unwrap_or(Value::Null);
+    } else {
+        v["data"] = Value::Null;
+    }
+    let open = |dev: Option<&str>| -> Value {
+        Value::Array(
+            alarms
+                .values()
+                .filter(|(d, _)| dev.is_none_or(|x| x == d))
+                .map(|(_, a)| a.clone())
+                .collect(),
+        )
+    };
+    if name == "alarms" {
+        v["alarms"] = open(None);
+    } else if let Some(dev) = name.strip_prefix("device/") {
+        v["alarms"] = open(Some(dev));
+    }
+    Utf8Bytes::from(v.to_string())
+}

@@ -1,0 +1,874 @@
+//! Notification channels: `email` (SMTP through lettre), `webhook` (HTTP POST, optionally signed
+//! with HMAC-SHA256) and `log`.
+//!
+//! Each channel has its own task and bounded queue, so a webhook that hangs never delays an
+//! email. A delivery attempt has a timeout; a failed one is retried with capped exponential
+//! backoff (notifications of one channel stay in order); after `fallback_after` failures the
+//! notification is also handed to the channel's `fallback` (once; a fallback's own fallback is
+//! not followed, so fallbacks cannot loop). A rate limit drops what exceeds it, counted. With
+//! `repeat_interval`, an alarm that stays active and unacknowledged is sent again as a reminder
+//! until it is cleared or acknowledged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{KeyInit, Mac};
+use lettre::message::{header::ContentType, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::ChannelSpec;
+use crate::rules::duration;
+
+/// One notification for one channel.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// The channel.
+    pub channel: String,
+    /// The chain and node that sent it.
+    pub chain: Arc<str>,
+    /// The node.
+    pub node: Arc<str>,
+    /// The device.
+    pub device: Arc<str>,
+    /// When (ms).
+    pub ts: i64,
+    /// Rendered subject.
+    pub subject: String,
+    /// Rendered body.
+    pub body: String,
+    /// The message (`msg`) as JSON; an alarm message holds the alarm under `alarm`.
+    pub data: Value,
+    /// A reminder of an alarm still active (`repeat_interval`).
+    pub reminder: bool,
+    /// Handed over by this channel as its fallback.
+    pub fallback_from: Option<String>,
+}
+
+impl Notice {
+    fn alarm(&self) -> Option<&serde_json::Map<String, Value>> {
+        self.data.get("alarm").and_then(Value::as_object)
+    }
+
+    /// The webhook's default JSON body.
+    pub fn payload(&self) -> Value {
+        let mut v = json!({
+            "channel": self.channel,
+            "chain": &*self.chain,
+            "node": &*self.node,
+            "device": &*self.device,
+            "ts": self.ts,
+            "subject": self.subject,
+            "body": self.body,
+            "reminder": self.reminder,
+        });
+        match self.alarm() {
+            Some(a) => v["alarm"] = Value::Object(a.clone()),
+            None => v["msg"] = self.data.clone(),
+        }
+        v
+    }
+}
+
+/// A channel's counters.
+#[derive(Debug, Default)]
+pub struct ChannelStats {
+    /// Notifications delivered.
+    pub sent: AtomicU64,
+    /// Attempts that failed (each retry counts).
+    pub attempts_failed: AtomicU64,
+    /// Notifications given up after every retry.
+    pub failed: AtomicU64,
+    /// Handed to the fallback channel.
+    pub fallbacks: AtomicU64,
+    /// Dropped by the rate limit.
+    pub rate_limited: AtomicU64,
+    /// Dropped because the channel's queue was full.
+    pub dropped: AtomicU64,
+    /// Reminders sent (`repeat_interval`).
+    pub reminders: AtomicU64,
+    /// The last error.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ChannelStats {
+    fn to_json(&self) -> Value {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        json!({
+            "sent": g(&self.sent),
+            "attempts_failed": g(&self.attempts_failed),
+            "failed": g(&self.failed),
+            "fallbacks": g(&self.fallbacks),
+            "rate_limited": g(&self.rate_limited),
+            "dropped": g(&self.dropped),
+            "reminders": g(&self.reminders),
+            "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+        })
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+}
+
+/// How a channel delivers.
+pub enum Transport {
+    /// SMTP.
+    Email {
+        /// The mailer.
+        mailer: AsyncSmtpTransport<Tokio1Executor>,
+        /// Sender.
+        from: Mailbox,
+        /// Recipients.
+        to: Vec<Mailbox>,
+    },
+    /// HTTP POST.
+    Webhook {
+        /// The client.
+        client: reqwest::Client,
+        /// The URL.
+        url: reqwest::Url,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+        /// The HMAC key.
+        secret: Option<Vec<u8>>,
+        /// The signature header.
+        signature_header: String,
+        /// Post the rendered body instead of the default JSON.
+        templated: bool,
+    },
+    /// The engine's log.
+    Log,
+}
+
+/// The HMAC-SHA256 signature header value for a body: `sha256=<hex>`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256=");
+    for b in digest.iter() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+impl Transport {
+    /// Builds a channel's transport from its config.
+    pub fn build(name: &str, spec: &ChannelSpec, timeout: Duration) -> Result<Self, String> {
+        if let Some(e) = &spec.email {
+            let (host, port, tls) =
+                smtp_url(&e.smtp.value, e.tls.as_ref().map(|t| t.value.as_str()))
+                    .map_err(|err| format!("channel `{name}`: {err}"))?;
+            let builder = match tls {
+                SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host),
+                SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
+                    .map_err(|err| format!("channel `{name}`: {err}"))?,
+                SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&host)
+                    .map_err(|err| format!("channel `{name}`: {err}"))?,
+            };
+            let mut builder = builder.port(port).timeout(Some(timeout));
+            if let Some(u) = e.username.as_ref().filter(|u| !u.is_empty()) {
+                builder = builder.credentials(Credentials::new(
+                    u.clone(),
+                    e.password.clone().unwrap_or_default(),
+                ));
+            }
+            let from: Mailbox = e.from.parse().map_err(|err| {
+                format!("channel `{name}`: bad `from` address `{}`: {err}", e.from)
+            })?;
+            let mut to = Vec::new();
+            for t in &e.to {
+                to.push(
+                    t.parse::<Mailbox>().map_err(|err| {
+                        format!("channel `{name}`: bad `to` address `{t}`: {err}")
+                    })?,
+                );
+            }
+            if to.is_empty() {
+                return Err(format!("channel `{name}`: `to` lists no address"));
+            }
+            return Ok(Transport::Email {
+                mailer: builder.build(),
+                from,
+                to,
+            });
+        }
+        if let Some(w) = &spec.webhook {
+            let url = reqwest::Url::parse(&w.url.value)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    format!("channel `{name}`: bad webhook URL (use http:// or https://)")
+                })?;
+            let client = reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .map_err(|e| format!("channel `{name}`: {e}"))?;
+            return Ok(Transport::Webhook {
+                client,
+                url,
+                headers: w
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                secret: w.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+                signature_header: w
+                    .signature_header
+                    .clone()
+                    .unwrap_or_else(|| "X-Rulechain-Signature".into()),
+                templated: spec.body.is_some(),
+            });
+        }
+        Ok(Transport::Log)
+    }
+
+    /// What it is, for messages: never a password, a token or a webhook's path (which often
+    /// holds a secret).
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Email { to, .. } => format!(
+                "email to {}",
+                to.iter()
+                    .map(|m| m.email.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Transport::Webhook { url, .. } => format!(
+                "webhook to {}://{}",
+                url.scheme(),
+                url.host_str().unwrap_or("?")
+            ),
+            Transport::Log => "the log".into(),
+        }
+    }
+
+    /// One delivery attempt.
+    pub async fn deliver(&self, n: &Notice) -> Result<(), String> {
+        match self {
+            Transport::Email { mailer, from, to } => {
+                let mut b = lettre::Message::builder()
+                    .from(from.clone())
+                    .subject(one_line(&reminder_subject(n)))
+                    .header(ContentType::TEXT_PLAIN);
+                for t in to {
+                    b = b.to(t.clone());
+                }
+                let m = b
+                    .body(n.body.clone())
+                    .map_err(|e| format!("cannot build the email: {e}"))?;
+                mailer
+                    .send(m)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("SMTP: {}", chain_text(&e)))
+            }
+            Transport::Webhook {
+                client,
+                url,
+                headers,
+                secret,
+                signature_header,
+                templated,
+            } => {
+                let body = if *templated {
+                    n.body.clone().into_bytes()
+                } else {
+                    n.payload().to_string().into_bytes()
+                };
+                let mut req = client
+                    .post(url.clone())
+                    .header("content-type", "application/json");
+                for (k, v) in headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                if let Some(s) = secret {
+                    req = req.header(signature_header.as_str(), signature(s, &body));
+                }
+                let resp = req.body(body).send().await.map_err(|e| chain_text(&e))?;
+                let status = resp.status();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    let text: String = resp
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect();
+                    Err(format!("HTTP {status}: {}", text.trim()))
+                }
+            }
+            Transport::Log => {
+                tracing::warn!(channel = %n.channel, device = %n.device, chain = %n.chain, "{}: {}", reminder_subject(n), n.body);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn reminder_subject(n: &Notice) -> String {
+    if n.reminder {
+        format!("Reminder: {}", n.subject)
+    } else {
+        n.subject.clone()
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SmtpTls {
+    None,
+    StartTls,
+    Tls,
+}
+
+/// `smtp://host:587`, `smtps://host:465` → host, port and TLS mode.
+fn smtp_url(url: &str, tls: Option<&str>) -> Result<(String, u16, SmtpTls), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("bad SMTP URL `{url}`: use smtp://host:587 or smtps://host:465"))?;
+    let default_tls = match scheme {
+        "smtp" => SmtpTls::StartTls,
+        "smtps" => SmtpTls::Tls,
+        _ => {
+            return Err(format!(
+                "bad SMTP URL `{url}`: use smtp://host:587 or smtps://host:465"
+            ))
+        }
+    };
+    let tls = match tls {
+        None => default_tls,
+        Some("starttls") => SmtpTls::StartTls,
+        Some("tls") => SmtpTls::Tls,
+        Some("none") => SmtpTls::None,
+        Some(o) => return Err(format!("`tls: {o}`: use starttls, tls or none")),
+    };
+    let hostport = rest.trim_end_matches('/');
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse::<u16>()
+                .map_err(|_| format!("bad port in SMTP URL `{url}`"))?,
+        ),
+        None => (
+            hostport.to_string(),
+            if tls == SmtpTls::Tls { 465 } else { 587 },
+        ),
+    };
+    if host.is_empty() || host.contains(['@', '/']) {
+        return Err(format!(
+            "bad SMTP URL `{url}`: give host and port (credentials go in `username`/`password`)"
+        ));
+    }
+    Ok((host, port, tls))
+}
+
+/// Checks a channel's settings without connecting anywhere: what is wrong, and where.
+pub fn check_channel(
+    name: &str,
+    spec: &crate::rules::yaml::Sp<ChannelSpec>,
+    known: &std::collections::BTreeMap<String, crate::rules::yaml::Sp<ChannelSpec>>,
+) -> Vec<(crate::rules::yaml::Pos, String, Option<String>)> {
+    let mut out = Vec::new();
+    let at = spec.pos;
+    if let Some(e) = &spec.email {
+        if let Err(err) = smtp_url(&e.smtp.value, e.tls.as_ref().map(|t| t.value.as_str())) {
+            let pos = e
+                .tls
+                .as_ref()
+                .filter(|_| err.starts_with("`tls"))
+                .map_or(e.smtp.pos, |t| t.pos);
+            out.push((pos, err, None));
+        }
+        if let Err(err) = e.from.parse::<Mailbox>() {
+            out.push((
+                at,
+                format!("channel `{name}`: bad `from` address `{}`: {err}", e.from),
+                None,
+            ));
+        }
+        for t in &e.to {
+            if let Err(err) = t.parse::<Mailbox>() {
+                out.push((
+                    at,
+                    format!("channel `{name}`: bad `to` address `{t}`: {err}"),
+                    None,
+                ));
+            }
+        }
+        if e.to.is_empty() {
+            out.push((at, format!("channel `{name}`: `to` lists no address"), None));
+        }
+    }
+    if let Some(w) = &spec.webhook {
+        let ok = reqwest::Url::parse(&w.url.value)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !ok {
+            out.push((
+                w.url.pos,
+                format!("channel `{name}`: bad webhook URL"),
+                Some("give an http:// or https:// URL".into()),
+            ));
+        }
+    }
+    if let Some(f) = &spec.fallback {
+        if f.value == name {
+            out.push((
+                f.pos,
+                format!("channel `{name}` cannot be its own fallback"),
+                None,
+            ));
+        } else if !known.contains_key(&f.value) {
+            out.push((
+                f.pos,
+                format!("unknown fallback channel `{}`", f.value),
+                Some(format!(
+                    "define it under `channels:` (known: {})",
+                    known.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+            ));
+        }
+    }
+    if let Some(r) = &spec.rate_limit {
+        if let Err(e) = parse_rate(&r.value) {
+            out.push((r.pos, e, None));
+        }
+    }
+    for d in [&spec.timeout, &spec.repeat_interval].into_iter().flatten() {
+        if let Err(e) = duration::parse(&d.value) {
+            out.push((d.pos, e, None));
+        }
+    }
+    out
+}
+
+/// `10/1m` → (10, 60 s).
+pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+    let bad = || format!("bad rate limit `{text}`: write COUNT/DURATION, e.g. `10/1m`");
+    let (n, per) = text.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let ms = duration::parse(per.trim()).map_err(|e| format!("{}: {e}", bad()))?;
+    if n == 0 || ms <= 0 {
+        return Err(bad());
+    }
+    Ok((n, Duration::from_millis(ms as u64)))
+}
+
+/// A channel's delivery policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// One attempt's time limit.
+    pub timeout: Duration,
+    /// The first backoff; it doubles per retry up to `max_backoff`.
+    pub backoff: Duration,
+    /// The longest backoff.
+    pub max_backoff: Duration,
+    /// The fallback channel.
+    pub fallback: Option<String>,
+    /// Failures before the fallback is used.
+    pub fallback_after: u32,
+    /// At most this many per period.
+    pub rate: Option<(u32, Duration)>,
+    /// Reminder interval.
+    pub repeat: Option<Duration>,
+    /// Queue length.
+    pub queue: usize,
+}
+
+impl Policy {
+    /// From the config (checked by `validate`).
+    pub fn from_spec(spec: &ChannelSpec) -> Result<Self, String> {
+        let d = |s: &Option<crate::rules::yaml::Sp<String>>| -> Result<Option<Duration>, String> {
+            s.as_ref()
+                .map(|s| {
+                    duration::parse(&s.value).map(|ms| Duration::from_millis(ms.max(1) as u64))
+                })
+                .transpose()
+        };
+        Ok(Policy {
+            retries: spec.retries.unwrap_or(5),
+            timeout: d(&spec.timeout)?.unwrap_or(Duration::from_secs(10)),
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            fallback: spec.fallback.as_ref().map(|f| f.value.clone()),
+            fallback_after: spec.fallback_after.as_ref().map_or(3, |f| f.value).max(1),
+            rate: spec
+                .rate_limit
+                .as_ref()
+                .map(|r| parse_rate(&r.value))
+                .transpose()?,
+            repeat: d(&spec.repeat_interval)?,
+            queue: spec.queue.as_ref().map_or(1000, |q| q.value).max(1),
+        })
+    }
+}
+
+struct ChannelHandle {
+    tx: mpsc::Sender<Notice>,
+    stats: Arc<ChannelStats>,
+    describe: String,
+}
+
+/// Every channel, by name.
+#[derive(Clone, Default)]
+pub struct Notifier {
+    channels: Arc<HashMap<String, ChannelHandle>>,
+    /// Notifications to channels the config does not define (the embedded default has none).
+    pub unknown: Arc<AtomicU64>,
+}
+
+impl Notifier {
+    /// Starts one task per channel on the current runtime.
+    pub fn start(
+        specs: &std::collections::BTreeMap<String, crate::rules::yaml::Sp<ChannelSpec>>,
+    ) -> Result<(Notifier, Vec<tokio::task::JoinHandle<()>>), String> {
+        let mut built = Vec::new();
+        let mut channels = HashMap::new();
+        for (name, spec) in specs {
+            let policy = Policy::from_spec(spec).map_err(|e| format!("channel `{name}`: {e}"))?;
+            let transport = Transport::build(name, spec, policy.timeout)?;
+            let (tx, rx) = mpsc::channel(policy.queue);
+            let stats = Arc::new(ChannelStats::default());
+            channels.insert(
+                name.clone(),
+                ChannelHandle {
+                    tx,
+                    stats: stats.clone(),
+                    describe: transport.describe(),
+                },
+            );
+            built.push((name.clone(), transport, policy, rx, stats));
+        }
+        let notifier = Notifier {
+            channels: Arc::new(channels),
+            unknown: Arc::default(),
+        };
+        let mut tasks = Vec::new();
+        for (name, transport, policy, rx, stats) in built {
+            let worker = Worker {
+                name,
+                transport,
+                policy,
+                stats,
+                others: Arc::downgrade(&notifier.channels),
+                reminders: HashMap::new(),
+                sent_at: std::collections::VecDeque::new(),
+            };
+            tasks.push(tokio::spawn(worker.run(rx)));
+        }
+        Ok((notifier, tasks))
+    }
+
+    /// Queues a notification (never waits: a full queue drops it, counted).
+    pub fn send(&self, n: Notice) -> bool {
+        let Some(ch) = self.channels.get(&n.channel) else {
+            self.unknown.fetch_add(1, Relaxed);
+            return false;
+        };
+        match ch.tx.try_send(n) {
+            Ok(()) => true,
+            Err(_) => {
+                ch.stats.dropped.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The channels' counters, without their queues (holding a view keeps no queue open).
+    pub fn view(&self) -> NotifyView {
+        NotifyView {
+            channels: Arc::new(
+                self.channels
+                    .iter()
+                    .map(|(k, c)| (k.clone(), (c.stats.clone(), c.describe.clone())))
+                    .collect(),
+            ),
+            unknown: self.unknown.clone(),
+        }
+    }
+}
+
+/// The channels' counters.
+#[derive(Clone, Default)]
+pub struct NotifyView {
+    channels: Arc<std::collections::BTreeMap<String, (Arc<ChannelStats>, String)>>,
+    unknown: Arc<AtomicU64>,
+}
+
+impl NotifyView {
+    /// Every channel's counters, as JSON.
+    pub fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (name, (stats, via)) in self.channels.iter() {
+            let mut v = stats.to_json();
+            v["via"] = via.clone().into();
+            m.insert(name.clone(), v);
+        }
+        json!({"channels": m, "unknown_channel": self.unknown.load(Relaxed)})
+    }
+}
+
+/// Reminders kept per channel at most (the oldest active alarms keep theirs).
+const MAX_REMINDERS: usize = 10_000;
+
+struct Worker {
+    name: String,
+    transport: Transport,
+    policy: Policy,
+    stats: Arc<ChannelStats>,
+    /// The other channels, for the fallback. Weak: the queues close when the engine drops its
+    /// notifier, so the workers finish.
+    others: std::sync::Weak<HashMap<String, ChannelHandle>>,
+    /// Active alarms to remind of: alarm id → (notice, next due).
+    reminders: HashMap<String, (Notice, Instant)>,
+    /// Send times within the rate window.
+    sent_at: std::collections::VecDeque<Instant>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Notice>) {
+        loop {
+            let next_reminder = self.reminders.values().map(|r| r.1).min();
+            let n = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(n) => n,
+                    None => break,
+                },
+                _ = async {
+                    match next_reminder {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.remind().await;
+                    continue;
+                }
+            };
+            self.track(&n);
+            if !self.admit() {
+                self.stats.rate_limited.fetch_add(1, Relaxed);
+                tracing::warn!(channel = %self.name, device = %n.device, "notification dropped by the channel's rate limit: {}", n.subject);
+                continue;
+            }
+            self.deliver(n).await;
+        }
+    }
+
+    /// Keeps the reminder list in step with the alarm's transitions.
+    fn track(&mut self, n: &Notice) {
+        let Some(every) = self.policy.repeat else {
+            return;
+        };
+        if n.reminder {
+            return;
+        }
+        let Some(a) = n.alarm() else { return };
+        let Some(id) = a.get("id").and_then(Value::as_str) else {
+            return;
+        };
+        let status = a.get("status").and_then(Value::as_str).unwrap_or("");
+        if status == "ACTIVE_UNACK" {
+            if self.reminders.len() < MAX_REMINDERS || self.reminders.contains_key(id) {
+                self.reminders
+                    .insert(id.to_string(), (n.clone(), Instant::now() + every));
+            }
+        } else {
+            self.reminders.remove(id);
+        }
+    }
+
+    async fn remind(&mut self) {
+        let now = Instant::now();
+        let Some(every) = self.policy.repeat else {
+            return;
+        };
+        let due: Vec<String> = self
+            .reminders
+            .iter()
+            .filter(|(_, r)| r.1 <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in due {
+            let Some(r) = self.reminders.get_mut(&id) else {
+                continue;
+            };
+            r.1 = now + every;
+            let mut n = r.0.clone();
+            n.reminder = true;
+            n.ts = crate::live::wall_ms();
+            self.stats.reminders.fetch_add(1, Relaxed);
+            if self.admit() {
+                self.deliver(n).await;
+            } else {
+                self.stats.rate_limited.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// The rate limit: at most N sends in any window of the period.
+    fn admit(&mut self) -> bool {
+        let Some((max, per)) = self.policy.rate else {
+            return true;
+        };
+        let now = Instant::now();
+        while self
+            .sent_at
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= per)
+        {
+            self.sent_at.pop_front();
+        }
+        if self.sent_at.len() >= max as usize {
+            return false;
+        }
+        self.sent_at.push_back(now);
+        true
+    }
+
+    async fn deliver(&mut self, n: Notice) {
+        let mut failures = 0u32;
+        let mut fell_back = false;
+        loop {
+            let attempt =
+                tokio::time::timeout(self.policy.timeout, self.transport.deliver(&n)).await;
+            let err = match attempt {
+                Ok(Ok(())) => {
+                    self.stats.sent.fetch_add(1, Relaxed);
+                    self.stats.set_error(None);
+                    tracing::info!(channel = %self.name, device = %n.device, attempts = failures + 1, reminder = n.reminder, "notification sent: {}", n.subject);
+                    return;
+                }
+                Ok(Err(e)) => e,
+                Err(_) => format!("no answer within {} ms", self.policy.timeout.as_millis()),
+            };
+            failures += 1;
+            self.stats.attempts_failed.fetch_add(1, Relaxed);
+            self.stats.set_error(Some(err.clone()));
+            if !fell_back && failures >= self.policy.fallback_after && n.fallback_from.is_none() {
+                if let Some(fb) = &self.policy.fallback {
+                    fell_back = true;
+                    let mut copy = n.clone();
+                    copy.channel = fb.clone();
+                    copy.fallback_from = Some(self.name.clone());
+                    let handed = self.others.upgrade().and_then(|o| {
+                        let ch = o.get(fb)?;
+                        ch.tx.try_send(copy).ok()
+                    });
+                    if handed.is_some() {
+                        self.stats.fallbacks.fetch_add(1, Relaxed);
+                        tracing::warn!(channel = %self.name, fallback = %fb, "delivery failed {failures} times ({err}); handed to the fallback channel");
+                    }
+                }
+            }
+            if failures > self.policy.retries {
+                self.stats.failed.fetch_add(1, Relaxed);
+                tracing::error!(channel = %self.name, device = %n.device, attempts = failures, "notification not delivered: {err}");
+                return;
+            }
+            let wait = self
+                .policy
+                .backoff
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(self.policy.max_backoff);
+            tracing::warn!(channel = %self.name, device = %n.device, attempt = failures, retry_in_ms = wait.as_millis() as u64, "notification failed: {err}");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn smtp_urls_and_tls_modes() {
+        assert_eq!(
+            smtp_url("smtp://mail.example.com:587", None).unwrap(),
+            ("mail.example.com".into(), 587, SmtpTls::StartTls)
+        );
+        assert_eq!(
+            smtp_url("smtps://mail.example.com", None).unwrap(),
+            ("mail.example.com".into(), 465, SmtpTls::Tls)
+        );
+        assert_eq!(
+            smtp_url("smtp://127.0.0.1:2525", Some("none")).unwrap().2,
+            SmtpTls::None
+        );
+        assert!(smtp_url("mail.example.com", None).is_err());
+        assert!(smtp_url("smtp://u:p@mail:25", None)
+            .unwrap_err()
+            .contains("username"));
+        assert!(smtp_url("smtp://mail:25", Some("ssl")).is_err());
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("10/1m").unwrap(), (10, Duration::from_secs(60)));
+        assert!(parse_rate("10").is_err());
+        assert!(parse_rate("0/1m").is_err());
+        assert!(parse_rate("x/1m").is_err());
+    }
+
+    #[test]
+    fn the_default_payload_carries_the_alarm() {
+        let n = Notice {
+            channel: "ops".into(),
+            chain: "c".into(),
+            node: "n".into(),
+            device: "pump-3".into(),
+            ts: 5,
+            subject: "s".into(),
+            body: "b".into(),
+            data: json!({"alarm": {"id": "A:pump-3:1", "status": "ACTIVE_UNACK"}, "current": 13}),
+            reminder: false,
+            fallback_from: None,
+        };
+        let p = n.payload();
+        assert_eq!(p["alarm"]["id"], "A:pump-3:1");
+        assert_eq!(p["device"], "pump-3");
+        assert!(p.get("msg").is_none());
+        let plain = Notice {
+            data: json!({"current": 13}),
+            ..n
+        };
+        assert_eq!(plain.payload()["msg"]["current"], 13);
+    }
+}
