@@ -7,7 +7,12 @@
 //!   characters `\n` / `\r` (as Telegraf does), so one point is always one line;
 //! - numbers are floats in their shortest round-trip form (`2`, `2.5`: never `2i`, so one device
 //!   sending 2 and another 2.5 do not conflict); booleans `true`/`false`;
-//! - tags and fields sorted by key; timestamp in nanoseconds.
+//! - tags and fields sorted by key; timestamp in nanoseconds;
+//! - a measurement, tag key, tag value or field key cannot end with a backslash in line
+//!   protocol: trailing backslashes are left out (a tag left empty is omitted, a field key left
+//!   empty is written `_`);
+//! - a line starting with `#` is a comment (and `\#` is no escape): a measurement's leading `#`s
+//!   are left out (an empty measurement is written `_`).
 //!
 //! NaN and infinite values cannot be written; [`Point::line`] leaves them out and names them.
 
@@ -34,6 +39,12 @@ impl Line {
     /// Starts a line with its measurement.
     pub fn new(measurement: &str) -> Self {
         let mut out = String::with_capacity(96);
+        // A line that starts with `#` is a comment, and `\#` is not an escape: leading `#`s
+        // are left out.
+        let measurement = match trim(measurement).trim_start_matches('#') {
+            "" => "_",
+            m => m,
+        };
         escape(&mut out, measurement, &[]);
         Line {
             out,
@@ -45,6 +56,7 @@ impl Line {
     /// Adds a tag (empty keys or values are left out, as InfluxDB cannot store them).
     pub fn tag(&mut self, key: &str, value: &str) {
         debug_assert_eq!(self.fields, 0, "tags come before fields");
+        let (key, value) = (trim(key), trim(value));
         if key.is_empty() || value.is_empty() {
             return;
         }
@@ -55,6 +67,10 @@ impl Line {
     }
 
     fn key(&mut self, key: &str) {
+        let key = match trim(key) {
+            "" => "_",
+            k => k,
+        };
         self.out.push(if self.fields == 0 { ' ' } else { ',' });
         self.fields += 1;
         escape(&mut self.out, key, &['=']);
@@ -103,6 +119,12 @@ impl Line {
         self.out.push_str(itoa::Buffer::new().format(ts_ns));
         Some(self.out)
     }
+}
+
+/// Line protocol cannot end a measurement, tag key, tag value or field key with a backslash
+/// (the parser reads it as escaping what follows): trailing backslashes are left out.
+fn trim(s: &str) -> &str {
+    s.trim_end_matches('\\')
 }
 
 /// Escapes `s` for a measurement (`extra` empty) or a tag/field key or tag value (`extra` = `=`).

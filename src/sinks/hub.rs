@@ -120,10 +120,15 @@ pub struct Client {
     wake: Notify,
 }
 
+/// Frames, each with its room.
+type Frames = VecDeque<(Arc<str>, Utf8Bytes)>;
+/// Frames lost per room.
+type Missed = Vec<(Arc<str>, u64)>;
+
 #[derive(Default)]
 struct ClientQueue {
-    frames: VecDeque<(Arc<str>, Utf8Bytes)>,
-    missed: Vec<(Arc<str>, u64)>,
+    frames: Frames,
+    missed: Missed,
     rooms: usize,
 }
 
@@ -145,7 +150,7 @@ impl Client {
         self.wake.notify_one();
     }
 
-    fn take(&self) -> (Vec<(Arc<str>, u64)>, VecDeque<(Arc<str>, Utf8Bytes)>) {
+    fn take(&self) -> (Missed, Frames) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         (std::mem::take(&mut q.missed), std::mem::take(&mut q.frames))
     }
@@ -605,4 +610,114 @@ fn snapshot(name: &str, r: &Room, alarms: &BTreeMap<String, (String, Value)>) ->
         v["alarms"] = open(Some(dev));
     }
     Utf8Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: u64) -> Arc<Client> {
+        Arc::new(Client {
+            id,
+            queue: Mutex::default(),
+            wake: Notify::new(),
+        })
+    }
+
+    fn frames(c: &Client) -> (Vec<(String, u64)>, Vec<Value>) {
+        let (missed, frames) = c.take();
+        (
+            missed
+                .into_iter()
+                .map(|(r, n)| (r.to_string(), n))
+                .collect(),
+            frames
+                .into_iter()
+                .map(|(_, f)| serde_json::from_str(f.as_str()).unwrap())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_slow_client_loses_the_oldest_and_is_told_how_many_others_lose_nothing() {
+        let (tx, _rx) = mpsc::channel(1);
+        let hub = Hub::new(
+            HubSettings {
+                client_queue: 3,
+                ..HubSettings::default()
+            },
+            tx,
+        );
+        let (slow, fast) = (client(1), client(2));
+        hub.subscribe(&slow, &["device/a".into()]).unwrap();
+        hub.subscribe(&fast, &["device/a".into()]).unwrap();
+        let (_, snap) = frames(&fast);
+        assert_eq!(snap[0]["op"], "snapshot");
+        for i in 1..=5 {
+            hub.publish("device/a", 1000 + i, &format!("{{\"n\":{i}}}"));
+            // The fast client's task drains its queue as frames come.
+            let (missed, got) = frames(&fast);
+            assert!(missed.is_empty());
+            assert_eq!(got[0]["seq"], i);
+        }
+        // The slow one never drained: its snapshot and the first two frames are gone.
+        let (missed, got) = frames(&slow);
+        assert_eq!(missed, vec![("device/a".to_string(), 3)]);
+        let seqs: Vec<i64> = got.iter().map(|f| f["seq"].as_i64().unwrap()).collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        assert_eq!(got[2]["data"]["n"], 5);
+        assert_eq!(hub.stats.lagged.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn wildcards_snapshots_and_alarms() {
+        let (tx, _rx) = mpsc::channel(1);
+        let hub = Hub::new(HubSettings::default(), tx);
+        hub.publish("device/a", 1, "{\"t\":1}");
+        hub.publish("device/b", 2, "{\"t\":2}");
+        hub.publish("chain/x", 3, "{}");
+        let alarm = crate::engine::alarm::Alarm {
+            id: "Hot:b:1".into(),
+            device: "b".into(),
+            type_: "Hot".into(),
+            severity: "MAJOR",
+            status: crate::engine::alarm::Status::ActiveUnack,
+            message: "m".into(),
+            details: Default::default(),
+            start_ts: 1,
+            last_ts: 1,
+            end_ts: None,
+            count: 1,
+            origin: Some(("c".into(), "n".into())),
+        };
+        hub.alarm(&alarm, "created", 4);
+        let c = client(1);
+        hub.subscribe(&c, &["device/*".into()]).unwrap();
+        let (_, snaps) = frames(&c);
+        let rooms: Vec<&str> = snaps.iter().map(|s| s["room"].as_str().unwrap()).collect();
+        assert_eq!(rooms, vec!["device/a", "device/b"]);
+        assert_eq!(snaps[1]["data"]["t"], 2);
+        assert_eq!(snaps[1]["alarms"][0]["id"], "Hot:b:1");
+        assert!(snaps[1]["alarms"][0].get("origin").is_none());
+        assert_eq!(snaps[0]["alarms"], json!([]));
+        hub.publish("device/c", 5, "{\"t\":5}");
+        hub.publish("chain/x", 6, "{}");
+        let (_, got) = frames(&c);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0]["room"].as_str(), got[0]["seq"].as_i64()),
+            (Some("device/c"), Some(1))
+        );
+        // A cleared and acknowledged alarm needs no attention any more.
+        let done = crate::engine::alarm::Alarm {
+            status: crate::engine::alarm::Status::ClearedAck,
+            ..alarm
+        };
+        hub.alarm(&done, "acknowledged", 7);
+        assert!(hub.alarms().is_empty());
+        assert!(hub.subscribe(&c, &["".into()]).is_err());
+        hub.unsubscribe(&c, &["device/*".into()]);
+        hub.publish("device/c", 8, "{}");
+        assert!(frames(&c).1.is_empty());
+    }
 }

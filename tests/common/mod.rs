@@ -251,6 +251,18 @@ pub fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// An HTTP/1.0 GET (the answer is never chunked): (status, body).
+pub fn http10(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
 /// An MQTT test client that collects what its subscriptions receive.
 pub struct Mqtt {
     pub client: AsyncClient,
@@ -357,5 +369,160 @@ pub fn engine_dir(dir: &Path, mqtt: &str, http: u16, chains: &[(&str, &str)], de
     std::fs::write(dir.join("devices.yaml"), devices).unwrap();
     for (name, text) in chains {
         std::fs::write(dir.join("rules").join(name), text).unwrap();
+    }
+}
+
+/// A VictoriaMetrics of the test's own (Debian's `victoria-metrics`, an InfluxDB-compatible
+/// write API), on a free loopback port, stopped by pid. Its data dir survives a restart.
+pub struct Victoria {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Victoria {
+    pub fn start(dir: &Path) -> Victoria {
+        let bin = Path::new("/usr/bin/victoria-metrics");
+        assert!(
+            bin.exists(),
+            "victoria-metrics is not installed: run scripts/test.sh, which installs it"
+        );
+        let mut v = Victoria {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        v.spawn();
+        v
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("victoria.log"))
+            .unwrap();
+        let child = Command::new("/usr/bin/victoria-metrics")
+            .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+            .arg(format!(
+                "-storageDataPath={}",
+                self.dir.join("vm-data").display()
+            ))
+            .arg("-search.latencyOffset=0s")
+            .arg("-search.disableCache")
+            .arg("-loggerLevel=ERROR")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start victoria-metrics");
+        self.child = Some(child);
+        wait_port(self.port, "victoria-metrics");
+    }
+
+    /// Stops it (SIGTERM, waits).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Every series matching the selector, as exported: one JSON object per series with
+    /// `metric`, `values`, `timestamps`.
+    pub fn export(&self, selector: &str) -> Vec<serde_json::Value> {
+        let _ = http(self.port, "GET", "/internal/force_flush");
+        let q: String = selector
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (code, body) = http10(self.port, &format!("/api/v1/export?match[]={q}"))
+            .expect("victoria-metrics export");
+        assert_eq!(code, 200, "{body}");
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Victoria {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An SMTP sink (Debian's python3-aiosmtpd) writing every mail it accepts into a Maildir.
+pub struct SmtpSink {
+    pub port: u16,
+    pub maildir: PathBuf,
+    child: Child,
+}
+
+impl SmtpSink {
+    pub fn start(dir: &Path) -> SmtpSink {
+        let port = free_port();
+        let maildir = dir.join("Maildir");
+        // Debian's python, where python3-aiosmtpd is installed (not a pyenv one on PATH).
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("smtp.log")).unwrap())
+            .spawn()
+            .expect("start aiosmtpd (scripts/test.sh installs python3-aiosmtpd)");
+        wait_port(port, "aiosmtpd");
+        SmtpSink {
+            port,
+            maildir,
+            child,
+        }
+    }
+
+    /// The mails delivered so far, as text.
+    pub fn mails(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.maildir.join("new")) {
+            for e in rd.flatten() {
+                if let Ok(t) = std::fs::read_to_string(e.path()) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, at most `within`.
+pub fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -1,0 +1,753 @@
+//! The sinks against real parts: the `rulechain` binary with its embedded broker writing to
+//! VictoriaMetrics (Debian's, started per test), sending mail to an SMTP sink (aiosmtpd writing
+//! a Maildir), POSTing to an HTTP receiver run by the test, and serving WebSocket clients
+//! (tokio-tungstenite).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{engine_dir, free_port, http, tempdir, wait_for, Engine, Mqtt, SmtpSink, Victoria};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The config head for an engine on its embedded broker at `mqtt_port`, plus `extra` config.
+fn embedded(mqtt_port: u16, extra: &str) -> String {
+    format!("embedded_broker: {{listen: 127.0.0.1:{mqtt_port}}}\n{extra}")
+}
+
+fn counter(v: &Value, path: &[&str]) -> u64 {
+    let mut v = v;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+const STORE: &str = r#"
+chain: store
+nodes:
+  - id: save
+    influx: { measurement: "${msg.m}", tags: [device, label], fields: [current, running, seq] }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn points_written_by_a_chain_read_back_from_victoriametrics() {
+    let dir = tempdir("influx-roundtrip");
+    let vm = Victoria::start(&dir);
+    let (mqtt, http_port) = (free_port(), free_port());
+    let extra = format!(
+        "influx: {{url: 'http://127.0.0.1:{}', bucket: iot, org: acme, token: secret-token, flush_interval: 100ms}}",
+        vm.port
+    );
+    engine_dir(
+        &dir,
+        &embedded(mqtt, &extra),
+        http_port,
+        &[("store.yaml", STORE)],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http_port);
+    let pubr = Mqtt::connect(mqtt, "roundtrip-pub", true, &[]).await;
+    // Tag values and a measurement that need every kind of escaping.
+    let labels = [
+        "plain",
+        "a b",
+        "x,y",
+        "k=v",
+        "back\\slash",
+        "ünï cödé",
+        "all of ,= \\",
+    ];
+    let base = common_now() - 60_000;
+    for (i, label) in labels.iter().enumerate() {
+        let payload = json!({
+            "m": "tele metry,1",
+            "label": label,
+            "current": 13.1 + i as f64,
+            "running": i % 2 == 0,
+            "seq": i,
+            "ts": base + i as i64 * 1000,
+        });
+        pubr.publish("device/pump 1/telemetry", payload.to_string())
+            .await;
+    }
+    let series = wait_for(Duration::from_secs(15), || {
+        let s = vm.export(r#"{__name__=~"tele metry,1_.*"}"#);
+        (s.len() == labels.len() * 3).then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "VictoriaMetrics has {:?}\nstatus: {}\n{}",
+            vm.export(r#"{__name__=~".+"}"#),
+            engine.status()["influx"],
+            engine.log()
+        )
+    });
+    for (i, label) in labels.iter().enumerate() {
+        let pick = |field: &str| {
+            series
+                .iter()
+                .find(|s| {
+                    s["metric"]["label"] == *label
+                        && s["metric"]["__name__"] == format!("tele metry,1_{field}")
+                })
+                .unwrap_or_else(|| panic!("no {field} series for label {label:?}: {series:?}"))
+        };
+        let current = pick("current");
+        assert_eq!(current["metric"]["device"], "pump 1");
+        assert_eq!(current["values"], json!([13.1 + i as f64]));
+        assert_eq!(current["timestamps"], json!([base + i as i64 * 1000]));
+        assert_eq!(
+            pick("running")["values"],
+            json!([if i % 2 == 0 { 1 } else { 0 }])
+        );
+        assert_eq!(pick("seq")["values"], json!([i]));
+    }
+    let st = engine.status();
+    assert_eq!(counter(&st, &["influx", "written"]), labels.len() as u64);
+    assert_eq!(counter(&st, &["influx", "dropped"]), 0);
+    assert!(
+        !engine.log().contains("secret-token"),
+        "the token reached the log"
+    );
+}
+
+fn common_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_10s_outage_of_victoriametrics_loses_no_point() {
+    let dir = tempdir("influx-outage");
+    let mut vm = Victoria::start(&dir);
+    let (mqtt, http_port) = (free_port(), free_port());
+    // A small memory buffer, so the outage also goes through the spool on disk.
+    let extra = format!(
+        "influx: {{url: 'http://127.0.0.1:{}', flush_interval: 100ms, batch_size: 50, buffer_points: 200, spool: true, max_backoff: 1s, timeout: 2s}}",
+        vm.port
+    );
+    engine_dir(
+        &dir,
+        &embedded(mqtt, &extra),
+        http_port,
+        &[("store.yaml", STORE)],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http_port);
+    let pubr = Mqtt::connect(mqtt, "outage-pub", true, &[]).await;
+    let base = common_now() - 120_000;
+    let total = 1000u64;
+    let start = Instant::now();
+    let mut stopped = false;
+    let mut restarted = false;
+    for seq in 0..total {
+        // 50 messages a second for 20 s; the server is away from 4 s to 14 s.
+        let due = Duration::from_millis(seq * 20);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        if !stopped && start.elapsed() >= Duration::from_secs(4) {
+            vm.stop();
+            stopped = true;
+        }
+        if stopped && !restarted && start.elapsed() >= Duration::from_secs(14) {
+            vm.restart();
+            restarted = true;
+        }
+        let payload = json!({"m": "outage", "label": "x", "current": 1.0, "seq": seq, "ts": base + seq as i64 * 10});
+        pubr.publish("device/pump-1/telemetry", payload.to_string())
+            .await;
+    }
+    assert!(stopped && restarted);
+    let written = wait_for(Duration::from_secs(30), || {
+        let st = engine.status();
+        (counter(&st, &["influx", "written"]) >= total
+            && counter(&st, &["influx", "in_spool"]) == 0)
+            .then_some(st)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not every point was written: {}\n{}",
+            engine.status()["influx"],
+            engine.log()
+        )
+    });
+    let series = vm.export(r#"{__name__="outage_seq"}"#);
+    let seen: BTreeSet<u64> = series
+        .iter()
+        .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_f64().map(|f| f as u64))
+        .collect();
+    let missing: Vec<u64> = (0..total).filter(|s| !seen.contains(s)).collect();
+    assert!(missing.is_empty(), "lost points: {missing:?}");
+    let influx = &written["influx"];
+    assert!(
+        counter(influx, &["retries"]) > 0,
+        "the outage caused no retry: {influx}"
+    );
+    assert!(
+        counter(influx, &["spooled"]) > 0,
+        "the outage did not reach the spool: {influx}"
+    );
+    assert_eq!(counter(influx, &["dropped"]), 0, "{influx}");
+    assert_eq!(counter(influx, &["rejected"]), 0, "{influx}");
+}
+
+/// An HTTP receiver for webhooks: records every request; a path answers with the statuses
+/// scripted for it, in turn (then 200).
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Request>>>,
+    script: Arc<Mutex<BTreeMap<String, Vec<u16>>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+    status: u16,
+}
+
+impl Receiver {
+    fn start(script: &[(&str, Vec<u16>)]) -> (Receiver, u16) {
+        let r = Receiver::default();
+        for (p, s) in script {
+            r.script.lock().unwrap().insert(p.to_string(), s.clone());
+        }
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let rr = r.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                rr.handle(s);
+            }
+        });
+        (r, port)
+    }
+
+    fn handle(&self, mut s: std::net::TcpStream) {
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.lines();
+        let path = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or("")
+            .to_string();
+        let headers: BTreeMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let status = {
+            let mut sc = self.script.lock().unwrap();
+            match sc.get_mut(&path) {
+                Some(v) if !v.is_empty() => v.remove(0),
+                _ => 200,
+            }
+        };
+        self.got.lock().unwrap().push(Request {
+            path,
+            headers,
+            body: buf[head_end..].to_vec(),
+            status,
+        });
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        );
+    }
+
+    fn on(&self, path: &str) -> Vec<Request> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+const HOT: &str = r#"
+chain: hot
+nodes:
+  - id: check
+    filter: msg.temp > 50
+    else: clear
+  - id: raise
+    alarm: { type: Hot, severity: MAJOR, message: "${meta.device} at ${msg.temp}" }
+  - id: tell
+    notify: [mail, signed, flaky, down]
+    next: []
+  - id: clear
+    alarm: { type: Hot, action: clear }
+    next: [tell]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_and_webhooks_arrive_signed_retried_and_with_fallback() {
+    let dir = tempdir("notify");
+    let smtp = SmtpSink::start(&dir);
+    let (rx, hook) = Receiver::start(&[("/flaky", vec![500, 500, 500])]);
+    let closed = free_port();
+    let (mqtt, http_port) = (free_port(), free_port());
+    let channels = format!(
+        r#"channels:
+  mail:
+    email: {{smtp: "smtp://127.0.0.1:{smtp}", tls: none, from: rulechain@example.com, to: [ops@example.com, oncall@example.com]}}
+    subject: "[${{msg.alarm.severity}}] ${{msg.alarm.type}} ${{msg.alarm.transition}} on ${{meta.device}}"
+    body: "${{msg.alarm.message}}; rated ${{attr.rated ?? 0}}"
+  signed:
+    webhook: {{url: "http://127.0.0.1:{hook}/hook", secret: s3cret, headers: {{X-Env: test}}}}
+  flaky:
+    webhook: {{url: "http://127.0.0.1:{hook}/flaky"}}
+    retries: 5
+  down:
+    webhook: {{url: "http://127.0.0.1:{closed}/nothing"}}
+    retries: 3
+    fallback: backup
+    fallback_after: 2
+  backup:
+    webhook: {{url: "http://127.0.0.1:{hook}/backup"}}
+"#,
+        smtp = smtp.port
+    );
+    engine_dir(
+        &dir,
+        &embedded(mqtt, &channels),
+        http_port,
+        &[("hot.yaml", HOT)],
+        "devices:\n  - id: pump-1\n    attributes: {rated: 10}\n",
+    );
+    let engine = Engine::start(&dir, http_port);
+    let pubr = Mqtt::connect(mqtt, "notify-pub", true, &[]).await;
+    pubr.publish("device/pump-1/telemetry", r#"{"temp": 70}"#)
+        .await;
+
+    // The email, rendered, to both recipients.
+    let mail = wait_for(Duration::from_secs(10), || smtp.mails().into_iter().next())
+        .unwrap_or_else(|| panic!("no mail arrived\n{}", engine.log()));
+    assert!(
+        mail.contains("Subject: [MAJOR] Hot created on pump-1"),
+        "{mail}"
+    );
+    assert!(mail.contains("pump-1 at 70; rated 10"), "{mail}");
+    assert!(
+        mail.contains("To: ops@example.com, oncall@example.com"),
+        "{mail}"
+    );
+
+    // The signed webhook: the default payload, a valid signature, the custom header.
+    let signed = wait_for(Duration::from_secs(10), || {
+        rx.on("/hook").into_iter().next()
+    })
+    .expect("the signed webhook did not arrive");
+    let body: Value = serde_json::from_slice(&signed.body).unwrap();
+    assert_eq!(body["alarm"]["type"], "Hot");
+    assert_eq!(body["alarm"]["status"], "ACTIVE_UNACK");
+    assert_eq!(body["alarm"]["transition"], "created");
+    assert_eq!(body["alarm"]["severity"], "MAJOR");
+    assert_eq!(body["device"], "pump-1");
+    assert_eq!(body["subject"], "[MAJOR] Hot created on pump-1");
+    assert_eq!(signed.headers["x-env"], "test");
+    let want = rulechain::sinks::notify::signature(b"s3cret", &signed.body);
+    assert_eq!(signed.headers["x-rulechain-signature"], want);
+    assert_ne!(
+        want,
+        rulechain::sinks::notify::signature(b"wrong", &signed.body)
+    );
+
+    // Three 500s, then the fourth try is delivered.
+    let flaky = wait_for(Duration::from_secs(15), || {
+        let f = rx.on("/flaky");
+        (f.len() >= 4).then_some(f)
+    })
+    .unwrap_or_else(|| panic!("the flaky webhook got {:?}", rx.on("/flaky").len()));
+    assert_eq!(
+        flaky.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![500, 500, 500, 200]
+    );
+    assert_eq!(
+        flaky[0].body, flaky[3].body,
+        "a retry sends the same notification"
+    );
+
+    // The channel that is down hands the notification to its fallback after two failures.
+    let backup = wait_for(Duration::from_secs(10), || {
+        rx.on("/backup").into_iter().next()
+    })
+    .expect("the fallback channel got nothing");
+    let b: Value = serde_json::from_slice(&backup.body).unwrap();
+    assert_eq!(b["alarm"]["type"], "Hot");
+
+    let st = wait_for(Duration::from_secs(10), || {
+        let st = engine.status();
+        (counter(&st, &["notify", "channels", "down", "failed"]) == 1).then_some(st)
+    })
+    .unwrap_or_else(|| panic!("{}", engine.status()["notify"]));
+    let ch = &st["notify"]["channels"];
+    assert_eq!(counter(ch, &["flaky", "attempts_failed"]), 3);
+    assert_eq!(counter(ch, &["flaky", "sent"]), 1);
+    assert_eq!(counter(ch, &["down", "fallbacks"]), 1);
+    assert_eq!(counter(ch, &["down", "attempts_failed"]), 4, "{ch}");
+    assert_eq!(counter(ch, &["backup", "sent"]), 1);
+    assert_eq!(counter(ch, &["mail", "sent"]), 1);
+    assert_eq!(counter(ch, &["signed", "sent"]), 1);
+    // A failing channel never delayed or repeated another one's notification.
+    assert_eq!(smtp.mails().len(), 1);
+    assert_eq!(rx.on("/hook").len(), 1);
+
+    // `notify-test` sends a sample through a channel and says how it went.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["notify-test", "--config", "rulechain.yaml", "signed"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered in"));
+    assert_eq!(rx.on("/hook").len(), 2);
+    let sample: Value = serde_json::from_slice(&rx.on("/hook")[1].body).unwrap();
+    assert_eq!(sample["alarm"]["type"], "TestAlarm");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["notify-test", "--config", "rulechain.yaml", "down"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`down` failed"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["notify-test", "--config", "rulechain.yaml", "nope"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("known: backup, down, flaky, mail, signed")
+    );
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(port: u16, token: &str) -> Ws {
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?token={token}"))
+            .await
+            .expect("connect /ws");
+    ws
+}
+
+/// A WebSocket client whose frames are read all the time by a task of its own (so it answers
+/// pings, as a browser does), and queued for the test.
+struct WsClient {
+    sink: futures_util::stream::SplitSink<Ws, Message>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WsClient {
+    fn drop(&mut self) {
+        // Both halves gone: the connection closes.
+        self.reader.abort();
+    }
+}
+
+impl WsClient {
+    async fn connect(port: u16, token: &str) -> WsClient {
+        let (sink, mut stream) = ws_connect(port, token).await.split();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                if let Message::Text(t) = m {
+                    let _ = tx.send(serde_json::from_str::<Value>(&t).unwrap());
+                }
+            }
+        });
+        WsClient { sink, rx, reader }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.sink
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next frame satisfying `pred`, within 10 s (frames before it are skipped).
+    async fn expect(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .expect("no matching WebSocket frame within 10 s")
+                .expect("the WebSocket closed");
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+const LIVE: &str = r#"
+chain: live
+nodes:
+  - id: push
+    websocket: {}
+    next: [check]
+  - id: check
+    filter: msg.temp > 50
+  - id: raise
+    alarm: { type: Hot, severity: CRITICAL }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_clients_get_rooms_in_order_snapshots_alarms_and_can_ack() {
+    let dir = tempdir("websocket");
+    let (mqtt, http_port) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &embedded(mqtt, "websocket: {max_clients: 3, ping_interval: 300ms}"),
+        http_port,
+        &[("live.yaml", LIVE)],
+        "devices: []\n",
+    );
+    // The token guards /ws and /api (engine_dir writes `http:`; add the token to it).
+    let cfg = std::fs::read_to_string(dir.join("rulechain.yaml"))
+        .unwrap()
+        .replace(
+            &format!("http: {{listen: 127.0.0.1:{http_port}}}"),
+            &format!("http: {{listen: 127.0.0.1:{http_port}, token: t0k3n}}"),
+        );
+    std::fs::write(dir.join("rulechain.yaml"), cfg).unwrap();
+    let engine = Engine::start(&dir, http_port);
+    let pubr = Mqtt::connect(mqtt, "ws-pub", true, &[]).await;
+
+    // Without the token: 401, for /ws and the API alike; /healthz stays open.
+    match tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{http_port}/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("a client without the token got in: {:?}", other.map(|_| ())),
+    }
+    assert_eq!(http(http_port, "GET", "/api/status").unwrap().0, 401);
+    assert_eq!(
+        http(http_port, "GET", "/api/status?token=t0k3n").unwrap().0,
+        200
+    );
+
+    // The latest telemetry is there before anyone subscribes.
+    pubr.publish("device/pump-1/telemetry", r#"{"temp": 20}"#)
+        .await;
+    let status = || {
+        let (_, b) = http(http_port, "GET", "/api/status?token=t0k3n").unwrap();
+        serde_json::from_str::<Value>(&b).unwrap()
+    };
+    wait_for(Duration::from_secs(5), || {
+        (counter(&status(), &["websocket", "published"]) >= 1).then_some(())
+    })
+    .expect("the first message was not published");
+
+    let mut a = WsClient::connect(http_port, "t0k3n").await;
+    a.send(json!({"op": "subscribe", "rooms": ["device/pump-1", "alarms"]}))
+        .await;
+    let snap = a
+        .expect(|v| v["op"] == "snapshot" && v["room"] == "device/pump-1")
+        .await;
+    assert_eq!(snap["data"]["temp"], 20);
+    assert_eq!(snap["seq"], 1);
+    assert_eq!(snap["alarms"], json!([]));
+    a.expect(|v| v["op"] == "subscribed").await;
+
+    // A dashboard on every device.
+    let mut b = WsClient::connect(http_port, "t0k3n").await;
+    b.send(json!({"op": "subscribe", "rooms": ["device/*"]}))
+        .await;
+    b.expect(|v| v["op"] == "subscribed").await;
+
+    for t in [21, 22, 23] {
+        pubr.publish("device/pump-1/telemetry", json!({"temp": t}).to_string())
+            .await;
+    }
+    pubr.publish("device/pump-2/telemetry", r#"{"temp": 5}"#)
+        .await;
+    for (seq, t) in [(2, 21), (3, 22), (4, 23)] {
+        let f = a
+            .expect(|v| v["room"] == "device/pump-1" && v.get("op").is_none())
+            .await;
+        assert_eq!(
+            (f["seq"].as_u64(), f["data"]["temp"].as_i64()),
+            (Some(seq), Some(t)),
+            "{f}"
+        );
+        assert!(f["ts"].as_i64().unwrap() > 0);
+    }
+    let f = b.expect(|v| v["room"] == "device/pump-2").await;
+    assert_eq!(
+        (f["seq"].as_u64(), f["data"]["temp"].as_i64()),
+        (Some(1), Some(5))
+    );
+
+    // An alarm reaches the `alarms` room; a client acknowledges it.
+    pubr.publish("device/pump-1/telemetry", r#"{"temp": 90}"#)
+        .await;
+    let created = a.expect(|v| v["room"] == "alarms").await;
+    assert_eq!(created["data"]["transition"], "created");
+    assert_eq!(created["data"]["status"], "ACTIVE_UNACK");
+    assert_eq!(created["data"]["severity"], "CRITICAL");
+    let id = created["data"]["id"].as_str().unwrap().to_string();
+    // A reconnecting dashboard gets the open alarm in its snapshot.
+    let mut c = WsClient::connect(http_port, "t0k3n").await;
+    c.send(json!({"op": "subscribe", "rooms": ["device/pump-1"]}))
+        .await;
+    let snap = c.expect(|v| v["op"] == "snapshot").await;
+    assert_eq!(snap["data"]["temp"], 90);
+    assert_eq!(snap["alarms"][0]["id"], id.as_str());
+
+    a.send(json!({"op": "ack", "alarm": id})).await;
+    let acked = a.expect(|v| v["op"] == "acked" || v["op"] == "error").await;
+    assert_eq!(
+        acked,
+        json!({"op": "acked", "alarm": id, "status": "ACTIVE_ACK"})
+    );
+    let t = a.expect(|v| v["room"] == "alarms").await;
+    assert_eq!(t["data"]["transition"], "acknowledged");
+    assert_eq!(
+        t["seq"].as_u64(),
+        Some(created["seq"].as_u64().unwrap() + 1)
+    );
+    a.send(json!({"op": "ack", "alarm": id})).await;
+    let again = a.expect(|v| v["op"] == "acked" || v["op"] == "error").await;
+    assert!(
+        again["error"]
+            .as_str()
+            .unwrap()
+            .contains("already acknowledged"),
+        "{again}"
+    );
+    a.send(json!({"op": "frobnicate"})).await;
+    let bad = a.expect(|v| v["op"] == "error").await;
+    assert!(
+        bad["error"].as_str().unwrap().contains("unknown op"),
+        "{bad}"
+    );
+
+    // The limit: a fourth client is turned away with a reason.
+    let mut d = ws_connect(http_port, "t0k3n").await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), d.next())
+        .await
+        .unwrap();
+    match closed {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 1013);
+            assert!(f.reason.contains("max_clients"), "{}", f.reason);
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+
+    // A client that stops answering pings (it never reads) is dropped after two.
+    drop(c);
+    drop(b);
+    wait_for(Duration::from_secs(5), || {
+        (counter(&status(), &["websocket", "clients"]) == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", status()["websocket"]));
+    let silent = ws_connect(http_port, "t0k3n").await;
+    let st = wait_for(Duration::from_secs(10), || {
+        let st = status();
+        (counter(&st, &["websocket", "timed_out"]) >= 1).then_some(st)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the silent client was not dropped: {}",
+            status()["websocket"]
+        )
+    });
+    assert_eq!(
+        counter(&st, &["websocket", "clients"]),
+        1,
+        "{}",
+        st["websocket"]
+    );
+    drop(silent);
+    // The one reading all along is still served.
+    pubr.publish("device/pump-1/telemetry", r#"{"temp": 91}"#)
+        .await;
+    a.expect(|v| v["room"] == "device/pump-1" && v["data"]["temp"] == 91)
+        .await;
+    drop(engine);
+}
+
+#[test]
+fn the_http_alarm_api_lists_and_acknowledges() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempdir("alarm-api");
+    let (mqtt, http_port) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &embedded(mqtt, ""),
+        http_port,
+        &[("live.yaml", LIVE)],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http_port);
+    rt.block_on(async {
+        let pubr = Mqtt::connect(mqtt, "api-pub", true, &[]).await;
+        pubr.publish("device/pump-7/telemetry", r#"{"temp": 99}"#)
+            .await;
+    });
+    let alarms = wait_for(Duration::from_secs(5), || {
+        let (_, b) = http(http_port, "GET", "/api/alarms")?;
+        let v: Value = serde_json::from_str(&b).ok()?;
+        (v["alarms"].as_array()?.len() == 1).then_some(v)
+    })
+    .expect("the alarm is not listed");
+    let id = alarms["alarms"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(alarms["alarms"][0]["device"], "pump-7");
+    let (code, body) = http(http_port, "POST", &format!("/api/alarms/{id}/ack")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("ACTIVE_ACK"), "{body}");
+    let (code, _) = http(http_port, "POST", &format!("/api/alarms/{id}/ack")).unwrap();
+    assert_eq!(code, 409);
+    let (code, _) = http(http_port, "POST", "/api/alarms/nope/ack").unwrap();
+    assert_eq!(code, 404);
+    // The acknowledgement is state: it survives a restart.
+    let mut engine = engine;
+    engine.stop();
+    engine.restart();
+    let (_, b) = http(http_port, "GET", "/api/alarms").unwrap();
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["alarms"][0]["status"], "ACTIVE_ACK", "{v}");
+}
