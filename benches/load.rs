@@ -13,55 +13,17 @@
 //! --rounds 1 --engines A,B` (several engine binaries, measured in turn in each round: before
 //! and after a change, side by side in one run).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[path = "common/mod.rs"]
+mod common;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_port(port: u16) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "nothing listens on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::*;
+use rumqttc::{AsyncClient, QoS};
 
 struct Opts {
     rates: Vec<Option<u64>>,
@@ -132,71 +94,6 @@ fn opts() -> Opts {
         i += 1;
     }
     o
-}
-
-#[derive(Default)]
-struct Recv {
-    count: AtomicU64,
-    lat: Mutex<Vec<u32>>,
-}
-
-async fn client(port: u16, id: &str, subs: &[String], recv: Option<Arc<Recv>>) -> AsyncClient {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    o.set_inflight(1000);
-    let (c, mut ev) = AsyncClient::new(o, 100_000);
-    let mut net = ev.network_options();
-    net.set_tcp_nodelay(true);
-    ev.set_network_options(net);
-    let (ready_tx, mut ready) = tokio::sync::mpsc::channel::<()>(1);
-    let subs: Vec<String> = subs.to_vec();
-    let cc = c.clone();
-    tokio::spawn(async move {
-        loop {
-            match ev.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if subs.is_empty() {
-                        let _ = ready_tx.try_send(());
-                    }
-                    for s in &subs {
-                        let _ = cc.try_subscribe(s.clone(), QoS::AtMostOnce);
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = ready_tx.try_send(());
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(r) = &recv {
-                        r.count.fetch_add(1, Relaxed);
-                        // The send time rides in the payload as `"t":MICROS`.
-                        if let Some(t) = find_t(&p.payload) {
-                            let l = now_us().saturating_sub(t).min(u32::MAX as u64) as u32;
-                            r.lat.lock().unwrap().push(l);
-                        }
-                    }
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(rumqttc::ConnectionError::RequestsDone) => break,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), ready.recv())
-        .await
-        .expect("connect");
-    c
-}
-
-fn find_t(p: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(p).ok()?;
-    let i = s.find("\"t\":")? + 4;
-    let rest = s[i..].trim_start();
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
 }
 
 struct Result {
@@ -482,12 +379,7 @@ fn main() {
                         &format!("  processed {processed}"),
                     );
                 }
-                let rss = std::fs::read_to_string(format!("/proc/{}/status", engine.0.id()))
-                    .unwrap_or_default()
-                    .lines()
-                    .find(|l| l.starts_with("VmHWM"))
-                    .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
-                    .unwrap_or_default();
+                let rss = peak_rss_kib(engine.0.id());
                 if round + 1 == o.rounds {
                     println!("{label} = {}: peak RSS {rss} KiB", bin.display());
                 }
@@ -498,28 +390,4 @@ fn main() {
     });
     drop(mosq);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn start_mosquitto(dir: &Path, port: u16) -> Proc {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\n"),
-    )
-    .unwrap();
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("mosquitto is not installed: scripts/services.sh installs it");
-    let p = Proc(
-        Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mosquitto"),
-    );
-    wait_port(port);
-    p
 }

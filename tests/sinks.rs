@@ -751,3 +751,75 @@ fn the_http_alarm_api_lists_and_acknowledges() {
     let v: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v["alarms"][0]["status"], "ACTIVE_ACK", "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reminders_repeat_until_acknowledged_and_the_rate_limit_holds() {
+    let dir = tempdir("remind");
+    let (rx, hook) = Receiver::start(&[]);
+    let (mqtt, http_port) = (free_port(), free_port());
+    let channels = format!(
+        r#"channels:
+  remind:
+    webhook: {{url: "http://127.0.0.1:{hook}/remind"}}
+    repeat_interval: 500ms
+  limited:
+    webhook: {{url: "http://127.0.0.1:{hook}/limited"}}
+    rate_limit: 2/1m
+"#
+    );
+    let chain = HOT.replace("[mail, signed, flaky, down]", "[remind, limited]");
+    engine_dir(
+        &dir,
+        &embedded(mqtt, &channels),
+        http_port,
+        &[("hot.yaml", &chain)],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http_port);
+    let pubr = Mqtt::connect(mqtt, "remind-pub", true, &[]).await;
+    pubr.publish("device/pump-1/telemetry", r#"{"temp": 70}"#)
+        .await;
+    let body = |r: &Request| serde_json::from_slice::<Value>(&r.body).unwrap();
+    let first = wait_for(Duration::from_secs(10), || {
+        let got = rx.on("/remind");
+        (got.len() >= 3).then_some(got)
+    })
+    .unwrap_or_else(|| panic!("no reminders: {}", engine.status()["notify"]));
+    assert_eq!(body(&first[0])["reminder"], false);
+    assert_eq!(body(&first[1])["reminder"], true);
+    assert_eq!(body(&first[2])["reminder"], true);
+    assert_eq!(
+        body(&first[1])["alarm"]["id"],
+        body(&first[0])["alarm"]["id"]
+    );
+    // Acknowledged: the acknowledgement goes out, the reminders stop.
+    let id = body(&first[0])["alarm"]["id"].as_str().unwrap().to_string();
+    let (code, _) = http(http_port, "POST", &format!("/api/alarms/{id}/ack")).unwrap();
+    assert_eq!(code, 200);
+    let acked = wait_for(Duration::from_secs(5), || {
+        rx.on("/remind")
+            .into_iter()
+            .position(|r| body(&r)["alarm"]["transition"] == "acknowledged")
+    })
+    .expect("the acknowledgement was not sent");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = rx.on("/remind");
+    assert_eq!(
+        after.len(),
+        acked + 1,
+        "reminders went on after the acknowledgement"
+    );
+
+    // The rate-limited channel took two notifications in the minute and dropped the rest.
+    pubr.publish("device/pump-2/telemetry", r#"{"temp": 70}"#)
+        .await;
+    pubr.publish("device/pump-3/telemetry", r#"{"temp": 70}"#)
+        .await;
+    let st = wait_for(Duration::from_secs(5), || {
+        let st = engine.status();
+        (counter(&st, &["notify", "channels", "limited", "rate_limited"]) >= 2).then_some(st)
+    })
+    .unwrap_or_else(|| panic!("{}", engine.status()["notify"]));
+    assert_eq!(counter(&st, &["notify", "channels", "limited", "sent"]), 2);
+    assert_eq!(rx.on("/limited").len(), 2);
+}

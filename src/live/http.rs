@@ -82,8 +82,15 @@ async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
 async fn ws(State(api): State<Api>, up: WebSocketUpgrade) -> Response {
     let hub = api.hub.clone();
     match hub.admit() {
+        // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write) cost
+        // 1.3 GiB at 10,000 clients. Clients send small commands; frames are written as they
+        // come (the hub's queue is the buffer, and it is bounded).
         Some(slot) => up
             .max_message_size(64 * 1024)
+            .max_frame_size(64 * 1024)
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(1 << 20)
             .on_upgrade(move |socket| hub.serve(socket, slot)),
         None => {
             let max = hub.max_clients();
