@@ -20,6 +20,7 @@ use super::shard::Reject;
 use super::{RateLimit, Stats};
 use crate::engine::effect::{Effect, Event};
 use crate::rules::model::LogLevel;
+use crate::sinks::notify::Unsent;
 
 /// Publishes queued for the egress connection before new ones are dropped.
 pub const EGRESS_QUEUE: usize = 10_000;
@@ -143,8 +144,19 @@ impl Outbox {
                     fallback_from: None,
                 };
                 let (channel, device) = (notice.channel.clone(), notice.device.clone());
-                if !self.sinks.notify.send(notice) && self.limit.allow() {
-                    tracing::warn!(%channel, %device, "notification not queued: no such channel in the config, or its queue is full");
+                match self.sinks.notify.send(notice) {
+                    Ok(()) => {}
+                    // No such channel: the embedded default has none; the log stands in.
+                    Err(Unsent::Unknown(n)) => {
+                        if self.limit.allow() {
+                            tracing::info!(chain = %n.chain, node = %n.node, %device, %channel, "notify (channel not configured, logged only): {}", n.subject);
+                        }
+                    }
+                    Err(Unsent::Full) => {
+                        if self.limit.allow() {
+                            tracing::warn!(%channel, %device, "notification dropped: the channel's queue is full (is it failing? see /api/status)");
+                        }
+                    }
                 }
             }
             Event::Influx { line, .. } => {

@@ -538,6 +538,15 @@ struct ChannelHandle {
     describe: String,
 }
 
+/// Why a notification was not queued.
+#[derive(Debug)]
+pub enum Unsent {
+    /// The config has no such channel (the embedded default has none): the notification.
+    Unknown(Box<Notice>),
+    /// The channel's queue is full (counted as `dropped`).
+    Full,
+}
+
 /// Every channel, by name.
 #[derive(Clone, Default)]
 pub struct Notifier {
@@ -588,19 +597,17 @@ impl Notifier {
         Ok((notifier, tasks))
     }
 
-    /// Queues a notification (never waits: a full queue drops it, counted).
-    pub fn send(&self, n: Notice) -> bool {
+    /// Queues a notification (never waits: a full queue drops it, counted). Gives it back
+    /// when the config has no such channel.
+    pub fn send(&self, n: Notice) -> Result<(), Unsent> {
         let Some(ch) = self.channels.get(&n.channel) else {
             self.unknown.fetch_add(1, Relaxed);
-            return false;
+            return Err(Unsent::Unknown(Box::new(n)));
         };
-        match ch.tx.try_send(n) {
-            Ok(()) => true,
-            Err(_) => {
-                ch.stats.dropped.fetch_add(1, Relaxed);
-                false
-            }
-        }
+        ch.tx.try_send(n).map_err(|_| {
+            ch.stats.dropped.fetch_add(1, Relaxed);
+            Unsent::Full
+        })
     }
 
     /// The channels' counters, without their queues (holding a view keeps no queue open).
