@@ -218,10 +218,26 @@ impl Hub {
             .filter(|(p, _)| room.starts_with(&**p))
             .map(|(_, c)| c.clone())
             .collect();
-        let full = inner.rooms.len() >= MAX_ROOMS;
+        if !inner.rooms.contains_key(room) && inner.rooms.len() >= MAX_ROOMS {
+            if wild.is_empty() {
+                return;
+            }
+            // Bounded: a room only remembered for snapshots makes way (its seq starts again
+            // if it comes back).
+            let idle = inner
+                .rooms
+                .iter()
+                .find(|(_, r)| r.subs.is_empty())
+                .map(|(k, _)| k.clone());
+            match idle {
+                Some(k) => {
+                    inner.rooms.remove(&k);
+                }
+                None => return,
+            }
+        }
         let r = match inner.rooms.get_mut(room) {
             Some(r) => r,
-            None if full && wild.is_empty() => return,
             None => inner.rooms.entry(Arc::from(room)).or_insert(Room {
                 seq: 0,
                 subs: Vec::new(),
