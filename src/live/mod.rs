@@ -302,8 +302,12 @@ async fn serve(
         }
         None => (None, None),
     };
+    let status: crate::sinks::notify::AlarmStatus = {
+        let hub = hub.clone();
+        Arc::new(move |id: &str| hub.status_of(id))
+    };
     let (notifier, notify_tasks) =
-        crate::sinks::notify::Notifier::start(&settings.config.channels)?;
+        crate::sinks::notify::Notifier::start(&settings.config.channels, status)?;
     let sinks = crate::sinks::Sinks {
         influx,
         hub,

@@ -290,6 +290,13 @@ impl Hub {
             .insert(a.id.clone(), (a.device.clone(), v));
     }
 
+    /// An open alarm's status (`None` once it is cleared and acknowledged, or unknown).
+    pub fn status_of(&self, id: &str) -> Option<String> {
+        let inner = self.lock();
+        let (_, v) = inner.alarms.get(id)?;
+        v.get("status").and_then(Value::as_str).map(str::to_string)
+    }
+
     /// The alarms that need attention (active, or cleared but not acknowledged).
     pub fn alarms(&self) -> Vec<Value> {
         self.lock()

@@ -556,9 +556,12 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts one task per channel on the current runtime.
+    /// Starts one task per channel on the current runtime. `status` tells an alarm's current
+    /// status by id (the hub's view), so reminders stop once an alarm is acknowledged or
+    /// cleared even when the channel was not told.
     pub fn start(
         specs: &std::collections::BTreeMap<String, crate::rules::yaml::Sp<ChannelSpec>>,
+        status: AlarmStatus,
     ) -> Result<(Notifier, Vec<tokio::task::JoinHandle<()>>), String> {
         let mut built = Vec::new();
         let mut channels = HashMap::new();
@@ -589,6 +592,7 @@ impl Notifier {
                 policy,
                 stats,
                 others: Arc::downgrade(&notifier.channels),
+                status: status.clone(),
                 reminders: HashMap::new(),
                 sent_at: std::collections::VecDeque::new(),
             };
@@ -644,6 +648,9 @@ impl NotifyView {
     }
 }
 
+/// An alarm's current status by id, as the engine knows it.
+pub type AlarmStatus = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Reminders kept per channel at most (the oldest active alarms keep theirs).
 const MAX_REMINDERS: usize = 10_000;
 
@@ -655,6 +662,8 @@ struct Worker {
     /// The other channels, for the fallback. Weak: the queues close when the engine drops its
     /// notifier, so the workers finish.
     others: std::sync::Weak<HashMap<String, ChannelHandle>>,
+    /// An alarm's current status.
+    status: AlarmStatus,
     /// Active alarms to remind of: alarm id → (notice, next due).
     reminders: HashMap<String, (Notice, Instant)>,
     /// Send times within the rate window.
@@ -725,6 +734,12 @@ impl Worker {
             .map(|(k, _)| k.clone())
             .collect();
         for id in due {
+            // The channel may not hear of the acknowledgement or the clear (a chain can notify
+            // on raise only): the engine's view decides.
+            if (self.status)(&id).as_deref() != Some("ACTIVE_UNACK") {
+                self.reminders.remove(&id);
+                continue;
+            }
             let Some(r) = self.reminders.get_mut(&id) else {
                 continue;
             };
