@@ -12,7 +12,8 @@
 //!
 //! `cargo build --release && cargo bench --bench sinks -- [influx] [websocket]
 //! [--points 2000000] [--clients 10000] [--rate 20000] [--seconds 10] [--alarm-clients 1000]
-//! [--alarms 200]`
+//! [--alarms 200] [--engines A,B --rounds N]` (`--engines`: several engine binaries measured in
+//! turn in each round, before and after a change side by side in one run).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -40,6 +41,8 @@ struct Opts {
     seconds: u64,
     alarm_clients: usize,
     alarms: usize,
+    engines: Vec<PathBuf>,
+    rounds: usize,
 }
 
 fn opts() -> Opts {
@@ -52,6 +55,8 @@ fn opts() -> Opts {
         seconds: 10,
         alarm_clients: 1_000,
         alarms: 200,
+        engines: Vec::new(),
+        rounds: 1,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -70,6 +75,13 @@ fn opts() -> Opts {
             "--seconds" => o.seconds = v(),
             "--alarm-clients" => o.alarm_clients = v() as usize,
             "--alarms" => o.alarms = v() as usize,
+            "--rounds" => o.rounds = v().max(1) as usize,
+            "--engines" => {
+                o.engines = args
+                    .get(i + 1)
+                    .map(|a| a.split(',').map(PathBuf::from).collect())
+                    .unwrap_or_default()
+            }
             _ => {}
         }
         if args[i].starts_with("--") && args[i] != "--bench" {
@@ -285,7 +297,7 @@ async fn connect_all(
     tasks
 }
 
-fn websocket(o: &Opts, dir: &Path, bin: &Path) {
+fn websocket(o: &Opts, dir: &Path, bin: &Path, label: &str) {
     std::fs::create_dir_all(dir.join("rules")).unwrap();
     let mqtt = free_port();
     let mosq = start_mosquitto(dir, mqtt);
@@ -333,7 +345,7 @@ fn websocket(o: &Opts, dir: &Path, bin: &Path) {
         let rooms: Vec<String> = (0..o.clients).map(|i| format!("device/dev-{i}")).collect();
         let tasks = connect_all(http, rooms, &recv, &[]).await;
         println!(
-            "websocket: {} of {} clients connected and subscribed in {:.1} s",
+            "{label} websocket: {} of {} clients connected and subscribed in {:.1} s",
             recv.connected.load(Relaxed),
             o.clients,
             t0.elapsed().as_secs_f64()
@@ -376,7 +388,7 @@ fn websocket(o: &Opts, dir: &Path, bin: &Path) {
         let (p50, p99, max) = percentiles(&mut recv.lat.lock().unwrap());
         let got = recv.frames.load(Relaxed);
         println!(
-            "websocket: {} clients, one device room each: sent {:.0} msg/s, delivered {got} of {sent} ({:.2}%), lagged notices {}, publish → client p50 {p50:.2} ms  p99 {p99:.2} ms  max {max:.2} ms  CPU rulechain {:.0}%, mosquitto {:.0}%, load tool {:.0}%",
+            "{label} websocket: {} clients, one device room each: sent {:.0} msg/s, delivered {got} of {sent} ({:.2}%), lagged notices {}, publish → client p50 {p50:.2} ms  p99 {p99:.2} ms  max {max:.2} ms  CPU rulechain {:.0}%, mosquitto {:.0}%, load tool {:.0}%",
             o.clients,
             sent as f64 / secs,
             100.0 * got as f64 / sent.max(1) as f64,
@@ -385,7 +397,7 @@ fn websocket(o: &Opts, dir: &Path, bin: &Path) {
             (m1 - m0) as f64 / TCK / total * 100.0,
             (b1 - b0) as f64 / TCK / total * 100.0,
         );
-        println!("websocket: rulechain peak RSS {} KiB", peak_rss_kib(engine.0.id()));
+        println!("{label} websocket: rulechain peak RSS {} KiB", peak_rss_kib(engine.0.id()));
 
         // Alarms: every client on `alarms` gets every transition, in order.
         let arecv = Arc::new(WsRecv::default());
@@ -418,7 +430,7 @@ fn websocket(o: &Opts, dir: &Path, bin: &Path) {
             })
             .count();
         println!(
-            "alarms: {} clients on `alarms`, {} transitions: {complete} clients got every one in sequence; {} of {want} frames in {took:.2} s; CPU rulechain {:.0}%",
+            "{label} alarms: {} clients on `alarms`, {} transitions: {complete} clients got every one in sequence; {} of {want} frames in {took:.2} s; CPU rulechain {:.0}%",
             arecv.connected.load(Relaxed),
             2 * o.alarms,
             arecv.frames.load(Relaxed),
@@ -453,11 +465,23 @@ fn main() {
         influx(&o, &dir.join("influx"));
     }
     if o.websocket {
-        assert!(
-            bin.exists(),
-            "build the engine first: cargo build --release"
-        );
-        websocket(&o, &dir.join("ws"), &bin);
+        let engines = if o.engines.is_empty() {
+            vec![bin]
+        } else {
+            o.engines.clone()
+        };
+        for e in &engines {
+            assert!(e.exists(), "build the engine first: cargo build --release ({})", e.display());
+        }
+        for round in 0..o.rounds {
+            for (i, e) in engines.iter().enumerate() {
+                let label = format!("[round {} engine #{i}]", round + 1);
+                websocket(&o, &dir.join(format!("ws-{round}-{i}")), e, &label);
+            }
+        }
+        for (i, e) in engines.iter().enumerate() {
+            println!("engine #{i} = {}", e.display());
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
