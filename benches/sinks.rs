@@ -471,7 +471,11 @@ fn main() {
             o.engines.clone()
         };
         for e in &engines {
-            assert!(e.exists(), "build the engine first: cargo build --release ({})", e.display());
+            assert!(
+                e.exists(),
+                "build the engine first: cargo build --release ({})",
+                e.display()
+            );
         }
         for round in 0..o.rounds {
             for (i, e) in engines.iter().enumerate() {

@@ -132,6 +132,11 @@ pub struct WebsocketSpec {
     /// How often the server pings (default `30s`); a client that misses two pongs is dropped.
     #[serde(default)]
     pub ping_interval: Option<Sp<String>>,
+    /// Web pages (origins, e.g. `https://dashboard.example.com`) allowed to open `/ws` besides
+    /// pages served from the same host; `"*"` allows any. Clients that send no `Origin`
+    /// (non-browser) are not affected.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// The MQTT connection. rulechain opens two: `{client_id}-in` subscribes, `{client_id}-out`

@@ -565,6 +565,19 @@ async fn websocket_clients_get_rooms_in_order_snapshots_alarms_and_can_ack() {
         other => panic!("a client without the token got in: {:?}", other.map(|_| ())),
     }
     assert_eq!(http(http_port, "GET", "/api/status").unwrap().0, 401);
+    // A page from another site is refused, even with the token (a browser would send it).
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://127.0.0.1:{http_port}/ws?token=t0k3n")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("origin", "https://evil.example".parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+            other => panic!("a foreign page got in: {:?}", other.map(|_| ())),
+        }
+    }
     assert_eq!(
         http(http_port, "GET", "/api/status?token=t0k3n").unwrap().0,
         200

@@ -79,8 +79,26 @@ async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
     }
 }
 
-async fn ws(State(api): State<Api>, up: WebSocketUpgrade) -> Response {
+async fn ws(
+    State(api): State<Api>,
+    headers: axum::http::HeaderMap,
+    up: WebSocketUpgrade,
+) -> Response {
     let hub = api.hub.clone();
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if !hub.origin_allowed(header("origin"), header("host")) {
+        hub.stats
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": format!(
+                "a page from {} may not open this WebSocket: list it in `websocket.allowed_origins`",
+                header("origin").unwrap_or("?")
+            )})),
+        )
+            .into_response();
+    }
     match hub.admit() {
         // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write) cost
         // 1.3 GiB at 10,000 clients. Clients send small commands; frames are written as they

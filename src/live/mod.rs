@@ -295,7 +295,9 @@ async fn serve(
     ));
     let (influx, influx_task) = match &settings.config.influx {
         Some(spec) => {
-            let s = crate::sinks::influx::InfluxSettings::resolve(spec, &settings.state_dir)?;
+            let mut s = crate::sinks::influx::InfluxSettings::resolve(spec, &settings.state_dir)?;
+            // The writer must give up (and spool) before the shutdown deadline cuts it off.
+            s.shutdown_grace = (settings.shutdown_timeout / 2).min(Duration::from_secs(5));
             tracing::info!(url = %s.write_url, batch_size = s.batch_size, "writing points to InfluxDB");
             let (h, t) = crate::sinks::influx::start(s, Arc::default())?;
             (Some(h), Some(t))

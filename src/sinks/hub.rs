@@ -35,6 +35,8 @@ pub struct HubSettings {
     pub client_queue: usize,
     /// Ping interval.
     pub ping_interval: Duration,
+    /// Origins allowed besides the same host (`*`: any).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HubSettings {
@@ -43,6 +45,7 @@ impl Default for HubSettings {
             max_clients: 20_000,
             client_queue: 1024,
             ping_interval: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -65,6 +68,7 @@ impl HubSettings {
                 }
                 None => d.ping_interval,
             },
+            allowed_origins: s.allowed_origins.clone().unwrap_or_default(),
         })
     }
 }
@@ -355,6 +359,25 @@ impl Hub {
             return None;
         }
         Some(Slot(self.clone()))
+    }
+
+    /// Whether a browser page from `origin` may connect, given the request's `host`. Pages from
+    /// other sites are refused unless listed: without this, any web page a user opens could
+    /// read the dashboards' data and acknowledge alarms through the user's browser.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        if self
+            .settings
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/') == origin)
+        {
+            return true;
+        }
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
     }
 
     /// The client limit.
@@ -742,5 +765,36 @@ mod tests {
         hub.unsubscribe(&c, &["device/*".into()]);
         hub.publish("device/c", 8, "{}");
         assert!(frames(&c).1.is_empty());
+    }
+
+    #[test]
+    fn browsers_from_other_sites_are_refused_unless_listed() {
+        let (tx, _rx) = mpsc::channel(1);
+        let hub = Hub::new(
+            HubSettings {
+                allowed_origins: vec!["https://dash.example.com/".into()],
+                ..HubSettings::default()
+            },
+            tx,
+        );
+        let host = Some("127.0.0.1:8080");
+        assert!(
+            hub.origin_allowed(None, host),
+            "non-browser clients send no Origin"
+        );
+        assert!(hub.origin_allowed(Some("http://127.0.0.1:8080"), host));
+        assert!(hub.origin_allowed(Some("https://dash.example.com"), host));
+        assert!(!hub.origin_allowed(Some("https://evil.example"), host));
+        assert!(!hub.origin_allowed(Some("http://127.0.0.1:8081"), host));
+        assert!(!hub.origin_allowed(Some("null"), host));
+        let (tx, _rx) = mpsc::channel(1);
+        let open = Hub::new(
+            HubSettings {
+                allowed_origins: vec!["*".into()],
+                ..HubSettings::default()
+            },
+            tx,
+        );
+        assert!(open.origin_allowed(Some("https://evil.example"), host));
     }
 }
