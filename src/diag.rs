@@ -178,8 +178,15 @@ impl Diagnostics {
         v.sort_by(|a, b| {
             (&a.path, a.line, a.column, a.severity).cmp(&(&b.path, b.line, b.column, b.severity))
         });
-        v.dedup();
-        v
+        // A check that runs twice (the config is read for itself and for the chains) reports
+        // once, wherever the copies landed in the order.
+        let mut out: Vec<&Diagnostic> = Vec::with_capacity(v.len());
+        for d in v {
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        out
     }
 
     /// Every problem in the rustc-like text form, with a snippet of the line it points at.
@@ -188,7 +195,13 @@ impl Diagnostics {
         items.sort_by(|(a, _), (b, _)| {
             (&a.path, a.line, a.column, a.severity).cmp(&(&b.path, b.line, b.column, b.severity))
         });
-        items.dedup_by(|a, b| a.0 == b.0);
+        let mut unique: Vec<&(Diagnostic, Option<Source>)> = Vec::with_capacity(items.len());
+        for it in items {
+            if !unique.iter().any(|u| u.0 == it.0) {
+                unique.push(it);
+            }
+        }
+        let items = unique;
         let mut out = String::new();
         for (d, src) in items {
             let sev = match d.severity {

@@ -465,3 +465,39 @@ fn every_broken_topic_and_channel_of_a_config_is_reported_once() {
         "{text}"
     );
 }
+
+#[test]
+fn sink_settings_are_checked_with_their_positions() {
+    let dir = scratch("badsinks");
+    let cfg = write(
+        &dir,
+        "rulechain.yaml",
+        "influx:\n  url: ftp://db\n  api: v3\n  precision: min\n  batch_size: 0\n  flush_interval: 1x\n\
+         websocket:\n  client_queue: 0\n  ping_interval: soon\n\
+         channels:\n  mail:\n    email: {smtp: 'smtp://m:25', tls: ssl, from: 'not an address', to: []}\n    fallback: nowhere\n    rate_limit: lots\n  hook:\n    webhook: {url: 'file:///etc/passwd'}\n    fallback: hook\n    repeat_interval: 1y\n",
+    );
+    let o = rulechain(&["validate", "--config", &cfg, &cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    for at in [
+        "2:8: error: bad InfluxDB URL `ftp://db`: use http:// or https://",
+        "3:8: error: unknown InfluxDB api `v3`",
+        "4:14: error: unknown precision `min`",
+        "5:15: error: batch_size is between 1 and 1000000",
+        "6:19: error: bad duration `1x`",
+        "8:17: error: client_queue is between 1 and 1048576",
+        "9:18: error: bad duration `soon`",
+        "12:39: error: `tls: ssl`: use starttls, tls or none",
+        "error: channel `mail`: bad `from` address `not an address`",
+        "error: channel `mail`: `to` lists no address",
+        "13:15: error: unknown fallback channel `nowhere`",
+        "14:17: error: bad rate limit `lots`",
+        "16:20: error: channel `hook`: bad webhook URL",
+        "17:15: error: channel `hook` cannot be its own fallback",
+        "18:22: error: bad duration `1y`",
+    ] {
+        assert!(text.contains(at), "missing {at} in:\n{text}");
+    }
+    assert_eq!(text.matches("bad `from` address").count(), 1, "{text}");
+    assert!(text.trim_end().ends_with("15 errors, 0 warnings"), "{text}");
+}
