@@ -958,3 +958,47 @@ async fn the_writer_speaks_v1_flushes_on_close_and_retries_only_what_may_succeed
     drop(h);
     let _ = task.await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_webhook_is_not_retried_and_goes_to_the_fallback_at_once() {
+    let dir = tempdir("refused");
+    let (rx, hook) = Receiver::start(&[("/gone", vec![404, 404, 404])]);
+    let (mqtt, http_port) = (free_port(), free_port());
+    let channels = format!(
+        r#"channels:
+  remind:
+    webhook: {{url: "http://127.0.0.1:{hook}/gone"}}
+    retries: 5
+    fallback: limited
+    fallback_after: 3
+  limited:
+    webhook: {{url: "http://127.0.0.1:{hook}/backup"}}
+"#
+    );
+    engine_dir(
+        &dir,
+        &embedded(mqtt, &channels),
+        http_port,
+        &[("hot.yaml", REMIND)],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http_port);
+    let pubr = Mqtt::connect(mqtt, "refused-pub", true, &[]).await;
+    pubr.publish("device/pump-1/telemetry", r#"{"temp": 70}"#)
+        .await;
+    // `remind` hands over at once; `limited` also gets its own copy from the chain.
+    wait_for(Duration::from_secs(5), || {
+        (rx.on("/backup").len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", engine.status()["notify"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rx.on("/gone").len(), 1, "a 404 was retried");
+    let ch = &engine.status()["notify"]["channels"]["remind"];
+    assert_eq!(counter(ch, &["attempts_failed"]), 1, "{ch}");
+    assert_eq!(counter(ch, &["failed"]), 1, "{ch}");
+    assert_eq!(counter(ch, &["fallbacks"]), 1, "{ch}");
+    assert!(
+        ch["last_error"].as_str().unwrap_or("").contains("404"),
+        "{ch}"
+    );
+}

@@ -122,7 +122,10 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
         let start = Instant::now();
         match tokio::time::timeout(policy.timeout, transport.deliver(&notice)).await {
             Ok(Ok(())) => Ok(start.elapsed()),
-            Ok(Err(e)) => Err(e),
+            Ok(Err(e)) if e.permanent => Err(format!(
+                "{e} (the receiver refuses it: retrying would not help)"
+            )),
+            Ok(Err(e)) => Err(e.text),
             Err(_) => Err(format!(
                 "no answer within {} ms (the channel's `timeout`)",
                 policy.timeout.as_millis()

@@ -333,6 +333,8 @@ struct Batch {
     points: usize,
     /// The spool file it came from (deleted once the batch is done).
     file: Option<PathBuf>,
+    /// Its first line (shortened), for the log when the server refuses the batch.
+    first: Option<String>,
 }
 
 enum Outcome {
@@ -428,6 +430,7 @@ impl Writer {
                 gzip: self.settings.gzip,
                 points: n,
                 file: None,
+                first: lines.first().map(|l| l.chars().take(300).collect()),
             });
         }
         None
@@ -542,7 +545,12 @@ impl Writer {
                         Outcome::Rejected(msg) => {
                             failures = 0;
                             self.stats.rejected.fetch_add(batch.points as u64, Relaxed);
-                            tracing::warn!(points = batch.points, "InfluxDB rejected a batch as bad data (not retried): {msg}");
+                            let hint = if msg.starts_with("HTTP 413") { " (lower `influx.batch_size`)" } else { "" };
+                            tracing::warn!(
+                                points = batch.points,
+                                first_line = batch.first.as_deref().unwrap_or("(from the spool)"),
+                                "InfluxDB refused a batch (not retried): {msg}{hint}"
+                            );
                             self.done(batch);
                             *self.stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
                         }
@@ -745,6 +753,7 @@ impl Spool {
                     gzip: path.extension().is_some_and(|e| e == "gz"),
                     points,
                     file: Some(path),
+                    first: None,
                 })
             }
             Err(e) => {

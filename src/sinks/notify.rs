@@ -252,7 +252,7 @@ impl Transport {
     }
 
     /// One delivery attempt.
-    pub async fn deliver(&self, n: &Notice) -> Result<(), String> {
+    pub async fn deliver(&self, n: &Notice) -> Result<(), Failure> {
         match self {
             Transport::Email { mailer, from, to } => {
                 let mut b = lettre::Message::builder()
@@ -264,12 +264,12 @@ impl Transport {
                 }
                 let m = b
                     .body(n.body.clone())
-                    .map_err(|e| format!("cannot build the email: {e}"))?;
-                mailer
-                    .send(m)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("SMTP: {}", chain_text(&e)))
+                    .map_err(|e| Failure::permanent(format!("cannot build the email: {e}")))?;
+                mailer.send(m).await.map(|_| ()).map_err(|e| Failure {
+                    text: format!("SMTP: {}", chain_text(&e)),
+                    // A 5xx reply (unknown recipient, refused sender) will not change.
+                    permanent: e.is_permanent(),
+                })
             }
             Transport::Webhook {
                 client,
@@ -293,7 +293,11 @@ impl Transport {
                 if let Some(s) = secret {
                     req = req.header(signature_header.as_str(), signature(s, &body));
                 }
-                let resp = req.body(body).send().await.map_err(|e| chain_text(&e))?;
+                let resp = req
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| Failure::transient(chain_text(&e)))?;
                 let status = resp.status();
                 if status.is_success() {
                     Ok(())
@@ -305,7 +309,13 @@ impl Transport {
                         .chars()
                         .take(300)
                         .collect();
-                    Err(format!("HTTP {status}: {}", text.trim()))
+                    let code = status.as_u16();
+                    Err(Failure {
+                        text: format!("HTTP {status}: {}", text.trim()),
+                        // The receiver refuses this request (400, 401, 404…): sending it again
+                        // changes nothing. 408 and 429 ask to come back later.
+                        permanent: status.is_client_error() && code != 408 && code != 429,
+                    })
                 }
             }
             Transport::Log => {
@@ -313,6 +323,37 @@ impl Transport {
                 Ok(())
             }
         }
+    }
+}
+
+/// A failed delivery attempt.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// What went wrong.
+    pub text: String,
+    /// Trying again cannot help (a 4xx from a webhook, a 5xx SMTP reply).
+    pub permanent: bool,
+}
+
+impl Failure {
+    fn permanent(text: String) -> Self {
+        Failure {
+            text,
+            permanent: true,
+        }
+    }
+
+    fn transient(text: String) -> Self {
+        Failure {
+            text,
+            permanent: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -782,20 +823,26 @@ impl Worker {
         loop {
             let attempt =
                 tokio::time::timeout(self.policy.timeout, self.transport.deliver(&n)).await;
-            let err = match attempt {
+            let (err, permanent) = match attempt {
                 Ok(Ok(())) => {
                     self.stats.sent.fetch_add(1, Relaxed);
                     self.stats.set_error(None);
                     tracing::info!(channel = %self.name, device = %n.device, attempts = failures + 1, reminder = n.reminder, "notification sent: {}", n.subject);
                     return;
                 }
-                Ok(Err(e)) => e,
-                Err(_) => format!("no answer within {} ms", self.policy.timeout.as_millis()),
+                Ok(Err(e)) => (e.text, e.permanent),
+                Err(_) => (
+                    format!("no answer within {} ms", self.policy.timeout.as_millis()),
+                    false,
+                ),
             };
             failures += 1;
             self.stats.attempts_failed.fetch_add(1, Relaxed);
             self.stats.set_error(Some(err.clone()));
-            if !fell_back && failures >= self.policy.fallback_after && n.fallback_from.is_none() {
+            if !fell_back
+                && (failures >= self.policy.fallback_after || permanent)
+                && n.fallback_from.is_none()
+            {
                 if let Some(fb) = &self.policy.fallback {
                     fell_back = true;
                     let mut copy = n.clone();
@@ -811,7 +858,7 @@ impl Worker {
                     }
                 }
             }
-            if failures > self.policy.retries {
+            if failures > self.policy.retries || permanent {
                 self.stats.failed.fetch_add(1, Relaxed);
                 tracing::error!(channel = %self.name, device = %n.device, attempts = failures, "notification not delivered: {err}");
                 return;
