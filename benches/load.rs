@@ -169,24 +169,16 @@ async fn drive(
     }
     // CPU is divided by the time until the last delivery (the quiet second after it is idle).
     let total_secs = last_change.duration_since(start).as_secs_f64().max(secs);
-    let mut lat = recv.lat.lock().unwrap().clone();
-    lat.sort_unstable();
-    let q = |p: f64| {
-        if lat.is_empty() {
-            0.0
-        } else {
-            lat[((lat.len() - 1) as f64 * p) as usize] as f64 / 1000.0
-        }
-    };
+    let (p50, p99, max) = percentiles(&mut recv.lat.lock().unwrap().clone());
     Result {
         sent,
         received: recv.count.load(Relaxed),
         secs,
         total_secs,
         start,
-        p50: q(0.5),
-        p99: q(0.99),
-        max: q(1.0),
+        p50,
+        p99,
+        max,
     }
 }
 

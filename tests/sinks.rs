@@ -20,6 +20,31 @@ fn embedded(mqtt_port: u16, extra: &str) -> String {
     format!("embedded_broker: {{listen: 127.0.0.1:{mqtt_port}}}\n{extra}")
 }
 
+/// An engine on its embedded broker in `dir` (config `extra`, these chains and devices; with
+/// `token`, `http.token`), and a publisher connected to that broker.
+async fn start_engine(
+    dir: &std::path::Path,
+    extra: &str,
+    chains: &[(&str, &str)],
+    devices: &str,
+    client: &str,
+    token: Option<&str>,
+) -> (Engine, Mqtt) {
+    let (mqtt, http_port) = (free_port(), free_port());
+    engine_dir(dir, &embedded(mqtt, extra), http_port, chains, devices);
+    if let Some(t) = token {
+        let path = dir.join("rulechain.yaml");
+        let listen = format!("http: {{listen: 127.0.0.1:{http_port}}}");
+        let cfg = std::fs::read_to_string(&path).unwrap();
+        assert!(cfg.contains(&listen));
+        let with = format!("http: {{listen: 127.0.0.1:{http_port}, token: {t}}}");
+        std::fs::write(&path, cfg.replace(&listen, &with)).unwrap();
+    }
+    let engine = Engine::start(dir, http_port);
+    let pubr = Mqtt::connect(mqtt, client, true, &[]).await;
+    (engine, pubr)
+}
+
 fn counter(v: &Value, path: &[&str]) -> u64 {
     let mut v = v;
     for p in path {
@@ -39,20 +64,19 @@ nodes:
 async fn points_written_by_a_chain_read_back_from_victoriametrics() {
     let dir = tempdir("influx-roundtrip");
     let vm = Victoria::start(&dir);
-    let (mqtt, http_port) = (free_port(), free_port());
     let extra = format!(
         "influx: {{url: 'http://127.0.0.1:{}', bucket: iot, org: acme, token: secret-token, flush_interval: 100ms}}",
         vm.port
     );
-    engine_dir(
+    let (engine, pubr) = start_engine(
         &dir,
-        &embedded(mqtt, &extra),
-        http_port,
+        &extra,
         &[("store.yaml", STORE)],
         "devices: []\n",
-    );
-    let engine = Engine::start(&dir, http_port);
-    let pubr = Mqtt::connect(mqtt, "roundtrip-pub", true, &[]).await;
+        "roundtrip-pub",
+        None,
+    )
+    .await;
     // Tag values and a measurement that need every kind of escaping.
     let labels = [
         "plain",
@@ -130,21 +154,20 @@ fn common_now() -> i64 {
 async fn a_10s_outage_of_victoriametrics_loses_no_point() {
     let dir = tempdir("influx-outage");
     let mut vm = Victoria::start(&dir);
-    let (mqtt, http_port) = (free_port(), free_port());
     // A small memory buffer, so the outage also goes through the spool on disk.
     let extra = format!(
         "influx: {{url: 'http://127.0.0.1:{}', flush_interval: 100ms, batch_size: 50, buffer_points: 200, spool: true, max_backoff: 1s, timeout: 2s}}",
         vm.port
     );
-    engine_dir(
+    let (engine, pubr) = start_engine(
         &dir,
-        &embedded(mqtt, &extra),
-        http_port,
+        &extra,
         &[("store.yaml", STORE)],
         "devices: []\n",
-    );
-    let engine = Engine::start(&dir, http_port);
-    let pubr = Mqtt::connect(mqtt, "outage-pub", true, &[]).await;
+        "outage-pub",
+        None,
+    )
+    .await;
     let base = common_now() - 120_000;
     let total = 1000u64;
     let start = Instant::now();
@@ -322,7 +345,6 @@ async fn email_and_webhooks_arrive_signed_retried_and_with_fallback() {
     let smtp = SmtpSink::start(&dir);
     let (rx, hook) = Receiver::start(&[("/flaky", vec![500, 500, 500])]);
     let closed = free_port();
-    let (mqtt, http_port) = (free_port(), free_port());
     let channels = format!(
         r#"channels:
   mail:
@@ -344,15 +366,15 @@ async fn email_and_webhooks_arrive_signed_retried_and_with_fallback() {
 "#,
         smtp = smtp.port
     );
-    engine_dir(
+    let (engine, pubr) = start_engine(
         &dir,
-        &embedded(mqtt, &channels),
-        http_port,
+        &channels,
         &[("hot.yaml", HOT)],
         "devices:\n  - id: pump-1\n    attributes: {rated: 10}\n",
-    );
-    let engine = Engine::start(&dir, http_port);
-    let pubr = Mqtt::connect(mqtt, "notify-pub", true, &[]).await;
+        "notify-pub",
+        None,
+    )
+    .await;
     pubr.publish("device/pump-1/telemetry", r#"{"temp": 70}"#)
         .await;
 
@@ -540,24 +562,16 @@ nodes:
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_clients_get_rooms_in_order_snapshots_alarms_and_can_ack() {
     let dir = tempdir("websocket");
-    let (mqtt, http_port) = (free_port(), free_port());
-    engine_dir(
+    let (engine, pubr) = start_engine(
         &dir,
-        &embedded(mqtt, "websocket: {max_clients: 3, ping_interval: 300ms}"),
-        http_port,
+        "websocket: {max_clients: 3, ping_interval: 300ms}",
         &[("live.yaml", LIVE)],
         "devices: []\n",
-    );
-    // The token guards /ws and /api (engine_dir writes `http:`; add the token to it).
-    let cfg = std::fs::read_to_string(dir.join("rulechain.yaml"))
-        .unwrap()
-        .replace(
-            &format!("http: {{listen: 127.0.0.1:{http_port}}}"),
-            &format!("http: {{listen: 127.0.0.1:{http_port}, token: t0k3n}}"),
-        );
-    std::fs::write(dir.join("rulechain.yaml"), cfg).unwrap();
-    let engine = Engine::start(&dir, http_port);
-    let pubr = Mqtt::connect(mqtt, "ws-pub", true, &[]).await;
+        "ws-pub",
+        Some("t0k3n"),
+    )
+    .await;
+    let http_port = engine.http;
 
     // Without the token: 401, for /ws and the API alike; /healthz stays open.
     match tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{http_port}/ws")).await {
@@ -786,7 +800,6 @@ nodes:
 async fn reminders_repeat_until_acknowledged_or_cleared_and_the_rate_limit_holds() {
     let dir = tempdir("remind");
     let (rx, hook) = Receiver::start(&[]);
-    let (mqtt, http_port) = (free_port(), free_port());
     let channels = format!(
         r#"channels:
   remind:
@@ -797,15 +810,16 @@ async fn reminders_repeat_until_acknowledged_or_cleared_and_the_rate_limit_holds
     rate_limit: 2/1m
 "#
     );
-    engine_dir(
+    let (engine, pubr) = start_engine(
         &dir,
-        &embedded(mqtt, &channels),
-        http_port,
+        &channels,
         &[("hot.yaml", REMIND)],
         "devices: []\n",
-    );
-    let engine = Engine::start(&dir, http_port);
-    let pubr = Mqtt::connect(mqtt, "remind-pub", true, &[]).await;
+        "remind-pub",
+        None,
+    )
+    .await;
+    let http_port = engine.http;
     let body = |r: &Request| serde_json::from_slice::<Value>(&r.body).unwrap();
     let of = |device: &str| -> Vec<Value> {
         rx.on("/remind")
@@ -963,7 +977,6 @@ async fn the_writer_speaks_v1_flushes_on_close_and_retries_only_what_may_succeed
 async fn a_refused_webhook_is_not_retried_and_goes_to_the_fallback_at_once() {
     let dir = tempdir("refused");
     let (rx, hook) = Receiver::start(&[("/gone", vec![404, 404, 404])]);
-    let (mqtt, http_port) = (free_port(), free_port());
     let channels = format!(
         r#"channels:
   remind:
@@ -975,15 +988,15 @@ async fn a_refused_webhook_is_not_retried_and_goes_to_the_fallback_at_once() {
     webhook: {{url: "http://127.0.0.1:{hook}/backup"}}
 "#
     );
-    engine_dir(
+    let (engine, pubr) = start_engine(
         &dir,
-        &embedded(mqtt, &channels),
-        http_port,
+        &channels,
         &[("hot.yaml", REMIND)],
         "devices: []\n",
-    );
-    let engine = Engine::start(&dir, http_port);
-    let pubr = Mqtt::connect(mqtt, "refused-pub", true, &[]).await;
+        "refused-pub",
+        None,
+    )
+    .await;
     pubr.publish("device/pump-1/telemetry", r#"{"temp": 70}"#)
         .await;
     // `remind` hands over at once; `limited` also gets its own copy from the chain.
