@@ -224,11 +224,8 @@ fn main() {
         return;
     }
     let o = opts();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target =
-        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
     let engines = if o.engines.is_empty() {
-        vec![target.join("release/rulechain")]
+        vec![release_bin()]
     } else {
         o.engines.clone()
     };

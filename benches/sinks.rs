@@ -450,10 +450,7 @@ fn main() {
         return;
     }
     let o = opts();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target =
-        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
-    let bin = target.join("release/rulechain");
+    let bin = release_bin();
     let dir = std::env::temp_dir().join(format!("rulechain-sinks-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

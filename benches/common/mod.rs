@@ -165,3 +165,11 @@ pub fn percentiles(lat: &mut [u32]) -> (f64, f64, f64) {
     };
     (q(0.5), q(0.99), q(1.0))
 }
+
+/// The release build of the engine (`cargo build --release`), wherever the target dir is.
+pub fn release_bin() -> std::path::PathBuf {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    std::env::var("CARGO_TARGET_DIR")
+        .map_or_else(|_| root.join("target"), std::path::PathBuf::from)
+        .join("release/rulechain")
+}
