@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the services the tests talk to, from Debian's packages: Mosquitto (MQTT),
-# VictoriaMetrics (an InfluxDB-compatible write API) and aiosmtpd (an SMTP sink writing a
-# Maildir). The tests start their own instances on free loopback ports and stop them by pid.
+# VictoriaMetrics (an InfluxDB-compatible write API), aiosmtpd (an SMTP sink writing a
+# Maildir), and openssl (the tests make a CA and server certificates for their TLS listeners). The tests start their own instances on free loopback ports and stop them by pid.
 # Packages are installed without starting their daemons: a policy-rc.d that refuses is put in
 # place for the install when the machine has none, so nothing ends up listening on 1883.
 set -euo pipefail
@@ -11,6 +11,7 @@ need=()
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || need+=(python3-aiosmtpd)
+command -v openssl >/dev/null || need+=(openssl)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -313,6 +313,10 @@ pub struct EmailSpec {
     /// text: only for a relay on the same host).
     #[serde(default)]
     pub tls: Option<Sp<String>>,
+    /// A CA certificate (PEM) to trust besides the system's, for a server with a private or
+    /// self-signed certificate; relative to the config file.
+    #[serde(default)]
+    pub ca: Option<Sp<String>>,
     /// The sender address.
     pub from: String,
     /// The recipients.

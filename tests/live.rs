@@ -577,3 +577,40 @@ async fn engine_restarts_mid_stream_graceful_or_kill_9_lose_no_qos1_message() {
         engine.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_talks_to_a_broker_over_tls_with_its_ca() {
+    let dir = tempdir("mqtts");
+    let certs = common::certs(&dir);
+    let (mosq, tls_port) = Mosquitto::start_tls(&dir, &certs);
+    let http = free_port();
+    engine_dir(
+        &dir,
+        &format!(
+            "mqtt: {{url: 'mqtts://localhost:{tls_port}', client_id: rc-tls, tls: {{ca: ca.pem}}}}"
+        ),
+        http,
+        &[(
+            "echo.yaml",
+            "chain: echo\nnodes:\n  - publish: { topic: \"out/${meta.device}\", qos: 1 }\n",
+        )],
+        DEVICES,
+    );
+    let engine = Engine::start(&dir, http);
+    // The test's client uses the plain listener of the same broker.
+    let mut sub = Mqtt::connect(mosq.port, "tls-sub", true, &["out/#"]).await;
+    let pubr = Mqtt::connect(mosq.port, "tls-pub", true, &[]).await;
+    pubr.publish("device/pump-3/telemetry", r#"{"current": 1.5}"#)
+        .await;
+    let got = sub
+        .expect(Duration::from_secs(10), |t, _| t == "out/pump-3")
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "nothing came back through the TLS connections\n{}",
+                engine.log()
+            )
+        });
+    assert_eq!(got.1["current"], 1.5);
+    assert_eq!(engine.status()["counters"]["mqtt_connected"], true);
+}

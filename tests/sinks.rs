@@ -1015,3 +1015,49 @@ async fn a_refused_webhook_is_not_retried_and_goes_to_the_fallback_at_once() {
         "{ch}"
     );
 }
+
+#[test]
+fn email_goes_over_starttls_to_a_server_with_a_private_ca() {
+    let dir = tempdir("smtp-tls");
+    let certs = common::certs(&dir);
+    // The sink refuses mail before STARTTLS: a delivery proves the channel used TLS.
+    let smtp = SmtpSink::start_tls(&dir, &certs);
+    std::fs::write(
+        dir.join("rulechain.yaml"),
+        format!(
+            "channels:\n  secure:\n    email: {{smtp: 'smtp://localhost:{p}', ca: ca.pem, from: rc@example.com, to: [ops@example.com]}}\n\
+             \x20 untrusted:\n    email: {{smtp: 'smtp://localhost:{p}', from: rc@example.com, to: [ops@example.com]}}\n\
+             \x20 clear:\n    email: {{smtp: 'smtp://localhost:{p}', tls: none, from: rc@example.com, to: [ops@example.com]}}\n",
+            p = smtp.port
+        ),
+    )
+    .unwrap();
+    let notify_test = |channel: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rulechain"))
+            .args(["notify-test", "--config", "rulechain.yaml", channel])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = notify_test("secure");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mail = wait_for(Duration::from_secs(5), || smtp.mails().into_iter().next())
+        .expect("no mail over STARTTLS");
+    assert!(
+        mail.contains("Subject: [WARNING] TestAlarm created on test-device"),
+        "{mail}"
+    );
+    // The system roots do not know the test CA: the certificate is refused.
+    let out = notify_test("untrusted");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
+    // Without TLS, the server (which requires it) refuses the mail, permanently.
+    let out = notify_test("clear");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(smtp.mails().len(), 1);
+}

@@ -114,7 +114,8 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
     };
     let outcome = rt.block_on(async {
         let policy = Policy::from_spec(spec)?;
-        let transport = Transport::build(channel, spec, policy.timeout)?;
+        let base = config.parent().unwrap_or(Path::new("."));
+        let transport = Transport::build(channel, spec, policy.timeout, base)?;
         let via = transport.describe();
         println!("sending a sample alarm through `{channel}` ({via})");
         println!("  subject: {}", notice.subject);

@@ -308,8 +308,11 @@ async fn serve(
         let hub = hub.clone();
         Arc::new(move |id: &str| hub.status_of(id))
     };
-    let (notifier, notify_tasks) =
-        crate::sinks::notify::Notifier::start(&settings.config.channels, status)?;
+    let (notifier, notify_tasks) = crate::sinks::notify::Notifier::start(
+        &settings.config.channels,
+        &settings.config_dir(),
+        status,
+    )?;
     let sinks = crate::sinks::Sinks {
         influx,
         hub,

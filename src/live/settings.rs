@@ -106,6 +106,16 @@ pub struct Settings {
     pub dead_letter: Option<String>,
 }
 
+impl Settings {
+    /// The directory paths in the config are relative to (the current one without a config).
+    pub fn config_dir(&self) -> PathBuf {
+        self.config_path
+            .as_deref()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+}
+
 /// `mqtt://host:port` (or `mqtts://`, `tcp://`, `ssl://`; a bare `host:port` is plain) →
 /// host, port (default 1883, 8883 for TLS) and whether it is TLS.
 pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {

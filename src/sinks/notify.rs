@@ -161,18 +161,47 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 impl Transport {
-    /// Builds a channel's transport from its config.
-    pub fn build(name: &str, spec: &ChannelSpec, timeout: Duration) -> Result<Self, String> {
+    /// Builds a channel's transport from its config; `base` is the config file's directory
+    /// (for the paths in it).
+    pub fn build(
+        name: &str,
+        spec: &ChannelSpec,
+        timeout: Duration,
+        base: &std::path::Path,
+    ) -> Result<Self, String> {
         if let Some(e) = &spec.email {
+            use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
             let (host, port, tls) =
                 smtp_url(&e.smtp.value, e.tls.as_ref().map(|t| t.value.as_str()))
                     .map_err(|err| format!("channel `{name}`: {err}"))?;
+            let params = || -> Result<TlsParameters, String> {
+                let mut b = TlsParameters::builder(host.clone());
+                if let Some(ca) = &e.ca {
+                    let path = base.join(&ca.value);
+                    let pem = std::fs::read(&path).map_err(|err| {
+                        format!(
+                            "channel `{name}`: cannot read the CA file {}: {err}",
+                            path.display()
+                        )
+                    })?;
+                    let cert = Certificate::from_pem(&pem).map_err(|err| {
+                        format!(
+                            "channel `{name}`: the CA file {} is not a PEM certificate: {err}",
+                            path.display()
+                        )
+                    })?;
+                    b = b.add_root_certificate(cert);
+                }
+                b.build_rustls()
+                    .map_err(|err| format!("channel `{name}`: TLS setup: {err}"))
+            };
+            let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host);
+            // STARTTLS is required, never opportunistic: a server that does not offer it fails
+            // the delivery rather than receiving the mail in clear text.
             let builder = match tls {
-                SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host),
-                SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
-                    .map_err(|err| format!("channel `{name}`: {err}"))?,
-                SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&host)
-                    .map_err(|err| format!("channel `{name}`: {err}"))?,
+                SmtpTls::None => builder,
+                SmtpTls::StartTls => builder.tls(Tls::Required(params()?)),
+                SmtpTls::Tls => builder.tls(Tls::Wrapper(params()?)),
             };
             let mut builder = builder.port(port).timeout(Some(timeout));
             if let Some(u) = e.username.as_ref().filter(|u| !u.is_empty()) {
@@ -602,13 +631,14 @@ impl Notifier {
     /// cleared even when the channel was not told.
     pub fn start(
         specs: &std::collections::BTreeMap<String, crate::rules::yaml::Sp<ChannelSpec>>,
+        base: &std::path::Path,
         status: AlarmStatus,
     ) -> Result<(Notifier, Vec<tokio::task::JoinHandle<()>>), String> {
         let mut built = Vec::new();
         let mut channels = HashMap::new();
         for (name, spec) in specs {
             let policy = Policy::from_spec(spec).map_err(|e| format!("channel `{name}`: {e}"))?;
-            let transport = Transport::build(name, spec, policy.timeout)?;
+            let transport = Transport::build(name, spec, policy.timeout, base)?;
             let (tx, rx) = mpsc::channel(policy.queue);
             let stats = Arc::new(ChannelStats::default());
             channels.insert(

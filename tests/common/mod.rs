@@ -59,6 +59,26 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Self::start_with(dir, "")
+    }
+
+    /// With a second, TLS listener on `tls_port` (the server certificate of `certs`).
+    pub fn start_tls(dir: &Path, certs: &Certs) -> (Mosquitto, u16) {
+        let tls_port = free_port();
+        let m = Self::start_with(
+            dir,
+            &format!(
+                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                certs.ca.display(),
+                certs.cert.display(),
+                certs.key.display()
+            ),
+        );
+        wait_port(tls_port, "mosquitto (TLS)");
+        (m, tls_port)
+    }
+
+    fn start_with(dir: &Path, extra: &str) -> Mosquitto {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
         // Started as root, mosquitto drops to its own user: its data dir must be writable.
@@ -71,8 +91,9 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 max_queued_messages 0\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+                "per_listener_settings false\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 0\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+                 listener {port} 127.0.0.1\n{extra}",
                 data.display()
             ),
         )
@@ -472,12 +493,29 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start(dir: &Path) -> SmtpSink {
+        Self::start_with(dir, None)
+    }
+
+    /// Requiring STARTTLS, with the server certificate of `certs`.
+    pub fn start_tls(dir: &Path, certs: &Certs) -> SmtpSink {
+        Self::start_with(dir, Some(certs))
+    }
+
+    fn start_with(dir: &Path, certs: Option<&Certs>) -> SmtpSink {
         let port = free_port();
         let maildir = dir.join("Maildir");
         // Debian's python, where python3-aiosmtpd is installed (not a pyenv one on PATH).
         let child = Command::new("/usr/bin/python3")
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
+            .args(certs.map_or(Vec::new(), |c| {
+                vec![
+                    "--tlscert".into(),
+                    c.cert.display().to_string(),
+                    "--tlskey".into(),
+                    c.key.display().to_string(),
+                ]
+            }))
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&maildir)
             .stdout(Stdio::null())
@@ -524,5 +562,89 @@ pub fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option
             return None;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A test CA and a server certificate it signed, for `localhost` and 127.0.0.1 (made with the
+/// `openssl` command, which `scripts/services.sh` installs). Readable by services that drop
+/// privileges (Mosquitto).
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn certs(dir: &Path) -> Certs {
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is not installed: run scripts/test.sh, which installs it");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rulechain test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
     }
 }
