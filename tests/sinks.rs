@@ -596,6 +596,13 @@ async fn websocket_clients_get_rooms_in_order_snapshots_alarms_and_can_ack() {
         http(http_port, "GET", "/api/status?token=t0k3n").unwrap().0,
         200
     );
+    // The query is percent-decoded (`%6B` is `k`).
+    assert_eq!(
+        http(http_port, "GET", "/api/status?token=t0%6B3n")
+            .unwrap()
+            .0,
+        200
+    );
 
     // The latest telemetry is there before anyone subscribes.
     pubr.publish("device/pump-1/telemetry", r#"{"temp": 20}"#)

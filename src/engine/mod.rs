@@ -478,11 +478,10 @@ impl Executor {
             }
         };
         let rules = self.rules.clone();
-        let at = alarm.origin.as_ref().and_then(|(c, n)| {
-            let ci = rules.chains.iter().position(|ch| &*ch.name == c)?;
-            let ni = rules.chains[ci].nodes.iter().position(|nd| &*nd.id == n)?;
-            Some((ci, ni))
-        });
+        let at = alarm
+            .origin
+            .as_ref()
+            .and_then(|(c, n)| Self::locate(&rules).get(&(c.as_str(), n.as_str())).copied());
         let (chain, node): (Arc<str>, Arc<str>) = match at {
             Some((ci, ni)) => (
                 rules.chains[ci].name.clone(),

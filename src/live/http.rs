@@ -62,10 +62,13 @@ async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    // `?token=`, percent-decoded (a token may hold characters a URL escapes).
     let query = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(|t| t.to_string())
+        reqwest::Url::parse(&format!("http://x/?{q}"))
+            .ok()?
+            .query_pairs()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
     });
     let given = header.map(str::to_string).or(query);
     if given.is_some_and(|g| same(g.as_bytes(), want.as_bytes())) {

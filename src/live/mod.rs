@@ -5,7 +5,9 @@
 //!   ▲                      │ QoS 1: Pending(seq)            │ effects            │ Done(seq)
 //!   │                      ▼                                 ▼                    ▼
 //!   │                   acker task ◄──────────────────────────────────────────────┘ (acks in order)
-//!   └──egress conn. (request queue) ◄── outbox in each shard (rpc, publish, dead letters; logs the rest)
+//!   └──egress conn. (request queue) ◄── outbox in each shard (rpc, publish, dead letters)
+//!                                          └──► sinks (InfluxDB writer, WebSocket hub, notify
+//!                                               channels: see `crate::sinks`), never waiting
 //! ```
 //!
 //! Every queue is bounded. State is checkpointed per shard to the store (see [`store`]); alarm

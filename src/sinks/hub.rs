@@ -102,10 +102,34 @@ pub struct HubStats {
 }
 
 struct Room {
+    /// Its name (the map's key too: frames queued to clients share this one).
+    name: Arc<str>,
     seq: u64,
     subs: Vec<Arc<Client>>,
     /// The latest message: ts and data (JSON text), for snapshots.
     last: Option<(i64, Arc<str>)>,
+}
+
+impl Room {
+    fn new(name: &str) -> Room {
+        Room {
+            name: Arc::from(name),
+            seq: 0,
+            subs: Vec::new(),
+            last: None,
+        }
+    }
+}
+
+/// The room of this name, made if new.
+fn room_mut<'a>(rooms: &'a mut HashMap<Arc<str>, Room>, name: &str) -> &'a mut Room {
+    if !rooms.contains_key(name) {
+        let r = Room::new(name);
+        rooms.insert(r.name.clone(), r);
+    }
+    rooms
+        .get_mut(name)
+        .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
 #[derive(Default)]
@@ -240,31 +264,16 @@ impl Hub {
                 None => return,
             }
         }
-        let r = match inner.rooms.get_mut(room) {
-            Some(r) => r,
-            None => inner.rooms.entry(Arc::from(room)).or_insert(Room {
-                seq: 0,
-                subs: Vec::new(),
-                last: None,
-            }),
-        };
+        let r = room_mut(&mut inner.rooms, room);
         r.seq += 1;
         let data: Arc<str> = Arc::from(data);
-        if r.subs.is_empty() && wild.is_empty() {
-            r.last = Some((ts, data));
-            return;
+        if !(r.subs.is_empty() && wild.is_empty()) {
+            let frame = room_frame(room, r.seq, ts, &data);
+            for c in r.subs.iter().chain(wild.iter()) {
+                c.push(&r.name, frame.clone(), cap, &self.stats);
+            }
         }
-        let frame = room_frame(room, r.seq, ts, &data);
         r.last = Some((ts, data));
-        let name: Arc<str> = inner
-            .rooms
-            .get_key_value(room)
-            .map(|(k, _)| k.clone())
-            .unwrap_or_else(|| Arc::from(room));
-        let r = &inner.rooms[room];
-        for c in r.subs.iter().chain(wild.iter()) {
-            c.push(&name, frame.clone(), cap, &self.stats);
-        }
     }
 
     /// An alarm transition: kept for snapshots and acknowledgements, and published to `alarms`.
@@ -423,30 +432,13 @@ impl Hub {
                     c.push(name, frame, cap, &self.stats);
                 }
             } else {
-                let name: Arc<str> = match inner.rooms.get_key_value(room.as_str()) {
-                    Some((k, _)) => k.clone(),
-                    None => {
-                        let k: Arc<str> = Arc::from(room.as_str());
-                        inner.rooms.insert(
-                            k.clone(),
-                            Room {
-                                seq: 0,
-                                subs: Vec::new(),
-                                last: None,
-                            },
-                        );
-                        k
-                    }
-                };
-                let Some(r) = inner.rooms.get_mut(&name) else {
-                    continue;
-                };
+                let r = room_mut(&mut inner.rooms, room);
                 if r.subs.iter().any(|s| s.id == c.id) {
                     continue;
                 }
                 r.subs.push(c.clone());
-                let frame = snapshot(&name, r, &inner.alarms);
-                c.push(&name, frame, cap, &self.stats);
+                let frame = snapshot(&r.name, r, &inner.alarms);
+                c.push(&r.name, frame, cap, &self.stats);
             }
             done.push(room.clone());
         }

@@ -506,8 +506,9 @@ impl Writer {
                 }
             }
             if closed && inflight.is_none() && retry.is_none() && self.queue.is_empty() {
-                // Spool files left (a failure during shutdown) wait for the next start.
-                if self.spool.as_ref().is_none_or(|s| s.is_empty()) || retry_at.is_some() {
+                // Spool files left over are sent now; a failure during shutdown breaks out below
+                // and leaves them for the next start.
+                if self.spool.as_ref().is_none_or(|s| s.is_empty()) {
                     break;
                 }
             }
