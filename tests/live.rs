@@ -614,3 +614,132 @@ async fn the_engine_talks_to_a_broker_over_tls_with_its_ca() {
     assert_eq!(got.1["current"], 1.5);
     assert_eq!(engine.status()["counters"]["mqtt_connected"], true);
 }
+
+/// A scripted MQTT 3.1.1 peer for one edge of the protocol the real brokers do not show on
+/// demand: it accepts every connection and holds each SUBACK until `release` is set, then
+/// refuses (0x80) the filters that start with `site/` and grants the rest. It records every
+/// SUBSCRIBE's filters.
+struct SlowSubAck {
+    port: u16,
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    subscribes: std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+}
+
+impl SlowSubAck {
+    fn start() -> SlowSubAck {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let release = Arc::new(AtomicBool::new(false));
+        let subscribes = Arc::new(Mutex::new(Vec::new()));
+        let (rel, subs) = (release.clone(), subscribes.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (rel, subs) = (rel.clone(), subs.clone());
+                std::thread::spawn(move || {
+                    let _ = Self::serve(conn, &rel, &subs);
+                });
+            }
+        });
+        SlowSubAck {
+            port,
+            release,
+            subscribes,
+        }
+    }
+
+    fn serve(
+        mut s: std::net::TcpStream,
+        release: &std::sync::atomic::AtomicBool,
+        subscribes: &std::sync::Mutex<Vec<Vec<String>>>,
+    ) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        loop {
+            let mut head = [0u8; 1];
+            s.read_exact(&mut head)?;
+            let (mut len, mut shift) = (0usize, 0);
+            loop {
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b)?;
+                len |= ((b[0] & 0x7f) as usize) << shift;
+                shift += 7;
+                if b[0] & 0x80 == 0 {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body)?;
+            match head[0] >> 4 {
+                1 => s.write_all(&[0x20, 0x02, 0x00, 0x00])?,
+                8 => {
+                    let mut filters = Vec::new();
+                    let mut i = 2;
+                    while i + 2 <= body.len() {
+                        let n = u16::from_be_bytes([body[i], body[i + 1]]) as usize;
+                        filters.push(String::from_utf8_lossy(&body[i + 2..i + 2 + n]).to_string());
+                        i += 2 + n + 1;
+                    }
+                    subscribes.lock().unwrap().push(filters.clone());
+                    while !release.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let mut ack = vec![0x90, (2 + filters.len()) as u8, body[0], body[1]];
+                    ack.extend(filters.iter().map(|f| {
+                        if f.starts_with("site/") {
+                            0x80
+                        } else {
+                            0x01
+                        }
+                    }));
+                    s.write_all(&ack)?;
+                }
+                12 => s.write_all(&[0xd0, 0x00])?,
+                14 => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthy_only_once_the_broker_acknowledged_the_subscriptions() {
+    let dir = tempdir("suback");
+    let peer = SlowSubAck::start();
+    let http = free_port();
+    engine_dir(&dir, &mqtt_cfg(peer.port, "rc-suback"), http, &[], DEVICES);
+    let engine = Engine::launch(&dir, http);
+    let asked = common::wait_for(Duration::from_secs(15), || {
+        peer.subscribes.lock().unwrap().first().cloned()
+    })
+    .unwrap_or_else(|| panic!("the engine never subscribed\n{}", engine.log()));
+    assert!(
+        asked.contains(&"device/+/telemetry".to_string()),
+        "{asked:?}"
+    );
+    // Connected, but the subscriptions are not acknowledged yet: not healthy.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let code = common::http(http, "GET", "/healthz").map(|r| r.0);
+        assert_eq!(code, Some(503), "healthy before the SUBACK");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    peer.release
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    common::wait_for(Duration::from_secs(10), || {
+        (common::http(http, "GET", "/healthz").map(|r| r.0) == Some(200)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not healthy after the SUBACK\n{}", engine.log()));
+    assert_eq!(
+        peer.subscribes.lock().unwrap().len(),
+        1,
+        "one SUBSCRIBE for every filter"
+    );
+    let log = engine.log();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("refused these subscriptions"))
+        .unwrap_or_else(|| panic!("the refused filters were not reported\n{log}"));
+    assert!(refused.contains("site/+/device/+/telemetry"), "{refused}");
+    assert!(!refused.contains("\"device/+/telemetry"), "{refused}");
+}

@@ -201,7 +201,7 @@ async fn a_10s_outage_of_victoriametrics_loses_no_point() {
     .unwrap_or_else(|| {
         panic!(
             "not every point was written: {}\n{}",
-            engine.status()["influx"],
+            engine.status(),
             engine.log()
         )
     });

@@ -11,7 +11,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
+    SubscribeReasonCode, Transport,
+};
 use tokio::sync::{mpsc, watch};
 
 use super::settings::MqttConn;
@@ -178,18 +181,36 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 stats.connects.fetch_add(1, Relaxed);
-                stats.connected.store(true, Relaxed);
                 if connected_once {
                     tracing::info!(session_present = ack.session_present, "MQTT reconnected");
                 } else {
                     tracing::info!(filters = ?subs, "MQTT connected; subscribing");
                 }
                 connected_once = true;
-                for f in &subs {
-                    if let Err(e) = client.try_subscribe(f.clone(), qos) {
-                        tracing::error!("cannot subscribe to {f}: {e}");
-                    }
+                // One SUBSCRIBE for every filter; the engine counts as connected (`/healthz`
+                // 200) once the broker acknowledged it, so a message published after a
+                // healthy probe is never published before the subscription exists.
+                let filters = subs.iter().map(|f| SubscribeFilter::new(f.clone(), qos));
+                if subs.is_empty() {
+                    stats.connected.store(true, Relaxed);
+                } else if let Err(e) = client.try_subscribe_many(filters) {
+                    tracing::error!("cannot subscribe to {subs:?}: {e}");
                 }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused: Vec<&String> = subs
+                    .iter()
+                    .zip(&ack.return_codes)
+                    .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
+                    .map(|(f, _)| f)
+                    .collect();
+                if !refused.is_empty() {
+                    tracing::error!(
+                        filters = ?refused,
+                        "the MQTT broker refused these subscriptions; their messages will not arrive (check the broker's ACL for this user)"
+                    );
+                }
+                stats.connected.store(true, Relaxed);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(acks) = &acks else { continue };

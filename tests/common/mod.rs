@@ -175,7 +175,24 @@ impl Engine {
         e
     }
 
+    /// Starts it without waiting for `/healthz` (the test watches readiness itself).
+    pub fn launch(dir: &Path, http: u16) -> Engine {
+        let mut e = Engine {
+            dir: dir.to_path_buf(),
+            http,
+            child: None,
+            args: vec!["run".into(), "--config".into(), "rulechain.yaml".into()],
+        };
+        e.spawn_process();
+        e
+    }
+
     fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_healthy();
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -190,6 +207,9 @@ impl Engine {
             .spawn()
             .expect("start rulechain");
         self.child = Some(child);
+    }
+
+    fn wait_healthy(&mut self) {
         let start = Instant::now();
         loop {
             if let Some((200, _)) = http(self.http, "GET", "/healthz") {
@@ -552,7 +572,22 @@ impl Drop for SmtpSink {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, at most `within`.
-pub fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+///
+/// Called from an async test on the multi-threaded runtime, the wait hands this worker's queue
+/// to another thread first (`block_in_place`): a task this worker woke last (the MQTT client's
+/// event loop right after a `publish`) can sit in the worker's LIFO slot, which other workers
+/// do not steal, until a plain blocking wait is over.
+pub fn wait_for<T>(within: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(|| poll_until(within, f))
+    } else {
+        poll_until(within, f)
+    }
+}
+
+fn poll_until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
