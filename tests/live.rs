@@ -462,13 +462,35 @@ async fn simulate_feeds_the_engine_and_record_writes_replayable_lines() {
     let bin = env!("CARGO_BIN_EXE_rulechain");
     let broker = format!("mqtt://127.0.0.1:{port}");
     let out = dir.join("recorded.jsonl");
-    let record = std::process::Command::new(bin)
+    let mut record = std::process::Command::new(bin)
         .args(["record", "--broker", &broker, "--count", "30", "--output"])
         .arg(&out)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // `record` says when the broker holds its subscriptions; the simulation starts then.
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    let stderr_pipe = record.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = line_tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let ready = common::wait_for(Duration::from_secs(15), || {
+        line_rx
+            .try_iter()
+            .any(|l| l == "record: subscribed; recording")
+            .then_some(())
+    });
+    assert!(ready.is_some(), "record never said it was subscribed");
     let sim = std::process::Command::new(bin)
         .args([
             "simulate",
@@ -488,12 +510,12 @@ async fn simulate_feeds_the_engine_and_record_writes_replayable_lines() {
         "{}",
         String::from_utf8_lossy(&sim.stderr)
     );
-    let rec = tokio::task::spawn_blocking(move || record.wait_with_output())
+    let status = tokio::task::spawn_blocking(move || record.wait())
         .await
         .unwrap()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&rec.stderr);
-    assert!(rec.status.success(), "{stderr}");
+    let stderr = reader.join().unwrap();
+    assert!(status.success(), "{stderr}");
     assert!(stderr.contains("30 lines written"), "{stderr}");
     // The engine saw the telemetry.
     let processed = engine.status()["counters"]["processed"].as_u64().unwrap();

@@ -44,6 +44,8 @@ pub async fn run(
     let mut r = Recorded::default();
     let mut backoff = Backoff::default();
     let mut last_flush = wall_ms();
+    // SUBACKs still due for the last connection's subscriptions.
+    let mut pending_acks = 0usize;
     loop {
         let ev = tokio::select! {
             _ = stop.changed() => break,
@@ -52,9 +54,18 @@ pub async fn run(
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
-                eprintln!("record: connected; subscribed to {}", subs.join(", "));
+                eprintln!("record: connected; subscribing to {}", subs.join(", "));
+                pending_acks = subs.len();
                 for f in &subs {
                     let _ = client.try_subscribe(f.clone(), QoS::AtMostOnce);
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) if pending_acks > 0 => {
+                // Said once the broker holds every subscription: what is published from now
+                // on is recorded.
+                pending_acks -= 1;
+                if pending_acks == 0 {
+                    eprintln!("record: subscribed; recording");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
