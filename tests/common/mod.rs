@@ -165,13 +165,8 @@ pub struct Engine {
 impl Engine {
     /// Starts `rulechain run --config rulechain.yaml` in `dir` and waits until it is connected.
     pub fn start(dir: &Path, http: u16) -> Engine {
-        let mut e = Engine {
-            dir: dir.to_path_buf(),
-            http,
-            child: None,
-            args: vec!["run".into(), "--config".into(), "rulechain.yaml".into()],
-        };
-        e.spawn();
+        let mut e = Self::launch(dir, http);
+        e.wait_healthy();
         e
     }
 
