@@ -17,7 +17,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,20 +152,8 @@ async fn drive(
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    // Stragglers: until nothing arrives for 1 s (at most 10 s).
-    let mut last = recv.count.load(Relaxed);
-    let mut last_change = Instant::now();
-    let wait_start = Instant::now();
-    while last_change.elapsed() < Duration::from_secs(1)
-        && wait_start.elapsed() < Duration::from_secs(15)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let n = recv.count.load(Relaxed);
-        if n != last {
-            last = n;
-            last_change = Instant::now();
-        }
-    }
+    // Stragglers: until nothing arrives for 1 s (at most 15 s).
+    let (_, last_change) = until_quiet(|| recv.count.load(Relaxed), Duration::from_secs(15)).await;
     // CPU is divided by the time until the last delivery (the quiet second after it is idle).
     let total_secs = last_change.duration_since(start).as_secs_f64().max(secs);
     let (p50, p99, max) = percentiles(&mut recv.lat.lock().unwrap().clone());
@@ -224,18 +211,7 @@ fn main() {
         return;
     }
     let o = opts();
-    let engines = if o.engines.is_empty() {
-        vec![release_bin()]
-    } else {
-        o.engines.clone()
-    };
-    for bin in &engines {
-        assert!(
-            bin.exists(),
-            "build the engine first: cargo build --release ({})",
-            bin.display()
-        );
-    }
+    let engines = engine_bins(&o.engines);
     let dir = std::env::temp_dir().join(format!("rulechain-load-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("rules")).unwrap();
@@ -314,17 +290,7 @@ fn main() {
             }
             for (ei, bin) in engines.iter().enumerate() {
                 let _ = std::fs::remove_dir_all(dir.join("state"));
-                let engine = Proc(
-                    Command::new(bin)
-                        .args(["run", "--config", "rulechain.yaml"])
-                        .current_dir(&dir)
-                        .env("RUST_LOG", "warn")
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::inherit())
-                        .spawn()
-                        .expect("start rulechain"),
-                );
-                wait_port(http);
+                let engine = start_engine(bin, &dir, "warn", http);
                 let rpc_sub = client(
                     port,
                     "load-sub-rpc",
@@ -341,15 +307,9 @@ fn main() {
                     let mut processed = status_processed(http) - p0;
                     if o.ingest_only {
                         // Nothing comes out: wait until the processed count stops moving.
-                        let mut last_change = Instant::now();
-                        while last_change.elapsed() < Duration::from_secs(1) {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            let n = status_processed(http) - p0;
-                            if n != processed {
-                                processed = n;
-                                last_change = Instant::now();
-                            }
-                        }
+                        let (n, last_change) =
+                            until_quiet(|| status_processed(http) - p0, Duration::MAX).await;
+                        processed = n;
                         r.total_secs = last_change
                             .duration_since(r.start)
                             .as_secs_f64()

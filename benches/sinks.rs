@@ -322,18 +322,8 @@ fn websocket(o: &Opts, dir: &Path, bin: &Path, label: &str) {
         ),
     )
     .unwrap();
-    let engine = Proc(
-        Command::new(bin)
-            .args(["run", "--config", "rulechain.yaml"])
-            .current_dir(dir)
-            // Alarm transitions log at WARN: hundreds here.
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rulechain"),
-    );
-    wait_port(http);
+    // Alarm transitions log at WARN: hundreds here.
+    let engine = start_engine(bin, dir, "error", http);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -373,16 +363,7 @@ fn websocket(o: &Opts, dir: &Path, bin: &Path, label: &str) {
             tick.tick().await;
         }
         let secs = start.elapsed().as_secs_f64();
-        let mut last = recv.frames.load(Relaxed);
-        let mut quiet = Instant::now();
-        while quiet.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let n = recv.frames.load(Relaxed);
-            if n != last {
-                last = n;
-                quiet = Instant::now();
-            }
-        }
+        let (_, quiet) = until_quiet(|| recv.frames.load(Relaxed), Duration::MAX).await;
         let total = quiet.duration_since(start).as_secs_f64().max(secs);
         let (e1, m1, b1) = (cpu_ticks(engine.0.id()), cpu_ticks(mosq.0.id()), cpu_ticks(std::process::id()));
         let (p50, p99, max) = percentiles(&mut recv.lat.lock().unwrap());
@@ -450,7 +431,6 @@ fn main() {
         return;
     }
     let o = opts();
-    let bin = release_bin();
     let dir = std::env::temp_dir().join(format!("rulechain-sinks-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -462,18 +442,7 @@ fn main() {
         influx(&o, &dir.join("influx"));
     }
     if o.websocket {
-        let engines = if o.engines.is_empty() {
-            vec![bin]
-        } else {
-            o.engines.clone()
-        };
-        for e in &engines {
-            assert!(
-                e.exists(),
-                "build the engine first: cargo build --release ({})",
-                e.display()
-            );
-        }
+        let engines = engine_bins(&o.engines);
         for round in 0..o.rounds {
             for (i, e) in engines.iter().enumerate() {
                 let label = format!("[round {} engine #{i}]", round + 1);

@@ -47,6 +47,45 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 
 pub struct Proc(pub Child);
 
+/// Starts `rulechain run --config rulechain.yaml` in `dir` with `RUST_LOG=rust_log` (its log on
+/// this terminal) and waits until its HTTP port listens.
+pub fn start_engine(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    rust_log: &str,
+    http: u16,
+) -> Proc {
+    let engine = Proc(
+        std::process::Command::new(bin)
+            .args(["run", "--config", "rulechain.yaml"])
+            .current_dir(dir)
+            .env("RUST_LOG", rust_log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start rulechain"),
+    );
+    wait_port(http);
+    engine
+}
+
+/// Waits until `count()` has not moved for a second (at most `cap`): the stragglers of a run.
+/// Returns its last value and when it last moved.
+pub async fn until_quiet(mut count: impl FnMut() -> u64, cap: Duration) -> (u64, Instant) {
+    let start = Instant::now();
+    let mut last = count();
+    let mut moved = start;
+    while moved.elapsed() < Duration::from_secs(1) && start.elapsed() < cap {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = count();
+        if n != last {
+            last = n;
+            moved = Instant::now();
+        }
+    }
+    (last, moved)
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -172,4 +211,22 @@ pub fn release_bin() -> std::path::PathBuf {
     std::env::var("CARGO_TARGET_DIR")
         .map_or_else(|_| root.join("target"), std::path::PathBuf::from)
         .join("release/rulechain")
+}
+
+/// The engine binaries to measure: those given with `--engines`, else the release build. Each
+/// must exist.
+pub fn engine_bins(given: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    let bins = if given.is_empty() {
+        vec![release_bin()]
+    } else {
+        given.to_vec()
+    };
+    for bin in &bins {
+        assert!(
+            bin.exists(),
+            "build the engine first: cargo build --release ({})",
+            bin.display()
+        );
+    }
+    bins
 }

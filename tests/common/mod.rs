@@ -54,7 +54,7 @@ fn mosquitto_bin() -> PathBuf {
 pub struct Mosquitto {
     pub port: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    proc: Proc,
 }
 
 impl Mosquitto {
@@ -101,49 +101,31 @@ impl Mosquitto {
         let mut m = Mosquitto {
             port,
             dir: dir.to_path_buf(),
-            child: None,
+            proc: Proc::default(),
         };
         m.spawn();
         m
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("mosquitto.log"))
-            .unwrap();
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(self.dir.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start mosquitto");
-        self.child = Some(child);
+        self.proc = Proc::spawn(
+            Command::new(mosquitto_bin())
+                .arg("-c")
+                .arg(self.dir.join("mosquitto.conf")),
+            &self.dir.join("mosquitto.log"),
+            "mosquitto",
+        );
         wait_port(self.port, "mosquitto");
     }
 
     /// Stops it with SIGTERM (it saves its sessions) and waits.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(&c, "TERM");
-            let _ = c.wait();
-        }
+        self.proc.terminate();
     }
 
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -154,11 +136,67 @@ pub fn signal(c: &Child, sig: &str) {
         .status();
 }
 
+/// A process a test started: its stderr appended to a log file, stopped by pid, killed when
+/// dropped (a failing test leaves nothing running).
+#[derive(Default)]
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    /// Starts `cmd` with stdout discarded and stderr appended to `log`; `what` names it in a
+    /// failure.
+    pub fn spawn(cmd: &mut Command, log: &Path, what: &str) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Proc(Some(child))
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) if it runs.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.0 {
+            signal(c, sig);
+        }
+    }
+
+    /// SIGTERM (a graceful stop), and the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.0.take()?;
+        signal(&c, "TERM");
+        c.wait().ok()
+    }
+
+    /// SIGKILL: no shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut()?.try_wait().ok()?
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The real `rulechain` binary, running `run` in a directory.
 pub struct Engine {
     pub dir: PathBuf,
     pub http: u16,
-    child: Option<Child>,
+    proc: Proc,
     args: Vec<String>,
 }
 
@@ -175,7 +213,7 @@ impl Engine {
         let mut e = Engine {
             dir: dir.to_path_buf(),
             http,
-            child: None,
+            proc: Proc::default(),
             args: vec!["run".into(), "--config".into(), "rulechain.yaml".into()],
         };
         e.spawn_process();
@@ -188,20 +226,14 @@ impl Engine {
     }
 
     fn spawn_process(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("engine.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rulechain"))
-            .args(&self.args)
-            .current_dir(&self.dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start rulechain");
-        self.child = Some(child);
+        self.proc = Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_rulechain"))
+                .args(&self.args)
+                .current_dir(&self.dir)
+                .env("RUST_LOG", "info"),
+            &self.dir.join("engine.log"),
+            "rulechain",
+        );
     }
 
     fn wait_healthy(&mut self) {
@@ -210,10 +242,8 @@ impl Engine {
             if let Some((200, _)) = http(self.http, "GET", "/healthz") {
                 return;
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("rulechain exited ({status}) at start:\n{}", self.log());
-                }
+            if let Some(status) = self.proc.exited() {
+                panic!("rulechain exited ({status}) at start:\n{}", self.log());
             }
             assert!(
                 start.elapsed() < Duration::from_secs(15),
@@ -230,24 +260,17 @@ impl Engine {
 
     /// `kill -9`: no shutdown, no last checkpoint.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc.kill();
     }
 
     /// Sends a signal (`HUP`, `TERM`, …) to the running engine.
     pub fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            signal(c, sig);
-        }
+        self.proc.signal(sig);
     }
 
     /// SIGTERM, and the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        signal(&c, "TERM");
-        c.wait().ok()
+        self.proc.terminate()
     }
 
     pub fn restart(&mut self) {
@@ -259,15 +282,6 @@ impl Engine {
         let (code, body) = http(self.http, "GET", "/api/status").expect("status");
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -413,7 +427,7 @@ pub fn engine_dir(dir: &Path, mqtt: &str, http: u16, chains: &[(&str, &str)], de
 pub struct Victoria {
     pub port: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    proc: Proc,
 }
 
 impl Victoria {
@@ -426,41 +440,32 @@ impl Victoria {
         let mut v = Victoria {
             port: free_port(),
             dir: dir.to_path_buf(),
-            child: None,
+            proc: Proc::default(),
         };
         v.spawn();
         v
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("victoria.log"))
-            .unwrap();
-        let child = Command::new("/usr/bin/victoria-metrics")
-            .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
-            .arg(format!(
-                "-storageDataPath={}",
-                self.dir.join("vm-data").display()
-            ))
-            .arg("-search.latencyOffset=0s")
-            .arg("-search.disableCache")
-            .arg("-loggerLevel=ERROR")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start victoria-metrics");
-        self.child = Some(child);
+        self.proc = Proc::spawn(
+            Command::new("/usr/bin/victoria-metrics")
+                .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+                .arg(format!(
+                    "-storageDataPath={}",
+                    self.dir.join("vm-data").display()
+                ))
+                .arg("-search.latencyOffset=0s")
+                .arg("-search.disableCache")
+                .arg("-loggerLevel=ERROR"),
+            &self.dir.join("victoria.log"),
+            "victoria-metrics",
+        );
         wait_port(self.port, "victoria-metrics");
     }
 
     /// Stops it (SIGTERM, waits).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(&c, "TERM");
-            let _ = c.wait();
-        }
+        self.proc.terminate();
     }
 
     pub fn restart(&mut self) {
@@ -490,20 +495,11 @@ impl Victoria {
     }
 }
 
-impl Drop for Victoria {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// An SMTP sink (Debian's python3-aiosmtpd) writing every mail it accepts into a Maildir.
 pub struct SmtpSink {
     pub port: u16,
     pub maildir: PathBuf,
-    child: Child,
+    _proc: Proc,
 }
 
 impl SmtpSink {
@@ -520,28 +516,28 @@ impl SmtpSink {
         let port = free_port();
         let maildir = dir.join("Maildir");
         // Debian's python, where python3-aiosmtpd is installed (not a pyenv one on PATH).
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(certs.map_or(Vec::new(), |c| {
-                vec![
-                    "--tlscert".into(),
-                    c.cert.display().to_string(),
-                    "--tlskey".into(),
-                    c.key.display().to_string(),
-                ]
-            }))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("smtp.log")).unwrap())
-            .spawn()
-            .expect("start aiosmtpd (scripts/test.sh installs python3-aiosmtpd)");
+        let proc = Proc::spawn(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "aiosmtpd", "-n", "-l"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(certs.map_or(Vec::new(), |c| {
+                    vec![
+                        "--tlscert".into(),
+                        c.cert.display().to_string(),
+                        "--tlskey".into(),
+                        c.key.display().to_string(),
+                    ]
+                }))
+                .args(["-c", "aiosmtpd.handlers.Mailbox"])
+                .arg(&maildir),
+            &dir.join("smtp.log"),
+            "aiosmtpd (scripts/test.sh installs python3-aiosmtpd)",
+        );
         wait_port(port, "aiosmtpd");
         SmtpSink {
             port,
             maildir,
-            child,
+            _proc: proc,
         }
     }
 
@@ -556,13 +552,6 @@ impl SmtpSink {
             }
         }
         out
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
