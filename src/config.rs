@@ -163,6 +163,10 @@ pub struct MqttSpec {
     /// Keep-alive interval (default `30s`).
     #[serde(default)]
     pub keep_alive: Option<Sp<String>>,
+    /// The longest wait between reconnect attempts (default `5s`): after a broker outage the
+    /// engine is back within this long of the broker.
+    #[serde(default)]
+    pub reconnect_max: Option<Sp<String>>,
     /// QoS of the subscriptions (0 or 1; default 1).
     #[serde(default)]
     pub qos: Option<Sp<u8>>,
@@ -226,6 +230,15 @@ pub struct HttpSpec {
     /// `?token=`); `/healthz` stays open. Use `${ENV_VAR}`.
     #[serde(default)]
     pub token: Option<String>,
+    /// Most HTTP connections open at once, besides WebSocket clients (default 1024, and never
+    /// more than the process's open-files limit leaves after the WebSocket clients). Past it a
+    /// new connection gets 503 at once and is closed.
+    #[serde(default)]
+    pub max_connections: Option<Sp<usize>>,
+    /// How long a connection may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open (default `10s`).
+    #[serde(default)]
+    pub header_timeout: Option<Sp<String>>,
 }
 
 /// The engine's shape.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use rulechain::cli;
+use rulechain::{cli, live};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,10 @@ enum Command {
         /// Also run the device simulator (the motor-overload alarm fires within a minute).
         #[arg(long)]
         demo: bool,
+        /// Move the saved state file aside (`state.redb.reset-<time>`) and start with empty
+        /// state: the way out when the state file is damaged.
+        #[arg(long)]
+        reset_state: bool,
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: cli::run::LogFormat,
@@ -104,8 +108,14 @@ fn main() {
             config,
             rules,
             demo,
+            reset_state,
             log_format,
-        } => cli::run::run(config, rules, demo, log_format),
+        } => cli::run::run(
+            config,
+            rules,
+            live::RunOptions { demo, reset_state },
+            log_format,
+        ),
         Command::Simulate(a) => cli::run::simulate(a),
         Command::Record {
             config,

@@ -50,10 +50,15 @@ fn settings(config: Option<&Path>, rules: Option<PathBuf>) -> Result<Settings, i
 }
 
 /// `run`.
-pub fn run(config: Option<PathBuf>, rules: Option<PathBuf>, demo: bool, log: LogFormat) -> i32 {
+pub fn run(
+    config: Option<PathBuf>,
+    rules: Option<PathBuf>,
+    opts: live::RunOptions,
+    log: LogFormat,
+) -> i32 {
     init_logging(log);
     match settings(config.as_deref(), rules) {
-        Ok(s) => live::run(s, live::RunOptions { demo }),
+        Ok(s) => live::run(s, opts),
         Err(code) => code,
     }
 }

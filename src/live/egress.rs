@@ -211,11 +211,25 @@ impl Outbox {
             tracing::warn!(%topic, reason = reason.as_str(), bytes = payload.len(), "payload rejected");
         }
         if let Some(dl) = &self.dead_letter {
-            let body = json!({
-                "topic": topic,
-                "reason": reason.as_str(),
-                "payload": String::from_utf8_lossy(payload),
-            });
+            // A message too large to take is dead-lettered by reference (its size and SHA-256),
+            // never carried: it would be as large on the dead-letter topic.
+            let body = if reason == Reject::TooLarge {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(payload);
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                json!({
+                    "topic": topic,
+                    "reason": reason.as_str(),
+                    "bytes": payload.len(),
+                    "sha256": hex,
+                })
+            } else {
+                json!({
+                    "topic": topic,
+                    "reason": reason.as_str(),
+                    "payload": String::from_utf8_lossy(payload),
+                })
+            };
             self.publish(dl.to_string(), body.to_string().into_bytes(), 0, false);
         }
     }

@@ -89,7 +89,8 @@ async fn ws(
 ) -> Response {
     let hub = api.hub.clone();
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    if !hub.origin_allowed(header("origin"), header("host")) {
+    let scheme = header("x-forwarded-proto").unwrap_or("http");
+    if !hub.origin_allowed(header("origin"), header("host"), scheme) {
         hub.stats
             .refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -150,17 +151,25 @@ async fn ack(State(api): State<Api>, Path(id): Path<String>) -> (StatusCode, Jso
     }
 }
 
+/// 200 once ingest is subscribed at the broker and every shard can write its state; 503 while
+/// either is not so (a shard that cannot write holds its alarm transitions: not ready).
 async fn healthz(State(api): State<Api>) -> (StatusCode, Json<Value>) {
-    let connected = api
-        .stats
-        .connected
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let code = if connected {
+    use std::sync::atomic::Ordering::Relaxed;
+    let connected = api.stats.connected.load(Relaxed);
+    let failing = api.stats.store_failing.load(Relaxed);
+    let code = if connected && failing == 0 {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({"mqtt_connected": connected})))
+    (
+        code,
+        Json(json!({
+            "mqtt_connected": connected,
+            "state_writable": failing == 0,
+            "held_effects": api.stats.held_effects.load(Relaxed),
+        })),
+    )
 }
 
 async fn status(State(api): State<Api>) -> Json<Value> {
@@ -213,8 +222,85 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     })
 }
 
-/// Serves until `stop` turns true.
-pub async fn serve(listener: tokio::net::TcpListener, api: Api, mut stop: watch::Receiver<bool>) {
+/// The listener's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections at once (a WebSocket leaves this count once upgraded: the hub counts
+    /// it against `websocket.max_clients`).
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive, and how long an idle keep-alive
+    /// connection stays open.
+    pub header_timeout: std::time::Duration,
+}
+
+/// Serves until `stop` turns true. The accept loop is our own rather than `axum::serve`, for
+/// two limits that one has no setting for: a header-read timeout (an idle or slow connection is
+/// closed, so idle sockets cannot pile up) and a cap on connections below the open-files limit
+/// (past it a new connection is answered 503 and closed at once, so the engine keeps file
+/// descriptors for its broker connections, its state file and its sinks).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    mut stop: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = api.stats.clone();
+    let app = router(api);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let mut accept_errors = 0u32;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) and the like: wait, do not spin.
+                    accept_errors += 1;
+                    if accept_errors.is_power_of_two() {
+                        tracing::error!("HTTP accept: {e}");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            stats.http_refused.fetch_add(1, Relaxed);
+            // Best effort and never waiting: the socket buffer of a new connection is empty.
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closing.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    let _ = closing_tx.send(true);
+}
+
+fn router(api: Api) -> Router {
     let guarded = Router::new()
         .route("/api/status", get(status))
         .route("/api/reload", post(reload))
@@ -222,17 +308,8 @@ pub async fn serve(listener: tokio::net::TcpListener, api: Api, mut stop: watch:
         .route("/api/alarms/{id}/ack", post(ack))
         .route("/ws", get(ws))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth));
-    let app = Router::new()
+    Router::new()
         .route("/healthz", get(healthz))
         .merge(guarded)
-        .with_state(api);
-    let shutdown = async move {
-        let _ = stop.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!("HTTP server: {e}");
-    }
+        .with_state(api)
 }

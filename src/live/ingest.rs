@@ -22,9 +22,18 @@ use super::shard::{shard_of, Job, ShardMsg};
 use super::{wall_ms, RateLimit, Stats};
 use crate::topic::TopicPattern;
 
-/// Largest MQTT packet the clients accept. Larger payloads break the connection (rumqttc's
-/// rule), so this is far above `ingest.max_payload_bytes`, which rejects one message only.
-pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
+/// Largest MQTT packet our connections read: the largest the protocol can express (its
+/// remaining length is at most 268,435,455 bytes). rumqttc drops the connection on a larger
+/// packet, and with a persistent session the broker then delivers the same message at every
+/// reconnect, forever: ingest would stall on one message. So nothing the broker may send is
+/// refused here; `ingest.max_payload_bytes` then skips the message alone (counted `too_large`,
+/// acknowledged, dead-lettered by reference). Such a message costs its size in memory while
+/// it is read; a broker's `message_size_limit` keeps them out earlier.
+pub const MAX_INCOMING_PACKET: usize = 268_435_455;
+
+/// Largest packet our connections send (commands, republished messages, dead letters), and
+/// the embedded broker's payload limit.
+pub const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
 
 /// Between ingest, the shards and the acknowledging task.
 pub enum AckMsg {
@@ -44,7 +53,7 @@ pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {
     let mut o = MqttOptions::new(id, conn.host.clone(), conn.port);
     o.set_keep_alive(conn.keep_alive);
     o.set_clean_session(!conn.persistent_session);
-    o.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
     o.set_request_channel_capacity(1024);
     o.set_inflight(100);
     if let Some(u) = &conn.username {
@@ -84,32 +93,42 @@ pub fn filters(patterns: &[TopicPattern]) -> Vec<String> {
     f
 }
 
-/// Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s … 30 s, each ±25%.
+/// Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s … up to the cap, each 75–100% of
+/// its step, so the cap is a true cap (a broker back after an outage is seen within it).
 pub struct Backoff {
     attempt: u32,
     seed: u64,
+    cap_ms: u64,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            attempt: 0,
-            seed: wall_ms() as u64 | 1,
-        }
+        Backoff::capped(Duration::from_secs(5))
     }
 }
 
 impl Backoff {
+    /// A backoff that never waits longer than `cap`.
+    pub fn capped(cap: Duration) -> Self {
+        Backoff {
+            attempt: 0,
+            seed: wall_ms() as u64 | 1,
+            cap_ms: (cap.as_millis() as u64).max(1),
+        }
+    }
+
     /// The next wait.
     pub fn next_delay(&mut self) -> Duration {
-        let base = 500u64.saturating_mul(1 << self.attempt.min(6)).min(30_000);
+        let base = 500u64
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(self.cap_ms);
         self.attempt += 1;
         // xorshift: jitter needs no cryptographic randomness.
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
-        let jitter = self.seed % (base / 2 + 1);
-        Duration::from_millis(base - base / 4 + jitter)
+        let jitter = self.seed % (base / 4 + 1);
+        Duration::from_millis(base - jitter)
     }
 
     /// Connected: start over.
@@ -132,6 +151,8 @@ pub struct Ingest {
     pub stats: Arc<Stats>,
     /// Log limiter.
     pub limit: Arc<RateLimit>,
+    /// The longest wait between reconnect attempts.
+    pub reconnect_max: Duration,
 }
 
 /// Polls the ingest connection. When `stop` turns true it stops handing messages to the shards
@@ -151,6 +172,7 @@ pub async fn run(
         acks,
         stats,
         limit,
+        reconnect_max,
     } = ing;
     let mut shards = shards;
     let mut acks = Some(acks);
@@ -161,7 +183,7 @@ pub async fn run(
     } else {
         QoS::AtLeastOnce
     };
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::capped(reconnect_max);
     let mut seq: u64 = 0;
     let mut connected_once = false;
     loop {
@@ -224,7 +246,10 @@ pub async fn run(
                     }
                     if needs_ack {
                         seq += 1;
-                        if acks.send(AckMsg::Pending(seq, p)).await.is_err()
+                        if acks
+                            .send(AckMsg::Pending(seq, ack_handle(&p)))
+                            .await
+                            .is_err()
                             || acks.send(AckMsg::Done(seq)).await.is_err()
                         {
                             break;
@@ -234,7 +259,11 @@ pub async fn run(
                 };
                 let ack = if needs_ack {
                     seq += 1;
-                    if acks.send(AckMsg::Pending(seq, p.clone())).await.is_err() {
+                    if acks
+                        .send(AckMsg::Pending(seq, ack_handle(&p)))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     Some(seq)
@@ -277,6 +306,14 @@ pub async fn run(
         }
     }
     tracing::debug!("ingest stopped");
+}
+
+/// What the acker keeps of a message until it is acknowledged: its packet id and QoS, not its
+/// topic or payload (a large payload must not wait in the ack queue).
+fn ack_handle(p: &Publish) -> Publish {
+    let mut h = Publish::new("", p.qos, Vec::new());
+    h.pkid = p.pkid;
+    h
 }
 
 /// Acknowledges QoS 1 messages in receive order, once each one's chains ran.
@@ -339,8 +376,9 @@ pub async fn drive(
     stats: Arc<Stats>,
     name: &'static str,
     limit: Arc<RateLimit>,
+    reconnect_max: Duration,
 ) {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::capped(reconnect_max);
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => backoff.reset(),
@@ -365,12 +403,18 @@ mod tests {
 
     #[test]
     fn backoff_grows_caps_and_jitters() {
-        let mut b = Backoff::default();
+        let mut b = Backoff::capped(Duration::from_secs(5));
         let d: Vec<u128> = (0..10).map(|_| b.next_delay().as_millis()).collect();
-        assert!((375..=625).contains(&d[0]), "{d:?}");
-        assert!(d[9] <= 37_500 && d[9] >= 22_500, "{d:?}");
+        assert!((375..=500).contains(&d[0]), "{d:?}");
+        assert!(d[1] > 500 && d[1] <= 1000, "{d:?}");
+        assert!(
+            d.iter().all(|&x| x <= 5_000),
+            "the cap is a true cap: {d:?}"
+        );
+        assert!(d[9] >= 3_750, "{d:?}");
+        assert!(d[5..].windows(2).any(|w| w[0] != w[1]), "jitter: {d:?}");
         b.reset();
-        assert!(b.next_delay().as_millis() <= 625);
+        assert!(b.next_delay().as_millis() <= 500);
     }
 
     #[test]

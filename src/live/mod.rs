@@ -76,12 +76,18 @@ pub struct Stats {
     pub checkpoints: AtomicU64,
     /// Checkpoints that failed.
     pub checkpoint_errors: AtomicU64,
+    /// Shards holding output because their state cannot be written (not ready while > 0).
+    pub store_failing: AtomicU64,
+    /// Effects held until the state that produced them is written.
+    pub held_effects: AtomicU64,
     /// MQTT ConnAcks on the ingest connection.
     pub connects: AtomicU64,
     /// MQTT connection errors (all connections).
     pub connect_errors: AtomicU64,
     /// Whether ingest is connected.
     pub connected: AtomicBool,
+    /// HTTP connections refused at the connection limit.
+    pub http_refused: AtomicU64,
 }
 
 const REJECTS: [Reject; 5] = [
@@ -125,9 +131,12 @@ impl Stats {
             "dropped": g(&self.dropped),
             "checkpoints": g(&self.checkpoints),
             "checkpoint_errors": g(&self.checkpoint_errors),
+            "store_failing_shards": g(&self.store_failing),
+            "held_effects": g(&self.held_effects),
             "mqtt_connects": g(&self.connects),
             "mqtt_connect_errors": g(&self.connect_errors),
             "mqtt_connected": self.connected.load(Relaxed),
+            "http_refused": g(&self.http_refused),
         })
     }
 }
@@ -166,6 +175,33 @@ impl RateLimit {
 pub struct RunOptions {
     /// Also run the device simulator (`--demo`).
     pub demo: bool,
+    /// Move a saved state file aside and start empty (`--reset-state`).
+    pub reset_state: bool,
+}
+
+/// Why the engine did not start or stopped early, with its exit code: 1 for findings (rules
+/// with errors), 2 for usage and I/O (a port taken, a state file damaged, a directory missing).
+#[derive(Debug)]
+pub struct Fatal {
+    /// The exit code.
+    pub code: i32,
+    /// What went wrong and how to fix it.
+    pub message: String,
+}
+
+impl From<String> for Fatal {
+    fn from(message: String) -> Self {
+        Fatal { code: 2, message }
+    }
+}
+
+impl From<store::StoreError> for Fatal {
+    fn from(e: store::StoreError) -> Self {
+        Fatal {
+            code: 2,
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Runs the engine until SIGINT/SIGTERM. Returns the process exit code.
@@ -174,26 +210,45 @@ pub fn run(settings: Settings, opts: RunOptions) -> i32 {
     match start(settings, opts) {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("{e}");
-            1
+            tracing::error!("{}", e.message);
+            e.code
         }
     }
 }
 
-fn start(settings: Settings, opts: RunOptions) -> Result<(), String> {
+/// Opens the state store (first, before any thread runs: a damaged file is reported, not
+/// panicked on), moving the old file aside with `--reset-state`.
+fn open_store(dir: &std::path::Path, reset: bool) -> Result<store::RedbStore, Fatal> {
+    let path = store::RedbStore::path_in(dir);
+    if reset && path.exists() {
+        let aside = path.with_extension(format!("redb.reset-{}", wall_ms()));
+        std::fs::rename(&path, &aside)
+            .map_err(|e| format!("--reset-state: cannot move {} aside: {e}", path.display()))?;
+        tracing::warn!(
+            "--reset-state: moved {} to {}; starting with empty state",
+            path.display(),
+            aside.display()
+        );
+    }
+    Ok(store::RedbStore::open(dir)?)
+}
+
+fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
     if !settings.rules_dir.is_dir() {
         return Err(format!(
             "the rules directory {} does not exist: create it, give `--rules DIR`, or set `rules:` in the config",
             settings.rules_dir.display()
-        ));
+        )
+        .into());
     }
+    let redb = open_store(&settings.state_dir, opts.reset_state)?;
+    use store::StateStore as _;
     if let Broker::Embedded(addr) = settings.broker {
         broker::start(addr)?;
         tracing::info!("embedded MQTT broker listening on {addr}");
     }
-    let store: Arc<dyn store::StateStore> = Arc::new(store::RedbStore::open(&settings.state_dir)?);
     // A state dir keeps the shard count it was written with: devices map to shards by hash.
-    let shards = match store.shard_count()? {
+    let shards = match redb.shard_count()? {
         Some(n) if n != settings.shards => {
             tracing::info!(
                 "the state in {} was written by {n} shards; running {n} shards (not {})",
@@ -204,10 +259,18 @@ fn start(settings: Settings, opts: RunOptions) -> Result<(), String> {
         }
         Some(n) => n,
         None => {
-            store.set_shard_count(settings.shards)?;
+            redb.set_shard_count(settings.shards)?;
             settings.shards
         }
     };
+    // Every shard's saved state is read and decoded now: one that cannot be read stops the
+    // start (exit 2) instead of starting that shard empty and overwriting it.
+    let saved: Vec<_> = redb
+        .check_all(shards, shard::decode_snapshot)?
+        .into_iter()
+        .map(Option::flatten)
+        .collect();
+    let store: Arc<dyn store::StateStore> = Arc::new(redb);
     let mut reloader = reload::Reloader::new(
         &settings.rules_dir,
         settings.config_given.then(|| settings.config.clone()),
@@ -224,11 +287,14 @@ fn start(settings: Settings, opts: RunOptions) -> Result<(), String> {
     let rules = match rules {
         Some(r) if !report.has_errors => r,
         _ => {
-            return Err(format!(
-                "the rules in {} have errors (above); fix them (`rulechain validate {}`) and start again",
-                settings.rules_dir.display(),
-                settings.rules_dir.display()
-            ))
+            return Err(Fatal {
+                code: 1,
+                message: format!(
+                    "the rules in {} have errors (above); fix them (`rulechain validate {}`) and start again",
+                    settings.rules_dir.display(),
+                    settings.rules_dir.display()
+                ),
+            })
         }
     };
     tracing::info!(
@@ -241,7 +307,10 @@ fn start(settings: Settings, opts: RunOptions) -> Result<(), String> {
             let mut d = Diagnostics::new();
             let devices = crate::rules::load_devices(p, &mut d);
             if d.has_errors() {
-                return Err(format!("the devices file has errors:\n{}", d.render_text()));
+                return Err(Fatal {
+                    code: 1,
+                    message: format!("the devices file has errors:\n{}", d.render_text()),
+                });
             }
             devices.unwrap_or_default()
         }
@@ -252,16 +321,28 @@ fn start(settings: Settings, opts: RunOptions) -> Result<(), String> {
         .thread_name("rulechain-io")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    rt.block_on(serve(
-        settings, opts, store, shards, reloader, rules, devices,
-    ))
+    let state = SavedState {
+        store,
+        shards,
+        snapshots: saved,
+    };
+    rt.block_on(serve(settings, opts, state, reloader, rules, devices))
+        .map_err(Fatal::from)
+}
+
+/// The state store, opened and read at start.
+struct SavedState {
+    store: Arc<dyn store::StateStore>,
+    /// How many shards the state was written by (the engine runs that many).
+    shards: usize,
+    /// Each shard's decoded snapshot.
+    snapshots: Vec<Option<crate::engine::persist::Snapshot>>,
 }
 
 async fn serve(
     settings: Settings,
     opts: RunOptions,
-    store: Arc<dyn store::StateStore>,
-    shards: usize,
+    state: SavedState,
     reloader: reload::Reloader,
     rules: Arc<crate::rules::compile::RuleSet>,
     devices: std::collections::HashMap<Arc<str>, crate::engine::Device>,
@@ -282,6 +363,7 @@ async fn serve(
         stats.clone(),
         "egress",
         limit.clone(),
+        conn.reconnect_max,
     ));
     // Ingest and its acknowledgements.
     let mut in_opts = ingest::options(&conn, "in")?;
@@ -291,10 +373,11 @@ async fn serve(
     let acker = tokio::spawn(ingest::acker(in_client.clone(), ack_rx));
     // Sinks: InfluxDB writer, WebSocket hub, notification channels.
     let (ack_tx_hub, mut ack_rx_hub) = mpsc::channel::<crate::sinks::hub::AckReq>(64);
-    let hub = Arc::new(crate::sinks::hub::Hub::new(
-        crate::sinks::hub::HubSettings::from_spec(settings.config.websocket.as_ref())?,
-        ack_tx_hub,
-    ));
+    let mut hub_settings =
+        crate::sinks::hub::HubSettings::from_spec(settings.config.websocket.as_ref())?;
+    let fds = FdBudget::new(settings.http_max_connections, hub_settings.max_clients);
+    hub_settings.max_clients = fds.websocket;
+    let hub = Arc::new(crate::sinks::hub::Hub::new(hub_settings, ack_tx_hub));
     let (influx, influx_task) = match &settings.config.influx {
         Some(spec) => {
             let mut s = crate::sinks::influx::InfluxSettings::resolve(spec, &settings.state_dir)?;
@@ -336,7 +419,12 @@ async fn serve(
     };
     let mut shard_tx = Vec::new();
     let mut shard_threads = Vec::new();
-    for index in 0..shards {
+    let SavedState {
+        store,
+        shards,
+        snapshots,
+    } = state;
+    for (index, saved) in snapshots.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(settings.queue);
         shard_tx.push(tx);
         let ctx = shard::ShardCtx {
@@ -351,7 +439,7 @@ async fn serve(
         let (rules, devices) = (rules.clone(), devices.clone());
         let t = std::thread::Builder::new()
             .name(format!("shard-{index}"))
-            .spawn(move || shard::run(rules, devices, rx, ctx))
+            .spawn(move || shard::run(rules, devices, saved, rx, ctx))
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         shard_threads.push(t);
     }
@@ -364,6 +452,7 @@ async fn serve(
             acks: ack_tx,
             stats: stats.clone(),
             limit: limit.clone(),
+            reconnect_max: conn.reconnect_max,
         },
         in_client.clone(),
         in_events,
@@ -432,6 +521,10 @@ async fn serve(
         })
     };
     let _watcher = watch_rules(&settings.rules_dir, reload_tx.clone());
+    let http_limits = http::Limits {
+        max_connections: fds.http,
+        header_timeout: settings.http_header_timeout,
+    };
     let http_task = listener.map(|l| {
         tracing::info!(
             "HTTP API on http://{}",
@@ -453,7 +546,7 @@ async fn serve(
                 .filter(|t| !t.is_empty())
                 .map(Arc::from),
         };
-        tokio::spawn(http::serve(l, api, stop_rx.clone()))
+        tokio::spawn(http::serve(l, api, stop_rx.clone(), http_limits))
     });
     let sim_task = opts.demo.then(|| {
         tokio::spawn(sim::run(
@@ -520,6 +613,67 @@ async fn serve(
         "stopped"
     );
     Ok(())
+}
+
+/// Raises the soft open-files limit to the hard one (a process starts with 1,024 on most
+/// systems, too few for thousands of WebSocket clients) and returns the soft limit in force.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return 1024;
+        }
+        if l.rlim_cur < l.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: l.rlim_max,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                l.rlim_cur = l.rlim_max;
+            }
+        }
+        l.rlim_cur
+    }
+}
+
+/// File descriptors kept back from HTTP and WebSocket clients: broker connections, the state
+/// file, the rules watcher, sink connections.
+const FD_RESERVE: u64 = 256;
+
+/// How the open-files limit is shared: HTTP connections get at most half of what the reserve
+/// leaves, WebSocket clients the rest. Either is lowered from its setting only when the limit
+/// cannot hold it (logged), so a flood of connections meets a clear refusal (503, or close
+/// 1013) instead of "Too many open files" on the engine's own broker connection.
+struct FdBudget {
+    http: usize,
+    websocket: usize,
+}
+
+impl FdBudget {
+    fn new(http: usize, websocket: usize) -> FdBudget {
+        let limit = raise_fd_limit();
+        let usable = limit.saturating_sub(FD_RESERVE).max(32);
+        // Never above the setting; never below 16 for the limit's sake.
+        let http_cap = (http as u64).min((usable / 2).max(16));
+        let ws_cap = (websocket as u64).min(usable.saturating_sub(http_cap).max(16));
+        let b = FdBudget {
+            http: http_cap as usize,
+            websocket: ws_cap as usize,
+        };
+        if b.http < http || b.websocket < websocket {
+            tracing::info!(
+                open_files_limit = limit,
+                http_max_connections = b.http,
+                websocket_max_clients = b.websocket,
+                "connection limits lowered to fit the open-files limit (raise `ulimit -n` for more)"
+            );
+        }
+        b
+    }
 }
 
 /// Watches the rules directory; changes (debounced 300 ms) ask for a reload.

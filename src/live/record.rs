@@ -37,7 +37,7 @@ pub async fn run(
     let (client, mut events) = ingest::client(o, 64);
     let subs = ingest::filters(&patterns);
     let limits = Limits {
-        max_payload_bytes: ingest::MAX_PACKET_BYTES,
+        max_payload_bytes: ingest::MAX_INCOMING_PACKET,
         max_depth: 128,
         max_clock_skew_ms: 0,
     };

@@ -41,6 +41,8 @@ pub struct MqttConn {
     pub qos: u8,
     /// Keep the session across reconnects.
     pub persistent_session: bool,
+    /// The longest wait between reconnect attempts.
+    pub reconnect_max: Duration,
 }
 
 impl std::fmt::Debug for MqttConn {
@@ -104,6 +106,10 @@ pub struct Settings {
     pub max_clock_skew_ms: i64,
     /// Dead-letter topic.
     pub dead_letter: Option<String>,
+    /// Most HTTP connections at once (before the open-files limit is applied).
+    pub http_max_connections: usize,
+    /// Header-read and keep-alive idle timeout.
+    pub http_header_timeout: Duration,
 }
 
 impl Settings {
@@ -197,6 +203,9 @@ impl Settings {
                     keep_alive: Duration::from_millis(dur(&m.keep_alive, 30_000).max(1000) as u64),
                     qos: m.qos.as_ref().map_or(1, |q| q.value.min(1)),
                     persistent_session: m.persistent_session.unwrap_or(true),
+                    reconnect_max: Duration::from_millis(
+                        dur(&m.reconnect_max, 5_000).max(100) as u64
+                    ),
                 })
             }
         };
@@ -238,6 +247,18 @@ impl Settings {
             max_depth: ingest.max_depth.unwrap_or(32).max(1),
             max_clock_skew_ms: dur(&ingest.max_clock_skew, 600_000),
             dead_letter: ingest.dead_letter.clone(),
+            http_max_connections: config
+                .http
+                .as_ref()
+                .and_then(|h| h.max_connections.as_ref())
+                .map_or(1024, |n| n.value.max(1)),
+            http_header_timeout: Duration::from_millis(
+                dur(
+                    &config.http.as_ref().and_then(|h| h.header_timeout.clone()),
+                    10_000,
+                )
+                .max(100) as u64,
+            ),
             config,
             config_given,
         })
@@ -257,6 +278,7 @@ impl Settings {
                 keep_alive: Duration::from_secs(30),
                 qos: 1,
                 persistent_session: true,
+                reconnect_max: Duration::from_secs(1),
             },
         }
     }

@@ -19,6 +19,7 @@ use super::egress::Outbox;
 use super::store::StateStore;
 use super::{wall_ms, Stats};
 use crate::engine::effect::{Effect, EffectSink};
+use crate::engine::persist::Snapshot;
 use crate::engine::{Device, Executor, Message};
 use crate::rules::compile::RuleSet;
 use crate::rules::model::Kind;
@@ -134,6 +135,10 @@ fn depth(bytes: &[u8]) -> usize {
     max
 }
 
+/// The deepest JSON the parser takes (serde_json's recursion limit of 128 allows 127 levels):
+/// `ingest.max_depth` above it counts as this, so a deeper payload is `too_deep`, not `not_json`.
+pub const JSON_MAX_DEPTH: usize = 127;
+
 /// Parses a payload into `msg`. A `status` payload may be plain text (`online`, `offline`, as
 /// MQTT last wills usually are): it reads as `{"status": TEXT, "online": BOOL}`.
 pub fn parse(kind: Kind, bytes: &[u8], limits: &Limits) -> Result<Map, Reject> {
@@ -141,7 +146,7 @@ pub fn parse(kind: Kind, bytes: &[u8], limits: &Limits) -> Result<Map, Reject> {
         return Err(Reject::TooLarge);
     }
     let text = std::str::from_utf8(bytes).map_err(|_| Reject::InvalidUtf8)?;
-    if depth(bytes) > limits.max_depth {
+    if depth(bytes) > limits.max_depth.min(JSON_MAX_DEPTH) {
         return Err(Reject::TooDeep);
     }
     let trimmed = text.trim();
@@ -194,64 +199,85 @@ impl EffectSink for Buffer {
     }
 }
 
-/// Restores a shard's executor from the store; problems are logged and the shard starts empty.
-fn restore(exec: &mut Executor, ctx: &ShardCtx) {
-    let bytes = match ctx.store.load(ctx.index) {
-        Ok(Some(b)) => b,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(
-                shard = ctx.index,
-                "cannot read saved state: {e}; starting empty"
-            );
-            return;
-        }
-    };
-    match serde_json::from_slice::<crate::engine::persist::Snapshot>(&bytes) {
-        Ok(s) if s.version == crate::engine::persist::VERSION => {
-            let alarms = s.alarms.iter().filter(|a| a.status.is_active()).count();
-            let c = exec.restore(s);
-            tracing::info!(
-                shard = ctx.index,
-                active_alarms = alarms,
-                node_states = c.nodes,
-                timers = c.timers,
-                dropped = c.dropped_nodes + c.dropped_timers,
-                "state restored"
-            );
-        }
-        Ok(s) => tracing::warn!(
-            shard = ctx.index,
-            "saved state has format {} (this build reads {}); starting empty",
+/// Decodes a shard's saved state (read once at start by `live::start`, which refuses to start
+/// on bytes it cannot decode). A snapshot of another format version is set aside with a warning:
+/// the state of an older build is not guessed at.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Option<Snapshot>, String> {
+    let s: Snapshot = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if s.version != crate::engine::persist::VERSION {
+        tracing::warn!(
+            "saved state has format {} (this build reads {}); that shard starts empty",
             s.version,
             crate::engine::persist::VERSION
-        ),
-        Err(e) => tracing::error!(
-            shard = ctx.index,
-            "saved state is unreadable ({e}); starting empty"
-        ),
+        );
+        return Ok(None);
     }
+    Ok(Some(s))
 }
 
-fn checkpoint(exec: &Executor, ctx: &ShardCtx) {
+fn restore(exec: &mut Executor, index: usize, saved: Snapshot) {
+    let alarms = saved.alarms.iter().filter(|a| a.status.is_active()).count();
+    let c = exec.restore(saved);
+    tracing::info!(
+        shard = index,
+        active_alarms = alarms,
+        node_states = c.nodes,
+        timers = c.timers,
+        dropped = c.dropped_nodes + c.dropped_timers,
+        "state restored"
+    );
+}
+
+/// Writes the shard's state; the error says why it could not (it is counted, not logged: the
+/// caller knows whether it matters).
+fn checkpoint(exec: &Executor, ctx: &ShardCtx) -> Result<(), String> {
     let started = Instant::now();
-    let bytes = match serde_json::to_vec(&exec.snapshot()) {
-        Ok(b) => b,
-        Err(e) => {
-            ctx.stats.checkpoint_errors.fetch_add(1, Relaxed);
-            tracing::error!(shard = ctx.index, "cannot serialize state: {e}");
-            return;
-        }
-    };
-    match ctx.store.save(ctx.index, &bytes) {
-        Ok(()) => {
-            ctx.stats.checkpoints.fetch_add(1, Relaxed);
+    let r = serde_json::to_vec(&exec.snapshot())
+        .map_err(|e| format!("cannot serialize state: {e}"))
+        .and_then(|bytes| {
+            ctx.store.save(ctx.index, &bytes)?;
             tracing::trace!(shard = ctx.index, bytes = bytes.len(), took = ?started.elapsed(), "checkpoint");
-        }
-        Err(e) => {
-            ctx.stats.checkpoint_errors.fetch_add(1, Relaxed);
-            tracing::error!(shard = ctx.index, "cannot write state: {e}");
-        }
+            Ok(())
+        });
+    match &r {
+        Ok(()) => ctx.stats.checkpoints.fetch_add(1, Relaxed),
+        Err(_) => ctx.stats.checkpoint_errors.fetch_add(1, Relaxed),
+    };
+    r
+}
+
+/// Most effects a shard holds while its state cannot be written. Past it the shard stops
+/// taking messages (its queue fills, ingest waits, the broker keeps the rest) until the state
+/// can be written again.
+pub const MAX_HELD: usize = 10_000;
+
+/// Output held back because an alarm transition could not be written: it leaves only once the
+/// state that produced it is on disk, so a restart never repeats what went out. The QoS 1
+/// acknowledgements of the messages behind it wait too: if the engine stops first, the broker
+/// delivers those messages again and the transition happens again, once.
+#[derive(Default)]
+struct Held {
+    effects: Vec<Effect>,
+    done: Vec<u64>,
+    /// Set while holding: when to try writing again.
+    retry_at: Option<tokio::time::Instant>,
+    failures: u32,
+}
+
+impl Held {
+    fn active(&self) -> bool {
+        self.retry_at.is_some()
+    }
+
+    fn full(&self) -> bool {
+        self.effects.len() >= MAX_HELD
+    }
+
+    /// A write failed: try again after a backoff of 0.5 s doubling to 5 s.
+    fn failed(&mut self) {
+        let ms = (500u64 << self.failures.min(4)).min(5_000);
+        self.failures += 1;
+        self.retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(ms));
     }
 }
 
@@ -259,13 +285,16 @@ fn checkpoint(exec: &Executor, ctx: &ShardCtx) {
 pub fn run(
     rules: Arc<RuleSet>,
     devices: HashMap<Arc<str>, Device>,
+    saved: Option<Snapshot>,
     mut rx: mpsc::Receiver<ShardMsg>,
     mut ctx: ShardCtx,
 ) {
     let mut exec = Executor::new(rules, devices, wall_ms());
     // RPC ids unique across shards and restarts: start time (base 36) and shard.
     exec.set_id_prefix(format!("{}-{}-", radix36(wall_ms() as u64), ctx.index));
-    restore(&mut exec, &ctx);
+    if let Some(saved) = saved {
+        restore(&mut exec, ctx.index, saved);
+    }
     for a in exec.alarms().iter() {
         ctx.outbox.sinks.hub.seed_alarm(a);
     }
@@ -284,21 +313,30 @@ pub fn run(
         let mut done: Vec<u64> = Vec::new();
         let mut dirty = false;
         let mut alarm_changes = exec.alarms().changes();
+        let mut saved_epoch = ctx.store.epoch();
+        let mut held = Held::default();
         let mut next_checkpoint = tokio::time::Instant::now() + ctx.checkpoint;
         loop {
-            let timer = exec.next_due().map(|due| {
+            // Holding all it may: take no message and fire no timer until the state is written.
+            let stalled = held.full();
+            let timer = exec.next_due().filter(|_| !stalled).map(|due| {
                 let wait = due.saturating_sub(wall_ms()).clamp(0, 86_400_000) as u64;
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
-            let wake = timer.map_or(next_checkpoint, |t| t.min(next_checkpoint));
+            let mut wake = timer.map_or(next_checkpoint, |t| t.min(next_checkpoint));
+            if let Some(retry) = held.retry_at {
+                wake = wake.min(retry);
+            }
             let first = tokio::select! {
-                m = rx.recv() => match m {
+                m = rx.recv(), if !stalled => match m {
                     Some(m) => Some(m),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(wake) => None,
             };
-            exec.advance_to(wall_ms(), &mut buf);
+            if !stalled {
+                exec.advance_to(wall_ms(), &mut buf);
+            }
             // Take what is queued now too (up to a batch), so one checkpoint check and one
             // flush of acks serve many messages.
             let mut next = first;
@@ -333,18 +371,57 @@ pub fn run(
                 }
             }
             dirty |= !buf.0.is_empty();
-            if exec.alarms().changes() != alarm_changes {
-                // Alarm transitions reach the world only once they are on disk.
-                checkpoint(&exec, &ctx);
-                alarm_changes = exec.alarms().changes();
-                dirty = false;
-                next_checkpoint = tokio::time::Instant::now() + ctx.checkpoint;
-            } else if tokio::time::Instant::now() >= next_checkpoint {
-                if dirty {
-                    checkpoint(&exec, &ctx);
-                    dirty = false;
+            let now = tokio::time::Instant::now();
+            let alarm_changed = exec.alarms().changes() != alarm_changes;
+            // Alarm transitions reach the world only once they are on disk; while held, the
+            // store is retried on its own schedule, not on every turn.
+            let attempt = match held.retry_at {
+                Some(retry) => now >= retry,
+                None => {
+                    alarm_changed
+                        || (now >= next_checkpoint
+                            && (dirty || ctx.store.epoch() != saved_epoch))
                 }
-                next_checkpoint = tokio::time::Instant::now() + ctx.checkpoint;
+            };
+            if attempt {
+                let epoch = ctx.store.epoch();
+                match checkpoint(&exec, &ctx) {
+                    Ok(()) => {
+                        alarm_changes = exec.alarms().changes();
+                        dirty = false;
+                        saved_epoch = epoch;
+                        if held.active() {
+                            release(&mut held, &mut done, &mut ctx);
+                        }
+                    }
+                    Err(e) if alarm_changed || held.active() => {
+                        if !held.active() {
+                            ctx.stats.store_failing.fetch_add(1, Relaxed);
+                        }
+                        held.failed();
+                        if held.failures == 1 || ctx.outbox.limit.allow() {
+                            tracing::error!(
+                                shard = ctx.index,
+                                held = held.effects.len() + buf.0.len(),
+                                "cannot write state ({e}): alarm transitions, and everything after them, are held until it can be written; retrying"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        if ctx.outbox.limit.allow() {
+                            tracing::error!(shard = ctx.index, "cannot write state: {e}; retrying at the next checkpoint");
+                        }
+                    }
+                }
+                next_checkpoint = now + ctx.checkpoint;
+            } else if now >= next_checkpoint {
+                next_checkpoint = now + ctx.checkpoint;
+            }
+            if held.active() {
+                ctx.stats.held_effects.fetch_add(buf.0.len() as u64, Relaxed);
+                held.effects.append(&mut buf.0);
+                held.done.append(&mut done);
+                continue;
             }
             for e in buf.0.drain(..) {
                 ctx.outbox.send(e);
@@ -361,11 +438,37 @@ pub fn run(
         }
         // The queue closed: shutdown. Everything queued has been handled; save.
         exec.advance_to(wall_ms(), &mut buf);
-        for e in buf.0.drain(..) {
-            ctx.outbox.send(e);
+        match checkpoint(&exec, &ctx) {
+            Ok(()) => {
+                let mut done = Vec::new();
+                if held.active() {
+                    release(&mut held, &mut done, &mut ctx);
+                }
+                for e in buf.0.drain(..) {
+                    ctx.outbox.send(e);
+                }
+                ctx.outbox.flush();
+                if let Some(tx) = &ctx.done {
+                    for seq in done {
+                        let _ = tx.send(super::ingest::AckMsg::Done(seq)).await;
+                    }
+                }
+            }
+            Err(e) if held.active() || exec.alarms().changes() != alarm_changes => {
+                tracing::error!(
+                    shard = ctx.index,
+                    unsent = held.effects.len() + buf.0.len(),
+                    "cannot write state at shutdown ({e}): the held alarm transitions and what follows them were not sent; their QoS 1 messages were not acknowledged, so the broker delivers them again"
+                );
+            }
+            Err(e) => {
+                tracing::error!(shard = ctx.index, "cannot write state at shutdown: {e}; the last checkpoint stands");
+                for e in buf.0.drain(..) {
+                    ctx.outbox.send(e);
+                }
+                ctx.outbox.flush();
+            }
         }
-        ctx.outbox.flush();
-        checkpoint(&exec, &ctx);
         let active = exec
             .alarms()
             .iter()
@@ -373,6 +476,26 @@ pub fn run(
             .count();
         tracing::debug!(shard = ctx.index, active_alarms = active, "shard stopped");
     });
+}
+
+/// The state is written: what was held goes out, in order, ahead of this turn's output; the
+/// held acknowledgements go ahead of this turn's.
+fn release(held: &mut Held, done: &mut Vec<u64>, ctx: &mut ShardCtx) {
+    let n = held.effects.len();
+    ctx.stats.held_effects.fetch_sub(n as u64, Relaxed);
+    ctx.stats.store_failing.fetch_sub(1, Relaxed);
+    tracing::warn!(
+        shard = ctx.index,
+        sent = n,
+        after_failures = held.failures,
+        "state written again; the held output goes out now"
+    );
+    for e in held.effects.drain(..) {
+        ctx.outbox.send(e);
+    }
+    done.splice(0..0, held.done.drain(..));
+    held.retry_at = None;
+    held.failures = 0;
 }
 
 fn handle(exec: &mut Executor, job: Job, ctx: &ShardCtx, buf: &mut Buffer, done: &mut Vec<u64>) {
@@ -451,6 +574,26 @@ mod tests {
         assert_eq!(parse(t, b"hello", &L).err(), Some(Reject::NotJson));
         assert_eq!(parse(t, b"[1]", &L).err(), Some(Reject::NotObject));
         assert_eq!(parse(t, b"online", &L).err(), Some(Reject::NotJson));
+    }
+
+    #[test]
+    fn depth_above_the_parsers_limit_is_too_deep() {
+        let deep = Limits {
+            max_payload_bytes: 1 << 20,
+            max_depth: 10_000,
+            max_clock_skew_ms: 1000,
+        };
+        let nest = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n - 1), "]".repeat(n - 1));
+        let t = Kind::Telemetry;
+        assert!(parse(t, nest(JSON_MAX_DEPTH).as_bytes(), &deep).is_ok());
+        assert_eq!(
+            parse(t, nest(JSON_MAX_DEPTH + 1).as_bytes(), &deep).err(),
+            Some(Reject::TooDeep)
+        );
+        assert_eq!(
+            parse(t, nest(10_000).as_bytes(), &deep).err(),
+            Some(Reject::TooDeep)
+        );
     }
 
     #[test]

@@ -4,8 +4,23 @@
 //!
 //! [`StateStore`] is the seam for shared state later (Redis, for several instances); redb is the
 //! single-instance store.
+//!
+//! What can go wrong with the file, and what the store does:
+//! - **Damaged at start** (truncated, flipped bytes, empty): [`RedbStore::open`] refuses with
+//!   [`StoreError::Damaged`], naming the file and how to recover; the engine exits 2 rather than
+//!   run on and overwrite what it could not read. redb can panic on some damage: every call into
+//!   it is caught, so a damaged file is an error, never a crash.
+//! - **A write fails** (disk full, I/O error): redb refuses every later write until the
+//!   database is reopened, so the store drops it and reopens it at the next write.
+//! - **The file is deleted or replaced while running**: checked before every write (the path's
+//!   inode against the open file's); the store opens a new file and bumps its
+//!   [`epoch`](StateStore::epoch), so every shard writes its state again.
 
-use std::path::Path;
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
@@ -24,69 +39,305 @@ pub trait StateStore: Send + Sync {
     fn shard_count(&self) -> Result<Option<usize>, String>;
     /// Records how many shards write this state.
     fn set_shard_count(&self, n: usize) -> Result<(), String>;
+    /// Changes whenever the store had to start a new file (the old one was deleted or
+    /// replaced): every shard must then save its state again, even when nothing changed.
+    fn epoch(&self) -> u64;
+}
+
+/// Why the store cannot be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another process has it open.
+    InUse(String),
+    /// The file cannot be read as rulechain state.
+    Damaged(String),
+    /// The directory or file cannot be created, read or written.
+    Io(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::InUse(s) | StoreError::Damaged(s) | StoreError::Io(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The message for a state file that cannot be read: what, where, and the two ways out.
+pub fn damaged(path: &Path, what: &str) -> StoreError {
+    let p = path.display();
+    StoreError::Damaged(format!(
+        "the state file {p} is damaged ({what}). rulechain does not start on it, so that no alarm, \
+         hold or attribute is silently lost. To keep the state, restore the file from a backup. \
+         To start with empty state, move it aside (`mv {p} {p}.damaged`) or start once with \
+         `rulechain run --reset-state`, which does that for you"
+    ))
 }
 
 /// The redb store: `state.redb` in the state dir.
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    open: Mutex<Open>,
+    epoch: AtomicU64,
+}
+
+struct Open {
+    /// `None` after a failed write: redb must be reopened before it writes again.
+    db: Option<Database>,
+    /// The open file's (device, inode).
+    id: (u64, u64),
+    /// The shard count, written again into a new file.
+    shards: Option<u64>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// Runs `f`, turning a panic inside redb into an error. Panics are silenced while `quiet`
+/// (at start, when a damaged file is expected to be reported as an error, not as a panic).
+fn guarded<T>(quiet: bool, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let hook = quiet.then(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        prev
+    });
+    let r = catch_unwind(AssertUnwindSafe(f));
+    if let Some(prev) = hook {
+        std::panic::set_hook(prev);
+    }
+    r.unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(format!("the storage library failed: {what}"))
+    })
+}
+
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// Opens (or creates) the database file; the file's identity comes with it.
+fn open_db(path: &Path, quiet: bool) -> Result<(Database, (u64, u64)), String> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let id = file_id(&file.metadata().map_err(err)?);
+    let db = guarded(quiet, || {
+        Database::builder().create_file(file).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => "in use".to_string(),
+            e => e.to_string(),
+        })
+    })?;
+    Ok((db, id))
+}
+
+fn write_meta(db: &Database, shards: Option<u64>) -> Result<(), String> {
+    let txn = db.begin_write().map_err(err)?;
+    txn.open_table(SHARDS).map_err(err)?;
+    {
+        let mut t = txn.open_table(META).map_err(err)?;
+        if let Some(n) = shards {
+            t.insert("shards", n).map_err(err)?;
+        }
+    }
+    txn.commit().map_err(err)
+}
+
 impl RedbStore {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<RedbStore, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the state dir {}: {e}", dir.display()))?;
-        let path = dir.join("state.redb");
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => format!(
-                "{} is in use by another rulechain process: give each instance its own `state_dir`",
-                path.display()
-            ),
-            e => format!("cannot open {}: {e}", path.display()),
+    /// The state file in `dir`.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        dir.join("state.redb")
+    }
+
+    /// Opens (or creates) the store in `dir`, and checks the file whole: a damaged file is
+    /// refused ([`StoreError::Damaged`]), never half read.
+    pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot create the state dir {}: {e} (set `state_dir` in the config to a writable directory)",
+                dir.display()
+            ))
         })?;
-        let txn = db.begin_write().map_err(err)?;
-        txn.open_table(SHARDS).map_err(err)?;
-        txn.open_table(META).map_err(err)?;
-        txn.commit().map_err(err)?;
-        Ok(RedbStore { db })
+        let path = Self::path_in(dir);
+        match std::fs::metadata(&path) {
+            Ok(m) if !m.is_file() => {
+                return Err(StoreError::Io(format!(
+                    "{} is not a regular file",
+                    path.display()
+                )))
+            }
+            Ok(m) if m.len() == 0 => return Err(damaged(&path, "it is empty: 0 bytes")),
+            _ => {}
+        }
+        let (mut db, id) = open_db(&path, true).map_err(|e| {
+            if e == "in use" {
+                StoreError::InUse(format!(
+                    "{} is in use by another rulechain process: give each instance its own `state_dir`",
+                    path.display()
+                ))
+            } else if e.starts_with("cannot open") {
+                StoreError::Io(e)
+            } else {
+                damaged(&path, &e)
+            }
+        })?;
+        let checked = match guarded(true, || db.check_integrity().map_err(err)) {
+            Ok(true) => guarded(true, || {
+                write_meta(&db, None)?;
+                let txn = db.begin_read().map_err(err)?;
+                let t = txn.open_table(META).map_err(err)?;
+                let n = t.get("shards").map_err(err)?.map(|v| v.value());
+                Ok(n)
+            })
+            .map_err(|e| damaged(&path, &e)),
+            Ok(false) => Err(damaged(
+                &path,
+                "it failed the storage library's integrity check; its structure was repaired, but data may be missing",
+            )),
+            Err(e) => Err(damaged(&path, &e)),
+        };
+        let shards = match checked {
+            Ok(n) => n,
+            Err(e) => {
+                // Closing a damaged database can panic too (it writes on drop).
+                let _ = guarded(true, || {
+                    drop(db);
+                    Ok(())
+                });
+                return Err(e);
+            }
+        };
+        Ok(RedbStore {
+            path,
+            open: Mutex::new(Open {
+                db: Some(db),
+                id,
+                shards,
+            }),
+            epoch: AtomicU64::new(0),
+        })
+    }
+
+    /// Reads every shard's snapshot once, so a damaged record stops the start instead of a
+    /// shard (`decode` is what the engine makes of the bytes).
+    pub fn check_all<T>(
+        &self,
+        shards: usize,
+        decode: impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Result<Vec<Option<T>>, StoreError> {
+        (0..shards)
+            .map(|i| {
+                let bytes = guarded(true, || self.load(i))
+                    .map_err(|e| damaged(&self.path, &format!("shard {i}: {e}")))?;
+                bytes
+                    .map(|b| decode(&b))
+                    .transpose()
+                    .map_err(|e| damaged(&self.path, &format!("shard {i}'s state: {e}")))
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open database, reopened after a failed write, or opened anew when the file was
+    /// deleted or replaced.
+    fn writable<'a>(&self, o: &'a mut Open) -> Result<&'a Database, String> {
+        let replaced = match std::fs::metadata(&self.path) {
+            Ok(m) => file_id(&m) != o.id,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(_) => false,
+        };
+        if replaced {
+            tracing::error!(
+                path = %self.path.display(),
+                "the state file was deleted or replaced while rulechain runs; writing every shard's state to a new one"
+            );
+        }
+        if replaced || o.db.is_none() {
+            if let Some(db) = o.db.take() {
+                // Dropping a database that saw an I/O error may itself fail.
+                let _ = guarded(false, || {
+                    drop(db);
+                    Ok(())
+                });
+            }
+            let (db, id) = open_db(&self.path, false)?;
+            guarded(false, || write_meta(&db, o.shards))?;
+            o.id = id;
+            o.db = Some(db);
+            if replaced {
+                self.epoch.fetch_add(1, Relaxed);
+            }
+        }
+        o.db.as_ref()
+            .ok_or_else(|| "the state store is closed".to_string())
+    }
+
+    fn write(&self, f: impl FnOnce(&Database) -> Result<(), String>) -> Result<(), String> {
+        let mut o = self.lock();
+        let r = self
+            .writable(&mut o)
+            .and_then(|db| guarded(false, || f(db)));
+        if r.is_err() {
+            // redb refuses every write after an I/O error until it is reopened.
+            if let Some(db) = o.db.take() {
+                let _ = guarded(false, || {
+                    drop(db);
+                    Ok(())
+                });
+            }
+        }
+        r
     }
 }
 
 impl StateStore for RedbStore {
     fn load(&self, shard: usize) -> Result<Option<Vec<u8>>, String> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(SHARDS).map_err(err)?;
-        Ok(t.get(shard as u32)
-            .map_err(err)?
-            .map(|v| v.value().to_vec()))
+        let o = self.lock();
+        let db = o.db.as_ref().ok_or("the state store is closed")?;
+        guarded(false, || {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(SHARDS).map_err(err)?;
+            Ok(t.get(shard as u32)
+                .map_err(err)?
+                .map(|v| v.value().to_vec()))
+        })
     }
 
     fn save(&self, shard: usize, data: &[u8]) -> Result<(), String> {
-        let txn = self.db.begin_write().map_err(err)?;
-        {
-            let mut t = txn.open_table(SHARDS).map_err(err)?;
-            t.insert(shard as u32, data).map_err(err)?;
-        }
-        txn.commit().map_err(err)
+        self.write(|db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(SHARDS).map_err(err)?;
+                t.insert(shard as u32, data).map_err(err)?;
+            }
+            txn.commit().map_err(err)
+        })
     }
 
     fn shard_count(&self) -> Result<Option<usize>, String> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(META).map_err(err)?;
-        Ok(t.get("shards").map_err(err)?.map(|v| v.value() as usize))
+        Ok(self.lock().shards.map(|n| n as usize))
     }
 
     fn set_shard_count(&self, n: usize) -> Result<(), String> {
-        let txn = self.db.begin_write().map_err(err)?;
-        {
-            let mut t = txn.open_table(META).map_err(err)?;
-            t.insert("shards", n as u64).map_err(err)?;
-        }
-        txn.commit().map_err(err)
+        self.write(|db| write_meta(db, Some(n as u64)))?;
+        self.lock().shards = Some(n as u64);
+        Ok(())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Relaxed)
     }
 }
 
@@ -94,10 +345,15 @@ impl StateStore for RedbStore {
 mod tests {
     use super::*;
 
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rulechain-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
     #[test]
     fn snapshots_survive_reopening() {
-        let dir = std::env::temp_dir().join(format!("rulechain-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = dir("reopen");
         {
             let s = RedbStore::open(&dir).unwrap();
             assert_eq!(s.load(0).unwrap(), None);
@@ -108,9 +364,7 @@ mod tests {
             s.set_shard_count(2).unwrap();
             let second = RedbStore::open(&dir);
             assert!(
-                second
-                    .as_ref()
-                    .is_err_and(|e| e.contains("another rulechain")),
+                matches!(&second, Err(StoreError::InUse(e)) if e.contains("another rulechain")),
                 "a second open must fail clearly"
             );
         }
@@ -118,6 +372,58 @@ mod tests {
         assert_eq!(s.load(0).unwrap().as_deref(), Some(&b"zero again"[..]));
         assert_eq!(s.load(1).unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(s.shard_count().unwrap(), Some(2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_deleted_file_is_noticed_and_written_anew() {
+        let dir = dir("deleted");
+        let s = RedbStore::open(&dir).unwrap();
+        s.set_shard_count(3).unwrap();
+        s.save(0, b"before").unwrap();
+        assert_eq!(s.epoch(), 0);
+        std::fs::remove_file(RedbStore::path_in(&dir)).unwrap();
+        s.save(1, b"after").unwrap();
+        assert_eq!(s.epoch(), 1, "the shards are told to save again");
+        assert!(RedbStore::path_in(&dir).exists());
+        drop(s);
+        let s = RedbStore::open(&dir).unwrap();
+        assert_eq!(s.load(1).unwrap().as_deref(), Some(&b"after"[..]));
+        assert_eq!(
+            s.load(0).unwrap(),
+            None,
+            "the old file's records went with it"
+        );
+        assert_eq!(
+            s.shard_count().unwrap(),
+            Some(3),
+            "the shard count is written again"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_empty_or_truncated_file_is_refused_naming_it() {
+        let dir = dir("damaged");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = RedbStore::path_in(&dir);
+        std::fs::write(&path, b"").unwrap();
+        let e = RedbStore::open(&dir).err().unwrap();
+        assert!(
+            matches!(&e, StoreError::Damaged(t) if t.contains("0 bytes") && t.contains(&*path.to_string_lossy()) && t.contains("--reset-state")),
+            "{e}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        {
+            let s = RedbStore::open(&dir).unwrap();
+            s.save(0, &vec![7u8; 100_000]).unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = File::options().write(true).open(&path).unwrap();
+        f.set_len(len / 2).unwrap();
+        drop(f);
+        let e = RedbStore::open(&dir).err().unwrap();
+        assert!(matches!(&e, StoreError::Damaged(_)), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

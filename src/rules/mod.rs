@@ -46,6 +46,14 @@ pub fn read_yaml(path: &Path, diags: &mut Diagnostics) -> Option<(Source, Node)>
             return None;
         }
     };
+    if !meta.is_file() {
+        // A FIFO or a device would block the reader (and with it a reload, and shutdown).
+        diags.file_error(
+            path,
+            "not a regular file (a FIFO, socket or device?): rule, config and devices files must be regular files",
+        );
+        return None;
+    }
     if meta.len() > MAX_FILE_BYTES {
         diags.file_error(
             path,
@@ -56,7 +64,7 @@ pub fn read_yaml(path: &Path, diags: &mut Diagnostics) -> Option<(Source, Node)>
         );
         return None;
     }
-    let bytes = match std::fs::read(path) {
+    let bytes = match read_regular(path) {
         Ok(b) => b,
         Err(e) => {
             diags.file_error(path, format!("cannot read the file: {e}"));
@@ -77,6 +85,24 @@ pub fn read_yaml(path: &Path, diags: &mut Diagnostics) -> Option<(Source, Node)>
         }
     };
     parse_text(path, text, diags)
+}
+
+/// Reads a file that must be regular, never blocking: it is opened non-blocking and checked
+/// again once open (it may have been swapped for a FIFO since it was looked at), and read up to
+/// [`MAX_FILE_BYTES`].
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Parses YAML text as if read from `path`.
@@ -278,6 +304,7 @@ fn check_live_settings(src: &Source, cfg: &Config, diags: &mut Diagnostics) {
             }
         }
         durations.extend(&m.value.keep_alive);
+        durations.extend(&m.value.reconnect_max);
         if let Some(q) = m.value.qos.as_ref().filter(|q| q.value > 1) {
             diags
                 .error(src, q.pos, "the subscription qos is 0 or 1")
@@ -305,6 +332,12 @@ fn check_live_settings(src: &Source, cfg: &Config, diags: &mut Diagnostics) {
     }
     if let Some(i) = &cfg.ingest {
         durations.extend(&i.max_clock_skew);
+    }
+    if let Some(h) = &cfg.http {
+        durations.extend(&h.header_timeout);
+        if let Some(n) = h.max_connections.as_ref().filter(|n| n.value == 0) {
+            diags.error(src, n.pos, "max_connections is at least 1");
+        }
     }
     if let Some(e) = &cfg.engine {
         durations.extend(&e.checkpoint);

@@ -7,10 +7,18 @@
 //!   evaluation and moved back out after it: no map is cloned to evaluate an expression, and the
 //!   optimizer never bakes values into an AST (it would bake stale attributes).
 //! - Scripts cannot reach files, the network, processes or the clock (rhai's `no_time`,
-//!   `no_module`, `eval` disabled), and limits stop a runaway script: it becomes that node's error.
+//!   `no_module`, `eval` disabled), cannot block (`sleep` is refused when compiling and fails
+//!   when called by name), and limits on operations and on time stop a runaway script: it becomes
+//!   that node's error.
+//! - The time budget is the one place the rule core reads a clock: a monotonic one, checked
+//!   every [`CLOCK_EVERY`] operations, and only to stop an evaluation. It never changes a
+//!   result that finishes within budget, so dry-run stays exact for every rule that is not
+//!   runaway.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 mod native;
 
@@ -19,11 +27,70 @@ use rhai::{Dynamic, Engine, Scope, AST};
 /// Most operations one evaluation may take before it is stopped (a `loop {}` ends here).
 pub const MAX_OPERATIONS: u64 = 100_000;
 
+/// Longest one evaluation may run. The operation limit alone does not bound time: one
+/// operation can be a native call that works for long (a `sort` with a closure over thousands
+/// of items took 1.7 s within 100,000 operations), and the shard's other devices wait meanwhile.
+/// Debug builds (the test suite) run Rhai ten to fifty times slower, so they allow a second.
+pub const MAX_EVAL_TIME: Duration = if cfg!(debug_assertions) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_millis(100)
+};
+
+/// How often (in operations) an evaluation looks at the clock. An evaluation shorter than this
+/// never reads it, so the common case costs nothing.
+pub const CLOCK_EVERY: u64 = 1024;
+
+/// Functions a rule may not call: they block the shard thread (`sleep`). Rhai's standard
+/// library has them; compiling a call is an error and calling one by name (`Fn("sleep")`) fails.
+pub const FORBIDDEN_FUNCTIONS: &[&str] = &["sleep"];
+
+thread_local! {
+    /// When the running evaluation passed its first [`CLOCK_EVERY`] operations (per thread: each
+    /// shard evaluates on its own thread, one evaluation at a time).
+    static EVAL_CLOCK: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The operation callback: the time budget. Rhai counts operations per evaluation from 1, so
+/// the first check of an evaluation starts its clock and later checks compare against it.
+fn progress(ops: u64) -> Option<Dynamic> {
+    if ops % CLOCK_EVERY != 0 {
+        return None;
+    }
+    EVAL_CLOCK.with(|c| {
+        let now = Instant::now();
+        match c.get() {
+            Some(start) if ops > CLOCK_EVERY => {
+                (now.duration_since(start) > MAX_EVAL_TIME).then(|| Dynamic::from(TIMED_OUT))
+            }
+            _ => {
+                c.set(Some(now));
+                None
+            }
+        }
+    })
+}
+
+/// The value the operation callback stops an evaluation with when its time is up.
+const TIMED_OUT: &str = "time budget";
+
 /// The sandboxed engine every chain uses.
 pub fn new_engine() -> Engine {
     let mut e = Engine::new();
     e.set_strict_variables(true);
     e.set_max_operations(MAX_OPERATIONS);
+    e.on_progress(progress);
+    for name in FORBIDDEN_FUNCTIONS {
+        // The engine's own functions come before its packages', so these replace Rhai's.
+        let refuse = move || -> Result<(), Box<rhai::EvalAltResult>> {
+            Err(
+                format!("`{name}()` is not available in rules: a rule must not block its shard")
+                    .into(),
+            )
+        };
+        e.register_fn(*name, move |_: rhai::INT| refuse());
+        e.register_fn(*name, move |_: rhai::FLOAT| refuse());
+    }
     e.set_max_call_levels(32);
     e.set_max_expr_depths(64, 32);
     e.set_max_string_size(256 * 1024);
@@ -79,6 +146,7 @@ impl Runtime {
     fn run(&mut self, ast: &AST, vars: &mut Vars) -> Result<Dynamic, String> {
         self.swap(vars);
         let (engine, scope) = (&self.engine, &mut self.scope);
+        EVAL_CLOCK.with(|c| c.set(None));
         let result = catch_unwind(AssertUnwindSafe(|| {
             engine.eval_ast_with_scope::<Dynamic>(scope, ast)
         }));
@@ -99,6 +167,10 @@ fn runtime_error_text(e: &rhai::EvalAltResult) -> String {
         E::ErrorTooManyOperations(_) => {
             format!("script stopped after {MAX_OPERATIONS} operations (a runaway loop?)")
         }
+        E::ErrorTerminated(..) => format!(
+            "script stopped after {} ms, its time budget (a runaway loop or a large sort?)",
+            MAX_EVAL_TIME.as_millis()
+        ),
         _ => {
             // rhai appends " (line 1, position 9)"; positions inside one expression are noise
             // at run time, where the node id says where.
@@ -130,6 +202,36 @@ fn compile_scope() -> Scope<'static> {
     s.push_dynamic("attr", Dynamic::UNIT);
     s.push_dynamic("meta", Dynamic::UNIT);
     s
+}
+
+/// Refuses calls of [`FORBIDDEN_FUNCTIONS`] (`sleep(1)`, `x.sleep()`), found with Rhai's own
+/// tokenizer so that strings, comments and fields named like them (`msg.sleep`) are not mistaken
+/// for calls.
+#[allow(deprecated)] // rhai marks its `internals` API volatile, not deprecated
+fn check_forbidden(engine: &Engine, src: &str) -> Result<(), CompileError> {
+    use rhai::Token;
+    let (tokens, _) = engine.lex([&src]);
+    let mut prev: Option<(String, rhai::Position)> = None;
+    for (tok, pos) in tokens {
+        if matches!(tok, Token::EOF) {
+            break;
+        }
+        if let (Some((name, at)), Token::LeftParen | Token::Unit) = (&prev, &tok) {
+            return Err(CompileError {
+                message: format!("`{name}()` is not available in rules"),
+                line: at.line().unwrap_or(1),
+                col: at.position().unwrap_or(1),
+                hint: Some("a rule must not block its shard: to wait, use a `delay`, `debounce` or `for:` node".into()),
+            });
+        }
+        prev = match tok {
+            Token::Identifier(name) if FORBIDDEN_FUNCTIONS.contains(&name.as_str()) => {
+                Some((name.to_string(), pos))
+            }
+            _ => None,
+        };
+    }
+    Ok(())
 }
 
 fn compile_error(e: &rhai::ParseError) -> CompileError {
@@ -180,6 +282,7 @@ impl Expr {
         let ast = engine
             .compile_expression_with_scope(&compile_scope(), src)
             .map_err(|e| compile_error(&e))?;
+        check_forbidden(engine, src)?;
         Ok(Expr {
             ast: Arc::new(ast),
             src: src.into(),
@@ -220,6 +323,7 @@ impl Script {
         let ast = engine
             .compile_with_scope(&compile_scope(), src)
             .map_err(|e| compile_error(&e))?;
+        check_forbidden(engine, src)?;
         Ok(Script { ast: Arc::new(ast) })
     }
 
@@ -414,5 +518,66 @@ mod tests {
         assert!(err.col >= 6 && err.col <= 14, "{err:?}");
         let err = Template::compile(&e, "ok ${nope}").unwrap_err();
         assert_eq!((err.line, err.col), (1, 6));
+    }
+}
+
+#[cfg(test)]
+mod sandbox_tests {
+    use super::*;
+
+    fn run(src: &str) -> (Result<Dynamic, String>, Duration) {
+        let e = Arc::new(new_engine());
+        let Ok(s) = Script::compile(&e, src) else {
+            panic!("{src} does not compile")
+        };
+        let mut rt = Runtime::new(e);
+        let mut v = Vars {
+            msg: Dynamic::from(rhai::Map::new()),
+            attr: Dynamic::from(rhai::Map::new()),
+            meta: Dynamic::from(rhai::Map::new()),
+        };
+        let t = Instant::now();
+        let r = s.eval(&mut rt, &mut v);
+        (r, t.elapsed())
+    }
+
+    #[test]
+    fn sleep_does_not_compile_and_cannot_be_called_by_name() {
+        let e = new_engine();
+        for src in ["sleep(20)", "1 + sleep(0.5)", "msg.x.sleep()"] {
+            let err = Expr::compile(&e, src).unwrap_err();
+            assert!(
+                err.message.contains("`sleep()` is not available"),
+                "{src}: {err:?}"
+            );
+        }
+        let Err(err) = Script::compile(&e, "let x = 1;\nsleep(600);") else {
+            panic!("sleep compiled in a script")
+        };
+        assert_eq!((err.line, err.col), (2, 1));
+        // Fields and strings named like it are fine.
+        assert!(Expr::compile(&e, r#"msg.sleep == "sleep(1)""#).is_ok());
+        // By name, past the compiler: refused when called, at once.
+        let (r, took) = run(r#"let f = Fn("sle" + "ep"); f.call(5)"#);
+        assert!(r.unwrap_err().contains("not available"));
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+
+    #[test]
+    fn a_slow_evaluation_is_stopped_by_its_time_budget() {
+        // Few operations, each a large native call: the operation limit alone lets it run
+        // for seconds.
+        let src = "let a = []; a.pad(9000, 0); let n = 0; \
+                   for i in 0..5000 { let b = a; b.sort(); b.reverse(); n += b.len(); } n";
+        let (r, took) = run(src);
+        let err = r.unwrap_err();
+        assert!(err.contains("time budget"), "{err}");
+        assert!(took < MAX_EVAL_TIME * 10, "{took:?}");
+    }
+
+    #[test]
+    fn an_evaluation_within_budget_is_not_touched() {
+        let (r, _) = run("let n = 0; for i in 0..5000 { n += i } n");
+        assert_eq!(r.unwrap().as_int().unwrap(), 12_497_500);
     }
 }

@@ -269,7 +269,16 @@ impl Hub {
         let data: Arc<str> = Arc::from(data);
         if !(r.subs.is_empty() && wild.is_empty()) {
             let frame = room_frame(room, r.seq, ts, &data);
+            // A client may listen to a room twice (by name and by a wildcard, or by two
+            // wildcards): it gets each frame once.
+            let mut sent: Vec<u64> = Vec::new();
             for c in r.subs.iter().chain(wild.iter()) {
+                if !wild.is_empty() {
+                    if sent.contains(&c.id) {
+                        continue;
+                    }
+                    sent.push(c.id);
+                }
                 c.push(&r.name, frame.clone(), cap, &self.stats);
             }
         }
@@ -370,10 +379,12 @@ impl Hub {
         Some(Slot(self.clone()))
     }
 
-    /// Whether a browser page from `origin` may connect, given the request's `host`. Pages from
-    /// other sites are refused unless listed: without this, any web page a user opens could
-    /// read the dashboards' data and acknowledge alarms through the user's browser.
-    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+    /// Whether a browser page from `origin` may connect, given the request's `host` and the
+    /// scheme the browser used (`http`, or what a TLS-terminating proxy says in
+    /// `X-Forwarded-Proto`). Pages from other origins (another host, port or scheme) are refused
+    /// unless listed: without this, any web page a user opens could read the dashboards' data
+    /// and acknowledge alarms through the user's browser.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>, scheme: &str) -> bool {
         let Some(origin) = origin else {
             return true;
         };
@@ -381,12 +392,15 @@ impl Hub {
             .settings
             .allowed_origins
             .iter()
-            .any(|a| a == "*" || a.trim_end_matches('/') == origin)
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
         {
             return true;
         }
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
+        let Some((origin_scheme, origin_host)) = origin.split_once("://") else {
+            return false;
+        };
+        origin_scheme.eq_ignore_ascii_case(scheme)
+            && host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
     }
 
     /// The client limit.
@@ -420,25 +434,40 @@ impl Hub {
                 {
                     continue;
                 }
-                inner.wild.push((Arc::from(prefix), c.clone()));
+                // Rooms this client already has a snapshot of (by name or by an earlier
+                // wildcard) get none again.
+                let known = |name: &str, r: &Room, wild: &[(Arc<str>, Arc<Client>)]| {
+                    r.subs.iter().any(|s| s.id == c.id)
+                        || wild
+                            .iter()
+                            .any(|(p, w)| w.id == c.id && name.starts_with(&**p))
+                };
                 let mut names: Vec<&Arc<str>> = inner
                     .rooms
-                    .keys()
-                    .filter(|k| k.starts_with(prefix))
+                    .iter()
+                    .filter(|(k, r)| k.starts_with(prefix) && !known(k, r, &inner.wild))
+                    .map(|(k, _)| k)
                     .collect();
+                inner.wild.push((Arc::from(prefix), c.clone()));
                 names.sort();
                 for name in names {
                     let frame = snapshot(name, &inner.rooms[name], &inner.alarms);
                     c.push(name, frame, cap, &self.stats);
                 }
             } else {
+                let covered = inner
+                    .wild
+                    .iter()
+                    .any(|(p, w)| w.id == c.id && room.starts_with(&**p));
                 let r = room_mut(&mut inner.rooms, room);
                 if r.subs.iter().any(|s| s.id == c.id) {
                     continue;
                 }
                 r.subs.push(c.clone());
-                let frame = snapshot(&r.name, r, &inner.alarms);
-                c.push(&r.name, frame, cap, &self.stats);
+                if !covered {
+                    let frame = snapshot(&r.name, r, &inner.alarms);
+                    c.push(&r.name, frame, cap, &self.stats);
+                }
             }
             done.push(room.clone());
         }
@@ -493,7 +522,8 @@ impl Hub {
                 m = socket.recv() => {
                     let m = match m {
                         Some(Ok(m)) => m,
-                        _ => break None,
+                        Some(Err(e)) => break read_error_close(e),
+                        None => break None,
                     };
                     unanswered = 0;
                     match m {
@@ -567,14 +597,13 @@ impl Hub {
         };
         let op = v.get("op").and_then(Value::as_str).unwrap_or("");
         let rooms = || -> Result<Vec<String>, Value> {
+            let bad = || json!({"op":"error","error":format!("`{op}` needs `rooms`: a list of room names (strings)")});
             v.get("rooms")
                 .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|r| r.as_str().map(str::to_string))
-                        .collect()
-                })
-                .ok_or_else(|| json!({"op":"error","error":format!("`{op}` needs `rooms`: a list of room names")}))
+                .ok_or_else(bad)?
+                .iter()
+                .map(|r| r.as_str().map(str::to_string).ok_or_else(bad))
+                .collect()
         };
         match op {
             "subscribe" => {
@@ -613,6 +642,17 @@ impl Hub {
                 json!({"op":"error","error":format!("unknown op `{other}`: use subscribe, unsubscribe or ack")}),
             ),
         }
+    }
+}
+
+/// How a connection whose read failed is closed: a frame or message over the limit gets 1009
+/// (RFC 6455's "message too big", so the client knows why), a protocol violation 1002; a
+/// connection that is gone gets nothing.
+fn read_error_close(e: axum::Error) -> Option<(u16, &'static str)> {
+    match e.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Some((1009, "message too big: at most 64 KiB")),
+        Some(tungstenite::Error::Protocol(_)) => Some((1002, "protocol error")),
+        _ => None,
     }
 }
 
@@ -674,6 +714,45 @@ mod tests {
                 .map(|(_, f)| serde_json::from_str(f.as_str()).unwrap())
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_room_heard_by_name_and_by_wildcard_comes_once() {
+        let (tx, _rx) = mpsc::channel(1);
+        let hub = Hub::new(HubSettings::default(), tx);
+        hub.publish("room-x", 1, "{\"v\":1}");
+        hub.publish("room-y", 1, "{\"v\":2}");
+        let c = client(1);
+        hub.subscribe(&c, &["room-x".into(), "*".into(), "room-*".into()])
+            .unwrap();
+        let (_, f) = frames(&c);
+        let rooms: Vec<&str> = f.iter().filter_map(|f| f["room"].as_str()).collect();
+        assert_eq!(rooms, ["room-x", "room-y"], "one snapshot a room: {f:?}");
+        hub.publish("room-x", 2, "{\"v\":3}");
+        let (_, f) = frames(&c);
+        assert_eq!(
+            f.len(),
+            1,
+            "one frame, though three subscriptions match: {f:?}"
+        );
+        assert_eq!(f[0]["seq"], 2);
+    }
+
+    #[tokio::test]
+    async fn rooms_must_be_strings() {
+        let (tx, _rx) = mpsc::channel(1);
+        let hub = Hub::new(HubSettings::default(), tx);
+        let c = client(1);
+        for bad in [
+            r#"{"op":"subscribe","rooms":[1,2]}"#,
+            r#"{"op":"subscribe","rooms":["a",null]}"#,
+            r#"{"op":"subscribe","rooms":"a"}"#,
+        ] {
+            let r = hub.command(&c, bad).await.expect("an answer");
+            assert_eq!(r["op"], "error", "{bad}: {r}");
+            assert!(r["error"].as_str().unwrap().contains("strings"), "{r}");
+        }
+        assert_eq!(c.queue.lock().unwrap().rooms, 0, "nothing was subscribed");
     }
 
     #[test]
@@ -770,15 +849,22 @@ mod tests {
             tx,
         );
         let host = Some("127.0.0.1:8080");
+        let ok = |o: &str| hub.origin_allowed(Some(o), host, "http");
         assert!(
-            hub.origin_allowed(None, host),
+            hub.origin_allowed(None, host, "http"),
             "non-browser clients send no Origin"
         );
-        assert!(hub.origin_allowed(Some("http://127.0.0.1:8080"), host));
-        assert!(hub.origin_allowed(Some("https://dash.example.com"), host));
-        assert!(!hub.origin_allowed(Some("https://evil.example"), host));
-        assert!(!hub.origin_allowed(Some("http://127.0.0.1:8081"), host));
-        assert!(!hub.origin_allowed(Some("null"), host));
+        assert!(ok("http://127.0.0.1:8080"));
+        assert!(ok("https://dash.example.com"));
+        assert!(!ok("https://evil.example"));
+        assert!(!ok("http://127.0.0.1:8081"));
+        assert!(!ok("null"));
+        // Same host and port, another scheme: another origin.
+        assert!(!ok("https://127.0.0.1:8080"));
+        assert!(!ok("ftp://127.0.0.1:8080"));
+        assert!(!ok("127.0.0.1:8080"));
+        // Behind a TLS-terminating proxy the page is https.
+        assert!(hub.origin_allowed(Some("https://127.0.0.1:8080"), host, "https"));
         let (tx, _rx) = mpsc::channel(1);
         let open = Hub::new(
             HubSettings {
@@ -787,6 +873,6 @@ mod tests {
             },
             tx,
         );
-        assert!(open.origin_allowed(Some("https://evil.example"), host));
+        assert!(open.origin_allowed(Some("https://evil.example"), host, "http"));
     }
 }

@@ -459,7 +459,7 @@ impl Writer {
                     }
                     let text = resp.text().await.unwrap_or_default();
                     let text: String = text.trim().chars().take(1000).collect();
-                    let msg = format!("HTTP {status}: {text}");
+                    let msg = super::redact_urls(&format!("HTTP {status}: {text}"));
                     let code = status.as_u16();
                     if status.is_client_error() && code != 408 && code != 429 {
                         Outcome::Rejected(msg)
@@ -467,7 +467,7 @@ impl Writer {
                         Outcome::Retry(msg)
                     }
                 }
-                Err(e) => Outcome::Retry(describe(&e)),
+                Err(e) => Outcome::Retry(super::http_error_text(&e)),
             }
         })
     }
@@ -632,24 +632,6 @@ impl Writer {
             );
         }
     }
-}
-
-/// Error text with its causes (reqwest's Display alone says only "error sending request").
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        e.to_string()
-    };
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// Batches on disk, oldest first: `{seq:016}-{points}.lp[.gz]`.

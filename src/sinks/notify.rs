@@ -295,7 +295,7 @@ impl Transport {
                     .body(n.body.clone())
                     .map_err(|e| Failure::permanent(format!("cannot build the email: {e}")))?;
                 mailer.send(m).await.map(|_| ()).map_err(|e| Failure {
-                    text: format!("SMTP: {}", chain_text(&e)),
+                    text: super::redact_urls(&format!("SMTP: {}", chain_text(&e))),
                     // A 5xx reply (unknown recipient, refused sender) will not change.
                     permanent: e.is_permanent(),
                 })
@@ -326,7 +326,7 @@ impl Transport {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| Failure::transient(chain_text(&e)))?;
+                    .map_err(|e| Failure::transient(super::http_error_text(&e)))?;
                 let status = resp.status();
                 if status.is_success() {
                     Ok(())
@@ -340,7 +340,7 @@ impl Transport {
                         .collect();
                     let code = status.as_u16();
                     Err(Failure {
-                        text: format!("HTTP {status}: {}", text.trim()),
+                        text: super::redact_urls(&format!("HTTP {status}: {}", text.trim())),
                         // The receiver refuses this request (400, 401, 404…): sending it again
                         // changes nothing. 408 and 429 ask to come back later.
                         permanent: status.is_client_error() && code != 408 && code != 429,

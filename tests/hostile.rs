@@ -1,0 +1,579 @@
+//! The promises under hostile conditions, each against the real binary and real services: an
+//! oversized message (Mosquitto), a full disk (a tmpfs: the tests run as root), a damaged state
+//! file, a rule that would block its shard, a webhook whose URL holds a secret, and the HTTP
+//! listener under a flood of idle connections.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{engine_dir, free_port, http, tempdir, wait_for, Engine, Mosquitto, Mqtt};
+
+fn mqtt_cfg(port: u16, id: &str) -> String {
+    format!("mqtt: {{url: mqtt://127.0.0.1:{port}, client_id: {id}, reconnect_max: 1s}}")
+}
+
+const ECHO: &str = "chain: echo\non: { kind: telemetry }\nnodes:\n  - publish: { topic: \"out/${meta.device}\", qos: 1 }\n";
+
+/// One message over 16 MiB at QoS 1 to a persistent session used to break the ingest
+/// connection at every reconnect, forever. Now it is skipped: counted, acknowledged,
+/// dead-lettered by reference, and the other devices go on (also after a restart: the broker
+/// does not deliver it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_skipped_and_the_stream_goes_on() {
+    let dir = tempdir("oversized");
+    let broker = Mosquitto::start(&dir);
+    let http_port = free_port();
+    engine_dir(
+        &dir,
+        &format!(
+            "{}\ningest: {{dead_letter: dlq}}",
+            mqtt_cfg(broker.port, "rc-big")
+        ),
+        http_port,
+        &[("echo.yaml", ECHO)],
+        "devices: []\n",
+    );
+    let mut engine = Engine::start(&dir, http_port);
+    let mut c = Mqtt::connect(broker.port, "big-test", true, &["out/#", "dlq"]).await;
+    let big = dir.join("big.json");
+    let body = format!("{{\"x\":\"{}\"}}", "a".repeat(17 * 1024 * 1024));
+    std::fs::write(&big, &body).unwrap();
+    let sent = Command::new("mosquitto_pub")
+        .args(["-p", &broker.port.to_string(), "-q", "1"])
+        .args(["-t", "device/pump-4/telemetry", "-f"])
+        .arg(&big)
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    for i in 0..5 {
+        c.publish("device/pump-5/telemetry", format!("{{\"i\":{i}}}"))
+            .await;
+    }
+    let got = c.drain(Duration::from_secs(4)).await;
+    let out: Vec<_> = got.iter().filter(|(t, _)| t == "out/pump-5").collect();
+    assert_eq!(
+        out.len(),
+        5,
+        "the stream went on: {got:?}\n{}",
+        engine.log()
+    );
+    let dl: Vec<_> = got.iter().filter(|(t, _)| t == "dlq").collect();
+    assert_eq!(dl.len(), 1, "{got:?}");
+    let d = &dl[0].1;
+    assert_eq!(d["reason"], "too_large");
+    assert_eq!(d["topic"], "device/pump-4/telemetry");
+    assert_eq!(d["bytes"], body.len());
+    assert_eq!(d["sha256"].as_str().map(str::len), Some(64), "{d}");
+    assert!(d.get("payload").is_none(), "by reference only: {d}");
+    let s = engine.status();
+    assert_eq!(s["counters"]["rejected"]["too_large"], 1, "{s}");
+    assert_eq!(s["counters"]["mqtt_connects"], 1, "no reconnect: {s}");
+    // Acknowledged: a restart on the same persistent session does not see it again.
+    engine.stop();
+    engine.restart();
+    c.publish("device/pump-5/telemetry", "{\"i\":99}").await;
+    assert!(c
+        .expect(Duration::from_secs(5), |t, v| t == "out/pump-5"
+            && v["i"] == 99)
+        .await
+        .is_some());
+    let s = engine.status();
+    assert_eq!(s["counters"]["rejected"]["too_large"], 0, "{s}");
+}
+
+/// A tmpfs of `mb` MiB at `dir` (unmounted on drop).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, mb: u32) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs (the tests run as root)");
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Writes a filler file until the filesystem is full.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&[0u8; 512]);
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+const ALARM: &str = r#"
+chain: overload
+on: { kind: telemetry }
+nodes:
+  - id: hot
+    filter: msg.current > attr.rated_current * 1.2
+  - id: raise
+    alarm: { type: Overload, severity: MAJOR }
+  - id: shed
+    rpc: { method: setLoad, params: { percent: 80 } }
+"#;
+
+/// After a full disk, redb refused every later write and the engine never reopened it; alarms
+/// went out while unsaved, so a restart created them again. Now a transition that cannot be
+/// written is held (the engine is not ready, and says so), goes out once when the disk has
+/// room again, and a restart repeats nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_alarm_transitions_and_sends_them_once() {
+    let dir = tempdir("diskfull");
+    let broker = Mosquitto::start(&dir);
+    let http_port = free_port();
+    engine_dir(
+        &dir,
+        &mqtt_cfg(broker.port, "rc-full"),
+        http_port,
+        &[("overload.yaml", ALARM)],
+        "devices:\n  - id: pump-3\n    attributes: { rated_current: 10.0 }\n",
+    );
+    let fs = Tmpfs::mount(&dir.join("state"), 4);
+    let mut engine = Engine::start(&dir, http_port);
+    let mut c = Mqtt::connect(broker.port, "full-test", true, &["device/+/command"]).await;
+    fs.fill();
+    c.publish("device/pump-3/telemetry", r#"{"current": 15.0}"#)
+        .await;
+    // Held: nothing leaves, and the engine says it is not ready.
+    let early = c.drain(Duration::from_secs(3)).await;
+    assert!(early.is_empty(), "a command left unsaved: {early:?}");
+    let (code, body) = http(http_port, "GET", "/healthz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    let s = engine.status();
+    assert!(s["counters"]["held_effects"].as_u64() > Some(0), "{s}");
+    assert!(s["counters"]["checkpoint_errors"].as_u64() > Some(0), "{s}");
+    assert!(engine.log().contains("cannot write state"), "an error log");
+    // Room again: the command goes out, once, and the engine is ready.
+    fs.free();
+    let cmd = c
+        .expect(Duration::from_secs(10), |t, _| t == "device/pump-3/command")
+        .await;
+    assert!(
+        cmd.is_some(),
+        "the held command went out:\n{}",
+        engine.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            (http(http_port, "GET", "/healthz")?.0 == 200).then_some(())
+        })
+        .is_some(),
+        "ready again"
+    );
+    assert_eq!(engine.status()["counters"]["held_effects"], 0);
+    // A restart (even a hard one) repeats neither the alarm nor its command.
+    engine.kill9();
+    engine.restart();
+    c.publish("device/pump-3/telemetry", r#"{"current": 15.5}"#)
+        .await;
+    let again = c.drain(Duration::from_secs(3)).await;
+    assert!(again.is_empty(), "repeated after a restart: {again:?}");
+    let (_, alarms) = http(http_port, "GET", "/api/alarms").unwrap();
+    assert!(alarms.contains("ACTIVE_UNACK"), "{alarms}");
+    assert_eq!(engine.status()["counters"]["alarm_events"], 0);
+    engine.stop();
+}
+
+fn rulechain() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rulechain"))
+}
+
+/// `rulechain run` on a state dir, until it exits or is healthy: the exit code (None: it ran,
+/// and was stopped) and its log.
+fn run_once(dir: &Path, http_port: u16, extra: &[&str]) -> (Option<i32>, String) {
+    let log = dir.join("run.log");
+    let mut child = rulechain()
+        .args(["run", "--config", "rulechain.yaml"])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("run.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if let Some((200, _)) = http(http_port, "GET", "/healthz") {
+            common::signal(&child, "TERM");
+            let _ = child.wait();
+            break None;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "neither ran nor exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(dir.join("run.err")).unwrap_or_default();
+    (code, text)
+}
+
+/// A damaged `state.redb` used to panic inside redb (exit 101) or start a shard empty and
+/// overwrite it. Now the engine refuses to start (exit 2) naming the file and the way out;
+/// where the damage is in bytes nothing reads, it starts with every alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_file_is_refused_never_panicked_on() {
+    let dir = tempdir("damaged");
+    let broker = Mosquitto::start(&dir);
+    let http_port = free_port();
+    engine_dir(
+        &dir,
+        &mqtt_cfg(broker.port, "rc-dmg"),
+        http_port,
+        &[("overload.yaml", ALARM)],
+        "devices:\n  - id: pump-3\n    attributes: { rated_current: 10.0 }\n",
+    );
+    let mut engine = Engine::start(&dir, http_port);
+    let c = Mqtt::connect(broker.port, "dmg-test", true, &[]).await;
+    for d in 0..40 {
+        c.publish(
+            &format!("device/pump-{d}/telemetry"),
+            r#"{"current": 15.0}"#,
+        )
+        .await;
+    }
+    assert!(wait_for(Duration::from_secs(10), || {
+        (engine.status()["counters"]["alarm_events"].as_u64() >= Some(1)).then_some(())
+    })
+    .is_some());
+    engine.stop();
+    let path = dir.join("state").join("state.redb");
+    let good = std::fs::read(&path).unwrap();
+    let len = good.len();
+
+    // Truncated: refused.
+    std::fs::write(&path, &good[..len / 3]).unwrap();
+    let (code, err) = run_once(&dir, http_port, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("state.redb") && err.contains("--reset-state"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Empty: refused.
+    std::fs::write(&path, b"").unwrap();
+    let (code, err) = run_once(&dir, http_port, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("0 bytes"), "{err}");
+
+    // Flipped bytes: in the header, where the saved alarms are, and across the file. Never a
+    // panic; either refused, or the engine starts with its state.
+    let needle = b"Overload";
+    let data: Vec<usize> = good
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!data.is_empty(), "the alarms are in the file");
+    let mut spots: Vec<usize> = vec![0, 24, 64, 200];
+    spots.extend(data.iter().take(6));
+    spots.extend((0..10).map(|i| (len / 10) * i + 1000));
+    let mut refused = 0;
+    for (i, at) in spots.into_iter().enumerate() {
+        let mut bad = good.clone();
+        let at = at.min(len - 16);
+        for b in &mut bad[at..(at + 16).min(len)] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(&path, &bad).unwrap();
+        let (code, err) = run_once(&dir, http_port, &[]);
+        assert!(!err.contains("panicked"), "page {i}: {err}");
+        match code {
+            Some(2) => {
+                assert!(err.contains("state.redb"), "page {i}: {err}");
+                refused += 1;
+            }
+            None => assert!(
+                err.contains("state restored"),
+                "page {i} started without its state: {err}"
+            ),
+            other => panic!("page {i}: exit {other:?}: {err}"),
+        }
+    }
+    assert!(refused > 0, "some damage must be noticed");
+
+    // The way out: --reset-state moves the file aside and starts empty.
+    std::fs::write(&path, &good[..len / 3]).unwrap();
+    let (code, err) = run_once(&dir, http_port, &["--reset-state"]);
+    assert_eq!(code, None, "{err}");
+    let aside = std::fs::read_dir(dir.join("state"))
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.redb.reset-")
+        });
+    assert!(aside, "the damaged file is kept aside");
+
+    // A state dir that cannot be created is an I/O error: exit 2.
+    std::fs::write(
+        dir.join("rulechain.yaml"),
+        std::fs::read_to_string(dir.join("rulechain.yaml"))
+            .unwrap()
+            .replace("state_dir: state", "state_dir: devices.yaml/state"),
+    )
+    .unwrap();
+    let (code, err) = run_once(&dir, http_port, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot create the state dir"), "{err}");
+}
+
+/// `sleep()` used to work in rules and held the whole shard; a large sort within the
+/// operation limit held it for 1.7 s. Now `sleep` is refused by `validate`, and an evaluation
+/// over its time budget is that node's error while the other devices go on.
+#[test]
+fn rules_cannot_block_their_shard() {
+    let dir = tempdir("sandbox");
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/nap.yaml"),
+        "chain: nap\nnodes:\n  - transform:\n      x: sleep(20)\n",
+    )
+    .unwrap();
+    let out = rulechain()
+        .args(["validate", "rules"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("nap.yaml:4:10") && text.contains("`sleep()` is not available"),
+        "{text}"
+    );
+
+    std::fs::write(
+        dir.join("rules/nap.yaml"),
+        "chain: slow\nnodes:\n  - id: churn\n    filter: 'msg.heavy != ()'\n    else: pass\n  - id: work\n    script: |\n      let a = []; a.pad(9000, 0); let n = 0;\n      for i in 0..100000 { let b = a; b.sort(); n += b.len(); }\n      #{ n: n }\n  - id: pass\n    websocket: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("in.jsonl"),
+        "{\"device\":\"a\",\"ts\":1000,\"data\":{\"heavy\":1}}\n{\"device\":\"b\",\"ts\":2000,\"data\":{\"light\":1}}\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = rulechain()
+        .args(["dry-run", "--rules", "rules", "--input", "in.jsonl"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"event\":\"error\"") && l.contains("time budget")),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"device\":\"b\""),
+        "the next device ran: {text}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+/// A webhook's URL often holds its secret (`/hooks/<token>`, `?key=`); with the endpoint down,
+/// logs, `/api/status` and `notify-test` printed it whole. Now only scheme and host show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_in_the_url_never_show() {
+    let dir = tempdir("leak");
+    let broker = Mosquitto::start(&dir);
+    let http_port = free_port();
+    let closed = free_port();
+    let chain = "chain: tell\non: { kind: telemetry }\nnodes:\n  - notify: [hook]\n";
+    engine_dir(
+        &dir,
+        &format!(
+            "{}\nchannels:\n  hook:\n    webhook: {{url: \"http://127.0.0.1:{closed}/hooks/S3CRET-TOKEN?key=K3Y-VALUE\"}}\n    retries: 1\n",
+            mqtt_cfg(broker.port, "rc-leak")
+        ),
+        http_port,
+        &[("tell.yaml", chain)],
+        "devices: []\n",
+    );
+    let out = rulechain()
+        .args(["notify-test", "--config", "rulechain.yaml", "hook"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("127.0.0.1"), "{text}");
+    let engine = Engine::start(&dir, http_port);
+    let c = Mqtt::connect(broker.port, "leak-test", true, &[]).await;
+    c.publish("device/d1/telemetry", "{\"x\":1}").await;
+    let status = wait_for(Duration::from_secs(15), || {
+        let s = engine.status();
+        let e = s["notify"].to_string();
+        e.contains("cannot connect").then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no failure recorded: {}", engine.status()));
+    for (what, t) in [
+        ("notify-test", text),
+        ("/api/status", status.to_string()),
+        ("the log", engine.log()),
+    ] {
+        assert!(
+            !t.contains("S3CRET") && !t.contains("K3Y") && !t.contains("/hooks"),
+            "{what} shows the URL: {t}"
+        );
+    }
+}
+
+/// A FIFO named `*.yaml` among the rules blocked the loader (and so reloads and shutdown).
+/// Now it is reported as not a regular file, at once.
+#[test]
+fn a_fifo_among_the_rules_never_blocks() {
+    let dir = tempdir("fifo");
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(dir.join("rules/ok.yaml"), ECHO).unwrap();
+    let fifo = dir.join("rules/pipe.yaml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let out = rulechain()
+        .args(["validate", "rules"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("pipe.yaml") && text.contains("not a regular file"),
+        "{text}"
+    );
+}
+
+/// 1,100 idle connections used to make `/healthz` time out and a broker reconnect fail with
+/// "Too many open files". Now idle connections are closed after the header timeout and past
+/// the connection cap a new one gets 503 at once; the engine stays reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_starve_the_engine() {
+    let dir = tempdir("idle");
+    let broker = Mosquitto::start(&dir);
+    let http_port = free_port();
+    engine_dir(
+        &dir,
+        &format!(
+            "{}\nhttp: {{listen: 127.0.0.1:{http_port}, max_connections: 50, header_timeout: 2s}}",
+            mqtt_cfg(broker.port, "rc-idle")
+        ),
+        http_port,
+        &[("echo.yaml", ECHO)],
+        "devices: []\n",
+    );
+    // engine_dir writes its own `http:` line: keep only the one with the limits.
+    let cfg = std::fs::read_to_string(dir.join("rulechain.yaml")).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("http: {listen: 127.0.0.1:") || l.contains("max_connections"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("rulechain.yaml"), cfg).unwrap();
+    let engine = Engine::start(&dir, http_port);
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", http_port)).ok())
+        .collect();
+    assert_eq!(idle.len(), 200);
+    std::thread::sleep(Duration::from_millis(300));
+    // Past the cap: answered 503 at once, not left hanging.
+    let mut extra = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    // Idle ones are closed after the header timeout; then the engine answers again.
+    let healthy = wait_for(Duration::from_secs(10), || {
+        (http(http_port, "GET", "/healthz")?.0 == 200).then_some(())
+    });
+    assert!(healthy.is_some(), "{}", engine.log());
+    let mut first = &idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(first.read(&mut buf).unwrap_or(0), 0, "closed by the engine");
+    assert!(engine.status()["counters"]["http_refused"].as_u64() > Some(0));
+}
+
+/// A frame over 64 KiB used to end in a bare TCP close; now the client hears close 1009 and
+/// why. Rooms that are not strings are an error, not a silent nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_abuse_gets_clear_answers() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempdir("wsabuse");
+    let broker = Mosquitto::start(&dir);
+    let http_port = free_port();
+    engine_dir(
+        &dir,
+        &mqtt_cfg(broker.port, "rc-ws"),
+        http_port,
+        &[("echo.yaml", ECHO)],
+        "devices: []\n",
+    );
+    let _engine = Engine::start(&dir, http_port);
+    let url = format!("ws://127.0.0.1:{http_port}/ws");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::text(r#"{"op":"subscribe","rooms":[1,2]}"#))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    match reply {
+        Some(Ok(Message::Text(t))) => {
+            assert!(t.contains("\"error\"") && t.contains("strings"), "{t}")
+        }
+        other => panic!("{other:?}"),
+    }
+    ws.send(Message::text("x".repeat(100 * 1024)))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    match closed {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 1009, "{f:?}");
+            assert!(f.reason.contains("64 KiB"), "{f:?}");
+        }
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}
