@@ -738,6 +738,25 @@ mod tests {
         assert_eq!(f[0]["seq"], 2);
     }
 
+    proptest::proptest! {
+        /// The command parser (fuzzed): any text a client sends gets an answer or a snapshot,
+        /// never a panic, and never a subscription past the per-client limit.
+        #[test]
+        fn any_command_text_is_answered_never_panicked_on(
+            text in "[{}\\[\\]\":, a-z0-9*/]{0,60}|\\{\"op\":\"(subscribe|unsubscribe|ack)\",\"(rooms|alarm)\":[\\[\\]\"a-z0-9*/,]{0,30}\\}"
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (tx, _rx) = mpsc::channel(1);
+            let hub = Hub::new(HubSettings::default(), tx);
+            let c = client(1);
+            let reply = rt.block_on(hub.command(&c, &text));
+            if let Some(r) = reply {
+                proptest::prop_assert!(r.get("op").is_some(), "{r}");
+            }
+            proptest::prop_assert!(c.queue.lock().unwrap().rooms <= MAX_ROOMS_PER_CLIENT);
+        }
+    }
+
     #[tokio::test]
     async fn rooms_must_be_strings() {
         let (tx, _rx) = mpsc::channel(1);
