@@ -24,7 +24,7 @@ pub struct Sinks {
 /// why (its causes), with no URL path or query. A webhook URL often carries its secret in the
 /// path (`/hooks/<token>`) or the query (`?key=`), and reqwest's own text names the whole URL.
 pub fn http_error_text(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() {
+    let s = if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
         "cannot connect".to_string()
@@ -38,16 +38,21 @@ pub fn http_error_text(e: &reqwest::Error) -> String {
             .unwrap_or_default()
             .to_string()
     };
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
+    redact_urls(&with_causes(s, std::error::Error::source(e)))
+}
+
+/// `head` followed by each cause's text that it does not already hold (reqwest's and lettre's
+/// own texts say only "error sending request"; the reason is in the causes).
+pub fn with_causes(mut head: String, mut cause: Option<&dyn std::error::Error>) -> String {
+    while let Some(c) = cause {
         let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
+        if !head.contains(&t) {
+            head.push_str(": ");
+            head.push_str(&t);
         }
-        src = c.source();
+        cause = c.source();
     }
-    redact_urls(&s)
+    head
 }
 
 /// Every URL in `text` cut to its scheme and host (`https://hooks.example.com/…`): error texts

@@ -399,17 +399,7 @@ fn one_line(s: &str) -> String {
 }
 
 fn chain_text(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
+    super::with_causes(e.to_string(), e.source())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
