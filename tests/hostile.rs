@@ -16,6 +16,28 @@ fn mqtt_cfg(port: u16, id: &str) -> String {
     format!("mqtt: {{url: mqtt://127.0.0.1:{port}, client_id: {id}, reconnect_max: 1s}}")
 }
 
+/// A test's directory, its Mosquitto, and an engine config for both (`extra`: config lines
+/// after the `mqtt:` line); the HTTP port is free.
+fn setup(
+    name: &str,
+    extra: &str,
+    chains: &[(&str, &str)],
+    devices: &str,
+) -> (std::path::PathBuf, Mosquitto, u16) {
+    let dir = tempdir(name);
+    let broker = Mosquitto::start(&dir);
+    let http_port = free_port();
+    let mqtt = mqtt_cfg(broker.port, &format!("rc-{name}"));
+    engine_dir(
+        &dir,
+        &format!("{mqtt}\n{extra}"),
+        http_port,
+        chains,
+        devices,
+    );
+    (dir, broker, http_port)
+}
+
 const ECHO: &str = "chain: echo\non: { kind: telemetry }\nnodes:\n  - publish: { topic: \"out/${meta.device}\", qos: 1 }\n";
 
 /// One message over 16 MiB at QoS 1 to a persistent session used to break the ingest
@@ -24,16 +46,9 @@ const ECHO: &str = "chain: echo\non: { kind: telemetry }\nnodes:\n  - publish: {
 /// does not deliver it again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_skipped_and_the_stream_goes_on() {
-    let dir = tempdir("oversized");
-    let broker = Mosquitto::start(&dir);
-    let http_port = free_port();
-    engine_dir(
-        &dir,
-        &format!(
-            "{}\ningest: {{dead_letter: dlq}}",
-            mqtt_cfg(broker.port, "rc-big")
-        ),
-        http_port,
+    let (dir, broker, http_port) = setup(
+        "oversized",
+        "ingest: {dead_letter: dlq}",
         &[("echo.yaml", ECHO)],
         "devices: []\n",
     );
@@ -139,13 +154,9 @@ nodes:
 /// room again, and a restart repeats nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_holds_alarm_transitions_and_sends_them_once() {
-    let dir = tempdir("diskfull");
-    let broker = Mosquitto::start(&dir);
-    let http_port = free_port();
-    engine_dir(
-        &dir,
-        &mqtt_cfg(broker.port, "rc-full"),
-        http_port,
+    let (dir, broker, http_port) = setup(
+        "diskfull",
+        "",
         &[("overload.yaml", ALARM)],
         "devices:\n  - id: pump-3\n    attributes: { rated_current: 10.0 }\n",
     );
@@ -236,13 +247,9 @@ fn run_once(dir: &Path, http_port: u16, extra: &[&str]) -> (Option<i32>, String)
 /// where the damage is in bytes nothing reads, it starts with every alarm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_state_file_is_refused_never_panicked_on() {
-    let dir = tempdir("damaged");
-    let broker = Mosquitto::start(&dir);
-    let http_port = free_port();
-    engine_dir(
-        &dir,
-        &mqtt_cfg(broker.port, "rc-dmg"),
-        http_port,
+    let (dir, broker, http_port) = setup(
+        "damaged",
+        "",
         &[("overload.yaml", ALARM)],
         "devices:\n  - id: pump-3\n    attributes: { rated_current: 10.0 }\n",
     );
@@ -404,18 +411,11 @@ fn rules_cannot_block_their_shard() {
 /// logs, `/api/status` and `notify-test` printed it whole. Now only scheme and host show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_secrets_in_the_url_never_show() {
-    let dir = tempdir("leak");
-    let broker = Mosquitto::start(&dir);
-    let http_port = free_port();
     let closed = free_port();
     let chain = "chain: tell\non: { kind: telemetry }\nnodes:\n  - notify: [hook]\n";
-    engine_dir(
-        &dir,
-        &format!(
-            "{}\nchannels:\n  hook:\n    webhook: {{url: \"http://127.0.0.1:{closed}/hooks/S3CRET-TOKEN?key=K3Y-VALUE\"}}\n    retries: 1\n",
-            mqtt_cfg(broker.port, "rc-leak")
-        ),
-        http_port,
+    let (dir, broker, http_port) = setup(
+        "leak",
+        &format!("channels:\n  hook:\n    webhook: {{url: \"http://127.0.0.1:{closed}/hooks/S3CRET-TOKEN?key=K3Y-VALUE\"}}\n    retries: 1\n"),
         &[("tell.yaml", chain)],
         "devices: []\n",
     );
@@ -483,26 +483,13 @@ fn a_fifo_among_the_rules_never_blocks() {
 /// the connection cap a new one gets 503 at once; the engine stays reachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_starve_the_engine() {
-    let dir = tempdir("idle");
-    let broker = Mosquitto::start(&dir);
-    let http_port = free_port();
-    engine_dir(
-        &dir,
-        &format!(
-            "{}\nhttp: {{listen: 127.0.0.1:{http_port}, max_connections: 50, header_timeout: 2s}}",
-            mqtt_cfg(broker.port, "rc-idle")
-        ),
-        http_port,
-        &[("echo.yaml", ECHO)],
-        "devices: []\n",
-    );
-    // engine_dir writes its own `http:` line: keep only the one with the limits.
+    let (dir, _broker, http_port) = setup("idle", "", &[("echo.yaml", ECHO)], "devices: []\n");
     let cfg = std::fs::read_to_string(dir.join("rulechain.yaml")).unwrap();
-    let cfg: String = cfg
-        .lines()
-        .filter(|l| !l.starts_with("http: {listen: 127.0.0.1:") || l.contains("max_connections"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let listen = format!("listen: 127.0.0.1:{http_port}");
+    let cfg = cfg.replace(
+        &listen,
+        &format!("{listen}, max_connections: 50, header_timeout: 2s"),
+    );
     std::fs::write(dir.join("rulechain.yaml"), cfg).unwrap();
     let engine = Engine::start(&dir, http_port);
     let idle: Vec<std::net::TcpStream> = (0..200)
@@ -538,16 +525,7 @@ async fn idle_connections_cannot_starve_the_engine() {
 async fn websocket_abuse_gets_clear_answers() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let dir = tempdir("wsabuse");
-    let broker = Mosquitto::start(&dir);
-    let http_port = free_port();
-    engine_dir(
-        &dir,
-        &mqtt_cfg(broker.port, "rc-ws"),
-        http_port,
-        &[("echo.yaml", ECHO)],
-        "devices: []\n",
-    );
+    let (dir, _broker, http_port) = setup("wsabuse", "", &[("echo.yaml", ECHO)], "devices: []\n");
     let _engine = Engine::start(&dir, http_port);
     let url = format!("ws://127.0.0.1:{http_port}/ws");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();

@@ -122,22 +122,43 @@ fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
 }
 
 /// Opens (or creates) the database file; the file's identity comes with it.
-fn open_db(path: &Path, quiet: bool) -> Result<(Database, (u64, u64)), String> {
+fn open_db(path: &Path, quiet: bool) -> Result<(Database, (u64, u64)), StoreError> {
+    let io = |e: std::io::Error| StoreError::Io(format!("cannot open {}: {e}", path.display()));
     let file = File::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let id = file_id(&file.metadata().map_err(err)?);
+        .map_err(io)?;
+    let id = file_id(&file.metadata().map_err(io)?);
+    let mut in_use = false;
     let db = guarded(quiet, || {
-        Database::builder().create_file(file).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => "in use".to_string(),
-            e => e.to_string(),
+        Database::builder().create_file(file).map_err(|e| {
+            in_use = matches!(e, redb::DatabaseError::DatabaseAlreadyOpen);
+            e.to_string()
         })
+    })
+    .map_err(|e| {
+        if in_use {
+            StoreError::InUse(format!(
+                "{} is in use by another rulechain process: give each instance its own `state_dir`",
+                path.display()
+            ))
+        } else {
+            damaged(path, &e)
+        }
     })?;
     Ok((db, id))
+}
+
+/// Closes a database whose last write may have failed: redb writes on drop, and that can fail
+/// (or panic) too; nothing is left to do about it here.
+fn close(db: Database, quiet: bool) {
+    let _ = guarded(quiet, || {
+        drop(db);
+        Ok(())
+    });
 }
 
 fn write_meta(db: &Database, shards: Option<u64>) -> Result<(), String> {
@@ -178,18 +199,7 @@ impl RedbStore {
             Ok(m) if m.len() == 0 => return Err(damaged(&path, "it is empty: 0 bytes")),
             _ => {}
         }
-        let (mut db, id) = open_db(&path, true).map_err(|e| {
-            if e == "in use" {
-                StoreError::InUse(format!(
-                    "{} is in use by another rulechain process: give each instance its own `state_dir`",
-                    path.display()
-                ))
-            } else if e.starts_with("cannot open") {
-                StoreError::Io(e)
-            } else {
-                damaged(&path, &e)
-            }
-        })?;
+        let (mut db, id) = open_db(&path, true)?;
         let checked = match guarded(true, || db.check_integrity().map_err(err)) {
             Ok(true) => guarded(true, || {
                 write_meta(&db, None)?;
@@ -208,11 +218,7 @@ impl RedbStore {
         let shards = match checked {
             Ok(n) => n,
             Err(e) => {
-                // Closing a damaged database can panic too (it writes on drop).
-                let _ = guarded(true, || {
-                    drop(db);
-                    Ok(())
-                });
+                close(db, true);
                 return Err(e);
             }
         };
@@ -236,7 +242,8 @@ impl RedbStore {
     ) -> Result<Vec<Option<T>>, StoreError> {
         (0..shards)
             .map(|i| {
-                let bytes = guarded(true, || self.load(i))
+                let bytes = self
+                    .read(i, true)
                     .map_err(|e| damaged(&self.path, &format!("shard {i}: {e}")))?;
                 bytes
                     .map(|b| decode(&b))
@@ -244,6 +251,19 @@ impl RedbStore {
                     .map_err(|e| damaged(&self.path, &format!("shard {i}'s state: {e}")))
             })
             .collect()
+    }
+
+    /// A shard's snapshot; `quiet` at start, where damage is reported as an error, not a panic.
+    fn read(&self, shard: usize, quiet: bool) -> Result<Option<Vec<u8>>, String> {
+        let o = self.lock();
+        let db = o.db.as_ref().ok_or("the state store is closed")?;
+        guarded(quiet, || {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(SHARDS).map_err(err)?;
+            Ok(t.get(shard as u32)
+                .map_err(err)?
+                .map(|v| v.value().to_vec()))
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
@@ -266,13 +286,9 @@ impl RedbStore {
         }
         if replaced || o.db.is_none() {
             if let Some(db) = o.db.take() {
-                // Dropping a database that saw an I/O error may itself fail.
-                let _ = guarded(false, || {
-                    drop(db);
-                    Ok(())
-                });
+                close(db, false);
             }
-            let (db, id) = open_db(&self.path, false)?;
+            let (db, id) = open_db(&self.path, false).map_err(|e| e.to_string())?;
             guarded(false, || write_meta(&db, o.shards))?;
             o.id = id;
             o.db = Some(db);
@@ -292,10 +308,7 @@ impl RedbStore {
         if r.is_err() {
             // redb refuses every write after an I/O error until it is reopened.
             if let Some(db) = o.db.take() {
-                let _ = guarded(false, || {
-                    drop(db);
-                    Ok(())
-                });
+                close(db, false);
             }
         }
         r
@@ -304,15 +317,7 @@ impl RedbStore {
 
 impl StateStore for RedbStore {
     fn load(&self, shard: usize) -> Result<Option<Vec<u8>>, String> {
-        let o = self.lock();
-        let db = o.db.as_ref().ok_or("the state store is closed")?;
-        guarded(false, || {
-            let txn = db.begin_read().map_err(err)?;
-            let t = txn.open_table(SHARDS).map_err(err)?;
-            Ok(t.get(shard as u32)
-                .map_err(err)?
-                .map(|v| v.value().to_vec()))
-        })
+        self.read(shard, false)
     }
 
     fn save(&self, shard: usize, data: &[u8]) -> Result<(), String> {

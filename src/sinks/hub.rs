@@ -702,6 +702,12 @@ mod tests {
         })
     }
 
+    /// A hub with the default settings, whose acknowledgements go nowhere.
+    fn plain_hub() -> Hub {
+        let (tx, _rx) = mpsc::channel(1);
+        Hub::new(HubSettings::default(), tx)
+    }
+
     fn frames(c: &Client) -> (Vec<(String, u64)>, Vec<Value>) {
         let (missed, frames) = c.take();
         (
@@ -718,8 +724,7 @@ mod tests {
 
     #[test]
     fn a_room_heard_by_name_and_by_wildcard_comes_once() {
-        let (tx, _rx) = mpsc::channel(1);
-        let hub = Hub::new(HubSettings::default(), tx);
+        let hub = plain_hub();
         hub.publish("room-x", 1, "{\"v\":1}");
         hub.publish("room-y", 1, "{\"v\":2}");
         let c = client(1);
@@ -746,8 +751,7 @@ mod tests {
             text in "[{}\\[\\]\":, a-z0-9*/]{0,60}|\\{\"op\":\"(subscribe|unsubscribe|ack)\",\"(rooms|alarm)\":[\\[\\]\"a-z0-9*/,]{0,30}\\}"
         ) {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let (tx, _rx) = mpsc::channel(1);
-            let hub = Hub::new(HubSettings::default(), tx);
+            let hub = plain_hub();
             let c = client(1);
             let reply = rt.block_on(hub.command(&c, &text));
             if let Some(r) = reply {
@@ -759,8 +763,7 @@ mod tests {
 
     #[tokio::test]
     async fn rooms_must_be_strings() {
-        let (tx, _rx) = mpsc::channel(1);
-        let hub = Hub::new(HubSettings::default(), tx);
+        let hub = plain_hub();
         let c = client(1);
         for bad in [
             r#"{"op":"subscribe","rooms":[1,2]}"#,
@@ -807,8 +810,7 @@ mod tests {
 
     #[test]
     fn wildcards_snapshots_and_alarms() {
-        let (tx, _rx) = mpsc::channel(1);
-        let hub = Hub::new(HubSettings::default(), tx);
+        let hub = plain_hub();
         hub.publish("device/a", 1, "{\"t\":1}");
         hub.publish("device/b", 2, "{\"t\":2}");
         hub.publish("chain/x", 3, "{}");
