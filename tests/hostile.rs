@@ -555,3 +555,47 @@ async fn websocket_abuse_gets_clear_answers() {
         other => panic!("expected close 1009, got {other:?}"),
     }
 }
+
+/// One device sending new attribute keys used to grow without end (30,000 keys, its messages
+/// 20× slower). Now a device keeps at most 1,000 reported keys; keys it has still update.
+#[test]
+fn a_device_cannot_grow_its_attributes_without_end() {
+    let dir = tempdir("attrs");
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/count.yaml"),
+        "chain: count\nnodes:\n  - transform:\n      n: attr.len()\n      k0: attr.k0\n  - websocket: {}\n",
+    )
+    .unwrap();
+    let keys = |from: usize, to: usize, v: usize| -> String {
+        let m: serde_json::Map<String, serde_json::Value> =
+            (from..to).map(|i| (format!("k{i}"), v.into())).collect();
+        serde_json::Value::Object(m).to_string()
+    };
+    let lines = [
+        format!(
+            "{{\"device\":\"d\",\"ts\":1000,\"kind\":\"attributes\",\"data\":{}}}",
+            keys(0, 1500, 1)
+        ),
+        format!(
+            "{{\"device\":\"d\",\"ts\":2000,\"kind\":\"attributes\",\"data\":{}}}",
+            keys(0, 1, 2)
+        ),
+        "{\"device\":\"d\",\"ts\":3000,\"data\":{\"x\":1}}".to_string(),
+    ];
+    std::fs::write(dir.join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+    let out = rulechain()
+        .args(["dry-run", "--rules", "rules", "--input", "in.jsonl"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let last: serde_json::Value = text
+        .lines()
+        .rfind(|l| l.contains("\"event\":\"websocket\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(last["data"]["n"], 1000, "{last}");
+    assert_eq!(last["data"]["k0"], 2, "a kept key still updates: {last}");
+}

@@ -227,6 +227,12 @@ struct Head<'a> {
     captures: &'a [(String, String)],
 }
 
+/// Most attribute keys one device may report (attributes and status messages). A device that
+/// keeps sending new keys would otherwise grow its state, its checkpoints and the `attr` map
+/// every message of it builds without end (30,000 keys made its messages 20× slower). Past it,
+/// new keys are dropped and counted ([`Executor::take_attributes_dropped`]); keys it has update.
+pub const MAX_REPORTED_ATTRIBUTES: usize = 1_000;
+
 /// Device registry entries: type and attributes (registry overlaid with reported ones).
 #[derive(Debug, Default, Clone)]
 pub struct Device {
@@ -387,6 +393,8 @@ pub struct Executor {
     kind_names: [Dynamic; 4],
     /// The traversal stack, kept between messages.
     stack: Vec<(usize, Packet)>,
+    /// Reported attribute keys dropped at [`MAX_REPORTED_ATTRIBUTES`] since last taken.
+    attributes_dropped: u64,
 }
 
 impl Executor {
@@ -416,6 +424,7 @@ impl Executor {
             ]
             .map(|k| Dynamic::from(k.as_str())),
             stack: Vec::new(),
+            attributes_dropped: 0,
         }
     }
 
@@ -763,6 +772,12 @@ impl Executor {
         }
     }
 
+    /// How many reported attribute keys were dropped at [`MAX_REPORTED_ATTRIBUTES`] since the
+    /// last call (the harness counts and logs them).
+    pub fn take_attributes_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.attributes_dropped)
+    }
+
     /// Runs every matching chain on a message, at the current clock time.
     pub fn process(&mut self, m: Message, out: &mut dyn EffectSink) {
         let device = match self.devices.get_mut(&m.device) {
@@ -771,6 +786,12 @@ impl Executor {
         };
         if matches!(m.kind, Kind::Attributes | Kind::Status) {
             for (k, v) in &m.payload {
+                if device.reported.len() >= MAX_REPORTED_ATTRIBUTES
+                    && !device.reported.contains_key(k)
+                {
+                    self.attributes_dropped += 1;
+                    continue;
+                }
                 device.attrs.insert(k.clone(), v.clone());
                 device.reported.insert(k.clone(), v.clone());
             }

@@ -72,6 +72,8 @@ pub struct Stats {
     pub node_errors: AtomicU64,
     /// Messages dropped by nodes (delay overflow…).
     pub dropped: AtomicU64,
+    /// Reported attribute keys dropped past the per-device limit.
+    pub attributes_dropped: AtomicU64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
     /// Checkpoints that failed.
@@ -129,6 +131,7 @@ impl Stats {
             "websocket": g(&self.websocket),
             "node_errors": g(&self.node_errors),
             "dropped": g(&self.dropped),
+            "attributes_dropped": g(&self.attributes_dropped),
             "checkpoints": g(&self.checkpoints),
             "checkpoint_errors": g(&self.checkpoint_errors),
             "store_failing_shards": g(&self.store_failing),

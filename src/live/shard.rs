@@ -371,6 +371,18 @@ pub fn run(
                 }
             }
             dirty |= !buf.0.is_empty();
+            let dropped = exec.take_attributes_dropped();
+            if dropped > 0 {
+                ctx.stats.attributes_dropped.fetch_add(dropped, Relaxed);
+                if ctx.outbox.limit.allow() {
+                    tracing::warn!(
+                        shard = ctx.index,
+                        dropped,
+                        "a device reported more than {} attribute keys; the new keys were dropped",
+                        crate::engine::MAX_REPORTED_ATTRIBUTES
+                    );
+                }
+            }
             let now = tokio::time::Instant::now();
             let alarm_changed = exec.alarms().changes() != alarm_changes;
             // Alarm transitions reach the world only once they are on disk; while held, the
