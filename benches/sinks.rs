@@ -19,16 +19,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use rumqttc::QoS;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
 
 const TCK: f64 = 100.0; // USER_HZ
 
@@ -106,24 +103,6 @@ fn get(port: u16, path: &str) -> String {
     let _ = s.read_to_string(&mut t);
     t.split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_string())
-}
-
-fn start_victoria(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let p = Proc(
-        Command::new("/usr/bin/victoria-metrics")
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg(format!("-storageDataPath={}", dir.join("vm").display()))
-            .arg("-search.latencyOffset=0s")
-            .arg("-search.disableCache")
-            .arg("-loggerLevel=ERROR")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("victoria-metrics is not installed: scripts/services.sh installs it"),
-    );
-    wait_port(port);
-    (p, port)
 }
 
 fn influx(o: &Opts, dir: &Path) {
@@ -218,83 +197,6 @@ fn influx(o: &Opts, dir: &Path) {
         "influx: peak RSS of this process {} KiB",
         peak_rss_kib(std::process::id())
     );
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-#[derive(Default)]
-struct WsRecv {
-    frames: AtomicU64,
-    lat: Mutex<Vec<u32>>,
-    connected: AtomicU64,
-    lagged: AtomicU64,
-}
-
-/// Connects and subscribes; a task reads every frame, recording the latency of data frames
-/// (`"t":MICROS` in the payload) and, for `alarms`, the sequence numbers seen.
-async fn ws_client(
-    port: u16,
-    room: String,
-    recv: Arc<WsRecv>,
-    seqs: Option<Arc<Mutex<Vec<u64>>>>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let (mut ws, _): (Ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
-            .await
-            .ok()?;
-    ws.send(Message::Text(
-        format!("{{\"op\":\"subscribe\",\"rooms\":[\"{room}\"]}}").into(),
-    ))
-    .await
-    .ok()?;
-    recv.connected.fetch_add(1, Relaxed);
-    Some(tokio::spawn(async move {
-        while let Some(Ok(m)) = ws.next().await {
-            let Message::Text(t) = m else { continue };
-            if t.starts_with("{\"op\"") || t.contains("\"op\":\"") {
-                if t.contains("lagged") {
-                    recv.lagged.fetch_add(1, Relaxed);
-                }
-                continue;
-            }
-            recv.frames.fetch_add(1, Relaxed);
-            if let Some(s) = &seqs {
-                if let Some(seq) = serde_json::from_str::<Value>(&t)
-                    .ok()
-                    .and_then(|v| v["seq"].as_u64())
-                {
-                    s.lock().unwrap().push(seq);
-                }
-            } else if let Some(sent) = find_t(t.as_bytes()) {
-                let l = now_us().saturating_sub(sent).min(u32::MAX as u64) as u32;
-                recv.lat.lock().unwrap().push(l);
-            }
-        }
-    }))
-}
-
-async fn connect_all(
-    port: u16,
-    rooms: Vec<String>,
-    recv: &Arc<WsRecv>,
-    seqs: &[Arc<Mutex<Vec<u64>>>],
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for (batch_i, batch) in rooms.chunks(250).enumerate() {
-        let futs = batch.iter().enumerate().map(|(j, r)| {
-            let s = seqs.get(batch_i * 250 + j).cloned();
-            ws_client(port, r.clone(), recv.clone(), s)
-        });
-        for t in futures_util::future::join_all(futs)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            tasks.push(t);
-        }
-    }
-    tasks
 }
 
 fn websocket(o: &Opts, dir: &Path, bin: &Path, label: &str) {

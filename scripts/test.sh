@@ -31,3 +31,6 @@ for rec in examples/*.jsonl; do
   "$bin" dry-run --config examples/rulechain.yaml --input "$rec" | tail -n 1
 done
 "$bin" test rules/ tests/rules/
+
+step "soak: 2 minutes of telemetry through the example chains and sinks; memory must not grow"
+cargo bench --locked --bench soak -- --minutes 2 --rate 2000 --devices 1000 --ws 100 --sample 10 --check --max-slope 3
