@@ -186,20 +186,8 @@ fn report(label: &str, rate: Option<u64>, r: &Result, cpu: &[(&str, f64)], extra
 }
 
 fn status_processed(http: u16) -> u64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) else {
-        return 0;
-    };
-    let _ = write!(
-        s,
-        "GET /api/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut t = String::new();
-    let _ = s.read_to_string(&mut t);
-    let body = t.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["counters"]["processed"].as_u64())
+    api_status(http)["counters"]["processed"]
+        .as_u64()
         .unwrap_or(0)
 }
 

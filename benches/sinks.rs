@@ -93,18 +93,6 @@ fn opts() -> Opts {
     o
 }
 
-fn get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut t = String::new();
-    let _ = s.read_to_string(&mut t);
-    t.split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string())
-}
-
 fn influx(o: &Opts, dir: &Path) {
     use rulechain::sinks::influx::{InfluxSettings, InfluxStats};
     let devices = 1000usize;
@@ -165,9 +153,9 @@ fn influx(o: &Opts, dir: &Path) {
         let secs = start.elapsed().as_secs_f64();
         let (c1, v1) = (cpu_ticks(me), cpu_ticks(vm_pid));
         let written = stats.written.load(Relaxed);
-        get(port, "/internal/force_flush");
+        http_get(port, "/internal/force_flush");
         std::thread::sleep(Duration::from_secs(1));
-        let q = get(
+        let q = http_get(
             port,
             "/api/v1/query?query=sum(count_over_time(telemetry_current%5B2h%5D))",
         );

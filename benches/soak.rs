@@ -83,28 +83,6 @@ fn opts() -> Opts {
     o
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn status(port: u16) -> Value {
-    let get = || -> Option<Value> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET /api/status HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut t = String::new();
-        s.read_to_string(&mut t).ok()?;
-        serde_json::from_str(t.split_once("\r\n\r\n")?.1).ok()
-    };
-    get().unwrap_or(Value::Null)
-}
-
 /// Least-squares slope of `(x, y)` points.
 fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
@@ -167,8 +145,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (mqtt, http) = (free_port(), free_port());
-    let _broker = start_mosquitto(&dir, mqtt);
-    let (_vm, vm) = start_victoria(&dir);
+    let broker = start_mosquitto(&dir, mqtt);
+    let (victoria, vm) = start_victoria(&dir);
     write_engine_dir(&dir, &o, mqtt, http, vm);
     let engine = start_engine(&bin, &dir, "error,rumqttd=off", http);
     let pid = engine.0.id();
@@ -177,7 +155,8 @@ fn main() {
         .build()
         .unwrap();
     let ok = rt.block_on(run(&o, mqtt, http, pid));
-    drop(engine);
+    // Stopped before their directory goes.
+    drop((engine, victoria, broker));
     let _ = std::fs::remove_dir_all(&dir);
     if o.check && !ok {
         std::process::exit(1);
@@ -187,7 +166,7 @@ fn main() {
 async fn run(o: &Opts, mqtt: u16, http: u16, pid: u32) -> bool {
     // Ready: subscribed at the broker.
     let start = Instant::now();
-    while status(http)["counters"]["mqtt_connected"] != true {
+    while api_status(http)["counters"]["mqtt_connected"] != true {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "the engine did not connect"
@@ -212,7 +191,7 @@ async fn run(o: &Opts, mqtt: u16, http: u16, pid: u32) -> bool {
     let publisher = client(mqtt, "soak-pub", &[], None).await;
     let total = Duration::from_secs_f64(o.minutes * 60.0);
     let began = Instant::now();
-    let rss0 = rss_kib(pid);
+    let rss0 = proc_kib(pid, "VmRSS");
     let mut samples: Vec<(f64, f64)> = Vec::new();
     let mut next_sample = began + Duration::from_secs(o.sample);
     let mut sent: u64 = 0;
@@ -253,7 +232,7 @@ async fn run(o: &Opts, mqtt: u16, http: u16, pid: u32) -> bool {
         }
         if Instant::now() >= next_sample {
             next_sample += Duration::from_secs(o.sample);
-            let s = status(http);
+            let s = api_status(http);
             let c = &s["counters"];
             let n = |v: &Value| v.as_u64().unwrap_or(0);
             let (received, processed) = (n(&c["received"]), n(&c["processed"]));
@@ -261,7 +240,7 @@ async fn run(o: &Opts, mqtt: u16, http: u16, pid: u32) -> bool {
             last_queue = queue;
             let mut lat = std::mem::take(&mut *recv.lat.lock().unwrap());
             let (_, p99, _) = percentiles(&mut lat);
-            let rss = rss_kib(pid);
+            let rss = proc_kib(pid, "VmRSS");
             let t = began.elapsed().as_secs_f64() / 60.0;
             samples.push((t, rss as f64 / 1024.0));
             println!(
@@ -275,7 +254,7 @@ async fn run(o: &Opts, mqtt: u16, http: u16, pid: u32) -> bool {
         next += tick;
         tokio::time::sleep_until(next.into()).await;
     }
-    let rss1 = rss_kib(pid);
+    let rss1 = proc_kib(pid, "VmRSS");
     let warm = samples.len() / 3;
     let m = slope(&samples[warm..]);
     println!(

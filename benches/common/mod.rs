@@ -185,14 +185,38 @@ pub fn start_mosquitto(dir: &Path, port: u16) -> Proc {
     p
 }
 
-/// Peak RSS of a process, in KiB.
-pub fn peak_rss_kib(pid: u32) -> u64 {
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`: the peak).
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM"))
+        .find(|l| l.split(':').next() == Some(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Peak RSS of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    proc_kib(pid, "VmHWM")
+}
+
+/// The body of `GET path` on a loopback port (HTTP/1.0: never chunked); empty when it fails.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut t = String::new();
+    let _ = s.read_to_string(&mut t);
+    t.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string())
+}
+
+/// The engine's `/api/status` (`null` when it does not answer).
+pub fn api_status(port: u16) -> Value {
+    serde_json::from_str(&http_get(port, "/api/status")).unwrap_or(Value::Null)
 }
 
 /// Percentiles (ms) of latencies in µs: p50, p99, max.
