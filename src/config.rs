@@ -258,6 +258,17 @@ pub struct EngineSpec {
     /// How long a shutdown may take before it gives up on draining (default `10s`).
     #[serde(default)]
     pub shutdown_timeout: Option<Sp<String>>,
+    /// Most per-key entries one node keeps (default 100000): past it, the least recently used
+    /// are forgotten. Split evenly across shards.
+    #[serde(default)]
+    pub max_keys: Option<Sp<usize>>,
+    /// Most devices tracked (default 250000): past it, the least recently seen devices with
+    /// nothing of their own are forgotten. Split evenly across shards.
+    #[serde(default)]
+    pub max_devices: Option<Sp<usize>>,
+    /// Per-key state and devices idle this long are forgotten (default `7d`).
+    #[serde(default)]
+    pub forget_after: Option<Sp<String>>,
 }
 
 /// One topic pattern: literal levels and `{name}` captures. `{device}` is required; `{kind}`

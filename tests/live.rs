@@ -520,6 +520,8 @@ async fn simulate_feeds_the_engine_and_record_writes_replayable_lines() {
     // The engine saw the telemetry.
     let processed = engine.status()["counters"]["processed"].as_u64().unwrap();
     assert!(processed >= 60, "processed {processed}");
+    // Three simulated devices, none in the (empty) registry: three learned.
+    assert_eq!(engine.status()["counters"]["learned_devices"], 3);
     // What was recorded replays offline.
     let text = std::fs::read_to_string(&out).unwrap();
     let lines: Vec<serde_json::Value> = text

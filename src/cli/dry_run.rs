@@ -126,6 +126,9 @@ pub fn run(a: Args) -> i32 {
         super::patterns(cfg.as_ref()),
         super::wall_ms(),
     );
+    replay
+        .executor_mut()
+        .set_limits(super::state_limits(cfg.as_ref()));
     let bad = feed_lines(input, &mut replay, &mut out);
     replay.drain(drain, &mut out);
     out.summary.messages = replay.messages;

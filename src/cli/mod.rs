@@ -58,6 +58,25 @@ pub fn patterns(cfg: Option<&Config>) -> Vec<TopicPattern> {
         .collect()
 }
 
+/// The bounds on state the config sets (`engine.max_keys`, `max_devices`, `forget_after`),
+/// for the whole engine; `run` splits them across shards, `dry-run` and `test` run one executor.
+pub fn state_limits(cfg: Option<&Config>) -> crate::engine::Limits {
+    use crate::engine::keyed::{FORGET_AFTER, MAX_DEVICES, MAX_KEYS};
+    let e = cfg.and_then(|c| c.engine.as_ref());
+    let n = |v: Option<&Option<crate::rules::yaml::Sp<usize>>>, default: usize| {
+        v.and_then(|v| v.as_ref())
+            .map_or(default, |n| n.value.max(1))
+    };
+    crate::engine::Limits {
+        max_keys: n(e.map(|e| &e.max_keys), MAX_KEYS),
+        max_devices: n(e.map(|e| &e.max_devices), MAX_DEVICES),
+        forget_after: e
+            .and_then(|e| e.forget_after.as_ref())
+            .and_then(|d| crate::rules::duration::parse(&d.value).ok())
+            .map_or(FORGET_AFTER, |ms| ms.max(1_000)),
+    }
+}
+
 /// Milliseconds since the epoch, by the wall clock (only the CLI reads it, never the core).
 pub fn wall_ms() -> i64 {
     use crate::engine::clock::Clock;

@@ -64,12 +64,15 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
             continue;
         }
         for case in &t.cases {
-            let replay = Replay::new(
+            let mut replay = Replay::new(
                 ruleset.clone(),
                 devices.clone(),
                 super::patterns(cfg.as_ref()),
                 0,
             );
+            replay
+                .executor_mut()
+                .set_limits(super::state_limits(cfg.as_ref()));
             match run_case(replay, case) {
                 Ok(()) => {
                     passed += 1;

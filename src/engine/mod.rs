@@ -10,6 +10,7 @@
 pub mod alarm;
 pub mod clock;
 pub mod effect;
+pub mod keyed;
 pub mod persist;
 
 use std::any::Any;
@@ -24,6 +25,7 @@ use crate::rules::model::Kind;
 use crate::script::{Runtime, Vars};
 use alarm::{Alarm, AlarmStore};
 use effect::{Effect, EffectSink, Event};
+pub use keyed::{Keyed, Limits};
 
 /// A message entering the engine.
 #[derive(Debug, Clone)]
@@ -219,6 +221,13 @@ pub trait NodeImpl: Send + Sync {
     fn load(&self, _state: serde_json::Value) -> Option<Box<dyn Any + Send>> {
         None
     }
+
+    /// Forgets per-key state idle for `idle` ms before `now` (see [`Keyed::sweep`]); returns
+    /// how many entries went. Nodes whose entries only matter within a window (a throttle's
+    /// `every`, a cooldown) drop them once it has passed, whatever `idle` says.
+    fn sweep(&self, _state: &mut (dyn Any + Send), _now: i64, _idle: i64) -> usize {
+        0
+    }
 }
 
 /// What `meta` is built from, besides the packet.
@@ -244,6 +253,10 @@ pub struct Device {
     pub reported: Map,
     /// `meta.device` and `meta.device_type`, built once: each message's `meta` starts as a copy.
     meta_base: Option<Map>,
+    /// From the registry (never forgotten).
+    registered: bool,
+    /// The clock time of its last message.
+    last_seen: i64,
 }
 
 impl Device {
@@ -254,8 +267,32 @@ impl Device {
             attrs,
             reported: Map::new(),
             meta_base: None,
+            registered: true,
+            last_seen: 0,
         }
     }
+
+    /// Whether forgetting it loses nothing: not in the registry, nothing reported. (Alarms are
+    /// checked by the caller.)
+    fn forgettable(&self) -> bool {
+        !self.registered && self.reported.is_empty()
+    }
+}
+
+/// What the bounds on state dropped since last taken ([`Executor::take_evictions`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Evictions {
+    /// Per-key node entries idle for `forget_after`.
+    pub keys_forgotten: u64,
+    /// Per-key node entries evicted, least recently used first, at `max_keys`.
+    pub keys_evicted: u64,
+    /// Devices idle for `forget_after`, with nothing of their own.
+    pub devices_forgotten: u64,
+    /// Devices with nothing of their own evicted, least recently seen first, at `max_devices`.
+    pub devices_evicted: u64,
+    /// Messages of new devices past `max_devices` with nothing to forget: run, but the device
+    /// is not kept (its reported attributes are dropped).
+    pub untracked: u64,
 }
 
 /// Timers order by due time, then by when they were (logically) set.
@@ -296,6 +333,8 @@ pub struct Cx<'a> {
     chain_idx: usize,
     node_idx: usize,
     out: &'a mut dyn EffectSink,
+    max_keys: usize,
+    keys_evicted: &'a mut u64,
 }
 
 impl Cx<'_> {
@@ -318,6 +357,19 @@ impl Cx<'_> {
             .as_mut()
             .and_then(|s| s.downcast_mut::<T>())
             .expect("state was just set to T")
+    }
+
+    /// Sets `key`'s entry in this node's per-key state (the [`Keyed`] map `field` picks from the
+    /// state), touched now, within the engine's `max_keys` (evictions are counted).
+    pub fn insert_key<S: Default + Send + 'static, V>(
+        &mut self,
+        field: impl FnOnce(&mut S) -> &mut Keyed<V>,
+        key: Arc<str>,
+        value: V,
+    ) {
+        let (now, max) = (self.now, self.max_keys);
+        let evicted = field(self.state::<S>()).insert(key, value, now, max);
+        *self.keys_evicted += evicted as u64;
     }
 
     /// Sets a timer for this node at `due` (not before now). Returns an error when the engine
@@ -395,11 +447,18 @@ pub struct Executor {
     stack: Vec<(usize, Packet)>,
     /// Reported attribute keys dropped at [`MAX_REPORTED_ATTRIBUTES`] since last taken.
     attributes_dropped: u64,
+    limits: Limits,
+    evictions: Evictions,
+    /// When the next sweep of idle state is due (clock time).
+    next_sweep: i64,
+    /// Devices from the registry (never forgotten; not counted against `max_devices`).
+    registered: usize,
 }
 
 impl Executor {
     /// An executor for a rule set, with a device registry, at clock time `now`.
     pub fn new(rules: Arc<RuleSet>, devices: HashMap<Arc<str>, Device>, now: i64) -> Self {
+        let devices_registered = devices.values().filter(|d| d.registered).count();
         let states = rules
             .chains
             .iter()
@@ -425,7 +484,91 @@ impl Executor {
             .map(|k| Dynamic::from(k.as_str())),
             stack: Vec::new(),
             attributes_dropped: 0,
+            limits: Limits::default(),
+            evictions: Evictions::default(),
+            next_sweep: now,
+            registered: devices_registered,
         }
+    }
+
+    /// Sets the bounds on state (default [`Limits::default`]).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// What the bounds dropped since the last call (the harness counts and logs it).
+    pub fn take_evictions(&mut self) -> Evictions {
+        std::mem::take(&mut self.evictions)
+    }
+
+    /// How many devices it learned from messages (tracked beyond the registry): what
+    /// `max_devices` bounds.
+    pub fn learned_devices(&self) -> usize {
+        self.devices.len() - self.registered
+    }
+
+    /// Sweeps idle state when due: a sixteenth of `forget_after` apart (between a second and
+    /// an hour), so nothing stays much past its time and a sweep is rare.
+    fn maybe_sweep(&mut self) {
+        if self.now < self.next_sweep {
+            return;
+        }
+        let every = (self.limits.forget_after / 16).clamp(1_000, 3_600_000);
+        self.next_sweep = self.now.saturating_add(every);
+        self.sweep();
+    }
+
+    /// Forgets what has been idle for `forget_after`: per-key node entries (each node decides
+    /// what it must keep) and devices with nothing of their own (see [`Device::forgettable`]),
+    /// no alarm and no message since.
+    pub fn sweep(&mut self) {
+        let (now, idle) = (self.now, self.limits.forget_after);
+        let rules = self.rules.clone();
+        for (slot, (ci, ni)) in Self::slot_names(&rules).into_iter().enumerate() {
+            if let Some(state) = self.states[slot].as_deref_mut() {
+                let n = rules.chains[ci].nodes[ni].imp.sweep(state, now, idle);
+                self.evictions.keys_forgotten += n as u64;
+            }
+        }
+        let cut = now.saturating_sub(idle);
+        let alarmed = self.alarmed_devices();
+        let before = self.devices.len();
+        self.devices.retain(|id, d| {
+            !(d.forgettable() && d.last_seen < cut && !alarmed.contains(id.as_ref()))
+        });
+        self.evictions.devices_forgotten += (before - self.devices.len()) as u64;
+    }
+
+    /// Devices with an alarm record: never forgotten (the alarm names them).
+    fn alarmed_devices(&self) -> std::collections::HashSet<String> {
+        self.alarms.iter().map(|a| a.device.clone()).collect()
+    }
+
+    /// Makes room for a new device at `max_devices`: forgets the least recently seen eighth of
+    /// the forgettable ones. Returns whether there is room now.
+    fn make_room(&mut self) -> bool {
+        let max = self.limits.max_devices.max(1);
+        if self.learned_devices() < max {
+            return true;
+        }
+        let alarmed = self.alarmed_devices();
+        let mut seen: Vec<i64> = self
+            .devices
+            .iter()
+            .filter(|(id, d)| d.forgettable() && !alarmed.contains(id.as_ref()))
+            .map(|(_, d)| d.last_seen)
+            .collect();
+        if !seen.is_empty() {
+            let n = (max / 8 + 1).min(seen.len());
+            let (_, cut, _) = seen.select_nth_unstable(n - 1);
+            let cut = *cut;
+            let before = self.devices.len();
+            self.devices.retain(|id, d| {
+                !(d.forgettable() && d.last_seen <= cut && !alarmed.contains(id.as_ref()))
+            });
+            self.evictions.devices_evicted += (before - self.devices.len()) as u64;
+        }
+        self.learned_devices() < max
     }
 
     /// The clock time.
@@ -769,6 +912,8 @@ impl Executor {
             chain_idx: ci,
             node_idx: ni,
             out,
+            max_keys: self.limits.max_keys,
+            keys_evicted: &mut self.evictions.keys_evicted,
         }
     }
 
@@ -780,10 +925,20 @@ impl Executor {
 
     /// Runs every matching chain on a message, at the current clock time.
     pub fn process(&mut self, m: Message, out: &mut dyn EffectSink) {
+        self.maybe_sweep();
+        // Past `max_devices` with nothing to forget, a new device's message still runs, but
+        // the device is not kept: what it reported is gone after this message.
+        let untracked =
+            (!self.devices.contains_key(&m.device) && !self.make_room()).then(|| m.device.clone());
+        if untracked.is_some() {
+            self.evictions.untracked += 1;
+        }
+        let now = self.now;
         let device = match self.devices.get_mut(&m.device) {
             Some(d) => d,
             None => self.devices.entry(m.device.clone()).or_default(),
         };
+        device.last_seen = now;
         if matches!(m.kind, Kind::Attributes | Kind::Status) {
             for (k, v) in &m.payload {
                 if device.reported.len() >= MAX_REPORTED_ATTRIBUTES
@@ -873,6 +1028,9 @@ impl Executor {
         }
         if let Some(ci) = last {
             self.run_from(&rules, ci, 0, packet, out);
+        }
+        if let Some(id) = untracked {
+            self.devices.remove(&id);
         }
     }
 

@@ -90,6 +90,19 @@ pub struct Stats {
     pub connected: AtomicBool,
     /// HTTP connections refused at the connection limit.
     pub http_refused: AtomicU64,
+    /// Devices learned from messages, beyond the registry (all shards).
+    pub devices: AtomicU64,
+    /// Per-key node entries forgotten after `engine.forget_after` idle.
+    pub keys_forgotten: AtomicU64,
+    /// Devices forgotten after `engine.forget_after` idle.
+    pub devices_forgotten: AtomicU64,
+    /// Per-key node entries evicted at `engine.max_keys`.
+    pub keys_evicted: AtomicU64,
+    /// Devices evicted at `engine.max_devices`.
+    pub devices_evicted: AtomicU64,
+    /// Messages of new devices past `engine.max_devices` that were run without keeping the
+    /// device.
+    pub devices_untracked: AtomicU64,
 }
 
 const REJECTS: [Reject; 5] = [
@@ -140,6 +153,12 @@ impl Stats {
             "mqtt_connect_errors": g(&self.connect_errors),
             "mqtt_connected": self.connected.load(Relaxed),
             "http_refused": g(&self.http_refused),
+            "learned_devices": g(&self.devices),
+            "keys_forgotten": g(&self.keys_forgotten),
+            "keys_evicted": g(&self.keys_evicted),
+            "devices_forgotten": g(&self.devices_forgotten),
+            "devices_evicted": g(&self.devices_evicted),
+            "devices_untracked": g(&self.devices_untracked),
         })
     }
 }
@@ -438,6 +457,7 @@ async fn serve(
             done: Some(ack_tx.clone()),
             checkpoint: settings.checkpoint,
             limits,
+            state_limits: settings.state_limits.per_shard(settings.shards),
         };
         let (rules, devices) = (rules.clone(), devices.clone());
         let t = std::thread::Builder::new()

@@ -98,6 +98,8 @@ pub struct Settings {
     pub checkpoint: Duration,
     /// Shutdown deadline.
     pub shutdown_timeout: Duration,
+    /// Bounds on state, whole engine (each shard takes its share).
+    pub state_limits: crate::engine::Limits,
     /// Largest payload.
     pub max_payload_bytes: usize,
     /// Deepest JSON.
@@ -243,6 +245,7 @@ impl Settings {
             shutdown_timeout: Duration::from_millis(
                 dur(&engine.shutdown_timeout, 10_000).max(100) as u64
             ),
+            state_limits: crate::cli::state_limits(Some(&config)),
             max_payload_bytes: ingest.max_payload_bytes.unwrap_or(65_536),
             max_depth: ingest.max_depth.unwrap_or(32).max(1),
             max_clock_skew_ms: dur(&ingest.max_clock_skew, 600_000),

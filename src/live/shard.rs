@@ -68,6 +68,8 @@ pub struct ShardCtx {
     pub checkpoint: Duration,
     /// Ingest limits.
     pub limits: Limits,
+    /// This shard's bounds on state.
+    pub state_limits: crate::engine::Limits,
 }
 
 /// Payload checks.
@@ -281,6 +283,52 @@ impl Held {
     }
 }
 
+/// Counts what the bounds on state dropped, and the devices this shard learned from messages
+/// (`tracked`: its share of the engine-wide gauge). Evictions at a bound are logged (rate-limited): they mean
+/// the bound is too low for the fleet, or something floods new keys.
+fn count_evictions(exec: &mut Executor, ctx: &ShardCtx, tracked: &mut usize) {
+    let s = &ctx.stats;
+    let now = exec.learned_devices();
+    if now != *tracked {
+        if now > *tracked {
+            s.devices.fetch_add((now - *tracked) as u64, Relaxed);
+        } else {
+            s.devices.fetch_sub((*tracked - now) as u64, Relaxed);
+        }
+        *tracked = now;
+    }
+    let e = exec.take_evictions();
+    if e == crate::engine::Evictions::default() {
+        return;
+    }
+    s.keys_forgotten.fetch_add(e.keys_forgotten, Relaxed);
+    s.devices_forgotten.fetch_add(e.devices_forgotten, Relaxed);
+    s.keys_evicted.fetch_add(e.keys_evicted, Relaxed);
+    s.devices_evicted.fetch_add(e.devices_evicted, Relaxed);
+    s.devices_untracked.fetch_add(e.untracked, Relaxed);
+    if e.keys_forgotten + e.devices_forgotten > 0 {
+        tracing::debug!(
+            shard = ctx.index,
+            keys = e.keys_forgotten,
+            devices = e.devices_forgotten,
+            "idle state forgotten"
+        );
+    }
+    if e.keys_evicted + e.devices_evicted + e.untracked > 0 && ctx.outbox.limit.allow() {
+        let l = ctx.state_limits;
+        tracing::warn!(
+            shard = ctx.index,
+            keys_evicted = e.keys_evicted,
+            devices_evicted = e.devices_evicted,
+            devices_untracked = e.untracked,
+            "state at its bounds (per shard: {} keys per node, {} devices); the least recently \
+             used went. Raise engine.max_keys / engine.max_devices if the fleet is this large",
+            l.max_keys,
+            l.max_devices
+        );
+    }
+}
+
 /// Runs a shard until its queue closes (shutdown), then drains, checkpoints and returns.
 pub fn run(
     rules: Arc<RuleSet>,
@@ -290,6 +338,7 @@ pub fn run(
     mut ctx: ShardCtx,
 ) {
     let mut exec = Executor::new(rules, devices, wall_ms());
+    exec.set_limits(ctx.state_limits);
     // RPC ids unique across shards and restarts: start time (base 36) and shard.
     exec.set_id_prefix(format!("{}-{}-", radix36(wall_ms() as u64), ctx.index));
     if let Some(saved) = saved {
@@ -315,6 +364,7 @@ pub fn run(
         let mut alarm_changes = exec.alarms().changes();
         let mut saved_epoch = ctx.store.epoch();
         let mut held = Held::default();
+        let mut tracked = 0usize;
         let mut next_checkpoint = tokio::time::Instant::now() + ctx.checkpoint;
         loop {
             // Holding all it may: take no message and fire no timer until the state is written.
@@ -383,6 +433,7 @@ pub fn run(
                     );
                 }
             }
+            count_evictions(&mut exec, &ctx, &mut tracked);
             let now = tokio::time::Instant::now();
             let alarm_changed = exec.alarms().changes() != alarm_changes;
             // Alarm transitions reach the world only once they are on disk; while held, the

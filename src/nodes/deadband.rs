@@ -1,11 +1,10 @@
 //! `deadband`: change-of-value. Passes a message only when `field` moved by more than `delta`
 //! since the last value passed for the key (the first message passes).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::any::Any;
 
 use super::{as_f64, KeySel};
-use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
 use crate::rules::compile::Builder;
 use crate::rules::model::NodeSpec;
 
@@ -31,7 +30,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
-    last: HashMap<Arc<str>, f64>,
+    last: Keyed<f64>,
 }
 
 impl NodeImpl for Deadband {
@@ -48,14 +47,20 @@ impl NodeImpl for Deadband {
             Ok(k) => k,
             Err(e) => return Flow::Error(e, p),
         };
-        let delta = self.delta;
-        let st = cx.state::<State>();
-        match st.last.get(&key) {
-            Some(last) if (v - last).abs() <= delta => Flow::Stop("suppressed"),
+        let (delta, now) = (self.delta, cx.now);
+        match cx.state::<State>().last.get_mut(&key, now) {
+            Some(last) if (v - *last).abs() <= delta => Flow::Stop("suppressed"),
             _ => {
-                st.last.insert(key, v);
+                cx.insert_key(|s: &mut State| &mut s.last, key, v);
                 Flow::Pass(p)
             }
         }
+    }
+
+    /// A key idle for `idle` is forgotten: its next value passes, as a first one does.
+    fn sweep(&self, state: &mut (dyn Any + Send), now: i64, idle: i64) -> usize {
+        state
+            .downcast_mut::<State>()
+            .map_or(0, |s| s.last.sweep(now, idle, |_| false))
     }
 }

@@ -1,11 +1,12 @@
 //! `debounce`: per key, `last` passes the latest message once the key has been quiet for the
 //! duration; `first` passes a message when no message for the key came in the duration before it.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::KeySel;
-use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
 use crate::rules::compile::Builder;
 use crate::rules::model::{Emit, NodeSpec};
 
@@ -40,11 +41,21 @@ struct Pending {
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
     pending: HashMap<Arc<str>, Pending>,
-    last_seen: HashMap<Arc<str>, i64>,
+    last_seen: Keyed<i64>,
 }
 
 impl NodeImpl for Debounce {
     super::persisted!(State);
+
+    /// `first`: a key quiet for longer than the duration passes its next message either way,
+    /// so its entry goes once the duration has passed. `last`: a pending message is left to
+    /// its timer.
+    fn sweep(&self, state: &mut (dyn Any + Send), now: i64, idle: i64) -> usize {
+        let quiet = self.quiet.min(idle);
+        state
+            .downcast_mut::<State>()
+            .map_or(0, |s| s.last_seen.sweep(now, quiet, |_| false))
+    }
 
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let key = match self.key.key(cx, &mut p) {
@@ -54,7 +65,8 @@ impl NodeImpl for Debounce {
         let now = cx.now;
         match self.emit {
             Emit::First => {
-                let last = cx.state::<State>().last_seen.insert(key, now);
+                let last = cx.state::<State>().last_seen.get(&key).copied();
+                cx.insert_key(|s: &mut State| &mut s.last_seen, key, now);
                 match last {
                     Some(t) if now.saturating_sub(t) < self.quiet => Flow::Stop("suppressed"),
                     _ => Flow::Pass(p),

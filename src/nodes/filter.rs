@@ -2,11 +2,10 @@
 //! condition has held for the duration per key (the hold), then every true message until a false
 //! one ends the episode.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::any::Any;
 
 use super::KeySel;
-use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
 use crate::rules::compile::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::Expr;
@@ -38,11 +37,20 @@ enum Hold {
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
-    keys: HashMap<Arc<str>, Hold>,
+    keys: Keyed<Hold>,
 }
 
 impl NodeImpl for Filter {
     super::persisted!(State);
+
+    /// An episode (`Passing`) idle for `idle` is forgotten: the key's next true message starts a
+    /// new hold. A hold in progress is left to its timer.
+    fn sweep(&self, state: &mut (dyn Any + Send), now: i64, idle: i64) -> usize {
+        state.downcast_mut::<State>().map_or(0, |s| {
+            s.keys
+                .sweep(now, idle, |h| matches!(h, Hold::Holding { .. }))
+        })
+    }
 
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let ok = match self.cond.eval_bool(cx.rt, &mut p.vars) {
@@ -60,7 +68,8 @@ impl NodeImpl for Filter {
             cx.state::<State>().keys.remove(&key);
             return Flow::Else(p);
         }
-        match cx.state::<State>().keys.get_mut(&key) {
+        let now = cx.now;
+        match cx.state::<State>().keys.get_mut(&key, now) {
             Some(Hold::Passing) => return Flow::Pass(p),
             Some(Hold::Holding { latest, .. }) => {
                 *latest = p;
@@ -72,15 +81,18 @@ impl NodeImpl for Filter {
         if let Err(e) = cx.schedule(cx.now.saturating_add(hold), &key, tag) {
             return Flow::Error(e, p);
         }
-        cx.state::<State>()
-            .keys
-            .insert(key, Hold::Holding { latest: p, tag });
+        cx.insert_key(
+            |s: &mut State| &mut s.keys,
+            key,
+            Hold::Holding { latest: p, tag },
+        );
         Flow::Stop("held")
     }
 
     fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
+        let now = cx.now;
         let st = cx.state::<State>();
-        match st.keys.get_mut(key) {
+        match st.keys.get_mut(key, now) {
             Some(h @ Hold::Holding { .. }) => {
                 if !matches!(h, Hold::Holding { tag: t, .. } if *t == tag) {
                     return None;

@@ -3,6 +3,7 @@
 //! `await`, the message waits for the device's reply (an `rpc_response` message with the same
 //! `id`): the reply passes on; a timeout is this node's error.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use rhai::{Dynamic, Map};
 
 use super::KeySel;
 use crate::engine::effect::Event;
-use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
 use crate::rules::compile::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::{Expr, Template};
@@ -69,7 +70,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
-    last_sent: HashMap<Arc<str>, i64>,
+    last_sent: Keyed<i64>,
     /// Commands awaiting a reply: id → (timeout timer tag, the message that sent it).
     awaiting: HashMap<Arc<str>, (u64, Packet)>,
 }
@@ -97,6 +98,15 @@ fn fill_pattern(pattern: &str, p: &Packet) -> Result<String, String> {
 
 impl NodeImpl for Rpc {
     super::persisted!(State);
+
+    /// A key's cooldown entry decides nothing once the cooldown has passed: it goes then.
+    /// Commands awaiting a reply are left to their timers.
+    fn sweep(&self, state: &mut (dyn Any + Send), now: i64, idle: i64) -> usize {
+        let window = self.cooldown.unwrap_or(0).min(idle);
+        state
+            .downcast_mut::<State>()
+            .map_or(0, |s| s.last_sent.sweep(now, window, |_| false))
+    }
 
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let key = match self.key.key(cx, &mut p) {
@@ -137,7 +147,7 @@ impl NodeImpl for Rpc {
             },
         };
         if self.cooldown.is_some() {
-            cx.state::<State>().last_sent.insert(key, now);
+            cx.insert_key(|s: &mut State| &mut s.last_sent, key, now);
         }
         let id = cx.rpc_id();
         cx.emit(Event::Rpc {

@@ -1,10 +1,9 @@
 //! `throttle`: at most one message per key per duration (leading edge, no trailing emit).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::any::Any;
 
 use super::KeySel;
-use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
 use crate::rules::compile::Builder;
 use crate::rules::model::NodeSpec;
 
@@ -24,7 +23,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
-    last_passed: HashMap<Arc<str>, i64>,
+    last_passed: Keyed<i64>,
 }
 
 impl NodeImpl for Throttle {
@@ -37,13 +36,21 @@ impl NodeImpl for Throttle {
         };
         let now = cx.now;
         let every = self.every;
-        let st = cx.state::<State>();
-        match st.last_passed.get(&key) {
+        match cx.state::<State>().last_passed.get(&key) {
             Some(t) if now.saturating_sub(*t) < every => Flow::Stop("suppressed"),
             _ => {
-                st.last_passed.insert(key, now);
+                cx.insert_key(|s: &mut State| &mut s.last_passed, key, now);
                 Flow::Pass(p)
             }
         }
+    }
+
+    /// An entry older than `every` decides nothing (the next message passes either way): it
+    /// goes at once, whatever `idle` says.
+    fn sweep(&self, state: &mut (dyn Any + Send), now: i64, idle: i64) -> usize {
+        let every = self.every.min(idle);
+        state
+            .downcast_mut::<State>()
+            .map_or(0, |s| s.last_passed.sweep(now, every, |_| false))
     }
 }

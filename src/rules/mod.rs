@@ -342,6 +342,12 @@ fn check_live_settings(src: &Source, cfg: &Config, diags: &mut Diagnostics) {
     if let Some(e) = &cfg.engine {
         durations.extend(&e.checkpoint);
         durations.extend(&e.shutdown_timeout);
+        durations.extend(&e.forget_after);
+        for n in [&e.max_keys, &e.max_devices].into_iter().flatten() {
+            if n.value == 0 {
+                diags.error(src, n.pos, "the bound is at least 1");
+            }
+        }
         if let Some(n) = e.shards.as_ref().filter(|n| !(1..=256).contains(&n.value)) {
             diags.error(src, n.pos, "shards is between 1 and 256");
         }

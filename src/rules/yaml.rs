@@ -146,12 +146,20 @@ impl Node {
     }
 }
 
-/// Limits on what a rule file may hold. Rule files are small; these stop YAML bombs
-/// ("billion laughs") and absurd nesting long before they cost time or memory.
+/// Limits on what a rule file may hold. These stop YAML bombs ("billion laughs") and absurd
+/// nesting long before they cost time or memory. The value budget grows with the text: written
+/// out, every value takes at least a byte, so a large plain file (a registry of 20,000 devices)
+/// loads, while aliases, the only way to expand past the text, stay bounded by
+/// `MAX_REPLAYED_EVENTS`.
 const MAX_DEPTH: usize = 64;
 const MAX_NODES: usize = 100_000;
 const MAX_ALIASES: usize = 1_000;
 const MAX_REPLAYED_EVENTS: usize = 100_000;
+
+/// The value budget for a text: [`MAX_NODES`] plus one per byte.
+fn max_nodes(text: &str) -> usize {
+    MAX_NODES + text.len()
+}
 
 /// Parses YAML text into a [`Node`] tree. An empty document is `Null`.
 pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
@@ -171,7 +179,7 @@ pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
     }
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = MAX_DEPTH;
-    budget.max_nodes = MAX_NODES;
+    budget.max_nodes = max_nodes(text);
     budget.max_aliases = MAX_ALIASES;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
@@ -189,20 +197,21 @@ pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
                     col: 1,
                     offset: 0,
                 });
-            (pos, saphyr_message(&e))
+            (pos, saphyr_message(&e, text))
         })?;
     Ok(convert(spanned, text))
 }
 
 /// serde-saphyr's message without its position (we print `path:line:col` ourselves), and in
 /// our words where the limits against YAML bombs were hit.
-fn saphyr_message(e: &serde_saphyr::Error) -> String {
+fn saphyr_message(e: &serde_saphyr::Error, source: &str) -> String {
     let text = e.without_snippet().to_string();
     let lower = text.to_lowercase();
     if lower.contains("budget") || lower.contains("alias") || lower.contains("recursion") {
         return format!(
-            "the document is too deep or expands too much (a YAML bomb?): rule files may nest at most \
-             {MAX_DEPTH} levels, hold at most {MAX_NODES} values and use at most {MAX_ALIASES} aliases"
+            "the document is too deep or expands too much (a YAML bomb?): a file may nest at most \
+             {MAX_DEPTH} levels, hold at most {} values and use at most {MAX_ALIASES} aliases",
+            max_nodes(source)
         );
     }
     let text = match text.find(" at line ") {
@@ -846,6 +855,25 @@ mod tests {
         let text = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
         let e = parse(&text).unwrap_err();
         assert!(e.1.contains("too deep"), "{}", e.1);
+    }
+
+    #[test]
+    fn a_large_plain_file_is_no_bomb() {
+        // 30,000 devices of 8 values each: past the fixed budget, within the text's.
+        let mut text = String::from("devices:\n");
+        for i in 0..30_000 {
+            text.push_str(&format!(
+                "  - {{id: pump-{i}, type: pump, attributes: {{rated: 10.0, max: 80.0}}}}\n"
+            ));
+        }
+        let n = parse(&text).unwrap();
+        let Yaml::Map(m) = &n.value else {
+            panic!("not a map")
+        };
+        let Yaml::Seq(devices) = &m[0].1.value else {
+            panic!("not a list")
+        };
+        assert_eq!(devices.len(), 30_000);
     }
 }
 
