@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::rules::yaml::Pos;
+use crate::yaml::Pos;
 
 /// How bad a problem is. Errors make `validate` exit 1 and stop the rules from loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]

@@ -5,7 +5,7 @@
 //!
 //! Expanded values are never printed: a diagnostic names the variable, not its value.
 
-use crate::rules::yaml::{Node, Pos, Yaml};
+use crate::yaml::{Node, Pos, Yaml};
 
 /// Expands every string in a config tree. Returns the unset variables (name, position).
 pub fn expand_tree(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<(String, Pos)> {

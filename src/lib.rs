@@ -8,13 +8,16 @@
 pub mod cli;
 pub mod config;
 pub mod diag;
+pub mod duration;
 pub mod engine;
 pub mod env;
 pub mod lineproto;
 pub mod live;
+pub mod message;
 pub mod nodes;
 pub mod replay;
 pub mod rules;
 pub mod script;
 pub mod sinks;
 pub mod topic;
+pub mod yaml;

@@ -10,6 +10,7 @@ use rhai::Map;
 use crate::engine::clock::{Clock, VirtualClock};
 use crate::engine::effect::EffectSink;
 use crate::engine::{Device, Executor, Message};
+use crate::message::{payload_ts, Limits, RawPayload};
 use crate::rules::compile::RuleSet;
 use crate::rules::model::InputLine;
 use crate::topic::TopicPattern;
@@ -24,6 +25,7 @@ pub struct Replay {
     exec: Executor,
     patterns: Vec<TopicPattern>,
     last_ts: i64,
+    limits: Limits,
     /// Input messages accepted.
     pub messages: u64,
 }
@@ -43,8 +45,14 @@ impl Replay {
             clock,
             patterns,
             last_ts: default_ts,
+            limits: Limits::default(),
             messages: 0,
         }
+    }
+
+    /// Sets the payload limits (the config's `ingest:`; default: `run`'s defaults).
+    pub fn set_payload_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// The executor (alarms, clock).
@@ -60,11 +68,13 @@ impl Replay {
     /// Turns an input line (a test case's, already parsed) into a message.
     pub fn message(&self, line: InputLine) -> Result<Message, String> {
         let payload = match pick_payload(line.device.is_some(), line.data, line.payload)? {
+            Some(serde_json::Value::String(text)) => RawPayload::Text(text),
             Some(v) => rhai::serde::to_dynamic(&v)
                 .ok()
                 .and_then(|d| d.try_cast::<Map>())
-                .ok_or_else(|| "the payload must be a JSON object".to_string())?,
-            None => Map::new(),
+                .map(RawPayload::Map)
+                .ok_or_else(|| "the payload must be a JSON object, or text".to_string())?,
+            None => RawPayload::Map(Map::new()),
         };
         let head = Head {
             device: line.device,
@@ -87,17 +97,17 @@ impl Replay {
             #[serde(default)]
             topic: Option<String>,
             #[serde(default)]
-            kind: Option<crate::rules::model::Kind>,
+            kind: Option<crate::message::Kind>,
             #[serde(default)]
             ts: Option<i64>,
             #[serde(default)]
-            data: Option<crate::engine::JsonMap>,
+            data: Option<RawPayload>,
             #[serde(default)]
-            payload: Option<crate::engine::JsonMap>,
+            payload: Option<RawPayload>,
         }
         let w: Wire = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let payload =
-            pick_payload(w.device.is_some(), w.data, w.payload)?.map_or_else(Map::new, |m| m.0);
+        let payload = pick_payload(w.device.is_some(), w.data, w.payload)?
+            .unwrap_or(RawPayload::Map(Map::new()));
         self.resolve(
             Head {
                 device: w.device,
@@ -110,7 +120,7 @@ impl Replay {
         )
     }
 
-    fn resolve(&self, head: Head, payload: Map) -> Result<Message, String> {
+    fn resolve(&self, head: Head, payload: RawPayload) -> Result<Message, String> {
         let (device, kind, topic, captures) = match (head.device, head.topic) {
             (Some(_), Some(_)) => return Err("give `device` or `topic`, not both".into()),
             (Some(device), None) => (device, head.kind.unwrap_or_default(), None, Vec::new()),
@@ -127,8 +137,15 @@ impl Replay {
         if device.is_empty() {
             return Err("the device id is empty".into());
         }
+        // Decoded as `run` decodes it: a text payload by the same rules, rejects by reason.
+        let payload = payload.decode(kind, &self.limits).map_err(|r| {
+            format!(
+                "the payload is rejected ({}), as `run` would reject it",
+                r.as_str()
+            )
+        })?;
         let at = match &head.at {
-            Some(a) => Some(crate::rules::duration::parse(a)?),
+            Some(a) => Some(crate::duration::parse(a)?),
             None => None,
         };
         let ts = head
@@ -191,91 +208,7 @@ fn pick_payload<T>(direct: bool, data: Option<T>, payload: Option<T>) -> Result<
 struct Head {
     device: Option<String>,
     topic: Option<String>,
-    kind: Option<crate::rules::model::Kind>,
+    kind: Option<crate::message::Kind>,
     ts: Option<i64>,
     at: Option<String>,
-}
-
-/// The payload's own `ts`/`timestamp`: ms since the epoch, or an RFC 3339 time.
-pub fn payload_ts(payload: &Map) -> Option<i64> {
-    let v = payload.get("ts").or_else(|| payload.get("timestamp"))?;
-    if let Ok(i) = v.as_int() {
-        return Some(i);
-    }
-    if let Ok(f) = v.as_float() {
-        return f.is_finite().then_some(f as i64);
-    }
-    v.read_lock::<rhai::ImmutableString>()
-        .and_then(|s| parse_rfc3339(&s))
-}
-
-/// Parses `2024-12-05T10:30:00Z` / `2024-12-05T10:30:00.250+01:00` into ms since the epoch.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut ms = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(frac.len());
-        let f = &frac[..digits];
-        ms = format!("{:0<3}", &f[..f.len().min(3)])
-            .parse::<i64>()
-            .ok()?;
-        rest = &frac[digits..];
-    }
-    let offset_min = match rest {
-        "Z" | "z" => 0,
-        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
-            let sign = if r.starts_with('-') { -1 } else { 1 };
-            sign * (r.get(1..3)?.parse::<i64>().ok()? * 60 + r.get(4..6)?.parse::<i64>().ok()?)
-        }
-        _ => return None,
-    };
-    // Days from the civil date (proleptic Gregorian).
-    let (y, m) = if mo <= 2 {
-        (y - 1, mo + 9)
-    } else {
-        (y, mo - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + h * 3600 + mi * 60 + se) - offset_min * 60) * 1000 + ms)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339("2024-12-05T10:30:00Z"),
-            Some(1_733_394_600_000)
-        );
-        assert_eq!(
-            parse_rfc3339("2024-12-05T11:30:00.25+01:00"),
-            Some(1_733_394_600_250)
-        );
-        assert_eq!(parse_rfc3339("yesterday"), None);
-    }
 }

@@ -1,7 +1,7 @@
 //! MQTT topics: patterns with `{name}` captures that turn a topic into a device and a kind, and
 //! MQTT filter matching (`+`, `#`) for `on.topic`.
 
-use crate::rules::model::Kind;
+use crate::message::Kind;
 
 /// A compiled topic pattern such as `site/{site}/device/{device}/{kind}`.
 #[derive(Debug, Clone)]

@@ -767,3 +767,90 @@ async fn healthy_only_once_the_broker_acknowledged_the_subscriptions() {
     assert!(refused.contains("site/+/device/+/telemetry"), "{refused}");
     assert!(!refused.contains("\"device/+/telemetry"), "{refused}");
 }
+
+/// One decoder for both harnesses: the same raw MQTT payloads (a JSON status, a plain `offline`
+/// last will, a payload that is no JSON) give the same `publish` events in `dry-run` as on the
+/// wire in `run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_and_run_decode_the_same_payloads_alike() {
+    let dir = tempdir("onedecoder");
+    let port = free_port();
+    let http = free_port();
+    let chain = "chain: status\non: { kind: status }\nnodes:\n  - publish: { topic: \"out/${meta.device}\" }\n";
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{port}}}"),
+        http,
+        &[("status.yaml", chain)],
+        "devices: []\n",
+    );
+    let raw: [&[u8]; 4] = [
+        br#"{"status": "online"}"#,
+        b"offline",
+        b"not a word",
+        b"\"Online\"",
+    ];
+    // dry-run: the payloads as text in the topic form.
+    let input = dir.join("input.jsonl");
+    let lines: Vec<String> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            serde_json::json!({
+                "topic": "device/gw-1/status",
+                "ts": 1_000 * (i as i64 + 1),
+                "payload": String::from_utf8_lossy(p),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["dry-run", "--config"])
+        .arg(dir.join("rulechain.yaml"))
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let offline: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "publish")
+        .map(|e| e["payload"].clone())
+        .collect();
+    let bad: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["reason"] == "bad-input")
+        .collect();
+    assert_eq!(bad.len(), 1, "{events:?}");
+    assert!(
+        bad[0]["detail"].as_str().unwrap().contains("not_json"),
+        "{bad:?}"
+    );
+    // run: the same bytes on the wire.
+    let engine = Engine::start(&dir, http);
+    let mut sub = common::Mqtt::connect(port, "onedecoder-sub", true, &["out/#"]).await;
+    let publisher = common::Mqtt::connect(port, "onedecoder-pub", true, &[]).await;
+    for p in raw {
+        publisher.publish("device/gw-1/status", p.to_vec()).await;
+    }
+    let wire: Vec<serde_json::Value> = sub
+        .drain(Duration::from_secs(3))
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(wire, offline, "run and dry-run disagree");
+    assert_eq!(
+        wire,
+        vec![
+            serde_json::json!({"status": "online", "online": true}),
+            serde_json::json!({"status": "offline", "online": false}),
+            serde_json::json!({"status": "online", "online": true}),
+        ]
+    );
+    assert_eq!(engine.status()["counters"]["rejected"]["not_json"], 1);
+}

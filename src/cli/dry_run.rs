@@ -129,6 +129,7 @@ pub fn run(a: Args) -> i32 {
     replay
         .executor_mut()
         .set_limits(super::state_limits(cfg.as_ref()));
+    replay.set_payload_limits(crate::config::payload_limits(cfg.as_ref()));
     let bad = feed_lines(input, &mut replay, &mut out);
     replay.drain(drain, &mut out);
     out.summary.messages = replay.messages;

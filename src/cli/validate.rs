@@ -132,7 +132,7 @@ pub fn check_test_file(path: &Path, diags: &mut Diagnostics) {
             if !KINDS.contains(&k.as_str()) {
                 let d = diags.error(&src, k.pos, format!("unknown event kind `{}`", k.value));
                 d.hint(
-                    crate::rules::yaml::did_you_mean(k, KINDS.iter().copied())
+                    crate::yaml::did_you_mean(k, KINDS.iter().copied())
                         .unwrap_or_else(|| format!("one of {}", KINDS.join(", "))),
                 );
             }

@@ -47,6 +47,24 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The bounds the config sets (`engine.max_keys`, `max_devices`, `forget_after`), for the
+    /// whole engine; `run` splits them across shards, `dry-run` and `test` run one executor.
+    pub fn from_config(cfg: Option<&crate::config::Config>) -> Limits {
+        let e = cfg.and_then(|c| c.engine.as_ref());
+        let n = |v: Option<&Option<crate::yaml::Sp<usize>>>, default: usize| {
+            v.and_then(|v| v.as_ref())
+                .map_or(default, |n| n.value.max(1))
+        };
+        Limits {
+            max_keys: n(e.map(|e| &e.max_keys), MAX_KEYS),
+            max_devices: n(e.map(|e| &e.max_devices), MAX_DEVICES),
+            forget_after: e
+                .and_then(|e| e.forget_after.as_ref())
+                .and_then(|d| crate::duration::parse(&d.value).ok())
+                .map_or(FORGET_AFTER, |ms| ms.max(1_000)),
+        }
+    }
+
     /// The share of one of `shards` executors (each bound divided, rounded up).
     pub fn per_shard(self, shards: usize) -> Limits {
         let shards = shards.max(1);

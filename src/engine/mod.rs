@@ -20,119 +20,13 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, Map};
 
+use crate::message::Kind;
+pub use crate::message::{parse_payload, JsonMap, Message};
 use crate::rules::compile::{Chain, Reads, RuleSet};
-use crate::rules::model::Kind;
 use crate::script::{Runtime, Vars};
 use alarm::{Alarm, AlarmStore};
 use effect::{Effect, EffectSink, Event};
 pub use keyed::{Keyed, Limits};
-
-/// A message entering the engine.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// The device id.
-    pub device: Arc<str>,
-    /// The kind (which topic it came from).
-    pub kind: Kind,
-    /// The source topic, if it came from one.
-    pub topic: Option<Arc<str>>,
-    /// `meta.ts`, ms since the epoch.
-    pub ts: i64,
-    /// Named captures of the topic pattern (`site`), into `meta`.
-    pub captures: Vec<(String, String)>,
-    /// The payload fields.
-    pub payload: Map,
-}
-
-/// Parses a JSON payload straight into the map `msg` is made of (JSON integers become Rhai
-/// integers, decimals floats). Anything but a JSON object is an error.
-pub fn parse_payload(bytes: &[u8]) -> Result<Map, String> {
-    serde_json::from_slice::<JsonMap>(bytes)
-        .map(|m| m.0)
-        .map_err(|e| {
-            // A data error is ours ("must be a JSON object"); the others are syntax.
-            if e.is_data() {
-                e.to_string()
-            } else {
-                format!("not JSON: {e}")
-            }
-        })
-}
-
-/// A JSON object read straight into the map `msg` is made of, inside a larger document (the
-/// payload of a dry-run line): one pass over the text, no intermediate value.
-pub struct JsonMap(pub Map);
-
-impl<'de> serde::Deserialize<'de> for JsonMap {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = d.deserialize_any(json::ValueVisitor)?;
-        let type_name = v.type_name();
-        v.try_cast::<Map>().map(JsonMap).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "the payload must be a JSON object, not {type_name}"
-            ))
-        })
-    }
-}
-
-/// JSON → Rhai values without an intermediate tree (rhai's generic `Dynamic` deserializer is
-/// several times slower on small objects, and this runs for every message).
-mod json {
-    use rhai::{Array, Dynamic, Map};
-    use serde::de::{self, MapAccess, SeqAccess, Visitor};
-
-    pub(super) struct ValueVisitor;
-
-    impl<'de> de::DeserializeSeed<'de> for ValueVisitor {
-        type Value = Dynamic;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Dynamic, D::Error> {
-            d.deserialize_any(ValueVisitor)
-        }
-    }
-
-    impl<'de> Visitor<'de> for ValueVisitor {
-        type Value = Dynamic;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON value")
-        }
-        fn visit_unit<E>(self) -> Result<Dynamic, E> {
-            Ok(Dynamic::UNIT)
-        }
-        fn visit_bool<E>(self, b: bool) -> Result<Dynamic, E> {
-            Ok(Dynamic::from_bool(b))
-        }
-        fn visit_i64<E>(self, i: i64) -> Result<Dynamic, E> {
-            Ok(Dynamic::from_int(i))
-        }
-        fn visit_u64<E>(self, u: u64) -> Result<Dynamic, E> {
-            Ok(i64::try_from(u).map_or_else(|_| Dynamic::from_float(u as f64), Dynamic::from_int))
-        }
-        fn visit_f64<E>(self, f: f64) -> Result<Dynamic, E> {
-            Ok(Dynamic::from_float(f))
-        }
-        fn visit_str<E>(self, s: &str) -> Result<Dynamic, E> {
-            Ok(Dynamic::from(rhai::ImmutableString::from(s)))
-        }
-        fn visit_string<E>(self, s: String) -> Result<Dynamic, E> {
-            Ok(Dynamic::from(s))
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Dynamic, A::Error> {
-            let mut v = Array::new();
-            while let Some(x) = a.next_element_seed(ValueVisitor)? {
-                v.push(x);
-            }
-            Ok(Dynamic::from_array(v))
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Dynamic, A::Error> {
-            let mut m = Map::new();
-            while let Some(k) = a.next_key::<std::borrow::Cow<'de, str>>()? {
-                let v = a.next_value_seed(ValueVisitor)?;
-                m.insert(k.as_ref().into(), v);
-            }
-            Ok(Dynamic::from_map(m))
-        }
-    }
-}
 
 /// A message on its way through a chain: Rhai's three maps plus what nodes read often. It is
 /// serializable because held messages (holds, delays, windows, awaited replies) are node state

@@ -36,10 +36,7 @@ use crate::diag::Diagnostics;
 use settings::{Broker, Settings};
 use shard::{Reject, ShardMsg};
 
-/// Milliseconds since the epoch, by the wall clock.
-pub fn wall_ms() -> i64 {
-    crate::cli::wall_ms()
-}
+pub use crate::engine::clock::wall_ms;
 
 /// The engine's counters (shown by `/api/status` and the periodic log line).
 #[derive(Debug, Default)]
@@ -434,11 +431,7 @@ async fn serve(
         dead_letter: settings.dead_letter.as_deref().map(Arc::from),
         limit: limit.clone(),
     };
-    let limits = shard::Limits {
-        max_payload_bytes: settings.max_payload_bytes,
-        max_depth: settings.max_depth,
-        max_clock_skew_ms: settings.max_clock_skew_ms,
-    };
+    let limits = settings.payload;
     let mut shard_tx = Vec::new();
     let mut shard_threads = Vec::new();
     let SavedState {

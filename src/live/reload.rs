@@ -14,8 +14,8 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
 use crate::rules::compile::{self, ChainDoc, CompileOptions, RuleSet};
-use crate::rules::yaml::Node;
 use crate::rules::{self, FileKind};
+use crate::yaml::Node;
 
 /// What the API shows about reloads.
 #[derive(Debug, Default, Clone, Serialize)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::rules::duration;
+use crate::duration;
 use crate::topic::TopicPattern;
 
 /// Where the broker is.
@@ -100,12 +100,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Bounds on state, whole engine (each shard takes its share).
     pub state_limits: crate::engine::Limits,
-    /// Largest payload.
-    pub max_payload_bytes: usize,
-    /// Deepest JSON.
-    pub max_depth: usize,
-    /// Payload timestamps further than this from the receive time are not trusted (ms).
-    pub max_clock_skew_ms: i64,
+    /// Payload limits (`ingest:`): the same decoder as `dry-run`'s.
+    pub payload: crate::message::Limits,
     /// Dead-letter topic.
     pub dead_letter: Option<String>,
     /// Most HTTP connections at once (before the open-files limit is applied).
@@ -144,7 +140,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
     Ok((host, port, tls))
 }
 
-fn dur(s: &Option<crate::rules::yaml::Sp<String>>, default_ms: i64) -> i64 {
+fn dur(s: &Option<crate::yaml::Sp<String>>, default_ms: i64) -> i64 {
     s.as_ref()
         .and_then(|s| duration::parse(&s.value).ok())
         .unwrap_or(default_ms)
@@ -159,8 +155,8 @@ impl Settings {
     ) -> Result<Settings, String> {
         let config_given = config.is_some();
         let config = config.unwrap_or_default();
-        let rel = |p: &str| crate::cli::config_relative(config_path, p);
-        let rules_dir = crate::cli::rules_dir(rules, config_path, Some(&config));
+        let rel = |p: &str| crate::config::config_relative(config_path, p);
+        let rules_dir = crate::config::rules_dir(rules, config_path, Some(&config));
         let devices = config.devices.as_ref().map(|d| rel(d));
         let broker = match &config.mqtt {
             None => {
@@ -228,7 +224,7 @@ impl Settings {
         let ingest = config.ingest.clone().unwrap_or_default();
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Settings {
-            patterns: crate::cli::patterns(Some(&config)),
+            patterns: crate::config::patterns(Some(&config)),
             config_path: config_path.map(Path::to_path_buf),
             rules_dir,
             devices,
@@ -245,10 +241,8 @@ impl Settings {
             shutdown_timeout: Duration::from_millis(
                 dur(&engine.shutdown_timeout, 10_000).max(100) as u64
             ),
-            state_limits: crate::cli::state_limits(Some(&config)),
-            max_payload_bytes: ingest.max_payload_bytes.unwrap_or(65_536),
-            max_depth: ingest.max_depth.unwrap_or(32).max(1),
-            max_clock_skew_ms: dur(&ingest.max_clock_skew, 600_000),
+            state_limits: crate::engine::Limits::from_config(Some(&config)),
+            payload: crate::config::payload_limits(Some(&config)),
             dead_letter: ingest.dead_letter.clone(),
             http_max_connections: config
                 .http

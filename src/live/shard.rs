@@ -21,8 +21,8 @@ use super::{wall_ms, Stats};
 use crate::engine::effect::{Effect, EffectSink};
 use crate::engine::persist::Snapshot;
 use crate::engine::{Device, Executor, Message};
+pub use crate::message::{parse, Kind, Limits, Reject};
 use crate::rules::compile::RuleSet;
-use crate::rules::model::Kind;
 
 /// A message for a shard.
 pub struct Job {
@@ -72,123 +72,13 @@ pub struct ShardCtx {
     pub state_limits: crate::engine::Limits,
 }
 
-/// Payload checks.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest payload in bytes.
-    pub max_payload_bytes: usize,
-    /// Deepest nesting.
-    pub max_depth: usize,
-    /// Skew guard (ms).
-    pub max_clock_skew_ms: i64,
-}
-
-/// Why a payload was rejected (the counter names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
-    /// Larger than `max_payload_bytes`.
-    TooLarge,
-    /// Not UTF-8.
-    InvalidUtf8,
-    /// Deeper than `max_depth`.
-    TooDeep,
-    /// Not JSON.
-    NotJson,
-    /// JSON, but not an object.
-    NotObject,
-}
-
-impl Reject {
-    /// The counter and log name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reject::TooLarge => "too_large",
-            Reject::InvalidUtf8 => "invalid_utf8",
-            Reject::TooDeep => "too_deep",
-            Reject::NotJson => "not_json",
-            Reject::NotObject => "not_object",
-        }
-    }
-}
-
-/// The deepest nesting of `[`/`{` outside strings (a cheap pre-check before parsing).
-fn depth(bytes: &[u8]) -> usize {
-    let (mut d, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
-    for &b in bytes {
-        if in_str {
-            match b {
-                _ if esc => esc = false,
-                b'\\' => esc = true,
-                b'"' => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'[' | b'{' => {
-                d += 1;
-                max = max.max(d);
-            }
-            b']' | b'}' => d = d.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
-/// The deepest JSON the parser takes (serde_json's recursion limit of 128 allows 127 levels):
-/// `ingest.max_depth` above it counts as this, so a deeper payload is `too_deep`, not `not_json`.
-pub const JSON_MAX_DEPTH: usize = 127;
-
-/// Parses a payload into `msg`. A `status` payload may be plain text (`online`, `offline`, as
-/// MQTT last wills usually are): it reads as `{"status": TEXT, "online": BOOL}`.
-pub fn parse(kind: Kind, bytes: &[u8], limits: &Limits) -> Result<Map, Reject> {
-    if bytes.len() > limits.max_payload_bytes {
-        return Err(Reject::TooLarge);
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| Reject::InvalidUtf8)?;
-    if depth(bytes) > limits.max_depth.min(JSON_MAX_DEPTH) {
-        return Err(Reject::TooDeep);
-    }
-    let trimmed = text.trim();
-    if kind == Kind::Status && !trimmed.starts_with('{') {
-        let word = trimmed.trim_matches('"').to_ascii_lowercase();
-        if word == "online" || word == "offline" {
-            let mut m = Map::new();
-            m.insert("online".into(), (word == "online").into());
-            m.insert("status".into(), word.into());
-            return Ok(m);
-        }
-    }
-    let mut m = crate::engine::parse_payload(bytes).map_err(|e| {
-        if e.starts_with("not JSON") {
-            Reject::NotJson
-        } else {
-            Reject::NotObject
-        }
-    })?;
-    if kind == Kind::Status && !m.contains_key("online") {
-        if let Some(s) = m.get("status").map(|s| s.to_string().to_ascii_lowercase()) {
-            if s == "online" || s == "offline" {
-                m.insert("online".into(), (s == "online").into());
-            }
-        }
-    }
-    Ok(m)
-}
-
-/// `meta.ts`: the payload's `ts`/`timestamp` when within the skew guard of the receive time,
-/// else the receive time (counted).
+/// `meta.ts` (see [`crate::message::message_ts`]), counting a replaced payload time.
 fn message_ts(payload: &Map, received: i64, limits: &Limits, stats: &Stats) -> i64 {
-    match crate::replay::payload_ts(payload) {
-        Some(ts) if ts.abs_diff(received) <= limits.max_clock_skew_ms.unsigned_abs() => ts,
-        Some(_) => {
-            stats.skew_replaced.fetch_add(1, Relaxed);
-            received
-        }
-        None => received,
+    let (ts, replaced) = crate::message::message_ts(payload, received, limits.max_clock_skew_ms);
+    if replaced {
+        stats.skew_replaced.fetch_add(1, Relaxed);
     }
+    ts
 }
 
 /// Collects a step's effects, so that state is on disk before an alarm transition leaves.
@@ -622,51 +512,6 @@ mod tests {
         max_depth: 3,
         max_clock_skew_ms: 1000,
     };
-
-    #[test]
-    fn bad_payloads_are_rejected_by_reason() {
-        let t = Kind::Telemetry;
-        assert!(parse(t, br#"{"a": 1}"#, &L).is_ok());
-        assert_eq!(parse(t, &[b'1'; 65], &L).err(), Some(Reject::TooLarge));
-        assert_eq!(parse(t, b"\xff\xfe", &L).err(), Some(Reject::InvalidUtf8));
-        assert_eq!(
-            parse(t, br#"{"a":[[[[1]]]]}"#, &L).err(),
-            Some(Reject::TooDeep)
-        );
-        assert_eq!(parse(t, br#"{"a":"[[[[[["}"#, &L).map(|m| m.len()), Ok(1));
-        assert_eq!(parse(t, b"hello", &L).err(), Some(Reject::NotJson));
-        assert_eq!(parse(t, b"[1]", &L).err(), Some(Reject::NotObject));
-        assert_eq!(parse(t, b"online", &L).err(), Some(Reject::NotJson));
-    }
-
-    #[test]
-    fn depth_above_the_parsers_limit_is_too_deep() {
-        let deep = Limits {
-            max_payload_bytes: 1 << 20,
-            max_depth: 10_000,
-            max_clock_skew_ms: 1000,
-        };
-        let nest = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n - 1), "]".repeat(n - 1));
-        let t = Kind::Telemetry;
-        assert!(parse(t, nest(JSON_MAX_DEPTH).as_bytes(), &deep).is_ok());
-        assert_eq!(
-            parse(t, nest(JSON_MAX_DEPTH + 1).as_bytes(), &deep).err(),
-            Some(Reject::TooDeep)
-        );
-        assert_eq!(
-            parse(t, nest(10_000).as_bytes(), &deep).err(),
-            Some(Reject::TooDeep)
-        );
-    }
-
-    #[test]
-    fn status_payloads_may_be_words() {
-        let m = parse(Kind::Status, b"offline", &L).unwrap();
-        assert_eq!(m["status"].to_string(), "offline");
-        assert_eq!(m["online"].as_bool(), Ok(false));
-        let m = parse(Kind::Status, br#"{"status": "online"}"#, &L).unwrap();
-        assert_eq!(m["online"].as_bool(), Ok(true));
-    }
 
     #[test]
     fn payload_time_is_trusted_within_the_skew_guard() {

@@ -15,7 +15,7 @@ use super::{as_f64, KeySel};
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::rules::compile::Builder;
 use crate::rules::model::NodeSpec;
-use crate::rules::yaml::Pos;
+use crate::yaml::Pos;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Func {

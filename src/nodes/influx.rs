@@ -26,7 +26,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         Some(m) => b.template(m)?,
         None => Template::literal("telemetry"),
     };
-    let sorted = |v: &Vec<crate::rules::yaml::Sp<String>>| {
+    let sorted = |v: &Vec<crate::yaml::Sp<String>>| {
         let mut v: Vec<String> = v.iter().map(|x| x.value.clone()).collect();
         v.sort();
         v.dedup();

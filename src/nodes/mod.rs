@@ -23,8 +23,8 @@ use std::sync::Arc;
 use crate::engine::{Cx, NodeImpl, Packet};
 use crate::rules::compile::Builder;
 use crate::rules::model::{ExprSrc, NodeSpec};
-use crate::rules::yaml::{Pos, Sp};
 use crate::script::Expr;
+use crate::yaml::{Pos, Sp};
 
 /// Makes a node's `State` type its persisted state (see [`NodeImpl::save`]).
 macro_rules! persisted {

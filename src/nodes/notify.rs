@@ -26,7 +26,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     b.reads(true, true);
     for c in &n.0 {
         let c = if c.pos.line == 0 {
-            crate::rules::yaml::Sp {
+            crate::yaml::Sp {
                 value: c.value.clone(),
                 pos: n.pos,
             }

@@ -177,7 +177,7 @@ impl NodeImpl for Rpc {
         }
         let (_, p) = st.awaiting.remove(id)?;
         cx.forget_await(id);
-        let wait = crate::rules::duration::format(self.await_.unwrap_or(0));
+        let wait = crate::duration::format(self.await_.unwrap_or(0));
         Some(Flow::Error(
             format!("no reply to `{}` (id {id}) within {wait}", self.method),
             p,

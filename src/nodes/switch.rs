@@ -3,8 +3,8 @@
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::rules::compile::Builder;
 use crate::rules::model::NodeSpec;
-use crate::rules::yaml::Pos;
 use crate::script::Expr;
+use crate::yaml::Pos;
 
 struct Switch {
     expr: Expr,

@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use rhai::Engine;
 
-use super::duration;
 use super::model::{ChainFile, ExprSrc, Kind, NodeSpec, NODE_KINDS};
-use super::yaml::{self, did_you_mean, from_node, Node, Pos, Sp};
 use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
+use crate::duration;
 use crate::engine::NodeImpl;
 use crate::script::{CompileError, Expr, Script, Template};
 use crate::topic;
+use crate::yaml::{self, did_you_mean, from_node, Node, Pos, Sp};
 
 /// Every compiled chain, and what they share.
 pub struct RuleSet {

@@ -5,9 +5,7 @@
 //! [`Diagnostics`].
 
 pub mod compile;
-pub mod duration;
 pub mod model;
-pub mod yaml;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +15,7 @@ use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
 use crate::engine::Device;
 use crate::topic::TopicPattern;
+pub use crate::{duration, yaml};
 use compile::{report_de, ChainDoc, CompileOptions, RuleSet};
 use model::{DeviceSpec, DevicesFile, TestFile};
 use yaml::{from_node, Node};
@@ -271,7 +270,7 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
                 )
                 .hint("e.g. `webhook: {url: https://example.com/hook}`");
         }
-        for (pos, text, hint) in crate::sinks::notify::check_channel(name, ch, &cfg.channels) {
+        for (pos, text, hint) in crate::config::check::check_channel(name, ch, &cfg.channels) {
             let d = diags.error(src, pos, text);
             if let Some(h) = hint {
                 d.hint(h);
@@ -361,7 +360,7 @@ fn check_live_settings(src: &Source, cfg: &Config, diags: &mut Diagnostics) {
     }
     if let Some(i) = &cfg.influx {
         let i = &i.value;
-        if let Err(e) = crate::sinks::influx::base_url(&i.url.value) {
+        if let Err(e) = crate::config::check::base_url(&i.url.value) {
             diags.error(src, i.url.pos, e);
         }
         if let Some(a) = i

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
-use super::yaml::{Sp, SpMap};
+use crate::yaml::{Sp, SpMap};
 
 /// A Rhai expression. In YAML a string is Rhai source (`msg.current > 10`); a YAML number or
 /// boolean is that literal. A Rhai string literal needs inner quotes: `'"ok"'`.
@@ -133,45 +133,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
     }))
 }
 
-/// A message kind: which topic a message came from.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema, Default, serde::Serialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// Readings (the default).
-    #[default]
-    Telemetry,
-    /// Attributes the device reports (merged into `attr` before chains run).
-    Attributes,
-    /// Online/offline status (also the MQTT last will).
-    Status,
-    /// A device's reply to an RPC command.
-    RpcResponse,
-}
-
-impl Kind {
-    /// The name used in topics, `meta.kind` and YAML.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Telemetry => "telemetry",
-            Kind::Attributes => "attributes",
-            Kind::Status => "status",
-            Kind::RpcResponse => "rpc_response",
-        }
-    }
-
-    /// The kind of a name, if it is one.
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "telemetry" => Some(Kind::Telemetry),
-            "attributes" => Some(Kind::Attributes),
-            "status" => Some(Kind::Status),
-            "rpc_response" => Some(Kind::RpcResponse),
-            _ => None,
-        }
-    }
-}
+pub use crate::message::Kind;
 
 /// A rule chain file (`rules/*.yaml`): one chain.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -333,9 +295,9 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     /// The kind keys this node holds, with their positions (exactly one is valid).
-    pub fn kinds(&self) -> Vec<(&'static str, super::yaml::Pos)> {
+    pub fn kinds(&self) -> Vec<(&'static str, crate::yaml::Pos)> {
         let mut k = Vec::new();
-        let mut add = |name, pos: Option<super::yaml::Pos>| {
+        let mut add = |name, pos: Option<crate::yaml::Pos>| {
             if let Some(p) = pos {
                 k.push((name, p));
             }

@@ -63,9 +63,7 @@ impl HubSettings {
                 .map_or(d.client_queue, |v| v.value)
                 .max(1),
             ping_interval: match &s.ping_interval {
-                Some(p) => {
-                    Duration::from_millis(crate::rules::duration::parse(&p.value)?.max(100) as u64)
-                }
+                Some(p) => Duration::from_millis(crate::duration::parse(&p.value)?.max(100) as u64),
                 None => d.ping_interval,
             },
             allowed_origins: s.allowed_origins.clone().unwrap_or_default(),

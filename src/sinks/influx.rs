@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::InfluxSpec;
-use crate::rules::duration;
+use crate::duration;
 
 /// Timestamp precision of the lines sent (the encoder writes nanoseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl std::fmt::Debug for InfluxSettings {
     }
 }
 
-fn dur(s: &Option<crate::rules::yaml::Sp<String>>, default_ms: i64) -> Result<Duration, String> {
+fn dur(s: &Option<crate::yaml::Sp<String>>, default_ms: i64) -> Result<Duration, String> {
     let ms = match s {
         Some(s) => duration::parse(&s.value)?,
         None => default_ms,
@@ -136,7 +136,7 @@ impl InfluxSettings {
                 .ok_or_else(|| format!("influx.precision `{}`: use ns, us, ms or s", p.value))?,
             None => Precision::Ns,
         };
-        let mut url = base_url(&spec.url.value)?;
+        let mut url = crate::config::check::base_url(&spec.url.value)?;
         let auth;
         match api {
             "v2" => {
@@ -206,22 +206,6 @@ impl InfluxSettings {
             shutdown_grace: Duration::from_secs(5),
         })
     }
-}
-
-/// `http://host:8086` or `http://host:8086/prefix` → a base URL ending in `/`.
-pub fn base_url(text: &str) -> Result<reqwest::Url, String> {
-    let mut url = reqwest::Url::parse(text)
-        .map_err(|e| format!("bad InfluxDB URL `{text}`: {e} (e.g. `http://127.0.0.1:8086`)"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "bad InfluxDB URL `{text}`: use http:// or https://"
-        ));
-    }
-    if !url.path().ends_with('/') {
-        let p = format!("{}/", url.path());
-        url.set_path(&p);
-    }
-    Ok(url)
 }
 
 /// The writer's counters (in `/api/status` under `influx`).
@@ -477,7 +461,7 @@ impl Writer {
         let cap = self.settings.max_backoff.as_millis() as u64;
         let ms = base.min(cap);
         // ±20% jitter, so a fleet of engines does not retry in step.
-        let jitter = (crate::live::wall_ms() as u64 % 400) as i64 - 200;
+        let jitter = (crate::engine::clock::wall_ms() as u64 % 400) as i64 - 200;
         Duration::from_millis((ms as i64 + ms as i64 * jitter / 1000).max(1) as u64)
     }
 
@@ -800,10 +784,10 @@ mod tests {
     #[test]
     fn urls_carry_org_bucket_and_precision() {
         let spec = InfluxSpec {
-            url: crate::rules::yaml::Sp::unplaced("http://db:8086/influx".to_string()),
+            url: crate::yaml::Sp::unplaced("http://db:8086/influx".to_string()),
             org: Some("acme & co".into()),
             bucket: Some("iot".into()),
-            precision: Some(crate::rules::yaml::Sp::unplaced("ms".to_string())),
+            precision: Some(crate::yaml::Sp::unplaced("ms".to_string())),
             ..Default::default()
         };
         let s = InfluxSettings::resolve(&spec, Path::new("/tmp")).unwrap();
@@ -812,7 +796,7 @@ mod tests {
             "http://db:8086/influx/api/v2/write?org=acme+%26+co&bucket=iot&precision=ms"
         );
         let spec = InfluxSpec {
-            api: Some(crate::rules::yaml::Sp::unplaced("v1".to_string())),
+            api: Some(crate::yaml::Sp::unplaced("v1".to_string())),
             database: Some("telemetry".into()),
             ..spec
         };
@@ -821,7 +805,7 @@ mod tests {
             s.write_url.as_str(),
             "http://db:8086/influx/write?db=telemetry&precision=ms"
         );
-        assert!(base_url("ftp://x").is_err());
+        assert!(crate::config::check::base_url("ftp://x").is_err());
     }
 
     #[test]

@@ -22,8 +22,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::config::check::{parse_rate, smtp_url, SmtpTls};
 use crate::config::ChannelSpec;
-use crate::rules::duration;
+use crate::duration;
 
 /// One notification for one channel.
 #[derive(Debug, Clone)]
@@ -402,145 +403,6 @@ fn chain_text(e: &dyn std::error::Error) -> String {
     super::with_causes(e.to_string(), e.source())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SmtpTls {
-    None,
-    StartTls,
-    Tls,
-}
-
-/// `smtp://host:587`, `smtps://host:465` → host, port and TLS mode.
-fn smtp_url(url: &str, tls: Option<&str>) -> Result<(String, u16, SmtpTls), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("bad SMTP URL `{url}`: use smtp://host:587 or smtps://host:465"))?;
-    let default_tls = match scheme {
-        "smtp" => SmtpTls::StartTls,
-        "smtps" => SmtpTls::Tls,
-        _ => {
-            return Err(format!(
-                "bad SMTP URL `{url}`: use smtp://host:587 or smtps://host:465"
-            ))
-        }
-    };
-    let tls = match tls {
-        None => default_tls,
-        Some("starttls") => SmtpTls::StartTls,
-        Some("tls") => SmtpTls::Tls,
-        Some("none") => SmtpTls::None,
-        Some(o) => return Err(format!("`tls: {o}`: use starttls, tls or none")),
-    };
-    let hostport = rest.trim_end_matches('/');
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (
-            h.to_string(),
-            p.parse::<u16>()
-                .map_err(|_| format!("bad port in SMTP URL `{url}`"))?,
-        ),
-        None => (
-            hostport.to_string(),
-            if tls == SmtpTls::Tls { 465 } else { 587 },
-        ),
-    };
-    if host.is_empty() || host.contains(['@', '/']) {
-        return Err(format!(
-            "bad SMTP URL `{url}`: give host and port (credentials go in `username`/`password`)"
-        ));
-    }
-    Ok((host, port, tls))
-}
-
-/// Checks a channel's settings without connecting anywhere: what is wrong, and where.
-pub fn check_channel(
-    name: &str,
-    spec: &crate::rules::yaml::Sp<ChannelSpec>,
-    known: &std::collections::BTreeMap<String, crate::rules::yaml::Sp<ChannelSpec>>,
-) -> Vec<(crate::rules::yaml::Pos, String, Option<String>)> {
-    let mut out = Vec::new();
-    let at = spec.pos;
-    if let Some(e) = &spec.email {
-        if let Err(err) = smtp_url(&e.smtp.value, e.tls.as_ref().map(|t| t.value.as_str())) {
-            let pos = e
-                .tls
-                .as_ref()
-                .filter(|_| err.starts_with("`tls"))
-                .map_or(e.smtp.pos, |t| t.pos);
-            out.push((pos, err, None));
-        }
-        if let Err(err) = e.from.parse::<Mailbox>() {
-            out.push((
-                at,
-                format!("channel `{name}`: bad `from` address `{}`: {err}", e.from),
-                None,
-            ));
-        }
-        for t in &e.to {
-            if let Err(err) = t.parse::<Mailbox>() {
-                out.push((
-                    at,
-                    format!("channel `{name}`: bad `to` address `{t}`: {err}"),
-                    None,
-                ));
-            }
-        }
-        if e.to.is_empty() {
-            out.push((at, format!("channel `{name}`: `to` lists no address"), None));
-        }
-    }
-    if let Some(w) = &spec.webhook {
-        let ok = reqwest::Url::parse(&w.url.value)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
-        if !ok {
-            out.push((
-                w.url.pos,
-                format!("channel `{name}`: bad webhook URL"),
-                Some("give an http:// or https:// URL".into()),
-            ));
-        }
-    }
-    if let Some(f) = &spec.fallback {
-        if f.value == name {
-            out.push((
-                f.pos,
-                format!("channel `{name}` cannot be its own fallback"),
-                None,
-            ));
-        } else if !known.contains_key(&f.value) {
-            out.push((
-                f.pos,
-                format!("unknown fallback channel `{}`", f.value),
-                Some(format!(
-                    "define it under `channels:` (known: {})",
-                    known.keys().cloned().collect::<Vec<_>>().join(", ")
-                )),
-            ));
-        }
-    }
-    if let Some(r) = &spec.rate_limit {
-        if let Err(e) = parse_rate(&r.value) {
-            out.push((r.pos, e, None));
-        }
-    }
-    for d in [&spec.timeout, &spec.repeat_interval].into_iter().flatten() {
-        if let Err(e) = duration::parse(&d.value) {
-            out.push((d.pos, e, None));
-        }
-    }
-    out
-}
-
-/// `10/1m` → (10, 60 s).
-pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
-    let bad = || format!("bad rate limit `{text}`: write COUNT/DURATION, e.g. `10/1m`");
-    let (n, per) = text.split_once('/').ok_or_else(bad)?;
-    let n: u32 = n.trim().parse().map_err(|_| bad())?;
-    let ms = duration::parse(per.trim()).map_err(|e| format!("{}: {e}", bad()))?;
-    if n == 0 || ms <= 0 {
-        return Err(bad());
-    }
-    Ok((n, Duration::from_millis(ms as u64)))
-}
-
 /// A channel's delivery policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -567,7 +429,7 @@ pub struct Policy {
 impl Policy {
     /// From the config (checked by `validate`).
     pub fn from_spec(spec: &ChannelSpec) -> Result<Self, String> {
-        let d = |s: &Option<crate::rules::yaml::Sp<String>>| -> Result<Option<Duration>, String> {
+        let d = |s: &Option<crate::yaml::Sp<String>>| -> Result<Option<Duration>, String> {
             s.as_ref()
                 .map(|s| {
                     duration::parse(&s.value).map(|ms| Duration::from_millis(ms.max(1) as u64))
@@ -620,7 +482,7 @@ impl Notifier {
     /// status by id (the hub's view), so reminders stop once an alarm is acknowledged or
     /// cleared even when the channel was not told.
     pub fn start(
-        specs: &std::collections::BTreeMap<String, crate::rules::yaml::Sp<ChannelSpec>>,
+        specs: &std::collections::BTreeMap<String, crate::yaml::Sp<ChannelSpec>>,
         base: &std::path::Path,
         status: AlarmStatus,
     ) -> Result<(Notifier, Vec<tokio::task::JoinHandle<()>>), String> {
@@ -807,7 +669,7 @@ impl Worker {
             r.1 = now + every;
             let mut n = r.0.clone();
             n.reminder = true;
-            n.ts = crate::live::wall_ms();
+            n.ts = crate::engine::clock::wall_ms();
             self.stats.reminders.fetch_add(1, Relaxed);
             if self.admit() {
                 self.deliver(n).await;

@@ -2,13 +2,17 @@
 //! [`Config::default`], the embedded default: topics `device/{device}/{kind}` and
 //! `site/{site}/device/{device}/{kind}`, rules in `./rules`, no notification channels checked.
 
+pub mod check;
+
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::rules::model::Kind;
-use crate::rules::yaml::Sp;
+use crate::message::Kind;
+use crate::topic::TopicPattern;
+use crate::yaml::Sp;
 
 /// The engine config file.
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
@@ -384,5 +388,54 @@ impl Config {
                 ("site/{site}/device/{device}/{kind}".into(), None),
             ],
         }
+    }
+}
+
+/// A path from the config, relative to the config file's directory.
+pub fn config_relative(config_path: Option<&Path>, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    match config_path.and_then(Path::parent) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// The rules directory: `--rules`, else the config's `rules:`, else `./rules`.
+pub fn rules_dir(
+    arg: Option<PathBuf>,
+    config_path: Option<&Path>,
+    cfg: Option<&Config>,
+) -> PathBuf {
+    arg.or_else(|| {
+        cfg.and_then(|c| c.rules.as_ref())
+            .map(|r| config_relative(config_path, r))
+    })
+    .unwrap_or_else(|| PathBuf::from("rules"))
+}
+
+/// The topic patterns in force.
+pub fn patterns(cfg: Option<&Config>) -> Vec<TopicPattern> {
+    let default = Config::default();
+    cfg.unwrap_or(&default)
+        .topic_patterns()
+        .iter()
+        .filter_map(|(p, k)| TopicPattern::parse(p, *k).ok())
+        .collect()
+}
+
+/// The payload limits in force (`ingest:`), with `run`'s defaults.
+pub fn payload_limits(cfg: Option<&Config>) -> crate::message::Limits {
+    let d = crate::message::Limits::default();
+    let Some(i) = cfg.and_then(|c| c.ingest.as_ref()) else {
+        return d;
+    };
+    crate::message::Limits {
+        max_payload_bytes: i.max_payload_bytes.unwrap_or(d.max_payload_bytes),
+        max_depth: i.max_depth.unwrap_or(d.max_depth).max(1),
+        max_clock_skew_ms: i
+            .max_clock_skew
+            .as_ref()
+            .and_then(|s| crate::duration::parse(&s.value).ok())
+            .unwrap_or(d.max_clock_skew_ms),
     }
 }
