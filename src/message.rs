@@ -165,15 +165,13 @@ pub fn parse(kind: Kind, bytes: &[u8], limits: &Limits) -> Result<Map, Reject> {
             return Ok(m);
         }
     }
-    let mut m = serde_json::from_slice::<JsonMap>(bytes)
-        .map(|m| m.0)
-        .map_err(|e| {
-            if e.is_data() {
-                Reject::NotObject
-            } else {
-                Reject::NotJson
-            }
-        })?;
+    let mut m = json_object(bytes).map_err(|e| {
+        if e.is_data() {
+            Reject::NotObject
+        } else {
+            Reject::NotJson
+        }
+    })?;
     normalize(kind, &mut m);
     Ok(m)
 }
@@ -239,16 +237,19 @@ impl<'de> serde::Deserialize<'de> for RawPayload {
 /// Parses a JSON payload straight into the map `msg` is made of (JSON integers become Rhai
 /// integers, decimals floats). Anything but a JSON object is an error.
 pub fn parse_payload(bytes: &[u8]) -> Result<Map, String> {
-    serde_json::from_slice::<JsonMap>(bytes)
-        .map(|m| m.0)
-        .map_err(|e| {
-            // A data error is ours ("must be a JSON object"); the others are syntax.
-            if e.is_data() {
-                e.to_string()
-            } else {
-                format!("not JSON: {e}")
-            }
-        })
+    json_object(bytes).map_err(|e| {
+        // A data error is ours ("must be a JSON object"); the others are syntax.
+        if e.is_data() {
+            e.to_string()
+        } else {
+            format!("not JSON: {e}")
+        }
+    })
+}
+
+/// A JSON object straight into a map; a data error means valid JSON that is not an object.
+fn json_object(bytes: &[u8]) -> Result<Map, serde_json::Error> {
+    serde_json::from_slice::<JsonMap>(bytes).map(|m| m.0)
 }
 
 /// A JSON object read straight into the map `msg` is made of, inside a larger document (the

@@ -128,7 +128,7 @@ pub fn run(a: Args) -> i32 {
     );
     replay
         .executor_mut()
-        .set_limits(super::state_limits(cfg.as_ref()));
+        .set_limits(crate::engine::Limits::from_config(cfg.as_ref()));
     replay.set_payload_limits(crate::config::payload_limits(cfg.as_ref()));
     let bad = feed_lines(input, &mut replay, &mut out);
     replay.drain(drain, &mut out);

@@ -27,8 +27,3 @@ pub fn load_config(path: Option<&Path>, diags: &mut Diagnostics) -> Option<Confi
 
 pub use crate::config::{config_relative, patterns, rules_dir};
 pub use crate::engine::clock::wall_ms;
-
-/// The bounds on state the config sets (see [`crate::engine::Limits::from_config`]).
-pub fn state_limits(cfg: Option<&Config>) -> crate::engine::Limits {
-    crate::engine::Limits::from_config(cfg)
-}

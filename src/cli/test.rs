@@ -72,7 +72,7 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
             );
             replay
                 .executor_mut()
-                .set_limits(super::state_limits(cfg.as_ref()));
+                .set_limits(crate::engine::Limits::from_config(cfg.as_ref()));
             replay.set_payload_limits(crate::config::payload_limits(cfg.as_ref()));
             match run_case(replay, case) {
                 Ok(()) => {
