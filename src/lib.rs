@@ -1,6 +1,6 @@
 //! rulechain: a declarative rule-engine stream processor for IoT telemetry.
 //!
-//! The rule core ([`rules`], [`script`], [`engine`], [`nodes`]) does no I/O and never reads the
+//! The rule core ([`rules`] with its node kinds, [`script`], [`engine`]) does no I/O and never reads the
 //! wall clock; the harnesses ([`replay`] for `dry-run`/`test`, the live engine for `run`) feed it
 //! messages and time and take its effects. See `ARCHITECTURE.md`.
 #![warn(missing_docs)]
@@ -14,7 +14,6 @@ pub mod env;
 pub mod lineproto;
 pub mod live;
 pub mod message;
-pub mod nodes;
 pub mod replay;
 pub mod rules;
 pub mod script;

@@ -70,7 +70,7 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
     };
     let engine = Arc::new(crate::script::new_engine());
     let mut rt = Runtime::new(engine.clone());
-    let (mut subject, mut body) = crate::nodes::notify::alarm_text(&alarm_map);
+    let (mut subject, mut body) = crate::rules::nodes::notify::alarm_text(&alarm_map);
     for (t, out) in [(&spec.subject, &mut subject), (&spec.body, &mut body)] {
         if let Some(t) = t {
             let rendered = Template::compile(&engine, t)

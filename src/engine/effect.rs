@@ -110,7 +110,7 @@ pub enum Event {
         /// The device.
         device: Arc<str>,
         /// The level.
-        level: crate::rules::model::LogLevel,
+        level: LogLevel,
         /// The rendered text.
         message: String,
     },
@@ -225,4 +225,31 @@ impl Summary {
             Event::Log { .. } | Event::Node { .. } => {}
         }
     }
+}
+
+/// Log levels.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    Default,
+    serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors.
+    Error,
+    /// Warnings.
+    Warn,
+    /// Information (default).
+    #[default]
+    Info,
+    /// Debugging.
+    Debug,
+    /// Tracing.
+    Trace,
 }

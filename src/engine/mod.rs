@@ -12,6 +12,7 @@ pub mod clock;
 pub mod effect;
 pub mod keyed;
 pub mod persist;
+pub mod program;
 
 use std::any::Any;
 use std::cmp::Reverse;
@@ -22,11 +23,11 @@ use rhai::{Dynamic, Map};
 
 use crate::message::Kind;
 pub use crate::message::{parse_payload, JsonMap, Message};
-use crate::rules::compile::{Chain, Reads, RuleSet};
 use crate::script::{Runtime, Vars};
 use alarm::{Alarm, AlarmStore};
 use effect::{Effect, EffectSink, Event};
 pub use keyed::{Keyed, Limits};
+use program::{Chain, Reads, RuleSet};
 
 /// A message on its way through a chain: Rhai's three maps plus what nodes read often. It is
 /// serializable because held messages (holds, delays, windows, awaited replies) are node state
@@ -347,6 +348,9 @@ pub struct Executor {
     next_sweep: i64,
     /// Devices from the registry (never forgotten; not counted against `max_devices`).
     registered: usize,
+    /// At `max_devices`, nothing was forgettable: a device only becomes forgettable again at a
+    /// sweep, so until then a new device does not scan them all again.
+    devices_full: bool,
 }
 
 impl Executor {
@@ -382,6 +386,7 @@ impl Executor {
             evictions: Evictions::default(),
             next_sweep: now,
             registered: devices_registered,
+            devices_full: false,
         }
     }
 
@@ -424,13 +429,24 @@ impl Executor {
                 self.evictions.keys_forgotten += n as u64;
             }
         }
-        let cut = now.saturating_sub(idle);
         let alarmed = self.alarmed_devices();
+        let n = self.forget_devices_seen_before(now.saturating_sub(idle), &alarmed);
+        self.evictions.devices_forgotten += n as u64;
+        self.devices_full = false;
+    }
+
+    /// Forgets the devices last seen before `cut` that have nothing of their own and no alarm;
+    /// returns how many.
+    fn forget_devices_seen_before(
+        &mut self,
+        cut: i64,
+        alarmed: &std::collections::HashSet<String>,
+    ) -> usize {
         let before = self.devices.len();
         self.devices.retain(|id, d| {
             !(d.forgettable() && d.last_seen < cut && !alarmed.contains(id.as_ref()))
         });
-        self.evictions.devices_forgotten += (before - self.devices.len()) as u64;
+        before - self.devices.len()
     }
 
     /// Devices with an alarm record: never forgotten (the alarm names them).
@@ -445,6 +461,9 @@ impl Executor {
         if self.learned_devices() < max {
             return true;
         }
+        if self.devices_full {
+            return false;
+        }
         let alarmed = self.alarmed_devices();
         let mut seen: Vec<i64> = self
             .devices
@@ -455,14 +474,12 @@ impl Executor {
         if !seen.is_empty() {
             let n = (max / 8 + 1).min(seen.len());
             let (_, cut, _) = seen.select_nth_unstable(n - 1);
-            let cut = *cut;
-            let before = self.devices.len();
-            self.devices.retain(|id, d| {
-                !(d.forgettable() && d.last_seen <= cut && !alarmed.contains(id.as_ref()))
-            });
-            self.evictions.devices_evicted += (before - self.devices.len()) as u64;
+            let cut = cut.saturating_add(1);
+            let n = self.forget_devices_seen_before(cut, &alarmed);
+            self.evictions.devices_evicted += n as u64;
         }
-        self.learned_devices() < max
+        self.devices_full = self.learned_devices() >= max;
+        !self.devices_full
     }
 
     /// The clock time.

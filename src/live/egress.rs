@@ -16,9 +16,9 @@ use std::sync::Arc;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
-use super::shard::Reject;
 use super::{RateLimit, Stats};
 use crate::engine::effect::{Effect, Event};
+use crate::message::Reject;
 use crate::rules::model::LogLevel;
 use crate::sinks::notify::Unsent;
 

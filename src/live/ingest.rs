@@ -18,7 +18,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 
 use super::settings::MqttConn;
-use super::shard::{shard_of, Job, ShardMsg};
+use super::shard::{shard_of, AckMsg, Job, ShardMsg};
 use super::{wall_ms, RateLimit, Stats};
 use crate::topic::TopicPattern;
 
@@ -34,18 +34,6 @@ pub const MAX_INCOMING_PACKET: usize = 268_435_455;
 /// Largest packet our connections send (commands, republished messages, dead letters), and
 /// the embedded broker's payload limit.
 pub const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
-
-/// Between ingest, the shards and the acknowledging task.
-pub enum AckMsg {
-    /// A QoS 1 message was handed to a shard under this sequence number.
-    Pending(u64, Publish),
-    /// Its chains ran.
-    Done(u64),
-}
-
-/// Capacity of the ack channel: MQTT packet ids are 16-bit, so a session never has more
-/// unacknowledged messages than this, and the channel never makes a shard wait for long.
-pub const ACK_CAPACITY: usize = 2 * 65_536;
 
 /// rumqttc options for one of our connections (`suffix`: `in`, `out`, `sim`, `record`).
 pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {

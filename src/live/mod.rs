@@ -388,7 +388,7 @@ async fn serve(
     let mut in_opts = ingest::options(&conn, "in")?;
     in_opts.set_manual_acks(true);
     let (in_client, in_events) = ingest::client(in_opts, 1024);
-    let (ack_tx, ack_rx) = mpsc::channel(ingest::ACK_CAPACITY);
+    let (ack_tx, ack_rx) = mpsc::channel(shard::ACK_CAPACITY);
     let acker = tokio::spawn(ingest::acker(in_client.clone(), ack_rx));
     // Sinks: InfluxDB writer, WebSocket hub, notification channels.
     let (ack_tx_hub, mut ack_rx_hub) = mpsc::channel::<crate::sinks::hub::AckReq>(64);

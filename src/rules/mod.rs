@@ -4,8 +4,10 @@
 //! returns what it could load and pushes every problem, with its position, into a
 //! [`Diagnostics`].
 
+pub mod builder;
 pub mod compile;
 pub mod model;
+pub mod nodes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

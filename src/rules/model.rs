@@ -465,22 +465,7 @@ pub struct PublishSpec {
     pub retain: Option<bool>,
 }
 
-/// Log levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    /// Errors.
-    Error,
-    /// Warnings.
-    Warn,
-    /// Information (default).
-    #[default]
-    Info,
-    /// Debugging.
-    Debug,
-    /// Tracing.
-    Trace,
-}
+pub use crate::engine::effect::LogLevel;
 
 /// `log`: a log event.
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]

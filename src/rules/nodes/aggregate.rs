@@ -13,7 +13,7 @@ use rhai::{Dynamic, Map};
 
 use super::{as_f64, KeySel};
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::yaml::Pos;
 

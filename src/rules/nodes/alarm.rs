@@ -6,7 +6,7 @@ use rhai::{Dynamic, Map};
 use crate::engine::alarm::{severity, Alarm, Transition, SEVERITIES};
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::{AlarmAction, NodeSpec};
 use crate::script::{Expr, Template};
 

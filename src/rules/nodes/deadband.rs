@@ -5,7 +5,7 @@ use std::any::Any;
 
 use super::{as_f64, KeySel};
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 
 struct Deadband {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::KeySel;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::{Emit, NodeSpec};
 
 struct Debounce {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::KeySel;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::Expr;
 

@@ -8,7 +8,7 @@ use super::as_f64;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::lineproto::Line;
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::Template;
 

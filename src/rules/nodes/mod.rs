@@ -21,7 +21,7 @@ mod websocket;
 use std::sync::Arc;
 
 use crate::engine::{Cx, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::{ExprSrc, NodeSpec};
 use crate::script::Expr;
 use crate::yaml::{Pos, Sp};

@@ -7,7 +7,7 @@ use rhai::Map;
 
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 
 struct Notify {

@@ -12,7 +12,7 @@ use rhai::{Dynamic, Map};
 use super::KeySel;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::{Expr, Template};
 use crate::topic::default_command_topic;

@@ -1,7 +1,7 @@
 //! `switch`: routes by the value of an expression, compared as text with the `cases` keys.
 
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::Expr;
 use crate::yaml::Pos;

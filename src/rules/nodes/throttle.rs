@@ -4,7 +4,7 @@ use std::any::Any;
 
 use super::KeySel;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 
 struct Throttle {

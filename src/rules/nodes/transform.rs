@@ -4,7 +4,7 @@
 use rhai::{Dynamic, Map};
 
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::{Expr, Script};
 

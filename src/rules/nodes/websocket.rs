@@ -3,7 +3,7 @@
 
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
-use crate::rules::compile::Builder;
+use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::Template;
 
