@@ -121,6 +121,12 @@ impl TopicPattern {
 
 /// Whether an MQTT topic filter (`a/+/c`, `a/#`) matches a topic.
 pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    // MQTT 3.1.1 §4.7.2: a filter that starts with a wildcard does not match a topic that starts
+    // with `$` (`$SYS/…`); `$SYS/#` does. (rumqttc's `matches` refuses every `$` topic, even
+    // for `$SYS/#`, so it is not used here.)
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
     let mut t = topic.split('/');
     for f in filter.split('/') {
         match (f, t.next()) {
@@ -180,6 +186,10 @@ mod tests {
         ));
         assert!(filter_matches("site/#", "site/a/b"));
         assert!(!filter_matches("site/+", "site/a/b"));
+        assert!(!filter_matches("#", "$SYS/broker/uptime"));
+        assert!(!filter_matches("+/broker/uptime", "$SYS/broker/uptime"));
+        assert!(filter_matches("$SYS/#", "$SYS/broker/uptime"));
+        assert!(filter_matches("+/x", "a$/x"));
         assert!(check_filter("a/#/b").is_err());
         assert_eq!(
             default_command_topic(Some("site/a/device/p/telemetry"), "p"),

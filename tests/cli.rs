@@ -501,3 +501,34 @@ fn sink_settings_are_checked_with_their_positions() {
     assert_eq!(text.matches("bad `from` address").count(), 1, "{text}");
     assert!(text.trim_end().ends_with("15 errors, 0 warnings"), "{text}");
 }
+
+#[test]
+fn validate_warns_of_fall_through_into_a_branch_but_not_after_a_switch() {
+    let d = scratch("fallthrough");
+    // `shed` falls through into `clear`, which is also the filter's `else`: a warning.
+    write(
+        &d,
+        "falls.yaml",
+        "chain: falls\nnodes:\n  - id: hot\n    filter: msg.t > 1\n    else: clear\n  - id: shed\n    log: { message: hot }\n  - id: clear\n    log: { message: clear }\n",
+    );
+    let o = rulechain(&["validate", d.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("node `clear` is entered by fall-through from `shed`"),
+        "{}",
+        stdout(&o)
+    );
+    // A switch routes or stops; it never falls through into the node after it.
+    let d = scratch("switchdefault");
+    write(
+        &d,
+        "route.yaml",
+        "chain: route\nnodes:\n  - id: route\n    switch: msg.level\n    cases: { high: high }\n    default: low\n  - id: low\n    log: { message: low }\n    next: []\n  - id: high\n    log: { message: high }\n",
+    );
+    let o = rulechain(&["validate", d.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("0 errors, 0 warnings"),
+        "{}",
+        stdout(&o)
+    );
+}

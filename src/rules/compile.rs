@@ -305,7 +305,8 @@ fn compile_chain(
                 }
                 v
             }
-            None if i + 1 < specs.len() => {
+            // A switch never falls through: no match and no `default` stops the message.
+            None if i + 1 < specs.len() && kind != "switch" => {
                 out.push(Edge {
                     to: i + 1,
                     pos: Pos::default(),
