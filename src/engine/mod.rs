@@ -837,17 +837,20 @@ impl Executor {
     /// Runs every matching chain on a message, at the current clock time.
     pub fn process(&mut self, m: Message, out: &mut dyn EffectSink) {
         self.maybe_sweep();
-        // Past `max_devices` with nothing to forget, a new device's message still runs, but
-        // the device is not kept: what it reported is gone after this message.
-        let untracked =
-            (!self.devices.contains_key(&m.device) && !self.make_room()).then(|| m.device.clone());
-        if untracked.is_some() {
-            self.evictions.untracked += 1;
-        }
         let now = self.now;
+        // Past `max_devices` with nothing to forget, a new device's message still runs, but
+        // the device is not kept: what it reported is gone after this message. (A known device
+        // costs one lookup, as before the bound.)
+        let mut untracked = None;
         let device = match self.devices.get_mut(&m.device) {
             Some(d) => d,
-            None => self.devices.entry(m.device.clone()).or_default(),
+            None => {
+                if !self.make_room() {
+                    self.evictions.untracked += 1;
+                    untracked = Some(m.device.clone());
+                }
+                self.devices.entry(m.device.clone()).or_default()
+            }
         };
         device.last_seen = now;
         if matches!(m.kind, Kind::Attributes | Kind::Status) {
