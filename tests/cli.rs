@@ -532,3 +532,39 @@ fn validate_warns_of_fall_through_into_a_branch_but_not_after_a_switch() {
         stdout(&o)
     );
 }
+
+#[test]
+fn validate_and_run_read_mqtt_urls_alike() {
+    // One parser for both: a bare `host:port` is plain MQTT, another scheme is an error with
+    // its position, credentials belong in `username`/`password`.
+    let d = scratch("mqtturl");
+    std::fs::create_dir_all(d.join("rules")).unwrap();
+    write(
+        &d.join("rules"),
+        "echo.yaml",
+        "chain: echo\nnodes:\n  - log: { message: hi }\n",
+    );
+    let check = |url: &str| {
+        let cfg = write(
+            &d,
+            "rulechain.yaml",
+            &format!("mqtt: {{url: \"{url}\"}}\nrules: rules\n"),
+        );
+        let o = rulechain(&["validate", "--config", &cfg]);
+        (
+            o.status.code(),
+            stdout(&o) + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (code, text) = check("127.0.0.1:1883");
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = check("http://127.0.0.1:1883");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("rulechain.yaml:1:13: error: bad MQTT URL"),
+        "{text}"
+    );
+    let (code, text) = check("mqtt://u:p@127.0.0.1:1883");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("credentials go in `username`"), "{text}");
+}

@@ -69,7 +69,7 @@ fn client_conn(config: Option<&Path>, broker: Option<String>) -> Result<(Setting
     let s = settings(config, None)?;
     let mut conn = s.mqtt();
     if let Some(url) = broker {
-        let (host, port, tls) = crate::live::settings::parse_url(&url).map_err(|e| {
+        let (host, port, tls) = crate::config::check::mqtt_url(&url).map_err(|e| {
             eprintln!("error: --broker: {e}");
             super::EXIT_USAGE
         })?;

@@ -36,6 +36,38 @@ pub enum SmtpTls {
     Tls,
 }
 
+/// An MQTT broker URL, as `validate` checks it and `run` connects to it: `mqtt://host:port`
+/// (`tcp://` too) or `mqtts://host:port` (`ssl://` too) → host, port (default 1883, 8883 for
+/// TLS) and whether it is TLS. A bare `host:port` is plain MQTT.
+pub fn mqtt_url(url: &str) -> Result<(String, u16, bool), String> {
+    let bad =
+        || format!("bad MQTT URL `{url}`: use mqtt://host:1883, or mqtts://host:8883 for TLS");
+    let (tls, rest) = match url.split_once("://") {
+        Some(("mqtt" | "tcp", rest)) => (false, rest),
+        Some(("mqtts" | "ssl", rest)) => (true, rest),
+        Some(_) => return Err(bad()),
+        None => (false, url),
+    };
+    let hostport = rest.trim_end_matches('/');
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_matches(['[', ']']).to_string(),
+            p.parse::<u16>()
+                .map_err(|_| format!("bad port in MQTT URL `{url}`"))?,
+        ),
+        None => (hostport.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    if host.contains('@') {
+        return Err(format!(
+            "bad MQTT URL `{url}`: credentials go in `username` and `password`, not the URL"
+        ));
+    }
+    if host.is_empty() || host.contains('/') {
+        return Err(bad());
+    }
+    Ok((host, port, tls))
+}
+
 /// `smtp://host:587`, `smtps://host:465` → host, port and TLS mode.
 pub fn smtp_url(url: &str, tls: Option<&str>) -> Result<(String, u16, SmtpTls), String> {
     let (scheme, rest) = url
@@ -166,4 +198,26 @@ pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
         return Err(bad());
     }
     Ok((n, Duration::from_millis(ms as u64)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_urls() {
+        let ok = |u: &str| mqtt_url(u).unwrap();
+        assert_eq!(ok("mqtt://b:1884"), ("b".into(), 1884, false));
+        assert_eq!(ok("mqtts://b"), ("b".into(), 8883, true));
+        assert_eq!(
+            ok("b:1883"),
+            ("b".into(), 1883, false),
+            "bare host:port is plain"
+        );
+        assert_eq!(ok("tcp://[::1]:1883"), ("::1".into(), 1883, false));
+        assert!(mqtt_url("http://b:1883").is_err());
+        assert!(mqtt_url("mqtt://").is_err());
+        assert!(mqtt_url("mqtt://b:x").is_err());
+        assert!(mqtt_url("mqtt://u:p@b:1883").is_err());
+    }
 }

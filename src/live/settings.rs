@@ -120,26 +120,6 @@ impl Settings {
     }
 }
 
-/// `mqtt://host:port` (or `mqtts://`, `tcp://`, `ssl://`; a bare `host:port` is plain) →
-/// host, port (default 1883, 8883 for TLS) and whether it is TLS.
-pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("mqtt", url));
-    let tls = matches!(scheme, "mqtts" | "ssl");
-    let hostport = rest.trim_end_matches('/');
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (
-            h.trim_matches(['[', ']']).to_string(),
-            p.parse::<u16>()
-                .map_err(|_| format!("bad port in MQTT URL `{url}`"))?,
-        ),
-        None => (hostport.to_string(), if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() {
-        return Err(format!("no host in MQTT URL `{url}`"));
-    }
-    Ok((host, port, tls))
-}
-
 fn dur(s: &Option<crate::yaml::Sp<String>>, default_ms: i64) -> i64 {
     s.as_ref()
         .and_then(|s| duration::parse(&s.value).ok())
@@ -174,7 +154,7 @@ impl Settings {
             Some(m) => {
                 let m = &m.value;
                 let url = m.url.value.as_str();
-                let (host, port, tls) = parse_url(url)?;
+                let (host, port, tls) = crate::config::check::mqtt_url(url)?;
                 let tls = match (&m.tls, tls) {
                     (Some(t), _) => Some(TlsFiles {
                         ca: rel(&t.ca.value),

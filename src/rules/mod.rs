@@ -296,13 +296,10 @@ fn check_live_settings(src: &Source, cfg: &Config, diags: &mut Diagnostics) {
     let mut durations: Vec<&yaml::Sp<String>> = Vec::new();
     if let Some(m) = &cfg.mqtt {
         let url = &m.value.url;
-        match url.value.split_once("://") {
-            Some(("mqtt" | "mqtts" | "tcp" | "ssl", rest)) if !rest.is_empty() => {}
-            _ => {
-                diags
-                    .error(src, url.pos, format!("bad MQTT URL `{}`", url.value))
-                    .hint("use `mqtt://host:1883`, or `mqtts://host:8883` for TLS");
-            }
+        if let Err(e) = crate::config::check::mqtt_url(&url.value) {
+            diags
+                .error(src, url.pos, e)
+                .hint("use `mqtt://host:1883`, or `mqtts://host:8883` for TLS");
         }
         durations.extend(&m.value.keep_alive);
         durations.extend(&m.value.reconnect_max);
