@@ -68,6 +68,14 @@ pub fn mqtt_url(url: &str) -> Result<(String, u16, bool), String> {
     Ok((host, port, tls))
 }
 
+/// A webhook URL as `validate` checks it and the sender posts to: http or https, with a host.
+/// (No text in the error: a webhook URL may carry a secret.)
+pub fn webhook_url(text: &str) -> Option<reqwest::Url> {
+    reqwest::Url::parse(text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+}
+
 /// `smtp://host:587`, `smtps://host:465` → host, port and TLS mode.
 pub fn smtp_url(url: &str, tls: Option<&str>) -> Result<(String, u16, SmtpTls), String> {
     let (scheme, rest) = url
@@ -147,9 +155,7 @@ pub fn check_channel(
         }
     }
     if let Some(w) = &spec.webhook {
-        let ok = reqwest::Url::parse(&w.url.value)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
-        if !ok {
+        if webhook_url(&w.url.value).is_none() {
             out.push((
                 w.url.pos,
                 format!("channel `{name}`: bad webhook URL"),

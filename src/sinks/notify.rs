@@ -232,12 +232,9 @@ impl Transport {
             });
         }
         if let Some(w) = &spec.webhook {
-            let url = reqwest::Url::parse(&w.url.value)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| {
-                    format!("channel `{name}`: bad webhook URL (use http:// or https://)")
-                })?;
+            let url = crate::config::check::webhook_url(&w.url.value).ok_or_else(|| {
+                format!("channel `{name}`: bad webhook URL (use http:// or https://)")
+            })?;
             let client = reqwest::Client::builder()
                 .timeout(timeout)
                 .build()
