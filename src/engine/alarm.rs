@@ -157,6 +157,30 @@ mod details_serde {
     }
 }
 
+/// Why an acknowledgement did not happen. Callers branch on the variant (the HTTP API answers
+/// 404, 409 or 503), never on the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckError {
+    /// No alarm has this id, or none that needs acknowledging.
+    NotFound(String),
+    /// The alarm is acknowledged already (its status).
+    AlreadyAcknowledged(String, &'static str),
+    /// The engine is stopping (live only: the shard that owns the alarm is gone).
+    ShuttingDown,
+}
+
+impl std::fmt::Display for AckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckError::NotFound(id) => write!(f, "no alarm `{id}` needs acknowledging"),
+            AckError::AlreadyAcknowledged(id, status) => {
+                write!(f, "alarm `{id}` is already acknowledged ({status})")
+            }
+            AckError::ShuttingDown => f.write_str("shutting down"),
+        }
+    }
+}
+
 /// Every alarm the engine knows, by (device, type).
 #[derive(Debug, Default)]
 pub struct AlarmStore {

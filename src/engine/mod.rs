@@ -527,16 +527,17 @@ impl Executor {
     /// → ACTIVE_ACK, CLEARED_UNACK → CLEARED_ACK. The `acknowledged` transition is emitted from
     /// the alarm node that raised it and passes downstream from there (so a `notify` after the
     /// alarm node hears of it), at the current clock time.
-    pub fn acknowledge(&mut self, id: &str, out: &mut dyn EffectSink) -> Result<Alarm, String> {
+    pub fn acknowledge(
+        &mut self,
+        id: &str,
+        out: &mut dyn EffectSink,
+    ) -> Result<Alarm, alarm::AckError> {
         let alarm = match self.alarms.acknowledge(id) {
             Some(a) => a.clone(),
             None => {
                 return Err(match self.alarms.by_id(id) {
-                    Some(a) => format!(
-                        "alarm `{id}` is already acknowledged ({})",
-                        a.status.as_str()
-                    ),
-                    None => format!("no alarm `{id}`"),
+                    Some(a) => alarm::AckError::AlreadyAcknowledged(id.into(), a.status.as_str()),
+                    None => alarm::AckError::NotFound(id.into()),
                 })
             }
         };

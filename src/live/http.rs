@@ -139,14 +139,13 @@ async fn ack(State(api): State<Api>, Path(id): Path<String>) -> (StatusCode, Jso
     match api.hub.ack(&id).await {
         Ok(status) => (StatusCode::OK, Json(json!({"alarm": id, "status": status}))),
         Err(e) => {
-            let code = if e.contains("shutting down") {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else if e.contains("already acknowledged") {
-                StatusCode::CONFLICT
-            } else {
-                StatusCode::NOT_FOUND
+            use crate::engine::alarm::AckError;
+            let code = match e {
+                AckError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                AckError::AlreadyAcknowledged(..) => StatusCode::CONFLICT,
+                AckError::NotFound(_) => StatusCode::NOT_FOUND,
             };
-            (code, Json(json!({"alarm": id, "error": e})))
+            (code, Json(json!({"alarm": id, "error": e.to_string()})))
         }
     }
 }

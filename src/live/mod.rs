@@ -488,7 +488,9 @@ async fn serve(
                 let tx = &shard_tx[shard::shard_of(&req.device, shard_tx.len())];
                 if let Err(e) = tx.send(ShardMsg::Ack(req)).await {
                     if let ShardMsg::Ack(req) = e.0 {
-                        let _ = req.reply.send(Err("shutting down".into()));
+                        let _ = req
+                            .reply
+                            .send(Err(crate::engine::alarm::AckError::ShuttingDown));
                     }
                 }
             }

@@ -19,6 +19,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::engine::alarm::AckError;
+
 /// Most rooms whose latest message is kept for snapshots.
 pub const MAX_ROOMS: usize = 200_000;
 /// Most rooms one client may subscribe to.
@@ -79,7 +81,7 @@ pub struct AckReq {
     /// Its device (the shard is chosen by it).
     pub device: String,
     /// The result: the alarm's new status, or why not.
-    pub reply: oneshot::Sender<Result<String, String>>,
+    pub reply: oneshot::Sender<Result<String, AckError>>,
 }
 
 /// The hub's counters.
@@ -327,13 +329,13 @@ impl Hub {
     }
 
     /// Acknowledges an alarm through its device's shard.
-    pub async fn ack(&self, id: &str) -> Result<String, String> {
+    pub async fn ack(&self, id: &str) -> Result<String, AckError> {
         let device = self
             .lock()
             .alarms
             .get(id)
             .map(|(d, _)| d.clone())
-            .ok_or_else(|| format!("no alarm `{id}` needs acknowledging"))?;
+            .ok_or_else(|| AckError::NotFound(id.into()))?;
         let (tx, rx) = oneshot::channel();
         self.acks
             .send(AckReq {
@@ -342,8 +344,8 @@ impl Hub {
                 reply: tx,
             })
             .await
-            .map_err(|_| "shutting down".to_string())?;
-        rx.await.map_err(|_| "shutting down".to_string())?
+            .map_err(|_| AckError::ShuttingDown)?;
+        rx.await.map_err(|_| AckError::ShuttingDown)?
     }
 
     /// Counters and sizes, as JSON.
@@ -633,7 +635,7 @@ impl Hub {
                 };
                 Some(match self.ack(id).await {
                     Ok(status) => json!({"op":"acked","alarm":id,"status":status}),
-                    Err(e) => json!({"op":"error","alarm":id,"error":e}),
+                    Err(e) => json!({"op":"error","alarm":id,"error":e.to_string()}),
                 })
             }
             other => Some(
