@@ -15,6 +15,7 @@ pub mod lineproto;
 pub mod live;
 pub mod message;
 pub mod replay;
+pub mod retry;
 pub mod rules;
 pub mod script;
 pub mod sinks;

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::settings::MqttConn;
 use super::shard::{shard_of, AckMsg, Job, ShardMsg};
 use super::{wall_ms, RateLimit, Stats};
+use crate::retry::Backoff;
 use crate::topic::TopicPattern;
 
 /// Largest MQTT packet our connections read: the largest the protocol can express (its
@@ -81,48 +82,10 @@ pub fn filters(patterns: &[TopicPattern]) -> Vec<String> {
     f
 }
 
-/// Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s … up to the cap, each 75–100% of
-/// its step, so the cap is a true cap (a broker back after an outage is seen within it).
-pub struct Backoff {
-    attempt: u32,
-    seed: u64,
-    cap_ms: u64,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::capped(Duration::from_secs(5))
-    }
-}
-
-impl Backoff {
-    /// A backoff that never waits longer than `cap`.
-    pub fn capped(cap: Duration) -> Self {
-        Backoff {
-            attempt: 0,
-            seed: wall_ms() as u64 | 1,
-            cap_ms: (cap.as_millis() as u64).max(1),
-        }
-    }
-
-    /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = 500u64
-            .saturating_mul(1 << self.attempt.min(16))
-            .min(self.cap_ms);
-        self.attempt += 1;
-        // xorshift: jitter needs no cryptographic randomness.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let jitter = self.seed % (base / 4 + 1);
-        Duration::from_millis(base - jitter)
-    }
-
-    /// Connected: start over.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
+/// The reconnect backoff: 0.5 s, 1 s, 2 s … up to `cap` (`mqtt.reconnect_max`), each wait 75–100%
+/// of its step, so the cap is a true cap (a broker back after an outage is seen within it).
+pub fn reconnect_backoff(cap: Duration) -> Backoff {
+    Backoff::new(Duration::from_millis(500), cap)
 }
 
 /// What the ingest task needs.
@@ -171,7 +134,7 @@ pub async fn run(
     } else {
         QoS::AtLeastOnce
     };
-    let mut backoff = Backoff::capped(reconnect_max);
+    let mut backoff = reconnect_backoff(reconnect_max);
     let mut seq: u64 = 0;
     let mut connected_once = false;
     loop {
@@ -366,7 +329,7 @@ pub async fn drive(
     limit: Arc<RateLimit>,
     reconnect_max: Duration,
 ) {
-    let mut backoff = Backoff::capped(reconnect_max);
+    let mut backoff = reconnect_backoff(reconnect_max);
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => backoff.reset(),
@@ -388,22 +351,6 @@ pub async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let mut b = Backoff::capped(Duration::from_secs(5));
-        let d: Vec<u128> = (0..10).map(|_| b.next_delay().as_millis()).collect();
-        assert!((375..=500).contains(&d[0]), "{d:?}");
-        assert!(d[1] > 500 && d[1] <= 1000, "{d:?}");
-        assert!(
-            d.iter().all(|&x| x <= 5_000),
-            "the cap is a true cap: {d:?}"
-        );
-        assert!(d[9] >= 3_750, "{d:?}");
-        assert!(d[5..].windows(2).any(|w| w[0] != w[1]), "jitter: {d:?}");
-        b.reset();
-        assert!(b.next_delay().as_millis() <= 500);
-    }
 
     #[test]
     fn acks_go_out_in_receive_order() {

@@ -13,7 +13,7 @@ use rumqttc::{Event, Packet, QoS};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::ingest::{self, Backoff};
+use super::ingest;
 use super::settings::MqttConn;
 use super::wall_ms;
 
@@ -117,7 +117,7 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
     let poller = {
         let client = client.clone();
         tokio::spawn(async move {
-            let mut backoff = Backoff::default();
+            let mut backoff = ingest::reconnect_backoff(std::time::Duration::from_secs(5));
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {

@@ -445,10 +445,10 @@ impl Writer {
                     let text: String = text.trim().chars().take(1000).collect();
                     let msg = super::redact_urls(&format!("HTTP {status}: {text}"));
                     let code = status.as_u16();
-                    if status.is_client_error() && code != 408 && code != 429 {
-                        Outcome::Rejected(msg)
-                    } else {
+                    if crate::retry::retryable_status(code) {
                         Outcome::Retry(msg)
+                    } else {
+                        Outcome::Rejected(msg)
                     }
                 }
                 Err(e) => Outcome::Retry(super::http_error_text(&e)),
@@ -456,20 +456,13 @@ impl Writer {
         })
     }
 
-    fn backoff(&self, failures: u32) -> Duration {
-        let base = 250u64.saturating_mul(1 << failures.min(16));
-        let cap = self.settings.max_backoff.as_millis() as u64;
-        let ms = base.min(cap);
-        // ±20% jitter, so a fleet of engines does not retry in step.
-        let jitter = (crate::engine::clock::wall_ms() as u64 % 400) as i64 - 200;
-        Duration::from_millis((ms as i64 + ms as i64 * jitter / 1000).max(1) as u64)
-    }
-
     async fn run(mut self, mut rx: mpsc::Receiver<Vec<String>>) {
         let mut inflight: Option<(Pending, Batch)> = None;
         let mut retry: Option<Batch> = None;
         let mut retry_at: Option<Instant> = None;
         let mut failures: u32 = 0;
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(250), self.settings.max_backoff);
         let mut closed = false;
         let mut grace_end: Option<Instant> = None;
         let mut next_flush = Instant::now() + self.settings.flush_interval;
@@ -520,6 +513,7 @@ impl Writer {
                     match out {
                         Outcome::Written => {
                             failures = 0;
+                            backoff.reset();
                             self.stats.written.fetch_add(batch.points as u64, Relaxed);
                             self.done(batch);
                             if self.logged.take().is_some() {
@@ -529,6 +523,7 @@ impl Writer {
                         }
                         Outcome::Rejected(msg) => {
                             failures = 0;
+                            backoff.reset();
                             self.stats.rejected.fetch_add(batch.points as u64, Relaxed);
                             let hint = if msg.starts_with("HTTP 413") { " (lower `influx.batch_size`)" } else { "" };
                             tracing::warn!(
@@ -542,7 +537,7 @@ impl Writer {
                         Outcome::Retry(msg) => {
                             failures = failures.saturating_add(1);
                             self.stats.retries.fetch_add(1, Relaxed);
-                            let wait = self.backoff(failures);
+                            let wait = backoff.next_delay();
                             if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                                 tracing::warn!(
                                     held = self.held() + batch.points,

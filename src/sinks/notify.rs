@@ -341,7 +341,7 @@ impl Transport {
                         text: super::redact_urls(&format!("HTTP {status}: {}", text.trim())),
                         // The receiver refuses this request (400, 401, 404…): sending it again
                         // changes nothing. 408 and 429 ask to come back later.
-                        permanent: status.is_client_error() && code != 408 && code != 429,
+                        permanent: !crate::retry::retryable_status(code),
                     })
                 }
             }
@@ -698,6 +698,7 @@ impl Worker {
 
     async fn deliver(&mut self, n: Notice) {
         let mut failures = 0u32;
+        let mut backoff = crate::retry::Backoff::new(self.policy.backoff, self.policy.max_backoff);
         let mut fell_back = false;
         loop {
             let attempt =
@@ -742,11 +743,7 @@ impl Worker {
                 tracing::error!(channel = %self.name, device = %n.device, attempts = failures, "notification not delivered: {err}");
                 return;
             }
-            let wait = self
-                .policy
-                .backoff
-                .saturating_mul(1 << (failures - 1).min(16))
-                .min(self.policy.max_backoff);
+            let wait = backoff.next_delay();
             tracing::warn!(channel = %self.name, device = %n.device, attempt = failures, retry_in_ms = wait.as_millis() as u64, "notification failed: {err}");
             tokio::time::sleep(wait).await;
         }
