@@ -35,9 +35,9 @@ pub enum Event {
         /// The severity after the transition.
         severity: &'static str,
         /// `created`, `severity_changed`, `acknowledged` or `cleared`.
-        transition: &'static str,
+        transition: crate::engine::alarm::Transition,
         /// The status after the transition (ACTIVE_UNACK, …).
-        status: &'static str,
+        status: crate::engine::alarm::Status,
         /// The alarm text.
         message: String,
         /// The alarm id.

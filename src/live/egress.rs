@@ -121,7 +121,7 @@ impl Outbox {
             } => {
                 s.alarm_events.fetch_add(1, Relaxed);
                 tracing::warn!(chain = %e.chain, %device, alarm = %type_, %severity, %status, %id, "ALARM {transition}: {message}");
-                self.sinks.hub.alarm(&record, transition, e.ts);
+                self.sinks.hub.alarm(&record, transition.as_str(), e.ts);
             }
             Event::Notify {
                 channel,

@@ -313,10 +313,10 @@ impl Hub {
     }
 
     /// An open alarm's status (`None` once it is cleared and acknowledged, or unknown).
-    pub fn status_of(&self, id: &str) -> Option<String> {
+    pub fn status_of(&self, id: &str) -> Option<crate::engine::alarm::Status> {
         let inner = self.lock();
         let (_, v) = inner.alarms.get(id)?;
-        v.get("status").and_then(Value::as_str).map(str::to_string)
+        serde_json::from_value(v.get("status")?.clone()).ok()
     }
 
     /// The alarms that need attention (active, or cleared but not acknowledged).

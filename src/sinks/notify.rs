@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::config::check::{parse_rate, smtp_url, SmtpTls};
 use crate::config::ChannelSpec;
 use crate::duration;
+use crate::engine::alarm::Status;
 
 /// One notification for one channel.
 #[derive(Debug, Clone)]
@@ -569,7 +570,7 @@ impl NotifyView {
 }
 
 /// An alarm's current status by id, as the engine knows it.
-pub type AlarmStatus = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+pub type AlarmStatus = Arc<dyn Fn(&str) -> Option<Status> + Send + Sync>;
 
 /// Reminders kept per channel at most (the oldest active alarms keep theirs).
 const MAX_REMINDERS: usize = 10_000;
@@ -632,7 +633,7 @@ impl Worker {
             return;
         };
         let status = a.get("status").and_then(Value::as_str).unwrap_or("");
-        if status == "ACTIVE_UNACK" {
+        if status == Status::ActiveUnack.as_str() {
             if self.reminders.len() < MAX_REMINDERS || self.reminders.contains_key(id) {
                 self.reminders
                     .insert(id.to_string(), (n.clone(), Instant::now() + every));
@@ -656,7 +657,7 @@ impl Worker {
         for id in due {
             // The channel may not hear of the acknowledgement or the clear (a chain can notify
             // on raise only): the engine's view decides.
-            if (self.status)(&id).as_deref() != Some("ACTIVE_UNACK") {
+            if (self.status)(&id) != Some(Status::ActiveUnack) {
                 self.reminders.remove(&id);
                 continue;
             }
