@@ -91,7 +91,7 @@ pub enum Flow {
     Error(String, Packet),
 }
 
-/// One kind of node, compiled. Each file of `src/nodes/` implements it.
+/// One kind of node, compiled. Each file of `src/rules/nodes/` implements it.
 pub trait NodeImpl: Send + Sync {
     /// Runs the node on a message.
     fn run(&self, cx: &mut Cx<'_>, p: Packet) -> Flow;
