@@ -75,18 +75,41 @@ impl Packet {
     }
 }
 
+/// Why a node did not simply pass a message on: the trace result `dry-run --trace` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Kept for later: a hold, a debounce, a delay, an awaited reply.
+    Held,
+    /// Left out by design: throttle, deadband, debounce `first`, an rpc cooldown, an alarm
+    /// node with no transition to make.
+    Suppressed,
+    /// Ended here (a delay's `cancel_when`).
+    Stopped,
+}
+
+impl Why {
+    /// The trace word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::Held => "held",
+            Why::Suppressed => "suppressed",
+            Why::Stopped => "stop",
+        }
+    }
+}
+
 /// What a node decided for a message.
 pub enum Flow {
     /// Go on to the node's `next` (by default the next node in the list).
     Pass(Packet),
     /// Go on as `Pass`, with another trace result (an rpc suppressed by its cooldown passes on).
-    PassAs(&'static str, Packet),
+    PassAs(Why, Packet),
     /// A false filter: go to `else`, if any.
     Else(Packet),
     /// Go to this node (switch cases).
     Route(Option<usize>, Packet),
-    /// The message stops here; the word is the trace result (`stop`, `held`, `suppressed`).
-    Stop(&'static str),
+    /// The message stops here, for this reason (the trace result).
+    Stop(Why),
     /// The node failed; the packet is the message as it entered the node.
     Error(String, Packet),
 }
@@ -1023,11 +1046,11 @@ impl Executor {
             if out.wants_trace() {
                 let result = match &flow {
                     Flow::Pass(_) | Flow::Route(Some(_), _) => "pass",
-                    Flow::PassAs(r, _) => r,
+                    Flow::PassAs(r, _) => r.as_str(),
                     Flow::Route(None, _) => "stop",
                     Flow::Else(_) if node.else_.is_some() => "else",
                     Flow::Else(_) => "stop",
-                    Flow::Stop(r) => r,
+                    Flow::Stop(r) => r.as_str(),
                     Flow::Error(..) => "error",
                 };
                 out.emit(Effect {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rhai::{Dynamic, Map};
 
 use super::{as_f64, KeySel};
-use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::yaml::Pos;
@@ -172,7 +172,7 @@ impl NodeImpl for Aggregate {
             );
         }
         let Some(w) = cx.state::<State>().windows.get_mut(&key) else {
-            return Flow::Stop("held");
+            return Flow::Stop(Why::Held);
         };
         w.messages += 1;
         for ((acc, v), (_, f, field)) in w.accs.iter_mut().zip(values).zip(&self.outs) {
@@ -191,7 +191,7 @@ impl NodeImpl for Aggregate {
             acc.last = Some(v);
         }
         w.last = p;
-        Flow::Stop("held")
+        Flow::Stop(Why::Held)
     }
 
     fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {

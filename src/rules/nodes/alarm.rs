@@ -5,7 +5,7 @@ use rhai::{Dynamic, Map};
 
 use crate::engine::alarm::{severity, Alarm, Transition, SEVERITIES};
 use crate::engine::effect::Event;
-use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::{AlarmAction, NodeSpec};
 use crate::script::{Expr, Template};
@@ -127,7 +127,7 @@ impl NodeImpl for AlarmNode {
         };
         match outcome {
             Err(e) => Flow::Error(e, p),
-            Ok(None) => Flow::Stop("suppressed"),
+            Ok(None) => Flow::Stop(Why::Suppressed),
             Ok(Some((t, mut alarm))) => {
                 if t != Transition::Cleared {
                     cx.alarms

@@ -4,7 +4,7 @@
 use std::any::Any;
 
 use super::{as_f64, KeySel};
-use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 
@@ -49,7 +49,7 @@ impl NodeImpl for Deadband {
         };
         let (delta, now) = (self.delta, cx.now);
         match cx.state::<State>().last.get_mut(&key, now) {
-            Some(last) if (v - *last).abs() <= delta => Flow::Stop("suppressed"),
+            Some(last) if (v - *last).abs() <= delta => Flow::Stop(Why::Suppressed),
             _ => {
                 cx.insert_key(|s: &mut State| &mut s.last, key, v);
                 Flow::Pass(p)

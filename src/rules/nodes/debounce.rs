@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::KeySel;
-use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::{Emit, NodeSpec};
 
@@ -68,7 +68,7 @@ impl NodeImpl for Debounce {
                 let last = cx.state::<State>().last_seen.get(&key).copied();
                 cx.insert_key(|s: &mut State| &mut s.last_seen, key, now);
                 match last {
-                    Some(t) if now.saturating_sub(t) < self.quiet => Flow::Stop("suppressed"),
+                    Some(t) if now.saturating_sub(t) < self.quiet => Flow::Stop(Why::Suppressed),
                     _ => Flow::Pass(p),
                 }
             }
@@ -79,7 +79,7 @@ impl NodeImpl for Debounce {
                     pend.latest = p;
                     pend.due = due;
                     pend.order = order;
-                    return Flow::Stop("held");
+                    return Flow::Stop(Why::Held);
                 }
                 let tag = cx.next_id();
                 if let Err(e) = cx.schedule_as(due, &key, tag, order) {
@@ -94,7 +94,7 @@ impl NodeImpl for Debounce {
                         order,
                     },
                 );
-                Flow::Stop("held")
+                Flow::Stop(Why::Held)
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::KeySel;
 use crate::engine::effect::Event;
-use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::Expr;
@@ -66,7 +66,7 @@ impl NodeImpl for Delay {
                             detail: None,
                         });
                     }
-                    return Flow::Stop("stop");
+                    return Flow::Stop(Why::Stopped);
                 }
                 Ok(false) => {}
                 Err(e) => return Flow::Error(e, p),
@@ -87,7 +87,7 @@ impl NodeImpl for Delay {
                 detail: None,
             });
         }
-        Flow::Stop("held")
+        Flow::Stop(Why::Held)
     }
 
     fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {

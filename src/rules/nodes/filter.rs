@@ -5,7 +5,7 @@
 use std::any::Any;
 
 use super::KeySel;
-use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::Expr;
@@ -73,7 +73,7 @@ impl NodeImpl for Filter {
             Some(Hold::Passing) => return Flow::Pass(p),
             Some(Hold::Holding { latest, .. }) => {
                 *latest = p;
-                return Flow::Stop("held");
+                return Flow::Stop(Why::Held);
             }
             None => {}
         }
@@ -86,7 +86,7 @@ impl NodeImpl for Filter {
             key,
             Hold::Holding { latest: p, tag },
         );
-        Flow::Stop("held")
+        Flow::Stop(Why::Held)
     }
 
     fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {

@@ -11,7 +11,7 @@ use rhai::{Dynamic, Map};
 
 use super::KeySel;
 use crate::engine::effect::Event;
-use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::script::{Expr, Template};
@@ -121,7 +121,7 @@ impl NodeImpl for Rpc {
                 .get(&key)
                 .is_some_and(|t| now.saturating_sub(*t) < c)
             {
-                return Flow::PassAs("suppressed", p);
+                return Flow::PassAs(Why::Suppressed, p);
             }
         }
         let mut params = Map::new();
@@ -167,7 +167,7 @@ impl NodeImpl for Rpc {
         }
         cx.await_reply(&id);
         cx.state::<State>().awaiting.insert(id.into(), (tag, p));
-        Flow::Stop("held")
+        Flow::Stop(Why::Held)
     }
 
     fn fire(&self, cx: &mut Cx<'_>, id: &str, tag: u64) -> Option<Flow> {

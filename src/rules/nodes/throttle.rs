@@ -3,7 +3,7 @@
 use std::any::Any;
 
 use super::KeySel;
-use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 
@@ -37,7 +37,7 @@ impl NodeImpl for Throttle {
         let now = cx.now;
         let every = self.every;
         match cx.state::<State>().last_passed.get(&key) {
-            Some(t) if now.saturating_sub(*t) < every => Flow::Stop("suppressed"),
+            Some(t) if now.saturating_sub(*t) < every => Flow::Stop(Why::Suppressed),
             _ => {
                 cx.insert_key(|s: &mut State| &mut s.last_passed, key, now);
                 Flow::Pass(p)
