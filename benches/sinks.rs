@@ -136,7 +136,7 @@ fn influx(o: &Opts, dir: &Path) {
             gzip: Some(gzip),
             ..Default::default()
         };
-        let settings = InfluxSettings::resolve(&spec, dir).unwrap();
+        let settings = InfluxSettings::from_spec(&spec, dir).unwrap();
         let chunks = build(round);
         let stats = Arc::new(InfluxStats::default());
         let (me, vm_pid) = (std::process::id(), vm.0.id());

@@ -567,4 +567,25 @@ fn validate_and_run_read_mqtt_urls_alike() {
     let (code, text) = check("mqtt://u:p@127.0.0.1:1883");
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("credentials go in `username`"), "{text}");
+    // A TLS broker needs its CA. `run` always refused this; `validate` now reads the config
+    // through the same function, so it refuses it too, with the same words and the position.
+    let (code, text) = check("mqtts://127.0.0.1:8883");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(
+            "rulechain.yaml:1:13: error: `mqtts://127.0.0.1:8883` is TLS: give the broker's CA"
+        ),
+        "{text}"
+    );
+    let o = rulechain(&[
+        "run",
+        "--config",
+        &d.join("rulechain.yaml").to_string_lossy(),
+    ]);
+    let run_text = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{run_text}");
+    assert!(
+        run_text.contains("rulechain.yaml:1:13: error: `mqtts://127.0.0.1:8883` is TLS"),
+        "{run_text}"
+    );
 }

@@ -34,7 +34,9 @@ fn new_replay(rules: Arc<RuleSet>) -> Replay {
     Replay::new(
         rules,
         devices(),
-        rulechain::cli::patterns(None),
+        rulechain::config::settings::resolve_lossy(None, None, None)
+            .0
+            .patterns,
         1_700_000_000_000,
     )
 }

@@ -911,7 +911,7 @@ async fn the_writer_speaks_v1_flushes_on_close_and_retries_only_what_may_succeed
         max_backoff: Some(Sp::unplaced("300ms".to_string())),
         ..Default::default()
     };
-    let settings = InfluxSettings::resolve(&spec, &dir).unwrap();
+    let settings = InfluxSettings::from_spec(&spec, &dir).unwrap();
     assert!(settings
         .write_url
         .as_str()
@@ -952,7 +952,11 @@ async fn the_writer_speaks_v1_flushes_on_close_and_retries_only_what_may_succeed
         ..spec
     };
     let stats = Arc::new(InfluxStats::default());
-    let (h, task) = start(InfluxSettings::resolve(&spec, &dir).unwrap(), stats.clone()).unwrap();
+    let (h, task) = start(
+        InfluxSettings::from_spec(&spec, &dir).unwrap(),
+        stats.clone(),
+    )
+    .unwrap();
     h.send((0..3).map(|i| format!("m f={i} {i}")).collect());
     wait_for(Duration::from_secs(5), || {
         (stats.rejected.load(Relaxed) == 3).then_some(())

@@ -75,12 +75,11 @@ impl<W: Write> EffectSink for JsonLines<W> {
 pub fn run(a: Args) -> i32 {
     let mut diags = Diagnostics::new();
     let cfg = super::load_config(a.config.as_deref(), &mut diags);
-    let rules_dir = super::rules_dir(a.rules.clone(), a.config.as_deref(), cfg.as_ref());
-    let devices_path = a.devices.clone().or_else(|| {
-        cfg.as_ref()
-            .and_then(|c| c.devices.as_ref())
-            .map(|d| super::config_relative(a.config.as_deref(), d))
-    });
+    // The engine's part of the config, typed (its problems are in `diags` already).
+    let (settings, _) =
+        crate::config::settings::resolve_lossy(a.config.as_deref(), cfg.as_ref(), a.rules.clone());
+    let rules_dir = settings.rules_dir.clone();
+    let devices_path = a.devices.clone().or_else(|| settings.devices.clone());
     let drain = match a.drain.as_deref().map(rules::duration::parse) {
         Some(Err(e)) => {
             eprintln!("error: --drain: {e}");
@@ -123,13 +122,11 @@ pub fn run(a: Args) -> i32 {
     let mut replay = Replay::new(
         Arc::new(ruleset),
         devices,
-        super::patterns(cfg.as_ref()),
+        settings.patterns,
         super::wall_ms(),
     );
-    replay
-        .executor_mut()
-        .set_limits(crate::engine::Limits::from_config(cfg.as_ref()));
-    replay.set_payload_limits(crate::config::payload_limits(cfg.as_ref()));
+    replay.executor_mut().set_limits(settings.state_limits);
+    replay.set_payload_limits(settings.payload);
     let bad = feed_lines(input, &mut replay, &mut out);
     replay.drain(drain, &mut out);
     out.summary.messages = replay.messages;

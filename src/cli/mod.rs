@@ -25,5 +25,4 @@ pub fn load_config(path: Option<&Path>, diags: &mut Diagnostics) -> Option<Confi
     crate::rules::load_config(path?, diags)
 }
 
-pub use crate::config::{config_relative, patterns, rules_dir};
 pub use crate::engine::clock::wall_ms;

@@ -10,7 +10,7 @@ use rhai::{Dynamic, Map};
 
 use crate::diag::Diagnostics;
 use crate::script::{Runtime, Template, Vars};
-use crate::sinks::notify::{Notice, Policy, Transport};
+use crate::sinks::notify::{Notice, Transport};
 
 /// The sample alarm sent.
 fn sample_alarm(device: &str, now: i64) -> crate::engine::alarm::Alarm {
@@ -112,10 +112,23 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
             return super::EXIT_USAGE;
         }
     };
+    // The config was checked by the same function; this gives the channel's typed settings.
+    let settings = match crate::config::settings::resolve(Some(config), Some(&cfg), None) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("error: {}:{p}", config.display());
+            }
+            return super::EXIT_FINDINGS;
+        }
+    };
+    let Some(ch) = settings.channels.get(channel) else {
+        eprintln!("error: channel `{channel}` has errors; run `rulechain validate`");
+        return super::EXIT_FINDINGS;
+    };
+    let policy = &ch.policy;
     let outcome = rt.block_on(async {
-        let policy = Policy::from_spec(spec)?;
-        let base = config.parent().unwrap_or(Path::new("."));
-        let transport = Transport::build(channel, spec, policy.timeout, base)?;
+        let transport = Transport::build(channel, ch)?;
         let via = transport.describe();
         println!("sending a sample alarm through `{channel}` ({via})");
         println!("  subject: {}", notice.subject);

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::watch;
 
+use crate::config::settings::{self, MqttConn, Settings};
 use crate::diag::Diagnostics;
-use crate::live::settings::{MqttConn, Settings};
 use crate::live::{self, sim};
 
 /// Log output format.
@@ -43,9 +43,12 @@ fn settings(config: Option<&Path>, rules: Option<PathBuf>) -> Result<Settings, i
         eprintln!("error: the config has errors; nothing was started");
         return Err(super::EXIT_FINDINGS);
     }
-    Settings::resolve(config, cfg, rules).map_err(|e| {
-        eprintln!("error: {e}");
-        super::EXIT_USAGE
+    // The config was checked by the same function; this gives its typed values.
+    settings::resolve(config, cfg.as_ref(), rules).map_err(|problems| {
+        for p in problems {
+            eprintln!("error: {p}");
+        }
+        super::EXIT_FINDINGS
     })
 }
 

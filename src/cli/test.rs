@@ -20,8 +20,11 @@ use crate::rules::{self, duration};
 pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
     let mut diags = Diagnostics::new();
     let cfg = super::load_config(config.as_deref(), &mut diags);
+    // The engine's part of the config, typed (its problems are in `diags` already).
+    let (settings, _) =
+        crate::config::settings::resolve_lossy(config.as_deref(), cfg.as_ref(), None);
     let paths = if paths.is_empty() {
-        vec![super::rules_dir(None, config.as_deref(), cfg.as_ref())]
+        vec![settings.rules_dir.clone()]
     } else {
         paths
     };
@@ -67,13 +70,11 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
             let mut replay = Replay::new(
                 ruleset.clone(),
                 devices.clone(),
-                super::patterns(cfg.as_ref()),
+                settings.patterns.clone(),
                 0,
             );
-            replay
-                .executor_mut()
-                .set_limits(crate::engine::Limits::from_config(cfg.as_ref()));
-            replay.set_payload_limits(crate::config::payload_limits(cfg.as_ref()));
+            replay.executor_mut().set_limits(settings.state_limits);
+            replay.set_payload_limits(settings.payload);
             match run_case(replay, case) {
                 Ok(()) => {
                     passed += 1;

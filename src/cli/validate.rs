@@ -22,10 +22,10 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
     let cfg = super::load_config(config.as_deref(), &mut diags);
     let mut paths = paths;
     if paths.is_empty() {
-        paths.push(super::rules_dir(None, config.as_deref(), cfg.as_ref()));
-        if let Some(d) = cfg.as_ref().and_then(|c| c.devices.as_ref()) {
-            paths.push(super::config_relative(config.as_deref(), d));
-        }
+        let (settings, _) =
+            crate::config::settings::resolve_lossy(config.as_deref(), cfg.as_ref(), None);
+        paths.push(settings.rules_dir);
+        paths.extend(settings.devices);
     }
     let files = rules::yaml_files(&paths, &mut diags);
     let mut docs = Vec::new();

@@ -1,12 +1,8 @@
-//! Checks of config values that need more than their type: URLs, addresses, rates. `validate`
-//! reports their errors with positions; the sinks read the same values through the same
-//! functions, so what `validate` accepts is what `run` starts with.
+//! Parsers of config values that need more than their type: URLs, rates. They are called by
+//! [`super::settings::resolve`], the one path from config text to typed settings.
 
 use std::time::Duration;
 
-use lettre::message::Mailbox;
-
-use super::ChannelSpec;
 use crate::duration;
 
 /// `http://host:8086` or `http://host:8086/prefix` → a base URL ending in `/`.
@@ -117,83 +113,6 @@ pub fn smtp_url(url: &str, tls: Option<&str>) -> Result<(String, u16, SmtpTls), 
     Ok((host, port, tls))
 }
 
-/// Checks a channel's settings without connecting anywhere: what is wrong, and where.
-pub fn check_channel(
-    name: &str,
-    spec: &crate::yaml::Sp<ChannelSpec>,
-    known: &std::collections::BTreeMap<String, crate::yaml::Sp<ChannelSpec>>,
-) -> Vec<(crate::yaml::Pos, String, Option<String>)> {
-    let mut out = Vec::new();
-    let at = spec.pos;
-    if let Some(e) = &spec.email {
-        if let Err(err) = smtp_url(&e.smtp.value, e.tls.as_ref().map(|t| t.value.as_str())) {
-            let pos = e
-                .tls
-                .as_ref()
-                .filter(|_| err.starts_with("`tls"))
-                .map_or(e.smtp.pos, |t| t.pos);
-            out.push((pos, err, None));
-        }
-        if let Err(err) = e.from.parse::<Mailbox>() {
-            out.push((
-                at,
-                format!("channel `{name}`: bad `from` address `{}`: {err}", e.from),
-                None,
-            ));
-        }
-        for t in &e.to {
-            if let Err(err) = t.parse::<Mailbox>() {
-                out.push((
-                    at,
-                    format!("channel `{name}`: bad `to` address `{t}`: {err}"),
-                    None,
-                ));
-            }
-        }
-        if e.to.is_empty() {
-            out.push((at, format!("channel `{name}`: `to` lists no address"), None));
-        }
-    }
-    if let Some(w) = &spec.webhook {
-        if webhook_url(&w.url.value).is_none() {
-            out.push((
-                w.url.pos,
-                format!("channel `{name}`: bad webhook URL"),
-                Some("give an http:// or https:// URL".into()),
-            ));
-        }
-    }
-    if let Some(f) = &spec.fallback {
-        if f.value == name {
-            out.push((
-                f.pos,
-                format!("channel `{name}` cannot be its own fallback"),
-                None,
-            ));
-        } else if !known.contains_key(&f.value) {
-            out.push((
-                f.pos,
-                format!("unknown fallback channel `{}`", f.value),
-                Some(format!(
-                    "define it under `channels:` (known: {})",
-                    known.keys().cloned().collect::<Vec<_>>().join(", ")
-                )),
-            ));
-        }
-    }
-    if let Some(r) = &spec.rate_limit {
-        if let Err(e) = parse_rate(&r.value) {
-            out.push((r.pos, e, None));
-        }
-    }
-    for d in [&spec.timeout, &spec.repeat_interval].into_iter().flatten() {
-        if let Err(e) = duration::parse(&d.value) {
-            out.push((d.pos, e, None));
-        }
-    }
-    out
-}
-
 /// `10/1m` → (10, 60 s).
 pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
     let bad = || format!("bad rate limit `{text}`: write COUNT/DURATION, e.g. `10/1m`");
@@ -225,5 +144,34 @@ mod tests {
         assert!(mqtt_url("mqtt://").is_err());
         assert!(mqtt_url("mqtt://b:x").is_err());
         assert!(mqtt_url("mqtt://u:p@b:1883").is_err());
+    }
+
+    #[test]
+    fn smtp_urls_and_tls_modes() {
+        assert_eq!(
+            smtp_url("smtp://mail.example.com:587", None).unwrap(),
+            ("mail.example.com".into(), 587, SmtpTls::StartTls)
+        );
+        assert_eq!(
+            smtp_url("smtps://mail.example.com", None).unwrap(),
+            ("mail.example.com".into(), 465, SmtpTls::Tls)
+        );
+        assert_eq!(
+            smtp_url("smtp://127.0.0.1:2525", Some("none")).unwrap().2,
+            SmtpTls::None
+        );
+        assert!(smtp_url("mail.example.com", None).is_err());
+        assert!(smtp_url("smtp://u:p@mail:25", None)
+            .unwrap_err()
+            .contains("username"));
+        assert!(smtp_url("smtp://mail:25", Some("ssl")).is_err());
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("10/1m").unwrap(), (10, Duration::from_secs(60)));
+        assert!(parse_rate("10").is_err());
+        assert!(parse_rate("0/1m").is_err());
+        assert!(parse_rate("x/1m").is_err());
     }
 }

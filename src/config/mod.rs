@@ -3,6 +3,7 @@
 //! `site/{site}/device/{device}/{kind}`, rules in `./rules`, no notification channels checked.
 
 pub mod check;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,6 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::message::Kind;
-use crate::topic::TopicPattern;
 use crate::yaml::Sp;
 
 /// The engine config file.
@@ -378,14 +378,22 @@ pub struct WebhookSpec {
 impl Config {
     /// The topic patterns in force: the configured ones, or the embedded default's.
     pub fn topic_patterns(&self) -> Vec<(String, Option<Kind>)> {
+        self.topic_patterns_placed()
+            .into_iter()
+            .map(|(p, k)| (p.value, k))
+            .collect()
+    }
+
+    /// The topic patterns in force, with their positions (the default's are unplaced).
+    pub fn topic_patterns_placed(&self) -> Vec<(Sp<String>, Option<Kind>)> {
         match &self.topics {
-            Some(t) => t
-                .iter()
-                .map(|t| (t.pattern.value.clone(), t.kind))
-                .collect(),
+            Some(t) => t.iter().map(|t| (t.pattern.clone(), t.kind)).collect(),
             None => vec![
-                ("device/{device}/{kind}".into(), None),
-                ("site/{site}/device/{device}/{kind}".into(), None),
+                (Sp::unplaced("device/{device}/{kind}".into()), None),
+                (
+                    Sp::unplaced("site/{site}/device/{device}/{kind}".into()),
+                    None,
+                ),
             ],
         }
     }
@@ -411,31 +419,4 @@ pub fn rules_dir(
             .map(|r| config_relative(config_path, r))
     })
     .unwrap_or_else(|| PathBuf::from("rules"))
-}
-
-/// The topic patterns in force.
-pub fn patterns(cfg: Option<&Config>) -> Vec<TopicPattern> {
-    let default = Config::default();
-    cfg.unwrap_or(&default)
-        .topic_patterns()
-        .iter()
-        .filter_map(|(p, k)| TopicPattern::parse(p, *k).ok())
-        .collect()
-}
-
-/// The payload limits in force (`ingest:`), with `run`'s defaults.
-pub fn payload_limits(cfg: Option<&Config>) -> crate::message::Limits {
-    let d = crate::message::Limits::default();
-    let Some(i) = cfg.and_then(|c| c.ingest.as_ref()) else {
-        return d;
-    };
-    crate::message::Limits {
-        max_payload_bytes: i.max_payload_bytes.unwrap_or(d.max_payload_bytes),
-        max_depth: i.max_depth.unwrap_or(d.max_depth).max(1),
-        max_clock_skew_ms: i
-            .max_clock_skew
-            .as_ref()
-            .and_then(|s| crate::duration::parse(&s.value).ok())
-            .unwrap_or(d.max_clock_skew_ms),
-    }
 }

@@ -17,64 +17,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The bounds on state, from the engine config (`engine.max_keys`, `engine.max_devices`,
-/// `engine.forget_after`), per executor (live: per shard).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Most entries one node keeps.
-    pub max_keys: usize,
-    /// Most devices the executor tracks.
-    pub max_devices: usize,
-    /// Keys and devices idle this long (ms) are forgotten.
-    pub forget_after: i64,
-}
-
-/// Default `engine.max_keys`: entries per node, whole engine.
-pub const MAX_KEYS: usize = 100_000;
-/// Default `engine.max_devices`: devices tracked, whole engine.
-pub const MAX_DEVICES: usize = 250_000;
-/// Default `engine.forget_after`: seven days.
-pub const FORGET_AFTER: i64 = 7 * 86_400_000;
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_keys: MAX_KEYS,
-            max_devices: MAX_DEVICES,
-            forget_after: FORGET_AFTER,
-        }
-    }
-}
-
-impl Limits {
-    /// The bounds the config sets (`engine.max_keys`, `max_devices`, `forget_after`), for the
-    /// whole engine; `run` splits them across shards, `dry-run` and `test` run one executor.
-    pub fn from_config(cfg: Option<&crate::config::Config>) -> Limits {
-        let e = cfg.and_then(|c| c.engine.as_ref());
-        let n = |v: Option<&Option<crate::yaml::Sp<usize>>>, default: usize| {
-            v.and_then(|v| v.as_ref())
-                .map_or(default, |n| n.value.max(1))
-        };
-        Limits {
-            max_keys: n(e.map(|e| &e.max_keys), MAX_KEYS),
-            max_devices: n(e.map(|e| &e.max_devices), MAX_DEVICES),
-            forget_after: e
-                .and_then(|e| e.forget_after.as_ref())
-                .and_then(|d| crate::duration::parse(&d.value).ok())
-                .map_or(FORGET_AFTER, |ms| ms.max(1_000)),
-        }
-    }
-
-    /// The share of one of `shards` executors (each bound divided, rounded up).
-    pub fn per_shard(self, shards: usize) -> Limits {
-        let shards = shards.max(1);
-        Limits {
-            max_keys: self.max_keys.div_ceil(shards).max(1),
-            max_devices: self.max_devices.div_ceil(shards).max(1),
-            forget_after: self.forget_after,
-        }
-    }
-}
+/// The bounds on state, per executor (live: per shard). They are config values
+/// (`engine.max_keys`, `engine.max_devices`, `engine.forget_after`), so the type lives with the
+/// resolved config.
+pub use crate::config::settings::StateLimits as Limits;
 
 /// Touched-time of entries loaded from a snapshot: set to the clock at the next sweep.
 const LOADED: i64 = i64::MIN;

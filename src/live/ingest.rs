@@ -17,9 +17,9 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, watch};
 
-use super::settings::MqttConn;
 use super::shard::{shard_of, AckMsg, Job, ShardMsg};
 use super::{wall_ms, RateLimit, Stats};
+use crate::config::settings::MqttConn;
 use crate::retry::Backoff;
 use crate::topic::TopicPattern;
 

@@ -20,7 +20,6 @@ pub mod http;
 pub mod ingest;
 pub mod record;
 pub mod reload;
-pub mod settings;
 pub mod shard;
 pub mod sim;
 pub mod store;
@@ -32,8 +31,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::config::settings::{Broker, Settings};
 use crate::diag::Diagnostics;
-use settings::{Broker, Settings};
 use shard::{Reject, ShardMsg};
 
 pub use crate::engine::clock::wall_ms;
@@ -392,18 +391,14 @@ async fn serve(
     let acker = tokio::spawn(ingest::acker(in_client.clone(), ack_rx));
     // Sinks: InfluxDB writer, WebSocket hub, notification channels.
     let (ack_tx_hub, mut ack_rx_hub) = mpsc::channel::<crate::sinks::hub::AckReq>(64);
-    let mut hub_settings =
-        crate::sinks::hub::HubSettings::from_spec(settings.config.websocket.as_ref())?;
+    let mut hub_settings = settings.websocket.clone();
     let fds = FdBudget::new(settings.http_max_connections, hub_settings.max_clients);
     hub_settings.max_clients = fds.websocket;
     let hub = Arc::new(crate::sinks::hub::Hub::new(hub_settings, ack_tx_hub));
-    let (influx, influx_task) = match &settings.config.influx {
-        Some(spec) => {
-            let mut s = crate::sinks::influx::InfluxSettings::resolve(spec, &settings.state_dir)?;
-            // The writer must give up (and spool) before the shutdown deadline cuts it off.
-            s.shutdown_grace = (settings.shutdown_timeout / 2).min(Duration::from_secs(5));
+    let (influx, influx_task) = match &settings.influx {
+        Some(s) => {
             tracing::info!(url = %s.write_url, batch_size = s.batch_size, "writing points to InfluxDB");
-            let (h, t) = crate::sinks::influx::start(s, Arc::default())?;
+            let (h, t) = crate::sinks::influx::start(s.clone(), Arc::default())?;
             (Some(h), Some(t))
         }
         None => (None, None),
@@ -412,11 +407,8 @@ async fn serve(
         let hub = hub.clone();
         Arc::new(move |id: &str| hub.status_of(id))
     };
-    let (notifier, notify_tasks) = crate::sinks::notify::Notifier::start(
-        &settings.config.channels,
-        &settings.config_dir(),
-        status,
-    )?;
+    let (notifier, notify_tasks) =
+        crate::sinks::notify::Notifier::start(&settings.channels, status)?;
     let sinks = crate::sinks::Sinks {
         influx,
         hub,
@@ -556,13 +548,7 @@ async fn serve(
             hub: sinks.hub.clone(),
             influx: sinks.influx.as_ref().map(|i| i.stats.clone()),
             notify: sinks.notify.view(),
-            token: settings
-                .config
-                .http
-                .as_ref()
-                .and_then(|h| h.token.as_deref())
-                .filter(|t| !t.is_empty())
-                .map(Arc::from),
+            token: settings.http_token.clone(),
         };
         tokio::spawn(http::serve(l, api, stop_rx.clone(), http_limits))
     });

@@ -10,9 +10,9 @@ use rumqttc::{Event, Packet, QoS};
 use tokio::sync::watch;
 
 use super::ingest;
-use super::settings::MqttConn;
 use super::shard::{self, Limits};
 use super::wall_ms;
+use crate::config::settings::MqttConn;
 use crate::topic::TopicPattern;
 
 /// What `record` reports at the end.

@@ -14,8 +14,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::ingest;
-use super::settings::MqttConn;
 use super::wall_ms;
+use crate::config::settings::MqttConn;
 
 /// What to simulate.
 #[derive(Debug, Clone)]

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
 use crate::engine::Device;
-use crate::topic::TopicPattern;
 pub use crate::{duration, yaml};
 use compile::{report_de, ChainDoc, CompileOptions, RuleSet};
 use model::{DeviceSpec, DevicesFile, TestFile};
@@ -252,32 +251,17 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
         cfg.channels = channels;
     }
     let before = diags.error_count();
-    for t in cfg.topics.iter().flatten() {
-        if let Err(e) = TopicPattern::parse(&t.pattern, t.kind) {
-            diags.error(src, t.pattern.pos, format!("bad topic pattern: {e}"));
-        }
-    }
-    check_live_settings(src, &cfg, diags);
-    let engine = crate::script::new_engine();
-    for (name, ch) in &cfg.channels {
-        let n = usize::from(ch.email.is_some())
-            + usize::from(ch.webhook.is_some())
-            + usize::from(ch.log.is_some());
-        if n != 1 {
-            diags
-                .error(
-                    src,
-                    ch.pos,
-                    format!("channel `{name}` needs exactly one of `email`, `webhook`, `log`"),
-                )
-                .hint("e.g. `webhook: {url: https://example.com/hook}`");
-        }
-        for (pos, text, hint) in crate::config::check::check_channel(name, ch, &cfg.channels) {
-            let d = diags.error(src, pos, text);
-            if let Some(h) = hint {
+    // Every value `run` reads is checked by the function that reads it for `run`.
+    if let Err(problems) = crate::config::settings::resolve(None, Some(&cfg), None) {
+        for p in problems {
+            let d = diags.error(src, p.pos, p.text);
+            if let Some(h) = p.hint {
                 d.hint(h);
             }
         }
+    }
+    let engine = crate::script::new_engine();
+    for ch in cfg.channels.values() {
         for t in [&ch.subject, &ch.body].into_iter().flatten() {
             if let Err(e) = crate::script::Template::compile(&engine, t) {
                 let pos = yaml::pos_in_scalar(&src.text, t.pos, e.line, e.col);
@@ -289,137 +273,6 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
         }
     }
     (diags.error_count() == before).then_some(cfg)
-}
-
-/// Checks the settings only `run` uses: durations, addresses, the MQTT URL, numbers in range.
-fn check_live_settings(src: &Source, cfg: &Config, diags: &mut Diagnostics) {
-    let mut durations: Vec<&yaml::Sp<String>> = Vec::new();
-    if let Some(m) = &cfg.mqtt {
-        let url = &m.value.url;
-        if let Err(e) = crate::config::check::mqtt_url(&url.value) {
-            diags
-                .error(src, url.pos, e)
-                .hint("use `mqtt://host:1883`, or `mqtts://host:8883` for TLS");
-        }
-        durations.extend(&m.value.keep_alive);
-        durations.extend(&m.value.reconnect_max);
-        if let Some(q) = m.value.qos.as_ref().filter(|q| q.value > 1) {
-            diags
-                .error(src, q.pos, "the subscription qos is 0 or 1")
-                .hint("rulechain acknowledges QoS 1 after the chains ran; QoS 2 adds nothing");
-        }
-        if let Some(t) = &m.value.tls {
-            if t.client_cert.is_some() != t.client_key.is_some() {
-                diags.error(src, t.ca.pos, "`client_cert` and `client_key` go together");
-            }
-        }
-    }
-    let addrs = [
-        cfg.embedded_broker.as_ref().and_then(|b| b.listen.as_ref()),
-        cfg.http
-            .as_ref()
-            .and_then(|h| h.listen.as_ref())
-            .filter(|l| l.value != "off"),
-    ];
-    for a in addrs.into_iter().flatten() {
-        if a.value.parse::<std::net::SocketAddr>().is_err() {
-            diags
-                .error(src, a.pos, format!("`{}` is not an address", a.value))
-                .hint("give an IP and a port, e.g. `127.0.0.1:8080`");
-        }
-    }
-    if let Some(i) = &cfg.ingest {
-        durations.extend(&i.max_clock_skew);
-    }
-    if let Some(h) = &cfg.http {
-        durations.extend(&h.header_timeout);
-        if let Some(n) = h.max_connections.as_ref().filter(|n| n.value == 0) {
-            diags.error(src, n.pos, "max_connections is at least 1");
-        }
-    }
-    if let Some(e) = &cfg.engine {
-        durations.extend(&e.checkpoint);
-        durations.extend(&e.shutdown_timeout);
-        durations.extend(&e.forget_after);
-        for n in [&e.max_keys, &e.max_devices].into_iter().flatten() {
-            if n.value == 0 {
-                diags.error(src, n.pos, "the bound is at least 1");
-            }
-        }
-        if let Some(n) = e.shards.as_ref().filter(|n| !(1..=256).contains(&n.value)) {
-            diags.error(src, n.pos, "shards is between 1 and 256");
-        }
-        if let Some(n) = e
-            .queue
-            .as_ref()
-            .filter(|n| !(1..=1 << 20).contains(&n.value))
-        {
-            diags.error(src, n.pos, "queue is between 1 and 1048576");
-        }
-    }
-    if let Some(i) = &cfg.influx {
-        let i = &i.value;
-        if let Err(e) = crate::config::check::base_url(&i.url.value) {
-            diags.error(src, i.url.pos, e);
-        }
-        if let Some(a) = i
-            .api
-            .as_ref()
-            .filter(|a| a.value != "v1" && a.value != "v2")
-        {
-            diags
-                .error(src, a.pos, format!("unknown InfluxDB api `{}`", a.value))
-                .hint("`v2` (/api/v2/write: InfluxDB 2.x, 3.x, 1.8+, VictoriaMetrics) or `v1` (/write?db=)");
-        }
-        if let Some(p) = i
-            .precision
-            .as_ref()
-            .filter(|p| !["ns", "us", "ms", "s"].contains(&p.value.as_str()))
-        {
-            diags.error(
-                src,
-                p.pos,
-                format!("unknown precision `{}`: use ns, us, ms or s", p.value),
-            );
-        }
-        if let Some(b) = i
-            .batch_size
-            .as_ref()
-            .filter(|b| !(1..=1_000_000).contains(&b.value))
-        {
-            diags.error(src, b.pos, "batch_size is between 1 and 1000000");
-        }
-        if let (Some(b), Some(n)) = (&i.batch_size, &i.buffer_points) {
-            if n.value < b.value {
-                diags.error(
-                    src,
-                    n.pos,
-                    "buffer_points must hold at least one batch (batch_size)",
-                );
-            }
-        }
-        durations.extend(&i.flush_interval);
-        durations.extend(&i.timeout);
-        durations.extend(&i.max_backoff);
-    }
-    if let Some(w) = &cfg.websocket {
-        durations.extend(&w.ping_interval);
-        if let Some(n) = w.max_clients.as_ref().filter(|n| n.value == 0) {
-            diags.error(src, n.pos, "max_clients is at least 1");
-        }
-        if let Some(n) = w
-            .client_queue
-            .as_ref()
-            .filter(|n| !(1..=1 << 20).contains(&n.value))
-        {
-            diags.error(src, n.pos, "client_queue is between 1 and 1048576");
-        }
-    }
-    for d in durations {
-        if let Err(e) = duration::parse(&d.value) {
-            diags.error(src, d.pos, e);
-        }
-    }
 }
 
 /// Loads a devices file into the registry form the executor uses.

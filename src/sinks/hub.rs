@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use serde_json::{json, Value};
@@ -28,50 +27,7 @@ pub const MAX_ROOMS_PER_CLIENT: usize = 1_000;
 /// Longest room name.
 pub const MAX_ROOM_LEN: usize = 256;
 
-/// The hub's settings.
-#[derive(Debug, Clone)]
-pub struct HubSettings {
-    /// Most clients at once.
-    pub max_clients: usize,
-    /// Frames queued per client.
-    pub client_queue: usize,
-    /// Ping interval.
-    pub ping_interval: Duration,
-    /// Origins allowed besides the same host (`*`: any).
-    pub allowed_origins: Vec<String>,
-}
-
-impl Default for HubSettings {
-    fn default() -> Self {
-        HubSettings {
-            max_clients: 20_000,
-            client_queue: 1024,
-            ping_interval: Duration::from_secs(30),
-            allowed_origins: Vec::new(),
-        }
-    }
-}
-
-impl HubSettings {
-    /// From the config (checked by `validate`).
-    pub fn from_spec(spec: Option<&crate::config::WebsocketSpec>) -> Result<Self, String> {
-        let d = HubSettings::default();
-        let Some(s) = spec else { return Ok(d) };
-        Ok(HubSettings {
-            max_clients: s.max_clients.as_ref().map_or(d.max_clients, |v| v.value),
-            client_queue: s
-                .client_queue
-                .as_ref()
-                .map_or(d.client_queue, |v| v.value)
-                .max(1),
-            ping_interval: match &s.ping_interval {
-                Some(p) => Duration::from_millis(crate::duration::parse(&p.value)?.max(100) as u64),
-                None => d.ping_interval,
-            },
-            allowed_origins: s.allowed_origins.clone().unwrap_or_default(),
-        })
-    }
-}
+pub use crate::config::settings::HubSettings;
 
 /// An acknowledgement asked for by a client or the HTTP API, routed to the device's shard.
 #[derive(Debug)]

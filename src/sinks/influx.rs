@@ -26,187 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::InfluxSpec;
-use crate::duration;
-
-/// Timestamp precision of the lines sent (the encoder writes nanoseconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    /// Nanoseconds (as encoded).
-    Ns,
-    /// Microseconds.
-    Us,
-    /// Milliseconds.
-    Ms,
-    /// Seconds.
-    S,
-}
-
-impl Precision {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "ns" => Precision::Ns,
-            "us" => Precision::Us,
-            "ms" => Precision::Ms,
-            "s" => Precision::S,
-            _ => return None,
-        })
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Precision::Ns => "ns",
-            Precision::Us => "us",
-            Precision::Ms => "ms",
-            Precision::S => "s",
-        }
-    }
-
-    fn divisor(self) -> i64 {
-        match self {
-            Precision::Ns => 1,
-            Precision::Us => 1_000,
-            Precision::Ms => 1_000_000,
-            Precision::S => 1_000_000_000,
-        }
-    }
-}
-
-/// How the writer authenticates.
-#[derive(Clone)]
-enum Auth {
-    None,
-    Token(String),
-    Basic(String, Option<String>),
-}
-
-/// The writer's settings, every default filled in.
-#[derive(Clone)]
-pub struct InfluxSettings {
-    /// The full write URL, with its query.
-    pub write_url: reqwest::Url,
-    auth: Auth,
-    /// Precision of the timestamps sent.
-    pub precision: Precision,
-    /// Points per request.
-    pub batch_size: usize,
-    /// A partial batch waits at most this long.
-    pub flush_interval: Duration,
-    /// Points held in memory.
-    pub buffer_points: usize,
-    /// The spool directory and its size limit in bytes.
-    pub spool: Option<(PathBuf, u64)>,
-    /// Request timeout.
-    pub timeout: Duration,
-    /// gzip request bodies.
-    pub gzip: bool,
-    /// Longest backoff.
-    pub max_backoff: Duration,
-    /// After shutdown begins, how long the writer keeps trying before it spools or gives up.
-    pub shutdown_grace: Duration,
-}
-
-impl std::fmt::Debug for InfluxSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The token and password never reach a log line.
-        f.debug_struct("InfluxSettings")
-            .field("write_url", &self.write_url.as_str())
-            .field("precision", &self.precision)
-            .field("batch_size", &self.batch_size)
-            .field("buffer_points", &self.buffer_points)
-            .field("spool", &self.spool)
-            .finish()
-    }
-}
-
-fn dur(s: &Option<crate::yaml::Sp<String>>, default_ms: i64) -> Result<Duration, String> {
-    let ms = match s {
-        Some(s) => duration::parse(&s.value)?,
-        None => default_ms,
-    };
-    Ok(Duration::from_millis(ms.max(1) as u64))
-}
-
-impl InfluxSettings {
-    /// Resolves the config (`validate` has checked it; errors here name the key anyway).
-    pub fn resolve(spec: &InfluxSpec, state_dir: &Path) -> Result<Self, String> {
-        let api = spec.api.as_ref().map_or("v2", |a| a.value.as_str());
-        let precision = match &spec.precision {
-            Some(p) => Precision::parse(&p.value)
-                .ok_or_else(|| format!("influx.precision `{}`: use ns, us, ms or s", p.value))?,
-            None => Precision::Ns,
-        };
-        let mut url = crate::config::check::base_url(&spec.url.value)?;
-        let auth;
-        match api {
-            "v2" => {
-                url = url
-                    .join("api/v2/write")
-                    .map_err(|e| format!("influx.url: {e}"))?;
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(o) = &spec.org {
-                        q.append_pair("org", o);
-                    }
-                    if let Some(b) = &spec.bucket {
-                        q.append_pair("bucket", b);
-                    }
-                    q.append_pair("precision", precision.as_str());
-                }
-                auth = match &spec.token {
-                    Some(t) if !t.is_empty() => Auth::Token(t.clone()),
-                    _ => Auth::None,
-                };
-            }
-            "v1" => {
-                url = url.join("write").map_err(|e| format!("influx.url: {e}"))?;
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(d) = &spec.database {
-                        q.append_pair("db", d);
-                    }
-                    let p = if precision == Precision::Us {
-                        "u"
-                    } else {
-                        precision.as_str()
-                    };
-                    q.append_pair("precision", p);
-                }
-                auth = match (&spec.username, &spec.token) {
-                    (Some(u), _) if !u.is_empty() => Auth::Basic(u.clone(), spec.password.clone()),
-                    (_, Some(t)) if !t.is_empty() => Auth::Token(t.clone()),
-                    _ => Auth::None,
-                };
-            }
-            other => return Err(format!("influx.api `{other}`: use v2 or v1")),
-        }
-        let batch_size = spec.batch_size.as_ref().map_or(5000, |b| b.value).max(1);
-        let buffer_points = spec
-            .buffer_points
-            .as_ref()
-            .map_or(200_000, |b| b.value)
-            .max(batch_size);
-        let spool = spec.spool.unwrap_or(false).then(|| {
-            (
-                state_dir.join("influx-spool"),
-                spec.spool_max_mb.as_ref().map_or(1024, |m| m.value) * 1024 * 1024,
-            )
-        });
-        Ok(InfluxSettings {
-            write_url: url,
-            auth,
-            precision,
-            batch_size,
-            flush_interval: dur(&spec.flush_interval, 1000)?,
-            buffer_points,
-            spool,
-            timeout: dur(&spec.timeout, 10_000)?,
-            gzip: spec.gzip.unwrap_or(true),
-            max_backoff: dur(&spec.max_backoff, 30_000)?,
-            shutdown_grace: Duration::from_secs(5),
-        })
-    }
-}
+pub use crate::config::settings::{InfluxAuth, InfluxSettings, Precision};
 
 /// The writer's counters (in `/api/status` under `influx`).
 #[derive(Debug, Default)]
@@ -430,9 +250,9 @@ impl Writer {
             req = req.header("content-encoding", "gzip");
         }
         req = match &self.settings.auth {
-            Auth::None => req,
-            Auth::Token(t) => req.header("authorization", format!("Token {t}")),
-            Auth::Basic(u, p) => req.basic_auth(u, p.as_ref()),
+            InfluxAuth::None => req,
+            InfluxAuth::Token(t) => req.header("authorization", format!("Token {t}")),
+            InfluxAuth::Basic(u, p) => req.basic_auth(u, p.as_ref()),
         };
         Box::pin(async move {
             match req.send().await {
@@ -792,33 +612,6 @@ mod tests {
             .unwrap();
         assert_eq!(out.lines().count(), 100);
         assert_eq!(out.lines().nth(7), Some("m f=7 7"));
-    }
-
-    #[test]
-    fn urls_carry_org_bucket_and_precision() {
-        let spec = InfluxSpec {
-            url: crate::yaml::Sp::unplaced("http://db:8086/influx".to_string()),
-            org: Some("acme & co".into()),
-            bucket: Some("iot".into()),
-            precision: Some(crate::yaml::Sp::unplaced("ms".to_string())),
-            ..Default::default()
-        };
-        let s = InfluxSettings::resolve(&spec, Path::new("/tmp")).unwrap();
-        assert_eq!(
-            s.write_url.as_str(),
-            "http://db:8086/influx/api/v2/write?org=acme+%26+co&bucket=iot&precision=ms"
-        );
-        let spec = InfluxSpec {
-            api: Some(crate::yaml::Sp::unplaced("v1".to_string())),
-            database: Some("telemetry".into()),
-            ..spec
-        };
-        let s = InfluxSettings::resolve(&spec, Path::new("/tmp")).unwrap();
-        assert_eq!(
-            s.write_url.as_str(),
-            "http://db:8086/influx/write?db=telemetry&precision=ms"
-        );
-        assert!(crate::config::check::base_url("ftp://x").is_err());
     }
 
     #[test]

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use lettre::message::{header::ContentType, Mailbox};
@@ -22,9 +21,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::check::{parse_rate, smtp_url, SmtpTls};
-use crate::config::ChannelSpec;
-use crate::duration;
+use crate::config::check::SmtpTls;
+pub use crate::config::settings::{ChannelSettings, Delivery, Policy};
 use crate::engine::alarm::Status;
 
 /// One notification for one channel.
@@ -163,100 +161,69 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 impl Transport {
-    /// Builds a channel's transport from its config; `base` is the config file's directory
-    /// (for the paths in it).
-    pub fn build(
-        name: &str,
-        spec: &ChannelSpec,
-        timeout: Duration,
-        base: &std::path::Path,
-    ) -> Result<Self, String> {
-        if let Some(e) = &spec.email {
-            use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-            let (host, port, tls) =
-                smtp_url(&e.smtp.value, e.tls.as_ref().map(|t| t.value.as_str()))
-                    .map_err(|err| format!("channel `{name}`: {err}"))?;
-            let params = || -> Result<TlsParameters, String> {
-                let mut b = TlsParameters::builder(host.clone());
-                if let Some(ca) = &e.ca {
-                    let path = base.join(&ca.value);
-                    let pem = std::fs::read(&path).map_err(|err| {
-                        format!(
-                            "channel `{name}`: cannot read the CA file {}: {err}",
-                            path.display()
-                        )
-                    })?;
-                    let cert = Certificate::from_pem(&pem).map_err(|err| {
-                        format!(
-                            "channel `{name}`: the CA file {} is not a PEM certificate: {err}",
-                            path.display()
-                        )
-                    })?;
-                    b = b.add_root_certificate(cert);
+    /// Builds a channel's transport from its settings (the CA file, if any, is read now).
+    pub fn build(name: &str, ch: &ChannelSettings) -> Result<Self, String> {
+        let timeout = ch.policy.timeout;
+        match &ch.delivery {
+            Delivery::Email(e) => {
+                use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+                let params = || -> Result<TlsParameters, String> {
+                    let mut b = TlsParameters::builder(e.host.clone());
+                    if let Some(path) = &e.ca {
+                        let pem = std::fs::read(path).map_err(|err| {
+                            format!(
+                                "channel `{name}`: cannot read the CA file {}: {err}",
+                                path.display()
+                            )
+                        })?;
+                        let cert = Certificate::from_pem(&pem).map_err(|err| {
+                            format!(
+                                "channel `{name}`: the CA file {} is not a PEM certificate: {err}",
+                                path.display()
+                            )
+                        })?;
+                        b = b.add_root_certificate(cert);
+                    }
+                    b.build_rustls()
+                        .map_err(|err| format!("channel `{name}`: TLS setup: {err}"))
+                };
+                let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.host);
+                // STARTTLS is required, never opportunistic: a server that does not offer it
+                // fails the delivery rather than receiving the mail in clear text.
+                let builder = match e.tls {
+                    SmtpTls::None => builder,
+                    SmtpTls::StartTls => builder.tls(Tls::Required(params()?)),
+                    SmtpTls::Tls => builder.tls(Tls::Wrapper(params()?)),
+                };
+                let mut builder = builder.port(e.port).timeout(Some(timeout));
+                if let Some(u) = &e.username {
+                    builder = builder.credentials(Credentials::new(
+                        u.clone(),
+                        e.password.clone().unwrap_or_default(),
+                    ));
                 }
-                b.build_rustls()
-                    .map_err(|err| format!("channel `{name}`: TLS setup: {err}"))
-            };
-            let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host);
-            // STARTTLS is required, never opportunistic: a server that does not offer it fails
-            // the delivery rather than receiving the mail in clear text.
-            let builder = match tls {
-                SmtpTls::None => builder,
-                SmtpTls::StartTls => builder.tls(Tls::Required(params()?)),
-                SmtpTls::Tls => builder.tls(Tls::Wrapper(params()?)),
-            };
-            let mut builder = builder.port(port).timeout(Some(timeout));
-            if let Some(u) = e.username.as_ref().filter(|u| !u.is_empty()) {
-                builder = builder.credentials(Credentials::new(
-                    u.clone(),
-                    e.password.clone().unwrap_or_default(),
-                ));
+                Ok(Transport::Email {
+                    mailer: builder.build(),
+                    from: e.from.clone(),
+                    to: e.to.clone(),
+                })
             }
-            let from: Mailbox = e.from.parse().map_err(|err| {
-                format!("channel `{name}`: bad `from` address `{}`: {err}", e.from)
-            })?;
-            let mut to = Vec::new();
-            for t in &e.to {
-                to.push(
-                    t.parse::<Mailbox>().map_err(|err| {
-                        format!("channel `{name}`: bad `to` address `{t}`: {err}")
-                    })?,
-                );
+            Delivery::Webhook(w) => {
+                let client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                    .map_err(|e| format!("channel `{name}`: {e}"))?;
+                Ok(Transport::Webhook {
+                    client,
+                    url: w.url.clone(),
+                    headers: w.headers.clone(),
+                    secret: w.secret.clone(),
+                    signature_header: w.signature_header.clone(),
+                    templated: w.templated,
+                })
             }
-            if to.is_empty() {
-                return Err(format!("channel `{name}`: `to` lists no address"));
-            }
-            return Ok(Transport::Email {
-                mailer: builder.build(),
-                from,
-                to,
-            });
+            Delivery::Log => Ok(Transport::Log),
         }
-        if let Some(w) = &spec.webhook {
-            let url = crate::config::check::webhook_url(&w.url.value).ok_or_else(|| {
-                format!("channel `{name}`: bad webhook URL (use http:// or https://)")
-            })?;
-            let client = reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .map_err(|e| format!("channel `{name}`: {e}"))?;
-            return Ok(Transport::Webhook {
-                client,
-                url,
-                headers: w
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                secret: w.secret.as_ref().map(|s| s.as_bytes().to_vec()),
-                signature_header: w
-                    .signature_header
-                    .clone()
-                    .unwrap_or_else(|| "X-Rulechain-Signature".into()),
-                templated: spec.body.is_some(),
-            });
-        }
-        Ok(Transport::Log)
     }
 
     /// What it is, for messages: never a password, a token or a webhook's path (which often
@@ -401,57 +368,6 @@ fn chain_text(e: &dyn std::error::Error) -> String {
     super::with_causes(e.to_string(), e.source())
 }
 
-/// A channel's delivery policy.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    /// Retries after the first attempt.
-    pub retries: u32,
-    /// One attempt's time limit.
-    pub timeout: Duration,
-    /// The first backoff; it doubles per retry up to `max_backoff`.
-    pub backoff: Duration,
-    /// The longest backoff.
-    pub max_backoff: Duration,
-    /// The fallback channel.
-    pub fallback: Option<String>,
-    /// Failures before the fallback is used.
-    pub fallback_after: u32,
-    /// At most this many per period.
-    pub rate: Option<(u32, Duration)>,
-    /// Reminder interval.
-    pub repeat: Option<Duration>,
-    /// Queue length.
-    pub queue: usize,
-}
-
-impl Policy {
-    /// From the config (checked by `validate`).
-    pub fn from_spec(spec: &ChannelSpec) -> Result<Self, String> {
-        let d = |s: &Option<crate::yaml::Sp<String>>| -> Result<Option<Duration>, String> {
-            s.as_ref()
-                .map(|s| {
-                    duration::parse(&s.value).map(|ms| Duration::from_millis(ms.max(1) as u64))
-                })
-                .transpose()
-        };
-        Ok(Policy {
-            retries: spec.retries.unwrap_or(5),
-            timeout: d(&spec.timeout)?.unwrap_or(Duration::from_secs(10)),
-            backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(60),
-            fallback: spec.fallback.as_ref().map(|f| f.value.clone()),
-            fallback_after: spec.fallback_after.as_ref().map_or(3, |f| f.value).max(1),
-            rate: spec
-                .rate_limit
-                .as_ref()
-                .map(|r| parse_rate(&r.value))
-                .transpose()?,
-            repeat: d(&spec.repeat_interval)?,
-            queue: spec.queue.as_ref().map_or(1000, |q| q.value).max(1),
-        })
-    }
-}
-
 struct ChannelHandle {
     tx: mpsc::Sender<Notice>,
     stats: Arc<ChannelStats>,
@@ -480,15 +396,14 @@ impl Notifier {
     /// status by id (the hub's view), so reminders stop once an alarm is acknowledged or
     /// cleared even when the channel was not told.
     pub fn start(
-        specs: &std::collections::BTreeMap<String, crate::yaml::Sp<ChannelSpec>>,
-        base: &std::path::Path,
+        settings: &std::collections::BTreeMap<String, ChannelSettings>,
         status: AlarmStatus,
     ) -> Result<(Notifier, Vec<tokio::task::JoinHandle<()>>), String> {
         let mut built = Vec::new();
         let mut channels = HashMap::new();
-        for (name, spec) in specs {
-            let policy = Policy::from_spec(spec).map_err(|e| format!("channel `{name}`: {e}"))?;
-            let transport = Transport::build(name, spec, policy.timeout, base)?;
+        for (name, ch) in settings {
+            let policy = ch.policy.clone();
+            let transport = Transport::build(name, ch)?;
             let (tx, rx) = mpsc::channel(policy.queue);
             let stats = Arc::new(ChannelStats::default());
             channels.insert(
@@ -762,35 +677,6 @@ mod tests {
             signature(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-    }
-
-    #[test]
-    fn smtp_urls_and_tls_modes() {
-        assert_eq!(
-            smtp_url("smtp://mail.example.com:587", None).unwrap(),
-            ("mail.example.com".into(), 587, SmtpTls::StartTls)
-        );
-        assert_eq!(
-            smtp_url("smtps://mail.example.com", None).unwrap(),
-            ("mail.example.com".into(), 465, SmtpTls::Tls)
-        );
-        assert_eq!(
-            smtp_url("smtp://127.0.0.1:2525", Some("none")).unwrap().2,
-            SmtpTls::None
-        );
-        assert!(smtp_url("mail.example.com", None).is_err());
-        assert!(smtp_url("smtp://u:p@mail:25", None)
-            .unwrap_err()
-            .contains("username"));
-        assert!(smtp_url("smtp://mail:25", Some("ssl")).is_err());
-    }
-
-    #[test]
-    fn rates_parse() {
-        assert_eq!(parse_rate("10/1m").unwrap(), (10, Duration::from_secs(60)));
-        assert!(parse_rate("10").is_err());
-        assert!(parse_rate("0/1m").is_err());
-        assert!(parse_rate("x/1m").is_err());
     }
 
     #[test]

@@ -1,0 +1,613 @@
+//! The config resolved into typed settings: every default filled in, every duration, URL,
+//! address, mode and rate parsed, every path made absolute against the config file's directory.
+//!
+//! [`resolve`] is the one path from the config's text to the values the engine runs with.
+//! `validate` (and every command that loads a config) calls it and reports each [`Problem`] with
+//! its position; `run` calls it and hands the typed parts to the live engine and the sinks, which
+//! never read config text themselves. So the config `validate` accepts is the config `run` starts
+//! with, and the reverse.
+//!
+//! The YAML model ([`super::Config`]) keeps modes as positioned strings, and this module turns
+//! them into enums, rather than deserializing enums directly: a serde error ends the
+//! deserialization at the first bad value, while `validate` reports every bad value of a file at
+//! once.
+//!
+//! With no config file this is the embedded default: an in-process broker on 127.0.0.1:1883,
+//! `./rules`, HTTP on 127.0.0.1:8080, state under `./.rulechain`.
+
+pub mod influx;
+pub mod notify;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Config;
+use crate::duration;
+use crate::topic::TopicPattern;
+use crate::yaml::{Pos, Sp};
+
+pub use influx::{InfluxApi, InfluxAuth, InfluxSettings, Precision};
+pub use notify::{ChannelSettings, Delivery, EmailSettings, Policy, WebhookSettings};
+
+/// One thing wrong with a config value: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The value's position in the config file.
+    pub pos: Pos,
+    /// What is wrong.
+    pub text: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.pos.line > 0 {
+            write!(f, "{}:{}: ", self.pos.line, self.pos.col)?;
+        }
+        f.write_str(&self.text)?;
+        if let Some(h) = &self.hint {
+            write!(f, " ({h})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The problems found so far.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(pub(crate) Vec<Problem>);
+
+impl Problems {
+    /// Records a problem at `pos`.
+    pub(crate) fn add(&mut self, pos: Pos, text: impl Into<String>) -> &mut Problem {
+        self.0.push(Problem {
+            pos,
+            text: text.into(),
+            hint: None,
+        });
+        let last = self.0.len() - 1;
+        &mut self.0[last]
+    }
+
+    /// A duration (`30s`, `5m`) or its default, in milliseconds, at least `min_ms`; a bad one
+    /// is recorded and gives the default.
+    pub(crate) fn duration(
+        &mut self,
+        s: &Option<Sp<String>>,
+        default_ms: i64,
+        min_ms: i64,
+    ) -> Duration {
+        let ms = match s {
+            Some(s) => duration::parse(&s.value).unwrap_or_else(|e| {
+                self.add(s.pos, e);
+                default_ms
+            }),
+            None => default_ms,
+        };
+        Duration::from_millis(ms.max(min_ms) as u64)
+    }
+
+    /// An optional duration.
+    pub(crate) fn opt_duration(&mut self, s: &Option<Sp<String>>, min_ms: i64) -> Option<Duration> {
+        s.as_ref()
+            .map(|d| self.duration(&Some(d.clone()), 0, min_ms))
+    }
+
+    /// A number in `range`, or its default.
+    pub(crate) fn in_range(
+        &mut self,
+        n: &Option<Sp<usize>>,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+        text: &str,
+    ) -> usize {
+        match n {
+            Some(n) if !range.contains(&n.value) => {
+                self.add(n.pos, text);
+                default
+            }
+            Some(n) => n.value,
+            None => default,
+        }
+    }
+}
+
+impl Problem {
+    /// Adds how to fix it.
+    pub(crate) fn hint(&mut self, hint: impl Into<String>) -> &mut Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone)]
+pub enum Broker {
+    /// An external broker.
+    External(MqttConn),
+    /// The in-process broker, listening here.
+    Embedded(SocketAddr),
+}
+
+/// How to reach an MQTT broker.
+#[derive(Clone)]
+pub struct MqttConn {
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS (mqtts://).
+    pub tls: Option<TlsFiles>,
+    /// Client id prefix.
+    pub client_id: String,
+    /// Credentials.
+    pub username: Option<String>,
+    /// Never printed.
+    pub password: Option<String>,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+    /// Subscription QoS (0 or 1).
+    pub qos: u8,
+    /// Keep the session across reconnects.
+    pub persistent_session: bool,
+    /// The longest wait between reconnect attempts.
+    pub reconnect_max: Duration,
+}
+
+impl std::fmt::Debug for MqttConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password stays out of every log line.
+        f.debug_struct("MqttConn")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// TLS files (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA certificates.
+    pub ca: PathBuf,
+    /// Client certificate and key.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Bounds on the rule core's state (`engine.max_keys`, `max_devices`, `forget_after`): the
+/// whole engine's; each shard takes its share ([`StateLimits::per_shard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateLimits {
+    /// Most entries one node keeps (throttle keys, deadband values…).
+    pub max_keys: usize,
+    /// Most devices tracked.
+    pub max_devices: usize,
+    /// Idle state older than this is forgotten (ms).
+    pub forget_after: i64,
+}
+
+/// Default `engine.max_keys`.
+pub const MAX_KEYS: usize = 100_000;
+/// Default `engine.max_devices`.
+pub const MAX_DEVICES: usize = 250_000;
+/// Default `engine.forget_after`: 7 days.
+pub const FORGET_AFTER: i64 = 7 * 24 * 3_600_000;
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        StateLimits {
+            max_keys: MAX_KEYS,
+            max_devices: MAX_DEVICES,
+            forget_after: FORGET_AFTER,
+        }
+    }
+}
+
+impl StateLimits {
+    /// The share of one of `shards` executors (each bound divided, rounded up).
+    pub fn per_shard(self, shards: usize) -> StateLimits {
+        let shards = shards.max(1);
+        StateLimits {
+            max_keys: self.max_keys.div_ceil(shards).max(1),
+            max_devices: self.max_devices.div_ceil(shards).max(1),
+            forget_after: self.forget_after,
+        }
+    }
+}
+
+/// The WebSocket hub's settings.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Most clients at once.
+    pub max_clients: usize,
+    /// Frames queued per client.
+    pub client_queue: usize,
+    /// Ping interval.
+    pub ping_interval: Duration,
+    /// Origins allowed besides the same host (`*`: any).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            max_clients: 20_000,
+            client_queue: 1024,
+            ping_interval: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Everything the engine runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The config file, if any.
+    pub config_path: Option<PathBuf>,
+    /// The config, for the rule compiler (channel templates, the command topic).
+    pub config: Config,
+    /// Whether a config file was given: only then are `notify` channel names checked (the
+    /// embedded default has no channels; notifications to unknown ones are logged).
+    pub config_given: bool,
+    /// The rules directory.
+    pub rules_dir: PathBuf,
+    /// The devices file.
+    pub devices: Option<PathBuf>,
+    /// The broker.
+    pub broker: Broker,
+    /// Topic patterns.
+    pub patterns: Vec<TopicPattern>,
+    /// HTTP listen address (`None`: off).
+    pub http: Option<SocketAddr>,
+    /// The bearer token `/ws` and `/api/*` require (never logged).
+    pub http_token: Option<Arc<str>>,
+    /// Most HTTP connections at once (before the open-files limit is applied).
+    pub http_max_connections: usize,
+    /// Header-read and keep-alive idle timeout.
+    pub http_header_timeout: Duration,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Shard workers.
+    pub shards: usize,
+    /// Queue length per shard.
+    pub queue: usize,
+    /// Checkpoint interval.
+    pub checkpoint: Duration,
+    /// Shutdown deadline.
+    pub shutdown_timeout: Duration,
+    /// Bounds on state, whole engine (each shard takes its share).
+    pub state_limits: StateLimits,
+    /// Payload limits (`ingest:`): the same decoder as `dry-run`'s.
+    pub payload: crate::message::Limits,
+    /// Dead-letter topic.
+    pub dead_letter: Option<String>,
+    /// The InfluxDB writer, when `influx:` is configured.
+    pub influx: Option<InfluxSettings>,
+    /// The WebSocket hub.
+    pub websocket: HubSettings,
+    /// Notification channels, by name.
+    pub channels: BTreeMap<String, ChannelSettings>,
+}
+
+impl Settings {
+    /// The directory paths in the config are relative to (the current one without a config).
+    pub fn config_dir(&self) -> PathBuf {
+        self.config_path
+            .as_deref()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+
+    /// The MQTT connection: the configured broker's, or the embedded one's.
+    pub fn mqtt(&self) -> MqttConn {
+        match &self.broker {
+            Broker::External(c) => c.clone(),
+            Broker::Embedded(addr) => MqttConn {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                tls: None,
+                client_id: "rulechain".into(),
+                username: None,
+                password: None,
+                keep_alive: Duration::from_secs(30),
+                qos: 1,
+                persistent_session: true,
+                reconnect_max: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+/// Resolves a config (`None`: the embedded default). `rules` overrides the rules directory.
+/// Every problem is reported, each with its position.
+pub fn resolve(
+    config_path: Option<&Path>,
+    config: Option<&Config>,
+    rules: Option<PathBuf>,
+) -> Result<Settings, Vec<Problem>> {
+    let (settings, problems) = resolve_lossy(config_path, config, rules);
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Resolves a config as [`resolve`] does, and gives settings even when it has problems: each
+/// bad value replaced by its default, a broken sink or channel left out. For `dry-run` and
+/// `test`, which have reported the problems already (through `validate`'s checks) and need
+/// only the engine's part.
+pub fn resolve_lossy(
+    config_path: Option<&Path>,
+    config: Option<&Config>,
+    rules: Option<PathBuf>,
+) -> (Settings, Vec<Problem>) {
+    let mut p = Problems::default();
+    let config_given = config.is_some();
+    let config = config.cloned().unwrap_or_default();
+    let rel = |s: &str| super::config_relative(config_path, s);
+    let rules_dir = super::rules_dir(rules, config_path, Some(&config));
+    let mut patterns = Vec::new();
+    for (pattern, kind) in config.topic_patterns_placed() {
+        match TopicPattern::parse(&pattern.value, kind) {
+            Ok(t) => patterns.push(t),
+            Err(e) => {
+                p.add(pattern.pos, format!("bad topic pattern: {e}"));
+            }
+        }
+    }
+    let broker = broker(&mut p, &config, &rel);
+    let http = config.http.clone().unwrap_or_default();
+    let http_addr = match &http.listen {
+        Some(l) if l.value == "off" => None,
+        Some(l) => address(&mut p, l),
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+    };
+    if let Some(n) = http.max_connections.as_ref().filter(|n| n.value == 0) {
+        p.add(n.pos, "max_connections is at least 1");
+    }
+    let http_header_timeout = p.duration(&http.header_timeout, 10_000, 100);
+    let engine = config.engine.clone().unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shards = p.in_range(
+        &engine.shards,
+        cpus.min(256),
+        1..=256,
+        "shards is between 1 and 256",
+    );
+    let queue = p.in_range(
+        &engine.queue,
+        4096,
+        1..=1 << 20,
+        "queue is between 1 and 1048576",
+    );
+    let checkpoint = p.duration(&engine.checkpoint, 1000, 10);
+    let shutdown_timeout = p.duration(&engine.shutdown_timeout, 10_000, 100);
+    let d = StateLimits::default();
+    let state_limits = StateLimits {
+        max_keys: p.in_range(
+            &engine.max_keys,
+            d.max_keys,
+            1..=usize::MAX,
+            "the bound is at least 1",
+        ),
+        max_devices: p.in_range(
+            &engine.max_devices,
+            d.max_devices,
+            1..=usize::MAX,
+            "the bound is at least 1",
+        ),
+        forget_after: p
+            .duration(&engine.forget_after, d.forget_after, 1_000)
+            .as_millis() as i64,
+    };
+    let ingest = config.ingest.clone().unwrap_or_default();
+    let dl = crate::message::Limits::default();
+    let payload = crate::message::Limits {
+        max_payload_bytes: ingest.max_payload_bytes.unwrap_or(dl.max_payload_bytes),
+        max_depth: ingest.max_depth.unwrap_or(dl.max_depth).max(1),
+        max_clock_skew_ms: p
+            .duration(&ingest.max_clock_skew, dl.max_clock_skew_ms, 0)
+            .as_millis() as i64,
+    };
+    let state_dir = config
+        .state_dir
+        .as_ref()
+        .map_or_else(|| PathBuf::from(".rulechain"), |d| rel(&d.value));
+    let influx = config
+        .influx
+        .as_ref()
+        .map(|spec| influx::resolve(&mut p, spec, &state_dir, shutdown_timeout));
+    let websocket = websocket(&mut p, &config);
+    let mut channels = BTreeMap::new();
+    for (name, spec) in &config.channels {
+        if let Some(c) = notify::resolve(&mut p, name, spec, &config.channels, &rel) {
+            channels.insert(name.clone(), c);
+        }
+    }
+    let devices = config.devices.as_ref().map(|d| rel(d));
+    let settings = Settings {
+        config_path: config_path.map(Path::to_path_buf),
+        config_given,
+        rules_dir,
+        devices,
+        broker: broker.unwrap_or(Broker::Embedded(SocketAddr::from(([127, 0, 0, 1], 1883)))),
+        patterns,
+        http: http_addr,
+        http_token: http
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
+        http_max_connections: http.max_connections.as_ref().map_or(1024, |n| n.value),
+        http_header_timeout,
+        state_dir,
+        shards,
+        queue,
+        checkpoint,
+        shutdown_timeout,
+        state_limits,
+        payload,
+        dead_letter: ingest.dead_letter.clone(),
+        influx: influx.flatten(),
+        websocket,
+        channels,
+        config,
+    };
+    (settings, p.0)
+}
+
+/// An `IP:port` listen address.
+fn address(p: &mut Problems, l: &Sp<String>) -> Option<SocketAddr> {
+    match l.value.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.add(l.pos, format!("`{}` is not an address", l.value))
+                .hint("give an IP and a port, e.g. `127.0.0.1:8080`");
+            None
+        }
+    }
+}
+
+fn broker(p: &mut Problems, config: &Config, rel: &dyn Fn(&str) -> PathBuf) -> Option<Broker> {
+    let Some(m) = &config.mqtt else {
+        let listen = config
+            .embedded_broker
+            .as_ref()
+            .and_then(|b| b.listen.as_ref());
+        return match listen {
+            Some(l) => address(p, l).map(Broker::Embedded),
+            None => Some(Broker::Embedded(SocketAddr::from(([127, 0, 0, 1], 1883)))),
+        };
+    };
+    let m = &m.value;
+    let keep_alive = p.duration(&m.keep_alive, 30_000, 1000);
+    let reconnect_max = p.duration(&m.reconnect_max, 5_000, 100);
+    if let Some(q) = m.qos.as_ref().filter(|q| q.value > 1) {
+        p.add(q.pos, "the subscription qos is 0 or 1")
+            .hint("rulechain acknowledges QoS 1 after the chains ran; QoS 2 adds nothing");
+    }
+    if let Some(t) = &m.tls {
+        if t.client_cert.is_some() != t.client_key.is_some() {
+            p.add(t.ca.pos, "`client_cert` and `client_key` go together");
+        }
+    }
+    let url = &m.url;
+    let (host, port, is_tls) = match super::check::mqtt_url(&url.value) {
+        Ok(v) => v,
+        Err(e) => {
+            p.add(url.pos, e)
+                .hint("use `mqtt://host:1883`, or `mqtts://host:8883` for TLS");
+            return None;
+        }
+    };
+    let tls = match (&m.tls, is_tls) {
+        (Some(t), _) => Some(TlsFiles {
+            ca: rel(&t.ca.value),
+            client: t
+                .client_cert
+                .as_ref()
+                .zip(t.client_key.as_ref())
+                .map(|(c, k)| (rel(&c.value), rel(&k.value))),
+        }),
+        (None, true) => {
+            p.add(
+                url.pos,
+                format!("`{}` is TLS: give the broker's CA", url.value),
+            )
+            .hint("add `tls: {ca: ca.pem}` under `mqtt:`");
+            None
+        }
+        (None, false) => None,
+    };
+    Some(Broker::External(MqttConn {
+        host,
+        port,
+        tls,
+        client_id: m.client_id.clone().unwrap_or_else(|| "rulechain".into()),
+        username: m.username.clone(),
+        password: m.password.clone(),
+        keep_alive,
+        qos: m.qos.as_ref().map_or(1, |q| q.value.min(1)),
+        persistent_session: m.persistent_session.unwrap_or(true),
+        reconnect_max,
+    }))
+}
+
+fn websocket(p: &mut Problems, config: &Config) -> HubSettings {
+    let d = HubSettings::default();
+    let Some(s) = &config.websocket else { return d };
+    if let Some(n) = s.max_clients.as_ref().filter(|n| n.value == 0) {
+        p.add(n.pos, "max_clients is at least 1");
+    }
+    HubSettings {
+        max_clients: s
+            .max_clients
+            .as_ref()
+            .map_or(d.max_clients, |v| v.value.max(1)),
+        client_queue: p.in_range(
+            &s.client_queue,
+            d.client_queue,
+            1..=1 << 20,
+            "client_queue is between 1 and 1048576",
+        ),
+        ping_interval: p.duration(&s.ping_interval, 30_000, 100),
+        allowed_origins: s.allowed_origins.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let root = crate::yaml::parse(text).unwrap();
+        crate::yaml::from_node(&root).unwrap()
+    }
+
+    #[test]
+    fn the_embedded_default_resolves() {
+        let s = resolve(None, None, None).unwrap();
+        assert!(matches!(s.broker, Broker::Embedded(a) if a.port() == 1883));
+        assert_eq!(s.http, Some(SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert_eq!(s.patterns.len(), 2);
+        assert!(s.influx.is_none() && s.channels.is_empty());
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_position() {
+        let c = config(
+            "mqtt:\n  url: mqtts://broker\n  keep_alive: soon\nhttp:\n  listen: nowhere\nengine:\n  shards: 0\n",
+        );
+        let problems = resolve(None, Some(&c), None).unwrap_err();
+        let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "3:15: bad duration `soon`",
+            "2:8: `mqtts://broker` is TLS: give the broker's CA",
+            "5:11: `nowhere` is not an address",
+            "7:11: shards is between 1 and 256",
+        ] {
+            assert!(
+                texts.iter().any(|t| t.starts_with(want)),
+                "{want} not in {texts:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tls_broker_with_its_ca_resolves_relative_to_the_config() {
+        let c = config("mqtt:\n  url: mqtts://broker\n  tls: {ca: certs/ca.pem}\n");
+        let s = resolve(Some(Path::new("/etc/rc/rulechain.yaml")), Some(&c), None).unwrap();
+        let Broker::External(m) = s.broker else {
+            panic!("external broker expected")
+        };
+        assert_eq!((m.host.as_str(), m.port), ("broker", 8883));
+        assert_eq!(m.tls.unwrap().ca, PathBuf::from("/etc/rc/certs/ca.pem"));
+    }
+}
