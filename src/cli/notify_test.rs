@@ -96,7 +96,7 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
         subject,
         body,
         data: serde_json::json!({
-            "alarm": crate::sinks::hub::alarm_json(&alarm, transition.as_str())
+            "alarm": crate::engine::registry::alarm_json(&alarm, transition.as_str())
         }),
         reminder: false,
         fallback_from: None,

@@ -13,6 +13,7 @@ pub mod effect;
 pub mod keyed;
 pub mod persist;
 pub mod program;
+pub mod registry;
 
 use std::any::Any;
 use std::cmp::Reverse;

@@ -30,6 +30,8 @@ pub const EGRESS_QUEUE: usize = 10_000;
 pub struct Outbox {
     /// InfluxDB, WebSocket, notifications.
     pub sinks: crate::sinks::Sinks,
+    /// The open alarms, recorded as transitions leave the shard.
+    pub alarms: Arc<crate::engine::registry::AlarmRegistry>,
     /// Lines for InfluxDB gathered in this turn of the shard loop.
     pub influx_pending: Vec<String>,
     /// The egress connection's client.
@@ -121,7 +123,10 @@ impl Outbox {
             } => {
                 s.alarm_events.fetch_add(1, Relaxed);
                 tracing::warn!(chain = %e.chain, %device, alarm = %type_, %severity, %status, %id, "ALARM {transition}: {message}");
-                self.sinks.hub.alarm(&record, transition.as_str(), e.ts);
+                // Recorded before it is published: a client that acknowledges what it was just
+                // sent finds the alarm.
+                self.alarms.record(&record, transition);
+                self.sinks.hub.alarm(&record, transition, e.ts);
             }
             Event::Notify {
                 channel,

@@ -38,6 +38,8 @@ pub struct Api {
     pub shards: usize,
     /// The WebSocket hub.
     pub hub: Arc<crate::sinks::hub::Hub>,
+    /// The open alarms.
+    pub alarms: Arc<crate::engine::registry::AlarmRegistry>,
     /// The InfluxDB writer's counters (the API holds no sender: the sinks close when the
     /// shards stop).
     pub influx: Option<Arc<crate::sinks::influx::InfluxStats>>,
@@ -132,11 +134,12 @@ async fn ws(
 }
 
 async fn alarms(State(api): State<Api>) -> Json<Value> {
-    Json(json!({"alarms": api.hub.alarms()}))
+    let open: Vec<Value> = api.alarms.open(None).iter().map(|a| a.to_json()).collect();
+    Json(json!({ "alarms": open }))
 }
 
 async fn ack(State(api): State<Api>, Path(id): Path<String>) -> (StatusCode, Json<Value>) {
-    match api.hub.ack(&id).await {
+    match api.alarms.ack(&id).await {
         Ok(status) => (StatusCode::OK, Json(json!({"alarm": id, "status": status}))),
         Err(e) => {
             use crate::engine::alarm::AckError;

@@ -390,11 +390,15 @@ async fn serve(
     let (ack_tx, ack_rx) = mpsc::channel(shard::ACK_CAPACITY);
     let acker = tokio::spawn(ingest::acker(in_client.clone(), ack_rx));
     // Sinks: InfluxDB writer, WebSocket hub, notification channels.
-    let (ack_tx_hub, mut ack_rx_hub) = mpsc::channel::<crate::sinks::hub::AckReq>(64);
+    // The open alarms; acknowledgements (API, WebSocket) go through it to the device's shard.
+    let (ack_tx_api, mut ack_rx_api) = mpsc::channel::<shard::AckReq>(64);
+    let alarms = Arc::new(crate::engine::registry::AlarmRegistry::new(
+        shard::ack_route(ack_tx_api),
+    ));
     let mut hub_settings = settings.websocket.clone();
     let fds = FdBudget::new(settings.http_max_connections, hub_settings.max_clients);
     hub_settings.max_clients = fds.websocket;
-    let hub = Arc::new(crate::sinks::hub::Hub::new(hub_settings, ack_tx_hub));
+    let hub = Arc::new(crate::sinks::hub::Hub::new(hub_settings, alarms.clone()));
     let (influx, influx_task) = match &settings.influx {
         Some(s) => {
             tracing::info!(url = %s.write_url, batch_size = s.batch_size, "writing points to InfluxDB");
@@ -403,12 +407,8 @@ async fn serve(
         }
         None => (None, None),
     };
-    let status: crate::sinks::notify::AlarmStatus = {
-        let hub = hub.clone();
-        Arc::new(move |id: &str| hub.status_of(id))
-    };
     let (notifier, notify_tasks) =
-        crate::sinks::notify::Notifier::start(&settings.channels, status)?;
+        crate::sinks::notify::Notifier::start(&settings.channels, alarms.clone())?;
     let sinks = crate::sinks::Sinks {
         influx,
         hub,
@@ -417,6 +417,7 @@ async fn serve(
     // Shards.
     let outbox = egress::Outbox {
         sinks: sinks.clone(),
+        alarms: alarms.clone(),
         influx_pending: Vec::new(),
         mqtt: out_client.clone(),
         stats: stats.clone(),
@@ -475,7 +476,7 @@ async fn serve(
             loop {
                 let req = tokio::select! {
                     _ = stop.changed() => break,
-                    r = ack_rx_hub.recv() => match r { Some(r) => r, None => break },
+                    r = ack_rx_api.recv() => match r { Some(r) => r, None => break },
                 };
                 let tx = &shard_tx[shard::shard_of(&req.device, shard_tx.len())];
                 if let Err(e) = tx.send(ShardMsg::Ack(req)).await {
@@ -546,6 +547,7 @@ async fn serve(
             reload_tx: reload_tx.clone(),
             shards,
             hub: sinks.hub.clone(),
+            alarms: alarms.clone(),
             influx: sinks.influx.as_ref().map(|i| i.stats.clone()),
             notify: sinks.notify.view(),
             token: settings.http_token.clone(),

@@ -18,8 +18,10 @@ use tokio::sync::mpsc;
 use super::egress::Outbox;
 use super::store::StateStore;
 use super::{wall_ms, Stats};
+use crate::engine::alarm::{AckError, Status};
 use crate::engine::effect::{Effect, EffectSink};
 use crate::engine::persist::Snapshot;
+use crate::engine::registry::AckRoute;
 use crate::engine::{Device, Executor, Message};
 pub use crate::message::{parse, Kind, Limits, Reject};
 use crate::rules::compile::RuleSet;
@@ -59,9 +61,35 @@ pub enum ShardMsg {
     /// A message.
     Job(Job),
     /// An operator acknowledges an alarm of a device of this shard.
-    Ack(crate::sinks::hub::AckReq),
+    Ack(AckReq),
     /// New rules (a reload), with their generation.
     Reload(Arc<RuleSet>, u64),
+}
+
+/// An acknowledgement for an alarm of one of this shard's devices, from the HTTP API or a
+/// WebSocket client through the alarm registry.
+#[derive(Debug)]
+pub struct AckReq {
+    /// The alarm id.
+    pub id: String,
+    /// Its device (the shard is chosen by it).
+    pub device: String,
+    /// The result: the alarm's new status, or why not.
+    pub reply: tokio::sync::oneshot::Sender<Result<Status, AckError>>,
+}
+
+/// The registry's route for acknowledgements: a request into `tx`, answered by the shard.
+pub fn ack_route(tx: mpsc::Sender<AckReq>) -> AckRoute {
+    Box::new(move |id, device| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            tx.send(AckReq { id, device, reply })
+                .await
+                .map_err(|_| AckError::ShuttingDown)?;
+            answer.await.map_err(|_| AckError::ShuttingDown)?
+        })
+    })
 }
 
 /// What a shard needs besides its queue.
@@ -247,7 +275,7 @@ pub fn run(
         restore(&mut exec, ctx.index, saved);
     }
     for a in exec.alarms().iter() {
-        ctx.outbox.sinks.hub.seed_alarm(a);
+        ctx.outbox.alarms.restore(a);
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -302,7 +330,7 @@ pub fn run(
                     ShardMsg::Ack(req) => {
                         let r = exec
                             .acknowledge(&req.id, &mut buf)
-                            .map(|a| a.status.as_str().to_string());
+                            .map(|a| a.status);
                         let _ = req.reply.send(r);
                     }
                     ShardMsg::Reload(rules, generation) => {

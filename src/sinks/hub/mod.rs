@@ -9,16 +9,24 @@
 //!
 //! The hub is in-process. Fan-out across instances (Redis Pub/Sub) would plug in behind
 //! [`Hub::publish`] and [`Hub::alarm`] (see ARCHITECTURE.md, "Scale-out").
+//!
+//! `connection.rs` serves one client's WebSocket; the settings are
+//! `config::settings::HubSettings`; the open alarms in snapshots come from the
+//! `engine::registry::AlarmRegistry`, through which acknowledgements go too.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod connection;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::Utf8Bytes;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::Notify;
 
-use crate::engine::alarm::AckError;
+use crate::engine::alarm::{Alarm, Transition};
+pub use crate::engine::registry::alarm_json;
+use crate::engine::registry::AlarmRegistry;
 
 /// Most rooms whose latest message is kept for snapshots.
 pub const MAX_ROOMS: usize = 200_000;
@@ -28,17 +36,6 @@ pub const MAX_ROOMS_PER_CLIENT: usize = 1_000;
 pub const MAX_ROOM_LEN: usize = 256;
 
 pub use crate::config::settings::HubSettings;
-
-/// An acknowledgement asked for by a client or the HTTP API, routed to the device's shard.
-#[derive(Debug)]
-pub struct AckReq {
-    /// The alarm id.
-    pub id: String,
-    /// Its device (the shard is chosen by it).
-    pub device: String,
-    /// The result: the alarm's new status, or why not.
-    pub reply: oneshot::Sender<Result<String, AckError>>,
-}
 
 /// The hub's counters.
 #[derive(Debug, Default)]
@@ -93,8 +90,6 @@ struct Inner {
     rooms: HashMap<Arc<str>, Room>,
     /// Wildcard subscriptions: `device/*` is the prefix `device/`.
     wild: Vec<(Arc<str>, Arc<Client>)>,
-    /// Alarms that need attention (all but CLEARED_ACK), by id: device and JSON.
-    alarms: BTreeMap<String, (String, Value)>,
 }
 
 /// One connected client's queue.
@@ -147,7 +142,8 @@ pub struct Hub {
     /// Counters.
     pub stats: HubStats,
     next_id: AtomicU64,
-    acks: mpsc::Sender<AckReq>,
+    /// The open alarms (for snapshots and acknowledgements); the hub only reads it.
+    alarms: Arc<AlarmRegistry>,
 }
 
 fn room_frame(room: &str, seq: u64, ts: i64, data: &str) -> Utf8Bytes {
@@ -164,25 +160,16 @@ fn room_frame(room: &str, seq: u64, ts: i64, data: &str) -> Utf8Bytes {
     Utf8Bytes::from(s)
 }
 
-/// The alarm as clients and webhooks see it.
-pub fn alarm_json(a: &crate::engine::alarm::Alarm, transition: &str) -> Value {
-    let mut v = serde_json::to_value(a).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("origin");
-        o.insert("transition".into(), transition.into());
-    }
-    v
-}
-
 impl Hub {
-    /// A hub; acknowledgements go to `acks`.
-    pub fn new(settings: HubSettings, acks: mpsc::Sender<AckReq>) -> Self {
+    /// A hub; snapshots read the open alarms from `alarms`, and clients' acknowledgements go
+    /// through it.
+    pub fn new(settings: HubSettings, alarms: Arc<AlarmRegistry>) -> Self {
         Hub {
             settings,
             inner: Mutex::default(),
             stats: HubStats::default(),
             next_id: AtomicU64::new(1),
-            acks,
+            alarms,
         }
     }
 
@@ -241,75 +228,19 @@ impl Hub {
         r.last = Some((ts, data));
     }
 
-    /// An alarm transition: kept for snapshots and acknowledgements, and published to `alarms`.
-    pub fn alarm(&self, a: &crate::engine::alarm::Alarm, transition: &str, ts: i64) {
-        let v = alarm_json(a, transition);
-        {
-            let mut inner = self.lock();
-            if a.status == crate::engine::alarm::Status::ClearedAck {
-                inner.alarms.remove(&a.id);
-            } else {
-                inner
-                    .alarms
-                    .insert(a.id.clone(), (a.device.clone(), v.clone()));
-            }
-        }
+    /// An alarm transition, published to the room `alarms` (the registry has recorded it).
+    pub fn alarm(&self, a: &Alarm, transition: Transition, ts: i64) {
+        let v = alarm_json(a, transition.as_str());
         self.publish("alarms", ts, &v.to_string());
-    }
-
-    /// Alarms restored at start (no transition: nothing is published).
-    pub fn seed_alarm(&self, a: &crate::engine::alarm::Alarm) {
-        if a.status == crate::engine::alarm::Status::ClearedAck {
-            return;
-        }
-        let v = alarm_json(a, "restored");
-        self.lock()
-            .alarms
-            .insert(a.id.clone(), (a.device.clone(), v));
-    }
-
-    /// An open alarm's status (`None` once it is cleared and acknowledged, or unknown).
-    pub fn status_of(&self, id: &str) -> Option<crate::engine::alarm::Status> {
-        let inner = self.lock();
-        let (_, v) = inner.alarms.get(id)?;
-        serde_json::from_value(v.get("status")?.clone()).ok()
-    }
-
-    /// The alarms that need attention (active, or cleared but not acknowledged).
-    pub fn alarms(&self) -> Vec<Value> {
-        self.lock()
-            .alarms
-            .values()
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    /// Acknowledges an alarm through its device's shard.
-    pub async fn ack(&self, id: &str) -> Result<String, AckError> {
-        let device = self
-            .lock()
-            .alarms
-            .get(id)
-            .map(|(d, _)| d.clone())
-            .ok_or_else(|| AckError::NotFound(id.into()))?;
-        let (tx, rx) = oneshot::channel();
-        self.acks
-            .send(AckReq {
-                id: id.to_string(),
-                device,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| AckError::ShuttingDown)?;
-        rx.await.map_err(|_| AckError::ShuttingDown)?
     }
 
     /// Counters and sizes, as JSON.
     pub fn to_json(&self) -> Value {
-        let (rooms, wild, alarms) = {
+        let (rooms, wild) = {
             let i = self.lock();
-            (i.rooms.len(), i.wild.len(), i.alarms.len())
+            (i.rooms.len(), i.wild.len())
         };
+        let alarms = self.alarms.len();
         let g = |a: &AtomicU64| a.load(Relaxed);
         json!({
             "clients": self.stats.clients.load(Relaxed),
@@ -407,7 +338,7 @@ impl Hub {
                 inner.wild.push((Arc::from(prefix), c.clone()));
                 names.sort();
                 for name in names {
-                    let frame = snapshot(name, &inner.rooms[name], &inner.alarms);
+                    let frame = snapshot(name, &inner.rooms[name], &self.alarms);
                     c.push(name, frame, cap, &self.stats);
                 }
             } else {
@@ -421,7 +352,7 @@ impl Hub {
                 }
                 r.subs.push(c.clone());
                 if !covered {
-                    let frame = snapshot(&r.name, r, &inner.alarms);
+                    let frame = snapshot(&r.name, r, &self.alarms);
                     c.push(&r.name, frame, cap, &self.stats);
                 }
             }
@@ -461,155 +392,6 @@ impl Hub {
             .rooms
             .retain(|_, r| !r.subs.is_empty() || r.last.is_some());
     }
-
-    /// Serves one WebSocket connection until it closes.
-    pub async fn serve(self: Arc<Self>, mut socket: WebSocket, _slot: Slot) {
-        let client = Arc::new(Client {
-            id: self.next_id.fetch_add(1, Relaxed),
-            queue: Mutex::default(),
-            wake: Notify::new(),
-        });
-        let mut ping = tokio::time::interval(self.settings.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        let mut unanswered = 0u32;
-        let reason = loop {
-            tokio::select! {
-                m = socket.recv() => {
-                    let m = match m {
-                        Some(Ok(m)) => m,
-                        Some(Err(e)) => break read_error_close(e),
-                        None => break None,
-                    };
-                    unanswered = 0;
-                    match m {
-                        Message::Text(t) => {
-                            let reply = self.command(&client, t.as_str()).await;
-                            if let Some(r) = reply {
-                                if socket.send(Message::Text(r.to_string().into())).await.is_err() {
-                                    break None;
-                                }
-                            }
-                        }
-                        Message::Close(_) => break None,
-                        Message::Binary(_) => {
-                            let e = json!({"op":"error","error":"binary frames are not understood: send JSON text"});
-                            if socket.send(Message::Text(e.to_string().into())).await.is_err() {
-                                break None;
-                            }
-                        }
-                        Message::Ping(_) | Message::Pong(_) => {}
-                    }
-                }
-                _ = client.wake.notified() => {
-                    let (missed, frames) = client.take();
-                    let mut ok = true;
-                    for (room, n) in missed {
-                        let f = json!({"op":"lagged","room":&*room,"missed":n}).to_string();
-                        if socket.send(Message::Text(f.into())).await.is_err() {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if ok {
-                        for (_, f) in frames {
-                            if socket.send(Message::Text(f)).await.is_err() {
-                                ok = false;
-                                break;
-                            }
-                        }
-                    }
-                    if !ok {
-                        break None;
-                    }
-                }
-                _ = ping.tick() => {
-                    if unanswered >= 2 {
-                        self.stats.timed_out.fetch_add(1, Relaxed);
-                        break Some((1001u16, "no pong to two pings"));
-                    }
-                    unanswered += 1;
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break None;
-                    }
-                }
-            }
-        };
-        self.leave(&client);
-        if let Some((code, text)) = reason {
-            let _ = socket
-                .send(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: text.into(),
-                })))
-                .await;
-        }
-    }
-
-    async fn command(&self, c: &Arc<Client>, text: &str) -> Option<Value> {
-        let v: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => return Some(json!({"op":"error","error":format!("not JSON: {e}")})),
-        };
-        let op = v.get("op").and_then(Value::as_str).unwrap_or("");
-        let rooms = || -> Result<Vec<String>, Value> {
-            let bad = || json!({"op":"error","error":format!("`{op}` needs `rooms`: a list of room names (strings)")});
-            v.get("rooms")
-                .and_then(Value::as_array)
-                .ok_or_else(bad)?
-                .iter()
-                .map(|r| r.as_str().map(str::to_string).ok_or_else(bad))
-                .collect()
-        };
-        match op {
-            "subscribe" => {
-                let rooms = match rooms() {
-                    Ok(r) => r,
-                    Err(e) => return Some(e),
-                };
-                match self.subscribe(c, &rooms) {
-                    Ok(done) => {
-                        // After the snapshots, in the same queue.
-                        let f = json!({"op":"subscribed","rooms":done}).to_string();
-                        c.push(&Arc::from(""), f.into(), usize::MAX, &self.stats);
-                        None
-                    }
-                    Err(e) => Some(json!({"op":"error","error":e})),
-                }
-            }
-            "unsubscribe" => {
-                let rooms = match rooms() {
-                    Ok(r) => r,
-                    Err(e) => return Some(e),
-                };
-                self.unsubscribe(c, &rooms);
-                Some(json!({"op":"unsubscribed","rooms":rooms}))
-            }
-            "ack" => {
-                let Some(id) = v.get("alarm").and_then(Value::as_str) else {
-                    return Some(json!({"op":"error","error":"`ack` needs `alarm`: the alarm id"}));
-                };
-                Some(match self.ack(id).await {
-                    Ok(status) => json!({"op":"acked","alarm":id,"status":status}),
-                    Err(e) => json!({"op":"error","alarm":id,"error":e.to_string()}),
-                })
-            }
-            other => Some(
-                json!({"op":"error","error":format!("unknown op `{other}`: use subscribe, unsubscribe or ack")}),
-            ),
-        }
-    }
-}
-
-/// How a connection whose read failed is closed: a frame or message over the limit gets 1009
-/// (RFC 6455's "message too big", so the client knows why), a protocol violation 1002; a
-/// connection that is gone gets nothing.
-fn read_error_close(e: axum::Error) -> Option<(u16, &'static str)> {
-    match e.into_inner().downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some((1009, "message too big: at most 64 KiB")),
-        Some(tungstenite::Error::Protocol(_)) => Some((1002, "protocol error")),
-        _ => None,
-    }
 }
 
 /// A connection slot (given back on drop).
@@ -621,7 +403,7 @@ impl Drop for Slot {
     }
 }
 
-fn snapshot(name: &str, r: &Room, alarms: &BTreeMap<String, (String, Value)>) -> Utf8Bytes {
+fn snapshot(name: &str, r: &Room, alarms: &AlarmRegistry) -> Utf8Bytes {
     let mut v = json!({"op":"snapshot","room":name,"seq":r.seq});
     if let Some((ts, data)) = &r.last {
         v["ts"] = (*ts).into();
@@ -630,13 +412,7 @@ fn snapshot(name: &str, r: &Room, alarms: &BTreeMap<String, (String, Value)>) ->
         v["data"] = Value::Null;
     }
     let open = |dev: Option<&str>| -> Value {
-        Value::Array(
-            alarms
-                .values()
-                .filter(|(d, _)| dev.is_none_or(|x| x == d))
-                .map(|(_, a)| a.clone())
-                .collect(),
-        )
+        Value::Array(alarms.open(dev).iter().map(|a| a.to_json()).collect())
     };
     if name == "alarms" {
         v["alarms"] = open(None);
@@ -660,8 +436,10 @@ mod tests {
 
     /// A hub with the default settings, whose acknowledgements go nowhere.
     fn plain_hub() -> Hub {
-        let (tx, _rx) = mpsc::channel(1);
-        Hub::new(HubSettings::default(), tx)
+        Hub::new(
+            HubSettings::default(),
+            Arc::new(AlarmRegistry::without_acks()),
+        )
     }
 
     fn frames(c: &Client) -> (Vec<(String, u64)>, Vec<Value>) {
@@ -699,6 +477,22 @@ mod tests {
         assert_eq!(f[0]["seq"], 2);
     }
 
+    #[tokio::test]
+    async fn rooms_must_be_strings() {
+        let hub = plain_hub();
+        let c = client(1);
+        for bad in [
+            r#"{"op":"subscribe","rooms":[1,2]}"#,
+            r#"{"op":"subscribe","rooms":["a",null]}"#,
+            r#"{"op":"subscribe","rooms":"a"}"#,
+        ] {
+            let r = hub.command(&c, bad).await.expect("an answer");
+            assert_eq!(r["op"], "error", "{bad}: {r}");
+            assert!(r["error"].as_str().unwrap().contains("strings"), "{r}");
+        }
+        assert_eq!(c.queue.lock().unwrap().rooms, 0, "nothing was subscribed");
+    }
+
     proptest::proptest! {
         /// The command parser (fuzzed): any text a client sends gets an answer or a snapshot,
         /// never a panic, and never a subscription past the per-client limit.
@@ -717,31 +511,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn rooms_must_be_strings() {
-        let hub = plain_hub();
-        let c = client(1);
-        for bad in [
-            r#"{"op":"subscribe","rooms":[1,2]}"#,
-            r#"{"op":"subscribe","rooms":["a",null]}"#,
-            r#"{"op":"subscribe","rooms":"a"}"#,
-        ] {
-            let r = hub.command(&c, bad).await.expect("an answer");
-            assert_eq!(r["op"], "error", "{bad}: {r}");
-            assert!(r["error"].as_str().unwrap().contains("strings"), "{r}");
-        }
-        assert_eq!(c.queue.lock().unwrap().rooms, 0, "nothing was subscribed");
-    }
-
     #[test]
     fn a_slow_client_loses_the_oldest_and_is_told_how_many_others_lose_nothing() {
-        let (tx, _rx) = mpsc::channel(1);
         let hub = Hub::new(
             HubSettings {
                 client_queue: 3,
                 ..HubSettings::default()
             },
-            tx,
+            Arc::new(AlarmRegistry::without_acks()),
         );
         let (slow, fast) = (client(1), client(2));
         hub.subscribe(&slow, &["device/a".into()]).unwrap();
@@ -766,7 +543,8 @@ mod tests {
 
     #[test]
     fn wildcards_snapshots_and_alarms() {
-        let hub = plain_hub();
+        let registry = Arc::new(AlarmRegistry::without_acks());
+        let hub = Hub::new(HubSettings::default(), registry.clone());
         hub.publish("device/a", 1, "{\"t\":1}");
         hub.publish("device/b", 2, "{\"t\":2}");
         hub.publish("chain/x", 3, "{}");
@@ -784,7 +562,8 @@ mod tests {
             count: 1,
             origin: Some(("c".into(), "n".into())),
         };
-        hub.alarm(&alarm, "created", 4);
+        registry.record(&alarm, Transition::Created);
+        hub.alarm(&alarm, Transition::Created, 4);
         let c = client(1);
         hub.subscribe(&c, &["device/*".into()]).unwrap();
         let (_, snaps) = frames(&c);
@@ -807,8 +586,10 @@ mod tests {
             status: crate::engine::alarm::Status::ClearedAck,
             ..alarm
         };
-        hub.alarm(&done, "acknowledged", 7);
-        assert!(hub.alarms().is_empty());
+        registry.record(&done, Transition::Acknowledged);
+        hub.alarm(&done, Transition::Acknowledged, 7);
+        assert!(registry.is_empty());
+        assert_eq!(hub.to_json()["alarms_open"], 0);
         assert!(hub.subscribe(&c, &["".into()]).is_err());
         hub.unsubscribe(&c, &["device/*".into()]);
         hub.publish("device/c", 8, "{}");
@@ -817,13 +598,12 @@ mod tests {
 
     #[test]
     fn browsers_from_other_sites_are_refused_unless_listed() {
-        let (tx, _rx) = mpsc::channel(1);
         let hub = Hub::new(
             HubSettings {
                 allowed_origins: vec!["https://dash.example.com/".into()],
                 ..HubSettings::default()
             },
-            tx,
+            Arc::new(AlarmRegistry::without_acks()),
         );
         let host = Some("127.0.0.1:8080");
         let ok = |o: &str| hub.origin_allowed(Some(o), host, "http");
@@ -842,13 +622,12 @@ mod tests {
         assert!(!ok("127.0.0.1:8080"));
         // Behind a TLS-terminating proxy the page is https.
         assert!(hub.origin_allowed(Some("https://127.0.0.1:8080"), host, "https"));
-        let (tx, _rx) = mpsc::channel(1);
         let open = Hub::new(
             HubSettings {
                 allowed_origins: vec!["*".into()],
                 ..HubSettings::default()
             },
-            tx,
+            Arc::new(AlarmRegistry::without_acks()),
         );
         assert!(open.origin_allowed(Some("https://evil.example"), host, "http"));
     }

@@ -1,0 +1,207 @@
+//! The open alarms of the whole process, for readers outside the shards: the WebSocket hub's
+//! snapshots, the HTTP API, the notification channels' reminders. Each shard's executor owns its
+//! alarms; the registry is their shared, read-mostly view, written by the harness as alarm
+//! transitions leave a shard (and at start, from the restored state), and the one door through
+//! which acknowledgements enter: [`AlarmRegistry::ack`] finds the alarm's device and hands the
+//! acknowledgement to the [`AckRoute`] the harness gave it (live: the device's shard).
+//!
+//! An alarm stays here until it is cleared and acknowledged, as ThingsBoard's alarm list shows
+//! it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use super::alarm::{AckError, Alarm, Status, Transition};
+
+/// An alarm in the registry.
+#[derive(Debug, Clone)]
+pub struct OpenAlarm {
+    /// The alarm as its shard last reported it.
+    pub alarm: Alarm,
+    /// The transition that put it in this state; `None` when it was restored at start.
+    pub last: Option<Transition>,
+}
+
+impl OpenAlarm {
+    /// As clients, the API and webhooks see it (`transition` is `restored` for an alarm read
+    /// back at start).
+    pub fn to_json(&self) -> Value {
+        alarm_json(
+            &self.alarm,
+            self.last.map_or("restored", Transition::as_str),
+        )
+    }
+}
+
+/// An alarm as clients and webhooks see it: its fields, without where it was raised, and the
+/// transition.
+pub fn alarm_json(a: &Alarm, transition: &str) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("origin");
+        o.insert("transition".into(), transition.into());
+    }
+    v
+}
+
+/// The result of an acknowledgement, when it is done.
+pub type AckFuture = Pin<Box<dyn Future<Output = Result<Status, AckError>> + Send>>;
+
+/// Where an acknowledgement goes, given the alarm id and its device.
+pub type AckRoute = Box<dyn Fn(String, String) -> AckFuture + Send + Sync>;
+
+/// The process's open alarms, by id.
+pub struct AlarmRegistry {
+    open: Mutex<BTreeMap<String, OpenAlarm>>,
+    route: AckRoute,
+}
+
+impl std::fmt::Debug for AlarmRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlarmRegistry")
+            .field("open", &self.len())
+            .finish()
+    }
+}
+
+impl AlarmRegistry {
+    /// A registry whose acknowledgements go to `route`.
+    pub fn new(route: AckRoute) -> Self {
+        AlarmRegistry {
+            open: Mutex::default(),
+            route,
+        }
+    }
+
+    /// A registry that refuses acknowledgements (nothing behind it can take them).
+    pub fn without_acks() -> Self {
+        AlarmRegistry::new(Box::new(|_, _| {
+            Box::pin(async { Err(AckError::ShuttingDown) })
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, OpenAlarm>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An alarm transition, as it leaves its shard.
+    pub fn record(&self, a: &Alarm, transition: Transition) {
+        self.put(a, Some(transition));
+    }
+
+    /// An alarm restored at start.
+    pub fn restore(&self, a: &Alarm) {
+        self.put(a, None);
+    }
+
+    fn put(&self, a: &Alarm, last: Option<Transition>) {
+        let mut open = self.lock();
+        if a.status == Status::ClearedAck {
+            open.remove(&a.id);
+        } else {
+            open.insert(
+                a.id.clone(),
+                OpenAlarm {
+                    alarm: a.clone(),
+                    last,
+                },
+            );
+        }
+    }
+
+    /// An open alarm's status (`None` once it is cleared and acknowledged, or unknown).
+    pub fn status_of(&self, id: &str) -> Option<Status> {
+        self.lock().get(id).map(|o| o.alarm.status)
+    }
+
+    /// The open alarms, by id; only one device's with `device`.
+    pub fn open(&self, device: Option<&str>) -> Vec<OpenAlarm> {
+        self.lock()
+            .values()
+            .filter(|o| device.is_none_or(|d| o.alarm.device == d))
+            .cloned()
+            .collect()
+    }
+
+    /// How many alarms are open.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no alarm is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Acknowledges an alarm through the route (live: the device's shard); gives its new
+    /// status.
+    pub async fn ack(&self, id: &str) -> Result<Status, AckError> {
+        let device = self
+            .lock()
+            .get(id)
+            .map(|o| o.alarm.device.clone())
+            .ok_or_else(|| AckError::NotFound(id.into()))?;
+        (self.route)(id.to_string(), device).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alarm(id: &str, device: &str, status: Status) -> Alarm {
+        Alarm {
+            id: id.into(),
+            device: device.into(),
+            type_: "Overload".into(),
+            severity: "MAJOR",
+            status,
+            message: String::new(),
+            details: rhai::Map::new(),
+            start_ts: 1,
+            last_ts: 1,
+            end_ts: None,
+            count: 1,
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn an_alarm_stays_until_cleared_and_acknowledged() {
+        let r = AlarmRegistry::without_acks();
+        r.restore(&alarm("a", "p1", Status::ActiveUnack));
+        r.record(&alarm("b", "p2", Status::ActiveUnack), Transition::Created);
+        assert_eq!(r.open(Some("p1")).len(), 1);
+        assert_eq!(r.open(None)[0].to_json()["transition"], "restored");
+        r.record(&alarm("b", "p2", Status::ClearedUnack), Transition::Cleared);
+        assert_eq!(r.status_of("b"), Some(Status::ClearedUnack));
+        r.record(
+            &alarm("b", "p2", Status::ClearedAck),
+            Transition::Acknowledged,
+        );
+        assert_eq!((r.status_of("b"), r.len()), (None, 1));
+    }
+
+    #[test]
+    fn acknowledgements_go_to_the_route_with_the_device() {
+        let r = AlarmRegistry::new(Box::new(|id, device| {
+            Box::pin(async move {
+                assert_eq!((id.as_str(), device.as_str()), ("a", "p1"));
+                Ok(Status::ActiveAck)
+            })
+        }));
+        r.record(&alarm("a", "p1", Status::ActiveUnack), Transition::Created);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(r.ack("a")), Ok(Status::ActiveAck));
+        assert!(matches!(
+            rt.block_on(r.ack("zz")),
+            Err(AckError::NotFound(_))
+        ));
+    }
+}

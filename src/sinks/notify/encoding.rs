@@ -1,0 +1,97 @@
+//! What a notification looks like on the wire: the webhook's default JSON body, its HMAC
+//! signature, a reminder's subject.
+
+use hmac::{KeyInit, Mac};
+use serde_json::{json, Value};
+
+use super::Notice;
+
+impl Notice {
+    pub(super) fn alarm(&self) -> Option<&serde_json::Map<String, Value>> {
+        self.data.get("alarm").and_then(Value::as_object)
+    }
+
+    /// The webhook's default JSON body.
+    pub fn payload(&self) -> Value {
+        let mut v = json!({
+            "channel": self.channel,
+            "chain": &*self.chain,
+            "node": &*self.node,
+            "device": &*self.device,
+            "ts": self.ts,
+            "subject": self.subject,
+            "body": self.body,
+            "reminder": self.reminder,
+        });
+        match self.alarm() {
+            Some(a) => v["alarm"] = Value::Object(a.clone()),
+            None => v["msg"] = self.data.clone(),
+        }
+        v
+    }
+}
+
+/// The HMAC-SHA256 signature header value for a body: `sha256=<hex>`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256=");
+    for b in digest.iter() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+pub(super) fn reminder_subject(n: &Notice) -> String {
+    if n.reminder {
+        format!("Reminder: {}", n.subject)
+    } else {
+        n.subject.clone()
+    }
+}
+
+pub(super) fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn the_default_payload_carries_the_alarm() {
+        let n = Notice {
+            channel: "ops".into(),
+            chain: "c".into(),
+            node: "n".into(),
+            device: "pump-3".into(),
+            ts: 5,
+            subject: "s".into(),
+            body: "b".into(),
+            data: json!({"alarm": {"id": "A:pump-3:1", "status": "ACTIVE_UNACK"}, "current": 13}),
+            reminder: false,
+            fallback_from: None,
+        };
+        let p = n.payload();
+        assert_eq!(p["alarm"]["id"], "A:pump-3:1");
+        assert_eq!(p["device"], "pump-3");
+        assert!(p.get("msg").is_none());
+        let plain = Notice {
+            data: json!({"current": 13}),
+            ..n
+        };
+        assert_eq!(plain.payload()["msg"]["current"], 13);
+    }
+}

@@ -1,0 +1,214 @@
+//! Notification channels: `email` (SMTP through lettre), `webhook` (HTTP POST, optionally signed
+//! with HMAC-SHA256) and `log`.
+//!
+//! Each channel has its own task and bounded queue, so a webhook that hangs never delays an
+//! email. A delivery attempt has a timeout; a failed one is retried with capped exponential
+//! backoff (notifications of one channel stay in order); after `fallback_after` failures the
+//! notification is also handed to the channel's `fallback` (once; a fallback's own fallback is
+//! not followed, so fallbacks cannot loop). A rate limit drops what exceeds it, counted. With
+//! `repeat_interval`, an alarm that stays active and unacknowledged is sent again as a reminder
+//! until it is cleared or acknowledged.
+//!
+//! The parts: `encoding` (a notice's default JSON, the webhook signature, reminder subjects),
+//! `service` (one delivery attempt per transport: SMTP, HTTP, the log), `worker` (a channel's
+//! task: retries, fallback, rate limit, reminders); the settings are
+//! `config::settings::ChannelSettings`.
+
+mod encoding;
+mod service;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+pub use crate::config::settings::{ChannelSettings, Delivery, Policy};
+use crate::engine::registry::AlarmRegistry;
+pub use encoding::signature;
+pub use service::{Failure, Transport};
+use worker::Worker;
+
+/// One notification for one channel.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// The channel.
+    pub channel: String,
+    /// The chain and node that sent it.
+    pub chain: Arc<str>,
+    /// The node.
+    pub node: Arc<str>,
+    /// The device.
+    pub device: Arc<str>,
+    /// When (ms).
+    pub ts: i64,
+    /// Rendered subject.
+    pub subject: String,
+    /// Rendered body.
+    pub body: String,
+    /// The message (`msg`) as JSON; an alarm message holds the alarm under `alarm`.
+    pub data: Value,
+    /// A reminder of an alarm still active (`repeat_interval`).
+    pub reminder: bool,
+    /// Handed over by this channel as its fallback.
+    pub fallback_from: Option<String>,
+}
+
+/// A channel's counters.
+#[derive(Debug, Default)]
+pub struct ChannelStats {
+    /// Notifications delivered.
+    pub sent: AtomicU64,
+    /// Attempts that failed (each retry counts).
+    pub attempts_failed: AtomicU64,
+    /// Notifications given up after every retry.
+    pub failed: AtomicU64,
+    /// Handed to the fallback channel.
+    pub fallbacks: AtomicU64,
+    /// Dropped by the rate limit.
+    pub rate_limited: AtomicU64,
+    /// Dropped because the channel's queue was full.
+    pub dropped: AtomicU64,
+    /// Reminders sent (`repeat_interval`).
+    pub reminders: AtomicU64,
+    /// The last error.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ChannelStats {
+    fn to_json(&self) -> Value {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        json!({
+            "sent": g(&self.sent),
+            "attempts_failed": g(&self.attempts_failed),
+            "failed": g(&self.failed),
+            "fallbacks": g(&self.fallbacks),
+            "rate_limited": g(&self.rate_limited),
+            "dropped": g(&self.dropped),
+            "reminders": g(&self.reminders),
+            "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+        })
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+}
+
+struct ChannelHandle {
+    tx: mpsc::Sender<Notice>,
+    stats: Arc<ChannelStats>,
+    describe: String,
+}
+
+/// Why a notification was not queued.
+#[derive(Debug)]
+pub enum Unsent {
+    /// The config has no such channel (the embedded default has none): the notification.
+    Unknown(Box<Notice>),
+    /// The channel's queue is full (counted as `dropped`).
+    Full,
+}
+
+/// Every channel, by name.
+#[derive(Clone, Default)]
+pub struct Notifier {
+    channels: Arc<HashMap<String, ChannelHandle>>,
+    /// Notifications to channels the config does not define (the embedded default has none).
+    pub unknown: Arc<AtomicU64>,
+}
+
+impl Notifier {
+    /// Starts one task per channel on the current runtime. `alarms` tells an alarm's current
+    /// status, so reminders stop once an alarm is acknowledged or cleared even when the
+    /// channel was not told.
+    pub fn start(
+        settings: &std::collections::BTreeMap<String, ChannelSettings>,
+        alarms: Arc<AlarmRegistry>,
+    ) -> Result<(Notifier, Vec<tokio::task::JoinHandle<()>>), String> {
+        let mut built = Vec::new();
+        let mut channels = HashMap::new();
+        for (name, ch) in settings {
+            let policy = ch.policy.clone();
+            let transport = Transport::build(name, ch)?;
+            let (tx, rx) = mpsc::channel(policy.queue);
+            let stats = Arc::new(ChannelStats::default());
+            channels.insert(
+                name.clone(),
+                ChannelHandle {
+                    tx,
+                    stats: stats.clone(),
+                    describe: transport.describe(),
+                },
+            );
+            built.push((name.clone(), transport, policy, rx, stats));
+        }
+        let notifier = Notifier {
+            channels: Arc::new(channels),
+            unknown: Arc::default(),
+        };
+        let mut tasks = Vec::new();
+        for (name, transport, policy, rx, stats) in built {
+            let worker = Worker {
+                name,
+                transport,
+                policy,
+                stats,
+                others: Arc::downgrade(&notifier.channels),
+                alarms: alarms.clone(),
+                reminders: HashMap::new(),
+                sent_at: std::collections::VecDeque::new(),
+            };
+            tasks.push(tokio::spawn(worker.run(rx)));
+        }
+        Ok((notifier, tasks))
+    }
+
+    /// Queues a notification (never waits: a full queue drops it, counted). Gives it back
+    /// when the config has no such channel.
+    pub fn send(&self, n: Notice) -> Result<(), Unsent> {
+        let Some(ch) = self.channels.get(&n.channel) else {
+            self.unknown.fetch_add(1, Relaxed);
+            return Err(Unsent::Unknown(Box::new(n)));
+        };
+        ch.tx.try_send(n).map_err(|_| {
+            ch.stats.dropped.fetch_add(1, Relaxed);
+            Unsent::Full
+        })
+    }
+
+    /// The channels' counters, without their queues (holding a view keeps no queue open).
+    pub fn view(&self) -> NotifyView {
+        NotifyView {
+            channels: Arc::new(
+                self.channels
+                    .iter()
+                    .map(|(k, c)| (k.clone(), (c.stats.clone(), c.describe.clone())))
+                    .collect(),
+            ),
+            unknown: self.unknown.clone(),
+        }
+    }
+}
+
+/// The channels' counters.
+#[derive(Clone, Default)]
+pub struct NotifyView {
+    channels: Arc<std::collections::BTreeMap<String, (Arc<ChannelStats>, String)>>,
+    unknown: Arc<AtomicU64>,
+}
+
+impl NotifyView {
+    /// Every channel's counters, as JSON.
+    pub fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (name, (stats, via)) in self.channels.iter() {
+            let mut v = stats.to_json();
+            v["via"] = via.clone().into();
+            m.insert(name.clone(), v);
+        }
+        json!({"channels": m, "unknown_channel": self.unknown.load(Relaxed)})
+    }
+}
