@@ -20,6 +20,7 @@ pub mod http;
 pub mod ingest;
 pub mod record;
 pub mod reload;
+mod serve;
 pub mod shard;
 pub mod sim;
 pub mod store;
@@ -33,7 +34,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::settings::{Broker, Settings};
 use crate::diag::Diagnostics;
-use shard::{Reject, ShardMsg};
+use shard::Reject;
 
 pub use crate::engine::clock::wall_ms;
 
@@ -344,8 +345,10 @@ fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
         shards,
         snapshots: saved,
     };
-    rt.block_on(serve(settings, opts, state, reloader, rules, devices))
-        .map_err(Fatal::from)
+    rt.block_on(serve::serve(
+        settings, opts, state, reloader, rules, devices,
+    ))
+    .map_err(Fatal::from)
 }
 
 /// The state store, opened and read at start.
@@ -355,270 +358,6 @@ struct SavedState {
     shards: usize,
     /// Each shard's decoded snapshot.
     snapshots: Vec<Option<crate::engine::persist::Snapshot>>,
-}
-
-async fn serve(
-    settings: Settings,
-    opts: RunOptions,
-    state: SavedState,
-    reloader: reload::Reloader,
-    rules: Arc<crate::rules::compile::RuleSet>,
-    devices: std::collections::HashMap<Arc<str>, crate::engine::Device>,
-) -> Result<(), String> {
-    let stats = Arc::new(Stats::default());
-    let limit = Arc::new(RateLimit::new(5));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let listener = match settings.http {
-        Some(addr) => Some(http::bind(addr).await?),
-        None => None,
-    };
-    let conn = settings.mqtt();
-    // Egress: its own connection, a bounded queue.
-    let (out_client, out_events) =
-        ingest::client(ingest::options(&conn, "out")?, egress::EGRESS_QUEUE);
-    let egress_drive = tokio::spawn(ingest::drive(
-        out_events,
-        stats.clone(),
-        "egress",
-        limit.clone(),
-        conn.reconnect_max,
-    ));
-    // Ingest and its acknowledgements.
-    let mut in_opts = ingest::options(&conn, "in")?;
-    in_opts.set_manual_acks(true);
-    let (in_client, in_events) = ingest::client(in_opts, 1024);
-    let (ack_tx, ack_rx) = mpsc::channel(shard::ACK_CAPACITY);
-    let acker = tokio::spawn(ingest::acker(in_client.clone(), ack_rx));
-    // Sinks: InfluxDB writer, WebSocket hub, notification channels.
-    // The open alarms; acknowledgements (API, WebSocket) go through it to the device's shard.
-    let (ack_tx_api, mut ack_rx_api) = mpsc::channel::<shard::AckReq>(64);
-    let alarms = Arc::new(crate::engine::registry::AlarmRegistry::new(
-        shard::ack_route(ack_tx_api),
-    ));
-    let mut hub_settings = settings.websocket.clone();
-    let fds = FdBudget::new(settings.http_max_connections, hub_settings.max_clients);
-    hub_settings.max_clients = fds.websocket;
-    let hub = Arc::new(crate::sinks::hub::Hub::new(hub_settings, alarms.clone()));
-    let (influx, influx_task) = match &settings.influx {
-        Some(s) => {
-            tracing::info!(url = %s.write_url, batch_size = s.batch_size, "writing points to InfluxDB");
-            let (h, t) = crate::sinks::influx::start(s.clone(), Arc::default())?;
-            (Some(h), Some(t))
-        }
-        None => (None, None),
-    };
-    let (notifier, notify_tasks) =
-        crate::sinks::notify::Notifier::start(&settings.channels, alarms.clone())?;
-    let sinks = crate::sinks::Sinks {
-        influx,
-        hub,
-        notify: notifier,
-    };
-    // Shards.
-    let outbox = egress::Outbox {
-        sinks: sinks.clone(),
-        alarms: alarms.clone(),
-        influx_pending: Vec::new(),
-        mqtt: out_client.clone(),
-        stats: stats.clone(),
-        dead_letter: settings.dead_letter.as_deref().map(Arc::from),
-        limit: limit.clone(),
-    };
-    let limits = settings.payload;
-    let mut shard_tx = Vec::new();
-    let mut shard_threads = Vec::new();
-    let SavedState {
-        store,
-        shards,
-        snapshots,
-    } = state;
-    for (index, saved) in snapshots.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel(settings.queue);
-        shard_tx.push(tx);
-        let ctx = shard::ShardCtx {
-            index,
-            store: store.clone(),
-            stats: stats.clone(),
-            outbox: outbox.clone(),
-            done: Some(ack_tx.clone()),
-            checkpoint: settings.checkpoint,
-            limits,
-            state_limits: settings.state_limits.per_shard(settings.shards),
-        };
-        let (rules, devices) = (rules.clone(), devices.clone());
-        let t = std::thread::Builder::new()
-            .name(format!("shard-{index}"))
-            .spawn(move || shard::run(rules, devices, saved, rx, ctx))
-            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
-        shard_threads.push(t);
-    }
-    drop(outbox);
-    let ingest_task = tokio::spawn(ingest::run(
-        ingest::Ingest {
-            patterns: settings.patterns.clone(),
-            qos: conn.qos,
-            shards: shard_tx.clone(),
-            acks: ack_tx,
-            stats: stats.clone(),
-            limit: limit.clone(),
-            reconnect_max: conn.reconnect_max,
-        },
-        in_client.clone(),
-        in_events,
-        stop_rx.clone(),
-    ));
-    // Acknowledgements from the API and WebSocket clients go to the device's shard.
-    let ack_router = {
-        let shard_tx = shard_tx.clone();
-        let mut stop = stop_rx.clone();
-        // It stops with ingest: the shards' queues close only when no sender is left.
-        tokio::spawn(async move {
-            loop {
-                let req = tokio::select! {
-                    _ = stop.changed() => break,
-                    r = ack_rx_api.recv() => match r { Some(r) => r, None => break },
-                };
-                let tx = &shard_tx[shard::shard_of(&req.device, shard_tx.len())];
-                if let Err(e) = tx.send(ShardMsg::Ack(req)).await {
-                    if let ShardMsg::Ack(req) = e.0 {
-                        let _ = req
-                            .reply
-                            .send(Err(crate::engine::alarm::AckError::ShuttingDown));
-                    }
-                }
-            }
-        })
-    };
-    // Reloads: the watcher, SIGHUP and the API send requests; one task serves them in turn.
-    let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadReq>(16);
-    let status = reloader.status.clone();
-    let reloader = Arc::new(std::sync::Mutex::new(reloader));
-    let reload_task = {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let req = tokio::select! {
-                    _ = stop.changed() => break,
-                    r = reload_rx.recv() => match r { Some(r) => r, None => break },
-                };
-                let r = reloader.clone();
-                let loaded = tokio::task::spawn_blocking(move || {
-                    r.lock().unwrap_or_else(|e| e.into_inner()).load()
-                })
-                .await;
-                let Ok((rules, report)) = loaded else {
-                    tracing::error!("a reload failed unexpectedly; the rules in force stay");
-                    continue;
-                };
-                for e in &report.errors {
-                    tracing::error!("reload: {e}");
-                }
-                if let Some(rules) = rules {
-                    for tx in &shard_tx {
-                        let _ = tx
-                            .send(ShardMsg::Reload(rules.clone(), report.generation))
-                            .await;
-                    }
-                    tracing::info!(
-                        generation = report.generation,
-                        chains = rules.chains.len(),
-                        "rules reloaded"
-                    );
-                }
-                if let Some(reply) = req.reply {
-                    let _ = reply.send(report);
-                }
-            }
-        })
-    };
-    let _watcher = watch_rules(&settings.rules_dir, reload_tx.clone());
-    let http_limits = http::Limits {
-        max_connections: fds.http,
-        header_timeout: settings.http_header_timeout,
-    };
-    let http_task = listener.map(|l| {
-        tracing::info!(
-            "HTTP API on http://{}",
-            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
-        );
-        let api = http::Api {
-            stats: stats.clone(),
-            reload: status,
-            reload_tx: reload_tx.clone(),
-            shards,
-            hub: sinks.hub.clone(),
-            alarms: alarms.clone(),
-            influx: sinks.influx.as_ref().map(|i| i.stats.clone()),
-            notify: sinks.notify.view(),
-            token: settings.http_token.clone(),
-        };
-        tokio::spawn(http::serve(l, api, stop_rx.clone(), http_limits))
-    });
-    let sim_task = opts.demo.then(|| {
-        tokio::spawn(sim::run(
-            conn.clone(),
-            sim::SimOptions::demo(),
-            stop_rx.clone(),
-        ))
-    });
-    let progress = tokio::spawn(progress(stats.clone(), stop_rx.clone()));
-    wait_for_signal(reload_tx).await;
-    // Shutdown: stop reading, let the shards finish their queues and save, flush egress.
-    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-    tracing::info!("shutting down: draining shards, saving state");
-    let _ = stop_tx.send(true);
-    let _ = reload_task.await;
-    let _ = ack_router.await;
-    if let Some(t) = sim_task {
-        let _ = t.await;
-    }
-    let joined = tokio::task::spawn_blocking(move || {
-        for t in shard_threads {
-            let _ = t.join();
-        }
-    });
-    if tokio::time::timeout_at(deadline, joined).await.is_err() {
-        tracing::error!(
-            "shards did not finish within the shutdown timeout; their last checkpoint stands"
-        );
-    }
-    // The shards' sink handles are gone; with these, the sinks' inputs close and they send what
-    // they hold (the InfluxDB writer spools what it cannot send in time).
-    let influx_stats = sinks.influx.as_ref().map(|i| i.stats.clone());
-    drop(sinks);
-    if let Some(t) = influx_task {
-        if tokio::time::timeout_at(deadline, t).await.is_err() {
-            tracing::error!("the InfluxDB writer did not finish within the shutdown timeout");
-        }
-    }
-    for t in notify_tasks {
-        if tokio::time::timeout_at(deadline, t).await.is_err() {
-            tracing::warn!("a notification channel did not finish within the shutdown timeout");
-            break;
-        }
-    }
-    // The last acknowledgements go out while ingest still polls; then it disconnects.
-    let _ = tokio::time::timeout_at(deadline, acker).await;
-    let _ = in_client.disconnect().await;
-    let _ = tokio::time::timeout_at(deadline, ingest_task).await;
-    // Queued publishes leave before the egress connection closes.
-    let _ = out_client.disconnect().await;
-    if tokio::time::timeout_at(deadline, egress_drive)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the egress connection did not finish within the shutdown timeout");
-    }
-    if let Some(t) = http_task {
-        let _ = tokio::time::timeout_at(deadline, t).await;
-    }
-    progress.abort();
-    tracing::info!(
-        counters = %stats.to_json(),
-        influx = %influx_stats.map(|s| s.to_json()).unwrap_or_default(),
-        "stopped"
-    );
-    Ok(())
 }
 
 /// Raises the soft open-files limit to the hard one (a process starts with 1,024 on most

@@ -1,0 +1,369 @@
+//! The running engine, wired from named parts: the MQTT connections, the alarm registry, the
+//! sinks, the shards, ingest, the acknowledgement router, the reloader, the HTTP API; then the
+//! shutdown, in the order that loses nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rumqttc::{AsyncClient, EventLoop};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::shard::{self, AckMsg, AckReq, ShardMsg};
+use super::{
+    egress, http, ingest, reload, sim, FdBudget, RateLimit, RunOptions, SavedState, Stats,
+};
+use crate::config::settings::{MqttConn, Settings};
+use crate::engine::registry::AlarmRegistry;
+use crate::engine::Device;
+use crate::rules::compile::RuleSet;
+use crate::sinks::Sinks;
+
+/// Serves until SIGINT/SIGTERM, then shuts down.
+pub(super) async fn serve(
+    settings: Settings,
+    opts: RunOptions,
+    state: SavedState,
+    reloader: reload::Reloader,
+    rules: Arc<RuleSet>,
+    devices: HashMap<Arc<str>, Device>,
+) -> Result<(), String> {
+    let stats = Arc::new(Stats::default());
+    let limit = Arc::new(RateLimit::new(5));
+    let (stop_tx, stop) = watch::channel(false);
+    let listener = match settings.http {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    let conn = settings.mqtt();
+    let (mqtt, in_events, done_tx) = Mqtt::connect(&conn, &stats, &limit)?;
+    // The open alarms; acknowledgements (API, WebSocket) go through it to the device's shard.
+    let (ack_tx, ack_rx) = mpsc::channel::<AckReq>(64);
+    let alarms = Arc::new(AlarmRegistry::new(shard::ack_route(ack_tx)));
+    let fds = FdBudget::new(
+        settings.http_max_connections,
+        settings.websocket.max_clients,
+    );
+    let (sinks, sink_tasks) = start_sinks(&settings, fds.websocket, &alarms)?;
+    let outbox = egress::Outbox {
+        sinks: sinks.clone(),
+        alarms: alarms.clone(),
+        influx_pending: Vec::new(),
+        mqtt: mqtt.out_client.clone(),
+        stats: stats.clone(),
+        dead_letter: settings.dead_letter.as_deref().map(Arc::from),
+        limit: limit.clone(),
+    };
+    let shard_count = state.shards;
+    let (shard_tx, shard_threads) =
+        start_shards(&settings, state, rules, devices, outbox, &done_tx, &stats)?;
+    let ingest_task = tokio::spawn(ingest::run(
+        ingest::Ingest {
+            patterns: settings.patterns.clone(),
+            qos: conn.qos,
+            shards: shard_tx.clone(),
+            acks: done_tx,
+            stats: stats.clone(),
+            limit: limit.clone(),
+            reconnect_max: conn.reconnect_max,
+        },
+        mqtt.in_client.clone(),
+        in_events,
+        stop.clone(),
+    ));
+    let ack_router = route_acks(shard_tx.clone(), ack_rx, stop.clone());
+    let (reload_tx, reload_status, reload_task) = serve_reloads(reloader, shard_tx, stop.clone());
+    let _watcher = super::watch_rules(&settings.rules_dir, reload_tx.clone());
+    let http_task = listener.map(|l| {
+        tracing::info!(
+            "HTTP API on http://{}",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        let api = http::Api {
+            stats: stats.clone(),
+            reload: reload_status,
+            reload_tx: reload_tx.clone(),
+            shards: shard_count,
+            hub: sinks.hub.clone(),
+            alarms: alarms.clone(),
+            influx: sinks.influx.as_ref().map(|i| i.stats.clone()),
+            notify: sinks.notify.view(),
+            token: settings.http_token.clone(),
+        };
+        let limits = http::Limits {
+            max_connections: fds.http,
+            header_timeout: settings.http_header_timeout,
+        };
+        tokio::spawn(http::serve(l, api, stop.clone(), limits))
+    });
+    let sim_task = opts.demo.then(|| {
+        tokio::spawn(sim::run(
+            conn.clone(),
+            sim::SimOptions::demo(),
+            stop.clone(),
+        ))
+    });
+    let progress = tokio::spawn(super::progress(stats.clone(), stop.clone()));
+    super::wait_for_signal(reload_tx).await;
+    // Shutdown: stop reading, let the shards finish their queues and save, flush the sinks and
+    // egress.
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    tracing::info!("shutting down: draining shards, saving state");
+    let _ = stop_tx.send(true);
+    let _ = reload_task.await;
+    let _ = ack_router.await;
+    if let Some(t) = sim_task {
+        let _ = t.await;
+    }
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in shard_threads {
+            let _ = t.join();
+        }
+    });
+    if tokio::time::timeout_at(deadline, joined).await.is_err() {
+        tracing::error!(
+            "shards did not finish within the shutdown timeout; their last checkpoint stands"
+        );
+    }
+    let influx_stats = sinks.influx.as_ref().map(|i| i.stats.clone());
+    // The shards' sink handles are gone; with these, the sinks' inputs close and they send what
+    // they hold (the InfluxDB writer spools what it cannot send in time).
+    drop(sinks);
+    sink_tasks.finish(deadline).await;
+    mqtt.close(deadline, ingest_task).await;
+    if let Some(t) = http_task {
+        let _ = tokio::time::timeout_at(deadline, t).await;
+    }
+    progress.abort();
+    tracing::info!(
+        counters = %stats.to_json(),
+        influx = %influx_stats.map(|s| s.to_json()).unwrap_or_default(),
+        "stopped"
+    );
+    Ok(())
+}
+
+/// The two MQTT connections: ingest (subscribes; QoS 1 acknowledged by the acker once the
+/// shards are done) and egress (publishes, through a bounded request queue).
+struct Mqtt {
+    in_client: AsyncClient,
+    acker: JoinHandle<()>,
+    out_client: AsyncClient,
+    egress_drive: JoinHandle<()>,
+}
+
+impl Mqtt {
+    /// Connects both; gives the ingest connection's event loop (for the ingest task) and where
+    /// shards report finished QoS 1 messages (to the acker).
+    fn connect(
+        conn: &MqttConn,
+        stats: &Arc<Stats>,
+        limit: &Arc<RateLimit>,
+    ) -> Result<(Mqtt, EventLoop, mpsc::Sender<AckMsg>), String> {
+        let (out_client, out_events) =
+            ingest::client(ingest::options(conn, "out")?, egress::EGRESS_QUEUE);
+        let egress_drive = tokio::spawn(ingest::drive(
+            out_events,
+            stats.clone(),
+            "egress",
+            limit.clone(),
+            conn.reconnect_max,
+        ));
+        let mut in_opts = ingest::options(conn, "in")?;
+        in_opts.set_manual_acks(true);
+        let (in_client, in_events) = ingest::client(in_opts, 1024);
+        let (done_tx, done_rx) = mpsc::channel(shard::ACK_CAPACITY);
+        let acker = tokio::spawn(ingest::acker(in_client.clone(), done_rx));
+        let mqtt = Mqtt {
+            in_client,
+            acker,
+            out_client,
+            egress_drive,
+        };
+        Ok((mqtt, in_events, done_tx))
+    }
+
+    /// The last acknowledgements go out while ingest still polls; then it disconnects. Queued
+    /// publishes leave before the egress connection closes.
+    async fn close(self, deadline: tokio::time::Instant, ingest_task: JoinHandle<()>) {
+        let _ = tokio::time::timeout_at(deadline, self.acker).await;
+        let _ = self.in_client.disconnect().await;
+        let _ = tokio::time::timeout_at(deadline, ingest_task).await;
+        let _ = self.out_client.disconnect().await;
+        if tokio::time::timeout_at(deadline, self.egress_drive)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the egress connection did not finish within the shutdown timeout");
+        }
+    }
+}
+
+/// The sinks' tasks, waited for at shutdown.
+struct SinkTasks {
+    influx: Option<JoinHandle<()>>,
+    notify: Vec<JoinHandle<()>>,
+}
+
+impl SinkTasks {
+    async fn finish(self, deadline: tokio::time::Instant) {
+        if let Some(t) = self.influx {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                tracing::error!("the InfluxDB writer did not finish within the shutdown timeout");
+            }
+        }
+        for t in self.notify {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                tracing::warn!("a notification channel did not finish within the shutdown timeout");
+                break;
+            }
+        }
+    }
+}
+
+/// The InfluxDB writer, the WebSocket hub (at most `max_clients`) and the notification channels.
+fn start_sinks(
+    settings: &Settings,
+    max_clients: usize,
+    alarms: &Arc<AlarmRegistry>,
+) -> Result<(Sinks, SinkTasks), String> {
+    let mut hub_settings = settings.websocket.clone();
+    hub_settings.max_clients = max_clients;
+    let hub = Arc::new(crate::sinks::hub::Hub::new(hub_settings, alarms.clone()));
+    let (influx, influx_task) = match &settings.influx {
+        Some(s) => {
+            tracing::info!(url = %s.write_url, batch_size = s.batch_size, "writing points to InfluxDB");
+            let (h, t) = crate::sinks::influx::start(s.clone(), Arc::default())?;
+            (Some(h), Some(t))
+        }
+        None => (None, None),
+    };
+    let (notify, notify_tasks) =
+        crate::sinks::notify::Notifier::start(&settings.channels, alarms.clone())?;
+    Ok((
+        Sinks {
+            influx,
+            hub,
+            notify,
+        },
+        SinkTasks {
+            influx: influx_task,
+            notify: notify_tasks,
+        },
+    ))
+}
+
+/// The shards' threads, joined at shutdown.
+type ShardThreads = Vec<std::thread::JoinHandle<()>>;
+
+/// One OS thread per shard, each with its saved state, its queue and a copy of the outbox.
+fn start_shards(
+    settings: &Settings,
+    state: SavedState,
+    rules: Arc<RuleSet>,
+    devices: HashMap<Arc<str>, Device>,
+    outbox: egress::Outbox,
+    done: &mpsc::Sender<AckMsg>,
+    stats: &Arc<Stats>,
+) -> Result<(Vec<mpsc::Sender<ShardMsg>>, ShardThreads), String> {
+    let mut senders = Vec::new();
+    let mut threads = Vec::new();
+    for (index, saved) in state.snapshots.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(settings.queue);
+        senders.push(tx);
+        let ctx = shard::ShardCtx {
+            index,
+            store: state.store.clone(),
+            stats: stats.clone(),
+            outbox: outbox.clone(),
+            done: Some(done.clone()),
+            checkpoint: settings.checkpoint,
+            limits: settings.payload,
+            state_limits: settings.state_limits.per_shard(settings.shards),
+        };
+        let (rules, devices) = (rules.clone(), devices.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("shard-{index}"))
+            .spawn(move || shard::run(rules, devices, saved, rx, ctx))
+            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        threads.push(t);
+    }
+    Ok((senders, threads))
+}
+
+/// Acknowledgements from the API and WebSocket clients go to the device's shard. The router
+/// stops with ingest: the shards' queues close only when no sender is left.
+fn route_acks(
+    shard_tx: Vec<mpsc::Sender<ShardMsg>>,
+    mut rx: mpsc::Receiver<AckReq>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let req = tokio::select! {
+                _ = stop.changed() => break,
+                r = rx.recv() => match r { Some(r) => r, None => break },
+            };
+            let tx = &shard_tx[shard::shard_of(&req.device, shard_tx.len())];
+            if let Err(e) = tx.send(ShardMsg::Ack(req)).await {
+                if let ShardMsg::Ack(req) = e.0 {
+                    let _ = req
+                        .reply
+                        .send(Err(crate::engine::alarm::AckError::ShuttingDown));
+                }
+            }
+        }
+    })
+}
+
+/// Reloads: the watcher, SIGHUP and the API send requests; one task serves them in turn and
+/// hands each good rule set to every shard.
+fn serve_reloads(
+    reloader: reload::Reloader,
+    shard_tx: Vec<mpsc::Sender<ShardMsg>>,
+    mut stop: watch::Receiver<bool>,
+) -> (
+    mpsc::Sender<http::ReloadReq>,
+    Arc<std::sync::Mutex<reload::ReloadStatus>>,
+    JoinHandle<()>,
+) {
+    let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadReq>(16);
+    let status = reloader.status.clone();
+    let reloader = Arc::new(std::sync::Mutex::new(reloader));
+    let task = tokio::spawn(async move {
+        loop {
+            let req = tokio::select! {
+                _ = stop.changed() => break,
+                r = reload_rx.recv() => match r { Some(r) => r, None => break },
+            };
+            let r = reloader.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                r.lock().unwrap_or_else(|e| e.into_inner()).load()
+            })
+            .await;
+            let Ok((rules, report)) = loaded else {
+                tracing::error!("a reload failed unexpectedly; the rules in force stay");
+                continue;
+            };
+            for e in &report.errors {
+                tracing::error!("reload: {e}");
+            }
+            if let Some(rules) = rules {
+                for tx in &shard_tx {
+                    let _ = tx
+                        .send(ShardMsg::Reload(rules.clone(), report.generation))
+                        .await;
+                }
+                tracing::info!(
+                    generation = report.generation,
+                    chains = rules.chains.len(),
+                    "rules reloaded"
+                );
+            }
+            if let Some(reply) = req.reply {
+                let _ = reply.send(report);
+            }
+        }
+    });
+    (reload_tx, status, task)
+}
