@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod diag;
 pub mod duration;
 pub mod engine;

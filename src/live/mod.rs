@@ -29,10 +29,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::settings::{Broker, Settings};
+use crate::counters::{Counters, Report};
 use crate::diag::Diagnostics;
 use shard::Reject;
 
@@ -120,43 +121,123 @@ impl Stats {
 
     /// Every counter, as JSON.
     pub fn to_json(&self) -> Value {
+        crate::counters::to_json(self)
+    }
+}
+
+impl Counters for Stats {
+    fn report(&self, r: &mut dyn Report) {
         let g = |a: &AtomicU64| a.load(Relaxed);
-        let rejected: serde_json::Map<String, Value> = REJECTS
+        let rejected: Vec<(&str, u64)> = REJECTS
             .iter()
             .zip(&self.rejected)
-            .map(|(r, n)| (r.as_str().to_string(), g(n).into()))
+            .map(|(x, n)| (x.as_str(), g(n)))
             .collect();
-        json!({
-            "received": g(&self.received),
-            "processed": g(&self.processed),
-            "no_pattern": g(&self.no_pattern),
-            "rejected": rejected,
-            "skew_replaced": g(&self.skew_replaced),
-            "rpc_sent": g(&self.rpc_sent),
-            "published": g(&self.published),
-            "egress_dropped": g(&self.egress_dropped),
-            "alarm_events": g(&self.alarm_events),
-            "notifications": g(&self.notifications),
-            "influx_points": g(&self.influx_points),
-            "websocket": g(&self.websocket),
-            "node_errors": g(&self.node_errors),
-            "dropped": g(&self.dropped),
-            "attributes_dropped": g(&self.attributes_dropped),
-            "checkpoints": g(&self.checkpoints),
-            "checkpoint_errors": g(&self.checkpoint_errors),
-            "store_failing_shards": g(&self.store_failing),
-            "held_effects": g(&self.held_effects),
-            "mqtt_connects": g(&self.connects),
-            "mqtt_connect_errors": g(&self.connect_errors),
-            "mqtt_connected": self.connected.load(Relaxed),
-            "http_refused": g(&self.http_refused),
-            "learned_devices": g(&self.devices),
-            "keys_forgotten": g(&self.keys_forgotten),
-            "keys_evicted": g(&self.keys_evicted),
-            "devices_forgotten": g(&self.devices_forgotten),
-            "devices_evicted": g(&self.devices_evicted),
-            "devices_untracked": g(&self.devices_untracked),
-        })
+        r.counter("received", "MQTT messages received", g(&self.received));
+        r.counter("processed", "messages whose chains ran", g(&self.processed));
+        r.counter(
+            "no_pattern",
+            "topics that matched no pattern",
+            g(&self.no_pattern),
+        );
+        r.counters_by("rejected", "payloads rejected", "reason", &rejected);
+        r.counter(
+            "skew_replaced",
+            "payload times replaced by the receive time",
+            g(&self.skew_replaced),
+        );
+        r.counter("rpc_sent", "RPC commands sent", g(&self.rpc_sent));
+        r.counter("published", "messages republished", g(&self.published));
+        r.counter(
+            "egress_dropped",
+            "publishes dropped: the egress queue was full",
+            g(&self.egress_dropped),
+        );
+        r.counter("alarm_events", "alarm transitions", g(&self.alarm_events));
+        r.counter(
+            "notifications",
+            "notifications handed to channels",
+            g(&self.notifications),
+        );
+        r.counter(
+            "influx_points",
+            "points handed to the InfluxDB writer",
+            g(&self.influx_points),
+        );
+        r.counter("websocket", "WebSocket pushes", g(&self.websocket));
+        r.counter("node_errors", "node errors", g(&self.node_errors));
+        r.counter("dropped", "messages dropped by nodes", g(&self.dropped));
+        r.counter(
+            "attributes_dropped",
+            "reported attribute keys dropped past the limit",
+            g(&self.attributes_dropped),
+        );
+        r.counter("checkpoints", "checkpoints written", g(&self.checkpoints));
+        r.counter(
+            "checkpoint_errors",
+            "checkpoints that failed",
+            g(&self.checkpoint_errors),
+        );
+        r.gauge(
+            "store_failing_shards",
+            "shards holding output: their state cannot be written",
+            g(&self.store_failing),
+        );
+        r.gauge(
+            "held_effects",
+            "effects held until their state is written",
+            g(&self.held_effects),
+        );
+        r.counter(
+            "mqtt_connects",
+            "MQTT ConnAcks on the ingest connection",
+            g(&self.connects),
+        );
+        r.counter(
+            "mqtt_connect_errors",
+            "MQTT connection errors",
+            g(&self.connect_errors),
+        );
+        r.flag(
+            "mqtt_connected",
+            "ingest is connected and subscribed",
+            self.connected.load(Relaxed),
+        );
+        r.counter(
+            "http_refused",
+            "HTTP connections refused at the limit",
+            g(&self.http_refused),
+        );
+        r.gauge(
+            "learned_devices",
+            "devices learned from messages",
+            g(&self.devices),
+        );
+        r.counter(
+            "keys_forgotten",
+            "per-key entries forgotten when idle",
+            g(&self.keys_forgotten),
+        );
+        r.counter(
+            "keys_evicted",
+            "per-key entries evicted at max_keys",
+            g(&self.keys_evicted),
+        );
+        r.counter(
+            "devices_forgotten",
+            "devices forgotten when idle",
+            g(&self.devices_forgotten),
+        );
+        r.counter(
+            "devices_evicted",
+            "devices evicted at max_devices",
+            g(&self.devices_evicted),
+        );
+        r.counter(
+            "devices_untracked",
+            "messages of new devices run without keeping the device",
+            g(&self.devices_untracked),
+        );
     }
 }
 

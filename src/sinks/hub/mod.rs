@@ -24,6 +24,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use crate::counters::{Counters, Report};
 use crate::engine::alarm::{Alarm, Transition};
 pub use crate::engine::registry::alarm_json;
 use crate::engine::registry::AlarmRegistry;
@@ -236,23 +237,7 @@ impl Hub {
 
     /// Counters and sizes, as JSON.
     pub fn to_json(&self) -> Value {
-        let (rooms, wild) = {
-            let i = self.lock();
-            (i.rooms.len(), i.wild.len())
-        };
-        let alarms = self.alarms.len();
-        let g = |a: &AtomicU64| a.load(Relaxed);
-        json!({
-            "clients": self.stats.clients.load(Relaxed),
-            "refused": g(&self.stats.refused),
-            "published": g(&self.stats.published),
-            "delivered": g(&self.stats.delivered),
-            "lagged": g(&self.stats.lagged),
-            "timed_out": g(&self.stats.timed_out),
-            "rooms": rooms,
-            "wildcard_subscriptions": wild,
-            "alarms_open": alarms,
-        })
+        crate::counters::to_json(self)
     }
 
     /// Takes a connection slot, or `None` when the hub is full.
@@ -391,6 +376,46 @@ impl Hub {
         inner
             .rooms
             .retain(|_, r| !r.subs.is_empty() || r.last.is_some());
+    }
+}
+
+impl Counters for Hub {
+    fn report(&self, r: &mut dyn Report) {
+        let (rooms, wild) = {
+            let i = self.lock();
+            (i.rooms.len(), i.wild.len())
+        };
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        let s = &self.stats;
+        r.gauge(
+            "clients",
+            "WebSocket clients connected now",
+            s.clients.load(Relaxed) as u64,
+        );
+        r.counter(
+            "refused",
+            "WebSocket connections refused (limit, auth)",
+            g(&s.refused),
+        );
+        r.counter(
+            "published",
+            "frames published, one per room message",
+            g(&s.published),
+        );
+        r.counter("delivered", "frames queued to clients", g(&s.delivered));
+        r.counter("lagged", "frames slow clients lost", g(&s.lagged));
+        r.counter(
+            "timed_out",
+            "clients dropped for missing pongs",
+            g(&s.timed_out),
+        );
+        r.gauge("rooms", "rooms known now", rooms as u64);
+        r.gauge(
+            "wildcard_subscriptions",
+            "wildcard subscriptions now",
+            wild as u64,
+        );
+        r.gauge("alarms_open", "alarms open now", self.alarms.len() as u64);
     }
 }
 

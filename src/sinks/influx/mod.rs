@@ -27,10 +27,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 pub use crate::config::settings::{InfluxAuth, InfluxSettings, Precision};
+use crate::counters::{Counters, Report};
 pub use encoding::encode;
 use service::Service;
 use spool::Spool;
@@ -63,18 +64,35 @@ pub struct InfluxStats {
 impl InfluxStats {
     /// The counters as JSON.
     pub fn to_json(&self) -> Value {
+        crate::counters::to_json(self)
+    }
+}
+
+impl Counters for InfluxStats {
+    fn report(&self, r: &mut dyn Report) {
         let g = |a: &AtomicU64| a.load(Relaxed);
-        json!({
-            "written": g(&self.written),
-            "requests": g(&self.requests),
-            "retries": g(&self.retries),
-            "rejected": g(&self.rejected),
-            "dropped": g(&self.dropped),
-            "spooled": g(&self.spooled),
-            "buffered": g(&self.buffered),
-            "in_spool": g(&self.in_spool),
-            "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
-        })
+        r.counter("written", "points the server accepted", g(&self.written));
+        r.counter(
+            "requests",
+            "write requests sent, retries included",
+            g(&self.requests),
+        );
+        r.counter("retries", "write requests retried", g(&self.retries));
+        r.counter(
+            "rejected",
+            "points the server rejected as bad data",
+            g(&self.rejected),
+        );
+        r.counter("dropped", "points dropped", g(&self.dropped));
+        r.counter("spooled", "points written to the spool", g(&self.spooled));
+        r.gauge("buffered", "points held in memory now", g(&self.buffered));
+        r.gauge("in_spool", "points in spool files now", g(&self.in_spool));
+        let e = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        r.text(
+            "last_error",
+            "the last error, if the last request failed",
+            e.as_deref(),
+        );
     }
 }
 

@@ -22,10 +22,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 pub use crate::config::settings::{ChannelSettings, Delivery, Policy};
+use crate::counters::{Counters, Report};
 use crate::engine::registry::AlarmRegistry;
 pub use encoding::signature;
 pub use service::{Failure, Transport};
@@ -77,21 +78,42 @@ pub struct ChannelStats {
     pub last_error: Mutex<Option<String>>,
 }
 
-impl ChannelStats {
-    fn to_json(&self) -> Value {
+impl Counters for ChannelStats {
+    fn report(&self, r: &mut dyn Report) {
         let g = |a: &AtomicU64| a.load(Relaxed);
-        json!({
-            "sent": g(&self.sent),
-            "attempts_failed": g(&self.attempts_failed),
-            "failed": g(&self.failed),
-            "fallbacks": g(&self.fallbacks),
-            "rate_limited": g(&self.rate_limited),
-            "dropped": g(&self.dropped),
-            "reminders": g(&self.reminders),
-            "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
-        })
+        r.counter("sent", "notifications delivered", g(&self.sent));
+        r.counter(
+            "attempts_failed",
+            "delivery attempts that failed",
+            g(&self.attempts_failed),
+        );
+        r.counter(
+            "failed",
+            "notifications given up after every retry",
+            g(&self.failed),
+        );
+        r.counter(
+            "fallbacks",
+            "notifications handed to the fallback channel",
+            g(&self.fallbacks),
+        );
+        r.counter(
+            "rate_limited",
+            "notifications dropped by the rate limit",
+            g(&self.rate_limited),
+        );
+        r.counter(
+            "dropped",
+            "notifications dropped: the queue was full",
+            g(&self.dropped),
+        );
+        r.counter("reminders", "reminders sent", g(&self.reminders));
+        let e = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        r.text("last_error", "the last error", e.as_deref());
     }
+}
 
+impl ChannelStats {
     fn set_error(&self, e: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
@@ -203,12 +225,36 @@ pub struct NotifyView {
 impl NotifyView {
     /// Every channel's counters, as JSON.
     pub fn to_json(&self) -> Value {
-        let mut m = serde_json::Map::new();
-        for (name, (stats, via)) in self.channels.iter() {
-            let mut v = stats.to_json();
-            v["via"] = via.clone().into();
-            m.insert(name.clone(), v);
-        }
-        json!({"channels": m, "unknown_channel": self.unknown.load(Relaxed)})
+        crate::counters::to_json(self)
+    }
+}
+
+/// A channel's counters and where it delivers.
+struct ChannelPart<'a>(&'a ChannelStats, &'a str);
+
+impl Counters for ChannelPart<'_> {
+    fn report(&self, r: &mut dyn Report) {
+        self.0.report(r);
+        r.text("via", "where the channel delivers", Some(self.1));
+    }
+}
+
+impl Counters for NotifyView {
+    fn report(&self, r: &mut dyn Report) {
+        let parts: Vec<(&str, ChannelPart)> = self
+            .channels
+            .iter()
+            .map(|(name, (stats, via))| (name.as_str(), ChannelPart(stats, via)))
+            .collect();
+        let parts: Vec<(&str, &dyn Counters)> = parts
+            .iter()
+            .map(|(n, p)| (*n, p as &dyn Counters))
+            .collect();
+        r.parts("channels", "channel", &parts);
+        r.counter(
+            "unknown_channel",
+            "notifications to channels the config does not define",
+            self.unknown.load(Relaxed),
+        );
     }
 }
