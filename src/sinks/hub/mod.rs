@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use crate::counters::{Counters, Report};
 use crate::engine::alarm::{Alarm, Transition};
-pub use crate::engine::registry::alarm_json;
+use crate::engine::registry::alarm_json;
 use crate::engine::registry::AlarmRegistry;
 
 /// Most rooms whose latest message is kept for snapshots.
