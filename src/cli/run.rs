@@ -45,8 +45,9 @@ fn settings(config: Option<&Path>, rules: Option<PathBuf>) -> Result<Settings, i
     }
     // The config was checked by the same function; this gives its typed values.
     settings::resolve(config, cfg.as_ref(), rules).map_err(|problems| {
+        let file = config.map_or_else(String::new, |c| format!("{}:", c.display()));
         for p in problems {
-            eprintln!("error: {p}");
+            eprintln!("error: {file}{p}");
         }
         super::EXIT_FINDINGS
     })

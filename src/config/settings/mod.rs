@@ -80,6 +80,10 @@ impl Problems {
         default_ms: i64,
         min_ms: i64,
     ) -> Duration {
+        self.duration_of(s.as_ref(), default_ms, min_ms)
+    }
+
+    fn duration_of(&mut self, s: Option<&Sp<String>>, default_ms: i64, min_ms: i64) -> Duration {
         let ms = match s {
             Some(s) => duration::parse(&s.value).unwrap_or_else(|e| {
                 self.add(s.pos, e);
@@ -369,9 +373,12 @@ pub fn resolve_lossy(
         Some(l) => address(&mut p, l),
         None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
     };
-    if let Some(n) = http.max_connections.as_ref().filter(|n| n.value == 0) {
-        p.add(n.pos, "max_connections is at least 1");
-    }
+    let http_max_connections = p.in_range(
+        &http.max_connections,
+        1024,
+        1..=usize::MAX,
+        "max_connections is at least 1",
+    );
     let http_header_timeout = p.duration(&http.header_timeout, 10_000, 100);
     let engine = config.engine.clone().unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -445,7 +452,7 @@ pub fn resolve_lossy(
             .as_deref()
             .filter(|t| !t.is_empty())
             .map(Arc::from),
-        http_max_connections: http.max_connections.as_ref().map_or(1024, |n| n.value),
+        http_max_connections,
         http_header_timeout,
         state_dir,
         shards,
@@ -543,14 +550,13 @@ fn broker(p: &mut Problems, config: &Config, rel: &dyn Fn(&str) -> PathBuf) -> O
 fn websocket(p: &mut Problems, config: &Config) -> HubSettings {
     let d = HubSettings::default();
     let Some(s) = &config.websocket else { return d };
-    if let Some(n) = s.max_clients.as_ref().filter(|n| n.value == 0) {
-        p.add(n.pos, "max_clients is at least 1");
-    }
     HubSettings {
-        max_clients: s
-            .max_clients
-            .as_ref()
-            .map_or(d.max_clients, |v| v.value.max(1)),
+        max_clients: p.in_range(
+            &s.max_clients,
+            d.max_clients,
+            1..=usize::MAX,
+            "max_clients is at least 1",
+        ),
         client_queue: p.in_range(
             &s.client_queue,
             d.client_queue,
