@@ -5,7 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints how long the one before it took, so a slow CI run shows where the time went.
+started=$SECONDS
+last=$SECONDS
+step() {
+  if [ "$last" != "$started" ] || [ "$SECONDS" != "$started" ]; then
+    printf '    (%ss)\n' "$((SECONDS - last))"
+  fi
+  last=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
+trap 'printf "    (%ss)\n\n==> total %ss\n" "$((SECONDS - last))" "$((SECONDS - started))"' EXIT
 
 step "test services"
 scripts/services.sh

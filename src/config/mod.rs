@@ -61,6 +61,9 @@ pub struct Config {
     /// The WebSocket hub (`/ws` on the HTTP listener).
     #[serde(default)]
     pub websocket: Option<WebsocketSpec>,
+    /// Recent values in memory, for the API and the dashboard.
+    #[serde(default)]
+    pub history: Option<HistorySpec>,
 }
 
 /// An InfluxDB-compatible server: InfluxDB 2.x/3.x and 1.8+ (`/api/v2/write`), older 1.x
@@ -273,6 +276,32 @@ pub struct EngineSpec {
     /// Per-key state and devices idle this long are forgotten (default `7d`).
     #[serde(default)]
     pub forget_after: Option<Sp<String>>,
+    /// The API and the dashboard show a device offline when no message of it came for this
+    /// long (default `5m`).
+    #[serde(default)]
+    pub offline_after: Option<Sp<String>>,
+}
+
+/// Recent values kept in memory for the API and the dashboard's charts: per device and numeric
+/// telemetry field, one point per `resolution` over the last `window`. The most points held is
+/// `max_devices × max_fields × window / resolution` (the default: 1000 × 8 × 180).
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySpec {
+    /// How far back values are kept (default `15m`).
+    #[serde(default)]
+    pub window: Option<Sp<String>>,
+    /// One point per this step, the latest value of the step (default `5s`).
+    #[serde(default)]
+    pub resolution: Option<Sp<String>>,
+    /// Most devices with history (default 1000; 0 keeps none): past it, the least recently
+    /// updated are evicted, and counted. Split evenly across shards.
+    #[serde(default)]
+    pub max_devices: Option<Sp<usize>>,
+    /// Most fields per device (default 8): the values of fields past it are not kept, and
+    /// counted.
+    #[serde(default)]
+    pub max_fields: Option<Sp<usize>>,
 }
 
 /// One topic pattern: literal levels and `{name}` captures. `{device}` is required; `{kind}`

@@ -14,6 +14,7 @@ pub mod keyed;
 pub mod persist;
 pub mod program;
 pub mod registry;
+pub mod stats;
 
 use std::any::Any;
 use std::cmp::Reverse;
@@ -170,6 +171,11 @@ pub struct Device {
     pub attrs: Map,
     /// What the device itself reported (attributes and status messages): persisted live.
     pub reported: Map,
+    /// What an operator set through the API (server-side attributes): persisted, and above
+    /// the reported and the registry's values of the same key.
+    pub server: Map,
+    /// The registry's attributes, kept to fall back to when a server-side one is removed.
+    registry: Map,
     /// `meta.device` and `meta.device_type`, built once: each message's `meta` starts as a copy.
     meta_base: Option<Map>,
     /// From the registry (never forgotten).
@@ -183,8 +189,10 @@ impl Device {
     pub fn new(type_: Option<Arc<str>>, attrs: Map) -> Self {
         Device {
             type_,
+            registry: attrs.clone(),
             attrs,
             reported: Map::new(),
+            server: Map::new(),
             meta_base: None,
             registered: true,
             last_seen: 0,
@@ -194,7 +202,46 @@ impl Device {
     /// Whether forgetting it loses nothing: not in the registry, nothing reported. (Alarms are
     /// checked by the caller.)
     fn forgettable(&self) -> bool {
-        !self.registered && self.reported.is_empty()
+        !self.registered && self.reported.is_empty() && self.server.is_empty()
+    }
+
+    /// The clock time of its last message (0: none yet).
+    pub fn last_seen(&self) -> i64 {
+        self.last_seen
+    }
+
+    /// Where attribute `key`'s value comes from: `server`, `reported` or `registry`.
+    pub fn source_of(&self, key: &str) -> &'static str {
+        if self.server.contains_key(key) {
+            "server"
+        } else if self.reported.contains_key(key) {
+            "reported"
+        } else {
+            "registry"
+        }
+    }
+
+    /// Sets server-side attributes; a unit (JSON `null`) removes one, and the key falls back
+    /// to the reported or the registry's value. Returns the keys refused past
+    /// [`MAX_REPORTED_ATTRIBUTES`].
+    fn set_server(&mut self, changes: Map) -> usize {
+        let mut refused = 0;
+        for (k, v) in changes {
+            if v.is_unit() {
+                self.server.remove(&k);
+                match self.reported.get(&k).or_else(|| self.registry.get(&k)) {
+                    Some(v) => self.attrs.insert(k, v.clone()),
+                    None => self.attrs.remove(&k),
+                };
+            } else if self.server.len() >= MAX_REPORTED_ATTRIBUTES && !self.server.contains_key(&k)
+            {
+                refused += 1;
+            } else {
+                self.attrs.insert(k.clone(), v.clone());
+                self.server.insert(k, v);
+            }
+        }
+        refused
     }
 }
 
@@ -375,6 +422,12 @@ pub struct Executor {
     /// At `max_devices`, nothing was forgettable: a device only becomes forgettable again at a
     /// sweep, so until then a new device does not scan them all again.
     devices_full: bool,
+    /// What each chain and node did, and the counters of the rules in force.
+    stats: Arc<stats::RuleStats>,
+    bound: Arc<stats::Bound>,
+    /// A monotonic clock in nanoseconds, if the harness wants chain durations measured. It
+    /// only measures: no result depends on it.
+    stopwatch: Option<fn() -> u64>,
 }
 
 impl Executor {
@@ -411,7 +464,57 @@ impl Executor {
             next_sweep: now,
             registered: devices_registered,
             devices_full: false,
+            bound: Arc::default(),
+            stats: Arc::default(),
+            stopwatch: None,
         }
+        .bound_to_rules()
+    }
+
+    fn bound_to_rules(mut self) -> Self {
+        self.bound = self.stats.bind(&self.rules);
+        self
+    }
+
+    /// The counters of its chains and nodes (shared: the harness reads them while it runs).
+    pub fn stats(&self) -> Arc<stats::RuleStats> {
+        self.stats.clone()
+    }
+
+    /// Counts into `stats` from now on (the harness made it, to read it while this runs).
+    pub fn share_stats(&mut self, stats: Arc<stats::RuleStats>) {
+        self.stats = stats;
+        self.bound = self.stats.bind(&self.rules);
+    }
+
+    /// Measures how long each message takes through each chain with this monotonic clock
+    /// (nanoseconds), into [`stats::ChainCounts::duration`].
+    pub fn set_stopwatch(&mut self, now_ns: fn() -> u64) {
+        self.stopwatch = Some(now_ns);
+    }
+
+    /// The devices it knows: from the registry, and learned from messages.
+    pub fn devices(&self) -> impl Iterator<Item = (&Arc<str>, &Device)> {
+        self.devices.iter()
+    }
+
+    /// One device.
+    pub fn device(&self, id: &str) -> Option<&Device> {
+        self.devices.get(id)
+    }
+
+    /// Sets server-side attributes of a device (an operator, through the API): the next
+    /// message of the device sees them in `attr`. A unit value removes one. A device not known
+    /// yet is learned. Returns how many new keys were refused past
+    /// [`MAX_REPORTED_ATTRIBUTES`].
+    pub fn set_server_attributes(&mut self, device: &str, changes: Map) -> usize {
+        if !self.devices.contains_key(device) && !self.make_room() {
+            return changes.len();
+        }
+        self.devices
+            .entry(Arc::from(device))
+            .or_default()
+            .set_server(changes)
     }
 
     /// Sets the bounds on state (default [`Limits::default`]).
@@ -681,6 +784,12 @@ impl Executor {
             .filter(|(_, d)| !d.reported.is_empty())
             .map(|(id, d)| (id.to_string(), Dynamic::from_map(d.reported.clone())))
             .collect();
+        let server = self
+            .devices
+            .iter()
+            .filter(|(_, d)| !d.server.is_empty())
+            .map(|(id, d)| (id.to_string(), Dynamic::from_map(d.server.clone())))
+            .collect();
         persist::Snapshot {
             version: persist::VERSION,
             now: self.now,
@@ -690,6 +799,7 @@ impl Executor {
             awaits,
             alarms: self.alarms.iter().cloned().collect(),
             reported,
+            server,
         }
     }
 
@@ -746,6 +856,14 @@ impl Executor {
             }
             d.reported = reported;
         }
+        for (id, server) in snap.server {
+            if let Some(server) = server.try_cast::<Map>() {
+                self.devices
+                    .entry(id.into())
+                    .or_default()
+                    .set_server(server);
+            }
+        }
         self.seq = self.seq.max(snap.seq);
         self.now = self.now.max(snap.now);
         carried
@@ -757,6 +875,7 @@ impl Executor {
     pub fn reload(&mut self, rules: Arc<RuleSet>) -> persist::Carried {
         let old = std::mem::replace(&mut self.rules, rules.clone());
         self.rt = Runtime::new(rules.engine.clone());
+        self.bound = self.stats.bind(&rules);
         let at = Self::locate(&rules);
         let mut carried = persist::Carried::default();
         let mut states: Vec<Option<Box<dyn Any + Send>>> =
@@ -886,7 +1005,9 @@ impl Executor {
                     self.attributes_dropped += 1;
                     continue;
                 }
-                device.attrs.insert(k.clone(), v.clone());
+                if !device.server.contains_key(k) {
+                    device.attrs.insert(k.clone(), v.clone());
+                }
                 device.reported.insert(k.clone(), v.clone());
             }
         }
@@ -962,11 +1083,11 @@ impl Executor {
                 }
             }
             if let Some(prev) = last.replace(ci) {
-                self.run_from(&rules, prev, 0, packet.clone(), out);
+                self.run_chain(&rules, prev, packet.clone(), out);
             }
         }
         if let Some(ci) = last {
-            self.run_from(&rules, ci, 0, packet, out);
+            self.run_chain(&rules, ci, packet, out);
         }
         if let Some(id) = untracked {
             self.devices.remove(&id);
@@ -1018,6 +1139,21 @@ impl Executor {
         }
     }
 
+    /// Runs a message through chain `ci`, counting it (and timing it, with a stopwatch).
+    fn run_chain(&mut self, rules: &RuleSet, ci: usize, p: Packet, out: &mut dyn EffectSink) {
+        let bound = self.bound.clone();
+        let counts = &bound[ci].0;
+        counts.entered();
+        match self.stopwatch {
+            None => self.run_from(rules, ci, 0, p, out),
+            Some(now) => {
+                let t0 = now();
+                self.run_from(rules, ci, 0, p, out);
+                counts.duration.observe_ns(now().saturating_sub(t0));
+            }
+        }
+    }
+
     /// Runs chain `ci` from node `start` (depth-first, in list order).
     fn run_from(
         &mut self,
@@ -1044,18 +1180,16 @@ impl Executor {
             if let (Some(b), Flow::Error(_, p)) = (backup, &mut flow) {
                 *p = b;
             }
+            let outcome = stats::Outcome::of(&flow, node.else_.is_some());
+            if let Some(n) = self.bound.get(ci).and_then(|c| c.1.get(ni)) {
+                n.count(outcome);
+            }
             if out.wants_trace() {
-                let result = match &flow {
-                    Flow::Pass(_) | Flow::Route(Some(_), _) => "pass",
-                    Flow::PassAs(r, _) => r.as_str(),
-                    Flow::Route(None, _) => "stop",
-                    Flow::Else(_) if node.else_.is_some() => "else",
-                    Flow::Else(_) => "stop",
-                    Flow::Stop(r) => r.as_str(),
-                    Flow::Error(..) => "error",
-                };
                 out.emit(Effect {
-                    event: Event::Node { device, result },
+                    event: Event::Node {
+                        device,
+                        result: outcome.as_str(),
+                    },
                     ts: self.now,
                     chain: chain.name.clone(),
                     node: node.id.clone(),

@@ -38,6 +38,10 @@ pub struct Snapshot {
     pub alarms: Vec<Alarm>,
     /// The attributes each device reported (the registry's come from the devices file).
     pub reported: Vec<(String, Dynamic)>,
+    /// The server-side attributes operators set through the API (absent in snapshots from
+    /// before they existed).
+    #[serde(default)]
+    pub server: Vec<(String, Dynamic)>,
 }
 
 /// One node's state.

@@ -15,7 +15,9 @@
 //! into every shard without touching the MQTT connections.
 
 pub mod broker;
+pub mod devices;
 pub mod egress;
+pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod record;
@@ -101,6 +103,10 @@ pub struct Stats {
     /// Messages of new devices past `engine.max_devices` that were run without keeping the
     /// device.
     pub devices_untracked: AtomicU64,
+    /// Devices whose recent values were evicted at `history.max_devices`.
+    pub history_devices_evicted: AtomicU64,
+    /// Values of fields past `history.max_fields` not kept.
+    pub history_fields_dropped: AtomicU64,
 }
 
 const REJECTS: [Reject; 5] = [
@@ -237,6 +243,16 @@ impl Counters for Stats {
             "devices_untracked",
             "messages of new devices run without keeping the device",
             g(&self.devices_untracked),
+        );
+        r.counter(
+            "history_devices_evicted",
+            "devices whose recent values were evicted at history.max_devices",
+            g(&self.history_devices_evicted),
+        );
+        r.counter(
+            "history_fields_dropped",
+            "values of fields past history.max_fields not kept",
+            g(&self.history_fields_dropped),
         );
     }
 }

@@ -30,6 +30,10 @@ pub struct ReloadStatus {
     pub failed: u64,
     /// The problems of the last reload, as `path:line:col: error: …` text (empty: none).
     pub errors: Vec<String>,
+    /// The same problems as data (file, line, column, severity, message, hint), for
+    /// `/api/chains`.
+    #[serde(skip)]
+    pub problems: Vec<crate::diag::Diagnostic>,
     /// The chains in force.
     pub chains: Vec<String>,
     /// When rules were last swapped (ms since the epoch).
@@ -82,14 +86,7 @@ impl Reloader {
                 Some((src, root)) => match rules::classify(&root) {
                     Some(FileKind::Chain) => {
                         // Compile the file alone: its own errors decide its fate.
-                        let doc = ChainDoc {
-                            src: src.clone(),
-                            root: root.clone(),
-                        };
-                        let opts = CompileOptions {
-                            config: self.config.as_ref(),
-                        };
-                        compile::compile(std::slice::from_ref(&doc), &opts, &mut d);
+                        compile_alone(self.config.as_ref(), &src, &root, &mut d);
                         Some((src, root))
                     }
                     // Devices, config or other YAML in the rules dir: not chains.
@@ -142,6 +139,7 @@ impl Reloader {
             let rs = compile::compile(&docs, &opts, &mut d);
             if d.has_errors() {
                 errors.extend(split(&d));
+                problems.extend(d);
                 has_errors = true;
             } else {
                 self.good = next;
@@ -158,6 +156,7 @@ impl Reloader {
             status.failed += 1;
         }
         status.errors.clone_from(&errors);
+        status.problems = problems.sorted().into_iter().cloned().collect();
         let report = ReloadReport {
             swapped: rules.is_some(),
             generation: status.generation,
@@ -166,6 +165,36 @@ impl Reloader {
         };
         (rules, report)
     }
+}
+
+/// Compiles one chain file on its own, as a reload does before it takes the file.
+fn compile_alone(config: Option<&Config>, src: &Source, root: &Node, d: &mut Diagnostics) {
+    let doc = ChainDoc {
+        src: src.clone(),
+        root: root.clone(),
+    };
+    let opts = CompileOptions { config };
+    compile::compile(std::slice::from_ref(&doc), &opts, d);
+}
+
+/// Checks a chain file's text as a reload would check the file `name` (`POST
+/// /api/rules/validate`): the problems `validate` would print for it.
+pub fn check_chain_text(config: Option<&Config>, name: &str, text: String) -> Diagnostics {
+    let mut d = Diagnostics::new();
+    let Some((src, root)) = rules::parse_text(Path::new(name), text, &mut d) else {
+        return d;
+    };
+    match rules::classify(&root) {
+        Some(FileKind::Chain) => compile_alone(config, &src, &root, &mut d),
+        _ => {
+            d.error(
+                &src,
+                root.pos,
+                "not a chain file: no top-level `chain:` key",
+            );
+        }
+    }
+    d
 }
 
 /// Diagnostics as one text block per problem.

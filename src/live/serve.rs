@@ -15,6 +15,7 @@ use super::{
 };
 use crate::config::settings::{MqttConn, Settings};
 use crate::engine::registry::AlarmRegistry;
+use crate::engine::stats::RuleStats;
 use crate::engine::Device;
 use crate::rules::compile::RuleSet;
 use crate::sinks::Sinks;
@@ -28,6 +29,7 @@ pub(super) async fn serve(
     rules: Arc<RuleSet>,
     devices: HashMap<Arc<str>, Device>,
 ) -> Result<(), String> {
+    let started = std::time::Instant::now();
     let stats = Arc::new(Stats::default());
     let limit = Arc::new(RateLimit::new(5));
     let (stop_tx, stop) = watch::channel(false);
@@ -55,7 +57,7 @@ pub(super) async fn serve(
         limit: limit.clone(),
     };
     let shard_count = state.shards;
-    let (shard_tx, shard_threads) =
+    let (shard_tx, shard_threads, rule_stats) =
         start_shards(&settings, state, rules, devices, outbox, &done_tx, &stats)?;
     let ingest_task = tokio::spawn(ingest::run(
         ingest::Ingest {
@@ -71,6 +73,7 @@ pub(super) async fn serve(
         in_events,
         stop.clone(),
     ));
+    let shard_weak: Vec<_> = shard_tx.iter().map(mpsc::Sender::downgrade).collect();
     let ack_router = route_acks(shard_tx.clone(), ack_rx, stop.clone());
     let (reload_tx, reload_status, reload_task) = serve_reloads(reloader, shard_tx, stop.clone());
     let _watcher = super::watch_rules(&settings.rules_dir, reload_tx.clone());
@@ -84,11 +87,17 @@ pub(super) async fn serve(
             reload: reload_status,
             reload_tx: reload_tx.clone(),
             shards: shard_count,
+            shard_tx: shard_weak,
+            rule_stats,
             hub: sinks.hub.clone(),
             alarms: alarms.clone(),
             influx: sinks.influx.as_ref().map(|i| i.stats.clone()),
             notify: sinks.notify.view(),
             token: settings.http_token.clone(),
+            config: settings
+                .config_given
+                .then(|| Arc::new(settings.config.clone())),
+            started,
         };
         let limits = http::Limits {
             max_connections: fds.http,
@@ -256,7 +265,15 @@ fn start_sinks(
 /// The shards' threads, joined at shutdown.
 type ShardThreads = Vec<std::thread::JoinHandle<()>>;
 
-/// One OS thread per shard, each with its saved state, its queue and a copy of the outbox.
+/// The shards' queues, threads and chain counters.
+type Shards = (
+    Vec<mpsc::Sender<ShardMsg>>,
+    ShardThreads,
+    Vec<Arc<RuleStats>>,
+);
+
+/// One OS thread per shard, each with its saved state, its queue and a copy of the outbox;
+/// gives their queues, their threads and their chain counters.
 fn start_shards(
     settings: &Settings,
     state: SavedState,
@@ -265,7 +282,9 @@ fn start_shards(
     outbox: egress::Outbox,
     done: &mpsc::Sender<AckMsg>,
     stats: &Arc<Stats>,
-) -> Result<(Vec<mpsc::Sender<ShardMsg>>, ShardThreads), String> {
+) -> Result<Shards, String> {
+    let rule_stats: Vec<Arc<RuleStats>> =
+        (0..state.snapshots.len()).map(|_| Arc::default()).collect();
     let mut senders = Vec::new();
     let mut threads = Vec::new();
     for (index, saved) in state.snapshots.into_iter().enumerate() {
@@ -280,6 +299,9 @@ fn start_shards(
             checkpoint: settings.checkpoint,
             limits: settings.payload,
             state_limits: settings.state_limits.per_shard(settings.shards),
+            rule_stats: rule_stats[index].clone(),
+            history: (settings.history, settings.shards),
+            offline_after: settings.offline_after,
         };
         let (rules, devices) = (rules.clone(), devices.clone());
         let t = std::thread::Builder::new()
@@ -288,7 +310,7 @@ fn start_shards(
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         threads.push(t);
     }
-    Ok((senders, threads))
+    Ok((senders, threads, rule_stats))
 }
 
 /// Acknowledgements from the API and WebSocket clients go to the device's shard. The router

@@ -64,6 +64,8 @@ pub enum ShardMsg {
     Ack(AckReq),
     /// New rules (a reload), with their generation.
     Reload(Arc<RuleSet>, u64),
+    /// The API asks about this shard's devices.
+    Ask(super::devices::Ask),
 }
 
 /// An acknowledgement for an alarm of one of this shard's devices, from the HTTP API or a
@@ -110,6 +112,19 @@ pub struct ShardCtx {
     pub limits: Limits,
     /// This shard's bounds on state.
     pub state_limits: crate::engine::Limits,
+    /// Its chains' and nodes' counters (the API reads them).
+    pub rule_stats: Arc<crate::engine::stats::RuleStats>,
+    /// Recent values: the whole engine's settings, and how many shards share them.
+    pub history: (crate::config::settings::HistorySettings, usize),
+    /// `engine.offline_after` (ms).
+    pub offline_after: i64,
+}
+
+/// The monotonic clock the executor times chains with (ns since the first call).
+fn stopwatch() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// `meta.ts` (see [`crate::message::message_ts`]), counting a replaced payload time.
@@ -268,7 +283,10 @@ pub fn run(
     mut ctx: ShardCtx,
 ) {
     let mut exec = Executor::new(rules, devices, wall_ms());
+    exec.share_stats(ctx.rule_stats.clone());
+    exec.set_stopwatch(stopwatch);
     exec.set_limits(ctx.state_limits);
+    let mut history = super::history::History::new(ctx.history.0, ctx.history.1);
     // RPC ids unique across shards and restarts: start time (base 36) and shard.
     exec.set_id_prefix(format!("{}-{}-", radix36(wall_ms() as u64), ctx.index));
     if let Some(saved) = saved {
@@ -324,7 +342,7 @@ pub fn run(
             while let Some(m) = next.take() {
                 match m {
                     ShardMsg::Job(job) => {
-                        handle(&mut exec, job, &ctx, &mut buf, &mut done);
+                        handle(&mut exec, &mut history, job, &ctx, &mut buf, &mut done);
                         dirty = true;
                     }
                     ShardMsg::Ack(req) => {
@@ -332,6 +350,15 @@ pub fn run(
                             .acknowledge(&req.id, &mut buf)
                             .map(|a| a.status);
                         let _ = req.reply.send(r);
+                    }
+                    ShardMsg::Ask(ask) => {
+                        let mut a = super::devices::Answerer {
+                            exec: &mut exec,
+                            history: &history,
+                            now: wall_ms(),
+                            offline_after: ctx.offline_after,
+                        };
+                        dirty |= a.answer(ask);
                     }
                     ShardMsg::Reload(rules, generation) => {
                         let c = exec.reload(rules);
@@ -364,6 +391,9 @@ pub fn run(
                 }
             }
             count_evictions(&mut exec, &ctx, &mut tracked);
+            let h = history.take_dropped();
+            ctx.stats.history_devices_evicted.fetch_add(h.devices, Relaxed);
+            ctx.stats.history_fields_dropped.fetch_add(h.fields, Relaxed);
             let now = tokio::time::Instant::now();
             let alarm_changed = exec.alarms().changes() != alarm_changes;
             // Alarm transitions reach the world only once they are on disk; while held, the
@@ -407,8 +437,10 @@ pub fn run(
                     }
                 }
                 next_checkpoint = now + ctx.checkpoint;
+                history.sweep(wall_ms());
             } else if now >= next_checkpoint {
                 next_checkpoint = now + ctx.checkpoint;
+                history.sweep(wall_ms());
             }
             if held.active() {
                 ctx.stats.held_effects.fetch_add(buf.0.len() as u64, Relaxed);
@@ -491,11 +523,21 @@ fn release(held: &mut Held, done: &mut Vec<u64>, ctx: &mut ShardCtx) {
     held.failures = 0;
 }
 
-fn handle(exec: &mut Executor, job: Job, ctx: &ShardCtx, buf: &mut Buffer, done: &mut Vec<u64>) {
+fn handle(
+    exec: &mut Executor,
+    history: &mut super::history::History,
+    job: Job,
+    ctx: &ShardCtx,
+    buf: &mut Buffer,
+    done: &mut Vec<u64>,
+) {
     let stats = &ctx.stats;
     match parse(job.kind, &job.payload, &ctx.limits) {
         Ok(payload) => {
             let ts = message_ts(&payload, job.received, &ctx.limits, stats);
+            if job.kind == crate::message::Kind::Telemetry {
+                history.record(&job.device, ts, &payload);
+            }
             exec.process(
                 Message {
                     device: job.device,

@@ -196,6 +196,19 @@ pub struct StateLimits {
     pub forget_after: i64,
 }
 
+/// Recent values kept in memory (`history:`), whole engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// How far back (ms).
+    pub window_ms: i64,
+    /// One point per this step (ms).
+    pub resolution_ms: i64,
+    /// Most devices with history (0: none).
+    pub max_devices: usize,
+    /// Most fields per device.
+    pub max_fields: usize,
+}
+
 /// Default `engine.max_keys`.
 pub const MAX_KEYS: usize = 100_000;
 /// Default `engine.max_devices`.
@@ -287,6 +300,10 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Bounds on state, whole engine (each shard takes its share).
     pub state_limits: StateLimits,
+    /// A device with no message for this long is shown offline (ms).
+    pub offline_after: i64,
+    /// Recent values in memory.
+    pub history: HistorySettings,
     /// Payload limits (`ingest:`): the same decoder as `dry-run`'s.
     pub payload: crate::message::Limits,
     /// Dead-letter topic.
@@ -414,6 +431,26 @@ pub fn resolve_lossy(
             .duration(&engine.forget_after, d.forget_after, 1_000)
             .as_millis() as i64,
     };
+    let offline_after = p
+        .duration(&engine.offline_after, 300_000, 1_000)
+        .as_millis() as i64;
+    let hs = config.history.clone().unwrap_or_default();
+    let history = HistorySettings {
+        window_ms: p.duration(&hs.window, 900_000, 1_000).as_millis() as i64,
+        resolution_ms: p.duration(&hs.resolution, 5_000, 100).as_millis() as i64,
+        max_devices: p.in_range(
+            &hs.max_devices,
+            1_000,
+            0..=10_000_000,
+            "max_devices is at most 10000000",
+        ),
+        max_fields: p.in_range(
+            &hs.max_fields,
+            8,
+            1..=1_000,
+            "max_fields is between 1 and 1000",
+        ),
+    };
     let ingest = config.ingest.clone().unwrap_or_default();
     let dl = crate::message::Limits::default();
     let payload = crate::message::Limits {
@@ -460,6 +497,8 @@ pub fn resolve_lossy(
         checkpoint,
         shutdown_timeout,
         state_limits,
+        offline_after,
+        history,
         payload,
         dead_letter: ingest.dead_letter.clone(),
         influx: influx.flatten(),

@@ -59,6 +59,8 @@ pub struct InfluxStats {
     pub in_spool: AtomicU64,
     /// The last error, if the last request failed.
     pub last_error: Mutex<Option<String>>,
+    /// How long write requests took, answered or failed.
+    pub request_duration: crate::counters::Histogram,
 }
 
 impl InfluxStats {
@@ -87,6 +89,11 @@ impl Counters for InfluxStats {
         r.counter("spooled", "points written to the spool", g(&self.spooled));
         r.gauge("buffered", "points held in memory now", g(&self.buffered));
         r.gauge("in_spool", "points in spool files now", g(&self.in_spool));
+        r.histogram(
+            "request_duration_seconds",
+            "write requests, answered or failed",
+            &self.request_duration.snapshot(),
+        );
         let e = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         r.text(
             "last_error",

@@ -71,6 +71,7 @@ impl Writer {
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Vec<String>>) {
         let mut inflight: Option<(Pending, Batch)> = None;
+        let mut sent_at = Instant::now();
         let mut retry: Option<Batch> = None;
         let mut retry_at: Option<Instant> = None;
         let mut failures: u32 = 0;
@@ -89,6 +90,7 @@ impl Writer {
                         next_flush = now + self.settings.flush_interval;
                     }
                     self.stats.requests.fetch_add(1, Relaxed);
+                    sent_at = Instant::now();
                     inflight = Some((self.service.send(b.body.clone(), b.gzip), b));
                     retry_at = None;
                 } else if flush_due {
@@ -123,6 +125,7 @@ impl Writer {
                 },
                 out = async { inflight.as_mut().map(|(f, _)| f).expect("guarded").await }, if inflight.is_some() => {
                     let Some((_, batch)) = inflight.take() else { continue };
+                    self.stats.request_duration.observe(sent_at.elapsed());
                     match out {
                         Outcome::Written => {
                             failures = 0;

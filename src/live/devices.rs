@@ -1,0 +1,210 @@
+//! What the API asks a shard about its devices, and how the shard answers: the device list,
+//! one device (attributes with their source, latest values), a field's recent values, and
+//! server-side attributes set by an operator. The shard answers between messages, from its own
+//! executor and history, so the message path takes no lock.
+
+use rhai::{Dynamic, Map};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::history::History;
+use crate::engine::{Device, Executor};
+
+/// A device in the list.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRow {
+    /// Its id (from its topic, or the devices file).
+    pub id: String,
+    /// Its type, if the devices file gives one.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// A message came within `engine.offline_after`.
+    pub online: bool,
+    /// When its last message came (ms since the epoch), if one did since the start.
+    pub last_seen: Option<i64>,
+    /// Its open alarms (filled in by the API from the alarm registry).
+    pub open_alarms: usize,
+    /// The highest severity of its open alarms.
+    pub severity: Option<&'static str>,
+    /// The latest value of each numeric field.
+    pub latest: serde_json::Map<String, Value>,
+}
+
+/// An attribute and where its value comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attribute {
+    /// Its value.
+    pub value: Value,
+    /// `server` (set through the API), `reported` (by the device) or `registry` (the devices
+    /// file).
+    pub source: &'static str,
+}
+
+/// One device, whole.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceDetail {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub row: DeviceRow,
+    /// Its attributes, as `attr` sees them, each with its source.
+    pub attributes: std::collections::BTreeMap<String, Attribute>,
+    /// Each numeric field's latest value and time.
+    pub telemetry: Vec<Latest>,
+}
+
+/// A field's latest value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latest {
+    /// The field.
+    pub field: String,
+    /// When (ms since the epoch).
+    pub ts: i64,
+    /// The value.
+    pub value: f64,
+}
+
+/// A question for a shard.
+pub enum Ask {
+    /// Its devices.
+    Devices(oneshot::Sender<Vec<DeviceRow>>),
+    /// One device.
+    Device(String, oneshot::Sender<Option<DeviceDetail>>),
+    /// A field's points since a time (ms).
+    History {
+        /// The device.
+        device: String,
+        /// The field.
+        field: String,
+        /// From when.
+        since: i64,
+        /// The points, or `None` for an unknown device or field.
+        reply: oneshot::Sender<Option<Vec<(i64, f64)>>>,
+    },
+    /// Sets server-side attributes (a unit value removes one).
+    SetAttributes {
+        /// The device.
+        device: String,
+        /// The changes.
+        changes: Map,
+        /// The device after them, or why not.
+        reply: oneshot::Sender<Result<DeviceDetail, String>>,
+    },
+}
+
+/// How a shard answers.
+pub struct Answerer<'a> {
+    /// The shard's executor.
+    pub exec: &'a mut Executor,
+    /// The shard's history.
+    pub history: &'a History,
+    /// The wall clock (ms).
+    pub now: i64,
+    /// `engine.offline_after` (ms).
+    pub offline_after: i64,
+}
+
+impl Answerer<'_> {
+    /// Answers; returns whether state changed (a checkpoint is due).
+    pub fn answer(&mut self, ask: Ask) -> bool {
+        match ask {
+            Ask::Devices(reply) => {
+                let rows = self.exec.devices().map(|(id, d)| self.row(id, d)).collect();
+                let _ = reply.send(rows);
+                false
+            }
+            Ask::Device(id, reply) => {
+                let _ = reply.send(self.detail(&id));
+                false
+            }
+            Ask::History {
+                device,
+                field,
+                since,
+                reply,
+            } => {
+                let _ = reply.send(self.history.series(&device, &field, since));
+                false
+            }
+            Ask::SetAttributes {
+                device,
+                changes,
+                reply,
+            } => {
+                let n = changes.len();
+                let refused = self.exec.set_server_attributes(&device, changes);
+                let r = if refused == n && n > 0 && self.exec.device(&device).is_none() {
+                    Err(format!(
+                        "the engine tracks engine.max_devices devices and none can be forgotten; {device} is not kept"
+                    ))
+                } else if refused > 0 {
+                    Err(format!(
+                        "{refused} attribute key(s) refused: a device has at most {} server-side attributes",
+                        crate::engine::MAX_REPORTED_ATTRIBUTES
+                    ))
+                } else {
+                    self.detail(&device)
+                        .ok_or_else(|| "the device is gone".to_string())
+                };
+                let _ = reply.send(r);
+                true
+            }
+        }
+    }
+
+    fn row(&self, id: &str, d: &Device) -> DeviceRow {
+        let seen = d.last_seen();
+        DeviceRow {
+            id: id.to_string(),
+            type_: d.type_.as_deref().map(str::to_string),
+            online: seen > 0 && self.now - seen < self.offline_after,
+            last_seen: (seen > 0).then_some(seen),
+            open_alarms: 0,
+            severity: None,
+            latest: self
+                .history
+                .latest(id)
+                .into_iter()
+                .filter_map(|(f, _, v)| {
+                    serde_json::Number::from_f64(v).map(|n| (f.to_string(), Value::Number(n)))
+                })
+                .collect(),
+        }
+    }
+
+    fn detail(&self, id: &str) -> Option<DeviceDetail> {
+        let d = self.exec.device(id)?;
+        let attributes = d
+            .attrs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Attribute {
+                        value: to_json(v),
+                        source: d.source_of(k),
+                    },
+                )
+            })
+            .collect();
+        let telemetry = self
+            .history
+            .latest(id)
+            .into_iter()
+            .map(|(field, ts, value)| Latest {
+                field: field.to_string(),
+                ts,
+                value,
+            })
+            .collect();
+        Some(DeviceDetail {
+            row: self.row(id, d),
+            attributes,
+            telemetry,
+        })
+    }
+}
+
+fn to_json(v: &Dynamic) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}

@@ -1,0 +1,73 @@
+//! Alarms: the open ones, filtered, and acknowledgements.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Api, ApiError};
+use crate::engine::alarm::AckError;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Filter {
+    /// `ACTIVE_UNACK`, `ACTIVE_ACK`, `CLEARED_UNACK`, or `active` for both active ones.
+    status: Option<String>,
+    /// One device's.
+    device: Option<String>,
+    /// `CRITICAL`, `MAJOR`, `MINOR`, `WARNING`, `INDETERMINATE`.
+    severity: Option<String>,
+}
+
+/// `GET /api/alarms?status=&device=&severity=`: the open alarms (active, or cleared and not yet
+/// acknowledged), most severe first, then newest first.
+pub(super) async fn list(
+    State(api): State<Api>,
+    query: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(f) = query?;
+    let statuses = ["ACTIVE_UNACK", "ACTIVE_ACK", "CLEARED_UNACK", "active"];
+    if let Some(s) = f.status.as_deref().filter(|s| !statuses.contains(s)) {
+        return Err(ApiError::bad_request(format!("unknown status {s:?}"))
+            .detail(json!({"expected": statuses})));
+    }
+    let sevs = crate::engine::alarm::SEVERITIES;
+    if let Some(s) = f.severity.as_deref().filter(|s| !sevs.contains(s)) {
+        return Err(ApiError::bad_request(format!("unknown severity {s:?}"))
+            .detail(json!({"expected": sevs})));
+    }
+    let rank = |s: &str| sevs.iter().position(|x| *x == s).unwrap_or(sevs.len());
+    let mut open = api.alarms.open(f.device.as_deref());
+    open.retain(|o| {
+        let st = o.alarm.status;
+        f.status.as_deref().is_none_or(|s| match s {
+            "active" => st.is_active(),
+            s => st.as_str() == s,
+        }) && f.severity.as_deref().is_none_or(|s| o.alarm.severity == s)
+    });
+    open.sort_by(|a, b| {
+        (rank(a.alarm.severity), std::cmp::Reverse(a.alarm.start_ts))
+            .cmp(&(rank(b.alarm.severity), std::cmp::Reverse(b.alarm.start_ts)))
+    });
+    let open: Vec<Value> = open.iter().map(|a| a.to_json()).collect();
+    Ok(Json(json!({ "alarms": open })))
+}
+
+/// `POST /api/alarms/{id}/ack`: 200 with the new status; 404 unknown, 409 acknowledged
+/// already, 503 shutting down.
+pub(super) async fn ack(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match api.alarms.ack(&id).await {
+        Ok(status) => Ok(Json(json!({"alarm": id, "status": status}))),
+        Err(e) => {
+            let code = match e {
+                AckError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                AckError::AlreadyAcknowledged(..) => StatusCode::CONFLICT,
+                AckError::NotFound(_) => StatusCode::NOT_FOUND,
+            };
+            Err(ApiError::new(code, e.to_string()).detail(json!({"alarm": id})))
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Devices: the list (with online state, open alarms, latest values), one device (its
+//! attributes and where each comes from), server-side attributes, and a field's recent values.
+//! Each answer comes from the shard that owns the device.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Api, ApiError};
+use crate::live::devices::{Ask, DeviceDetail, DeviceRow};
+
+/// Most devices one page of `/api/devices` gives.
+const MAX_PAGE: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    /// Only devices of this type.
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    /// Only online (`true`) or offline (`false`) devices.
+    online: Option<bool>,
+    /// Devices per page (default 1000, at most 10000).
+    limit: Option<usize>,
+    /// Devices to skip (by id order).
+    offset: Option<usize>,
+}
+
+/// Fills in a device's open alarms and their highest severity from the registry.
+fn with_alarms(api: &Api, row: &mut DeviceRow) {
+    let open = api.alarms.open(Some(&row.id));
+    let sevs = crate::engine::alarm::SEVERITIES;
+    row.open_alarms = open.len();
+    row.severity = open
+        .iter()
+        .filter(|a| a.alarm.status.is_active())
+        .map(|a| a.alarm.severity)
+        .min_by_key(|s| sevs.iter().position(|x| x == s));
+}
+
+/// `GET /api/devices`: every device the engine knows, by id.
+pub(super) async fn list(
+    State(api): State<Api>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let mut rows: Vec<DeviceRow> = Vec::new();
+    for tx in &api.shard_tx {
+        rows.extend(Api::ask(tx.upgrade(), Ask::Devices).await?);
+    }
+    rows.retain(|r| {
+        q.type_
+            .as_deref()
+            .is_none_or(|t| r.type_.as_deref() == Some(t))
+            && q.online.is_none_or(|o| r.online == o)
+    });
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    let total = rows.len();
+    let limit = q.limit.unwrap_or(1_000).min(MAX_PAGE);
+    let mut page: Vec<DeviceRow> = rows
+        .into_iter()
+        .skip(q.offset.unwrap_or(0))
+        .take(limit)
+        .collect();
+    for r in &mut page {
+        with_alarms(&api, r);
+    }
+    Ok(Json(json!({"total": total, "devices": page})))
+}
+
+async fn detail(api: &Api, id: &str) -> Result<DeviceDetail, ApiError> {
+    let d = Api::ask(api.shard_of(id), |reply| Ask::Device(id.to_string(), reply)).await?;
+    let mut d = d.ok_or_else(|| {
+        ApiError::not_found(format!("no device {id:?}: it has sent no message since the start and is not in the devices file"))
+    })?;
+    with_alarms(api, &mut d.row);
+    Ok(d)
+}
+
+/// `GET /api/devices/{id}`: one device, its attributes with their source, its latest values
+/// and its open alarms.
+pub(super) async fn one(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = detail(&api, &id).await?;
+    let alarms: Vec<Value> = api
+        .alarms
+        .open(Some(&id))
+        .iter()
+        .map(|a| a.to_json())
+        .collect();
+    let mut v = serde_json::to_value(d).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("alarms".into(), alarms.into());
+    }
+    Ok(Json(v))
+}
+
+/// `PUT /api/devices/{id}/attributes`: sets server-side attributes (a JSON object; `null`
+/// removes one). They are persisted, and above what the device reports and the devices file
+/// says; the device's next message sees them in `attr`.
+pub(super) async fn set_attributes(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body?;
+    let Value::Object(obj) = body else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body must be a JSON object of attributes: {\"rated_current\": 12.5}",
+        ));
+    };
+    if obj.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no attributes given",
+        ));
+    }
+    if let Some(k) = obj.keys().find(|k| k.is_empty() || k.len() > 256) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "an attribute name is 1 to 256 bytes",
+        )
+        .detail(json!({"name": k})));
+    }
+    if id.is_empty() || id.len() > 1024 {
+        return Err(ApiError::bad_request("a device id is 1 to 1024 bytes"));
+    }
+    let changes: rhai::Map = obj
+        .into_iter()
+        .map(|(k, v)| {
+            let v = rhai::serde::to_dynamic(v).unwrap_or(rhai::Dynamic::UNIT);
+            (k.into(), v)
+        })
+        .collect();
+    let r = Api::ask(api.shard_of(&id), |reply| Ask::SetAttributes {
+        device: id.clone(),
+        changes,
+        reply,
+    })
+    .await?;
+    let mut d = r.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    with_alarms(&api, &mut d.row);
+    Ok(Json(serde_json::to_value(d).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct HistoryQuery {
+    /// The numeric field.
+    field: Option<String>,
+    /// From when: ms since the epoch, or a duration back from now (`10m`).
+    since: Option<String>,
+}
+
+/// `GET /api/devices/{id}/history?field=&since=`: a field's recent values, oldest first.
+pub(super) async fn history(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let Some(field) = q.field.filter(|f| !f.is_empty()) else {
+        return Err(ApiError::bad_request("`field` is required: ?field=current"));
+    };
+    let now = crate::engine::clock::wall_ms();
+    let since = match q.since.as_deref() {
+        None | Some("") => 0,
+        Some(s) => match s.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => match crate::duration::parse(s) {
+                Ok(back) => now - back,
+                Err(e) => {
+                    return Err(ApiError::bad_request(format!(
+                        "`since` is ms since the epoch or a duration back from now (`10m`): {e}"
+                    )))
+                }
+            },
+        },
+    };
+    let points = Api::ask(api.shard_of(&id), |reply| Ask::History {
+        device: id.clone(),
+        field: field.clone(),
+        since,
+        reply,
+    })
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no recent values of {field:?} for device {id:?} (only numeric telemetry fields are kept, for history.window)"
+        ))
+    })?;
+    let points: Vec<Value> = points.iter().map(|(t, v)| json!([t, v])).collect();
+    Ok(Json(
+        json!({"device": id, "field": field, "points": points}),
+    ))
+}

@@ -1,0 +1,347 @@
+//! The HTTP API (axum) on one listener, one file per concern:
+//! - `health.rs`: `/livez`, `/readyz`, `/healthz`, `/api/status`, `/metrics`;
+//! - `devices.rs`: `/api/devices…` (list, one device, server-side attributes, recent values);
+//! - `rules.rs`: `/api/chains`, `/api/reload`, `/api/rules/validate`;
+//! - `alarms.rs`: `/api/alarms…` (filtered list, acknowledge);
+//! - `ws.rs`: the WebSocket hub at `/ws`.
+//!
+//! The routes are described in `docs/openapi.yaml` (a test walks every one of them). With
+//! `http.token` set, everything but `/livez`, `/readyz` and `/healthz` wants `Authorization:
+//! Bearer TOKEN` or `?token=TOKEN` (browsers cannot set headers on a WebSocket). Every error is
+//! JSON `{error, detail}`.
+
+mod alarms;
+mod devices;
+mod health;
+mod rules;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::reload::{ReloadReport, ReloadStatus};
+use super::shard::{self, ShardMsg};
+use super::Stats;
+use crate::engine::stats::RuleStats;
+
+/// A reload asked for (by the API, SIGHUP or the file watcher).
+pub struct ReloadReq {
+    /// Where the result goes, if anyone waits for it.
+    pub reply: Option<oneshot::Sender<ReloadReport>>,
+}
+
+/// What the HTTP server serves.
+#[derive(Clone)]
+pub struct Api {
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// The rules' reload status.
+    pub reload: Arc<Mutex<ReloadStatus>>,
+    /// Reload requests.
+    pub reload_tx: mpsc::Sender<ReloadReq>,
+    /// Shard count.
+    pub shards: usize,
+    /// The shards' queues, to ask them about their devices (weak: they must not keep a shard
+    /// running at shutdown).
+    pub shard_tx: Vec<mpsc::WeakSender<ShardMsg>>,
+    /// Each shard's chain and node counters.
+    pub rule_stats: Vec<Arc<RuleStats>>,
+    /// The WebSocket hub.
+    pub hub: Arc<crate::sinks::hub::Hub>,
+    /// The open alarms.
+    pub alarms: Arc<crate::engine::registry::AlarmRegistry>,
+    /// The InfluxDB writer's counters (the API holds no sender: the sinks close when the
+    /// shards stop).
+    pub influx: Option<Arc<crate::sinks::influx::InfluxStats>>,
+    /// The notification channels' counters.
+    pub notify: crate::sinks::notify::NotifyView,
+    /// The bearer token, if one is required.
+    pub token: Option<Arc<str>>,
+    /// The config the rules compile with (`/api/rules/validate` checks a chain as a reload
+    /// would).
+    pub config: Option<Arc<crate::config::Config>>,
+    /// When the engine started.
+    pub started: std::time::Instant,
+}
+
+/// Most bytes of a request body (a chain file, attributes); past it, 413 before it is read
+/// whole.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// How long a shard may take to answer the API (a shard holding its output while its state
+/// cannot be written still answers; one stuck in a long Rhai evaluation may not).
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An error answer: JSON `{error, detail}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    detail: serde_json::Value,
+}
+
+impl ApiError {
+    /// An error with a status and a message.
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    /// Adds details (what was wrong, where).
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    /// 400.
+    pub fn bad_request(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error)
+    }
+
+    /// 404.
+    pub fn not_found(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, error)
+    }
+
+    /// 503: shutting down, or a shard did not answer.
+    pub fn unavailable(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.error, "detail": self.detail})),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON body that failed to read: too large (413), not JSON (400), the wrong shape (422),
+/// not declared JSON (415). Its text says what and where.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        let status = r.status();
+        let error = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => format!("the body is larger than {MAX_BODY} bytes"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                "the body must be JSON: send `content-type: application/json`".to_string()
+            }
+            _ => "the body is not what this route takes".to_string(),
+        };
+        ApiError::new(status, error).detail(r.body_text().into())
+    }
+}
+
+/// A query string that failed to read (400), saying which parameter.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::bad_request("bad query parameters").detail(r.body_text().into())
+    }
+}
+
+impl Api {
+    /// The queue of the shard that owns `device`.
+    fn shard_of(&self, device: &str) -> Option<mpsc::Sender<ShardMsg>> {
+        self.shard_tx
+            .get(shard::shard_of(device, self.shard_tx.len()))
+            .and_then(mpsc::WeakSender::upgrade)
+    }
+
+    /// Asks one shard, and waits for its answer (bounded by [`ASK_TIMEOUT`]).
+    async fn ask<T>(
+        tx: Option<mpsc::Sender<ShardMsg>>,
+        make: impl FnOnce(oneshot::Sender<T>) -> super::devices::Ask,
+    ) -> Result<T, ApiError> {
+        let tx = tx.ok_or_else(|| ApiError::unavailable("shutting down"))?;
+        let (reply, answer) = oneshot::channel();
+        let sent = tokio::time::timeout(ASK_TIMEOUT, tx.send(ShardMsg::Ask(make(reply))));
+        match sent.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ApiError::unavailable("shutting down")),
+            Err(_) => return Err(ApiError::unavailable("a shard is busy: try again")),
+        }
+        match tokio::time::timeout(ASK_TIMEOUT, answer).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(ApiError::unavailable("shutting down")),
+            Err(_) => Err(ApiError::unavailable("a shard is busy: try again")),
+        }
+    }
+}
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let Some(want) = api.token.as_deref() else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // `?token=`, percent-decoded (a token may hold characters a URL escapes).
+    let query = req.uri().query().and_then(|q| {
+        reqwest::Url::parse(&format!("http://x/?{q}"))
+            .ok()?
+            .query_pairs()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
+    let given = header.map(str::to_string).or(query);
+    if given.is_some_and(|g| same(g.as_bytes(), want.as_bytes())) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "a token is required: `Authorization: Bearer TOKEN` or `?token=TOKEN` (see `http.token` in the config)", "detail": null})),
+        )
+            .into_response()
+    }
+}
+
+/// Binds the listener (so a taken port fails at start, clearly).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        format!(
+            "the HTTP server cannot listen on {addr}: {e} (set `http: {{listen: ADDR}}`, or `off`)"
+        )
+    })
+}
+
+/// The listener's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections at once (a WebSocket leaves this count once upgraded: the hub counts
+    /// it against `websocket.max_clients`).
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive, and how long an idle keep-alive
+    /// connection stays open.
+    pub header_timeout: std::time::Duration,
+}
+
+/// Serves until `stop` turns true. The accept loop is our own rather than `axum::serve`, for
+/// two limits that one has no setting for: a header-read timeout (an idle or slow connection is
+/// closed, so idle sockets cannot pile up) and a cap on connections below the open-files limit
+/// (past it a new connection is answered 503 and closed at once, so the engine keeps file
+/// descriptors for its broker connections, its state file and its sinks).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    mut stop: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = api.stats.clone();
+    let app = router(api);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let mut accept_errors = 0u32;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) and the like: wait, do not spin.
+                    accept_errors += 1;
+                    if accept_errors.is_power_of_two() {
+                        tracing::error!("HTTP accept: {e}");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            stats.http_refused.fetch_add(1, Relaxed);
+            // Best effort and never waiting: the socket buffer of a new connection is empty.
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closing.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    let _ = closing_tx.send(true);
+}
+
+fn router(api: Api) -> Router {
+    let guarded = Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/api/status", get(health::status))
+        .route("/api/reload", post(rules::reload))
+        .route("/api/chains", get(rules::chains))
+        .route("/api/rules/validate", post(rules::validate))
+        .route("/api/alarms", get(alarms::list))
+        .route("/api/alarms/{id}/ack", post(alarms::ack))
+        .route("/api/devices", get(devices::list))
+        .route("/api/devices/{id}", get(devices::one))
+        .route("/api/devices/{id}/attributes", put(devices::set_attributes))
+        .route("/api/devices/{id}/history", get(devices::history))
+        .route("/ws", get(ws::ws))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth));
+    Router::new()
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/healthz", get(health::healthz))
+        .merge(guarded)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route {}: see docs/openapi.yaml", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not a method of {}: see docs/openapi.yaml",
+            uri.path()
+        ),
+    )
+}
