@@ -1,0 +1,432 @@
+//! The operator API against a running engine (the real binary on its embedded broker): every
+//! route of `docs/openapi.yaml` is walked with the requests its `x-tests` name, each answer's
+//! status and body checked against the file; the router and the file list the same routes; and
+//! what the routes promise (server-side attributes seen by `attr` and kept across a restart,
+//! recent values, metrics with bounded labels) is checked by behaviour.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{engine_dir, free_port, tempdir, wait_for, Engine, Mqtt};
+use serde_json::{json, Value};
+
+const OVERHEAT: &str = r#"
+chain: overheat
+nodes:
+  - id: hot
+    filter: msg.temp > attr.max_temp
+    else: cool
+  - id: raise
+    alarm: { type: Overheat, severity: CRITICAL }
+    next: []
+  - id: cool
+    alarm: { type: Overheat, action: clear }
+"#;
+
+const DEVICES: &str = r#"
+devices:
+  - id: pump-1
+    type: pump
+    attributes: { max_temp: 80 }
+  - id: pump-2
+    type: pump
+    attributes: { max_temp: 80 }
+"#;
+
+fn spec() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml"))
+        .expect("docs/openapi.yaml");
+    serde_saphyr::from_str(&text).expect("docs/openapi.yaml is YAML")
+}
+
+/// One request on a fresh connection: (status, content type, body).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    let upgrade = headers.iter().any(|(k, _)| *k == "Upgrade");
+    if !upgrade {
+        head.push_str("Connection: close\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before it reads a large body whole, and close.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+        if upgrade && raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |i| i + 4);
+    let mut body = raw[at..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, ctype, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[i + 2 + n + 2..];
+    }
+    out
+}
+
+fn get_json(port: u16, path: &str) -> Value {
+    let (code, _, body) = request(port, "GET", path, &[], b"");
+    assert_eq!(code, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Whether `body` is of the schema at `pointer` in the spec (its `$ref`s resolve in the spec).
+fn check_schema(spec: &Value, pointer: &str, body: &Value) -> Result<(), String> {
+    let mut root = spec.clone();
+    root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+    root["$ref"] = json!(format!("#{pointer}"));
+    let v = jsonschema::validator_for(&root).map_err(|e| format!("bad schema {pointer}: {e}"))?;
+    let errors: Vec<String> = v.iter_errors(body).map(|e| e.to_string()).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// A JSON pointer token, as it stands in a URI fragment.
+fn escape(p: &str) -> String {
+    p.replace('~', "~0")
+        .replace('/', "~1")
+        .replace('{', "%7B")
+        .replace('}', "%7D")
+}
+
+/// The router's routes, read from its source: `.route("PATH", ...)`.
+fn router_routes() -> std::collections::BTreeSet<String> {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/live/http/mod.rs"))
+        .unwrap();
+    src.split(".route(\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn the_router_and_the_openapi_file_list_the_same_routes() {
+    let spec = spec();
+    assert_eq!(spec["openapi"], "3.1.0");
+    let documented: std::collections::BTreeSet<String> =
+        spec["paths"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(router_routes(), documented);
+}
+
+#[test]
+fn every_route_of_the_openapi_file_answers_as_it_says() {
+    let spec = spec();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempdir("api-walk");
+    let (mqtt, http) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}\nhistory: {{resolution: 100ms}}"),
+        http,
+        &[("overheat.yaml", OVERHEAT)],
+        DEVICES,
+    );
+    let engine = Engine::start(&dir, http);
+    rt.block_on(async {
+        let p = Mqtt::connect(mqtt, "api-walk", true, &[]).await;
+        p.publish("device/pump-1/telemetry", r#"{"temp": 70}"#)
+            .await;
+        p.publish("device/pump-1/telemetry", r#"{"temp": 99}"#)
+            .await;
+    });
+    let alarm = wait_for(Duration::from_secs(10), || {
+        let v = get_json(http, "/api/alarms");
+        v["alarms"][0]["id"].as_str().map(str::to_string)
+    })
+    .expect("pump-1's alarm is raised");
+    // An engine whose broker is down: not ready.
+    let down_dir = tempdir("api-walk-down");
+    let down_http = free_port();
+    engine_dir(
+        &down_dir,
+        &format!("mqtt: {{url: \"mqtt://127.0.0.1:{}\"}}", free_port()),
+        down_http,
+        &[("overheat.yaml", OVERHEAT)],
+        DEVICES,
+    );
+    let _down = Engine::launch(&down_dir, down_http);
+    wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", down_http)).ok()
+    })
+    .expect("the engine without a broker serves HTTP");
+
+    let mut walked = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let tests = op["x-tests"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path}: no x-tests"));
+            let responses = op["responses"].as_object().unwrap();
+            // Every documented status has a test, or says why not.
+            for code in responses.keys() {
+                let tested = tests.iter().any(|t| {
+                    t["status"].as_u64().map(|s| s.to_string()).as_deref() == Some(code.as_str())
+                });
+                assert!(
+                    tested || op["x-untested"][code].is_string(),
+                    "{method} {path}: status {code} has no x-test"
+                );
+            }
+            for t in tests {
+                let want = t["status"].as_u64().unwrap() as u16;
+                let m = t["method"].as_str().unwrap_or("GET");
+                assert_eq!(m.to_lowercase(), *method, "{t}");
+                let url = t["path"].as_str().unwrap().replace("{alarm}", &alarm);
+                let port = if t["when"] == "no_broker" {
+                    down_http
+                } else {
+                    http
+                };
+                let broken = dir.join("rules").join("broken.yaml");
+                if t["when"] == "broken_rule_file" {
+                    std::fs::write(&broken, "chain: broken\nnodes:\n  - filter: msg.x >\n")
+                        .unwrap();
+                }
+                let mut headers: Vec<(&str, String)> = Vec::new();
+                let mut body: Vec<u8> = Vec::new();
+                if let Some(j) = t.get("json") {
+                    headers.push(("Content-Type", "application/json".into()));
+                    body = serde_json::to_vec(j).unwrap();
+                }
+                if let Some(b) = t["body"].as_str() {
+                    body = b.as_bytes().to_vec();
+                }
+                if let Some(b) = t["body_bytes"].as_array() {
+                    body = b.iter().map(|x| x.as_u64().unwrap() as u8).collect();
+                }
+                if let Some(n) = t["body_size"].as_u64() {
+                    body = vec![b'x'; n as usize];
+                }
+                if let Some(c) = t["content_type"].as_str() {
+                    headers.push(("Content-Type", c.into()));
+                }
+                if t["websocket"] == true {
+                    headers.push(("Upgrade", "websocket".into()));
+                    headers.push(("Connection", "Upgrade".into()));
+                    headers.push(("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==".into()));
+                    headers.push(("Sec-WebSocket-Version", "13".into()));
+                    if let Some(o) = t["origin"].as_str() {
+                        headers.push(("Origin", o.into()));
+                    }
+                }
+                let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                // The engine without a broker may take a moment to settle; the rest answer at once.
+                let (code, ctype, got) = wait_for(Duration::from_secs(5), || {
+                    let r = request(port, m, &url, &h, &body);
+                    (r.0 == want).then_some(r)
+                })
+                .unwrap_or_else(|| {
+                    let r = request(port, m, &url, &h, &body);
+                    panic!(
+                        "{m} {url} ({t}): want {want}, got {}: {}",
+                        r.0,
+                        String::from_utf8_lossy(&r.2)
+                    )
+                });
+                if t["when"] == "broken_rule_file" {
+                    std::fs::remove_file(&broken).unwrap();
+                    request(http, "POST", "/api/reload", &[], b"");
+                }
+                walked += 1;
+                if code == 101 {
+                    continue;
+                }
+                let resp = &responses[&code.to_string()];
+                let (media, content) = resp["content"]
+                    .as_object()
+                    .and_then(|c| c.iter().next())
+                    .unwrap_or_else(|| panic!("{m} {path} {code}: no content documented"));
+                assert!(
+                    ctype.starts_with(media.as_str()),
+                    "{m} {url}: content type {ctype}, documented {media}"
+                );
+                if media == "application/json" {
+                    let v: Value = serde_json::from_slice(&got).unwrap_or_else(|e| {
+                        panic!(
+                            "{m} {url}: not JSON ({e}): {}",
+                            String::from_utf8_lossy(&got)
+                        )
+                    });
+                    let pointer = format!(
+                        "/paths/{}/{method}/responses/{code}/content/{}/schema",
+                        escape(path),
+                        escape(media)
+                    );
+                    let _ = content;
+                    if let Err(e) = check_schema(&spec, &pointer, &v) {
+                        panic!("{m} {url} answered {code} with a body not of its schema: {e}\n{v}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(walked >= 30, "only {walked} requests walked");
+    drop(engine);
+}
+
+#[test]
+fn attributes_history_and_metrics_do_what_they_say() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempdir("api-behaviour");
+    let (mqtt, http) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}\nhistory: {{resolution: 100ms}}"),
+        http,
+        &[("overheat.yaml", OVERHEAT)],
+        DEVICES,
+    );
+    let mut engine = Engine::start(&dir, http);
+    let put = |body: &str| {
+        request(
+            http,
+            "PUT",
+            "/api/devices/pump-2/attributes",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    // A server-side attribute is above the registry's, and the next message sees it.
+    let (code, _, body) = put(r#"{"max_temp": 50, "note": "<script>x</script>"}"#);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let d: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        d["attributes"]["max_temp"],
+        json!({"value": 50, "source": "server"})
+    );
+    rt.block_on(async {
+        let p = Mqtt::connect(mqtt, "api-b", true, &[]).await;
+        for t in [40, 45, 60] {
+            p.publish("device/pump-2/telemetry", format!(r#"{{"temp": {t}}}"#))
+                .await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    wait_for(Duration::from_secs(10), || {
+        let v = get_json(http, "/api/alarms?device=pump-2&status=active");
+        (v["alarms"].as_array()?.len() == 1).then_some(())
+    })
+    .expect("60 > the server-side max_temp 50 raises an alarm (the registry says 80)");
+    // Recent values, oldest first, with their times.
+    let h = get_json(http, "/api/devices/pump-2/history?field=temp");
+    let values: Vec<f64> = h["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, vec![40.0, 45.0, 60.0], "{h}");
+    let list = get_json(http, "/api/devices?online=true");
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["devices"][0]["id"], "pump-2");
+    assert_eq!(list["devices"][0]["open_alarms"], 1);
+    assert_eq!(list["devices"][0]["severity"], "CRITICAL");
+    assert_eq!(list["devices"][0]["latest"]["temp"], 60.0);
+    // Metrics: per chain and node, alarms by status and severity, no device labels.
+    let (code, ctype, m) = request(http, "GET", "/metrics", &[], b"");
+    let m = String::from_utf8(m).unwrap();
+    assert_eq!(code, 200);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    for want in [
+        "rulechain_engine_received_total 3",
+        "rulechain_chain_messages_total{chain=\"overheat\"} 3",
+        "rulechain_node_messages_total{chain=\"overheat\",node=\"hot\",outcome=\"pass\"} 1",
+        "rulechain_node_messages_total{chain=\"overheat\",node=\"hot\",outcome=\"else\"} 2",
+        "rulechain_chain_duration_seconds_count{chain=\"overheat\"} 3",
+        "rulechain_alarms{status=\"ACTIVE_UNACK\",severity=\"CRITICAL\"} 1",
+        "rulechain_rules_generation 1",
+        "rulechain_websocket_clients 0",
+        "# EOF",
+    ] {
+        assert!(m.contains(want), "{want} missing from /metrics:\n{m}");
+    }
+    assert!(!m.contains("pump-2"), "a device id became a label:\n{m}");
+    // Removing the server-side value falls back to the registry's; a fresh value is kept
+    // across a restart.
+    let (code, _, body) = put(r#"{"max_temp": null}"#);
+    assert_eq!(code, 200);
+    let d: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        d["attributes"]["max_temp"],
+        json!({"value": 80, "source": "registry"})
+    );
+    assert_eq!(put(r#"{"max_temp": 55}"#).0, 200);
+    engine.stop();
+    engine.restart();
+    let d = get_json(http, "/api/devices/pump-2");
+    assert_eq!(
+        d["attributes"]["max_temp"],
+        json!({"value": 55, "source": "server"}),
+        "{d}"
+    );
+    assert_eq!(
+        d["attributes"]["note"]["value"], "<script>x</script>",
+        "kept as text"
+    );
+    // Bad input is refused with JSON, never a 500.
+    for (body, want) in [("[]", 422), ("{}", 422), ("{\"\": 1}", 422), ("nope", 400)] {
+        let (code, _, b) = put(body);
+        assert_eq!(code, want, "{body}: {}", String::from_utf8_lossy(&b));
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+}
