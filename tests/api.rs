@@ -187,12 +187,17 @@ fn every_route_of_the_openapi_file_answers_as_it_says() {
             .await;
         p.publish("device/pump-1/telemetry", r#"{"temp": 99}"#)
             .await;
+        p.publish("device/pump-2/telemetry", r#"{"temp": 99}"#)
+            .await;
     });
-    let alarm = wait_for(Duration::from_secs(10), || {
-        let v = get_json(http, "/api/alarms");
-        v["alarms"][0]["id"].as_str().map(str::to_string)
-    })
-    .expect("pump-1's alarm is raised");
+    let alarm_of = |device: &str| {
+        wait_for(Duration::from_secs(10), || {
+            let v = get_json(http, &format!("/api/alarms?device={device}"));
+            v["alarms"][0]["id"].as_str().map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("{device}'s alarm is raised"))
+    };
+    let (alarm, alarm2) = (alarm_of("pump-1"), alarm_of("pump-2"));
     // An engine whose broker is down: not ready.
     let down_dir = tempdir("api-walk-down");
     let down_http = free_port();
@@ -230,7 +235,11 @@ fn every_route_of_the_openapi_file_answers_as_it_says() {
                 let want = t["status"].as_u64().unwrap() as u16;
                 let m = t["method"].as_str().unwrap_or("GET");
                 assert_eq!(m.to_lowercase(), *method, "{t}");
-                let url = t["path"].as_str().unwrap().replace("{alarm}", &alarm);
+                let url = t["path"]
+                    .as_str()
+                    .unwrap()
+                    .replace("{alarm}", &alarm)
+                    .replace("{alarm2}", &alarm2);
                 let port = if t["when"] == "no_broker" {
                     down_http
                 } else {
@@ -366,6 +375,75 @@ fn attributes_history_and_metrics_do_what_they_say() {
         (v["alarms"].as_array()?.len() == 1).then_some(())
     })
     .expect("60 > the server-side max_temp 50 raises an alarm (the registry says 80)");
+    // An open alarm shows on its device and in the metrics, by status and severity.
+    let list = get_json(http, "/api/devices?type=pump&online=true");
+    assert_eq!(list["devices"][0]["open_alarms"], 1, "{list}");
+    assert_eq!(list["devices"][0]["severity"], "CRITICAL");
+    let m = String::from_utf8(request(http, "GET", "/metrics", &[], b"").2).unwrap();
+    assert!(
+        m.contains("rulechain_alarms{status=\"ACTIVE_UNACK\",severity=\"CRITICAL\"} 1"),
+        "{m}"
+    );
+    // Acknowledged and cleared by hand, each with who did it.
+    let id = get_json(http, "/api/alarms?device=pump-2")["alarms"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let by = |action: &str, who: &str| {
+        let body = format!(r#"{{"by": "  {who}\n"}}"#);
+        let (code, _, b) = request(
+            http,
+            "POST",
+            &format!("/api/alarms/{id}/{action}"),
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(code, 200, "{action}: {}", String::from_utf8_lossy(&b));
+        serde_json::from_slice::<Value>(&b).unwrap()
+    };
+    assert_eq!(by("ack", "ana")["status"], "ACTIVE_ACK");
+    assert_eq!(by("clear", "bo")["status"], "CLEARED_ACK");
+    let (code, _, _) = request(http, "POST", &format!("/api/alarms/{id}/clear"), &[], b"");
+    assert_eq!(code, 404, "cleared and acknowledged: done, no longer open");
+    // Cleared and acknowledged: it leaves the open alarms; raise it again to see who did what.
+    assert!(get_json(http, "/api/alarms?device=pump-2")["alarms"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    rt.block_on(async {
+        let p = Mqtt::connect(mqtt, "api-b2", true, &[]).await;
+        p.publish("device/pump-2/telemetry", r#"{"temp": 61}"#)
+            .await;
+    });
+    let again = wait_for(Duration::from_secs(10), || {
+        let v = get_json(http, "/api/alarms?device=pump-2");
+        v["alarms"].as_array()?.first().cloned()
+    })
+    .expect("raised again");
+    assert_ne!(again["id"].as_str(), Some(id.as_str()), "a new alarm");
+    let (code, _, b) = request(
+        http,
+        "POST",
+        &format!("/api/alarms/{}/clear", again["id"].as_str().unwrap()),
+        &[],
+        br#"{"by":"bo"}"#,
+    );
+    assert_eq!(code, 200);
+    let cleared = get_json(http, "/api/alarms?device=pump-2&status=CLEARED_UNACK");
+    assert_eq!(
+        cleared["alarms"][0]["cleared_by"],
+        "bo",
+        "{cleared} {}",
+        String::from_utf8_lossy(&b)
+    );
+    let (code, _, _) = request(
+        http,
+        "POST",
+        &format!("/api/alarms/{}/ack", again["id"].as_str().unwrap()),
+        &[],
+        br#"{"by":"ana"}"#,
+    );
+    assert_eq!(code, 200);
     // Recent values, oldest first, with their times.
     let h = get_json(http, "/api/devices/pump-2/history?field=temp");
     let values: Vec<f64> = h["points"]
@@ -374,25 +452,22 @@ fn attributes_history_and_metrics_do_what_they_say() {
         .iter()
         .map(|p| p[1].as_f64().unwrap())
         .collect();
-    assert_eq!(values, vec![40.0, 45.0, 60.0], "{h}");
+    assert_eq!(values, vec![40.0, 45.0, 60.0, 61.0], "{h}");
     let list = get_json(http, "/api/devices?online=true");
     assert_eq!(list["total"], 1, "{list}");
     assert_eq!(list["devices"][0]["id"], "pump-2");
-    assert_eq!(list["devices"][0]["open_alarms"], 1);
-    assert_eq!(list["devices"][0]["severity"], "CRITICAL");
-    assert_eq!(list["devices"][0]["latest"]["temp"], 60.0);
+    assert_eq!(list["devices"][0]["latest"]["temp"], 61.0);
     // Metrics: per chain and node, alarms by status and severity, no device labels.
     let (code, ctype, m) = request(http, "GET", "/metrics", &[], b"");
     let m = String::from_utf8(m).unwrap();
     assert_eq!(code, 200);
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
     for want in [
-        "rulechain_engine_received_total 3",
-        "rulechain_chain_messages_total{chain=\"overheat\"} 3",
-        "rulechain_node_messages_total{chain=\"overheat\",node=\"hot\",outcome=\"pass\"} 1",
+        "rulechain_engine_received_total 4",
+        "rulechain_chain_messages_total{chain=\"overheat\"} 4",
+        "rulechain_node_messages_total{chain=\"overheat\",node=\"hot\",outcome=\"pass\"} 2",
         "rulechain_node_messages_total{chain=\"overheat\",node=\"hot\",outcome=\"else\"} 2",
-        "rulechain_chain_duration_seconds_count{chain=\"overheat\"} 3",
-        "rulechain_alarms{status=\"ACTIVE_UNACK\",severity=\"CRITICAL\"} 1",
+        "rulechain_chain_duration_seconds_count{chain=\"overheat\"} 4",
         "rulechain_rules_generation 1",
         "rulechain_websocket_clients 0",
         "# EOF",

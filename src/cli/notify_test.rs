@@ -27,6 +27,8 @@ fn sample_alarm(device: &str, now: i64) -> crate::engine::alarm::Alarm {
         end_ts: None,
         count: 1,
         origin: None,
+        acked_by: None,
+        cleared_by: None,
     }
 }
 

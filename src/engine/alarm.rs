@@ -130,6 +130,12 @@ pub struct Alarm {
     /// The chain and alarm node that last raised it: an acknowledgement continues there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<(String, String)>,
+    /// Who acknowledged it (the name an operator gave, through the API or a WebSocket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_by: Option<String>,
+    /// Who cleared it by hand (absent when a rule cleared it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_by: Option<String>,
 }
 
 impl Alarm {
@@ -174,10 +180,12 @@ mod details_serde {
 /// 404, 409 or 503), never on the text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckError {
-    /// No alarm has this id, or none that needs acknowledging.
+    /// No open alarm has this id (none, or it is cleared and acknowledged: done).
     NotFound(String),
     /// The alarm is acknowledged already (its status).
     AlreadyAcknowledged(String, &'static str),
+    /// The alarm is cleared already (a clear by hand of an alarm that is not active).
+    AlreadyCleared(String, &'static str),
     /// The engine is stopping (live only: the shard that owns the alarm is gone).
     ShuttingDown,
 }
@@ -185,9 +193,12 @@ pub enum AckError {
 impl std::fmt::Display for AckError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AckError::NotFound(id) => write!(f, "no alarm `{id}` needs acknowledging"),
+            AckError::NotFound(id) => write!(f, "no open alarm `{id}`"),
             AckError::AlreadyAcknowledged(id, status) => {
                 write!(f, "alarm `{id}` is already acknowledged ({status})")
+            }
+            AckError::AlreadyCleared(id, status) => {
+                write!(f, "alarm `{id}` is already cleared ({status})")
             }
             AckError::ShuttingDown => f.write_str("shutting down"),
         }
@@ -218,15 +229,43 @@ impl AlarmStore {
 
     /// Acknowledges the alarm with this id: ACTIVE_UNACK → ACTIVE_ACK, CLEARED_UNACK →
     /// CLEARED_ACK. Returns it when its status changed.
-    pub fn acknowledge(&mut self, id: &str) -> Option<&Alarm> {
+    pub fn acknowledge(&mut self, id: &str, by: Option<&str>) -> Option<&Alarm> {
         let a = self.alarms.values_mut().find(|a| a.id == id)?;
         a.status = match a.status {
             Status::ActiveUnack => Status::ActiveAck,
             Status::ClearedUnack => Status::ClearedAck,
             _ => return None,
         };
+        a.acked_by = by.map(str::to_string);
         self.changes += 1;
         Some(a)
+    }
+
+    /// Clears the alarm with this id by hand (an operator): as a rule's clear, and remembers
+    /// who.
+    pub fn clear_by_id(
+        &mut self,
+        id: &str,
+        now: i64,
+        by: Option<&str>,
+    ) -> Result<&Alarm, AckError> {
+        let a = self
+            .alarms
+            .values()
+            .find(|a| a.id == id)
+            .ok_or_else(|| AckError::NotFound(id.into()))?;
+        if !a.status.is_active() {
+            return Err(AckError::AlreadyCleared(id.into(), a.status.as_str()));
+        }
+        let (device, type_) = (a.device.clone(), a.type_.clone());
+        let key = (device.clone(), type_.clone());
+        self.clear(&device, &type_, now);
+        let a = self
+            .alarms
+            .get_mut(&key)
+            .ok_or_else(|| AckError::NotFound(id.into()))?;
+        a.cleared_by = by.map(str::to_string);
+        Ok(a)
     }
 
     /// Raises the alarm; returns the transition, if any.
@@ -269,6 +308,8 @@ impl AlarmStore {
                         end_ts: None,
                         count: 1,
                         origin: None,
+                        acked_by: None,
+                        cleared_by: None,
                     },
                 );
                 Some(Transition::Created)
@@ -368,10 +409,13 @@ mod tests {
         let mut s = AlarmStore::default();
         s.raise("p", "Hot", "MAJOR", "m".into(), Map::new(), 1);
         let before = s.changes();
-        let a = s.acknowledge("Hot:p:1").map(|a| a.status);
+        let a = s.acknowledge("Hot:p:1", None).map(|a| a.status);
         assert_eq!(a, Some(Status::ActiveAck));
-        assert!(s.acknowledge("Hot:p:1").is_none(), "acknowledged once");
-        assert!(s.acknowledge("nope").is_none());
+        assert!(
+            s.acknowledge("Hot:p:1", None).is_none(),
+            "acknowledged once"
+        );
+        assert!(s.acknowledge("nope", None).is_none());
         assert_eq!(s.changes(), before + 1);
         assert_eq!(s.clear("p", "Hot", 2).unwrap().status, Status::ClearedAck);
     }

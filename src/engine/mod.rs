@@ -650,16 +650,15 @@ impl Executor {
         m
     }
 
-    /// Acknowledges an alarm (an operator, through the API or a WebSocket client): ACTIVE_UNACK
-    /// → ACTIVE_ACK, CLEARED_UNACK → CLEARED_ACK. The `acknowledged` transition is emitted from
-    /// the alarm node that raised it and passes downstream from there (so a `notify` after the
-    /// alarm node hears of it), at the current clock time.
+    /// An operator acknowledges an alarm (`by`: the name they gave). The transition is
+    /// emitted, and continues from the alarm node that raised it, as a rule's transition does.
     pub fn acknowledge(
         &mut self,
         id: &str,
+        by: Option<&str>,
         out: &mut dyn EffectSink,
     ) -> Result<Alarm, alarm::AckError> {
-        let alarm = match self.alarms.acknowledge(id) {
+        let alarm = match self.alarms.acknowledge(id, by) {
             Some(a) => a.clone(),
             None => {
                 return Err(match self.alarms.by_id(id) {
@@ -668,6 +667,31 @@ impl Executor {
                 })
             }
         };
+        self.operator_transition(&alarm, alarm::Transition::Acknowledged, out);
+        Ok(alarm)
+    }
+
+    /// An operator clears an active alarm by hand (`by`: the name they gave): the same
+    /// transition as a rule's clear, emitted and continued from the alarm node that raised it,
+    /// so its `notify` tells of it.
+    pub fn clear_alarm(
+        &mut self,
+        id: &str,
+        by: Option<&str>,
+        out: &mut dyn EffectSink,
+    ) -> Result<Alarm, alarm::AckError> {
+        let alarm = self.alarms.clear_by_id(id, self.now, by)?.clone();
+        self.operator_transition(&alarm, alarm::Transition::Cleared, out);
+        Ok(alarm)
+    }
+
+    /// Emits an operator's transition of an alarm and runs the alarm node's `next` with it.
+    fn operator_transition(
+        &mut self,
+        alarm: &Alarm,
+        transition: alarm::Transition,
+        out: &mut dyn EffectSink,
+    ) {
         let rules = self.rules.clone();
         let at = alarm
             .origin
@@ -686,7 +710,7 @@ impl Executor {
                 device: device.clone(),
                 type_: alarm.type_.clone(),
                 severity: alarm.severity,
-                transition: alarm::Transition::Acknowledged,
+                transition,
                 status: alarm.status,
                 message: alarm.message.clone(),
                 id: alarm.id.clone(),
@@ -699,10 +723,7 @@ impl Executor {
         if let Some((ci, ni)) = at {
             self.devices.entry(device.clone()).or_default();
             let mut msg = Map::new();
-            msg.insert(
-                "alarm".into(),
-                Dynamic::from_map(alarm.to_map(alarm::Transition::Acknowledged)),
-            );
+            msg.insert("alarm".into(), Dynamic::from_map(alarm.to_map(transition)));
             let mut p = Packet {
                 vars: Vars {
                     msg: Dynamic::from_map(msg),
@@ -727,7 +748,6 @@ impl Executor {
             );
             self.follow(&rules, ci, ni, Flow::Pass(p), out);
         }
-        Ok(alarm)
     }
 
     /// Everything but the rules, as data (see [`persist`]).

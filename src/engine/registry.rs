@@ -51,8 +51,42 @@ pub fn alarm_json(a: &Alarm, transition: &str) -> Value {
 /// The result of an acknowledgement, when it is done.
 pub type AckFuture = Pin<Box<dyn Future<Output = Result<Status, AckError>> + Send>>;
 
-/// Where an acknowledgement goes, given the alarm id and its device.
-pub type AckRoute = Box<dyn Fn(String, String) -> AckFuture + Send + Sync>;
+/// What an operator does to an alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlarmAction {
+    /// Acknowledges it.
+    Ack,
+    /// Clears it by hand.
+    Clear,
+}
+
+/// An operator's action on one alarm, on its way to the shard that owns the alarm's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmOp {
+    /// The alarm id.
+    pub id: String,
+    /// Its device (the shard is chosen by it).
+    pub device: String,
+    /// What to do.
+    pub action: AlarmAction,
+    /// Who does it (a name from the request), if given.
+    pub by: Option<String>,
+}
+
+/// An operator's name as given (`by`): trimmed, control characters left out, at most 128
+/// characters; none when empty.
+pub fn operator_name(name: &str) -> Option<String> {
+    let n: String = name
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(128)
+        .collect();
+    (!n.is_empty()).then_some(n)
+}
+
+/// Where operators' actions go (live: the device's shard).
+pub type AckRoute = Box<dyn Fn(AlarmOp) -> AckFuture + Send + Sync>;
 
 /// The process's open alarms, by id.
 pub struct AlarmRegistry {
@@ -79,7 +113,7 @@ impl AlarmRegistry {
 
     /// A registry that refuses acknowledgements (nothing behind it can take them).
     pub fn without_acks() -> Self {
-        AlarmRegistry::new(Box::new(|_, _| {
+        AlarmRegistry::new(Box::new(|_| {
             Box::pin(async { Err(AckError::ShuttingDown) })
         }))
     }
@@ -139,13 +173,33 @@ impl AlarmRegistry {
 
     /// Acknowledges an alarm through the route (live: the device's shard); gives its new
     /// status.
-    pub async fn ack(&self, id: &str) -> Result<Status, AckError> {
+    pub async fn ack(&self, id: &str, by: Option<&str>) -> Result<Status, AckError> {
+        self.act(id, AlarmAction::Ack, by).await
+    }
+
+    /// Clears an active alarm by hand through the route; gives its new status.
+    pub async fn clear(&self, id: &str, by: Option<&str>) -> Result<Status, AckError> {
+        self.act(id, AlarmAction::Clear, by).await
+    }
+
+    async fn act(
+        &self,
+        id: &str,
+        action: AlarmAction,
+        by: Option<&str>,
+    ) -> Result<Status, AckError> {
         let device = self
             .lock()
             .get(id)
             .map(|o| o.alarm.device.clone())
             .ok_or_else(|| AckError::NotFound(id.into()))?;
-        (self.route)(id.to_string(), device).await
+        (self.route)(AlarmOp {
+            id: id.to_string(),
+            device,
+            action,
+            by: by.map(str::to_string),
+        })
+        .await
     }
 }
 
@@ -167,6 +221,8 @@ mod tests {
             end_ts: None,
             count: 1,
             origin: None,
+            acked_by: None,
+            cleared_by: None,
         }
     }
 
@@ -188,19 +244,27 @@ mod tests {
 
     #[test]
     fn acknowledgements_go_to_the_route_with_the_device() {
-        let r = AlarmRegistry::new(Box::new(|id, device| {
+        let r = AlarmRegistry::new(Box::new(|op| {
             Box::pin(async move {
-                assert_eq!((id.as_str(), device.as_str()), ("a", "p1"));
-                Ok(Status::ActiveAck)
+                assert_eq!((op.id.as_str(), op.device.as_str()), ("a", "p1"));
+                assert_eq!(op.by.as_deref(), Some("ana"));
+                Ok(match op.action {
+                    AlarmAction::Ack => Status::ActiveAck,
+                    AlarmAction::Clear => Status::ClearedUnack,
+                })
             })
         }));
         r.record(&alarm("a", "p1", Status::ActiveUnack), Transition::Created);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert_eq!(rt.block_on(r.ack("a")), Ok(Status::ActiveAck));
+        assert_eq!(rt.block_on(r.ack("a", Some("ana"))), Ok(Status::ActiveAck));
+        assert_eq!(
+            rt.block_on(r.clear("a", Some("ana"))),
+            Ok(Status::ClearedUnack)
+        );
         assert!(matches!(
-            rt.block_on(r.ack("zz")),
+            rt.block_on(r.ack("zz", None)),
             Err(AckError::NotFound(_))
         ));
     }

@@ -326,7 +326,7 @@ fn route_acks(
                 _ = stop.changed() => break,
                 r = rx.recv() => match r { Some(r) => r, None => break },
             };
-            let tx = &shard_tx[shard::shard_of(&req.device, shard_tx.len())];
+            let tx = &shard_tx[shard::shard_of(&req.op.device, shard_tx.len())];
             if let Err(e) = tx.send(ShardMsg::Ack(req)).await {
                 if let ShardMsg::Ack(req) = e.0 {
                     let _ = req

@@ -21,7 +21,7 @@ use super::{wall_ms, Stats};
 use crate::engine::alarm::{AckError, Status};
 use crate::engine::effect::{Effect, EffectSink};
 use crate::engine::persist::Snapshot;
-use crate::engine::registry::AckRoute;
+use crate::engine::registry::{AckRoute, AlarmAction, AlarmOp};
 use crate::engine::{Device, Executor, Message};
 pub use crate::message::{parse, Kind, Limits, Reject};
 use crate::rules::compile::RuleSet;
@@ -68,25 +68,26 @@ pub enum ShardMsg {
     Ask(super::devices::Ask),
 }
 
-/// An acknowledgement for an alarm of one of this shard's devices, from the HTTP API or a
-/// WebSocket client through the alarm registry.
+/// An operator's action (acknowledge, clear) on an alarm of one of this shard's devices, from
+/// the HTTP API or a WebSocket client through the alarm registry.
 #[derive(Debug)]
 pub struct AckReq {
-    /// The alarm id.
-    pub id: String,
-    /// Its device (the shard is chosen by it).
-    pub device: String,
+    /// What to do, to which alarm.
+    pub op: AlarmOp,
     /// The result: the alarm's new status, or why not.
     pub reply: tokio::sync::oneshot::Sender<Result<Status, AckError>>,
 }
 
+/// Where an operator's action is answered.
+type AckReply = tokio::sync::oneshot::Sender<Result<Status, AckError>>;
+
 /// The registry's route for acknowledgements: a request into `tx`, answered by the shard.
 pub fn ack_route(tx: mpsc::Sender<AckReq>) -> AckRoute {
-    Box::new(move |id, device| {
+    Box::new(move |op| {
         let tx = tx.clone();
         Box::pin(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            tx.send(AckReq { id, device, reply })
+            tx.send(AckReq { op, reply })
                 .await
                 .map_err(|_| AckError::ShuttingDown)?;
             answer.await.map_err(|_| AckError::ShuttingDown)?
@@ -312,6 +313,7 @@ pub fn run(
         let mut alarm_changes = exec.alarms().changes();
         let mut saved_epoch = ctx.store.epoch();
         let mut held = Held::default();
+        let mut replies: Vec<(AckReply, Result<Status, AckError>)> = Vec::new();
         let mut tracked = 0usize;
         let mut next_checkpoint = tokio::time::Instant::now() + ctx.checkpoint;
         loop {
@@ -346,10 +348,14 @@ pub fn run(
                         dirty = true;
                     }
                     ShardMsg::Ack(req) => {
-                        let r = exec
-                            .acknowledge(&req.id, &mut buf)
-                            .map(|a| a.status);
-                        let _ = req.reply.send(r);
+                        let AlarmOp { id, action, by, .. } = &req.op;
+                        let r = match action {
+                            AlarmAction::Ack => exec.acknowledge(id, by.as_deref(), &mut buf),
+                            AlarmAction::Clear => exec.clear_alarm(id, by.as_deref(), &mut buf),
+                        };
+                        // Answered once the transition has left (below): a client that reads
+                        // the alarms after the answer sees the new status.
+                        replies.push((req.reply, r.map(|a| a.status)));
                     }
                     ShardMsg::Ask(ask) => {
                         let mut a = super::devices::Answerer {
@@ -446,12 +452,18 @@ pub fn run(
                 ctx.stats.held_effects.fetch_add(buf.0.len() as u64, Relaxed);
                 held.effects.append(&mut buf.0);
                 held.done.append(&mut done);
+                for (tx, r) in replies.drain(..) {
+                    let _ = tx.send(r);
+                }
                 continue;
             }
             for e in buf.0.drain(..) {
                 ctx.outbox.send(e);
             }
             ctx.outbox.flush();
+            for (tx, r) in replies.drain(..) {
+                let _ = tx.send(r);
+            }
             if let Some(tx) = &ctx.done {
                 for seq in done.drain(..) {
                     // Bounded: the acker drains it; waiting here is backpressure.

@@ -53,21 +53,57 @@ pub(super) async fn list(
     Ok(Json(json!({ "alarms": open })))
 }
 
-/// `POST /api/alarms/{id}/ack`: 200 with the new status; 404 unknown, 409 acknowledged
-/// already, 503 shutting down.
+/// The optional body of an acknowledgement or a clear: `{"by": "who"}`.
+fn operator(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("the body is not JSON").detail(e.to_string().into()))?;
+    match v.get("by") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(crate::engine::registry::operator_name(s)),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`by` is the operator's name, a string: {\"by\": \"ana\"}",
+        )),
+    }
+}
+
+fn refusal(id: &str, e: AckError) -> ApiError {
+    let code = match e {
+        AckError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        AckError::AlreadyAcknowledged(..) | AckError::AlreadyCleared(..) => StatusCode::CONFLICT,
+        AckError::NotFound(_) => StatusCode::NOT_FOUND,
+    };
+    ApiError::new(code, e.to_string()).detail(json!({"alarm": id}))
+}
+
+/// `POST /api/alarms/{id}/ack` (optional body `{"by": "who"}`): 200 with the new status; 404
+/// unknown, 409 acknowledged already, 503 shutting down.
 pub(super) async fn ack(
     State(api): State<Api>,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    match api.alarms.ack(&id).await {
-        Ok(status) => Ok(Json(json!({"alarm": id, "status": status}))),
-        Err(e) => {
-            let code = match e {
-                AckError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-                AckError::AlreadyAcknowledged(..) => StatusCode::CONFLICT,
-                AckError::NotFound(_) => StatusCode::NOT_FOUND,
-            };
-            Err(ApiError::new(code, e.to_string()).detail(json!({"alarm": id})))
-        }
+    let by = operator(&body)?;
+    match api.alarms.ack(&id, by.as_deref()).await {
+        Ok(status) => Ok(Json(json!({"alarm": id, "status": status, "by": by}))),
+        Err(e) => Err(refusal(&id, e)),
+    }
+}
+
+/// `POST /api/alarms/{id}/clear` (optional body `{"by": "who"}`): clears an active alarm by
+/// hand, as a rule's clear would (its `notify` tells of it); 200 with the new status; 404
+/// unknown, 409 cleared already, 503 shutting down.
+pub(super) async fn clear(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let by = operator(&body)?;
+    match api.alarms.clear(&id, by.as_deref()).await {
+        Ok(status) => Ok(Json(json!({"alarm": id, "status": status, "by": by}))),
+        Err(e) => Err(refusal(&id, e)),
     }
 }

@@ -2,7 +2,7 @@
 //! - `health.rs`: `/livez`, `/readyz`, `/healthz`, `/api/status`, `/metrics`;
 //! - `devices.rs`: `/api/devices…` (list, one device, server-side attributes, recent values);
 //! - `rules.rs`: `/api/chains`, `/api/reload`, `/api/rules/validate`;
-//! - `alarms.rs`: `/api/alarms…` (filtered list, acknowledge);
+//! - `alarms.rs`: `/api/alarms…` (filtered list, acknowledge, clear by hand, by whom);
 //! - `ws.rs`: the WebSocket hub at `/ws`.
 //!
 //! The routes are described in `docs/openapi.yaml` (a test walks every one of them). With
@@ -315,6 +315,7 @@ fn router(api: Api) -> Router {
         .route("/api/rules/validate", post(rules::validate))
         .route("/api/alarms", get(alarms::list))
         .route("/api/alarms/{id}/ack", post(alarms::ack))
+        .route("/api/alarms/{id}/clear", post(alarms::clear))
         .route("/api/devices", get(devices::list))
         .route("/api/devices/{id}", get(devices::one))
         .route("/api/devices/{id}/attributes", put(devices::set_attributes))

@@ -114,10 +114,12 @@ impl Hub {
                 self.unsubscribe(c, &rooms);
                 Some(json!({"op":"unsubscribed","rooms":rooms}))
             }
-            Command::Ack { alarm } => Some(match self.alarms.ack(&alarm).await {
-                Ok(status) => json!({"op":"acked","alarm":alarm,"status":status}),
-                Err(e) => json!({"op":"error","alarm":alarm,"error":e.to_string()}),
-            }),
+            Command::Ack { alarm, by } => {
+                Some(match self.alarms.ack(&alarm, by.as_deref()).await {
+                    Ok(status) => json!({"op":"acked","alarm":alarm,"status":status}),
+                    Err(e) => json!({"op":"error","alarm":alarm,"error":e.to_string()}),
+                })
+            }
         }
     }
 }
@@ -131,8 +133,19 @@ enum Command {
     Subscribe { rooms: Vec<String> },
     /// `{"op":"unsubscribe","rooms":[...]}`.
     Unsubscribe { rooms: Vec<String> },
-    /// `{"op":"ack","alarm":"<id>"}`: acknowledges an alarm through its device's shard.
-    Ack { alarm: String },
+    /// `{"op":"ack","alarm":"<id>","by":"<who>"}`: acknowledges an alarm through its device's
+    /// shard (`by`, optional: the operator's name, kept with the alarm).
+    Ack {
+        alarm: String,
+        #[serde(default, deserialize_with = "operator_name")]
+        by: Option<String>,
+    },
+}
+
+fn operator_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s: Option<String> = serde::Deserialize::deserialize(d)?;
+    Ok(s.as_deref()
+        .and_then(crate::engine::registry::operator_name))
 }
 
 impl Command {
@@ -180,7 +193,15 @@ mod tests {
         assert_eq!(
             Command::parse(r#"{"op":"ack","alarm":"A:p1:1"}"#),
             Ok(Command::Ack {
-                alarm: "A:p1:1".into()
+                alarm: "A:p1:1".into(),
+                by: None,
+            })
+        );
+        assert_eq!(
+            Command::parse(r#"{"op":"ack","alarm":"A:p1:1","by":"  ana\n"}"#),
+            Ok(Command::Ack {
+                alarm: "A:p1:1".into(),
+                by: Some("ana".into()),
             })
         );
         for (text, says) in [

@@ -586,6 +586,8 @@ mod tests {
             end_ts: None,
             count: 1,
             origin: Some(("c".into(), "n".into())),
+            acked_by: None,
+            cleared_by: None,
         };
         registry.record(&alarm, Transition::Created);
         hub.alarm(&alarm, Transition::Created, 4);
