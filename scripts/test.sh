@@ -42,5 +42,8 @@ for rec in examples/*.jsonl; do
 done
 "$bin" test rules/ tests/rules/
 
+step "the dashboard in a real browser (Debian's chromium, playwright-core) against run --demo"
+node tests/browser/dashboard.mjs "$bin"
+
 step "soak: 2 minutes of telemetry through the example chains and sinks; memory must not grow"
 cargo bench --locked --bench soak -- --minutes 2 --rate 2000 --devices 1000 --ws 100 --sample 10 --check --max-slope 3

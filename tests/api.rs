@@ -152,9 +152,15 @@ fn escape(p: &str) -> String {
 fn router_routes() -> std::collections::BTreeSet<String> {
     let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/live/http/mod.rs"))
         .unwrap();
-    src.split(".route(\"")
+    src.split(".route(")
         .skip(1)
-        .filter_map(|s| s.split('"').next().map(str::to_string))
+        .filter_map(|s| {
+            s.trim_start()
+                .strip_prefix('"')?
+                .split('"')
+                .next()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -405,7 +411,12 @@ fn attributes_history_and_metrics_do_what_they_say() {
     assert_eq!(by("clear", "bo")["status"], "CLEARED_ACK");
     let (code, _, _) = request(http, "POST", &format!("/api/alarms/{id}/clear"), &[], b"");
     assert_eq!(code, 404, "cleared and acknowledged: done, no longer open");
-    // Cleared and acknowledged: it leaves the open alarms; raise it again to see who did what.
+    // Cleared and acknowledged: it leaves the open alarms, and shows among the closed with
+    // who did what.
+    let closed = get_json(http, "/api/alarms?status=CLEARED_ACK&device=pump-2");
+    assert_eq!(closed["alarms"][0]["id"], id.as_str(), "{closed}");
+    assert_eq!(closed["alarms"][0]["acked_by"], "ana");
+    assert_eq!(closed["alarms"][0]["cleared_by"], "bo");
     assert!(get_json(http, "/api/alarms?device=pump-2")["alarms"]
         .as_array()
         .unwrap()
@@ -504,4 +515,104 @@ fn attributes_history_and_metrics_do_what_they_say() {
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     }
+}
+
+/// The metric names a PromQL expression names: `rulechain_…` identifiers.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("rulechain_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_exists() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/rulechain.json"
+    ))
+    .unwrap();
+    let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    // An engine with every part that has metrics: an InfluxDB writer (to a closed port), a
+    // notification channel, a WebSocket client, an alarm.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempdir("api-grafana");
+    let (mqtt, http) = (free_port(), free_port());
+    let chain = "chain: hot\nnodes:\n  - filter: msg.temp > 50\n  - alarm: { type: Hot, severity: MAJOR }\n  - notify: [ops]\n";
+    engine_dir(
+        &dir,
+        &format!(
+            "embedded_broker: {{listen: 127.0.0.1:{mqtt}}}\ninflux: {{url: \"http://127.0.0.1:{}\"}}\nchannels: {{ops: {{log: {{}}}}}}",
+            free_port()
+        ),
+        http,
+        &[("hot.yaml", chain)],
+        DEVICES,
+    );
+    let _engine = Engine::start(&dir, http);
+    rt.block_on(async {
+        let p = Mqtt::connect(mqtt, "api-g", true, &[]).await;
+        p.publish("device/pump-1/telemetry", r#"{"temp": 90}"#)
+            .await;
+    });
+    let metrics = wait_for(Duration::from_secs(10), || {
+        let m = String::from_utf8(request(http, "GET", "/metrics", &[], b"").2).ok()?;
+        m.contains("rulechain_notify_sent_total{channel=\"ops\"} 1")
+            .then_some(m)
+    })
+    .expect("the alarm's notification is counted");
+    // Names as exposed: `# TYPE name kind`; a counter is queried with `_total`, a histogram
+    // with `_bucket`, `_sum` or `_count`.
+    let mut exposed = std::collections::BTreeSet::new();
+    for line in metrics.lines() {
+        let mut w = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (w.next(), w.next(), w.next(), w.next())
+        {
+            match kind {
+                "counter" => {
+                    exposed.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for s in ["_bucket", "_sum", "_count"] {
+                        exposed.insert(format!("{name}{s}"));
+                    }
+                }
+                _ => {
+                    exposed.insert(name.to_string());
+                }
+            }
+        }
+    }
+    let mut queried = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for name in metric_names(expr) {
+                queried += 1;
+                assert!(
+                    exposed.contains(&name),
+                    "panel {:?} queries {name}, which /metrics does not have",
+                    p["title"]
+                );
+            }
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        for name in metric_names(v["query"].as_str().unwrap()) {
+            assert!(
+                exposed.contains(&name),
+                "variable {} queries {name}",
+                v["name"]
+            );
+        }
+    }
+    assert!(queried >= 30, "only {queried} metric references");
 }

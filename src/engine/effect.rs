@@ -138,6 +138,9 @@ pub enum Event {
         device: Arc<str>,
         /// `pass`, `stop`, `else`, `held`, `suppressed`, `error`.
         result: &'static str,
+        /// The message as it entered the node, when the sink asked for it (a live trace).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        msg: Option<Dynamic>,
     },
 }
 
@@ -165,6 +168,11 @@ pub trait EffectSink {
     fn emit(&mut self, effect: Effect);
     /// Whether `node` trace events are wanted (they cost a little per node).
     fn wants_trace(&self) -> bool {
+        false
+    }
+    /// Whether `node` trace events should carry the message as it entered the node (a copy
+    /// per node: only for the few messages a live trace samples).
+    fn wants_trace_messages(&self) -> bool {
         false
     }
 }

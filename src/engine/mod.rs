@@ -1161,15 +1161,19 @@ impl Executor {
 
     /// Runs a message through chain `ci`, counting it (and timing it, with a stopwatch).
     fn run_chain(&mut self, rules: &RuleSet, ci: usize, p: Packet, out: &mut dyn EffectSink) {
-        let bound = self.bound.clone();
-        let counts = &bound[ci].0;
-        counts.entered();
+        // Indexed each time rather than holding an `Arc` clone: two atomic operations per chain
+        // and message saved (the bound counters only change at a reload, never inside a run).
+        if let Some(c) = self.bound.get(ci) {
+            c.0.entered();
+        }
         match self.stopwatch {
             None => self.run_from(rules, ci, 0, p, out),
             Some(now) => {
                 let t0 = now();
                 self.run_from(rules, ci, 0, p, out);
-                counts.duration.observe_ns(now().saturating_sub(t0));
+                if let Some(c) = self.bound.get(ci) {
+                    c.0.duration.observe_ns(now().saturating_sub(t0));
+                }
             }
         }
     }
@@ -1186,6 +1190,9 @@ impl Executor {
         let mut stack = std::mem::take(&mut self.stack);
         let base = stack.len();
         stack.push((start, p));
+        // Asked once per run, not per node: tracing is off for nearly every message.
+        let tracing = out.wants_trace();
+        let trace_messages = tracing && out.wants_trace_messages();
         while stack.len() > base {
             let Some((ni, p)) = stack.pop() else { break };
             let chain = &rules.chains[ci];
@@ -1193,6 +1200,8 @@ impl Executor {
             let keep = node.on_error.is_some() && node.mutates;
             let backup = keep.then(|| p.clone());
             let device = p.device.clone();
+            // A live trace wants the message as it entered the node (dry-run's trace does not).
+            let entered = trace_messages.then(|| p.vars.msg.clone());
             let mut flow = {
                 let mut cx = self.cx(rules, ci, ni, out);
                 node.imp.run(&mut cx, p)
@@ -1204,11 +1213,12 @@ impl Executor {
             if let Some(n) = self.bound.get(ci).and_then(|c| c.1.get(ni)) {
                 n.count(outcome);
             }
-            if out.wants_trace() {
+            if tracing {
                 out.emit(Effect {
                     event: Event::Node {
                         device,
                         result: outcome.as_str(),
+                        msg: entered,
                     },
                     ts: self.now,
                     chain: chain.name.clone(),

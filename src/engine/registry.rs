@@ -88,9 +88,15 @@ pub fn operator_name(name: &str) -> Option<String> {
 /// Where operators' actions go (live: the device's shard).
 pub type AckRoute = Box<dyn Fn(AlarmOp) -> AckFuture + Send + Sync>;
 
+/// Closed alarms the registry keeps for the API (in memory only).
+pub const CLOSED_KEPT: usize = 200;
+
 /// The process's open alarms, by id.
 pub struct AlarmRegistry {
     open: Mutex<BTreeMap<String, OpenAlarm>>,
+    /// The alarms closed (cleared and acknowledged) since the start, newest last, at most
+    /// [`CLOSED_KEPT`]: who acknowledged and cleared them stays visible for a while.
+    closed: Mutex<std::collections::VecDeque<Alarm>>,
     route: AckRoute,
 }
 
@@ -107,6 +113,7 @@ impl AlarmRegistry {
     pub fn new(route: AckRoute) -> Self {
         AlarmRegistry {
             open: Mutex::default(),
+            closed: Mutex::default(),
             route,
         }
     }
@@ -136,6 +143,12 @@ impl AlarmRegistry {
         let mut open = self.lock();
         if a.status == Status::ClearedAck {
             open.remove(&a.id);
+            drop(open);
+            let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+            if closed.len() >= CLOSED_KEPT {
+                closed.pop_front();
+            }
+            closed.push_back(a.clone());
         } else {
             open.insert(
                 a.id.clone(),
@@ -157,6 +170,18 @@ impl AlarmRegistry {
         self.lock()
             .values()
             .filter(|o| device.is_none_or(|d| o.alarm.device == d))
+            .cloned()
+            .collect()
+    }
+
+    /// The alarms closed since the start (at most [`CLOSED_KEPT`]), newest first; only one
+    /// device's with `device`.
+    pub fn closed(&self, device: Option<&str>) -> Vec<Alarm> {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        closed
+            .iter()
+            .rev()
+            .filter(|a| device.is_none_or(|d| a.device == d))
             .cloned()
             .collect()
     }
@@ -240,6 +265,21 @@ mod tests {
             Transition::Acknowledged,
         );
         assert_eq!((r.status_of("b"), r.len()), (None, 1));
+        assert_eq!(r.closed(Some("p2"))[0].id, "b", "kept as closed");
+        for i in 0..CLOSED_KEPT + 3 {
+            let id = format!("c{i}");
+            r.record(
+                &alarm(&id, "p3", Status::ClearedAck),
+                Transition::Acknowledged,
+            );
+        }
+        let closed = r.closed(None);
+        assert_eq!(closed.len(), CLOSED_KEPT, "bounded");
+        assert_eq!(
+            closed[0].id,
+            format!("c{}", CLOSED_KEPT + 2),
+            "newest first"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod serve;
 pub mod shard;
 pub mod sim;
 pub mod store;
+pub mod trace;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

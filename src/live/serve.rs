@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::shard::{self, AckMsg, AckReq, ShardMsg};
+use super::trace::Tracer;
 use super::{
     egress, http, ingest, reload, sim, FdBudget, RateLimit, RunOptions, SavedState, Stats,
 };
@@ -57,8 +58,12 @@ pub(super) async fn serve(
         limit: limit.clone(),
     };
     let shard_count = state.shards;
-    let (shard_tx, shard_threads, rule_stats) =
-        start_shards(&settings, state, rules, devices, outbox, &done_tx, &stats)?;
+    let Shards {
+        tx: shard_tx,
+        threads: shard_threads,
+        rule_stats,
+        tracer,
+    } = start_shards(&settings, state, rules, devices, outbox, &done_tx, &stats)?;
     let ingest_task = tokio::spawn(ingest::run(
         ingest::Ingest {
             patterns: settings.patterns.clone(),
@@ -78,10 +83,12 @@ pub(super) async fn serve(
     let (reload_tx, reload_status, reload_task) = serve_reloads(reloader, shard_tx, stop.clone());
     let _watcher = super::watch_rules(&settings.rules_dir, reload_tx.clone());
     let http_task = listener.map(|l| {
-        tracing::info!(
-            "HTTP API on http://{}",
-            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
-        );
+        if let Ok(mut a) = l.local_addr() {
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            tracing::info!("dashboard on http://{a}/ (API under /api, metrics at /metrics)");
+        }
         let api = http::Api {
             stats: stats.clone(),
             reload: reload_status,
@@ -98,6 +105,7 @@ pub(super) async fn serve(
                 .config_given
                 .then(|| Arc::new(settings.config.clone())),
             started,
+            tracer,
         };
         let limits = http::Limits {
             max_connections: fds.http,
@@ -265,15 +273,17 @@ fn start_sinks(
 /// The shards' threads, joined at shutdown.
 type ShardThreads = Vec<std::thread::JoinHandle<()>>;
 
-/// The shards' queues, threads and chain counters.
-type Shards = (
-    Vec<mpsc::Sender<ShardMsg>>,
-    ShardThreads,
-    Vec<Arc<RuleStats>>,
-);
+/// The running shards: their queues, threads, chain counters, and the live trace they sample
+/// for.
+struct Shards {
+    tx: Vec<mpsc::Sender<ShardMsg>>,
+    threads: ShardThreads,
+    rule_stats: Vec<Arc<RuleStats>>,
+    tracer: Arc<Tracer>,
+}
 
 /// One OS thread per shard, each with its saved state, its queue and a copy of the outbox;
-/// gives their queues, their threads and their chain counters.
+/// gives their queues, their threads, their chain counters and the trace they sample for.
 fn start_shards(
     settings: &Settings,
     state: SavedState,
@@ -285,6 +295,7 @@ fn start_shards(
 ) -> Result<Shards, String> {
     let rule_stats: Vec<Arc<RuleStats>> =
         (0..state.snapshots.len()).map(|_| Arc::default()).collect();
+    let tracer = Arc::new(Tracer::default());
     let mut senders = Vec::new();
     let mut threads = Vec::new();
     for (index, saved) in state.snapshots.into_iter().enumerate() {
@@ -302,6 +313,7 @@ fn start_shards(
             rule_stats: rule_stats[index].clone(),
             history: (settings.history, settings.shards),
             offline_after: settings.offline_after,
+            tracer: tracer.clone(),
         };
         let (rules, devices) = (rules.clone(), devices.clone());
         let t = std::thread::Builder::new()
@@ -310,7 +322,12 @@ fn start_shards(
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         threads.push(t);
     }
-    Ok((senders, threads, rule_stats))
+    Ok(Shards {
+        tx: senders,
+        threads,
+        rule_stats,
+        tracer,
+    })
 }
 
 /// Acknowledgements from the API and WebSocket clients go to the device's shard. The router

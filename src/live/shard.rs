@@ -119,6 +119,8 @@ pub struct ShardCtx {
     pub history: (crate::config::settings::HistorySettings, usize),
     /// `engine.offline_after` (ms).
     pub offline_after: i64,
+    /// The live trace.
+    pub tracer: Arc<super::trace::Tracer>,
 }
 
 /// The monotonic clock the executor times chains with (ns since the first call).
@@ -139,11 +141,18 @@ fn message_ts(payload: &Map, received: i64, limits: &Limits, stats: &Stats) -> i
 
 /// Collects a step's effects, so that state is on disk before an alarm transition leaves.
 #[derive(Default)]
-struct Buffer(Vec<Effect>);
+/// The second field is on while a message sampled by a live trace runs.
+struct Buffer(Vec<Effect>, bool);
 
 impl EffectSink for Buffer {
     fn emit(&mut self, effect: Effect) {
         self.0.push(effect);
+    }
+    fn wants_trace(&self) -> bool {
+        self.1
+    }
+    fn wants_trace_messages(&self) -> bool {
+        self.1
     }
 }
 
@@ -307,7 +316,7 @@ pub fn run(
         }
     };
     rt.block_on(async {
-        let mut buf = Buffer::default();
+        let mut buf = Buffer(Vec::new(), false);
         let mut done: Vec<u64> = Vec::new();
         let mut dirty = false;
         let mut alarm_changes = exec.alarms().changes();
@@ -550,6 +559,9 @@ fn handle(
             if job.kind == crate::message::Kind::Telemetry {
                 history.record(&job.device, ts, &payload);
             }
+            let sampled = ctx.tracer.sample(&job.device, job.received);
+            let (from, device) = (buf.0.len(), job.device.clone());
+            buf.1 = sampled.is_some();
             exec.process(
                 Message {
                     device: job.device,
@@ -561,6 +573,10 @@ fn handle(
                 },
                 buf,
             );
+            if let Some(chain) = sampled {
+                buf.1 = false;
+                trace(&ctx.tracer, buf, from, &device, chain.as_deref(), ts);
+            }
             stats.processed.fetch_add(1, Relaxed);
         }
         Err(r) => {
@@ -570,6 +586,30 @@ fn handle(
     }
     if let Some(seq) = job.ack {
         done.push(seq);
+    }
+}
+
+/// Keeps a sampled message's path as trace entries, and pushes each to the room `trace`.
+fn trace(
+    tracer: &super::trace::Tracer,
+    buf: &mut Buffer,
+    from: usize,
+    device: &Arc<str>,
+    chain: Option<&str>,
+    ts: i64,
+) {
+    for entry in tracer.record(&mut buf.0, from, device, chain, ts) {
+        let data = rhai::serde::to_dynamic(&entry).unwrap_or(rhai::Dynamic::UNIT);
+        buf.0.push(Effect {
+            event: crate::engine::effect::Event::Websocket {
+                device: device.clone(),
+                room: "trace".into(),
+                data,
+            },
+            ts,
+            chain: Arc::from(entry.chain.as_str()),
+            node: Arc::from(""),
+        });
     }
 }
 

@@ -11,7 +11,8 @@ use crate::engine::alarm::AckError;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct Filter {
-    /// `ACTIVE_UNACK`, `ACTIVE_ACK`, `CLEARED_UNACK`, or `active` for both active ones.
+    /// `ACTIVE_UNACK`, `ACTIVE_ACK`, `CLEARED_UNACK`, `active` for both active ones, or
+    /// `CLEARED_ACK` for the alarms closed since the start (the last 200).
     status: Option<String>,
     /// One device's.
     device: Option<String>,
@@ -20,13 +21,20 @@ pub(super) struct Filter {
 }
 
 /// `GET /api/alarms?status=&device=&severity=`: the open alarms (active, or cleared and not yet
-/// acknowledged), most severe first, then newest first.
+/// acknowledged), most severe first, then newest first; with `status=CLEARED_ACK`, the alarms
+/// closed since the start, newest first.
 pub(super) async fn list(
     State(api): State<Api>,
     query: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(f) = query?;
-    let statuses = ["ACTIVE_UNACK", "ACTIVE_ACK", "CLEARED_UNACK", "active"];
+    let statuses = [
+        "ACTIVE_UNACK",
+        "ACTIVE_ACK",
+        "CLEARED_UNACK",
+        "CLEARED_ACK",
+        "active",
+    ];
     if let Some(s) = f.status.as_deref().filter(|s| !statuses.contains(s)) {
         return Err(ApiError::bad_request(format!("unknown status {s:?}"))
             .detail(json!({"expected": statuses})));
@@ -37,6 +45,16 @@ pub(super) async fn list(
             .detail(json!({"expected": sevs})));
     }
     let rank = |s: &str| sevs.iter().position(|x| *x == s).unwrap_or(sevs.len());
+    if f.status.as_deref() == Some("CLEARED_ACK") {
+        let closed: Vec<Value> = api
+            .alarms
+            .closed(f.device.as_deref())
+            .iter()
+            .filter(|a| f.severity.as_deref().is_none_or(|s| a.severity == s))
+            .map(|a| crate::engine::registry::alarm_json(a, "closed"))
+            .collect();
+        return Ok(Json(json!({ "alarms": closed })));
+    }
     let mut open = api.alarms.open(f.device.as_deref());
     open.retain(|o| {
         let st = o.alarm.status;

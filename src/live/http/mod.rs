@@ -2,18 +2,23 @@
 //! - `health.rs`: `/livez`, `/readyz`, `/healthz`, `/api/status`, `/metrics`;
 //! - `devices.rs`: `/api/devices…` (list, one device, server-side attributes, recent values);
 //! - `rules.rs`: `/api/chains`, `/api/reload`, `/api/rules/validate`;
+//! - `trace.rs`: `/api/trace` (start, stop and read a live trace);
 //! - `alarms.rs`: `/api/alarms…` (filtered list, acknowledge, clear by hand, by whom);
-//! - `ws.rs`: the WebSocket hub at `/ws`.
+//! - `ws.rs`: the WebSocket hub at `/ws`;
+//! - `assets.rs`: the dashboard at `/` (its files compiled in from `web/`).
 //!
 //! The routes are described in `docs/openapi.yaml` (a test walks every one of them). With
-//! `http.token` set, everything but `/livez`, `/readyz` and `/healthz` wants `Authorization:
+//! `http.token` set, everything but `/livez`, `/readyz`, `/healthz` and the dashboard's files
+//! wants `Authorization:
 //! Bearer TOKEN` or `?token=TOKEN` (browsers cannot set headers on a WebSocket). Every error is
 //! JSON `{error, detail}`.
 
 mod alarms;
+mod assets;
 mod devices;
 mod health;
 mod rules;
+mod trace;
 mod ws;
 
 use std::net::SocketAddr;
@@ -72,6 +77,8 @@ pub struct Api {
     pub config: Option<Arc<crate::config::Config>>,
     /// When the engine started.
     pub started: std::time::Instant,
+    /// The live trace.
+    pub tracer: Arc<super::trace::Tracer>,
 }
 
 /// Most bytes of a request body (a chain file, attributes); past it, 413 before it is read
@@ -320,9 +327,15 @@ fn router(api: Api) -> Router {
         .route("/api/devices/{id}", get(devices::one))
         .route("/api/devices/{id}/attributes", put(devices::set_attributes))
         .route("/api/devices/{id}/history", get(devices::history))
+        .route(
+            "/api/trace",
+            post(trace::start).get(trace::read).delete(trace::stop),
+        )
         .route("/ws", get(ws::ws))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
+        .route("/", get(assets::index))
+        .route("/assets/{file}", get(assets::asset))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
         .route("/healthz", get(health::healthz))

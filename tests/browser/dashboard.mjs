@@ -1,0 +1,159 @@
+// The dashboard in a real browser: Debian's chromium (headless), driven by playwright-core,
+// against `rulechain run --demo` on free loopback ports. A new user's walk: the page loads, the
+// pumps appear, their values change, the motor-overload alarm appears and is acknowledged with
+// a click (and the API says who acknowledged it), the chains and a trace show; a device id that
+// carries markup stays text.
+//
+//   node tests/browser/dashboard.mjs target/release/rulechain [--screenshots docs/]
+//
+// The engine is stopped by pid at the end, whatever happened.
+import { chromium } from "playwright-core";
+import { spawn, execFileSync } from "node:child_process";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+
+const [bin, ...rest] = process.argv.slice(2);
+if (!bin) {
+  console.error("usage: node tests/browser/dashboard.mjs PATH/TO/rulechain [--screenshots DIR]");
+  process.exit(2);
+}
+// With a folder: the alarms page as the alarm appears, and pump-1's page at the end (the
+// README's pictures).
+const shots = rest[0] === "--screenshots" ? rest[1] : null;
+const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..", "..");
+
+const freePort = () => new Promise((resolve, reject) => {
+  const s = net.createServer();
+  s.on("error", reject);
+  s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
+});
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const step = (what) => console.log(`  - ${what}`);
+
+const [mqtt, http] = [await freePort(), await freePort()];
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "rulechain-browser-"));
+fs.writeFileSync(path.join(dir, "rulechain.yaml"), [
+  `embedded_broker: {listen: "127.0.0.1:${mqtt}"}`,
+  `http: {listen: "127.0.0.1:${http}"}`,
+  `rules: ${JSON.stringify(path.join(repo, "rules"))}`,
+  `state_dir: ${JSON.stringify(path.join(dir, "state"))}`,
+  // The example rules' channels, delivered to the log (as the embedded default does).
+  "channels: {maintenance-email: {log: {}}, ops-webhook: {log: {}}}",
+  "",
+].join("\n"));
+const log = fs.openSync(path.join(dir, "engine.log"), "w");
+const engine = spawn(bin, ["run", "--demo", "--config", path.join(dir, "rulechain.yaml")], {
+  stdio: ["ignore", log, log],
+});
+const base = `http://127.0.0.1:${http}`;
+const api = async (p) => (await fetch(base + p)).json();
+
+let browser;
+let failed = false;
+try {
+  // Ready: subscribed, rules loaded.
+  const start = Date.now();
+  for (;;) {
+    const r = await fetch(`${base}/readyz`).catch(() => null);
+    if (r && r.status === 200) break;
+    assert.ok(Date.now() - start < 20000, "the engine is not ready within 20 s");
+    await sleep(200);
+  }
+  const printed = fs.readFileSync(path.join(dir, "engine.log"), "utf8");
+  assert.match(printed, new RegExp(`dashboard on http://127\\.0\\.0\\.1:${http}/`), "run --demo prints the dashboard URL");
+  step("the engine is ready and printed the dashboard URL");
+
+  browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  page.on("dialog", (d) => { errors.push(`dialog: ${d.message()}`); d.dismiss(); });
+
+  await page.goto(`${base}/`);
+  for (const id of ["pump-1", "pump-2", "pump-3"]) {
+    await page.waitForSelector(`[data-device="${id}"]`, { timeout: 20000 });
+  }
+  step("the page loads and the three pumps appear");
+
+  const vals = () => page.locator('[data-device="pump-1"] .vals').innerText();
+  const first = await vals();
+  await page.waitForFunction((before) => {
+    const e = document.querySelector('[data-device="pump-1"] .vals');
+    return e && e.innerText !== before;
+  }, first, { timeout: 20000 });
+  step(`live values change (${first.trim()} → ${(await vals()).trim()})`);
+
+  await page.waitForSelector("#link.up", { timeout: 10000 });
+  step("the WebSocket is connected");
+
+  // A device id with markup, published by a device of its own: it must stay text.
+  const evil = "<img src=x onerror=window.__xss=1>";
+  execFileSync("mosquitto_pub", ["-h", "127.0.0.1", "-p", String(mqtt), "-t", `site/a/device/${evil}/telemetry`, "-m", '{"current": 1.5}']);
+  await page.waitForFunction((id) => [...document.querySelectorAll(".card .id")].some((e) => e.textContent.includes(id)), evil, { timeout: 10000 });
+  assert.equal(await page.evaluate(() => window.__xss), undefined, "markup in a device id ran");
+  assert.equal(await page.locator(".card img").count(), 0, "markup in a device id became an element");
+  step("a device id carrying markup is shown as text");
+
+  // The motor-overload alarm (the demo overloads pump-1 after 10 s; the chain holds 30 s).
+  await page.fill("#who", "browser-test");
+  await page.click('nav a[data-page="alarms"]');
+  const row = page.locator('tr[data-alarm^="MotorOverload:pump-1:"]').first();
+  await row.waitFor({ timeout: 90000 });
+  const id = await row.getAttribute("data-alarm");
+  assert.match(await row.locator(".sev").innerText(), /WARNING|MAJOR|CRITICAL/);
+  step(`the motor-overload alarm appears (${await row.getAttribute("data-status")})`);
+  if (shots) await page.screenshot({ path: path.join(shots, "dashboard-alarms.png") });
+
+  await row.locator("button.ack").click();
+  // Acknowledged: ACTIVE_ACK stays listed, CLEARED_ACK leaves the open alarms.
+  await page.waitForFunction((alarm) => {
+    const r = document.querySelector(`tr[data-alarm="${CSS.escape(alarm)}"]`);
+    return !r || r.dataset.status.endsWith("_ACK") && !r.dataset.status.endsWith("UNACK");
+  }, id, { timeout: 10000 });
+  const open = await api(`/api/alarms?device=pump-1`);
+  const closed = await api(`/api/alarms?device=pump-1&status=CLEARED_ACK`);
+  const seen = [...open.alarms, ...closed.alarms].find((a) => a.id === id);
+  assert.ok(seen, `alarm ${id} not in the API`);
+  assert.match(seen.status, /^(ACTIVE_ACK|CLEARED_ACK)$/);
+  assert.equal(seen.acked_by, "browser-test");
+  step(`acknowledged with a click; the API says ${seen.status} by ${seen.acked_by}`);
+
+  await page.click('nav a[data-page="chains"]');
+  await page.waitForSelector('[data-chain="motor-overload"] [data-node="overload"]', { timeout: 10000 });
+  const passed = await page.locator('[data-chain="store-telemetry"] [data-node="save"] td.num').first().innerText();
+  assert.ok(Number(passed) > 0, `store-telemetry/save passed ${passed}`);
+  step(`the chains show their node counters (store-telemetry/save passed ${passed})`);
+
+  await page.click('nav a[data-page="trace"]');
+  await page.fill('input[name="device"]', "pump-2");
+  await page.fill('input[name="limit"]', "2");
+  await page.click('form.inline button[type="submit"]');
+  await page.waitForSelector("#trace details", { timeout: 15000 });
+  assert.match(await page.locator("#trace summary").first().innerText(), /pump-2/);
+  step("a trace of pump-2 shows its path through the nodes");
+
+  await page.goto(`${base}/#/device/pump-1`);
+  await page.waitForSelector('.chart[data-field="current"]', { timeout: 15000 });
+  step("the device page draws its charts");
+  if (shots) {
+    await sleep(1500);
+    await page.screenshot({ path: path.join(shots, "dashboard-device.png"), fullPage: false });
+  }
+
+  assert.deepEqual(errors, [], "the page logged errors");
+  console.log("dashboard: all steps passed");
+} catch (e) {
+  failed = true;
+  console.error(`dashboard test failed: ${e.stack || e}`);
+  console.error(fs.readFileSync(path.join(dir, "engine.log"), "utf8").split("\n").slice(-30).join("\n"));
+} finally {
+  if (browser) await browser.close().catch(() => {});
+  engine.kill("SIGTERM");
+  await new Promise((r) => { engine.once("exit", r); setTimeout(() => { engine.kill("SIGKILL"); r(); }, 15000); });
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
