@@ -116,12 +116,16 @@ fn write_engine_dir(dir: &Path, o: &Opts, mqtt: u16, http: u16, vm: u16) {
         .map(|i| format!("  - {{id: pump-{i}, type: pump, attributes: {{rated_current: 10.0, max_temp: 80.0, critical_temp: 95.0}}}}\n"))
         .collect();
     std::fs::write(dir.join("devices.yaml"), format!("devices:\n{devices}")).unwrap();
+    // The recent values fill their budget over their window (15 minutes by default), then stay
+    // flat; a 20 s window lets a 2-minute soak see them at their plateau, so a slope after the
+    // warm-up is a leak, not a window filling.
     std::fs::write(
         dir.join("rulechain.yaml"),
         format!(
             "mqtt: {{url: mqtt://127.0.0.1:{mqtt}, client_id: soak, qos: 0}}\n\
              http: {{listen: 127.0.0.1:{http}}}\nstate_dir: state\nrules: rules\ndevices: devices.yaml\n\
              influx: {{url: http://127.0.0.1:{vm}, api: v1, database: soak}}\n\
+             history: {{window: 20s}}\n\
              channels:\n  maintenance-email: {{log: {{}}, rate_limit: 60/1m}}\n  ops-webhook: {{log: {{}}, rate_limit: 60/1m}}\n"
         ),
     )

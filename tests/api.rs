@@ -616,3 +616,110 @@ fn every_metric_the_grafana_dashboard_queries_exists() {
     }
     assert!(queried >= 30, "only {queried} metric references");
 }
+
+#[test]
+fn a_trace_records_each_nodes_decision_and_survives_a_reload() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempdir("api-trace");
+    let (mqtt, http) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+        http,
+        &[("overheat.yaml", OVERHEAT)],
+        DEVICES,
+    );
+    let _engine = Engine::start(&dir, http);
+    let post = |body: &str| {
+        let (code, _, b) = request(
+            http,
+            "POST",
+            "/api/trace",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        (code, serde_json::from_slice::<Value>(&b).unwrap())
+    };
+    // No bounds given: the defaults; too large: the caps.
+    let (code, t) = post("{}");
+    assert_eq!(code, 200);
+    assert_eq!(
+        (
+            t["trace"]["limit"].as_u64(),
+            t["trace"]["duration"].as_str()
+        ),
+        (Some(20), Some("60s"))
+    );
+    let (_, t) = post(r#"{"limit": 4000000000, "duration": "30d"}"#);
+    assert_eq!(
+        (
+            t["trace"]["limit"].as_u64(),
+            t["trace"]["duration"].as_str()
+        ),
+        (Some(1000), Some("3600s"))
+    );
+    // Two messages of pump-1, one of pump-2 between them; a reload in the middle.
+    let (code, _) = post(r#"{"device": "pump-1", "limit": 2}"#);
+    assert_eq!(code, 200);
+    let publish = |device: &str, temp: u32| {
+        rt.block_on(async {
+            let p = Mqtt::connect(mqtt, &format!("api-t-{device}-{temp}"), true, &[]).await;
+            p.publish(
+                &format!("device/{device}/telemetry"),
+                format!(r#"{{"temp": {temp}}}"#),
+            )
+            .await;
+        })
+    };
+    publish("pump-1", 70);
+    publish("pump-2", 99);
+    std::fs::write(
+        dir.join("rules").join("overheat.yaml"),
+        OVERHEAT.replace("msg.temp > attr.max_temp", "msg.temp > attr.max_temp - 1"),
+    )
+    .unwrap();
+    let (code, _, b) = request(http, "POST", "/api/reload", &[], b"");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&b));
+    publish("pump-1", 99);
+    let trace = wait_for(Duration::from_secs(10), || {
+        let t = get_json(http, "/api/trace");
+        (t["entries"].as_array()?.len() == 2).then_some(t)
+    })
+    .expect("two entries: pump-1's two messages, one chain each");
+    let e = trace["entries"].as_array().unwrap();
+    assert!(e.iter().all(|x| x["device"] == "pump-1"), "{trace}");
+    // 70 is not above 80: the filter goes to `else`, whose alarm has nothing to clear.
+    let steps = |i: usize| -> Vec<(String, String)> {
+        e[i]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["node"].as_str().unwrap().into(),
+                    s["outcome"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        steps(0),
+        [
+            ("hot".into(), "else".into()),
+            ("cool".into(), "suppressed".into())
+        ]
+    );
+    assert_eq!(e[0]["steps"][0]["msg"], json!({"temp": 70}));
+    // After the reload, the same trace: 99 passes the filter and raises the alarm.
+    assert_eq!(
+        steps(1),
+        [
+            ("hot".into(), "pass".into()),
+            ("raise".into(), "pass".into())
+        ]
+    );
+    assert!(
+        trace["active"].is_null(),
+        "the limit of 2 ended it: {trace}"
+    );
+}
