@@ -723,3 +723,54 @@ fn a_trace_records_each_nodes_decision_and_survives_a_reload() {
         "the limit of 2 ended it: {trace}"
     );
 }
+
+#[test]
+fn the_token_guards_the_api_not_the_probes_or_the_page_and_unknown_routes_answer_json() {
+    let dir = tempdir("api-token");
+    let (mqtt, http) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+        http,
+        &[("overheat.yaml", OVERHEAT)],
+        DEVICES,
+    );
+    let cfg = dir.join("rulechain.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("http: {{listen: 127.0.0.1:{http}}}"),
+        &format!("http: {{listen: 127.0.0.1:{http}, token: s3cret}}"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let _engine = Engine::start(&dir, http);
+    for open in ["/livez", "/readyz", "/healthz", "/", "/assets/app.js"] {
+        assert_eq!(request(http, "GET", open, &[], b"").0, 200, "{open}");
+    }
+    for guarded in ["/metrics", "/api/devices", "/api/chains", "/api/trace"] {
+        let (code, _, body) = request(http, "GET", guarded, &[], b"");
+        assert_eq!(code, 401, "{guarded}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("token"), "{v}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("s3cret"),
+            "the token leaked"
+        );
+        let (code, _, _) = request(
+            http,
+            "GET",
+            guarded,
+            &[("Authorization", "Bearer s3cret")],
+            b"",
+        );
+        assert_eq!(code, 200, "{guarded} with the token");
+    }
+    let auth = [("Authorization", "Bearer s3cret")];
+    let (code, ctype, body) = request(http, "GET", "/api/nothing", &auth, b"");
+    assert_eq!(code, 404);
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("/api/nothing"), "{v}");
+    let (code, _, body) = request(http, "DELETE", "/api/devices", &auth, b"");
+    assert_eq!(code, 405);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("DELETE"), "{v}");
+}
