@@ -35,6 +35,43 @@ devices:
     attributes: { max_temp: 80 }
 "#;
 
+/// An engine on its embedded broker in a fresh directory, with `extra` config, these chains
+/// and [`DEVICES`]; `http_extra` goes into the `http:` map. Gives the engine and its broker
+/// and HTTP ports.
+struct Started {
+    engine: Engine,
+    dir: std::path::PathBuf,
+    mqtt: u16,
+    http: u16,
+}
+
+fn start(name: &str, extra: &str, chains: &[(&str, &str)], http_extra: &str) -> Started {
+    let dir = tempdir(name);
+    let (mqtt, http) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}\n{extra}"),
+        http,
+        chains,
+        DEVICES,
+    );
+    if !http_extra.is_empty() {
+        let cfg = dir.join("rulechain.yaml");
+        let listen = format!("http: {{listen: 127.0.0.1:{http}}}");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(text.contains(&listen));
+        let with = format!("http: {{listen: 127.0.0.1:{http}, {http_extra}}}");
+        std::fs::write(&cfg, text.replace(&listen, &with)).unwrap();
+    }
+    let engine = Engine::start(&dir, http);
+    Started {
+        engine,
+        dir,
+        mqtt,
+        http,
+    }
+}
+
 fn spec() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml"))
         .expect("docs/openapi.yaml");
@@ -177,16 +214,17 @@ fn the_router_and_the_openapi_file_list_the_same_routes() {
 fn every_route_of_the_openapi_file_answers_as_it_says() {
     let spec = spec();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempdir("api-walk");
-    let (mqtt, http) = (free_port(), free_port());
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}\nhistory: {{resolution: 100ms}}"),
+    let Started {
+        engine,
+        dir,
+        mqtt,
         http,
+    } = start(
+        "api-walk",
+        "history: {resolution: 100ms}",
         &[("overheat.yaml", OVERHEAT)],
-        DEVICES,
+        "",
     );
-    let engine = Engine::start(&dir, http);
     rt.block_on(async {
         let p = Mqtt::connect(mqtt, "api-walk", true, &[]).await;
         p.publish("device/pump-1/telemetry", r#"{"temp": 70}"#)
@@ -341,16 +379,17 @@ fn every_route_of_the_openapi_file_answers_as_it_says() {
 #[test]
 fn attributes_history_and_metrics_do_what_they_say() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempdir("api-behaviour");
-    let (mqtt, http) = (free_port(), free_port());
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}\nhistory: {{resolution: 100ms}}"),
+    let Started {
+        mut engine,
+        mqtt,
         http,
+        ..
+    } = start(
+        "api-behaviour",
+        "history: {resolution: 100ms}",
         &[("overheat.yaml", OVERHEAT)],
-        DEVICES,
+        "",
     );
-    let mut engine = Engine::start(&dir, http);
     let put = |body: &str| {
         request(
             http,
@@ -543,20 +582,17 @@ fn every_metric_the_grafana_dashboard_queries_exists() {
     // An engine with every part that has metrics: an InfluxDB writer (to a closed port), a
     // notification channel, a WebSocket client, an alarm.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempdir("api-grafana");
-    let (mqtt, http) = (free_port(), free_port());
     let chain = "chain: hot\nnodes:\n  - filter: msg.temp > 50\n  - alarm: { type: Hot, severity: MAJOR }\n  - notify: [ops]\n";
-    engine_dir(
-        &dir,
-        &format!(
-            "embedded_broker: {{listen: 127.0.0.1:{mqtt}}}\ninflux: {{url: \"http://127.0.0.1:{}\"}}\nchannels: {{ops: {{log: {{}}}}}}",
-            free_port()
-        ),
-        http,
-        &[("hot.yaml", chain)],
-        DEVICES,
+    let extra = format!(
+        "influx: {{url: \"http://127.0.0.1:{}\"}}\nchannels: {{ops: {{log: {{}}}}}}",
+        free_port()
     );
-    let _engine = Engine::start(&dir, http);
+    let Started {
+        engine: _engine,
+        mqtt,
+        http,
+        ..
+    } = start("api-grafana", &extra, &[("hot.yaml", chain)], "");
     rt.block_on(async {
         let p = Mqtt::connect(mqtt, "api-g", true, &[]).await;
         p.publish("device/pump-1/telemetry", r#"{"temp": 90}"#)
@@ -620,16 +656,12 @@ fn every_metric_the_grafana_dashboard_queries_exists() {
 #[test]
 fn a_trace_records_each_nodes_decision_and_survives_a_reload() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempdir("api-trace");
-    let (mqtt, http) = (free_port(), free_port());
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+    let Started {
+        engine: _engine,
+        dir,
+        mqtt,
         http,
-        &[("overheat.yaml", OVERHEAT)],
-        DEVICES,
-    );
-    let _engine = Engine::start(&dir, http);
+    } = start("api-trace", "", &[("overheat.yaml", OVERHEAT)], "");
     let post = |body: &str| {
         let (code, _, b) = request(
             http,
@@ -726,22 +758,16 @@ fn a_trace_records_each_nodes_decision_and_survives_a_reload() {
 
 #[test]
 fn the_token_guards_the_api_not_the_probes_or_the_page_and_unknown_routes_answer_json() {
-    let dir = tempdir("api-token");
-    let (mqtt, http) = (free_port(), free_port());
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+    let Started {
+        engine: _engine,
         http,
+        ..
+    } = start(
+        "api-token",
+        "",
         &[("overheat.yaml", OVERHEAT)],
-        DEVICES,
+        "token: s3cret",
     );
-    let cfg = dir.join("rulechain.yaml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &format!("http: {{listen: 127.0.0.1:{http}}}"),
-        &format!("http: {{listen: 127.0.0.1:{http}, token: s3cret}}"),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let _engine = Engine::start(&dir, http);
     for open in ["/livez", "/readyz", "/healthz", "/", "/assets/app.js"] {
         assert_eq!(request(http, "GET", open, &[], b"").0, 200, "{open}");
     }

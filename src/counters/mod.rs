@@ -171,6 +171,14 @@ impl Report for JsonReport {
     }
 }
 
+/// Named parts as [`Report::parts`] takes them.
+pub fn parts<'a, T: Counters>(named: &'a [(&'a str, T)]) -> Vec<(&'a str, &'a dyn Counters)> {
+    named
+        .iter()
+        .map(|(n, p)| (*n, p as &dyn Counters))
+        .collect()
+}
+
 /// A component's counters as JSON.
 pub fn to_json(c: &dyn Counters) -> Value {
     let mut r = JsonReport::default();

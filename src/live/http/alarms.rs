@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::{Api, ApiError};
 use crate::engine::alarm::AckError;
+use crate::engine::registry::AlarmAction;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct Filter {
@@ -104,11 +105,7 @@ pub(super) async fn ack(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let by = operator(&body)?;
-    match api.alarms.ack(&id, by.as_deref()).await {
-        Ok(status) => Ok(Json(json!({"alarm": id, "status": status, "by": by}))),
-        Err(e) => Err(refusal(&id, e)),
-    }
+    act(&api, &id, &body, AlarmAction::Ack).await
 }
 
 /// `POST /api/alarms/{id}/clear` (optional body `{"by": "who"}`): clears an active alarm by
@@ -119,9 +116,22 @@ pub(super) async fn clear(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let by = operator(&body)?;
-    match api.alarms.clear(&id, by.as_deref()).await {
+    act(&api, &id, &body, AlarmAction::Clear).await
+}
+
+async fn act(
+    api: &Api,
+    id: &str,
+    body: &[u8],
+    action: AlarmAction,
+) -> Result<Json<Value>, ApiError> {
+    let by = operator(body)?;
+    let done = match action {
+        AlarmAction::Ack => api.alarms.ack(id, by.as_deref()).await,
+        AlarmAction::Clear => api.alarms.clear(id, by.as_deref()).await,
+    };
+    match done {
         Ok(status) => Ok(Json(json!({"alarm": id, "status": status, "by": by}))),
-        Err(e) => Err(refusal(&id, e)),
+        Err(e) => Err(refusal(id, e)),
     }
 }

@@ -118,11 +118,7 @@ impl Counters for Chains {
             .iter()
             .map(|c| (c.name.as_ref(), ChainPart(c)))
             .collect();
-        let parts: Vec<(&str, &dyn Counters)> = parts
-            .iter()
-            .map(|(n, p)| (*n, p as &dyn Counters))
-            .collect();
-        r.parts("chains", "chain", &parts);
+        r.parts("chains", "chain", &crate::counters::parts(&parts));
     }
 }
 
@@ -144,11 +140,7 @@ impl Counters for ChainPart<'_> {
             .iter()
             .map(|n| (n.id.as_ref(), NodePart(n)))
             .collect();
-        let parts: Vec<(&str, &dyn Counters)> = parts
-            .iter()
-            .map(|(n, p)| (*n, p as &dyn Counters))
-            .collect();
-        r.parts("nodes", "node", &parts);
+        r.parts("nodes", "node", &crate::counters::parts(&parts));
     }
 }
 

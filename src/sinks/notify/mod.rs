@@ -246,11 +246,7 @@ impl Counters for NotifyView {
             .iter()
             .map(|(name, (stats, via))| (name.as_str(), ChannelPart(stats, via)))
             .collect();
-        let parts: Vec<(&str, &dyn Counters)> = parts
-            .iter()
-            .map(|(n, p)| (*n, p as &dyn Counters))
-            .collect();
-        r.parts("channels", "channel", &parts);
+        r.parts("channels", "channel", &crate::counters::parts(&parts));
         r.counter(
             "unknown_channel",
             "notifications to channels the config does not define",
