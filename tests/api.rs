@@ -800,3 +800,76 @@ fn the_token_guards_the_api_not_the_probes_or_the_page_and_unknown_routes_answer
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(v["error"].as_str().unwrap().contains("DELETE"), "{v}");
 }
+
+#[test]
+fn prometheus_scrapes_the_metrics() {
+    // Debian's Prometheus server (installed by scripts/services.sh), scraping every second.
+    let s = start("api-prometheus", "", &[("overheat.yaml", OVERHEAT)], "");
+    let prom_port = free_port();
+    let prom_dir = s.dir.join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let config = prom_dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: rulechain\n    static_configs: [{{targets: [\"127.0.0.1:{}\"]}}]\n",
+            s.http
+        ),
+    )
+    .unwrap();
+    let _prom = common::Proc::spawn(
+        std::process::Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                prom_dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
+        &prom_dir.join("prometheus.log"),
+        "prometheus",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let p = Mqtt::connect(s.mqtt, "api-prom", true, &[]).await;
+        p.publish("device/pump-1/telemetry", r#"{"temp": 99}"#)
+            .await;
+    });
+    let query = |q: &str| -> Option<Value> {
+        // Not listening yet while it starts.
+        std::net::TcpStream::connect(("127.0.0.1", prom_port)).ok()?;
+        let (code, _, b) = request(
+            prom_port,
+            "GET",
+            &format!("/api/v1/query?query={q}"),
+            &[],
+            b"",
+        );
+        (code == 200).then(|| serde_json::from_slice::<Value>(&b).ok())?
+    };
+    let log = || std::fs::read_to_string(prom_dir.join("prometheus.log")).unwrap_or_default();
+    // `up` is 1 only when the last scrape parsed; then a counter, a labelled gauge and a
+    // histogram's buckets are in its store.
+    wait_for(Duration::from_secs(30), || {
+        let v = query("up%7Bjob%3D%22rulechain%22%7D")?;
+        (v["data"]["result"][0]["value"][1] == "1").then_some(())
+    })
+    .unwrap_or_else(|| panic!("Prometheus did not scrape /metrics:\n{}", log()));
+    for (q, want) in [
+        ("rulechain_engine_received_total", "1"),
+        (
+            "rulechain_alarms%7Bstatus%3D%22ACTIVE_UNACK%22%2Cseverity%3D%22CRITICAL%22%7D",
+            "1",
+        ),
+        (
+            "rulechain_chain_duration_seconds_count%7Bchain%3D%22overheat%22%7D",
+            "1",
+        ),
+    ] {
+        let got = wait_for(Duration::from_secs(10), || {
+            let v = query(q)?;
+            let value = v["data"]["result"][0]["value"][1].as_str()?.to_string();
+            (value == want).then_some(value)
+        });
+        assert!(got.is_some(), "{q}: {:?}\n{}", query(q), log());
+    }
+}
