@@ -420,6 +420,19 @@ fn attributes_history_and_metrics_do_what_they_say() {
         (v["alarms"].as_array()?.len() == 1).then_some(())
     })
     .expect("60 > the server-side max_temp 50 raises an alarm (the registry says 80)");
+    // Pages by id across the shards (the two pumps of the devices file: one per shard or not).
+    let first = get_json(http, "/api/devices?limit=1");
+    let second = get_json(http, "/api/devices?limit=1&offset=1");
+    assert_eq!(
+        (first["total"].as_u64(), second["total"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(first["devices"][0]["id"], "pump-1", "{first}");
+    assert_eq!(second["devices"][0]["id"], "pump-2", "{second}");
+    assert!(get_json(http, "/api/devices?offset=2")["devices"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     // An open alarm shows on its device and in the metrics, by status and severity.
     let list = get_json(http, "/api/devices?type=pump&online=true");
     assert_eq!(list["devices"][0]["open_alarms"], 1, "{list}");

@@ -64,10 +64,26 @@ pub struct Latest {
     pub value: f64,
 }
 
+/// Which devices a list wants.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    /// Only this type.
+    pub type_: Option<String>,
+    /// Only online (`true`) or offline (`false`) ones.
+    pub online: Option<bool>,
+}
+
 /// A question for a shard.
 pub enum Ask {
-    /// Its devices.
-    Devices(oneshot::Sender<Vec<DeviceRow>>),
+    /// Its devices that match, by id: how many match, and the first `take` of them.
+    Devices {
+        /// Which.
+        filter: DeviceFilter,
+        /// How many rows at most (the page's offset + limit: the API merges the shards').
+        take: usize,
+        /// (matching, rows).
+        reply: oneshot::Sender<(usize, Vec<DeviceRow>)>,
+    },
     /// One device.
     Device(String, oneshot::Sender<Option<DeviceDetail>>),
     /// A field's points since a time (ms).
@@ -108,9 +124,32 @@ impl Answerer<'_> {
     /// Answers; returns whether state changed (a checkpoint is due).
     pub fn answer(&mut self, ask: Ask) -> bool {
         match ask {
-            Ask::Devices(reply) => {
-                let rows = self.exec.devices().map(|(id, d)| self.row(id, d)).collect();
-                let _ = reply.send(rows);
+            Ask::Devices {
+                filter,
+                take,
+                reply,
+            } => {
+                // Ids first, rows only for the page: a row reads the device's recent values.
+                let mut ids: Vec<(&str, &Device)> = self
+                    .exec
+                    .devices()
+                    .filter(|(_, d)| {
+                        filter
+                            .type_
+                            .as_deref()
+                            .is_none_or(|t| d.type_.as_deref() == Some(t))
+                            && filter.online.is_none_or(|o| self.online(d) == o)
+                    })
+                    .map(|(id, d)| (id.as_ref(), d))
+                    .collect();
+                let total = ids.len();
+                if take < ids.len() {
+                    ids.select_nth_unstable_by(take, |a, b| a.0.cmp(b.0));
+                    ids.truncate(take);
+                }
+                ids.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let rows = ids.iter().map(|(id, d)| self.row(id, d)).collect();
+                let _ = reply.send((total, rows));
                 false
             }
             Ask::Device(id, reply) => {
@@ -152,12 +191,17 @@ impl Answerer<'_> {
         }
     }
 
+    fn online(&self, d: &Device) -> bool {
+        let seen = d.last_seen();
+        seen > 0 && self.now - seen < self.offline_after
+    }
+
     fn row(&self, id: &str, d: &Device) -> DeviceRow {
         let seen = d.last_seen();
         DeviceRow {
             id: id.to_string(),
             type_: d.type_.as_deref().map(str::to_string),
-            online: seen > 0 && self.now - seen < self.offline_after,
+            online: self.online(d),
             last_seen: (seen > 0).then_some(seen),
             open_alarms: 0,
             severity: None,

@@ -296,6 +296,7 @@ fn start_shards(
     let rule_stats: Vec<Arc<RuleStats>> =
         (0..state.snapshots.len()).map(|_| Arc::default()).collect();
     let tracer = Arc::new(Tracer::default());
+    let state_shards = state.snapshots.len();
     let mut senders = Vec::new();
     let mut threads = Vec::new();
     for (index, saved) in state.snapshots.into_iter().enumerate() {
@@ -315,7 +316,15 @@ fn start_shards(
             offline_after: settings.offline_after,
             tracer: tracer.clone(),
         };
-        let (rules, devices) = (rules.clone(), devices.clone());
+        // A shard gets the registry's devices it owns: no other shard ever sees their messages
+        // (and the API lists each device once).
+        let count = state_shards;
+        let devices: HashMap<Arc<str>, Device> = devices
+            .iter()
+            .filter(|(id, _)| shard::shard_of(id, count) == index)
+            .map(|(id, d)| (id.clone(), d.clone()))
+            .collect();
+        let rules = rules.clone();
         let t = std::thread::Builder::new()
             .name(format!("shard-{index}"))
             .spawn(move || shard::run(rules, devices, saved, rx, ctx))

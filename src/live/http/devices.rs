@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Api, ApiError};
-use crate::live::devices::{Ask, DeviceDetail, DeviceRow};
+use crate::live::devices::{Ask, DeviceDetail, DeviceFilter, DeviceRow};
 
 /// Most devices one page of `/api/devices` gives.
 const MAX_PAGE: usize = 10_000;
@@ -46,24 +46,28 @@ pub(super) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query?;
+    let limit = q.limit.unwrap_or(1_000).min(MAX_PAGE);
+    let offset = q.offset.unwrap_or(0).min(usize::MAX - MAX_PAGE);
+    let filter = DeviceFilter {
+        type_: q.type_,
+        online: q.online,
+    };
+    // Each shard gives its first offset + limit matching rows by id; merged, the page is the
+    // same as if one list had been sorted whole.
+    let mut total = 0;
     let mut rows: Vec<DeviceRow> = Vec::new();
     for tx in &api.shard_tx {
-        rows.extend(Api::ask(tx.upgrade(), Ask::Devices).await?);
+        let (n, r) = Api::ask(tx.upgrade(), |reply| Ask::Devices {
+            filter: filter.clone(),
+            take: offset + limit,
+            reply,
+        })
+        .await?;
+        total += n;
+        rows.extend(r);
     }
-    rows.retain(|r| {
-        q.type_
-            .as_deref()
-            .is_none_or(|t| r.type_.as_deref() == Some(t))
-            && q.online.is_none_or(|o| r.online == o)
-    });
     rows.sort_by(|a, b| a.id.cmp(&b.id));
-    let total = rows.len();
-    let limit = q.limit.unwrap_or(1_000).min(MAX_PAGE);
-    let mut page: Vec<DeviceRow> = rows
-        .into_iter()
-        .skip(q.offset.unwrap_or(0))
-        .take(limit)
-        .collect();
+    let mut page: Vec<DeviceRow> = rows.into_iter().skip(offset).take(limit).collect();
     for r in &mut page {
         with_alarms(&api, r);
     }
