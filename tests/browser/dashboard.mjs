@@ -2,7 +2,8 @@
 // against `rulechain run --demo` on free loopback ports. A new user's walk: the page loads, the
 // pumps appear, their values change, the motor-overload alarm appears and is acknowledged with
 // a click (and the API says who acknowledged it), the chains and a trace show; a device id that
-// carries markup stays text.
+// carries markup stays text; against an engine with `http.token`, the page asks for the token
+// and then works.
 //
 //   node tests/browser/dashboard.mjs target/release/rulechain [--screenshots docs/]
 //
@@ -52,6 +53,7 @@ const base = `http://127.0.0.1:${http}`;
 const api = async (p) => (await fetch(base + p)).json();
 
 let browser;
+let second;
 let failed = false;
 try {
   // Ready: subscribed, rules loaded.
@@ -145,6 +147,37 @@ try {
   }
 
   assert.deepEqual(errors, [], "the page logged errors");
+
+  // An engine that wants a token: the page asks for it, then works (API and WebSocket).
+  const [mqtt2, http2] = [await freePort(), await freePort()];
+  fs.writeFileSync(path.join(dir, "token.yaml"), [
+    `embedded_broker: {listen: "127.0.0.1:${mqtt2}"}`,
+    `http: {listen: "127.0.0.1:${http2}", token: "t0k-en"}`,
+    `rules: ${JSON.stringify(path.join(repo, "rules"))}`,
+    `state_dir: ${JSON.stringify(path.join(dir, "state2"))}`,
+    "channels: {maintenance-email: {log: {}}, ops-webhook: {log: {}}}",
+    "",
+  ].join("\n"));
+  const log2 = fs.openSync(path.join(dir, "engine2.log"), "w");
+  second = spawn(bin, ["run", "--config", path.join(dir, "token.yaml")], { stdio: ["ignore", log2, log2] });
+  const base2 = `http://127.0.0.1:${http2}`;
+  for (const t0 = Date.now(); ;) {
+    const r = await fetch(`${base2}/readyz`).catch(() => null);
+    if (r && r.status === 200) break;
+    assert.ok(Date.now() - t0 < 20000, "the engine with a token is not ready within 20 s");
+    await sleep(200);
+  }
+  execFileSync("mosquitto_pub", ["-h", "127.0.0.1", "-p", String(mqtt2), "-t", "site/a/device/fan-9/telemetry", "-m", '{"rpm": 900}']);
+  const page2 = await browser.newPage();
+  page2.on("pageerror", (e) => errors.push(String(e)));
+  await page2.goto(`${base2}/`);
+  await page2.waitForSelector("#token-dialog[open]", { timeout: 10000 });
+  await page2.fill("#token-input", "t0k-en");
+  await page2.click('#token-form button[type="submit"]');
+  await page2.waitForSelector('[data-device="fan-9"]', { timeout: 15000 });
+  await page2.waitForSelector("#link.up", { timeout: 10000 });
+  assert.deepEqual(errors, [], "the page logged errors");
+  step("with http.token, the page asks for the token, then shows the devices and goes live");
   console.log("dashboard: all steps passed");
 } catch (e) {
   failed = true;
@@ -152,6 +185,7 @@ try {
   console.error(fs.readFileSync(path.join(dir, "engine.log"), "utf8").split("\n").slice(-30).join("\n"));
 } finally {
   if (browser) await browser.close().catch(() => {});
+  if (second) second.kill("SIGTERM");
   engine.kill("SIGTERM");
   await new Promise((r) => { engine.once("exit", r); setTimeout(() => { engine.kill("SIGKILL"); r(); }, 15000); });
   fs.rmSync(dir, { recursive: true, force: true });
