@@ -559,8 +559,12 @@ fn handle(
             if job.kind == crate::message::Kind::Telemetry {
                 history.record(&job.device, ts, &payload);
             }
-            let sampled = ctx.tracer.sample(&job.device, job.received);
-            let (from, device) = (buf.0.len(), job.device.clone());
+            // A sampled message (a live trace) keeps its device id for the entries; any other
+            // pays one relaxed load here and nothing more.
+            let sampled = ctx
+                .tracer
+                .sample(&job.device, job.received)
+                .map(|chain| (chain, buf.0.len(), job.device.clone()));
             buf.1 = sampled.is_some();
             exec.process(
                 Message {
@@ -573,7 +577,7 @@ fn handle(
                 },
                 buf,
             );
-            if let Some(chain) = sampled {
+            if let Some((chain, from, device)) = sampled {
                 buf.1 = false;
                 trace(&ctx.tracer, buf, from, &device, chain.as_deref(), ts);
             }
