@@ -33,7 +33,10 @@ step "doc tests"
 cargo test --locked --doc
 
 step "the example rules and recordings, as a user checks them"
-cargo build --locked --release
+# One release build serves the binary and the soak: `cargo bench --no-run` builds the `rulechain`
+# binary too, and a separate `cargo build --release` would compile the dependencies twice (the
+# benches' dev-dependencies change some of their features).
+cargo bench --locked --no-run
 bin="${CARGO_TARGET_DIR:-target}/release/rulechain"
 "$bin" validate rules/
 "$bin" validate --config examples/rulechain.yaml
