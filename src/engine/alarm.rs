@@ -12,6 +12,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Alarm severities, most severe first.
 pub const SEVERITIES: [&str; 5] = ["CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE"];
 
+/// How severe a severity is: 0 for the most severe, [`SEVERITIES`]`.len()` for an unknown one.
+pub fn severity_rank(name: &str) -> usize {
+    SEVERITIES
+        .iter()
+        .position(|s| *s == name)
+        .unwrap_or(SEVERITIES.len())
+}
+
 /// The canonical `&'static str` of a severity name, if it is one.
 pub fn severity(name: &str) -> Option<&'static str> {
     SEVERITIES.iter().copied().find(|s| *s == name)
@@ -257,9 +265,8 @@ impl AlarmStore {
         if !a.status.is_active() {
             return Err(AckError::AlreadyCleared(id.into(), a.status.as_str()));
         }
-        let (device, type_) = (a.device.clone(), a.type_.clone());
-        let key = (device.clone(), type_.clone());
-        self.clear(&device, &type_, now);
+        let key = (a.device.clone(), a.type_.clone());
+        self.clear(&key.0, &key.1, now);
         let a = self
             .alarms
             .get_mut(&key)

@@ -90,13 +90,9 @@ pub enum Why {
 }
 
 impl Why {
-    /// The trace word.
+    /// The trace word (the same as the metrics' outcome).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Why::Held => "held",
-            Why::Suppressed => "suppressed",
-            Why::Stopped => "stop",
-        }
+        stats::Outcome::from(self).as_str()
     }
 }
 
@@ -474,11 +470,6 @@ impl Executor {
     fn bound_to_rules(mut self) -> Self {
         self.bound = self.stats.bind(&self.rules);
         self
-    }
-
-    /// The counters of its chains and nodes (shared: the harness reads them while it runs).
-    pub fn stats(&self) -> Arc<stats::RuleStats> {
-        self.stats.clone()
     }
 
     /// Counts into `stats` from now on (the harness made it, to read it while this runs).
@@ -1199,7 +1190,7 @@ impl Executor {
             let node = &chain.nodes[ni];
             let keep = node.on_error.is_some() && node.mutates;
             let backup = keep.then(|| p.clone());
-            let device = p.device.clone();
+            let device = tracing.then(|| p.device.clone());
             // A live trace wants the message as it entered the node (dry-run's trace does not).
             let entered = trace_messages.then(|| p.vars.msg.clone());
             let mut flow = {
@@ -1213,7 +1204,7 @@ impl Executor {
             if let Some(n) = self.bound.get(ci).and_then(|c| c.1.get(ni)) {
                 n.count(outcome);
             }
-            if tracing {
+            if let Some(device) = device {
                 out.emit(Effect {
                     event: Event::Node {
                         device,

@@ -312,7 +312,7 @@ fn start_shards(
             limits: settings.payload,
             state_limits: settings.state_limits.per_shard(settings.shards),
             rule_stats: rule_stats[index].clone(),
-            history: (settings.history, settings.shards),
+            history: (settings.history, state_shards),
             offline_after: settings.offline_after,
             tracer: tracer.clone(),
         };

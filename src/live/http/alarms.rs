@@ -45,7 +45,7 @@ pub(super) async fn list(
         return Err(ApiError::bad_request(format!("unknown severity {s:?}"))
             .detail(json!({"expected": sevs})));
     }
-    let rank = |s: &str| sevs.iter().position(|x| *x == s).unwrap_or(sevs.len());
+    let rank = crate::engine::alarm::severity_rank;
     if f.status.as_deref() == Some("CLEARED_ACK") {
         let closed: Vec<Value> = api
             .alarms

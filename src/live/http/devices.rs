@@ -2,6 +2,8 @@
 //! attributes and where each comes from), server-side attributes, and a field's recent values.
 //! Each answer comes from the shard that owns the device.
 
+use std::collections::HashMap;
+
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -28,16 +30,28 @@ pub(super) struct ListQuery {
     offset: Option<usize>,
 }
 
-/// Fills in a device's open alarms and their highest severity from the registry.
-fn with_alarms(api: &Api, row: &mut DeviceRow) {
-    let open = api.alarms.open(Some(&row.id));
-    let sevs = crate::engine::alarm::SEVERITIES;
-    row.open_alarms = open.len();
-    row.severity = open
-        .iter()
-        .filter(|a| a.alarm.status.is_active())
-        .map(|a| a.alarm.severity)
-        .min_by_key(|s| sevs.iter().position(|x| x == s));
+/// Fills in the rows' open alarms and the highest severity of the active ones, from one read
+/// of the registry (one device's with `device`).
+fn with_alarms<'a>(
+    api: &Api,
+    device: Option<&str>,
+    rows: impl IntoIterator<Item = &'a mut DeviceRow>,
+) {
+    use crate::engine::alarm::severity_rank;
+    let mut by_device: HashMap<String, (usize, Option<&'static str>)> = HashMap::new();
+    for a in api.alarms.open(device) {
+        let e = by_device.entry(a.alarm.device).or_default();
+        e.0 += 1;
+        let sev = a.alarm.severity;
+        if a.alarm.status.is_active() && e.1.is_none_or(|s| severity_rank(sev) < severity_rank(s)) {
+            e.1 = Some(sev);
+        }
+    }
+    for row in rows {
+        let (n, sev) = by_device.get(&row.id).copied().unwrap_or_default();
+        row.open_alarms = n;
+        row.severity = sev;
+    }
 }
 
 /// `GET /api/devices`: every device the engine knows, by id.
@@ -68,9 +82,7 @@ pub(super) async fn list(
     }
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     let mut page: Vec<DeviceRow> = rows.into_iter().skip(offset).take(limit).collect();
-    for r in &mut page {
-        with_alarms(&api, r);
-    }
+    with_alarms(&api, None, &mut page);
     Ok(Json(json!({"total": total, "devices": page})))
 }
 
@@ -79,7 +91,7 @@ async fn detail(api: &Api, id: &str) -> Result<DeviceDetail, ApiError> {
     let mut d = d.ok_or_else(|| {
         ApiError::not_found(format!("no device {id:?}: it has sent no message since the start and is not in the devices file"))
     })?;
-    with_alarms(api, &mut d.row);
+    with_alarms(api, Some(id), [&mut d.row]);
     Ok(d)
 }
 
@@ -148,7 +160,7 @@ pub(super) async fn set_attributes(
     })
     .await?;
     let mut d = r.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
-    with_alarms(&api, &mut d.row);
+    with_alarms(&api, Some(&id), [&mut d.row]);
     Ok(Json(serde_json::to_value(d).unwrap_or_default()))
 }
 

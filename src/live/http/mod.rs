@@ -218,11 +218,11 @@ async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
     if given.is_some_and(|g| same(g.as_bytes(), want.as_bytes())) {
         next.run(req).await
     } else {
-        (
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "a token is required: `Authorization: Bearer TOKEN` or `?token=TOKEN` (see `http.token` in the config)", "detail": null})),
+            "a token is required: `Authorization: Bearer TOKEN` or `?token=TOKEN` (see `http.token` in the config)",
         )
-            .into_response()
+        .into_response()
     }
 }
 

@@ -1,13 +1,10 @@
 //! `/ws`: the WebSocket hub's door (origin check, the client cap, small buffers).
 
+use super::{Api, ApiError};
 use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
-
-use super::Api;
 
 pub(super) async fn ws(
     State(api): State<Api>,
@@ -21,14 +18,14 @@ pub(super) async fn ws(
         hub.stats
             .refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (
+        return ApiError::new(
             StatusCode::FORBIDDEN,
-            Json(json!({"detail": null, "error": format!(
+            format!(
                 "a page from {} may not open this WebSocket: list it in `websocket.allowed_origins`",
                 header("origin").unwrap_or("?")
-            )})),
+            ),
         )
-            .into_response();
+        .into_response();
     }
     match hub.admit() {
         // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write) cost
