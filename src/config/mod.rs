@@ -252,7 +252,8 @@ pub struct HttpSpec {
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSpec {
-    /// Shard workers (default: the number of CPUs). Fixed for a state dir once written.
+    /// Shard workers (default: one less than the number of CPUs, at least 1: the other core
+    /// runs the MQTT connections and the broker). Fixed for a state dir once written.
     #[serde(default)]
     pub shards: Option<Sp<usize>>,
     /// Messages queued per shard before ingest waits (default 4096).

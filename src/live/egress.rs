@@ -5,17 +5,17 @@
 //! queues, log and error events to the log. None of these waits: every queue is bounded and
 //! a full one drops and counts (see `sinks`).
 //!
-//! Shards hand publishes straight to the egress client's request queue (`try_publish`: no extra
-//! task, no extra thread hop per message). The queue is bounded (`EGRESS_QUEUE`): when it is
-//! full (the broker is away for long), new publishes are dropped and counted rather than
-//! stalling the shards.
+//! A shard gathers the publishes of one turn and hands them to the egress connection
+//! (`publisher.rs`) as one batch, written with one system call. The queue is bounded in
+//! messages (`EGRESS_QUEUE`): when it is full (the broker is away for long), new publishes are
+//! dropped and counted rather than stalling the shards.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
+use super::publisher::{Egress, Out};
 use super::{RateLimit, Stats};
 use crate::engine::effect::{Effect, Event};
 use crate::message::Reject;
@@ -34,8 +34,10 @@ pub struct Outbox {
     pub alarms: Arc<crate::engine::registry::AlarmRegistry>,
     /// Lines for InfluxDB gathered in this turn of the shard loop.
     pub influx_pending: Vec<String>,
-    /// The egress connection's client.
-    pub mqtt: AsyncClient,
+    /// The egress connection's queue.
+    pub mqtt: Egress,
+    /// Publishes gathered in this turn of the shard loop.
+    pub mqtt_pending: Vec<Out>,
     /// Counters.
     pub stats: Arc<Stats>,
     /// The dead-letter topic.
@@ -44,32 +46,36 @@ pub struct Outbox {
     pub limit: Arc<RateLimit>,
 }
 
-fn to_qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        2 => QoS::ExactlyOnce,
-        _ => QoS::AtLeastOnce,
-    }
-}
-
 impl Outbox {
-    fn publish(&self, topic: String, payload: Vec<u8>, qos: u8, retain: bool) {
-        if self
-            .mqtt
-            .try_publish(topic, to_qos(qos), retain, payload)
-            .is_err()
-        {
-            self.stats.egress_dropped.fetch_add(1, Relaxed);
+    fn publish(&mut self, topic: String, payload: Vec<u8>, qos: u8, retain: bool) {
+        self.mqtt_pending.push(Out {
+            topic,
+            payload,
+            qos,
+            retain,
+        });
+    }
+
+    /// Queues publishes for the egress connection; counts and reports what did not fit.
+    fn send_publishes(&self, batch: Vec<Out>) {
+        let dropped = self.mqtt.send(batch);
+        if dropped > 0 {
+            self.stats.egress_dropped.fetch_add(dropped as u64, Relaxed);
             if self.limit.allow() {
                 tracing::warn!(
-                    "egress queue full (is the broker reachable?): a publish was dropped"
+                    dropped,
+                    "egress queue full (is the broker reachable?): publishes were dropped"
                 );
             }
         }
     }
 
-    /// Hands what this turn gathered to the sinks that take batches.
+    /// Hands what this turn gathered to the egress connection and the sinks that take batches.
     pub fn flush(&mut self) {
+        if !self.mqtt_pending.is_empty() {
+            let batch = std::mem::take(&mut self.mqtt_pending);
+            self.send_publishes(batch);
+        }
         if self.influx_pending.is_empty() {
             return;
         }
@@ -235,7 +241,12 @@ impl Outbox {
                     "payload": String::from_utf8_lossy(payload),
                 })
             };
-            self.publish(dl.to_string(), body.to_string().into_bytes(), 0, false);
+            self.send_publishes(vec![Out {
+                topic: dl.to_string(),
+                payload: body.to_string().into_bytes(),
+                qos: 0,
+                retain: false,
+            }]);
         }
     }
 }

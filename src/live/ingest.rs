@@ -137,9 +137,23 @@ pub async fn run(
     let mut backoff = reconnect_backoff(reconnect_max);
     let mut seq: u64 = 0;
     let mut connected_once = false;
+    let mut batch = Batch::new(shards.len());
     loop {
+        // Hand over what a read brought once rumqttc has none of it left buffered (or a batch
+        // is full): one wake-up of each shard per read, not one per message.
+        if batch.len > 0 && (events.state.events.is_empty() || batch.len >= BATCH) {
+            if let Some(acks) = &acks {
+                if batch.hand_over(acks, &shards).await.is_err() {
+                    break;
+                }
+            }
+        }
         let ev = tokio::select! {
             _ = stop.changed(), if !draining => {
+                // What was read before the stop still reaches the shards.
+                if let Some(acks) = &acks {
+                    let _ = batch.hand_over(acks, &shards).await;
+                }
                 draining = true;
                 shards.clear();
                 acks = None;
@@ -186,59 +200,52 @@ pub async fn run(
                 stats.connected.store(true, Relaxed);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let Some(acks) = &acks else { continue };
+                if acks.is_none() {
+                    continue;
+                }
                 stats.received.fetch_add(1, Relaxed);
                 let received = wall_ms();
-                let needs_ack = p.qos != QoS::AtMostOnce;
-                let Some(m) = patterns.iter().find_map(|pat| pat.matches(&p.topic)) else {
-                    stats.no_pattern.fetch_add(1, Relaxed);
-                    if limit.allow() {
-                        tracing::warn!(topic = %p.topic, "topic matches no topic pattern; ignored");
-                    }
-                    if needs_ack {
-                        seq += 1;
-                        if acks
-                            .send(AckMsg::Pending(seq, ack_handle(&p)))
-                            .await
-                            .is_err()
-                            || acks.send(AckMsg::Done(seq)).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                    continue;
-                };
-                let ack = if needs_ack {
+                let ack = if p.qos != QoS::AtMostOnce {
                     seq += 1;
-                    if acks
-                        .send(AckMsg::Pending(seq, ack_handle(&p)))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
+                    batch.acks.push(AckMsg::Pending(seq, ack_handle(&p)));
                     Some(seq)
                 } else {
                     None
                 };
-                let device: Arc<str> = m.device.into();
-                let shard = shard_of(&device, shards.len());
-                let job = Job {
-                    device,
-                    kind: m.kind,
-                    topic: p.topic.as_str().into(),
-                    captures: m.captures,
-                    payload: p.payload,
-                    received,
-                    ack,
-                };
-                // A full shard queue makes ingest wait: backpressure reaches the broker.
-                if shards[shard].send(ShardMsg::Job(job)).await.is_err() {
-                    break;
+                match patterns.iter().find_map(|pat| pat.matches(&p.topic)) {
+                    Some(m) => {
+                        let device: Arc<str> = m.device.into();
+                        let shard = shard_of(&device, shards.len());
+                        batch.jobs[shard].push(Job {
+                            device,
+                            kind: m.kind,
+                            topic: p.topic.as_str().into(),
+                            captures: m.captures,
+                            payload: p.payload,
+                            received,
+                            ack,
+                        });
+                    }
+                    None => {
+                        stats.no_pattern.fetch_add(1, Relaxed);
+                        if limit.allow() {
+                            tracing::warn!(topic = %p.topic, "topic matches no topic pattern; ignored");
+                        }
+                        if let Some(seq) = ack {
+                            batch.acks.push(AckMsg::Done(seq));
+                        }
+                    }
                 }
+                batch.len += 1;
             }
             Ok(_) => {}
             Err(e) => {
+                // What was read before the connection dropped still reaches the shards now.
+                if let Some(acks) = acks.as_ref().filter(|_| batch.len > 0) {
+                    if batch.hand_over(acks, &shards).await.is_err() {
+                        break;
+                    }
+                }
                 stats.connected.store(false, Relaxed);
                 let wait = backoff.next_delay();
                 stats.connect_errors.fetch_add(1, Relaxed);
@@ -257,6 +264,57 @@ pub async fn run(
         }
     }
     tracing::debug!("ingest stopped");
+}
+
+/// Messages handed to a shard at once, at most: a read from the socket brings many, and one
+/// hand-over per read wakes each shard once instead of once per message.
+const BATCH: usize = 256;
+
+/// What one read of the ingest connection brought, until it is handed over: the acker's
+/// entries first (a message is registered as pending before its shard can report it done),
+/// then each shard's jobs, in receive order.
+struct Batch {
+    acks: Vec<AckMsg>,
+    jobs: Vec<Vec<Job>>,
+    len: usize,
+}
+
+impl Batch {
+    fn new(shards: usize) -> Batch {
+        Batch {
+            acks: Vec::new(),
+            jobs: (0..shards).map(|_| Vec::with_capacity(BATCH)).collect(),
+            len: 0,
+        }
+    }
+
+    /// Sends what was gathered. The shard queues are bounded in messages: a full one makes
+    /// ingest wait (backpressure reaches the broker). Slots are reserved for a shard's whole
+    /// share at once (in chunks no larger than the queue), so its messages arrive together.
+    async fn hand_over(
+        &mut self,
+        acks: &mpsc::Sender<AckMsg>,
+        shards: &[mpsc::Sender<ShardMsg>],
+    ) -> Result<(), ()> {
+        while !self.acks.is_empty() {
+            let n = self.acks.len().min(acks.max_capacity());
+            let permits = acks.reserve_many(n).await.map_err(|_| ())?;
+            for (permit, m) in permits.zip(self.acks.drain(..n)) {
+                permit.send(m);
+            }
+        }
+        for (tx, jobs) in shards.iter().zip(&mut self.jobs) {
+            while !jobs.is_empty() {
+                let n = jobs.len().min(tx.max_capacity());
+                let permits = tx.reserve_many(n).await.map_err(|_| ())?;
+                for (permit, job) in permits.zip(jobs.drain(..n)) {
+                    permit.send(ShardMsg::Job(job));
+                }
+            }
+        }
+        self.len = 0;
+        Ok(())
+    }
 }
 
 /// What the acker keeps of a message until it is acknowledged: its packet id and QoS, not its
@@ -315,34 +373,6 @@ impl<T> AckQueue<T> {
         while self.q.front().is_some_and(|f| f.2) {
             if let Some((_, p, _)) = self.q.pop_front() {
                 ready.push(p);
-            }
-        }
-    }
-}
-
-/// The event loop of a connection whose client only sends (egress): polled until the client
-/// disconnects, reconnecting with backoff.
-pub async fn drive(
-    mut events: EventLoop,
-    stats: Arc<Stats>,
-    name: &'static str,
-    limit: Arc<RateLimit>,
-    reconnect_max: Duration,
-) {
-    let mut backoff = reconnect_backoff(reconnect_max);
-    loop {
-        match events.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => backoff.reset(),
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-            Ok(_) => {}
-            Err(rumqttc::ConnectionError::RequestsDone) => break,
-            Err(e) => {
-                stats.connect_errors.fetch_add(1, Relaxed);
-                let wait = backoff.next_delay();
-                if limit.allow() {
-                    tracing::warn!("MQTT {name} connection: {e}; retrying in {wait:?}");
-                }
-                tokio::time::sleep(wait).await;
             }
         }
     }

@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 use super::shard::{self, AckMsg, AckReq, ShardMsg};
 use super::trace::Tracer;
 use super::{
-    egress, http, ingest, reload, sim, FdBudget, RateLimit, RunOptions, SavedState, Stats,
+    egress, http, ingest, publisher, reload, sim, FdBudget, RateLimit, RunOptions, SavedState,
+    Stats,
 };
 use crate::config::settings::{MqttConn, Settings};
 use crate::engine::registry::AlarmRegistry;
@@ -39,7 +40,8 @@ pub(super) async fn serve(
         None => None,
     };
     let conn = settings.mqtt();
-    let (mqtt, in_events, done_tx) = Mqtt::connect(&conn, &stats, &limit)?;
+    let (mqtt, in_events, done_tx) =
+        Mqtt::connect(&conn, &stats, &limit, settings.shutdown_timeout)?;
     // The open alarms; acknowledgements (API, WebSocket) go through it to the device's shard.
     let (ack_tx, ack_rx) = mpsc::channel::<AckReq>(64);
     let alarms = Arc::new(AlarmRegistry::new(shard::ack_route(ack_tx)));
@@ -52,7 +54,8 @@ pub(super) async fn serve(
         sinks: sinks.clone(),
         alarms: alarms.clone(),
         influx_pending: Vec::new(),
-        mqtt: mqtt.out_client.clone(),
+        mqtt: mqtt.egress.clone(),
+        mqtt_pending: Vec::new(),
         stats: stats.clone(),
         dead_letter: settings.dead_letter.as_deref().map(Arc::from),
         limit: limit.clone(),
@@ -161,12 +164,12 @@ pub(super) async fn serve(
 }
 
 /// The two MQTT connections: ingest (subscribes; QoS 1 acknowledged by the acker once the
-/// shards are done) and egress (publishes, through a bounded request queue).
+/// shards are done) and egress (publishes, through a bounded queue).
 struct Mqtt {
     in_client: AsyncClient,
     acker: JoinHandle<()>,
-    out_client: AsyncClient,
-    egress_drive: JoinHandle<()>,
+    egress: publisher::Egress,
+    egress_task: JoinHandle<()>,
 }
 
 impl Mqtt {
@@ -176,15 +179,15 @@ impl Mqtt {
         conn: &MqttConn,
         stats: &Arc<Stats>,
         limit: &Arc<RateLimit>,
+        shutdown_timeout: std::time::Duration,
     ) -> Result<(Mqtt, EventLoop, mpsc::Sender<AckMsg>), String> {
-        let (out_client, out_events) =
-            ingest::client(ingest::options(conn, "out")?, egress::EGRESS_QUEUE);
-        let egress_drive = tokio::spawn(ingest::drive(
-            out_events,
+        let (egress, queue) = publisher::Egress::new(egress::EGRESS_QUEUE);
+        let egress_task = tokio::spawn(publisher::run(
+            conn.clone(),
+            queue,
             stats.clone(),
-            "egress",
             limit.clone(),
-            conn.reconnect_max,
+            shutdown_timeout,
         ));
         let mut in_opts = ingest::options(conn, "in")?;
         in_opts.set_manual_acks(true);
@@ -194,8 +197,8 @@ impl Mqtt {
         let mqtt = Mqtt {
             in_client,
             acker,
-            out_client,
-            egress_drive,
+            egress,
+            egress_task,
         };
         Ok((mqtt, in_events, done_tx))
     }
@@ -206,8 +209,10 @@ impl Mqtt {
         let _ = tokio::time::timeout_at(deadline, self.acker).await;
         let _ = self.in_client.disconnect().await;
         let _ = tokio::time::timeout_at(deadline, ingest_task).await;
-        let _ = self.out_client.disconnect().await;
-        if tokio::time::timeout_at(deadline, self.egress_drive)
+        // The shards' handles are gone; with this last one the queue closes, and the egress
+        // connection writes what is queued, waits for its QoS 1 acknowledgements, disconnects.
+        drop(self.egress);
+        if tokio::time::timeout_at(deadline, self.egress_task)
             .await
             .is_err()
         {

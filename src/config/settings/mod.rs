@@ -399,9 +399,12 @@ pub fn resolve_lossy(
     let http_header_timeout = p.duration(&http.header_timeout, 10_000, 100);
     let engine = config.engine.clone().unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // One core is left to the I/O runtime (the MQTT connections, HTTP, sinks) and, on a small
+    // machine, to the broker: measured with benches/compare on 2 cores, one shard moves ~15%
+    // more messages than two at lower CPU per message (BENCHMARKS.md).
     let shards = p.in_range(
         &engine.shards,
-        cpus.min(256),
+        cpus.saturating_sub(1).clamp(1, 256),
         1..=256,
         "shards is between 1 and 256",
     );
