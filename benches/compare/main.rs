@@ -1045,7 +1045,14 @@ fn write_outputs(o: &Opts, machine: &str, rows: &[Row]) {
 
 /// The goals as ratios of this run's own numbers.
 fn goals(sums: &BTreeMap<String, Summary>) -> String {
-    let get = |n: &str| sums.get(n).cloned();
+    // With several engines (`--engines before,after`) the goals are the last one's.
+    let get = |n: &str| {
+        sums.get(n).cloned().or_else(|| {
+            sums.iter()
+                .rfind(|(k, _)| k.starts_with(&format!("{n}#")))
+                .map(|(_, v)| v.clone())
+        })
+    };
     let mut md = String::from("\n| goal | measured | met |\n| --- | --- | --- |\n");
     let mut line = |goal: &str, value: f64, want: f64, above: bool, unit: &str| {
         let met = if value.is_nan() {
