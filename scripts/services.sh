@@ -19,20 +19,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v npm >/dev/null || need+=(npm)
 
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  placed=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-    $sudo chmod +x /usr/sbin/policy-rc.d
-    placed=yes
-  fi
-  echo "installing ${need[*]} (apt-get)"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  [ -z "$placed" ] || $sudo rm -f /usr/sbin/policy-rc.d
-fi
+"$(dirname "$0")/apt-install.sh" ${need[@]+"${need[@]}"}
 # playwright-core only: the browser is Debian's /usr/bin/chromium, so no browser download.
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "installing playwright-core (npm ci, tests/browser)"

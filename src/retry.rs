@@ -11,6 +11,12 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
+/// The MQTT reconnect backoff: 0.5 s, 1 s, 2 s … up to `cap` (`mqtt.reconnect_max`), each wait
+/// 75–100% of its step, so the cap is a true cap (a broker back after an outage is seen within it).
+pub fn reconnect_backoff(cap: Duration) -> Backoff {
+    Backoff::new(Duration::from_millis(500), cap)
+}
+
 /// Capped exponential backoff with jitter.
 #[derive(Debug, Clone)]
 pub struct Backoff {

@@ -41,6 +41,15 @@ use common::{
 };
 use rumqttc::mqttbytes::v4::Packet;
 
+/// The systems, in the order of the tables.
+const SYSTEMS: [&str; 6] = [
+    "mosquitto",
+    "relay",
+    "rulechain",
+    "embedded",
+    "node-red",
+    "bridge",
+];
 /// Latency at or above which a step does not count as sustained.
 const P99_LIMIT_MS: f64 = 50.0;
 /// Message numbers at or above this are warm-up messages, not counted.
@@ -95,16 +104,7 @@ struct Opts {
 fn opts(args: &[String]) -> Opts {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Opts {
-        systems: [
-            "mosquitto",
-            "relay",
-            "rulechain",
-            "embedded",
-            "node-red",
-            "bridge",
-        ]
-        .map(String::from)
-        .to_vec(),
+        systems: SYSTEMS.map(String::from).to_vec(),
         rates: vec![
             5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000, 120_000,
         ],
@@ -997,14 +997,7 @@ fn write_outputs(o: &Opts, machine: &str, rows: &[Row]) {
          | --- | --- | --- | --- | --- | --- | --- |\n",
         o.qos, o.devices, o.seconds, o.flood, o.rounds
     );
-    let order = [
-        "mosquitto",
-        "relay",
-        "rulechain",
-        "embedded",
-        "node-red",
-        "bridge",
-    ];
+    let order = SYSTEMS;
     let mut names: Vec<&String> = sums.keys().collect();
     names.sort_by_key(|n| {
         order

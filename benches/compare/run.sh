@@ -13,21 +13,7 @@ need=()
 [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v gnuplot >/dev/null || need+=(gnuplot-nox)
 command -v npm >/dev/null || need+=(npm)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  placed=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    # Install without starting a system Mosquitto on 1883.
-    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-    $sudo chmod +x /usr/sbin/policy-rc.d
-    placed=yes
-  fi
-  echo "installing ${need[*]} (apt-get)"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  [ -z "$placed" ] || $sudo rm -f /usr/sbin/policy-rc.d
-fi
+scripts/apt-install.sh ${need[@]+"${need[@]}"}
 if [ ! -d benches/compare/node_modules/node-red ] || [ ! -d benches/compare/node_modules/mqtt ]; then
   echo "installing Node-RED and mqtt (npm ci, benches/compare)"
   (cd benches/compare && npm ci --no-audit --no-fund --silent)

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::shard::{shard_of, AckMsg, Job, ShardMsg};
 use super::{wall_ms, RateLimit, Stats};
 use crate::config::settings::MqttConn;
-use crate::retry::Backoff;
+use crate::retry::reconnect_backoff;
 use crate::topic::TopicPattern;
 
 /// Largest MQTT packet our connections read: the largest the protocol can express (its
@@ -32,9 +32,7 @@ use crate::topic::TopicPattern;
 /// it is read; a broker's `message_size_limit` keeps them out earlier.
 pub const MAX_INCOMING_PACKET: usize = 268_435_455;
 
-/// Largest packet our connections send (commands, republished messages, dead letters), and
-/// the embedded broker's payload limit.
-pub const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
+use super::publisher::MAX_OUTGOING_PACKET;
 
 /// rumqttc options for one of our connections (`suffix`: `in`, `out`, `sim`, `record`).
 pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {
@@ -80,12 +78,6 @@ pub fn filters(patterns: &[TopicPattern]) -> Vec<String> {
     f.sort();
     f.dedup();
     f
-}
-
-/// The reconnect backoff: 0.5 s, 1 s, 2 s … up to `cap` (`mqtt.reconnect_max`), each wait 75–100%
-/// of its step, so the cap is a true cap (a broker back after an outage is seen within it).
-pub fn reconnect_backoff(cap: Duration) -> Backoff {
-    Backoff::new(Duration::from_millis(500), cap)
 }
 
 /// What the ingest task needs.

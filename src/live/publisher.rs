@@ -27,6 +27,10 @@ use tokio::sync::mpsc;
 use super::{RateLimit, Stats};
 use crate::config::settings::MqttConn;
 
+/// Largest packet our connections send (commands, republished messages, dead letters), and
+/// the embedded broker's payload limit.
+pub const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
+
 /// QoS 1 and 2 publishes sent and not yet acknowledged, at most. Brokers bound a client's window
 /// (rumqttd: `max_inflight_count`); beyond this the queue waits.
 pub const INFLIGHT: usize = 256;
@@ -148,7 +152,7 @@ pub async fn run(
             return;
         }
     };
-    let mut backoff = super::ingest::reconnect_backoff(conn.reconnect_max);
+    let mut backoff = crate::retry::reconnect_backoff(conn.reconnect_max);
     let mut w = Writer::default();
     let mut closed_at: Option<tokio::time::Instant> = None;
     loop {
@@ -222,7 +226,7 @@ async fn connect(
     }
     let mut buf = BytesMut::new();
     Packet::Connect(c)
-        .write(&mut buf, super::ingest::MAX_OUTGOING_PACKET)
+        .write(&mut buf, MAX_OUTGOING_PACKET)
         .map_err(|e| format!("cannot encode CONNECT: {e:?}"))?;
     stream
         .write_all(&buf)

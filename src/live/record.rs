@@ -42,7 +42,7 @@ pub async fn run(
         max_clock_skew_ms: 0,
     };
     let mut r = Recorded::default();
-    let mut backoff = ingest::reconnect_backoff(std::time::Duration::from_secs(5));
+    let mut backoff = crate::retry::reconnect_backoff(std::time::Duration::from_secs(5));
     let mut last_flush = wall_ms();
     // SUBACKs still due for the last connection's subscriptions.
     let mut pending_acks = 0usize;

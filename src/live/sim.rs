@@ -117,7 +117,7 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
     let poller = {
         let client = client.clone();
         tokio::spawn(async move {
-            let mut backoff = ingest::reconnect_backoff(std::time::Duration::from_secs(5));
+            let mut backoff = crate::retry::reconnect_backoff(std::time::Duration::from_secs(5));
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
