@@ -17,6 +17,7 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, watch};
 
+use super::publisher::MAX_OUTGOING_PACKET;
 use super::shard::{shard_of, AckMsg, Job, ShardMsg};
 use super::{wall_ms, RateLimit, Stats};
 use crate::config::settings::MqttConn;
@@ -31,8 +32,6 @@ use crate::topic::TopicPattern;
 /// acknowledged, dead-lettered by reference). Such a message costs its size in memory while
 /// it is read; a broker's `message_size_limit` keeps them out earlier.
 pub const MAX_INCOMING_PACKET: usize = 268_435_455;
-
-use super::publisher::MAX_OUTGOING_PACKET;
 
 /// rumqttc options for one of our connections (`suffix`: `in`, `out`, `sim`, `record`).
 pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {

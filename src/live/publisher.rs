@@ -157,7 +157,7 @@ pub async fn run(
     let mut closed_at: Option<tokio::time::Instant> = None;
     loop {
         let r = match connect(&conn, tls.as_ref()).await {
-            Ok((stream, _session)) => {
+            Ok(stream) => {
                 backoff.reset();
                 w.session(stream, &conn, &mut queue, &mut closed_at, linger)
                     .await
@@ -193,7 +193,7 @@ pub async fn run(
 async fn connect(
     conn: &MqttConn,
     tls: Option<&tokio_rustls::TlsConnector>,
-) -> Result<(Box<dyn Stream>, bool), String> {
+) -> Result<Box<dyn Stream>, String> {
     let timeout = Duration::from_secs(10);
     let addr = (conn.host.as_str(), conn.port);
     let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
@@ -256,7 +256,7 @@ async fn connect(
     if ack.code != ConnectReturnCode::Success {
         return Err(format!("the broker refused the connection: {:?}", ack.code));
     }
-    Ok((stream, ack.session_present))
+    Ok(stream)
 }
 
 /// A publish in flight: encoded (the DUP flag is set in place when it is sent again), or for
