@@ -30,7 +30,7 @@ pub fn start(listen: SocketAddr) -> Result<(), String> {
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
             connection_timeout_ms: 60_000,
-            max_payload_size: super::publisher::MAX_OUTGOING_PACKET,
+            max_payload_size: super::link::MAX_OUTGOING_PACKET,
             max_inflight_count: 500,
             auth: None,
             external_auth: None,

@@ -1,72 +1,31 @@
-//! MQTT ingest: the connection that subscribes. Its event loop is polled by this task alone
-//! (never `.await` a client request from the task that polls: rumqttc deadlocks), topics become
-//! shard jobs by the topic patterns, and QoS 1 messages are acknowledged by a separate task once
-//! their chains ran, in receive order.
+//! MQTT ingest: the connection that subscribes, on rulechain's own loop over rumqttc's codec
+//! (see [`super::link`]). A read from the socket brings many packets; they become shard jobs by
+//! the topic patterns and are handed over together, one wake-up of each shard per read. QoS 1
+//! messages are acknowledged on this same connection once their chains ran, in receive order:
+//! the shards report finished sequence numbers once per turn, and every PUBACK that became due
+//! leaves in the next write, so one system call serves a whole turn's acknowledgements.
 //!
-//! Reconnects use capped exponential backoff with jitter; every ConnAck resubscribes, so a
-//! broker that lost the session (restart without persistence) still delivers.
+//! Reconnects use capped exponential backoff with jitter; every connection subscribes again,
+//! so a broker that lost the session (restart without persistence) still delivers.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
-    SubscribeReasonCode, Transport,
-};
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Packet, PubAck, PubComp, PubRec, Publish, Subscribe};
+use rumqttc::mqttbytes::v4::{SubscribeFilter, SubscribeReasonCode};
+use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use super::publisher::MAX_OUTGOING_PACKET;
-use super::shard::{shard_of, AckMsg, Job, ShardMsg};
+use super::link::{self, MAX_INCOMING_PACKET};
+use super::shard::{shard_of, Job, ShardMsg};
 use super::{wall_ms, RateLimit, Stats};
 use crate::config::settings::MqttConn;
 use crate::retry::reconnect_backoff;
 use crate::topic::TopicPattern;
-
-/// Largest MQTT packet our connections read: the largest the protocol can express (its
-/// remaining length is at most 268,435,455 bytes). rumqttc drops the connection on a larger
-/// packet, and with a persistent session the broker then delivers the same message at every
-/// reconnect, forever: ingest would stall on one message. So nothing the broker may send is
-/// refused here; `ingest.max_payload_bytes` then skips the message alone (counted `too_large`,
-/// acknowledged, dead-lettered by reference). Such a message costs its size in memory while
-/// it is read; a broker's `message_size_limit` keeps them out earlier.
-pub const MAX_INCOMING_PACKET: usize = 268_435_455;
-
-/// rumqttc options for one of our connections (`suffix`: `in`, `out`, `sim`, `record`).
-pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {
-    let id = format!("{}-{suffix}", conn.client_id);
-    let mut o = MqttOptions::new(id, conn.host.clone(), conn.port);
-    o.set_keep_alive(conn.keep_alive);
-    o.set_clean_session(!conn.persistent_session);
-    o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
-    o.set_request_channel_capacity(1024);
-    o.set_inflight(100);
-    if let Some(u) = &conn.username {
-        o.set_credentials(u.clone(), conn.password.clone().unwrap_or_default());
-    }
-    if let Some(tls) = &conn.tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        };
-        let client_auth = match &tls.client {
-            Some((c, k)) => Some((read(c)?, read(k)?)),
-            None => None,
-        };
-        o.set_transport(Transport::tls(read(&tls.ca)?, client_auth, None));
-    }
-    Ok(o)
-}
-
-/// A client and its event loop, with TCP_NODELAY: commands are small packets, and Nagle's
-/// algorithm with delayed ACKs would hold them for up to 40 ms.
-pub fn client(o: MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
-    let (c, mut events) = AsyncClient::new(o, cap);
-    let mut net = events.network_options();
-    net.set_tcp_nodelay(true);
-    events.set_network_options(net);
-    (c, events)
-}
 
 /// Subscription filters for the topic patterns (duplicates removed).
 pub fn filters(patterns: &[TopicPattern]) -> Vec<String> {
@@ -81,191 +40,327 @@ pub fn filters(patterns: &[TopicPattern]) -> Vec<String> {
 
 /// What the ingest task needs.
 pub struct Ingest {
+    /// The broker.
+    pub conn: MqttConn,
+    /// TLS, when the broker's URL is `mqtts://`.
+    pub tls: Option<tokio_rustls::TlsConnector>,
     /// Topic patterns.
     pub patterns: Vec<TopicPattern>,
-    /// Subscription QoS.
-    pub qos: u8,
     /// Shard queues.
     pub shards: Vec<mpsc::Sender<ShardMsg>>,
-    /// The acknowledging task's queue (QoS 1).
-    pub acks: mpsc::Sender<AckMsg>,
+    /// Finished QoS 1 messages, from the shards.
+    pub done: mpsc::Receiver<Vec<u64>>,
     /// Counters.
     pub stats: Arc<Stats>,
     /// Log limiter.
     pub limit: Arc<RateLimit>,
-    /// The longest wait between reconnect attempts.
-    pub reconnect_max: Duration,
 }
 
-/// Polls the ingest connection. When `stop` turns true it stops handing messages to the shards
-/// (dropping its queues, so they can finish) but keeps polling, so that the acknowledgements of
-/// what the shards still finish reach the broker, until the client disconnects. Messages that
-/// arrive meanwhile are not acknowledged: the broker delivers them again after a restart.
-pub async fn run(
-    ing: Ingest,
-    client: AsyncClient,
-    mut events: EventLoop,
-    mut stop: watch::Receiver<bool>,
-) {
-    let Ingest {
-        patterns,
-        qos: sub_qos,
-        shards,
-        acks,
-        stats,
-        limit,
-        reconnect_max,
-    } = ing;
-    let mut shards = shards;
-    let mut acks = Some(acks);
-    let mut draining = false;
-    let subs = filters(&patterns);
-    let qos = if sub_qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
+/// Runs the ingest connection. When `stop` turns true it stops handing messages to the shards
+/// (dropping its queues, so they can finish) but keeps the connection, so that the
+/// acknowledgements of what the shards still finish reach the broker; once every shard is gone it
+/// disconnects. Messages that arrive meanwhile are not acknowledged: the broker delivers them
+/// again after a restart.
+pub async fn run(ing: Ingest, mut stop: watch::Receiver<bool>) {
+    let mut backoff = reconnect_backoff(ing.conn.reconnect_max);
+    let mut io = Io {
+        subs: filters(&ing.patterns),
+        batch: Batch::new(ing.shards.len()),
+        acks: Acks::default(),
+        ing,
+        draining: false,
+        connected_once: false,
     };
-    let mut backoff = reconnect_backoff(reconnect_max);
-    let mut seq: u64 = 0;
-    let mut connected_once = false;
-    let mut batch = Batch::new(shards.len());
     loop {
-        // Hand over what a read brought once rumqttc has none of it left buffered (or a batch
-        // is full): one wake-up of each shard per read, not one per message.
-        if batch.len > 0 && (events.state.events.is_empty() || batch.len >= BATCH) {
-            if let Some(acks) = &acks {
-                if batch.hand_over(acks, &shards).await.is_err() {
-                    break;
-                }
-            }
-        }
-        let ev = tokio::select! {
-            _ = stop.changed(), if !draining => {
-                // What was read before the stop still reaches the shards.
-                if let Some(acks) = &acks {
-                    let _ = batch.hand_over(acks, &shards).await;
-                }
-                draining = true;
-                shards.clear();
-                acks = None;
-                continue;
-            }
-            ev = events.poll() => ev,
-        };
-        match ev {
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-            Ok(Event::Incoming(Packet::Publish(_))) if draining => {}
-            Err(_) if draining => break,
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+        let r = match link::connect(&io.ing.conn, "in", io.ing.tls.as_ref()).await {
+            Ok(c) => {
                 backoff.reset();
-                stats.connects.fetch_add(1, Relaxed);
-                if connected_once {
-                    tracing::info!(session_present = ack.session_present, "MQTT reconnected");
-                } else {
-                    tracing::info!(filters = ?subs, "MQTT connected; subscribing");
-                }
-                connected_once = true;
-                // One SUBSCRIBE for every filter; the engine counts as connected (`/healthz`
-                // 200) once the broker acknowledged it, so a message published after a
-                // healthy probe is never published before the subscription exists.
-                let filters = subs.iter().map(|f| SubscribeFilter::new(f.clone(), qos));
-                if subs.is_empty() {
-                    stats.connected.store(true, Relaxed);
-                } else if let Err(e) = client.try_subscribe_many(filters) {
-                    tracing::error!("cannot subscribe to {subs:?}: {e}");
-                }
+                io.session(c, &mut stop).await
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let refused: Vec<&String> = subs
-                    .iter()
-                    .zip(&ack.return_codes)
-                    .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
-                    .map(|(f, _)| f)
-                    .collect();
-                if !refused.is_empty() {
-                    tracing::error!(
-                        filters = ?refused,
-                        "the MQTT broker refused these subscriptions; their messages will not arrive (check the broker's ACL for this user)"
-                    );
-                }
-                stats.connected.store(true, Relaxed);
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if acks.is_none() {
-                    continue;
-                }
-                stats.received.fetch_add(1, Relaxed);
-                let received = wall_ms();
-                let ack = if p.qos != QoS::AtMostOnce {
-                    seq += 1;
-                    batch.acks.push(AckMsg::Pending(seq, ack_handle(&p)));
-                    Some(seq)
-                } else {
-                    None
-                };
-                match patterns.iter().find_map(|pat| pat.matches(&p.topic)) {
-                    Some(m) => {
-                        let device: Arc<str> = m.device.into();
-                        let shard = shard_of(&device, shards.len());
-                        batch.jobs[shard].push(Job {
-                            device,
-                            kind: m.kind,
-                            topic: p.topic.as_str().into(),
-                            captures: m.captures,
-                            payload: p.payload,
-                            received,
-                            ack,
-                        });
-                    }
-                    None => {
-                        stats.no_pattern.fetch_add(1, Relaxed);
-                        if limit.allow() {
-                            tracing::warn!(topic = %p.topic, "topic matches no topic pattern; ignored");
-                        }
-                        if let Some(seq) = ack {
-                            batch.acks.push(AckMsg::Done(seq));
-                        }
-                    }
-                }
-                batch.len += 1;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                // What was read before the connection dropped still reaches the shards now.
-                if let Some(acks) = acks.as_ref().filter(|_| batch.len > 0) {
-                    if batch.hand_over(acks, &shards).await.is_err() {
-                        break;
-                    }
-                }
-                stats.connected.store(false, Relaxed);
-                let wait = backoff.next_delay();
-                stats.connect_errors.fetch_add(1, Relaxed);
-                if limit.allow() {
-                    tracing::warn!("MQTT ingest connection: {e}; retrying in {wait:?}");
-                }
-                tokio::select! {
-                    _ = stop.changed() => {
-                        draining = true;
-                        shards.clear();
-                        acks = None;
-                    }
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
+            Err(e) => Err(e),
+        };
+        let e = match r {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        io.ing.stats.connected.store(false, Relaxed);
+        if io.draining {
+            // No acknowledgement can reach the broker now; it delivers again what is left.
+            break;
+        }
+        let wait = backoff.next_delay();
+        io.ing.stats.connect_errors.fetch_add(1, Relaxed);
+        if io.ing.limit.allow() {
+            tracing::warn!("MQTT ingest connection: {e}; retrying in {wait:?}");
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
     tracing::debug!("ingest stopped");
 }
 
+/// The ingest task's state across connections.
+struct Io {
+    ing: Ingest,
+    subs: Vec<String>,
+    batch: Batch,
+    acks: Acks,
+    draining: bool,
+    connected_once: bool,
+}
+
+/// The packet id of the SUBSCRIBE (ingest sends no other packet that takes an id).
+const SUBSCRIBE_PKID: u16 = 1;
+
+impl Io {
+    /// One connection's life. Ok(()) once draining is over (every shard gone) and the
+    /// connection closed cleanly.
+    async fn session(
+        &mut self,
+        c: link::Connected,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let stats = self.ing.stats.clone();
+        stats.connects.fetch_add(1, Relaxed);
+        if self.connected_once {
+            tracing::info!(session_present = c.session_present, "MQTT reconnected");
+        } else {
+            tracing::info!(filters = ?self.subs, "MQTT connected; subscribing");
+        }
+        self.connected_once = true;
+        self.acks.connected(c.session_present);
+        let (mut rd, mut wr) = tokio::io::split(c.stream);
+        let mut out = BytesMut::with_capacity(4096);
+        // One SUBSCRIBE for every filter; the engine counts as connected (`/readyz` 200) once
+        // the broker acknowledged it, so a message published after a healthy probe is never
+        // published before the subscription exists.
+        if self.subs.is_empty() {
+            stats.connected.store(true, Relaxed);
+        } else {
+            let qos = match self.ing.conn.qos {
+                0 => QoS::AtMostOnce,
+                _ => QoS::AtLeastOnce,
+            };
+            let mut s = Subscribe::new_many(
+                self.subs
+                    .iter()
+                    .map(|f| SubscribeFilter::new(f.clone(), qos)),
+            );
+            s.pkid = SUBSCRIBE_PKID;
+            s.write(&mut out)
+                .map_err(|e| format!("cannot encode SUBSCRIBE: {e:?}"))?;
+        }
+        let keep_alive = self.ing.conn.keep_alive.max(Duration::from_secs(1));
+        let mut ping = tokio::time::interval(keep_alive);
+        ping.reset();
+        let mut awaiting_pong = false;
+        let mut rbuf = BytesMut::new();
+        let mut done = Vec::new();
+        let mut shards_gone = false;
+        let mut need = 0;
+        loop {
+            if !out.is_empty() {
+                // A broker that stops reading for this long is gone.
+                tokio::time::timeout(keep_alive * 2, wr.write_all(&out))
+                    .await
+                    .map_err(|_| "the broker stopped reading".to_string())?
+                    .map_err(|e| format!("write: {e}"))?;
+                out.clear();
+                ping.reset();
+            }
+            if shards_gone {
+                let _ = Packet::Disconnect.write(&mut out, 16);
+                let _ = wr.write_all(&out).await;
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+            // Room for a whole packet that is partly read (a large one is not copied at every
+            // read), or for many small ones.
+            let room = need.max(READ_ROOM / 4);
+            if rbuf.capacity() - rbuf.len() < room {
+                rbuf.reserve(room.max(READ_ROOM));
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed(), if !self.draining => {
+                    // Whatever was read is already with the shards (hand-overs happen per
+                    // read); dropping the queues lets the shards finish.
+                    self.draining = true;
+                    self.ing.shards.clear();
+                }
+                n = self.ing.done.recv_many(&mut done, 64) => {
+                    if n == 0 {
+                        shards_gone = true;
+                        continue;
+                    }
+                    for seqs in done.drain(..) {
+                        self.acks.done(&seqs, &mut out);
+                    }
+                }
+                r = rd.read_buf(&mut rbuf) => {
+                    match r {
+                        Ok(0) => return Err("the broker closed the connection".into()),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("read: {e}")),
+                    }
+                    let read = self.read_packets(&mut rbuf, &mut out).await?;
+                    awaiting_pong &= !read.pong;
+                    need = read.need;
+                }
+                _ = ping.tick() => {
+                    if awaiting_pong {
+                        return Err("the broker did not answer a ping".into());
+                    }
+                    let _ = Packet::PingReq.write(&mut out, 16);
+                    awaiting_pong = true;
+                }
+            }
+        }
+    }
+
+    /// Takes every whole packet out of `rbuf`; publishes go to the shards, in batches of at
+    /// most [`BATCH`].
+    async fn read_packets(
+        &mut self,
+        rbuf: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<Read, String> {
+        let received = wall_ms();
+        let mut pong = false;
+        let need = loop {
+            match Packet::read(rbuf, MAX_INCOMING_PACKET) {
+                Ok(Packet::Publish(p)) => {
+                    if !self.draining {
+                        self.publish(p, received, out);
+                        if self.batch.len >= BATCH {
+                            self.hand_over(out).await?;
+                        }
+                    }
+                }
+                Ok(Packet::PubRel(r)) => {
+                    let _ = PubComp::new(r.pkid).write(out);
+                }
+                Ok(Packet::PingResp) => pong = true,
+                Ok(Packet::SubAck(ack)) => self.subscribed(&ack.return_codes),
+                Ok(_) => {}
+                Err(CodecError::InsufficientBytes(n)) => break n,
+                Err(e) => return Err(format!("bad packet from the broker: {e:?}")),
+            }
+        };
+        if self.batch.len > 0 {
+            self.hand_over(out).await?;
+        }
+        Ok(Read { pong, need })
+    }
+
+    /// The broker answered the SUBSCRIBE: the engine counts as connected.
+    fn subscribed(&self, codes: &[SubscribeReasonCode]) {
+        let refused: Vec<&String> = self
+            .subs
+            .iter()
+            .zip(codes)
+            .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
+            .map(|(f, _)| f)
+            .collect();
+        if !refused.is_empty() {
+            tracing::error!(
+                filters = ?refused,
+                "the MQTT broker refused these subscriptions; their messages will not arrive (check the broker's ACL for this user)"
+            );
+        }
+        self.ing.stats.connected.store(true, Relaxed);
+    }
+
+    /// One message: a job for its device's shard, and for QoS 1 a place in the ack queue
+    /// (before its shard can report it done).
+    fn publish(&mut self, p: Publish, received: i64, out: &mut BytesMut) {
+        let stats = &self.ing.stats;
+        stats.received.fetch_add(1, Relaxed);
+        let ack = match p.qos {
+            QoS::AtMostOnce => None,
+            q => Some(self.acks.pending(p.pkid, q == QoS::ExactlyOnce)),
+        };
+        match self
+            .ing
+            .patterns
+            .iter()
+            .find_map(|pat| pat.matches(&p.topic))
+        {
+            Some(m) => {
+                let device: Arc<str> = m.device.into();
+                let shard = shard_of(&device, self.batch.jobs.len());
+                self.batch.jobs[shard].push(Job {
+                    device,
+                    kind: m.kind,
+                    topic: p.topic.as_str().into(),
+                    captures: m.captures,
+                    payload: p.payload,
+                    received,
+                    ack,
+                });
+                self.batch.len += 1;
+            }
+            None => {
+                stats.no_pattern.fetch_add(1, Relaxed);
+                if self.ing.limit.allow() {
+                    tracing::warn!(topic = %p.topic, "topic matches no topic pattern; ignored");
+                }
+                if let Some(seq) = ack {
+                    self.acks.done(&[seq], out);
+                }
+            }
+        }
+    }
+
+    /// Sends what was gathered. The shard queues are bounded in messages: a full one makes
+    /// ingest wait (backpressure reaches the broker: the socket is not read meanwhile). Slots are
+    /// reserved for a shard's whole share at once (in chunks no larger than the queue), so its
+    /// messages arrive together. While it waits, finished messages are still taken in (their
+    /// acknowledgements leave with the next write), so a shard never waits on ingest.
+    async fn hand_over(&mut self, out: &mut BytesMut) -> Result<(), String> {
+        let Io {
+            ing, batch, acks, ..
+        } = self;
+        for (tx, jobs) in ing.shards.iter().zip(&mut batch.jobs) {
+            while !jobs.is_empty() {
+                let n = jobs.len().min(tx.max_capacity());
+                let permits = loop {
+                    tokio::select! {
+                        biased;
+                        p = tx.reserve_many(n) => break p.map_err(|_| "a shard stopped".to_string())?,
+                        Some(seqs) = ing.done.recv() => acks.done(&seqs, out),
+                    }
+                };
+                for (permit, job) in permits.zip(jobs.drain(..n)) {
+                    permit.send(ShardMsg::Job(job));
+                }
+            }
+        }
+        batch.len = 0;
+        Ok(())
+    }
+}
+
+/// What a read brought besides messages.
+struct Read {
+    /// A PINGRESP.
+    pong: bool,
+    /// Bytes still missing from the packet partly read.
+    need: usize,
+}
+
+/// Room kept free in the read buffer: one read takes in up to this much.
+const READ_ROOM: usize = 64 * 1024;
+
 /// Messages handed to a shard at once, at most: a read from the socket brings many, and one
 /// hand-over per read wakes each shard once instead of once per message.
 const BATCH: usize = 256;
 
-/// What one read of the ingest connection brought, until it is handed over: the acker's
-/// entries first (a message is registered as pending before its shard can report it done),
-/// then each shard's jobs, in receive order.
+/// What one read of the ingest connection brought, until it is handed over: each shard's jobs,
+/// in receive order.
 struct Batch {
-    acks: Vec<AckMsg>,
     jobs: Vec<Vec<Job>>,
     len: usize,
 }
@@ -273,69 +368,80 @@ struct Batch {
 impl Batch {
     fn new(shards: usize) -> Batch {
         Batch {
-            acks: Vec::new(),
-            jobs: (0..shards).map(|_| Vec::with_capacity(BATCH)).collect(),
+            jobs: (0..shards.max(1))
+                .map(|_| Vec::with_capacity(BATCH))
+                .collect(),
             len: 0,
         }
     }
+}
 
-    /// Sends what was gathered. The shard queues are bounded in messages: a full one makes
-    /// ingest wait (backpressure reaches the broker). Slots are reserved for a shard's whole
-    /// share at once (in chunks no larger than the queue), so its messages arrive together.
-    async fn hand_over(
-        &mut self,
-        acks: &mpsc::Sender<AckMsg>,
-        shards: &[mpsc::Sender<ShardMsg>],
-    ) -> Result<(), ()> {
-        while !self.acks.is_empty() {
-            let n = self.acks.len().min(acks.max_capacity());
-            let permits = acks.reserve_many(n).await.map_err(|_| ())?;
-            for (permit, m) in permits.zip(self.acks.drain(..n)) {
-                permit.send(m);
-            }
-        }
-        for (tx, jobs) in shards.iter().zip(&mut self.jobs) {
-            while !jobs.is_empty() {
-                let n = jobs.len().min(tx.max_capacity());
-                let permits = tx.reserve_many(n).await.map_err(|_| ())?;
-                for (permit, job) in permits.zip(jobs.drain(..n)) {
-                    permit.send(ShardMsg::Job(job));
-                }
-            }
-        }
-        self.len = 0;
-        Ok(())
+/// A QoS 1 (or 2) message until it is acknowledged: its packet id on the connection it came
+/// from, not its topic or payload (a large payload must not wait in the ack queue).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Unacked {
+    connection: u32,
+    pkid: u16,
+    exactly_once: bool,
+}
+
+/// The acknowledgements of the ingest connection: messages in receive order until their chains
+/// ran, and the sequence numbers the shards report.
+#[derive(Default)]
+struct Acks {
+    queue: AckQueue<Unacked>,
+    ready: Vec<Unacked>,
+    seq: u64,
+    connection: u32,
+    /// The broker kept the session: the last connection's packet ids still mean something.
+    carried: bool,
+}
+
+impl Acks {
+    /// A new connection.
+    fn connected(&mut self, session_present: bool) {
+        self.connection = self.connection.wrapping_add(1);
+        self.carried = session_present;
     }
-}
 
-/// What the acker keeps of a message until it is acknowledged: its packet id and QoS, not its
-/// topic or payload (a large payload must not wait in the ack queue).
-fn ack_handle(p: &Publish) -> Publish {
-    let mut h = Publish::new("", p.qos, Vec::new());
-    h.pkid = p.pkid;
-    h
-}
+    /// A message to acknowledge later; its sequence number.
+    fn pending(&mut self, pkid: u16, exactly_once: bool) -> u64 {
+        self.seq += 1;
+        self.queue.pending(
+            self.seq,
+            Unacked {
+                connection: self.connection,
+                pkid,
+                exactly_once,
+            },
+        );
+        self.seq
+    }
 
-/// Acknowledges QoS 1 messages in receive order, once each one's chains ran.
-pub async fn acker(client: AsyncClient, mut rx: mpsc::Receiver<AckMsg>) {
-    let mut q = AckQueue::default();
-    let mut ready = Vec::new();
-    while let Some(m) = rx.recv().await {
-        match m {
-            AckMsg::Pending(seq, p) => q.pending(seq, p),
-            AckMsg::Done(seq) => q.done(seq, &mut ready),
+    /// Messages whose chains ran; the acknowledgements that became due go into `out`, in
+    /// receive order. A message of an earlier connection is acknowledged only when the broker
+    /// kept the session (it then still waits for that packet id; a clean session has forgotten
+    /// it, and the broker sent the message again or dropped it).
+    fn done(&mut self, seqs: &[u64], out: &mut BytesMut) {
+        for &seq in seqs {
+            self.queue.done(seq, &mut self.ready);
         }
-        for p in ready.drain(..) {
-            if client.ack(&p).await.is_err() {
-                return;
+        for u in self.ready.drain(..) {
+            if u.connection != self.connection && !self.carried {
+                continue;
             }
+            let _ = if u.exactly_once {
+                PubRec::new(u.pkid).write(out)
+            } else {
+                PubAck::new(u.pkid).write(out)
+            };
         }
     }
 }
 
 /// QoS 1 messages in receive order, each marked when its chains ran; only the finished prefix
 /// may be acknowledged (a later message that finished first waits for the earlier ones).
-pub struct AckQueue<T = Publish> {
+pub struct AckQueue<T> {
     q: VecDeque<(u64, T, bool)>,
 }
 
@@ -392,6 +498,63 @@ mod tests {
         q.done(99, &mut ready);
         q.done(1, &mut ready);
         assert_eq!(ready.len(), 4);
+    }
+
+    /// The packets in `out`, as (kind, packet id).
+    fn packets(out: &mut BytesMut) -> Vec<(&'static str, u16)> {
+        let mut got = Vec::new();
+        loop {
+            match Packet::read(out, 1024) {
+                Ok(Packet::PubAck(a)) => got.push(("puback", a.pkid)),
+                Ok(Packet::PubRec(a)) => got.push(("pubrec", a.pkid)),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(CodecError::InsufficientBytes(_)) => return got,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_turn_of_finished_messages_is_acknowledged_in_one_buffer_in_receive_order() {
+        let mut acks = Acks::default();
+        acks.connected(false);
+        let a = acks.pending(7, false);
+        let b = acks.pending(8, true);
+        let c = acks.pending(9, false);
+        let mut out = BytesMut::new();
+        // The second shard finished b and c first: nothing may leave before a.
+        acks.done(&[b, c], &mut out);
+        assert!(out.is_empty());
+        acks.done(&[a], &mut out);
+        assert_eq!(
+            packets(&mut out),
+            [("puback", 7), ("pubrec", 8), ("puback", 9)]
+        );
+    }
+
+    #[test]
+    fn packet_ids_of_an_earlier_connection_are_acknowledged_only_when_the_session_was_kept() {
+        let mut acks = Acks::default();
+        acks.connected(false);
+        let old = acks.pending(5, false);
+        // Reconnected with a clean session: the broker forgot packet id 5 (and may reuse it).
+        acks.connected(false);
+        let new = acks.pending(5, false);
+        let mut out = BytesMut::new();
+        acks.done(&[old, new], &mut out);
+        assert_eq!(
+            packets(&mut out),
+            [("puback", 5)],
+            "only the new message's ack"
+        );
+
+        let mut acks = Acks::default();
+        acks.connected(false);
+        let old = acks.pending(3, false);
+        // The broker kept the session: it still waits for packet id 3.
+        acks.connected(true);
+        acks.done(&[old], &mut out);
+        assert_eq!(packets(&mut out), [("puback", 3)]);
     }
 
     #[test]

@@ -1,11 +1,9 @@
 //! The live engine (`rulechain run`): the rule core plugged into real I/O.
 //!
 //! ```text
-//! MQTT ──ingest conn.──► ingest task ──hash(device)──► shard threads (executor, wall clock, timers)
-//!   ▲                      │ QoS 1: Pending(seq)            │ effects            │ Done(seq)
-//!   │                      ▼                                 ▼                    ▼
-//!   │                   acker task ◄──────────────────────────────────────────────┘ (acks in order)
-//!   └──egress conn. (request queue) ◄── outbox in each shard (rpc, publish, dead letters)
+//! MQTT ◄─► ingest task (own connection) ──hash(device)──► shard threads (executor, wall clock)
+//!   ▲        QoS 1 acks, in receive order ◄──── Done([seq…]) per turn ─┘   │ effects
+//!   └──egress conn. (batches) ◄── outbox in each shard (rpc, publish, dead letters)
 //!                                          └──► sinks (InfluxDB writer, WebSocket hub, notify
 //!                                               channels: see `crate::sinks`), never waiting
 //! ```
@@ -20,6 +18,7 @@ pub mod egress;
 pub mod history;
 pub mod http;
 pub mod ingest;
+pub mod link;
 pub mod publisher;
 pub mod record;
 pub mod reload;

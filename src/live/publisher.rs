@@ -19,17 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Login, Packet, PubRel, Publish};
+use rumqttc::mqttbytes::v4::{Packet, PubRel, Publish};
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::link::{self, Stream};
 use super::{RateLimit, Stats};
 use crate::config::settings::MqttConn;
-
-/// Largest packet our connections send (commands, republished messages, dead letters), and
-/// the embedded broker's payload limit.
-pub const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
 
 /// QoS 1 and 2 publishes sent and not yet acknowledged, at most. Brokers bound a client's window
 /// (rumqttd: `max_inflight_count`); beyond this the queue waits.
@@ -100,66 +97,25 @@ pub struct Queue {
     queued: Arc<AtomicUsize>,
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-/// TLS settings read once from the configured files.
-fn tls_connector(conn: &MqttConn) -> Result<Option<tokio_rustls::TlsConnector>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let Some(tls) = &conn.tls else {
-        return Ok(None);
-    };
-    let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
-        CertificateDer::pem_file_iter(p)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read certificates from {}: {e}", p.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(&tls.ca)? {
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: not a usable CA certificate: {e}", tls.ca.display()))?;
-    }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = match &tls.client {
-        Some((cert, key)) => {
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(certs(cert)?, key)
-                .map_err(|e| format!("the client certificate and key do not go together: {e}"))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
-}
-
 /// The egress connection's task. Runs until every [`Egress`] handle is gone and the queue is
 /// written (and, for QoS 1, acknowledged, or `linger` passed after the last handle went), then
 /// disconnects.
 pub async fn run(
     conn: MqttConn,
+    tls: Option<tokio_rustls::TlsConnector>,
     mut queue: Queue,
     stats: Arc<Stats>,
     limit: Arc<RateLimit>,
     linger: Duration,
 ) {
-    let tls = match tls_connector(&conn) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("MQTT egress connection: {e}; nothing will be published");
-            return;
-        }
-    };
     let mut backoff = crate::retry::reconnect_backoff(conn.reconnect_max);
     let mut w = Writer::default();
     let mut closed_at: Option<tokio::time::Instant> = None;
     loop {
-        let r = match connect(&conn, tls.as_ref()).await {
-            Ok(stream) => {
+        let r = match link::connect(&conn, "out", tls.as_ref()).await {
+            Ok(c) => {
                 backoff.reset();
-                w.session(stream, &conn, &mut queue, &mut closed_at, linger)
+                w.session(c.stream, &conn, &mut queue, &mut closed_at, linger)
                     .await
             }
             Err(e) => Err(e),
@@ -188,75 +144,6 @@ pub async fn run(
             }
         }
     }
-}
-
-async fn connect(
-    conn: &MqttConn,
-    tls: Option<&tokio_rustls::TlsConnector>,
-) -> Result<Box<dyn Stream>, String> {
-    let timeout = Duration::from_secs(10);
-    let addr = (conn.host.as_str(), conn.port);
-    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", conn.host, conn.port))?;
-    // Commands are small packets: Nagle's algorithm would hold them for up to 40 ms.
-    let _ = tcp.set_nodelay(true);
-    let mut stream: Box<dyn Stream> = match tls {
-        Some(tls) => {
-            let name = rustls::pki_types::ServerName::try_from(conn.host.clone())
-                .map_err(|e| format!("`{}` is not a TLS server name: {e}", conn.host))?;
-            Box::new(
-                tokio::time::timeout(timeout, tls.connect(name, tcp))
-                    .await
-                    .map_err(|_| "TLS handshake timed out".to_string())?
-                    .map_err(|e| format!("TLS: {e}"))?,
-            )
-        }
-        None => Box::new(tcp),
-    };
-    let mut c = Connect::new(format!("{}-out", conn.client_id));
-    c.keep_alive = conn.keep_alive.as_secs().clamp(1, u16::MAX as u64) as u16;
-    c.clean_session = !conn.persistent_session;
-    if let Some(u) = &conn.username {
-        c.login = Some(Login::new(
-            u.clone(),
-            conn.password.clone().unwrap_or_default(),
-        ));
-    }
-    let mut buf = BytesMut::new();
-    Packet::Connect(c)
-        .write(&mut buf, MAX_OUTGOING_PACKET)
-        .map_err(|e| format!("cannot encode CONNECT: {e:?}"))?;
-    stream
-        .write_all(&buf)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut rbuf = BytesMut::with_capacity(64);
-    let ack = tokio::time::timeout(timeout, async {
-        loop {
-            match Packet::read(&mut rbuf, 1024) {
-                Ok(Packet::ConnAck(a)) => return Ok(a),
-                Ok(other) => return Err(format!("expected CONNACK, got {other:?}")),
-                Err(CodecError::InsufficientBytes(_)) => {}
-                Err(e) => return Err(format!("bad CONNACK: {e:?}")),
-            }
-            if stream
-                .read_buf(&mut rbuf)
-                .await
-                .map_err(|e| format!("read: {e}"))?
-                == 0
-            {
-                return Err("the broker closed the connection".into());
-            }
-        }
-    })
-    .await
-    .map_err(|_| "no CONNACK within 10 s".to_string())??;
-    if ack.code != ConnectReturnCode::Success {
-        return Err(format!("the broker refused the connection: {:?}", ack.code));
-    }
-    Ok(stream)
 }
 
 /// A publish in flight: encoded (the DUP flag is set in place when it is sent again), or for

@@ -9,9 +9,9 @@ use std::time::Duration;
 use rumqttc::{Event, Packet, QoS};
 use tokio::sync::watch;
 
-use super::ingest;
 use super::shard::{self, Limits};
 use super::wall_ms;
+use super::{ingest, link};
 use crate::config::settings::MqttConn;
 use crate::topic::TopicPattern;
 
@@ -32,12 +32,12 @@ pub async fn run(
     count: Option<u64>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Recorded, String> {
-    let mut o = ingest::options(&conn, "record")?;
+    let mut o = link::options(&conn, "record")?;
     o.set_clean_session(true);
-    let (client, mut events) = ingest::client(o, 64);
+    let (client, mut events) = link::client(o, 64);
     let subs = ingest::filters(&patterns);
     let limits = Limits {
-        max_payload_bytes: ingest::MAX_INCOMING_PACKET,
+        max_payload_bytes: link::MAX_INCOMING_PACKET,
         max_depth: 128,
         max_clock_skew_ms: 0,
     };

@@ -5,15 +5,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rumqttc::{AsyncClient, EventLoop};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::shard::{self, AckMsg, AckReq, ShardMsg};
+use super::shard::{self, AckReq, ShardMsg};
 use super::trace::Tracer;
 use super::{
-    egress, http, ingest, publisher, reload, sim, FdBudget, RateLimit, RunOptions, SavedState,
-    Stats,
+    egress, http, ingest, link, publisher, reload, sim, FdBudget, RateLimit, RunOptions,
+    SavedState, Stats,
 };
 use crate::config::settings::{MqttConn, Settings};
 use crate::engine::registry::AlarmRegistry;
@@ -40,8 +39,9 @@ pub(super) async fn serve(
         None => None,
     };
     let conn = settings.mqtt();
-    let (mqtt, in_events, done_tx) =
-        Mqtt::connect(&conn, &stats, &limit, settings.shutdown_timeout)?;
+    let tls = link::tls_connector(&conn)?;
+    let mqtt = Mqtt::start(&conn, &tls, &stats, &limit, settings.shutdown_timeout);
+    let (done_tx, done_rx) = shard::done_channel();
     // The open alarms; acknowledgements (API, WebSocket) go through it to the device's shard.
     let (ack_tx, ack_rx) = mpsc::channel::<AckReq>(64);
     let alarms = Arc::new(AlarmRegistry::new(shard::ack_route(ack_tx)));
@@ -66,19 +66,17 @@ pub(super) async fn serve(
         threads: shard_threads,
         rule_stats,
         tracer,
-    } = start_shards(&settings, state, rules, devices, outbox, &done_tx, &stats)?;
+    } = start_shards(&settings, state, rules, devices, outbox, done_tx, &stats)?;
     let ingest_task = tokio::spawn(ingest::run(
         ingest::Ingest {
+            conn: conn.clone(),
+            tls,
             patterns: settings.patterns.clone(),
-            qos: conn.qos,
             shards: shard_tx.clone(),
-            acks: done_tx,
+            done: done_rx,
             stats: stats.clone(),
             limit: limit.clone(),
-            reconnect_max: conn.reconnect_max,
         },
-        mqtt.in_client.clone(),
-        in_events,
         stop.clone(),
     ));
     let shard_weak: Vec<_> = shard_tx.iter().map(mpsc::Sender::downgrade).collect();
@@ -163,52 +161,47 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// The two MQTT connections: ingest (subscribes; QoS 1 acknowledged by the acker once the
-/// shards are done) and egress (publishes, through a bounded queue).
+/// The egress connection (publishes, through a bounded queue). The ingest connection is the
+/// ingest task's own.
 struct Mqtt {
-    in_client: AsyncClient,
-    acker: JoinHandle<()>,
     egress: publisher::Egress,
     egress_task: JoinHandle<()>,
 }
 
 impl Mqtt {
-    /// Connects both; gives the ingest connection's event loop (for the ingest task) and where
-    /// shards report finished QoS 1 messages (to the acker).
-    fn connect(
+    /// Starts the egress connection.
+    fn start(
         conn: &MqttConn,
+        tls: &Option<tokio_rustls::TlsConnector>,
         stats: &Arc<Stats>,
         limit: &Arc<RateLimit>,
         shutdown_timeout: std::time::Duration,
-    ) -> Result<(Mqtt, EventLoop, mpsc::Sender<AckMsg>), String> {
+    ) -> Mqtt {
         let (egress, queue) = publisher::Egress::new(egress::EGRESS_QUEUE);
         let egress_task = tokio::spawn(publisher::run(
             conn.clone(),
+            tls.clone(),
             queue,
             stats.clone(),
             limit.clone(),
             shutdown_timeout,
         ));
-        let mut in_opts = ingest::options(conn, "in")?;
-        in_opts.set_manual_acks(true);
-        let (in_client, in_events) = ingest::client(in_opts, 1024);
-        let (done_tx, done_rx) = mpsc::channel(shard::ACK_CAPACITY);
-        let acker = tokio::spawn(ingest::acker(in_client.clone(), done_rx));
-        let mqtt = Mqtt {
-            in_client,
-            acker,
+        Mqtt {
             egress,
             egress_task,
-        };
-        Ok((mqtt, in_events, done_tx))
+        }
     }
 
-    /// The last acknowledgements go out while ingest still polls; then it disconnects. Queued
+    /// Ingest sends the last acknowledgements and disconnects once the shards are gone; queued
     /// publishes leave before the egress connection closes.
     async fn close(self, deadline: tokio::time::Instant, ingest_task: JoinHandle<()>) {
-        let _ = tokio::time::timeout_at(deadline, self.acker).await;
-        let _ = self.in_client.disconnect().await;
-        let _ = tokio::time::timeout_at(deadline, ingest_task).await;
+        let ingest_abort = ingest_task.abort_handle();
+        if tokio::time::timeout_at(deadline, ingest_task)
+            .await
+            .is_err()
+        {
+            ingest_abort.abort();
+        }
         // The shards' handles are gone; with this last one the queue closes, and the egress
         // connection writes what is queued, waits for its QoS 1 acknowledgements, disconnects.
         drop(self.egress);
@@ -295,7 +288,7 @@ fn start_shards(
     rules: Arc<RuleSet>,
     devices: HashMap<Arc<str>, Device>,
     outbox: egress::Outbox,
-    done: &mpsc::Sender<AckMsg>,
+    done: shard::Done,
     stats: &Arc<Stats>,
 ) -> Result<Shards, String> {
     let rule_stats: Vec<Arc<RuleStats>> =

@@ -26,17 +26,19 @@ use crate::engine::{Device, Executor, Message};
 pub use crate::message::{parse, Kind, Limits, Reject};
 use crate::rules::compile::RuleSet;
 
-/// Between ingest, the shards and the acknowledging task.
-pub enum AckMsg {
-    /// A QoS 1 message was handed to a shard under this sequence number.
-    Pending(u64, rumqttc::Publish),
-    /// Its chains ran.
-    Done(u64),
-}
+/// Where the shards report the QoS 1 messages whose chains ran: one batch of ingest sequence
+/// numbers per shard turn. The ingest connection is its only reader.
+pub type Done = mpsc::Sender<Vec<u64>>;
 
-/// Capacity of the ack channel: MQTT packet ids are 16-bit, so a session never has more
-/// unacknowledged messages than this, and the channel never makes a shard wait for long.
-pub const ACK_CAPACITY: usize = 2 * 65_536;
+/// Capacity of the done channel, in batches. Ingest reads it even while it waits for room in
+/// a shard's queue, so a shard never waits on it for long; and each batch holds at least one of
+/// the (at most 65,535 per session) unacknowledged messages.
+pub const DONE_CAPACITY: usize = 65_536;
+
+/// The done channel: the shards' end and ingest's.
+pub fn done_channel() -> (Done, mpsc::Receiver<Vec<u64>>) {
+    mpsc::channel(DONE_CAPACITY)
+}
 
 /// A message for a shard.
 pub struct Job {
@@ -106,7 +108,7 @@ pub struct ShardCtx {
     /// Where effects go.
     pub outbox: Outbox,
     /// Where finished QoS 1 sequence numbers go.
-    pub done: Option<mpsc::Sender<AckMsg>>,
+    pub done: Option<Done>,
     /// Checkpoint interval.
     pub checkpoint: Duration,
     /// Ingest limits.
@@ -473,13 +475,9 @@ pub fn run(
             for (tx, r) in replies.drain(..) {
                 let _ = tx.send(r);
             }
-            if let Some(tx) = &ctx.done {
-                for seq in done.drain(..) {
-                    // Bounded: the acker drains it; waiting here is backpressure.
-                    if tx.send(AckMsg::Done(seq)).await.is_err() {
-                        break;
-                    }
-                }
+            if let Some(tx) = ctx.done.as_ref().filter(|_| !done.is_empty()) {
+                // One report per turn: ingest acknowledges the turn's messages in one write.
+                let _ = tx.send(std::mem::take(&mut done)).await;
             }
         }
         // The queue closed: shutdown. Everything queued has been handled; save.
@@ -494,10 +492,8 @@ pub fn run(
                     ctx.outbox.send(e);
                 }
                 ctx.outbox.flush();
-                if let Some(tx) = &ctx.done {
-                    for seq in done {
-                        let _ = tx.send(AckMsg::Done(seq)).await;
-                    }
+                if let Some(tx) = ctx.done.as_ref().filter(|_| !done.is_empty()) {
+                    let _ = tx.send(done).await;
                 }
             }
             Err(e) if held.active() || exec.alarms().changes() != alarm_changes => {

@@ -13,7 +13,7 @@ use rumqttc::{Event, Packet, QoS};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::ingest;
+use super::link;
 use super::wall_ms;
 use crate::config::settings::MqttConn;
 
@@ -103,7 +103,7 @@ async fn send(
 
 /// Publishes until `stop` turns true or `count` messages went out.
 pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<bool>) {
-    let mut o = match ingest::options(&conn, "sim") {
+    let mut o = match link::options(&conn, "sim") {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("simulator: {e}");
@@ -111,7 +111,7 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
         }
     };
     o.set_clean_session(true);
-    let (client, mut events) = ingest::client(o, 4096);
+    let (client, mut events) = link::client(o, 4096);
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<rumqttc::Publish>(1024);
     let sub = format!("site/{}/device/+/command", opts.site);
     let poller = {

@@ -1,0 +1,179 @@
+//! One MQTT connection to the broker, below ingest and egress: TCP with TCP_NODELAY, TLS when
+//! configured, CONNECT and CONNACK on rumqttc's codec. Ingest and the publisher then each run
+//! their own loop over the stream, so that a read or a write serves every packet buffered.
+//!
+//! The helper connections (`record`, the demo simulator) keep rumqttc's event loop, through
+//! [`options`] and [`client`]: they carry little traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Login, Packet};
+use rumqttc::mqttbytes::Error as CodecError;
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, Transport};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::config::settings::MqttConn;
+
+/// Largest packet our connections send (commands, republished messages, dead letters), and
+/// the embedded broker's payload limit.
+pub const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
+
+/// Largest MQTT packet our connections read: the largest the protocol can express (its
+/// remaining length is at most 268,435,455 bytes). A client that drops the connection on a
+/// larger packet stalls for good with a persistent session: the broker delivers the same message
+/// at every reconnect. So nothing the broker may send is refused here; `ingest.max_payload_bytes`
+/// then skips the message alone (counted `too_large`, acknowledged, dead-lettered by reference).
+/// Such a message costs its size in memory while it is read; a broker's `message_size_limit`
+/// keeps them out earlier.
+pub const MAX_INCOMING_PACKET: usize = 268_435_455;
+
+/// A connected byte stream: TCP or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The TLS settings of `conn`, read once from the configured files (None: plain TCP).
+pub fn tls_connector(conn: &MqttConn) -> Result<Option<tokio_rustls::TlsConnector>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(tls) = &conn.tls else {
+        return Ok(None);
+    };
+    let certs = |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        CertificateDer::pem_file_iter(p)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read certificates from {}: {e}", p.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&tls.ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", tls.ca.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match &tls.client {
+        Some((cert, key)) => {
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs(cert)?, key)
+                .map_err(|e| format!("the client certificate and key do not go together: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
+}
+
+/// A connection the broker accepted.
+pub struct Connected {
+    /// The stream, after CONNACK.
+    pub stream: Box<dyn Stream>,
+    /// The broker kept the session of the last connection (persistent sessions only).
+    pub session_present: bool,
+}
+
+/// Connects as `{client_id}-{suffix}` and waits for the broker's CONNACK (10 s at most for each
+/// step).
+pub async fn connect(
+    conn: &MqttConn,
+    suffix: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Result<Connected, String> {
+    let timeout = Duration::from_secs(10);
+    let addr = (conn.host.as_str(), conn.port);
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("cannot connect to {}:{}: {e}", conn.host, conn.port))?;
+    // Acknowledgements and commands are small packets: Nagle's algorithm with delayed ACKs
+    // would hold them for up to 40 ms.
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Box<dyn Stream> = match tls {
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from(conn.host.clone())
+                .map_err(|e| format!("`{}` is not a TLS server name: {e}", conn.host))?;
+            Box::new(
+                tokio::time::timeout(timeout, tls.connect(name, tcp))
+                    .await
+                    .map_err(|_| "TLS handshake timed out".to_string())?
+                    .map_err(|e| format!("TLS: {e}"))?,
+            )
+        }
+        None => Box::new(tcp),
+    };
+    let mut c = Connect::new(format!("{}-{suffix}", conn.client_id));
+    c.keep_alive = conn.keep_alive.as_secs().clamp(1, u16::MAX as u64) as u16;
+    c.clean_session = !conn.persistent_session;
+    if let Some(u) = &conn.username {
+        c.login = Some(Login::new(
+            u.clone(),
+            conn.password.clone().unwrap_or_default(),
+        ));
+    }
+    let mut buf = BytesMut::new();
+    Packet::Connect(c)
+        .write(&mut buf, MAX_OUTGOING_PACKET)
+        .map_err(|e| format!("cannot encode CONNECT: {e:?}"))?;
+    stream
+        .write_all(&buf)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    // Read the CONNACK alone: whatever the broker sends after it belongs to the session.
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(timeout, stream.read_exact(&mut ack))
+        .await
+        .map_err(|_| "no CONNACK within 10 s".to_string())?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "the broker closed the connection".to_string(),
+            _ => format!("read: {e}"),
+        })?;
+    let mut rbuf = BytesMut::from(&ack[..]);
+    let ack = match Packet::read(&mut rbuf, 16) {
+        Ok(Packet::ConnAck(a)) => a,
+        Ok(other) => return Err(format!("expected CONNACK, got {other:?}")),
+        Err(CodecError::InsufficientBytes(_)) => return Err("a short CONNACK".into()),
+        Err(e) => return Err(format!("bad CONNACK: {e:?}")),
+    };
+    if ack.code != ConnectReturnCode::Success {
+        return Err(format!("the broker refused the connection: {:?}", ack.code));
+    }
+    Ok(Connected {
+        stream,
+        session_present: ack.session_present,
+    })
+}
+
+/// rumqttc options for a helper connection (`suffix`: `sim`, `record`).
+pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {
+    let id = format!("{}-{suffix}", conn.client_id);
+    let mut o = MqttOptions::new(id, conn.host.clone(), conn.port);
+    o.set_keep_alive(conn.keep_alive);
+    o.set_clean_session(!conn.persistent_session);
+    o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
+    o.set_request_channel_capacity(1024);
+    o.set_inflight(100);
+    if let Some(u) = &conn.username {
+        o.set_credentials(u.clone(), conn.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &conn.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let client_auth = match &tls.client {
+            Some((c, k)) => Some((read(c)?, read(k)?)),
+            None => None,
+        };
+        o.set_transport(Transport::tls(read(&tls.ca)?, client_auth, None));
+    }
+    Ok(o)
+}
+
+/// A helper client and its event loop, with TCP_NODELAY.
+pub fn client(o: MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
+    let (c, mut events) = AsyncClient::new(o, cap);
+    let mut net = events.network_options();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
+    (c, events)
+}
