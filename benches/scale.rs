@@ -147,6 +147,13 @@ fn main() {
         one(n(1), n(2), n(3) == 1, n(4));
         return;
     }
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs this too: one small configuration, as a check that
+        // it still builds and runs.
+        one(100, 2, true, 1_000);
+        println!("scale: a benchmark; run it with `cargo bench --bench scale`");
+        return;
+    }
     let me = std::env::current_exe().expect("own path");
     // (devices, chains, by type)
     let configs = [
