@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{Packet, PubAck, PubComp, PubRec, Publish, Subscribe};
 use rumqttc::mqttbytes::v4::{SubscribeFilter, SubscribeReasonCode};
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::link::{self, MAX_INCOMING_PACKET};
@@ -162,18 +162,11 @@ impl Io {
         let mut need = 0;
         loop {
             if !out.is_empty() {
-                // A broker that stops reading for this long is gone.
-                tokio::time::timeout(keep_alive * 2, wr.write_all(&out))
-                    .await
-                    .map_err(|_| "the broker stopped reading".to_string())?
-                    .map_err(|e| format!("write: {e}"))?;
-                out.clear();
+                link::write_out(&mut wr, &mut out, keep_alive).await?;
                 ping.reset();
             }
             if shards_gone {
-                let _ = Packet::Disconnect.write(&mut out, 16);
-                let _ = wr.write_all(&out).await;
-                let _ = wr.shutdown().await;
+                link::disconnect(&mut wr).await;
                 return Ok(());
             }
             // Room for a whole packet that is partly read (a large one is not copied at every

@@ -144,6 +144,30 @@ pub async fn connect(
     })
 }
 
+/// Writes what `out` holds and empties it. A broker that stops reading for twice the
+/// keep-alive is taken as gone.
+pub async fn write_out<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    keep_alive: Duration,
+) -> Result<(), String> {
+    tokio::time::timeout(keep_alive * 2, wr.write_all(out))
+        .await
+        .map_err(|_| "the broker stopped reading".to_string())?
+        .map_err(|e| format!("write: {e}"))?;
+    out.clear();
+    Ok(())
+}
+
+/// Ends a connection cleanly: DISCONNECT, then the stream's shutdown (best effort: the
+/// connection is being left either way).
+pub async fn disconnect<W: AsyncWrite + Unpin>(wr: &mut W) {
+    let mut b = BytesMut::new();
+    let _ = Packet::Disconnect.write(&mut b, 16);
+    let _ = wr.write_all(&b).await;
+    let _ = wr.shutdown().await;
+}
+
 /// rumqttc options for a helper connection (`suffix`: `sim`, `record`).
 pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {
     let id = format!("{}-{suffix}", conn.client_id);

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4::{Packet, PubRel, Publish};
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::link::{self, Stream};
@@ -200,20 +200,12 @@ impl Writer {
         let mut batches: Vec<Vec<Out>> = Vec::new();
         loop {
             if !out.is_empty() {
-                // A broker that stops reading for this long is gone.
-                tokio::time::timeout(keep_alive * 2, wr.write_all(&out))
-                    .await
-                    .map_err(|_| "the broker stopped reading".to_string())?
-                    .map_err(|e| format!("write: {e}"))?;
-                out.clear();
+                link::write_out(&mut wr, &mut out, keep_alive).await?;
                 ping.reset();
             }
             let open = closed_at.is_none();
             if !open && self.inflight.is_empty() {
-                let mut b = BytesMut::new();
-                let _ = Packet::Disconnect.write(&mut b, 16);
-                let _ = wr.write_all(&b).await;
-                let _ = wr.shutdown().await;
+                link::disconnect(&mut wr).await;
                 return Ok(());
             }
             if closed_at.is_some_and(|t| t.elapsed() >= linger) {
