@@ -905,3 +905,54 @@ async fn dry_run_and_run_decode_the_same_payloads_alike() {
     );
     assert_eq!(engine.status()["counters"]["rejected"]["not_json"], 1);
 }
+
+#[test]
+fn a_broker_that_never_answers_does_not_hold_up_the_shutdown() {
+    // A listener that accepts and never sends CONNACK: the ingest connection waits inside its
+    // connect. A stop meanwhile must still let the shards finish and save within the shutdown
+    // timeout (3 s here; the CONNACK wait alone is 10 s).
+    let dir = tempdir("silent-broker");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let http = free_port();
+    engine_dir(
+        &dir,
+        &mqtt_cfg(port, "rc-silent"),
+        http,
+        &[],
+        "devices: []\n",
+    );
+    let cfg = dir.join("rulechain.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("engine: {", "engine: {shutdown_timeout: 3s, "),
+    )
+    .unwrap();
+    let mut engine = Engine::launch(&dir, http);
+    let start = Instant::now();
+    while common::http(http, "GET", "/livez").map(|r| r.0) != Some(200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{}",
+            engine.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Both connections are now waiting for a CONNACK that never comes.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = engine.stop().unwrap();
+    let log = engine.log();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        !log.contains("shards did not finish within the shutdown timeout"),
+        "{log}"
+    );
+    assert!(log.contains("stopped"), "{log}");
+}

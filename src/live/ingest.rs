@@ -72,7 +72,13 @@ pub async fn run(ing: Ingest, mut stop: watch::Receiver<bool>) {
         connected_once: false,
     };
     loop {
-        let r = match link::connect(&io.ing.conn, "in", io.ing.tls.as_ref()).await {
+        // A broker that accepts the connection and never answers holds `connect` for up to its
+        // timeouts; a stop meanwhile must still let the shards finish at once.
+        let connected = tokio::select! {
+            c = link::connect(&io.ing.conn, "in", io.ing.tls.as_ref()) => c,
+            _ = stop.changed() => break,
+        };
+        let r = match connected {
             Ok(c) => {
                 backoff.reset();
                 io.session(c, &mut stop).await
