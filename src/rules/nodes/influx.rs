@@ -33,7 +33,10 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         v
     };
     let tags = i.tags.as_ref().map(sorted).unwrap_or_default();
-    b.reads(!tags.is_empty(), !tags.is_empty());
+    // `meta.device` is the packet's own device (and `meta` comes first), so a `device` tag
+    // is read from the packet: a chain whose only tag is `device` builds neither map.
+    let maps = tags.iter().any(|t| t != "device");
+    b.reads(maps, maps);
     let fields = i.fields.as_ref().map(sorted);
     Some(Box::new(Influx {
         measurement,
@@ -71,7 +74,9 @@ impl NodeImpl for Influx {
         };
         let mut line = Line::new(&measurement);
         for t in &self.tags {
-            if let Some(v) = lookup([&p.vars.meta, &p.vars.attr, &p.vars.msg], t) {
+            if t == "device" {
+                line.tag(t, &p.device);
+            } else if let Some(v) = lookup([&p.vars.meta, &p.vars.attr, &p.vars.msg], t) {
                 line.tag(t, &v);
             }
         }
