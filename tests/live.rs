@@ -437,6 +437,80 @@ async fn publishes_at_qos_0_1_and_2_arrive_once_each_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_broker_publishes_arrive_in_order_and_retained_ones_stay() {
+    // On its embedded broker the engine reads and publishes through in-process links, not a
+    // socket: every message still runs once, in order per device, every publish reaches a
+    // network subscriber once and in order, and a retained one is kept for later subscribers.
+    let dir = tempdir("embedded-links");
+    let port = free_port();
+    let http = free_port();
+    let chain = "chain: fan\non: { kind: telemetry }\nnodes:\n  - publish: { topic: \"out/${meta.device}/q0\", qos: 0 }\n  - publish: { topic: \"out/${meta.device}/q1\", qos: 1 }\n  - publish: { topic: \"last/${meta.device}\", retain: true }\n";
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{port}}}"),
+        http,
+        &[("fan.yaml", chain)],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http);
+    let mut sub = Mqtt::connect(port, "links-sub", true, &["out/#"]).await;
+    let publ = Mqtt::connect(port, "links-pub", true, &[]).await;
+    const N: u64 = 500;
+    for i in 0..N {
+        for d in ["d1", "d2"] {
+            publ.publish(
+                &format!("device/{d}/telemetry"),
+                json!({"seq": i}).to_string(),
+            )
+            .await;
+        }
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut got: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.values().map(Vec::len).sum::<usize>() < 4 * N as usize && Instant::now() < deadline {
+        if let Some((t, v)) = sub.expect(Duration::from_secs(2), |_, _| true).await {
+            got.entry(t).or_default().push(v["seq"].as_u64().unwrap());
+        }
+    }
+    for (t, v) in sub.drain(Duration::from_millis(500)).await {
+        got.entry(t).or_default().push(v["seq"].as_u64().unwrap());
+    }
+    let want: Vec<u64> = (0..N).collect();
+    for topic in ["out/d1/q0", "out/d1/q1", "out/d2/q0", "out/d2/q1"] {
+        assert_eq!(
+            got.get(topic).map(Vec::as_slice),
+            Some(want.as_slice()),
+            "{topic}: every publish once, in order\n{}",
+            engine.log()
+        );
+    }
+    // A subscriber that comes later gets each device's last retained message.
+    let mut late = Mqtt::connect(port, "links-late", true, &["last/+"]).await;
+    let mut retained: Vec<(String, u64)> = late
+        .drain(Duration::from_secs(2))
+        .await
+        .into_iter()
+        .map(|(t, v)| (t, v["seq"].as_u64().unwrap()))
+        .collect();
+    retained.sort();
+    assert_eq!(
+        retained,
+        [
+            ("last/d1".to_string(), N - 1),
+            ("last/d2".to_string(), N - 1)
+        ]
+    );
+    let c = &engine.status()["counters"];
+    assert_eq!(c["received"], json!(2 * N), "{c}");
+    assert_eq!(c["broker_dropped"], json!(0), "{c}");
+    assert_eq!(c["egress_dropped"], json!(0), "{c}");
+    assert_eq!(c["mqtt_connected"], json!(true), "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_payloads_are_counted_by_reason_and_dead_lettered() {
     let dir = tempdir("bad");
     let broker = Mosquitto::start(&dir);

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4::{Packet, PubAck, PubComp, PubRec, Publish, Subscribe};
 use rumqttc::mqttbytes::v4::{SubscribeFilter, SubscribeReasonCode};
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
@@ -275,70 +275,41 @@ impl Io {
     /// One message: a job for its device's shard, and for QoS 1 a place in the ack queue
     /// (before its shard can report it done).
     fn publish(&mut self, p: Publish, received: i64, out: &mut BytesMut) {
-        let stats = &self.ing.stats;
-        stats.received.fetch_add(1, Relaxed);
+        self.ing.stats.received.fetch_add(1, Relaxed);
         let ack = match p.qos {
             QoS::AtMostOnce => None,
             q => Some(self.acks.pending(p.pkid, q == QoS::ExactlyOnce)),
         };
-        match self
-            .ing
-            .patterns
-            .iter()
-            .find_map(|pat| pat.matches(&p.topic))
-        {
-            Some(m) => {
-                let device: Arc<str> = m.device.into();
-                let shard = shard_of(&device, self.batch.jobs.len());
-                self.batch.jobs[shard].push(Job {
-                    device,
-                    kind: m.kind,
-                    topic: p.topic.as_str().into(),
-                    captures: m.captures,
-                    payload: p.payload,
-                    received,
-                    ack,
-                });
-                self.batch.len += 1;
-            }
-            None => {
-                stats.no_pattern.fetch_add(1, Relaxed);
-                if self.ing.limit.allow() {
-                    tracing::warn!(topic = %p.topic, "topic matches no topic pattern; ignored");
-                }
-                if let Some(seq) = ack {
-                    self.acks.done(&[seq], out);
-                }
+        let added = self
+            .batch
+            .add(&self.ing.patterns, &p.topic, p.payload, received, ack);
+        if !added {
+            no_pattern(&self.ing.stats, &self.ing.limit, &p.topic);
+            if let Some(seq) = ack {
+                self.acks.done(&[seq], out);
             }
         }
     }
 
-    /// Sends what was gathered. The shard queues are bounded in messages: a full one makes
-    /// ingest wait (backpressure reaches the broker: the socket is not read meanwhile). Slots are
-    /// reserved for a shard's whole share at once (in chunks no larger than the queue), so its
-    /// messages arrive together. While it waits, finished messages are still taken in (their
-    /// acknowledgements leave with the next write), so a shard never waits on ingest.
+    /// Sends what was gathered; finished messages that arrive meanwhile are acknowledged.
     async fn hand_over(&mut self, out: &mut BytesMut) -> Result<(), String> {
-        let Io {
-            ing, batch, acks, ..
-        } = self;
-        for (tx, jobs) in ing.shards.iter().zip(&mut batch.jobs) {
-            while !jobs.is_empty() {
-                let n = jobs.len().min(tx.max_capacity());
-                let permits = loop {
-                    tokio::select! {
-                        biased;
-                        p = tx.reserve_many(n) => break p.map_err(|_| "a shard stopped".to_string())?,
-                        Some(seqs) = ing.done.recv() => acks.done(&seqs, out),
-                    }
-                };
-                for (permit, job) in permits.zip(jobs.drain(..n)) {
-                    permit.send(ShardMsg::Job(job));
-                }
-            }
+        let mut finished = Vec::new();
+        let r = self
+            .batch
+            .hand_over(&self.ing.shards, Some(&mut self.ing.done), &mut finished)
+            .await;
+        for seqs in finished {
+            self.acks.done(&seqs, out);
         }
-        batch.len = 0;
-        Ok(())
+        r
+    }
+}
+
+/// A message whose topic matches no pattern: counted, logged (rate-limited), ignored.
+pub(super) fn no_pattern(stats: &Stats, limit: &RateLimit, topic: &str) {
+    stats.no_pattern.fetch_add(1, Relaxed);
+    if limit.allow() {
+        tracing::warn!(%topic, "topic matches no topic pattern; ignored");
     }
 }
 
@@ -355,23 +326,90 @@ const READ_ROOM: usize = 64 * 1024;
 
 /// Messages handed to a shard at once, at most: a read from the socket brings many, and one
 /// hand-over per read wakes each shard once instead of once per message.
-const BATCH: usize = 256;
+pub(super) const BATCH: usize = 256;
 
-/// What one read of the ingest connection brought, until it is handed over: each shard's jobs,
-/// in receive order.
-struct Batch {
+/// What one read of the ingest connection (or of a local link to the embedded broker) brought,
+/// until it is handed over: each shard's jobs, in receive order.
+pub(super) struct Batch {
     jobs: Vec<Vec<Job>>,
-    len: usize,
+    /// Jobs gathered, in all shards.
+    pub len: usize,
 }
 
 impl Batch {
-    fn new(shards: usize) -> Batch {
+    pub(super) fn new(shards: usize) -> Batch {
         Batch {
             jobs: (0..shards.max(1))
                 .map(|_| Vec::with_capacity(BATCH))
                 .collect(),
             len: 0,
         }
+    }
+
+    /// A job for the device's shard, by the first pattern `topic` matches; false when none does.
+    pub(super) fn add(
+        &mut self,
+        patterns: &[TopicPattern],
+        topic: &str,
+        payload: Bytes,
+        received: i64,
+        ack: Option<u64>,
+    ) -> bool {
+        let Some(m) = patterns.iter().find_map(|pat| pat.matches(topic)) else {
+            return false;
+        };
+        let device: Arc<str> = m.device.into();
+        let shard = shard_of(&device, self.jobs.len());
+        self.jobs[shard].push(Job {
+            device,
+            kind: m.kind,
+            topic: topic.into(),
+            captures: m.captures,
+            payload,
+            received,
+            ack,
+        });
+        self.len += 1;
+        true
+    }
+
+    /// Sends what was gathered. The shard queues are bounded in messages: a full one makes
+    /// ingest wait (backpressure reaches the broker: the socket or link is not read meanwhile).
+    /// Slots are reserved for a shard's whole share at once (in chunks no larger than the
+    /// queue), so its messages arrive together. While it waits, finished messages are still
+    /// taken from `done` into `finished` (their acknowledgements leave with the next write), so a
+    /// shard never waits on ingest.
+    pub(super) async fn hand_over(
+        &mut self,
+        shards: &[mpsc::Sender<ShardMsg>],
+        mut done: Option<&mut mpsc::Receiver<Vec<u64>>>,
+        finished: &mut Vec<Vec<u64>>,
+    ) -> Result<(), String> {
+        for (tx, jobs) in shards.iter().zip(&mut self.jobs) {
+            while !jobs.is_empty() {
+                let n = jobs.len().min(tx.max_capacity());
+                let permits = loop {
+                    tokio::select! {
+                        biased;
+                        p = tx.reserve_many(n) => break p.map_err(|_| "a shard stopped".to_string())?,
+                        Some(seqs) = next_done(&mut done) => finished.push(seqs),
+                    }
+                };
+                for (permit, job) in permits.zip(jobs.drain(..n)) {
+                    permit.send(ShardMsg::Job(job));
+                }
+            }
+        }
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// The next finished batch from `done`; never, without one.
+async fn next_done(done: &mut Option<&mut mpsc::Receiver<Vec<u64>>>) -> Option<Vec<u64>> {
+    match done {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

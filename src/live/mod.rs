@@ -19,6 +19,8 @@ pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod link;
+#[cfg(feature = "embedded-broker")]
+pub mod local;
 pub mod publisher;
 pub mod record;
 pub mod reload;
@@ -61,6 +63,9 @@ pub struct Stats {
     pub published: AtomicU64,
     /// Publishes dropped because the egress queue was full.
     pub egress_dropped: AtomicU64,
+    /// Messages the embedded broker skipped for the engine: it fell behind by more than the
+    /// broker's log holds.
+    pub broker_dropped: AtomicU64,
     /// Alarm transitions.
     pub alarm_events: AtomicU64,
     /// Notifications.
@@ -159,6 +164,11 @@ impl Counters for Stats {
             "egress_dropped",
             "publishes dropped: the egress queue was full",
             g(&self.egress_dropped),
+        );
+        r.counter(
+            "broker_dropped",
+            "messages the embedded broker skipped: the engine fell behind by more than its log",
+            g(&self.broker_dropped),
         );
         r.counter("alarm_events", "alarm transitions", g(&self.alarm_events));
         r.counter(
@@ -369,10 +379,14 @@ fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
     }
     let redb = open_store(&settings.state_dir, opts.reset_state)?;
     use store::StateStore as _;
-    if let Broker::Embedded(addr) = settings.broker {
-        broker::start(addr)?;
-        tracing::info!("embedded MQTT broker listening on {addr}");
-    }
+    let embedded = match settings.broker {
+        Broker::Embedded(addr) => {
+            let links = broker::start(addr, &ingest::filters(&settings.patterns))?;
+            tracing::info!("embedded MQTT broker listening on {addr}");
+            Some(links)
+        }
+        Broker::External(_) => None,
+    };
     // A state dir keeps the shard count it was written with: devices map to shards by hash.
     let shards = match redb.shard_count()? {
         Some(n) if n != settings.shards => {
@@ -454,7 +468,7 @@ fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
         snapshots: saved,
     };
     rt.block_on(serve::serve(
-        settings, opts, state, reloader, rules, devices,
+        settings, opts, state, reloader, rules, devices, embedded,
     ))
     .map_err(Fatal::from)
 }

@@ -97,6 +97,23 @@ pub struct Queue {
     queued: Arc<AtomicUsize>,
 }
 
+impl Queue {
+    /// The next batch, waiting on this (blocking, not runtime) thread; None once every handle is
+    /// gone and the queue is empty.
+    pub fn blocking_next(&mut self) -> Option<Vec<Out>> {
+        let b = self.rx.blocking_recv()?;
+        self.queued.fetch_sub(b.len(), Relaxed);
+        Some(b)
+    }
+
+    /// The next batch if one is queued.
+    pub fn try_next(&mut self) -> Option<Vec<Out>> {
+        let b = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(b.len(), Relaxed);
+        Some(b)
+    }
+}
+
 /// The egress connection's task. Runs until every [`Egress`] handle is gone and the queue is
 /// written (and, for QoS 1, acknowledged, or `linger` passed after the last handle went), then
 /// disconnects.

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use super::shard::{self, AckReq, ShardMsg};
 use super::trace::Tracer;
 use super::{
-    egress, http, ingest, link, publisher, reload, sim, FdBudget, RateLimit, RunOptions,
+    broker, egress, http, ingest, link, publisher, reload, sim, FdBudget, RateLimit, RunOptions,
     SavedState, Stats,
 };
 use crate::config::settings::{MqttConn, Settings};
@@ -29,6 +29,7 @@ pub(super) async fn serve(
     reloader: reload::Reloader,
     rules: Arc<RuleSet>,
     devices: HashMap<Arc<str>, Device>,
+    embedded: Option<broker::Links>,
 ) -> Result<(), String> {
     let started = std::time::Instant::now();
     let stats = Arc::new(Stats::default());
@@ -40,7 +41,21 @@ pub(super) async fn serve(
     };
     let conn = settings.mqtt();
     let tls = link::tls_connector(&conn)?;
-    let mqtt = Mqtt::start(&conn, &tls, &stats, &limit, settings.shutdown_timeout);
+    let (ingest_links, egress_link) = match embedded {
+        Some(l) => {
+            let (i, e) = l.split();
+            (Some(i), Some(e))
+        }
+        None => (None, None),
+    };
+    let mqtt = Mqtt::start(
+        &conn,
+        &tls,
+        egress_link,
+        &stats,
+        &limit,
+        settings.shutdown_timeout,
+    );
     let (done_tx, done_rx) = shard::done_channel();
     // The open alarms; acknowledgements (API, WebSocket) go through it to the device's shard.
     let (ack_tx, ack_rx) = mpsc::channel::<AckReq>(64);
@@ -67,18 +82,25 @@ pub(super) async fn serve(
         rule_stats,
         tracer,
     } = start_shards(&settings, state, rules, devices, outbox, done_tx, &stats)?;
-    let ingest_task = tokio::spawn(ingest::run(
-        ingest::Ingest {
-            conn: conn.clone(),
-            tls,
-            patterns: settings.patterns.clone(),
-            shards: shard_tx.clone(),
-            done: done_rx,
-            stats: stats.clone(),
-            limit: limit.clone(),
-        },
-        stop.clone(),
-    ));
+    // On the embedded broker, ingest reads its local links (messages arrive at QoS 0 in
+    // process: nothing is acknowledged, and the done channel stays unused).
+    let ingest_tasks = match ingest_links {
+        Some(links) => {
+            broker::local_ingest(links, &settings.patterns, &shard_tx, &stats, &limit, &stop)
+        }
+        None => vec![tokio::spawn(ingest::run(
+            ingest::Ingest {
+                conn: conn.clone(),
+                tls,
+                patterns: settings.patterns.clone(),
+                shards: shard_tx.clone(),
+                done: done_rx,
+                stats: stats.clone(),
+                limit: limit.clone(),
+            },
+            stop.clone(),
+        ))],
+    };
     let shard_weak: Vec<_> = shard_tx.iter().map(mpsc::Sender::downgrade).collect();
     let ack_router = route_acks(shard_tx.clone(), ack_rx, stop.clone());
     let (reload_tx, reload_status, reload_task) = serve_reloads(reloader, shard_tx, stop.clone());
@@ -148,7 +170,7 @@ pub(super) async fn serve(
     // they hold (the InfluxDB writer spools what it cannot send in time).
     drop(sinks);
     sink_tasks.finish(deadline).await;
-    mqtt.close(deadline, ingest_task).await;
+    mqtt.close(deadline, ingest_tasks).await;
     if let Some(t) = http_task {
         let _ = tokio::time::timeout_at(deadline, t).await;
     }
@@ -161,31 +183,35 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// The egress connection (publishes, through a bounded queue). The ingest connection is the
-/// ingest task's own.
+/// The egress connection, or the egress link to the embedded broker (publishes, through a
+/// bounded queue). Ingest's connection or links are its own.
 struct Mqtt {
     egress: publisher::Egress,
     egress_task: JoinHandle<()>,
 }
 
 impl Mqtt {
-    /// Starts the egress connection.
+    /// Starts egress: on the embedded broker's link when there is one, else a connection.
     fn start(
         conn: &MqttConn,
         tls: &Option<tokio_rustls::TlsConnector>,
+        link: Option<broker::EgressLink>,
         stats: &Arc<Stats>,
         limit: &Arc<RateLimit>,
         shutdown_timeout: std::time::Duration,
     ) -> Mqtt {
         let (egress, queue) = publisher::Egress::new(egress::EGRESS_QUEUE);
-        let egress_task = tokio::spawn(publisher::run(
-            conn.clone(),
-            tls.clone(),
-            queue,
-            stats.clone(),
-            limit.clone(),
-            shutdown_timeout,
-        ));
+        let egress_task = match link {
+            Some(link) => broker::local_egress(link, queue, limit.clone()),
+            None => tokio::spawn(publisher::run(
+                conn.clone(),
+                tls.clone(),
+                queue,
+                stats.clone(),
+                limit.clone(),
+                shutdown_timeout,
+            )),
+        };
         Mqtt {
             egress,
             egress_task,
@@ -194,13 +220,12 @@ impl Mqtt {
 
     /// Ingest sends the last acknowledgements and disconnects once the shards are gone; queued
     /// publishes leave before the egress connection closes.
-    async fn close(self, deadline: tokio::time::Instant, ingest_task: JoinHandle<()>) {
-        let ingest_abort = ingest_task.abort_handle();
-        if tokio::time::timeout_at(deadline, ingest_task)
-            .await
-            .is_err()
-        {
-            ingest_abort.abort();
+    async fn close(self, deadline: tokio::time::Instant, ingest_tasks: Vec<JoinHandle<()>>) {
+        for task in ingest_tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                abort.abort();
+            }
         }
         // The shards' handles are gone; with this last one the queue closes, and the egress
         // connection writes what is queued, waits for its QoS 1 acknowledgements, disconnects.
