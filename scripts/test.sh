@@ -15,10 +15,26 @@ step() {
   last=$SECONDS
   printf '\n==> %s\n' "$*"
 }
-trap 'printf "    (%ss)\n\n==> total %ss\n" "$((SECONDS - last))" "$((SECONDS - started))"' EXIT
+scratch=""
+finish() {
+  local rc=$?
+  printf "    (%ss)\n\n==> total %ss\n" "$((SECONDS - last))" "$((SECONDS - started))"
+  if [ -n "$scratch" ]; then
+    if [ "$rc" = 0 ]; then rm -rf "$scratch"; else echo "the tests' files are kept in $scratch"; fi
+  fi
+}
+trap finish EXIT
 
 step "test services"
 scripts/services.sh
+
+# Every test's directories and files go under one scratch directory: removed when the suite
+# passes, kept (and named) when it fails.
+# World-readable as /tmp is: Mosquitto drops root for its own user, and must read the
+# certificates and write the persistence file the tests put there.
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/rulechain-tests.XXXXXX")"
+chmod 755 "$scratch"
+export TMPDIR="$scratch"
 
 step "formatting"
 cargo fmt --all -- --check
