@@ -45,7 +45,7 @@ impl Line {
             "" => "_",
             m => m,
         };
-        escape(&mut out, measurement, &[]);
+        escape(&mut out, measurement, false);
         Line {
             out,
             fields: 0,
@@ -61,9 +61,9 @@ impl Line {
             return;
         }
         self.out.push(',');
-        escape(&mut self.out, key, &['=']);
+        escape(&mut self.out, key, true);
         self.out.push('=');
-        escape(&mut self.out, value, &['=']);
+        escape(&mut self.out, value, true);
     }
 
     fn key(&mut self, key: &str) {
@@ -73,7 +73,7 @@ impl Line {
         };
         self.out.push(if self.fields == 0 { ' ' } else { ',' });
         self.fields += 1;
-        escape(&mut self.out, key, &['=']);
+        escape(&mut self.out, key, true);
         self.out.push('=');
     }
 
@@ -127,11 +127,22 @@ fn trim(s: &str) -> &str {
     s.trim_end_matches('\\')
 }
 
-/// Escapes `s` for a measurement (`extra` empty) or a tag/field key or tag value (`extra` = `=`).
-fn escape(out: &mut String, s: &str, extra: &[char]) {
-    if !s.bytes().any(|b| {
-        matches!(b, b'\n' | b'\r' | b'\\' | b',' | b' ') || (b == b'=' && !extra.is_empty())
-    }) {
+/// Escapes `s` for a measurement (`equals` false) or a tag/field key or tag value (`equals`: `=`
+/// is escaped too).
+fn escape(out: &mut String, s: &str, equals: bool) {
+    // One table lookup a byte (most names need no escaping): 1 = always escaped, 2 = `=`.
+    const SPECIAL: [u8; 256] = {
+        let mut t = [0u8; 256];
+        t[b'\n' as usize] = 1;
+        t[b'\r' as usize] = 1;
+        t[b'\\' as usize] = 1;
+        t[b',' as usize] = 1;
+        t[b' ' as usize] = 1;
+        t[b'=' as usize] = 2;
+        t
+    };
+    let mask = if equals { 3 } else { 1 };
+    if s.bytes().all(|b| SPECIAL[b as usize] & mask == 0) {
         out.push_str(s);
         return;
     }
@@ -140,7 +151,7 @@ fn escape(out: &mut String, s: &str, extra: &[char]) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\\' => out.push_str("\\\\"),
-            c if c == ',' || c == ' ' || extra.contains(&c) => {
+            c if c == ',' || c == ' ' || (equals && c == '=') => {
                 out.push('\\');
                 out.push(c);
             }

@@ -32,13 +32,13 @@ struct Slot<V> {
 
 /// A node's per-key state: a map that remembers when each key was last used.
 pub struct Keyed<V> {
-    map: HashMap<Arc<str>, Slot<V>>,
+    map: HashMap<Arc<str>, Slot<V>, super::DeviceHasher>,
 }
 
 impl<V> Default for Keyed<V> {
     fn default() -> Self {
         Keyed {
-            map: HashMap::new(),
+            map: HashMap::default(),
         }
     }
 }
