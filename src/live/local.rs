@@ -147,7 +147,7 @@ struct Reader {
     batch: Batch,
     /// The log offset the next message should have (per link: one filter, one log), when known.
     next_offset: Option<u64>,
-    /// This link's subscription was acknowledged once.
+    /// This link's subscription was acknowledged (since it was last attached).
     acked: bool,
     /// Links that have their subscription, of how many: the engine is ready with all.
     subscribed: (Arc<AtomicUsize>, usize),
@@ -190,12 +190,16 @@ impl Reader {
                 tracing::info!(filter = %sub.filter, "subscribed on the embedded broker");
                 first = false;
             } else {
-                self.stats.connects.fetch_add(1, Relaxed);
                 tracing::info!(filter = %sub.filter, "attached to the embedded broker again");
             }
             match self.read(&mut rx, &mut stop).await {
                 Ok(()) => return,
                 Err(e) => {
+                    // Not ready until this filter is subscribed again (`/readyz`).
+                    if std::mem::take(&mut self.acked) {
+                        self.subscribed.0.fetch_sub(1, Relaxed);
+                    }
+                    self.stats.connected.store(false, Relaxed);
                     self.stats.connect_errors.fetch_add(1, Relaxed);
                     self.warn(&e);
                     tokio::select! {
@@ -286,7 +290,7 @@ impl Reader {
                 if !self.acked {
                     self.acked = true;
                     let (n, total) = &self.subscribed;
-                    // Every filter is subscribed: the engine counts as connected (once).
+                    // Every filter is subscribed (again): the engine counts as connected.
                     if n.fetch_add(1, Relaxed) + 1 == *total {
                         self.stats.connects.fetch_add(1, Relaxed);
                         self.stats.connected.store(true, Relaxed);
@@ -505,6 +509,90 @@ mod tests {
         let (seqs, skipped) = run(links, device, 5000).await;
         assert_eq!(skipped, 0);
         assert_eq!(seqs, (0..5000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_the_router_dropped_is_attached_again_and_messages_flow_on() {
+        let filters = ["site/+/+".to_string()];
+        let router_tx = Router::new(
+            0,
+            RouterConfig {
+                max_connections: 100,
+                max_outgoing_packet_count: 500,
+                max_segment_size: 1 << 20,
+                max_segment_count: 4,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Default::default(),
+            },
+        )
+        .spawn();
+        let tx = router_tx.clone();
+        let connect = move |id: &str, dynamic: bool| {
+            LinkBuilder::new(id, tx.clone())
+                .dynamic_filters(dynamic)
+                .build()
+                .map(|(tx, rx, _)| (tx, rx))
+                .map_err(|e| e.to_string())
+        };
+        let links = Links::attach(&filters, connect.clone()).unwrap();
+        let (mut device, device_rx) = connect("device", true).unwrap();
+        let (ingest_links, _egress) = links.split();
+        let (shard_tx, mut shard_rx) = mpsc::channel(1024);
+        let stats = Arc::new(Stats::default());
+        let (stop_tx, stop) = watch::channel(false);
+        let patterns = vec![TopicPattern::parse("site/{device}/{kind}", None).unwrap()];
+        let tasks = ingest(
+            ingest_links,
+            &patterns,
+            &[shard_tx],
+            &stats,
+            &Arc::new(RateLimit::new(5)),
+            &stop,
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let ready = |want_errors: u64| {
+            stats.connected.load(Relaxed) && stats.connect_errors.load(Relaxed) == want_errors
+        };
+        let mut seqs: Vec<usize> = Vec::new();
+        for (round, errors) in [(0, 0), (1, 1)] {
+            while !ready(errors) {
+                assert!(tokio::time::Instant::now() < deadline, "not attached");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            for i in round * 100..round * 100 + 100 {
+                device.publish("site/d1/telemetry", payload(i)).unwrap();
+            }
+            while seqs.len() < round * 100 + 100 {
+                let m = tokio::time::timeout_at(deadline, shard_rx.recv())
+                    .await
+                    .expect("messages stopped")
+                    .unwrap();
+                if let ShardMsg::Job(j) = m {
+                    let p = String::from_utf8(j.payload.to_vec()).unwrap();
+                    seqs.push(p[7..13].parse().unwrap());
+                }
+            }
+            if round == 0 {
+                // A client connects with the engine's client id: the router drops the link.
+                let thief = connect("rulechain-engine-in-0", false).unwrap();
+                std::mem::forget(thief);
+                while stats.connect_errors.load(Relaxed) == 0 {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the drop went unnoticed"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+        assert_eq!(stats.connects.load(Relaxed), 2, "subscribed, then again");
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(device_rx);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
