@@ -113,6 +113,10 @@ pub fn ingest(
     limit: &Arc<RateLimit>,
     stop: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    tracing::info!(
+        filters = ?links.subs.iter().map(|s| &s.filter).collect::<Vec<_>>(),
+        "attached to the embedded broker in process; subscribing"
+    );
     if links.subs.is_empty() {
         stats.connects.fetch_add(1, Relaxed);
         stats.connected.store(true, Relaxed);
@@ -187,7 +191,7 @@ impl Reader {
                 continue;
             }
             if first {
-                tracing::info!(filter = %sub.filter, "subscribed on the embedded broker");
+                tracing::debug!(filter = %sub.filter, "subscribing on the embedded broker");
                 first = false;
             } else {
                 tracing::info!(filter = %sub.filter, "attached to the embedded broker again");
