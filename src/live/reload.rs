@@ -20,8 +20,13 @@ use crate::yaml::Node;
 /// What the API shows about reloads.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ReloadStatus {
-    /// The generation of the rules in force (1 = the rules loaded at start).
+    /// The generation of the rules in force (1 = the rules loaded at start): after a reload,
+    /// it counts once every shard was handed the new rules, ahead of any message that arrives
+    /// later (a shard's queue is in order).
     pub generation: u64,
+    /// The generation of the rules loaded last, which may still be on their way to the shards.
+    #[serde(skip)]
+    pub loaded: u64,
     /// Times the rules directory was read (start, file changes, SIGHUP, the API).
     pub checks: u64,
     /// Reloads that swapped in new rules.
@@ -123,7 +128,7 @@ impl Reloader {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.checks += 1;
         let mut rules = None;
-        if !(unchanged && status.generation > 0) {
+        if !(unchanged && status.loaded > 0) {
             // Together: errors across files (two files naming one chain) refuse the whole swap.
             let docs: Vec<ChainDoc> = next
                 .values()
@@ -143,9 +148,12 @@ impl Reloader {
                 has_errors = true;
             } else {
                 self.good = next;
-                status.generation += 1;
-                if status.generation > 1 {
+                status.loaded += 1;
+                if status.loaded > 1 {
                     status.reloads += 1;
+                } else {
+                    // The rules at start: the shards begin with them.
+                    status.generation = 1;
                 }
                 status.chains = rs.chains.iter().map(|c| c.name.to_string()).collect();
                 status.swapped_at = super::wall_ms();
@@ -159,7 +167,7 @@ impl Reloader {
         status.problems = problems.sorted().into_iter().cloned().collect();
         let report = ReloadReport {
             swapped: rules.is_some(),
-            generation: status.generation,
+            generation: status.loaded,
             errors,
             has_errors,
         };

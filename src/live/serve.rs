@@ -400,6 +400,7 @@ fn serve_reloads(
 ) {
     let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadReq>(16);
     let status = reloader.status.clone();
+    let status_in = status.clone();
     let reloader = Arc::new(std::sync::Mutex::new(reloader));
     let task = tokio::spawn(async move {
         loop {
@@ -425,6 +426,12 @@ fn serve_reloads(
                         .send(ShardMsg::Reload(rules.clone(), report.generation))
                         .await;
                 }
+                // In force from here: every message ingested later is behind the rules in its
+                // shard's queue.
+                status_in
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .generation = report.generation;
                 tracing::info!(
                     generation = report.generation,
                     chains = rules.chains.len(),
