@@ -422,9 +422,13 @@ mod tests {
     use rumqttd::{Router, RouterConfig};
     use std::time::Duration;
 
-    /// A real rumqttd router (no listener) with logs of `segments` × `segment_bytes`, the
-    /// engine's links to it for `filters`, and a device's link to publish with.
-    fn router(segment_bytes: usize, segments: usize, filters: &[String]) -> (Links, LinkTx) {
+    /// A real rumqttd router (no listener) with logs of `segments` × `segment_bytes`; gives
+    /// what makes a link to it (client id, dynamic filters).
+    fn router_at(
+        segment_bytes: usize,
+        segments: usize,
+    ) -> impl Fn(&str, bool) -> Result<(LinkTx, LinkRx), String> + Clone + Send + Sync + 'static
+    {
         let router_tx = Router::new(
             0,
             RouterConfig {
@@ -438,19 +442,20 @@ mod tests {
             },
         )
         .spawn();
-        let tx = router_tx.clone();
-        let links = Links::attach(filters, move |id, dynamic| {
-            LinkBuilder::new(id, tx.clone())
+        move |id: &str, dynamic: bool| {
+            LinkBuilder::new(id, router_tx.clone())
                 .dynamic_filters(dynamic)
                 .build()
                 .map(|(tx, rx, _)| (tx, rx))
                 .map_err(|e| e.to_string())
-        })
-        .unwrap();
-        let (device, rx, _) = LinkBuilder::new("device", router_tx)
-            .dynamic_filters(true)
-            .build()
-            .unwrap();
+        }
+    }
+
+    /// The engine's links to such a router for `filters`, and a device's link to publish with.
+    fn router(segment_bytes: usize, segments: usize, filters: &[String]) -> (Links, LinkTx) {
+        let connect = router_at(segment_bytes, segments);
+        let links = Links::attach(filters, connect.clone()).unwrap();
+        let (device, rx) = connect("device", true).unwrap();
         // The router drops a link whose receiving end is gone.
         std::mem::forget(rx);
         (links, device)
@@ -518,27 +523,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_link_the_router_dropped_is_attached_again_and_messages_flow_on() {
         let filters = ["site/+/+".to_string()];
-        let router_tx = Router::new(
-            0,
-            RouterConfig {
-                max_connections: 100,
-                max_outgoing_packet_count: 500,
-                max_segment_size: 1 << 20,
-                max_segment_count: 4,
-                custom_segment: None,
-                initialized_filters: None,
-                shared_subscriptions_strategy: Default::default(),
-            },
-        )
-        .spawn();
-        let tx = router_tx.clone();
-        let connect = move |id: &str, dynamic: bool| {
-            LinkBuilder::new(id, tx.clone())
-                .dynamic_filters(dynamic)
-                .build()
-                .map(|(tx, rx, _)| (tx, rx))
-                .map_err(|e| e.to_string())
-        };
+        let connect = router_at(1 << 20, 4);
         let links = Links::attach(&filters, connect.clone()).unwrap();
         let (mut device, device_rx) = connect("device", true).unwrap();
         let (ingest_links, _egress) = links.split();
