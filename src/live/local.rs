@@ -465,12 +465,18 @@ mod tests {
         format!("{{\"seq\":{i:06},\"pad\":\"{}\"}}", "x".repeat(100))
     }
 
-    /// Ingest on `links` into one shard queue of 16 that nobody reads yet, once subscribed;
-    /// then `count` messages published; gives the sequence numbers the shard got, in order, and
-    /// the count the broker skipped, once they add up to `count`.
-    async fn run(links: Links, mut device: LinkTx, count: usize) -> (Vec<usize>, u64) {
+    /// Ingest on `links` (pattern `site/{device}/{kind}`) into one shard queue of `queue`.
+    fn start(
+        links: Links,
+        queue: usize,
+    ) -> (
+        Arc<Stats>,
+        mpsc::Receiver<ShardMsg>,
+        watch::Sender<bool>,
+        Vec<tokio::task::JoinHandle<()>>,
+    ) {
         let (ingest_links, _egress) = links.split();
-        let (shard_tx, mut shard_rx) = mpsc::channel(16);
+        let (shard_tx, shard_rx) = mpsc::channel(queue);
         let stats = Arc::new(Stats::default());
         let (stop_tx, stop) = watch::channel(false);
         let patterns = vec![TopicPattern::parse("site/{device}/{kind}", None).unwrap()];
@@ -482,6 +488,14 @@ mod tests {
             &Arc::new(RateLimit::new(5)),
             &stop,
         );
+        (stats, shard_rx, stop_tx, tasks)
+    }
+
+    /// Ingest on `links` into one shard queue of 16 that nobody reads yet, once subscribed;
+    /// then `count` messages published; gives the sequence numbers the shard got, in order, and
+    /// the count the broker skipped, once they add up to `count`.
+    async fn run(links: Links, mut device: LinkTx, count: usize) -> (Vec<usize>, u64) {
+        let (stats, mut shard_rx, stop_tx, tasks) = start(links, 16);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while !stats.connected.load(Relaxed) {
             assert!(tokio::time::Instant::now() < deadline, "never subscribed");
@@ -526,19 +540,7 @@ mod tests {
         let connect = router_at(1 << 20, 4);
         let links = Links::attach(&filters, connect.clone()).unwrap();
         let (mut device, device_rx) = connect("device", true).unwrap();
-        let (ingest_links, _egress) = links.split();
-        let (shard_tx, mut shard_rx) = mpsc::channel(1024);
-        let stats = Arc::new(Stats::default());
-        let (stop_tx, stop) = watch::channel(false);
-        let patterns = vec![TopicPattern::parse("site/{device}/{kind}", None).unwrap()];
-        let tasks = ingest(
-            ingest_links,
-            &patterns,
-            &[shard_tx],
-            &stats,
-            &Arc::new(RateLimit::new(5)),
-            &stop,
-        );
+        let (stats, mut shard_rx, stop_tx, tasks) = start(links, 1024);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let ready = |want_errors: u64| {
             stats.connected.load(Relaxed) && stats.connect_errors.load(Relaxed) == want_errors
