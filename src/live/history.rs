@@ -73,10 +73,7 @@ impl History {
             .iter()
             .filter(|(k, _)| !matches!(k.as_str(), "ts" | "timestamp"))
             .filter_map(|(k, v)| {
-                let x = v
-                    .as_float()
-                    .ok()
-                    .or_else(|| v.as_int().ok().map(|i| i as f64))?;
+                let x = crate::rules::nodes::as_f64(v)?;
                 x.is_finite().then_some((k, x))
             });
         let series = match self.devices.get_mut(device, ts) {

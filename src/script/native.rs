@@ -272,11 +272,15 @@ enum Num {
     F(FLOAT),
 }
 
+/// Asked by kind first: rhai's `as_int` on a float (and `as_float` on an int) fails with the
+/// type's name, which it looks up, and this runs for every operand.
 fn num(v: &Dynamic) -> Option<Num> {
-    if let Ok(i) = v.as_int() {
-        Some(Num::I(i))
-    } else {
+    if v.is_int() {
+        v.as_int().ok().map(Num::I)
+    } else if v.is_float() {
         v.as_float().ok().map(Num::F)
+    } else {
+        None
     }
 }
 
@@ -337,7 +341,8 @@ fn float_cmp(op: Op, x: FLOAT, y: FLOAT) -> bool {
 /// a field of something that is not a map is Rhai's to judge.
 fn field(v: &Dynamic, path: &[String]) -> Option<Dynamic> {
     let Some((first, rest)) = path.split_first() else {
-        return Some(v.clone());
+        // A `msg` shared with effects is handed out as a plain value, never as the shared one.
+        return Some(v.flatten_clone());
     };
     let map = v.read_lock::<Map>()?;
     match map.get(first.as_str()) {

@@ -47,8 +47,8 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
 
 /// Adds a value as a field: numbers as floats, booleans; strings only when listed.
 fn add_field(line: &mut Line, key: &str, v: &Dynamic, listed: bool) {
-    if let Ok(b) = v.as_bool() {
-        line.boolean(key, b);
+    if v.is_bool() {
+        line.boolean(key, v.as_bool().unwrap_or_default());
     } else if let Some(f) = as_f64(v) {
         line.float(key, f);
     } else if listed && v.is_string() {

@@ -85,7 +85,12 @@ impl KeySel {
 
 /// A Rhai number as f64.
 pub(crate) fn as_f64(v: &rhai::Dynamic) -> Option<f64> {
-    v.as_float()
-        .ok()
-        .or_else(|| v.as_int().ok().map(|i| i as f64))
+    // By kind first: a failed `as_float` looks up the type's name for its error.
+    if v.is_float() {
+        v.as_float().ok()
+    } else if v.is_int() {
+        v.as_int().ok().map(|i| i as f64)
+    } else {
+        None
+    }
 }
