@@ -61,8 +61,10 @@ impl Packet {
             .and_then(|m| m.get(name).cloned())
     }
 
-    /// Changes `msg` in place.
+    /// Changes `msg` in place (after taking it back from the effects it was shared with, see
+    /// [`Packet::share_msg`]).
     pub fn with_msg<R>(&mut self, f: impl FnOnce(&mut Map) -> R) -> R {
+        self.vars.own_msg();
         if !self.vars.msg.is_map() {
             self.vars.msg = Dynamic::from_map(Map::new());
         }
@@ -80,6 +82,17 @@ impl Packet {
     /// `msg` as JSON-serializable data.
     pub fn msg(&self) -> &Dynamic {
         &self.vars.msg
+    }
+
+    /// `msg` for an effect that carries it (a WebSocket push, a publish, a notification),
+    /// without copying it: `msg` becomes one value shared by the packet and its effects, and the
+    /// packet copies it back only if a later node changes it ([`Vars::own_msg`]), so what an
+    /// effect carries is the message as it was when the node ran.
+    pub fn share_msg(&mut self) -> Dynamic {
+        if !self.vars.msg.is_shared() {
+            self.vars.msg = std::mem::take(&mut self.vars.msg).into_shared();
+        }
+        self.vars.msg.clone()
     }
 }
 

@@ -113,6 +113,18 @@ pub struct Vars {
     pub meta: Dynamic,
 }
 
+impl Vars {
+    /// Makes `msg` this packet's own before it is changed: a `msg` shared with effects
+    /// (`Packet::share_msg`) is taken back, copied only if an effect still holds it. Every write
+    /// to `msg` comes after this (`Packet::with_msg`, and every Rhai evaluation, since a script
+    /// may change `msg` in place); reads work on a shared `msg` as they are.
+    pub fn own_msg(&mut self) {
+        if self.msg.is_shared() {
+            self.msg = std::mem::take(&mut self.msg).flatten();
+        }
+    }
+}
+
 /// An engine and a scratch scope: what one shard needs to evaluate.
 pub struct Runtime {
     engine: Arc<Engine>,
@@ -144,6 +156,7 @@ impl Runtime {
     }
 
     fn run(&mut self, ast: &AST, vars: &mut Vars) -> Result<Dynamic, String> {
+        vars.own_msg();
         self.swap(vars);
         let (engine, scope) = (&self.engine, &mut self.scope);
         EVAL_CLOCK.with(|c| c.set(None));

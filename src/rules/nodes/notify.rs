@@ -89,7 +89,7 @@ impl NodeImpl for Notify {
                 device: p.device.clone(),
                 subject,
                 body,
-                data: p.msg().clone(),
+                data: p.share_msg(),
             });
         }
         Flow::Pass(p)

@@ -40,7 +40,7 @@ impl NodeImpl for Publish {
         cx.emit(Event::Publish {
             device: p.device.clone(),
             topic,
-            payload: p.msg().clone(),
+            payload: p.share_msg(),
             qos: self.qos,
             retain: self.retain,
         });

@@ -25,12 +25,18 @@ impl NodeImpl for Websocket {
                 Ok(r) => r,
                 Err(e) => return Flow::Error(e, p),
             },
-            None => format!("device/{}", p.device),
+            // Pushed as is, not through `format!`: this runs for every message.
+            None => {
+                let mut room = String::with_capacity(7 + p.device.len());
+                room.push_str("device/");
+                room.push_str(&p.device);
+                room
+            }
         };
         cx.emit(Event::Websocket {
             device: p.device.clone(),
             room,
-            data: p.msg().clone(),
+            data: p.share_msg(),
         });
         Flow::Pass(p)
     }
