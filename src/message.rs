@@ -226,8 +226,7 @@ impl<'de> serde::Deserialize<'de> for RawPayload {
                 Ok(RawPayload::Text(s))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<RawPayload, A::Error> {
-                let v = serde::de::Visitor::visit_map(json::ValueVisitor, a)?;
-                Ok(RawPayload::Map(v.try_cast::<Map>().unwrap_or_default()))
+                json::object(a).map(RawPayload::Map)
             }
         }
         d.deserialize_any(V)
@@ -258,13 +257,15 @@ pub struct JsonMap(pub Map);
 
 impl<'de> serde::Deserialize<'de> for JsonMap {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = d.deserialize_any(json::ValueVisitor)?;
-        let type_name = v.type_name();
-        v.try_cast::<Map>().map(JsonMap).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "the payload must be a JSON object, not {type_name}"
-            ))
-        })
+        // The error is made here, after the value: made inside the visitor, serde_json would
+        // add a position to it.
+        d.deserialize_any(json::ObjectVisitor)?
+            .map(JsonMap)
+            .map_err(|type_name| {
+                serde::de::Error::custom(format!(
+                    "the payload must be a JSON object, not {type_name}"
+                ))
+            })
     }
 }
 
@@ -316,13 +317,55 @@ mod json {
             }
             Ok(Dynamic::from_array(v))
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Dynamic, A::Error> {
-            let mut m = Map::new();
-            while let Some(k) = a.next_key::<std::borrow::Cow<'de, str>>()? {
-                let v = a.next_value_seed(ValueVisitor)?;
-                m.insert(k.as_ref().into(), v);
-            }
-            Ok(Dynamic::from_map(m))
+        fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Dynamic, A::Error> {
+            object(a).map(Dynamic::from_map)
+        }
+    }
+
+    /// An object's members into a map.
+    pub(super) fn object<'de, A: MapAccess<'de>>(mut a: A) -> Result<Map, A::Error> {
+        let mut m = Map::new();
+        while let Some(k) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+            let v = a.next_value_seed(ValueVisitor)?;
+            m.insert(k.as_ref().into(), v);
+        }
+        Ok(m)
+    }
+
+    /// A payload: an object straight into a map (not boxed into a value and out again, as this
+    /// runs for every message); anything else gives the name of what it is.
+    pub(super) struct ObjectVisitor;
+
+    type Object = Result<Map, &'static str>;
+
+    impl<'de> Visitor<'de> for ObjectVisitor {
+        type Value = Object;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Object, A::Error> {
+            object(a).map(Ok)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Object, E> {
+            Ok(Err(Dynamic::UNIT.type_name()))
+        }
+        fn visit_bool<E: de::Error>(self, b: bool) -> Result<Object, E> {
+            Ok(Err(ValueVisitor.visit_bool::<E>(b)?.type_name()))
+        }
+        fn visit_i64<E: de::Error>(self, i: i64) -> Result<Object, E> {
+            Ok(Err(ValueVisitor.visit_i64::<E>(i)?.type_name()))
+        }
+        fn visit_u64<E: de::Error>(self, u: u64) -> Result<Object, E> {
+            Ok(Err(ValueVisitor.visit_u64::<E>(u)?.type_name()))
+        }
+        fn visit_f64<E: de::Error>(self, f: f64) -> Result<Object, E> {
+            Ok(Err(ValueVisitor.visit_f64::<E>(f)?.type_name()))
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Object, E> {
+            Ok(Err(ValueVisitor.visit_str::<E>(s)?.type_name()))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Object, A::Error> {
+            Ok(Err(ValueVisitor.visit_seq(a)?.type_name()))
         }
     }
 }

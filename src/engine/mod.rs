@@ -178,12 +178,15 @@ struct Head<'a> {
 pub const MAX_REPORTED_ATTRIBUTES: usize = 1_000;
 
 /// Device registry entries: type and attributes (registry overlaid with reported ones).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Device {
     /// The device type.
     pub type_: Option<Arc<str>>,
-    /// The attributes: the registry's, overlaid with `reported`.
-    pub attrs: Map,
+    /// The attributes: the registry's, overlaid with `reported` and `server`. One shared,
+    /// never-written map: each message's `attr` is this value, not a copy of it; a change makes
+    /// a new map ([`Device::edit_attrs`]), so a message in flight keeps the attributes it came
+    /// with.
+    attrs: Dynamic,
     /// What the device itself reported (attributes and status messages): persisted live.
     pub reported: Map,
     /// What an operator set through the API (server-side attributes): persisted, and above
@@ -199,13 +202,22 @@ pub struct Device {
     last_seen: i64,
 }
 
+impl Default for Device {
+    fn default() -> Self {
+        Device {
+            registered: false,
+            ..Device::new(None, Map::new())
+        }
+    }
+}
+
 impl Device {
     /// A device of a type, with attributes.
     pub fn new(type_: Option<Arc<str>>, attrs: Map) -> Self {
         Device {
             type_,
             registry: attrs.clone(),
-            attrs,
+            attrs: Dynamic::from_map(attrs).into_shared(),
             reported: Map::new(),
             server: Map::new(),
             meta_base: None,
@@ -225,6 +237,28 @@ impl Device {
         self.last_seen
     }
 
+    /// The attributes: the registry's, overlaid with the reported and the server-side ones.
+    pub fn attrs(&self) -> Map {
+        self.attrs
+            .read_lock::<Map>()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// The attributes to change, then give back with [`Device::put_attrs`]: copied only if a
+    /// message still holds them.
+    fn take_attrs(&mut self) -> Map {
+        std::mem::take(&mut self.attrs)
+            .flatten()
+            .try_cast::<Map>()
+            .unwrap_or_default()
+    }
+
+    /// The changed attributes, shared again.
+    fn put_attrs(&mut self, attrs: Map) {
+        self.attrs = Dynamic::from_map(attrs).into_shared();
+    }
+
     /// Where attribute `key`'s value comes from: `server`, `reported` or `registry`.
     pub fn source_of(&self, key: &str) -> &'static str {
         if self.server.contains_key(key) {
@@ -241,21 +275,23 @@ impl Device {
     /// [`MAX_REPORTED_ATTRIBUTES`].
     fn set_server(&mut self, changes: Map) -> usize {
         let mut refused = 0;
+        let mut attrs = self.take_attrs();
         for (k, v) in changes {
             if v.is_unit() {
                 self.server.remove(&k);
                 match self.reported.get(&k).or_else(|| self.registry.get(&k)) {
-                    Some(v) => self.attrs.insert(k, v.clone()),
-                    None => self.attrs.remove(&k),
+                    Some(v) => attrs.insert(k, v.clone()),
+                    None => attrs.remove(&k),
                 };
             } else if self.server.len() >= MAX_REPORTED_ATTRIBUTES && !self.server.contains_key(&k)
             {
                 refused += 1;
             } else {
-                self.attrs.insert(k.clone(), v.clone());
+                attrs.insert(k.clone(), v.clone());
                 self.server.insert(k, v);
             }
         }
+        self.put_attrs(attrs);
         refused
     }
 }
@@ -881,9 +917,11 @@ impl Executor {
                 continue;
             };
             let d = self.devices.entry(id.into()).or_default();
+            let mut attrs = d.take_attrs();
             for (k, v) in &reported {
-                d.attrs.insert(k.clone(), v.clone());
+                attrs.insert(k.clone(), v.clone());
             }
+            d.put_attrs(attrs);
             d.reported = reported;
         }
         for (id, server) in snap.server {
@@ -1028,6 +1066,7 @@ impl Executor {
         };
         device.last_seen = now;
         if matches!(m.kind, Kind::Attributes | Kind::Status) {
+            let mut attrs = device.take_attrs();
             for (k, v) in &m.payload {
                 if device.reported.len() >= MAX_REPORTED_ATTRIBUTES
                     && !device.reported.contains_key(k)
@@ -1036,10 +1075,11 @@ impl Executor {
                     continue;
                 }
                 if !device.server.contains_key(k) {
-                    device.attrs.insert(k.clone(), v.clone());
+                    attrs.insert(k.clone(), v.clone());
                 }
                 device.reported.insert(k.clone(), v.clone());
             }
+            device.put_attrs(attrs);
         }
         let device_type = device.type_.clone();
         // `meta` and `attr` are built only when a chain the message enters reads them.
@@ -1135,7 +1175,7 @@ impl Executor {
             return;
         };
         if want_attr {
-            p.vars.attr = Dynamic::from_map(device.attrs.clone());
+            p.vars.attr = device.attrs.clone();
         }
         if want_meta {
             let device_type = device.type_.clone();
@@ -1315,7 +1355,20 @@ mod tests {
         assert!(m["n"].is_unit());
         assert_eq!(m["a"].clone().into_array().unwrap().len(), 2);
         assert_eq!(m["big"].as_float(), Ok(18446744073709551615.0));
-        assert!(parse_payload(b"[1]").unwrap_err().contains("object"));
+        for (text, what) in [
+            (&b"[1]"[..], "array"),
+            (b"3", "i64"),
+            (b"18446744073709551615", "f64"),
+            (b"2.5", "f64"),
+            (b"\"x\"", "string"),
+            (b"true", "bool"),
+            (b"null", "()"),
+        ] {
+            assert_eq!(
+                parse_payload(text).unwrap_err(),
+                format!("the payload must be a JSON object, not {what}")
+            );
+        }
         assert!(parse_payload(b"{} x").unwrap_err().contains("not JSON"));
         assert!(parse_payload(b"\xff").is_err());
     }

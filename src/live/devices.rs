@@ -219,7 +219,7 @@ impl Answerer<'_> {
     fn detail(&self, id: &str) -> Option<DeviceDetail> {
         let d = self.exec.device(id)?;
         let attributes = d
-            .attrs
+            .attrs()
             .iter()
             .map(|(k, v)| {
                 (

@@ -123,6 +123,15 @@ impl Vars {
             self.msg = std::mem::take(&mut self.msg).flatten();
         }
     }
+
+    /// Makes `attr` this packet's own copy: it comes as the device's shared attributes, and a
+    /// script could change it in place (the change stays in this message, as `attr` is
+    /// read-only for rules). Before every Rhai evaluation, so at most once a message.
+    pub fn own_attr(&mut self) {
+        if self.attr.is_shared() {
+            self.attr = self.attr.flatten_clone();
+        }
+    }
 }
 
 /// An engine and a scratch scope: what one shard needs to evaluate.
@@ -157,6 +166,7 @@ impl Runtime {
 
     fn run(&mut self, ast: &AST, vars: &mut Vars) -> Result<Dynamic, String> {
         vars.own_msg();
+        vars.own_attr();
         self.swap(vars);
         let (engine, scope) = (&self.engine, &mut self.scope);
         EVAL_CLOCK.with(|c| c.set(None));
