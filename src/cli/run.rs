@@ -18,11 +18,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sets up logging: `RUST_LOG` if set, else info (the broker library's chatter at warn).
+/// Sets up logging: `RUST_LOG` if set, else info (the MQTT client library's chatter at warn).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+    let filter = EnvFilter::try_new(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
+        .unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -31,6 +31,21 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => b.try_init(),
         LogFormat::Json => b.json().try_init(),
     };
+}
+
+/// The log filter: `RUST_LOG`, or `info` and the MQTT client library at `warn`. The embedded
+/// broker (rumqttd) stays off unless named: it opens a span for every packet, its topic
+/// formatted, at error level, so any filter that lets errors through formatted each message
+/// twice (a third of the broker's router thread under load).
+fn log_filter(rust_log: Option<&str>) -> String {
+    let mut spec = match rust_log.map(str::trim) {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "info,rumqttc=warn".to_string(),
+    };
+    if !spec.contains("rumqttd") {
+        spec.push_str(",rumqttd=off");
+    }
+    spec
 }
 
 fn settings(config: Option<&Path>, rules: Option<PathBuf>) -> Result<Settings, i32> {
@@ -227,5 +242,43 @@ pub fn record(
             eprintln!("error: {e}");
             super::EXIT_USAGE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    /// Whether a span of `target` at error level is recorded under `RUST_LOG=rust_log`.
+    fn error_span_on(rust_log: Option<&str>, target: &'static str) -> bool {
+        let filter = tracing_subscriber::EnvFilter::try_new(log_filter(rust_log)).unwrap();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || match target {
+            "rumqttd::router::routing" => {
+                !tracing::error_span!(target: "rumqttd::router::routing", "publish").is_disabled()
+            }
+            _ => !tracing::error_span!(target: "rulechain::live", "x").is_disabled(),
+        })
+    }
+
+    #[test]
+    fn the_embedded_broker_logs_only_when_named() {
+        for rust_log in [None, Some(""), Some("warn"), Some("debug"), Some("rulechain=trace")] {
+            assert!(
+                !error_span_on(rust_log, "rumqttd::router::routing"),
+                "{rust_log:?}"
+            );
+        }
+        assert!(error_span_on(Some("warn"), "rulechain::live"));
+        assert!(error_span_on(None, "rulechain::live"));
+        assert!(error_span_on(
+            Some("warn,rumqttd=error"),
+            "rumqttd::router::routing"
+        ));
+        assert_eq!(log_filter(None), "info,rumqttc=warn,rumqttd=off");
+        assert_eq!(log_filter(Some(" debug ")), "debug,rumqttd=off");
     }
 }
