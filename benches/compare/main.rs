@@ -23,6 +23,12 @@
 //! `--systems mosquitto,relay,rulechain,embedded,node-red,bridge --rates 5000,10000,…
 //! --flood 400000 --seconds 5 --rounds 2 --qos 0 --devices 100 --shards N --engines A,B
 //! --out DIR`.
+//!
+//! Restarts: `--kill9 S` kills the `rulechain` engine with SIGKILL S seconds into every rate
+//! step and starts it again `--down S` seconds later (default 0: at once); its session is
+//! persistent, so with `--qos 1` nothing may be lost (duplicates may come). `--broker rumqttd` puts the external systems on a broker that is a
+//! `rulechain run` with no rules (its embedded rumqttd) instead of Mosquitto, for rates
+//! Mosquitto cannot carry at QoS 1 on a small machine.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -99,6 +105,12 @@ struct Opts {
     shards: Option<usize>,
     engines: Vec<PathBuf>,
     out: PathBuf,
+    /// Kill -9 the rulechain engine this many seconds into each rate step, then restart it.
+    kill9: Option<f64>,
+    /// How long the killed engine stays down before it is started again.
+    down: f64,
+    /// The external broker: `mosquitto` or `rumqttd`.
+    broker: String,
 }
 
 fn opts(args: &[String]) -> Opts {
@@ -116,6 +128,9 @@ fn opts(args: &[String]) -> Opts {
         shards: None,
         engines: Vec::new(),
         out: root.join("target/compare"),
+        kill9: None,
+        down: 0.0,
+        broker: "mosquitto".into(),
     };
     let mut i = 0;
     while i < args.len() {
@@ -133,6 +148,15 @@ fn opts(args: &[String]) -> Opts {
             "--shards" => o.shards = Some(v.parse().expect("--shards N")),
             "--engines" => o.engines = list(&v).into_iter().map(PathBuf::from).collect(),
             "--out" => o.out = PathBuf::from(v),
+            "--kill9" => o.kill9 = Some(v.parse().expect("--kill9 SECONDS")),
+            "--down" => o.down = v.parse().expect("--down SECONDS"),
+            "--broker" => {
+                assert!(
+                    v == "mosquitto" || v == "rumqttd",
+                    "--broker mosquitto|rumqttd"
+                );
+                o.broker = v;
+            }
             _ => took = false,
         }
         i += if took { 2 } else { 1 };
@@ -306,6 +330,56 @@ struct Running {
     procs: Vec<(String, Proc)>,
     port: u16,
     out_filter: String,
+    /// Starts the engine again (the `rulechain` systems): for `--kill9`.
+    restart: Option<Restart>,
+}
+
+/// How to start an engine again: its binary, directory and HTTP port.
+#[derive(Clone)]
+struct Restart {
+    bin: PathBuf,
+    dir: PathBuf,
+    http: u16,
+}
+
+impl Restart {
+    fn start(&self) -> Proc {
+        common::start_engine(&self.bin, &self.dir, "warn", self.http)
+    }
+}
+
+/// Whether a killed process is gone far enough for another to take its ports and state file:
+/// every thread exited (the main thread shows as a zombie while the others, holding the shared
+/// descriptor table, may still be on their way out).
+fn exited(pid: u32) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+        st.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+    });
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    zombie && threads <= 1
+}
+
+/// The external broker of `--broker`: Mosquitto, or a `rulechain run` with no rules on its
+/// embedded broker (in its own directory).
+fn start_broker(ctx: &Ctx, port: u16) -> (String, Proc) {
+    if ctx.o.broker == "mosquitto" {
+        return ("mosquitto".into(), start_mosquitto(ctx.dir, port));
+    }
+    let dir = ctx.dir.join("broker");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    let http = free_port();
+    std::fs::write(
+        dir.join("rulechain.yaml"),
+        format!(
+            "embedded_broker: {{listen: 127.0.0.1:{port}}}\nhttp: {{listen: 127.0.0.1:{http}}}\nrules: rules\nstate_dir: state\n"
+        ),
+    )
+    .unwrap();
+    let p = common::start_engine(&ctx.engines[0], &dir, "warn", http);
+    wait_port(port);
+    ("rumqttd".into(), p)
 }
 
 fn write_devices(ctx: &Ctx) -> BTreeMap<String, f64> {
@@ -366,6 +440,7 @@ fn start(ctx: &Ctx, sys: &System) -> Running {
                 procs: vec![("mosquitto".into(), m)],
                 port,
                 out_filter: "site/a/device/+/telemetry".into(),
+                restart: None,
             }
         }
         System::Embedded(i) => {
@@ -377,11 +452,13 @@ fn start(ctx: &Ctx, sys: &System) -> Running {
                 procs: vec![("rulechain".into(), e)],
                 port,
                 out_filter: out,
+                restart: None,
             }
         }
         _ => {
             let port = free_port();
-            let m = start_mosquitto(ctx.dir, port);
+            let broker = start_broker(ctx, port);
+            let mut restart = None;
             let me = std::env::current_exe().unwrap();
             let p = match sys {
                 System::Relay => (
@@ -393,14 +470,20 @@ fn start(ctx: &Ctx, sys: &System) -> Running {
                     ])),
                 ),
                 System::Rulechain(i) => {
+                    // A restarted engine finds what was sent meanwhile in its session.
                     let http = engine_cfg(format!(
-                        "mqtt: {{url: mqtt://127.0.0.1:{port}, client_id: rc-compare, qos: {}, persistent_session: false}}",
-                        o.qos
+                        "mqtt: {{url: mqtt://127.0.0.1:{port}, client_id: rc-compare, qos: {}, persistent_session: {}}}",
+                        o.qos,
+                        o.kill9.is_some()
                     ));
-                    (
-                        "rulechain",
-                        common::start_engine(&ctx.engines[*i], ctx.dir, "warn", http),
-                    )
+                    let r = Restart {
+                        bin: ctx.engines[*i].clone(),
+                        dir: ctx.dir.to_path_buf(),
+                        http,
+                    };
+                    let p = r.start();
+                    restart = Some(r);
+                    ("rulechain", p)
                 }
                 System::NodeRed => ("node-red", node_red(ctx, port, &rated)),
                 System::Bridge => (
@@ -415,9 +498,10 @@ fn start(ctx: &Ctx, sys: &System) -> Running {
                 _ => unreachable!(),
             };
             Running {
-                procs: vec![(p.0.into(), p.1), ("mosquitto".into(), m)],
+                procs: vec![(p.0.into(), p.1), broker],
                 port,
                 out_filter: out,
+                restart,
             }
         }
     }
@@ -753,6 +837,11 @@ fn run_system(ctx: &Ctx, sys: &System, name: &str, round: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut fails = 0;
     let mut base: u64 = 0;
+    // `--kill9`: the engine's pid now, and the engines started again (kept until the end).
+    let engine_pid = Arc::new(std::sync::atomic::AtomicU32::new(
+        running.procs.first().map_or(0, |(_, p)| p.0.id()),
+    ));
+    let restarted: Arc<Mutex<Vec<Proc>>> = Arc::default();
     let steps: Vec<Option<u64>> = o.rates.iter().map(|r| Some(*r)).chain([None]).collect();
     for rate in steps {
         if rate.is_some() && fails >= 2 {
@@ -760,7 +849,10 @@ fn run_system(ctx: &Ctx, sys: &System, name: &str, round: usize) -> Vec<Row> {
         }
         let cap = rate.map_or(o.flood, |r| (r as f64 * o.seconds) as u64 + r);
         tally.lock().unwrap().reset(base, cap, o.devices);
-        let pids: Vec<u32> = running.procs.iter().map(|(_, p)| p.0.id()).collect();
+        let mut pids: Vec<u32> = running.procs.iter().map(|(_, p)| p.0.id()).collect();
+        if let Some(first) = pids.first_mut() {
+            *first = engine_pid.load(Relaxed);
+        }
         let me = std::process::id();
         let ticks0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
         let gen0 = cpu_ticks(me);
@@ -779,10 +871,38 @@ fn run_system(ctx: &Ctx, sys: &System, name: &str, round: usize) -> Vec<Row> {
             })
         };
         let start = Instant::now();
+        let killer = match (o.kill9, &running.restart, rate) {
+            (Some(after), Some(r), Some(_)) => {
+                let (r, pid, kept) = (r.clone(), engine_pid.clone(), restarted.clone());
+                let down = o.down;
+                Some(std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs_f64(after));
+                    let old = pid.load(Relaxed);
+                    let _ = Command::new("kill").args(["-9", &old.to_string()]).status();
+                    let killed = Instant::now();
+                    while !exited(old) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    std::thread::sleep(Duration::from_secs_f64(down));
+                    let p = r.start();
+                    pid.store(p.0.id(), Relaxed);
+                    kept.lock().unwrap().push(p);
+                    println!(
+                        "  (engine pid {old} killed -9 at {after:.1} s; pid {} listening {:.2} s later)",
+                        pid.load(Relaxed),
+                        killed.elapsed().as_secs_f64()
+                    );
+                }))
+            }
+            _ => None,
+        };
         let (sent, send_secs) = match rate {
             Some(r) => publisher.paced(base, r, o.seconds),
             None => publisher.flood(base, o.flood),
         };
+        if let Some(k) = killer {
+            k.join().unwrap();
+        }
         // The stragglers: until nothing new arrived for a second (at most 60 s).
         loop {
             std::thread::sleep(Duration::from_millis(100));
@@ -799,7 +919,7 @@ fn run_system(ctx: &Ctx, sys: &System, name: &str, round: usize) -> Vec<Row> {
         let t = tally.lock().unwrap();
         let drain_secs = t.last_at.duration_since(start).as_secs_f64().max(send_secs);
         let pct = |ticks: u64| ticks as f64 / 100.0 / drain_secs.max(1e-9) * 100.0;
-        let procs = running
+        let mut procs: Vec<(String, f64, f64)> = running
             .procs
             .iter()
             .zip(pids.iter().zip(&ticks0))
@@ -807,9 +927,23 @@ fn run_system(ctx: &Ctx, sys: &System, name: &str, round: usize) -> Vec<Row> {
             .map(|(((n, _), (pid, t0)), kib)| {
                 // The CPU time of the whole step (the idle tail included: the same work),
                 // divided by the time to the last delivery, when the work was done.
-                (n.clone(), pct(cpu_ticks(*pid) - t0), *kib as f64 / 1024.0)
+                (
+                    n.clone(),
+                    pct(cpu_ticks(*pid).saturating_sub(*t0)),
+                    *kib as f64 / 1024.0,
+                )
             })
             .collect();
+        // A restarted engine: its CPU counts too (from its start, inside this step).
+        let now_pid = engine_pid.load(Relaxed);
+        let extra = if pids.first().is_some_and(|p| *p != now_pid) {
+            cpu_ticks(now_pid)
+        } else {
+            0
+        };
+        if let Some(first) = procs.first_mut() {
+            first.1 += pct(extra);
+        }
         let (p50, p99, max) = percentiles(&mut t.lat.clone());
         let row = Row {
             round,
@@ -829,8 +963,35 @@ fn run_system(ctx: &Ctx, sys: &System, name: &str, round: usize) -> Vec<Row> {
             procs,
             gen_cpu: pct(cpu_ticks(me) - gen0),
         };
+        // Where the losses are (a restart's show up around the kill): the first few.
+        let missing: Vec<u64> = (0..sent)
+            .filter(|i| t.seen[(i / 64) as usize] & (1 << (i % 64)) == 0)
+            .take(8)
+            .collect();
         drop(t);
         print_row(&row);
+        if let (Some(r), Some(_), Some(_)) = (&running.restart, o.kill9, rate) {
+            // What the restarted engine itself counted: where a loss happened.
+            let c = &common::api_status(r.http)["counters"];
+            println!(
+                "  (the restarted engine: received {}, published {}, dropped at its egress queue {})",
+                c["received"], c["published"], c["egress_dropped"]
+            );
+        }
+        if !missing.is_empty() {
+            println!(
+                "  (lost, first: {} of {sent}, at {})",
+                missing
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                rate.map_or(String::new(), |r| format!(
+                    "{:.2} s",
+                    missing[0] as f64 / r as f64
+                ))
+            );
+        }
         if rate.is_some() {
             fails = if row.ok() { 0 } else { fails + 1 };
         }
@@ -840,6 +1001,7 @@ fn run_system(ctx: &Ctx, sys: &System, name: &str, round: usize) -> Vec<Row> {
     }
     stop.store(true, Relaxed);
     drop(publisher);
+    drop(restarted);
     drop(running);
     std::thread::sleep(Duration::from_millis(300));
     rows
