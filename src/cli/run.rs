@@ -266,7 +266,13 @@ mod tests {
 
     #[test]
     fn the_embedded_broker_logs_only_when_named() {
-        for rust_log in [None, Some(""), Some("warn"), Some("debug"), Some("rulechain=trace")] {
+        for rust_log in [
+            None,
+            Some(""),
+            Some("warn"),
+            Some("debug"),
+            Some("rulechain=trace"),
+        ] {
             assert!(
                 !error_span_on(rust_log, "rumqttd::router::routing"),
                 "{rust_log:?}"

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::publisher::{Egress, Out};
+use super::publisher::{Batch, Egress, Out};
 use super::{RateLimit, Stats};
 use crate::engine::effect::{Effect, Event};
 use crate::message::Reject;
@@ -57,8 +57,9 @@ impl Outbox {
     }
 
     /// Queues publishes for the egress connection; counts and reports what did not fit.
-    fn send_publishes(&self, batch: Vec<Out>) {
-        let dropped = self.mqtt.send(batch);
+    /// Returns the acknowledgements it could not queue (the caller reports them done).
+    fn send_publishes(&self, batch: Batch) -> Vec<u64> {
+        let (dropped, back) = self.mqtt.send(batch);
         if dropped > 0 {
             self.stats.egress_dropped.fetch_add(dropped as u64, Relaxed);
             if self.limit.allow() {
@@ -68,21 +69,34 @@ impl Outbox {
                 );
             }
         }
+        back
+    }
+
+    /// Waits until this turn's publishes fit in the egress queue, if the turn carries
+    /// acknowledgements (`acks`): a QoS 1 message's output is not dropped at a full queue.
+    pub async fn room_for(&self, acks: &[u64]) {
+        if !acks.is_empty() {
+            self.mqtt.room(self.mqtt_pending.len()).await;
+        }
     }
 
     /// Hands what this turn gathered to the egress connection and the sinks that take batches.
-    pub fn flush(&mut self) {
-        if !self.mqtt_pending.is_empty() {
-            let batch = std::mem::take(&mut self.mqtt_pending);
-            self.send_publishes(batch);
+    /// `acks`, the turn's QoS 1 messages, go with its publishes: the egress connection reports
+    /// them done once those have left (a message is acknowledged only once its output is with
+    /// the broker). Returns those it could not queue, for the caller to report itself.
+    pub fn flush(&mut self, acks: Vec<u64>) -> Vec<u64> {
+        let mut back = Vec::new();
+        if !self.mqtt_pending.is_empty() || !acks.is_empty() {
+            let outs = std::mem::take(&mut self.mqtt_pending);
+            back = self.send_publishes(Batch { outs, acks });
         }
-        if self.influx_pending.is_empty() {
-            return;
+        if !self.influx_pending.is_empty() {
+            let lines = std::mem::take(&mut self.influx_pending);
+            if let Some(i) = &self.sinks.influx {
+                i.send(lines);
+            }
         }
-        let lines = std::mem::take(&mut self.influx_pending);
-        if let Some(i) = &self.sinks.influx {
-            i.send(lines);
-        }
+        back
     }
 
     /// Routes one effect.
@@ -241,12 +255,15 @@ impl Outbox {
                     "payload": String::from_utf8_lossy(payload),
                 })
             };
-            self.send_publishes(vec![Out {
-                topic: dl.to_string(),
-                payload: body.to_string().into_bytes(),
-                qos: 0,
-                retain: false,
-            }]);
+            self.send_publishes(Batch {
+                outs: vec![Out {
+                    topic: dl.to_string(),
+                    payload: body.to_string().into_bytes(),
+                    qos: 0,
+                    retain: false,
+                }],
+                acks: Vec::new(),
+            });
         }
     }
 }

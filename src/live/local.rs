@@ -341,9 +341,9 @@ pub fn egress(
         let mut link = Some(link);
         let mut backoff = reconnect_backoff(std::time::Duration::from_secs(5));
         while let Some(first) = queue.blocking_next() {
-            let mut publishes: Vec<Packet> = first.into_iter().map(packet).collect();
+            let mut publishes: Vec<Packet> = first.outs.into_iter().map(packet).collect();
             while let Some(more) = queue.try_next() {
-                publishes.extend(more.into_iter().map(packet));
+                publishes.extend(more.outs.into_iter().map(packet));
             }
             // A link the router dropped is attached again; until then, publishes wait here
             // (the shards' queue to egress is bounded, and drops what does not fit).

@@ -8,7 +8,13 @@
 //!
 //! QoS 1 and 2 publishes stay in flight (at most [`INFLIGHT`]) until the broker's PUBACK (QoS 2:
 //! PUBREC, then our PUBREL until its PUBCOMP); after a reconnect the unfinished ones are sent
-//! again, in order: a publish with the DUP flag, or the PUBREL. The queue is
+//! again, in order: a publish with the DUP flag, or the PUBREL.
+//!
+//! A batch carries the ingest messages (QoS 1 in) whose chains produced it, and those are
+//! reported done to ingest, which acknowledges them to the broker, only once the batch and
+//! everything queued before it have left: written, and for QoS 1 and 2 acknowledged by the
+//! broker. So a `kill -9` never loses a message whose output was still on its way: its input
+//! was not acknowledged, and the broker delivers it again. The queue is
 //! bounded in messages ([`super::egress::EGRESS_QUEUE`]): when the broker is away for long,
 //! new publishes are dropped and counted, never waited for. Keep-alive pings, a broker that
 //! stops answering them, and reconnects with backoff are handled here too.
@@ -25,6 +31,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::link::{self, Stream};
+use super::shard::Done;
 use super::{RateLimit, Stats};
 use crate::config::settings::MqttConn;
 
@@ -45,47 +52,92 @@ pub struct Out {
     pub retain: bool,
 }
 
+/// One shard turn's publishes, and the ingest messages (sequence numbers) to report done once
+/// they have left.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The publishes.
+    pub outs: Vec<Out>,
+    /// Ingest's sequence numbers of the QoS 1 messages whose chains ran in this turn.
+    pub acks: Vec<u64>,
+}
+
 /// The shards' handle: a bounded queue of batches, counted in messages.
 #[derive(Clone)]
 pub struct Egress {
-    tx: mpsc::Sender<Vec<Out>>,
+    tx: mpsc::Sender<Batch>,
     queued: Arc<AtomicUsize>,
+    /// Signalled when the writer takes batches off the queue.
+    room: Arc<tokio::sync::Notify>,
     cap: usize,
+    /// Whether the writer reports acknowledgements ([`run`]); if not (the embedded broker's
+    /// egress, where nothing is acknowledged), [`Egress::send`] hands them back at once.
+    acks: bool,
 }
 
 impl Egress {
-    /// A queue of at most `cap` messages, and its receiving end for [`run`].
-    pub fn new(cap: usize) -> (Egress, Queue) {
+    /// A queue of at most `cap` messages, and its receiving end for [`run`] (`acks`: it reports
+    /// the batches' acknowledgements).
+    pub fn new(cap: usize, acks: bool) -> (Egress, Queue) {
         let (tx, rx) = mpsc::channel(cap.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
+        let room = Arc::new(tokio::sync::Notify::new());
         (
             Egress {
                 tx,
                 queued: queued.clone(),
+                room: room.clone(),
                 cap,
+                acks,
             },
-            Queue { rx, queued },
+            Queue { rx, queued, room },
         )
     }
 
-    /// Queues a batch without waiting; returns how many messages did not fit (dropped).
-    pub fn send(&self, mut batch: Vec<Out>) -> usize {
-        if batch.is_empty() {
-            return 0;
+    /// Waits until `n` more publishes fit in the queue (at once if they do, or if the writer
+    /// is gone). A batch that carries acknowledgements waits here instead of being dropped: a
+    /// QoS 1 message's output is never dropped; meanwhile the broker holds what comes after.
+    pub async fn room(&self, n: usize) {
+        if !self.acks || n == 0 {
+            return;
+        }
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let queued = self.queued.load(Relaxed);
+            // A batch larger than the whole queue goes once the queue is empty.
+            if queued + n <= self.cap || queued == 0 || self.tx.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Queues a batch without waiting; returns how many publishes did not fit (dropped), and
+    /// the acknowledgements it could not queue (the queue is full) or does not report (no
+    /// writer that reports them): the caller reports those done itself; the output of a
+    /// message it could not queue is gone either way (dropped and counted).
+    pub fn send(&self, mut batch: Batch) -> (usize, Vec<u64>) {
+        let mut back = if self.acks {
+            Vec::new()
+        } else {
+            std::mem::take(&mut batch.acks)
+        };
+        if batch.outs.is_empty() && batch.acks.is_empty() {
+            return (0, back);
         }
         let room = self.cap.saturating_sub(self.queued.load(Relaxed));
-        let dropped = batch.len().saturating_sub(room);
-        batch.truncate(room);
-        if batch.is_empty() {
-            return dropped;
-        }
-        let n = batch.len();
+        let dropped = batch.outs.len().saturating_sub(room);
+        batch.outs.truncate(room);
+        let n = batch.outs.len();
         self.queued.fetch_add(n, Relaxed);
         match self.tx.try_send(batch) {
-            Ok(()) => dropped,
-            Err(_) => {
+            Ok(()) => (dropped, back),
+            Err(e) => {
                 self.queued.fetch_sub(n, Relaxed);
-                dropped + n
+                back.extend(e.into_inner().acks);
+                (dropped + n, back)
             }
         }
     }
@@ -93,40 +145,51 @@ impl Egress {
 
 /// The writer's end of the queue.
 pub struct Queue {
-    rx: mpsc::Receiver<Vec<Out>>,
+    rx: mpsc::Receiver<Batch>,
     queued: Arc<AtomicUsize>,
+    room: Arc<tokio::sync::Notify>,
 }
 
 impl Queue {
     /// The next batch, waiting on this (blocking, not runtime) thread; None once every handle is
     /// gone and the queue is empty.
-    pub fn blocking_next(&mut self) -> Option<Vec<Out>> {
+    pub fn blocking_next(&mut self) -> Option<Batch> {
         let b = self.rx.blocking_recv()?;
-        self.queued.fetch_sub(b.len(), Relaxed);
+        self.took(b.outs.len());
         Some(b)
     }
 
     /// The next batch if one is queued.
-    pub fn try_next(&mut self) -> Option<Vec<Out>> {
+    pub fn try_next(&mut self) -> Option<Batch> {
         let b = self.rx.try_recv().ok()?;
-        self.queued.fetch_sub(b.len(), Relaxed);
+        self.took(b.outs.len());
         Some(b)
+    }
+
+    /// `n` publishes left the queue: room for those waiting ([`Egress::room`]).
+    fn took(&self, n: usize) {
+        self.queued.fetch_sub(n, Relaxed);
+        self.room.notify_waiters();
     }
 }
 
 /// The egress connection's task. Runs until every [`Egress`] handle is gone and the queue is
 /// written (and, for QoS 1, acknowledged, or `linger` passed after the last handle went), then
-/// disconnects.
+/// disconnects. Batches' acknowledgements are reported on `done` once they have left.
 pub async fn run(
     conn: MqttConn,
     tls: Option<tokio_rustls::TlsConnector>,
     mut queue: Queue,
+    done: Done,
     stats: Arc<Stats>,
     limit: Arc<RateLimit>,
     linger: Duration,
 ) {
     let mut backoff = crate::retry::reconnect_backoff(conn.reconnect_max);
-    let mut w = Writer::default();
+    let mut w = Writer {
+        done: Some(done),
+        ..Writer::default()
+    };
     let mut closed_at: Option<tokio::time::Instant> = None;
     loop {
         let r = match link::connect(&conn, "out", tls.as_ref()).await {
@@ -167,15 +230,25 @@ pub async fn run(
 /// QoS 2 past PUBREC, released (only its PUBREL is sent again).
 struct Flight {
     pkid: u16,
+    /// Its place among all publishes put in flight (1, 2, …).
+    seq: u64,
     packet: BytesMut,
     released: bool,
 }
 
-/// What lives across connections: the publishes not yet acknowledged, in send order.
+/// What lives across connections: the publishes not yet acknowledged, in send order, and the
+/// ingest acknowledgements waiting for them.
 #[derive(Default)]
 struct Writer {
     inflight: VecDeque<Flight>,
     next_pkid: u16,
+    /// Publishes put in flight so far (the last one's `seq`).
+    issued: u64,
+    /// Acknowledgements to report once every publish in flight up to `.0` is acknowledged and
+    /// the batch is written, in queue order.
+    waiting: VecDeque<(u64, Vec<u64>)>,
+    /// Where they are reported (ingest); `None` in unit tests.
+    done: Option<Done>,
 }
 
 impl Writer {
@@ -214,11 +287,17 @@ impl Writer {
         let mut ping = tokio::time::interval(keep_alive);
         ping.reset();
         let mut awaiting_pong = false;
-        let mut batches: Vec<Vec<Out>> = Vec::new();
+        let mut batches: Vec<Batch> = Vec::new();
         loop {
             if !out.is_empty() {
                 link::write_out(&mut wr, &mut out, keep_alive).await?;
                 ping.reset();
+            }
+            // Written, and acknowledged where asked for: ingest may acknowledge their inputs.
+            for acks in self.left() {
+                if let Some(done) = &self.done {
+                    let _ = done.send(acks).await;
+                }
             }
             let open = closed_at.is_none();
             if !open && self.inflight.is_empty() {
@@ -240,12 +319,15 @@ impl Writer {
                     }
                     let mut taken = 0;
                     for batch in batches.drain(..) {
-                        taken += batch.len();
-                        for o in batch {
+                        taken += batch.outs.len();
+                        for o in batch.outs {
                             self.encode(o, &mut out);
                         }
+                        if !batch.acks.is_empty() {
+                            self.waiting.push_back((self.issued, batch.acks));
+                        }
                     }
-                    queue.queued.fetch_sub(taken, Relaxed);
+                    queue.took(taken);
                 }
                 r = rd.read_buf(&mut rbuf) => {
                     match r {
@@ -283,6 +365,22 @@ impl Writer {
         }
     }
 
+    /// The acknowledgements whose publishes have all left: everything put in flight up to
+    /// theirs is acknowledged (call once what was encoded is written).
+    fn left(&mut self) -> Vec<Vec<u64>> {
+        let oldest = self.inflight.front().map(|f| f.seq);
+        let mut ready = Vec::new();
+        while let Some((upto, _)) = self.waiting.front() {
+            if oldest.is_some_and(|o| o <= *upto) {
+                break;
+            }
+            if let Some((_, acks)) = self.waiting.pop_front() {
+                ready.push(acks);
+            }
+        }
+        ready
+    }
+
     /// The broker has the publish `pkid` for good.
     fn finish(&mut self, pkid: u16) {
         if let Some(i) = self.inflight.iter().position(|f| f.pkid == pkid) {
@@ -307,8 +405,10 @@ impl Writer {
         let mut b = BytesMut::with_capacity(p.size());
         if p.write(&mut b).is_ok() {
             out.extend_from_slice(&b);
+            self.issued += 1;
             self.inflight.push_back(Flight {
                 pkid: p.pkid,
+                seq: self.issued,
                 packet: b,
                 released: false,
             });
@@ -331,18 +431,111 @@ mod tests {
             .collect()
     }
 
+    fn batch(n: usize, acks: &[u64]) -> Batch {
+        Batch {
+            outs: out(n),
+            acks: acks.to_vec(),
+        }
+    }
+
     #[tokio::test]
     async fn the_queue_is_bounded_in_messages_and_drops_what_does_not_fit() {
-        let (egress, mut queue) = Egress::new(5);
-        assert_eq!(egress.send(out(3)), 0);
-        // Two fit of four: the rest is dropped (counted by the caller), never waited for.
-        assert_eq!(egress.send(out(4)), 2);
-        assert_eq!(egress.send(out(1)), 1);
+        let (egress, mut queue) = Egress::new(5, true);
+        assert_eq!(egress.send(batch(3, &[])), (0, vec![]));
+        // Two fit of four: the rest is dropped (counted by the caller), never waited for; the
+        // acknowledgements go on with what fits.
+        assert_eq!(egress.send(batch(4, &[7])), (2, vec![]));
+        // Nothing fits: the publish is dropped, its acknowledgement still queued (never lost).
+        assert_eq!(egress.send(batch(1, &[8])), (1, vec![]));
         assert_eq!(queue.queued.load(Relaxed), 5);
         let mut got = Vec::new();
-        assert_eq!(queue.rx.recv_many(&mut got, 10).await, 2);
-        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2]);
-        assert_eq!(egress.send(Vec::new()), 0);
+        assert_eq!(queue.rx.recv_many(&mut got, 10).await, 3);
+        assert_eq!(
+            got.iter()
+                .map(|b| (b.outs.len(), b.acks.clone()))
+                .collect::<Vec<_>>(),
+            [(3, vec![]), (2, vec![7]), (0, vec![8])]
+        );
+        assert_eq!(egress.send(batch(0, &[])), (0, vec![]));
+        // Without a writer that reports them (the embedded broker), they come back at once.
+        let (local, _q) = Egress::new(5, false);
+        assert_eq!(local.send(batch(1, &[9])), (0, vec![9]));
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_acknowledgements_waits_for_room_instead_of_being_dropped() {
+        let (egress, mut queue) = Egress::new(5, true);
+        assert_eq!(egress.send(batch(4, &[])), (0, vec![]));
+        egress.room(1).await;
+        let waiting = tokio::spawn({
+            let egress = egress.clone();
+            async move {
+                egress.room(2).await;
+                egress.send(batch(2, &[1]))
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "4 + 2 does not fit in 5");
+        assert_eq!(queue.try_next().map(|b| b.outs.len()), Some(4));
+        assert_eq!(
+            waiting.await.unwrap(),
+            (0, vec![]),
+            "it fits now, nothing dropped"
+        );
+        // Larger than the whole queue: it goes once the queue is empty.
+        queue.try_next();
+        egress.room(9).await;
+        // The embedded broker's egress reports nothing, so nothing waits.
+        let (local, _q) = Egress::new(1, false);
+        assert_eq!(local.send(batch(1, &[])), (0, vec![]));
+        local.room(5).await;
+    }
+
+    fn publish(qos: u8) -> Out {
+        Out {
+            topic: "t".into(),
+            payload: b"x".to_vec(),
+            qos,
+            retain: false,
+        }
+    }
+
+    /// A batch the writer took: encoded, its acknowledgements waiting behind its publishes.
+    fn take(w: &mut Writer, outs: Vec<Out>, acks: &[u64]) -> Vec<u16> {
+        let mut buf = BytesMut::new();
+        let before = w.inflight.len();
+        for o in outs {
+            w.encode(o, &mut buf);
+        }
+        w.waiting.push_back((w.issued, acks.to_vec()));
+        w.inflight.iter().skip(before).map(|f| f.pkid).collect()
+    }
+
+    #[test]
+    fn a_message_is_reported_done_only_once_its_output_and_all_before_it_are_acknowledged() {
+        let mut w = Writer::default();
+        let a = take(&mut w, vec![publish(1), publish(0)], &[1, 2]);
+        let b = take(&mut w, vec![publish(0)], &[3]);
+        let c = take(&mut w, vec![publish(1)], &[4]);
+        assert_eq!((a.len(), b.len(), c.len()), (1, 0, 1));
+        assert!(
+            w.left().is_empty(),
+            "nothing acknowledged by the broker yet"
+        );
+        // The later batch's publish is acknowledged first: it still waits for the earlier.
+        w.finish(c[0]);
+        assert!(w.left().is_empty());
+        w.finish(a[0]);
+        assert_eq!(w.left(), vec![vec![1, 2], vec![3], vec![4]]);
+        // A batch of QoS 0 publishes only: done once written.
+        take(&mut w, vec![publish(0)], &[5]);
+        assert_eq!(w.left(), vec![vec![5]]);
+        // QoS 2: done at PUBCOMP (`finish`), not at PUBREC.
+        let d = take(&mut w, vec![publish(2)], &[6]);
+        w.inflight[0].released = true;
+        assert!(w.left().is_empty());
+        w.finish(d[0]);
+        assert_eq!(w.left(), vec![vec![6]]);
     }
 
     #[test]
@@ -353,6 +546,7 @@ mod tests {
         };
         w.inflight.push_back(Flight {
             pkid: 1,
+            seq: 0,
             packet: BytesMut::new(),
             released: false,
         });

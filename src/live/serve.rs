@@ -48,15 +48,16 @@ pub(super) async fn serve(
         }
         None => (None, None),
     };
+    let (done_tx, done_rx) = shard::done_channel();
     let mqtt = Mqtt::start(
         &conn,
         &tls,
         egress_link,
+        &done_tx,
         &stats,
         &limit,
         settings.shutdown_timeout,
     );
-    let (done_tx, done_rx) = shard::done_channel();
     // The open alarms; acknowledgements (API, WebSocket) go through it to the device's shard.
     let (ack_tx, ack_rx) = mpsc::channel::<AckReq>(64);
     let alarms = Arc::new(AlarmRegistry::new(shard::ack_route(ack_tx)));
@@ -196,17 +197,21 @@ impl Mqtt {
         conn: &MqttConn,
         tls: &Option<tokio_rustls::TlsConnector>,
         link: Option<broker::EgressLink>,
+        done: &shard::Done,
         stats: &Arc<Stats>,
         limit: &Arc<RateLimit>,
         shutdown_timeout: std::time::Duration,
     ) -> Mqtt {
-        let (egress, queue) = publisher::Egress::new(egress::EGRESS_QUEUE);
+        // Over a broker connection, messages are acknowledged once their output has left;
+        // on the embedded broker nothing is acknowledged.
+        let (egress, queue) = publisher::Egress::new(egress::EGRESS_QUEUE, link.is_none());
         let egress_task = match link {
             Some(link) => broker::local_egress(link, queue, limit.clone()),
             None => tokio::spawn(publisher::run(
                 conn.clone(),
                 tls.clone(),
                 queue,
+                done.clone(),
                 stats.clone(),
                 limit.clone(),
                 shutdown_timeout,
@@ -218,18 +223,20 @@ impl Mqtt {
         }
     }
 
-    /// Ingest sends the last acknowledgements and disconnects once the shards are gone; queued
-    /// publishes leave before the egress connection closes.
+    /// Queued publishes leave before the egress connection closes; ingest sends the last
+    /// acknowledgements (reported by the egress connection as their output left) and
+    /// disconnects once the shards and the egress connection are done.
     async fn close(self, deadline: tokio::time::Instant, ingest_tasks: Vec<JoinHandle<()>>) {
+        // The shards' handles are gone; with this last one the queue closes, and the egress
+        // connection writes what is queued, waits for its QoS 1 acknowledgements, reports the
+        // inputs done, disconnects.
+        drop(self.egress);
         for task in ingest_tasks {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 abort.abort();
             }
         }
-        // The shards' handles are gone; with this last one the queue closes, and the egress
-        // connection writes what is queued, waits for its QoS 1 acknowledgements, disconnects.
-        drop(self.egress);
         if tokio::time::timeout_at(deadline, self.egress_task)
             .await
             .is_err()

@@ -471,14 +471,15 @@ pub fn run(
             for e in buf.0.drain(..) {
                 ctx.outbox.send(e);
             }
-            ctx.outbox.flush();
+            // The turn's messages are acknowledged (in one write, by ingest) once the egress
+            // connection has their output with the broker; what it could not take is reported
+            // here.
+            ctx.outbox.room_for(&done).await;
+            let back = ctx.outbox.flush(std::mem::take(&mut done));
             for (tx, r) in replies.drain(..) {
                 let _ = tx.send(r);
             }
-            if let Some(tx) = ctx.done.as_ref().filter(|_| !done.is_empty()) {
-                // One report per turn: ingest acknowledges the turn's messages in one write.
-                let _ = tx.send(std::mem::take(&mut done)).await;
-            }
+            report(&ctx, back).await;
         }
         // The queue closed: shutdown. Everything queued has been handled; save.
         exec.advance_to(wall_ms(), &mut buf);
@@ -491,10 +492,9 @@ pub fn run(
                 for e in buf.0.drain(..) {
                     ctx.outbox.send(e);
                 }
-                ctx.outbox.flush();
-                if let Some(tx) = ctx.done.as_ref().filter(|_| !done.is_empty()) {
-                    let _ = tx.send(done).await;
-                }
+                ctx.outbox.room_for(&done).await;
+                let back = ctx.outbox.flush(done);
+                report(&ctx, back).await;
             }
             Err(e) if held.active() || exec.alarms().changes() != alarm_changes => {
                 tracing::error!(
@@ -508,7 +508,8 @@ pub fn run(
                 for e in buf.0.drain(..) {
                     ctx.outbox.send(e);
                 }
-                ctx.outbox.flush();
+                let back = ctx.outbox.flush(Vec::new());
+                report(&ctx, back).await;
             }
         }
         let active = exec
@@ -518,6 +519,13 @@ pub fn run(
             .count();
         tracing::debug!(shard = ctx.index, active_alarms = active, "shard stopped");
     });
+}
+
+/// Reports messages done to ingest directly (their output did not go to the egress queue).
+async fn report(ctx: &ShardCtx, done: Vec<u64>) {
+    if let Some(tx) = ctx.done.as_ref().filter(|_| !done.is_empty()) {
+        let _ = tx.send(done).await;
+    }
 }
 
 /// The state is written: what was held goes out, in order, ahead of this turn's output; the
