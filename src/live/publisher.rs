@@ -31,8 +31,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::link::{self, Stream};
-use super::shard::Done;
 use super::{RateLimit, Stats};
+
+/// Ingest's done channel (the shards' `shard::Done`): sequence numbers of QoS 1 messages it may
+/// acknowledge. Named here by its type, as the shards (above this file) own it.
+type Done = mpsc::Sender<Vec<u64>>;
 use crate::config::settings::MqttConn;
 
 /// QoS 1 and 2 publishes sent and not yet acknowledged, at most. Brokers bound a client's window
