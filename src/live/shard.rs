@@ -26,8 +26,10 @@ use crate::engine::{Device, Executor, Message};
 pub use crate::message::{parse, Kind, Limits, Reject};
 use crate::rules::compile::RuleSet;
 
-/// Where the shards report the QoS 1 messages whose chains ran: one batch of ingest sequence
-/// numbers per shard turn. The ingest connection is its only reader.
+/// Where the QoS 1 messages whose chains ran and whose output left are reported, one batch of
+/// ingest sequence numbers per shard turn: by the egress connection once the turn's publishes
+/// are with the broker (`publisher.rs`), or by the shard itself for those the egress queue did
+/// not take. The ingest connection is its only reader.
 pub type Done = mpsc::Sender<Vec<u64>>;
 
 /// Capacity of the done channel, in batches. Ingest reads it even while it waits for room in
