@@ -61,7 +61,8 @@ pub struct Stats {
     pub rpc_sent: AtomicU64,
     /// Messages republished.
     pub published: AtomicU64,
-    /// Publishes dropped because the egress queue was full.
+    /// Publishes dropped because the egress queue was full (never the output of a QoS 1 message:
+    /// that waits for room).
     pub egress_dropped: AtomicU64,
     /// Messages the embedded broker skipped for the engine: it fell behind by more than the
     /// broker's log holds.
