@@ -14,7 +14,7 @@
 //! - a line starting with `#` is a comment (and `\#` is no escape): a measurement's leading `#`s
 //!   are left out (an empty measurement is written `_`).
 //!
-//! NaN and infinite values cannot be written; [`Point::line`] leaves them out and names them.
+//! NaN and infinite values cannot be written; [`Line`] leaves them out and names them in `skipped`.
 
 /// Writes one line of line protocol. The caller adds tags and fields **sorted by key** (the
 /// influx node sorts its tag and field lists at load time; `msg` is a sorted map).

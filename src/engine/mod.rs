@@ -184,7 +184,7 @@ pub struct Device {
     pub type_: Option<Arc<str>>,
     /// The attributes: the registry's, overlaid with `reported` and `server`. One shared,
     /// never-written map: each message's `attr` is this value, not a copy of it; a change makes
-    /// a new map ([`Device::edit_attrs`]), so a message in flight keeps the attributes it came
+    /// a new map ([`Device::take_attrs`]), so a message in flight keeps the attributes it came
     /// with.
     attrs: Dynamic,
     /// What the device itself reported (attributes and status messages): persisted live.

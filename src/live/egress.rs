@@ -72,20 +72,16 @@ impl Outbox {
         back
     }
 
-    /// Waits until this turn's publishes fit in the egress queue, if the turn carries
-    /// acknowledgements (`acks`): a QoS 1 message's output is not dropped at a full queue.
-    pub async fn room_for(&self, acks: &[u64]) {
-        if !acks.is_empty() {
-            self.mqtt.room(self.mqtt_pending.len()).await;
-        }
-    }
-
     /// Hands what this turn gathered to the egress connection and the sinks that take batches.
     /// `acks`, the turn's QoS 1 messages, go with its publishes: the egress connection reports
     /// them done once those have left (a message is acknowledged only once its output is with
-    /// the broker). Returns those it could not queue, for the caller to report itself.
-    pub fn flush(&mut self, acks: Vec<u64>) -> Vec<u64> {
+    /// the broker), and with them the publishes wait for room in the egress queue rather than
+    /// being dropped. Returns those it could not queue, for the caller to report itself.
+    pub async fn flush(&mut self, acks: Vec<u64>) -> Vec<u64> {
         let mut back = Vec::new();
+        if !acks.is_empty() {
+            self.mqtt.room(self.mqtt_pending.len()).await;
+        }
         if !self.mqtt_pending.is_empty() || !acks.is_empty() {
             let outs = std::mem::take(&mut self.mqtt_pending);
             back = self.send_publishes(Batch { outs, acks });

@@ -469,7 +469,8 @@ mod tests {
     async fn a_batch_with_acknowledgements_waits_for_room_instead_of_being_dropped() {
         let (egress, mut queue) = Egress::new(5, true);
         assert_eq!(egress.send(batch(4, &[])), (0, vec![]));
-        egress.room(1).await;
+        let quick = Duration::from_secs(5);
+        assert!(tokio::time::timeout(quick, egress.room(1)).await.is_ok());
         let waiting = tokio::spawn({
             let egress = egress.clone();
             async move {
@@ -487,11 +488,11 @@ mod tests {
         );
         // Larger than the whole queue: it goes once the queue is empty.
         queue.try_next();
-        egress.room(9).await;
+        assert!(tokio::time::timeout(quick, egress.room(9)).await.is_ok());
         // The embedded broker's egress reports nothing, so nothing waits.
         let (local, _q) = Egress::new(1, false);
         assert_eq!(local.send(batch(1, &[])), (0, vec![]));
-        local.room(5).await;
+        assert!(tokio::time::timeout(quick, local.room(5)).await.is_ok());
     }
 
     fn publish(qos: u8) -> Out {

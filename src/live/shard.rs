@@ -473,15 +473,10 @@ pub fn run(
             for e in buf.0.drain(..) {
                 ctx.outbox.send(e);
             }
-            // The turn's messages are acknowledged (in one write, by ingest) once the egress
-            // connection has their output with the broker; what it could not take is reported
-            // here.
-            ctx.outbox.room_for(&done).await;
-            let back = ctx.outbox.flush(std::mem::take(&mut done));
+            hand_off(&mut ctx, std::mem::take(&mut done)).await;
             for (tx, r) in replies.drain(..) {
                 let _ = tx.send(r);
             }
-            report(&ctx, back).await;
         }
         // The queue closed: shutdown. Everything queued has been handled; save.
         exec.advance_to(wall_ms(), &mut buf);
@@ -494,9 +489,7 @@ pub fn run(
                 for e in buf.0.drain(..) {
                     ctx.outbox.send(e);
                 }
-                ctx.outbox.room_for(&done).await;
-                let back = ctx.outbox.flush(done);
-                report(&ctx, back).await;
+                hand_off(&mut ctx, done).await;
             }
             Err(e) if held.active() || exec.alarms().changes() != alarm_changes => {
                 tracing::error!(
@@ -510,8 +503,7 @@ pub fn run(
                 for e in buf.0.drain(..) {
                     ctx.outbox.send(e);
                 }
-                let back = ctx.outbox.flush(Vec::new());
-                report(&ctx, back).await;
+                hand_off(&mut ctx, Vec::new()).await;
             }
         }
         let active = exec
@@ -523,10 +515,13 @@ pub fn run(
     });
 }
 
-/// Reports messages done to ingest directly (their output did not go to the egress queue).
-async fn report(ctx: &ShardCtx, done: Vec<u64>) {
-    if let Some(tx) = ctx.done.as_ref().filter(|_| !done.is_empty()) {
-        let _ = tx.send(done).await;
+/// Hands the turn's output on. Its QoS 1 messages (`done`) are acknowledged (in one write, by
+/// ingest) once the egress connection has their output with the broker; those the egress queue
+/// did not take are reported to ingest here.
+async fn hand_off(ctx: &mut ShardCtx, done: Vec<u64>) {
+    let back = ctx.outbox.flush(done).await;
+    if let Some(tx) = ctx.done.as_ref().filter(|_| !back.is_empty()) {
+        let _ = tx.send(back).await;
     }
 }
 
