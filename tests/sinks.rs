@@ -1072,3 +1072,148 @@ fn email_goes_over_starttls_to_a_server_with_a_private_ca() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(smtp.mails().len(), 1);
 }
+
+/// The CPU time the calling thread has used so far.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Runs `work` on a runtime of its own thread, lets it go on for `watch`, and returns the CPU
+/// time that thread used while watched (setting up and `work`'s first steps excluded).
+fn cpu_while<F, T>(watch: Duration, work: impl FnOnce() -> F + Send + 'static) -> (Duration, T)
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let kept = work().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let before = thread_cpu();
+            tokio::time::sleep(watch).await;
+            (thread_cpu() - before, kept)
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// An outage of InfluxDB costs next to no CPU: the writer sleeps until its retry is due, or
+/// until the request in flight answers, whichever the outage is. (It once woke again and again
+/// for a flush time that had passed while it waited, and used most of a core.)
+#[test]
+fn an_influxdb_outage_costs_next_to_no_cpu() {
+    use rulechain::config::InfluxSpec;
+    use rulechain::rules::yaml::Sp;
+    use rulechain::sinks::influx::{start, InfluxSettings, InfluxStats};
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempdir("influx-outage-cpu");
+    // Refused: nothing listens on the port. Silent: a listener that takes connections and
+    // never answers, so a request stays in flight until its timeout.
+    let refused = free_port();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    for (what, port) in [("refused", refused), ("silent", silent_port)] {
+        let spec = InfluxSpec {
+            url: Sp::unplaced(format!("http://127.0.0.1:{port}")),
+            flush_interval: Some(Sp::unplaced("50ms".to_string())),
+            max_backoff: Some(Sp::unplaced("1s".to_string())),
+            timeout: Some(Sp::unplaced("30s".to_string())),
+            ..Default::default()
+        };
+        let settings = InfluxSettings::from_spec(&spec, &dir).unwrap();
+        let stats = Arc::new(InfluxStats::default());
+        let s = stats.clone();
+        let (cpu, _writer) = cpu_while(Duration::from_secs(2), move || async move {
+            let (h, _task) = start(settings, s).unwrap();
+            h.send(vec!["m f=1 1".to_string()]);
+            h
+        });
+        assert!(
+            stats.requests.load(Relaxed) >= 1,
+            "{what}: no request was made: {}",
+            stats.to_json()
+        );
+        assert_eq!(stats.written.load(Relaxed), 0, "{what}");
+        assert!(
+            cpu < Duration::from_millis(200),
+            "{what}: the writer used {cpu:?} of CPU in 2 s of outage"
+        );
+    }
+    drop(silent);
+}
+
+/// With InfluxDB, the SMTP server and the webhook all refusing connections, an engine holding
+/// points and notifications to retry stays all but idle.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_of_every_sink_costs_the_engine_next_to_no_cpu() {
+    let dir = tempdir("outage-cpu");
+    let (influx, smtp, hook) = (free_port(), free_port(), free_port());
+    let extra = format!(
+        r#"influx: {{url: 'http://127.0.0.1:{influx}', flush_interval: 50ms, max_backoff: 2s}}
+channels:
+  mail:
+    email: {{smtp: 'smtp://127.0.0.1:{smtp}', from: a@example.com, to: [b@example.com]}}
+    retries: 1000
+  hook:
+    webhook: {{url: 'http://127.0.0.1:{hook}/h'}}
+    retries: 1000
+"#
+    );
+    const CHAIN: &str = r#"
+chain: all
+nodes:
+  - id: save
+    influx: {}
+  - id: tell
+    notify: [mail, hook]
+"#;
+    let (engine, pubr) = start_engine(
+        &dir,
+        &extra,
+        &[("all.yaml", CHAIN)],
+        "devices: []\n",
+        "cpu-pub",
+        None,
+    )
+    .await;
+    for i in 0..20 {
+        pubr.publish("device/pump-1/telemetry", format!(r#"{{"current": {i}}}"#))
+            .await;
+    }
+    let failing = wait_for(Duration::from_secs(10), || {
+        let st = engine.status();
+        let ch = &st["notify"]["channels"];
+        (counter(&st, &["influx", "retries"]) > 0
+            && counter(&ch["mail"], &["attempts_failed"]) > 0
+            && counter(&ch["hook"], &["attempts_failed"]) > 0)
+            .then_some(st)
+    });
+    assert!(
+        failing.is_some(),
+        "the sinks never failed: {}",
+        engine.status()
+    );
+    let before = engine.cpu_time();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = engine.cpu_time() - before;
+    let st = engine.status();
+    assert_eq!(counter(&st, &["influx", "written"]), 0, "{st}");
+    // An idle engine uses well under 1% of a core; the spin this guards against used 80%.
+    assert!(
+        used < Duration::from_millis(300),
+        "the engine used {used:?} of CPU in 3 s of outage:\n{}",
+        st
+    );
+}

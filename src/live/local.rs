@@ -188,7 +188,11 @@ impl Reader {
             // The router's queue is nearly empty at start; a full one holds this briefly.
             if let Err(e) = tx.subscribe(sub.filter.clone()) {
                 self.warn(&format!("cannot subscribe to {}: {e}", sub.filter));
-                continue;
+                // Attach again after a pause, as for every other failure here.
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                }
             }
             if first {
                 tracing::debug!(filter = %sub.filter, "subscribing on the embedded broker");

@@ -180,6 +180,11 @@ impl Proc {
         }
     }
 
+    /// The process id, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
     /// The exit status, if it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.0.as_mut()?.try_wait().ok()?
@@ -275,6 +280,21 @@ impl Engine {
 
     pub fn restart(&mut self) {
         self.spawn();
+    }
+
+    /// The CPU time (user and system) the engine's process has used so far.
+    #[allow(dead_code)] // not every test binary asks
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.proc.pid().expect("the engine runs");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The fields after the command name (in parentheses, which may hold spaces): utime and
+        // stime are the 14th and 15th fields of the line, in clock ticks.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
     }
 
     /// `/api/status` as JSON.

@@ -108,11 +108,16 @@ impl Writer {
                 self.give_up(inflight.take().map(|(_, b)| b).or(retry.take()));
                 break;
             }
-            let wake = [Some(next_flush), retry_at, grace_end]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(next_flush);
+            // Wake only for what can be done then. While a request is in flight its answer
+            // wakes the loop, and while a batch waits for its retry nothing else may be sent:
+            // a flush time that passed meanwhile must not count as a deadline, or the wait
+            // returns at once, again and again, for as long as the server is down.
+            let send_at = match (&inflight, retry_at) {
+                (Some(_), _) => None,
+                (None, Some(t)) => Some(t),
+                (None, None) => Some(next_flush),
+            };
+            let wake = [send_at, grace_end].into_iter().flatten().min();
             tokio::select! {
                 m = rx.recv(), if !closed => match m {
                     Some(lines) => self.accept(lines),
@@ -173,7 +178,12 @@ impl Writer {
                         }
                     }
                 },
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = async {
+                    match wake {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
         self.stats.buffered.store(0, Relaxed);
