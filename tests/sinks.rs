@@ -795,7 +795,7 @@ nodes:
     filter: msg.temp > 50
     else: clear
   - id: raise
-    alarm: { type: Hot, severity: MAJOR, message: "${meta.device} at ${msg.temp}" }
+    alarm: { type: Hot, severity: MAJOR, message: "${meta.device} at ${msg.temp}", pass: [created, acknowledged] }
   - id: tell
     notify: [remind, limited]
     next: []

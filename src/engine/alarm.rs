@@ -57,7 +57,7 @@ impl Status {
 }
 
 /// What changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Transition {
     /// A new alarm.
@@ -66,7 +66,7 @@ pub enum Transition {
     SeverityChanged,
     /// Acknowledged by an operator (live only).
     Acknowledged,
-    /// Cleared.
+    /// Cleared: by a rule's `clear`, or by an operator by hand.
     Cleared,
 }
 

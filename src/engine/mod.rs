@@ -50,6 +50,11 @@ pub struct Packet {
     pub topic: Option<Arc<str>>,
     /// `meta.ts`.
     pub ts: i64,
+    /// Started by an operator's action (an acknowledgement, a clear by hand), not by the
+    /// device: such a message never runs a node that acts on devices
+    /// ([`NodeImpl::acts_on_devices`]), wherever it goes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_operator: bool,
 }
 
 impl Packet {
@@ -146,6 +151,19 @@ pub trait NodeImpl: Send + Sync {
         None
     }
 
+    /// An operator acknowledged or cleared by hand an alarm this node raised: `p` holds the
+    /// alarm as `msg.alarm`. What it returns continues as [`NodeImpl::run`]'s would; `None`
+    /// ends it here.
+    fn operator(&self, _cx: &mut Cx<'_>, _t: alarm::Transition, _p: Packet) -> Option<Flow> {
+        None
+    }
+
+    /// True for a node whose effect reaches devices (`rpc`, `publish`): a message an operator
+    /// started never runs it (an acknowledgement must not send a command again).
+    fn acts_on_devices(&self) -> bool {
+        false
+    }
+
     /// Writes this node's state (what [`Cx::state`] holds) as data, for checkpoints and
     /// restarts. Nodes with state implement it with [`persist::save`].
     fn save(&self, _state: &(dyn Any + Send)) -> Option<serde_json::Value> {
@@ -163,6 +181,15 @@ pub trait NodeImpl: Send + Sync {
     fn sweep(&self, _state: &mut (dyn Any + Send), _now: i64, _idle: i64) -> usize {
         0
     }
+}
+
+/// A command awaiting its reply: the rpc node that sent it, and the device it went to.
+#[derive(Debug, Clone)]
+struct Await {
+    chain: usize,
+    node: usize,
+    /// Empty only when restored from a snapshot written before replies were matched by device.
+    device: Arc<str>,
 }
 
 /// What `meta` is built from, besides the packet.
@@ -200,6 +227,18 @@ pub struct Device {
     registered: bool,
     /// The clock time of its last message.
     last_seen: i64,
+    /// Where its last message came from: the `meta` of a message the engine starts itself for
+    /// it (an operator's acknowledgement), so templates and topics read `meta.site` as in the
+    /// device's own messages. Not persisted: after a restart, known again from its next message.
+    source: Option<Box<Source>>,
+}
+
+/// The topic, kind and topic captures of a device's last message.
+#[derive(Debug, Clone)]
+struct Source {
+    topic: Arc<str>,
+    kind: Kind,
+    captures: Vec<(String, String)>,
 }
 
 // Not derived: `attrs` must be a shared empty map, not `()` (`attr.x` reads `()` for a device
@@ -224,6 +263,7 @@ impl Device {
             reported: Map::new(),
             server: Map::new(),
             meta_base: None,
+            source: None,
             registered: true,
             last_seen: 0,
         }
@@ -348,7 +388,7 @@ pub struct Cx<'a> {
     state: &'a mut Option<Box<dyn Any + Send>>,
     timers: &'a mut BinaryHeap<Reverse<Timer>>,
     seq: &'a mut u64,
-    awaits: &'a mut HashMap<Arc<str>, (usize, usize)>,
+    awaits: &'a mut HashMap<Arc<str>, Await>,
     id_prefix: &'a str,
     chain_idx: usize,
     node_idx: usize,
@@ -421,10 +461,18 @@ impl Cx<'_> {
         Ok(())
     }
 
-    /// Routes the `rpc_response` message whose `id` is `id` to this node's [`NodeImpl::reply`].
-    pub fn await_reply(&mut self, id: &str) {
-        self.awaits
-            .insert(id.into(), (self.chain_idx, self.node_idx));
+    /// Routes the `rpc_response` message of `device` whose `id` is `id` to this node's
+    /// [`NodeImpl::reply`]. A reply with that id from another device is not it: ids can be
+    /// guessed, and one device must not answer for another.
+    pub fn await_reply(&mut self, id: &str, device: &Arc<str>) {
+        self.awaits.insert(
+            id.into(),
+            Await {
+                chain: self.chain_idx,
+                node: self.node_idx,
+                device: device.clone(),
+            },
+        );
     }
 
     /// Stops routing replies with this id (the wait timed out).
@@ -457,7 +505,7 @@ pub struct Executor {
     alarms: AlarmStore,
     devices: HashMap<Arc<str>, Device, DeviceHasher>,
     timers: BinaryHeap<Reverse<Timer>>,
-    awaits: HashMap<Arc<str>, (usize, usize)>,
+    awaits: HashMap<Arc<str>, Await>,
     id_prefix: String,
     seq: u64,
     now: i64,
@@ -699,8 +747,9 @@ impl Executor {
         m
     }
 
-    /// An operator acknowledges an alarm (`by`: the name they gave). The transition is
-    /// emitted, and continues from the alarm node that raised it, as a rule's transition does.
+    /// An operator acknowledges an alarm (`by`: the name they gave). The transition is always
+    /// emitted (log, the `alarms` room, the registry); it continues down the chain only from an
+    /// alarm node that lists `acknowledged` in its `pass`, and never into an `rpc` or `publish`.
     pub fn acknowledge(
         &mut self,
         id: &str,
@@ -721,8 +770,8 @@ impl Executor {
     }
 
     /// An operator clears an active alarm by hand (`by`: the name they gave): the same
-    /// transition as a rule's clear, emitted and continued from the alarm node that raised it,
-    /// so its `notify` tells of it.
+    /// transition as a rule's clear, emitted, and continued from the alarm node that raised it
+    /// if that node passes `cleared` (see [`Executor::acknowledge`]).
     pub fn clear_alarm(
         &mut self,
         id: &str,
@@ -734,7 +783,9 @@ impl Executor {
         Ok(alarm)
     }
 
-    /// Emits an operator's transition of an alarm and runs the alarm node's `next` with it.
+    /// Emits an operator's transition of an alarm, and continues from the alarm node that raised
+    /// it where that node passes it on ([`NodeImpl::operator`]). The message carries the
+    /// device's last topic and captures as `meta`, and never runs a node that acts on devices.
     fn operator_transition(
         &mut self,
         alarm: &Alarm,
@@ -770,7 +821,12 @@ impl Executor {
             node,
         });
         if let Some((ci, ni)) = at {
-            self.devices.entry(device.clone()).or_default();
+            let source = self
+                .devices
+                .entry(device.clone())
+                .or_default()
+                .source
+                .clone();
             let mut msg = Map::new();
             msg.insert("alarm".into(), Dynamic::from_map(alarm.to_map(transition)));
             let mut p = Packet {
@@ -780,12 +836,13 @@ impl Executor {
                     meta: Dynamic::UNIT,
                 },
                 device,
-                topic: None,
+                topic: source.as_ref().map(|s| s.topic.clone()),
                 ts: self.now,
+                by_operator: true,
             };
             let head = Head {
-                kind: Kind::Telemetry,
-                captures: &[],
+                kind: source.as_ref().map_or(Kind::Telemetry, |s| s.kind),
+                captures: source.as_ref().map_or(&[][..], |s| &s.captures[..]),
             };
             self.fill(
                 &mut p,
@@ -795,7 +852,15 @@ impl Executor {
                     attr: true,
                 },
             );
-            self.follow(&rules, ci, ni, Flow::Pass(p), out);
+            let flow = {
+                let mut cx = self.cx(&rules, ci, ni, out);
+                rules.chains[ci].nodes[ni]
+                    .imp
+                    .operator(&mut cx, transition, p)
+            };
+            if let Some(flow) = flow {
+                self.follow(&rules, ci, ni, flow, out);
+            }
         }
     }
 
@@ -838,12 +903,13 @@ impl Executor {
         let awaits = self
             .awaits
             .iter()
-            .map(|(id, (ci, ni))| {
-                let (chain, node) = name(*ci, *ni);
+            .map(|(id, a)| {
+                let (chain, node) = name(a.chain, a.node);
                 persist::SavedAwait {
                     id: id.to_string(),
                     chain,
                     node,
+                    device: a.device.to_string(),
                 }
             })
             .collect();
@@ -911,7 +977,14 @@ impl Executor {
         }
         for a in snap.awaits {
             if let Some(&(ci, ni)) = at.get(&(a.chain.as_str(), a.node.as_str())) {
-                self.awaits.insert(a.id.into(), (ci, ni));
+                self.awaits.insert(
+                    a.id.into(),
+                    Await {
+                        chain: ci,
+                        node: ni,
+                        device: a.device.into(),
+                    },
+                );
             }
         }
         self.alarms.restore(snap.alarms);
@@ -983,7 +1056,18 @@ impl Executor {
         }
         self.awaits = std::mem::take(&mut self.awaits)
             .into_iter()
-            .filter_map(|(id, (ci, ni))| remap(ci, ni).map(|x| (id, x)))
+            .filter_map(|(id, a)| {
+                remap(a.chain, a.node).map(|(chain, node)| {
+                    (
+                        id,
+                        Await {
+                            chain,
+                            node,
+                            device: a.device,
+                        },
+                    )
+                })
+            })
             .collect();
         carried
     }
@@ -1068,6 +1152,20 @@ impl Executor {
             }
         };
         device.last_seen = now;
+        if let Some(topic) = &m.topic {
+            // Nearly always the same as last time: compared, not copied.
+            if device
+                .source
+                .as_ref()
+                .is_none_or(|s| s.topic != *topic || s.kind != m.kind)
+            {
+                device.source = Some(Box::new(Source {
+                    topic: topic.clone(),
+                    kind: m.kind,
+                    captures: m.captures.clone(),
+                }));
+            }
+        }
         if matches!(m.kind, Kind::Attributes | Kind::Status) {
             let mut attrs = device.take_attrs();
             for (k, v) in &m.payload {
@@ -1095,6 +1193,7 @@ impl Executor {
             device: m.device,
             topic: m.topic,
             ts: m.ts,
+            by_operator: false,
         };
         let head = Head {
             kind: m.kind,
@@ -1103,7 +1202,17 @@ impl Executor {
         let rules = self.rules.clone();
         if m.kind == Kind::RpcResponse {
             let id = packet.field("id").map(|v| v.to_string());
-            if let Some((ci, ni)) = id.as_deref().and_then(|id| self.awaits.remove(id)) {
+            let from = |a: &Await| a.device.is_empty() || a.device == packet.device;
+            let awaited = id
+                .as_deref()
+                .filter(|id| self.awaits.get(*id).is_some_and(from))
+                .and_then(|id| self.awaits.remove(id));
+            if let Some(Await {
+                chain: ci,
+                node: ni,
+                ..
+            }) = awaited
+            {
                 let mut reply = packet.clone();
                 self.fill(
                     &mut reply,
@@ -1255,7 +1364,9 @@ impl Executor {
             let device = tracing.then(|| p.device.clone());
             // A live trace wants the message as it entered the node (dry-run's trace does not).
             let entered = trace_messages.then(|| p.vars.msg.clone());
-            let mut flow = {
+            let mut flow = if p.by_operator && node.imp.acts_on_devices() {
+                Flow::Stop(Why::Suppressed)
+            } else {
                 let mut cx = self.cx(rules, ci, ni, out);
                 node.imp.run(&mut cx, p)
             };

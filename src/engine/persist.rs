@@ -81,6 +81,10 @@ pub struct SavedAwait {
     pub chain: String,
     /// The node id.
     pub node: String,
+    /// The device the command went to, the only one whose reply counts (empty in snapshots
+    /// from before replies were matched by device: any device's, as then).
+    #[serde(default)]
+    pub device: String,
 }
 
 /// What a restore or a reload could not carry over.

@@ -399,6 +399,12 @@ pub struct AlarmSpec {
     /// Extra values kept with the alarm: `name: EXPR`.
     #[serde(default)]
     pub details: Option<Sp<SpMap<Sp<ExprSrc>>>>,
+    /// Which transitions go on to the nodes after this one. A raise passes `created` by
+    /// default, and may list `severity_changed`, and an operator's `acknowledged` and `cleared`
+    /// (by hand), which start at the node that raised the alarm; a clear passes `cleared`.
+    /// `[]` passes none. An operator's transition never runs an `rpc` or `publish` node.
+    #[serde(default)]
+    pub pass: Option<Sp<Vec<Sp<crate::engine::alarm::Transition>>>>,
 }
 
 /// `rpc`: a command to the device.

@@ -1,5 +1,8 @@
 //! `alarm`: raises or clears the one alarm per (device, type). Only transitions pass on, as the
-//! message with `msg.alarm` set, so a following `notify` fires once per transition.
+//! message with `msg.alarm` set, so a following `notify` fires once per transition; and of
+//! those only the ones its `pass` lists (a raise: `created`; a clear: `cleared`), so that a
+//! command after a raise is sent when the alarm is created, not again when its severity
+//! changes or an operator acknowledges it.
 
 use rhai::{Dynamic, Map};
 
@@ -21,6 +24,8 @@ struct AlarmNode {
     severity: Severity,
     message: Option<Template>,
     details: Vec<(String, Expr)>,
+    /// The transitions that go on to the next nodes.
+    pass: Vec<Transition>,
 }
 
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
@@ -67,7 +72,22 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
         );
         ok = false;
     }
+    let pass = match &a.pass {
+        None if action == AlarmAction::Clear => vec![Transition::Cleared],
+        None => vec![Transition::Created],
+        Some(list) => {
+            for t in &list.value {
+                if action == AlarmAction::Clear && t.value != Transition::Cleared {
+                    b.error(t.pos, format!("a clear makes no `{}` transition", t.value))
+                        .hint("a clear passes `cleared`, or nothing with `pass: []`");
+                    ok = false;
+                }
+            }
+            list.value.iter().map(|t| t.value).collect()
+        }
+    };
     let node = AlarmNode {
+        pass,
         type_: type_?,
         action,
         severity: sev?,
@@ -134,7 +154,10 @@ impl NodeImpl for AlarmNode {
                         .set_origin(&p.device, &alarm.type_, cx.chain, cx.node);
                     alarm.origin = Some((cx.chain.to_string(), cx.node.to_string()));
                 }
-                p.with_msg(|m| m.insert("alarm".into(), Dynamic::from_map(alarm.to_map(t))));
+                let passes = self.pass.contains(&t);
+                if passes {
+                    p.with_msg(|m| m.insert("alarm".into(), Dynamic::from_map(alarm.to_map(t))));
+                }
                 cx.emit(Event::Alarm {
                     device: p.device.clone(),
                     type_: alarm.type_.clone(),
@@ -145,8 +168,16 @@ impl NodeImpl for AlarmNode {
                     id: alarm.id.clone(),
                     record: Box::new(alarm),
                 });
-                Flow::Pass(p)
+                if passes {
+                    Flow::Pass(p)
+                } else {
+                    Flow::Stop(Why::Suppressed)
+                }
             }
         }
+    }
+
+    fn operator(&self, _cx: &mut Cx<'_>, t: Transition, p: Packet) -> Option<Flow> {
+        (self.action == AlarmAction::Raise && self.pass.contains(&t)).then_some(Flow::Pass(p))
     }
 }

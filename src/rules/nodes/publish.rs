@@ -31,6 +31,10 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
 }
 
 impl NodeImpl for Publish {
+    fn acts_on_devices(&self) -> bool {
+        true
+    }
+
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let topic = match self.topic.render(cx.rt, &mut p.vars) {
             Ok(t) if !t.is_empty() && !t.contains(['+', '#']) => t,

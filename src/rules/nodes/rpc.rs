@@ -98,6 +98,9 @@ fn fill_pattern(pattern: &str, p: &Packet) -> Result<String, String> {
 
 impl NodeImpl for Rpc {
     super::persisted!(State);
+    fn acts_on_devices(&self) -> bool {
+        true
+    }
 
     /// A key's cooldown entry decides nothing once the cooldown has passed: it goes then.
     /// Commands awaiting a reply are left to their timers.
@@ -165,7 +168,7 @@ impl NodeImpl for Rpc {
         if let Err(e) = cx.schedule(cx.now.saturating_add(wait), &id, tag) {
             return Flow::Error(e, p);
         }
-        cx.await_reply(&id);
+        cx.await_reply(&id, &p.device);
         cx.state::<State>().awaiting.insert(id.into(), (tag, p));
         Flow::Stop(Why::Held)
     }
