@@ -60,6 +60,7 @@ for rec in examples/*.jsonl; do
   "$bin" dry-run --config examples/rulechain.yaml --input "$rec" | tail -n 1
 done
 "$bin" test rules/ tests/rules/
+"$bin" test --config examples/rulechain.yaml rules/
 
 step "the dashboard in a real browser (Debian's chromium, playwright-core) against run --demo"
 node tests/browser/dashboard.mjs "$bin"

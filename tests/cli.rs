@@ -346,6 +346,76 @@ fn test_command_reports_failures_and_exits_1() {
     assert!(stdout(&o).trim_end().ends_with(" passed, 0 failed"));
 }
 
+/// `test` refuses a test file that `validate` rejects, with the same diagnostics, and runs none
+/// of its cases: a misspelled event kind would otherwise check nothing and pass. A broken case
+/// hides nothing in the others.
+#[test]
+fn test_refuses_what_validate_rejects_and_both_report_every_case() {
+    let dir = scratch("invalid-tests");
+    write(
+        &dir,
+        "hot.yaml",
+        "chain: hot\nnodes:\n  - filter: msg.t > 50\n  - alarm: { type: Hot, severity: MAJOR }\n",
+    );
+    let t = write(
+        &dir,
+        "hot.test.yaml",
+        "cases:\n  - name: typo in expect_none\n    input: [{ device: d, at: 0s, data: { t: 60 } }]\n    expect_none: [rpcs]\n  - name: typo in expect\n    input: [{ device: d, at: 0s, data: { t: 60 } }]\n    expect: [{ event: alarms }]\n  - name: a bad key\n    input: []\n    expct: []\n",
+    );
+    let v = rulechain(&["validate", &t]);
+    assert_eq!(v.status.code(), Some(1));
+    let found = stdout(&v);
+    for want in [
+        format!("{t}:4:19: error: unknown event kind `rpcs`"),
+        format!("{t}:7:14: error: unknown event kind `alarms`"),
+        format!("{t}:10:5: error: unknown key `expct`"),
+    ] {
+        assert!(found.contains(&want), "validate: {want}\n{found}");
+    }
+    let o = rulechain(&["test", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        !out.contains("ok   "),
+        "a case of an invalid file ran: {out}"
+    );
+    assert!(out.contains("the test file has errors"), "{out}");
+    for line in found.lines().filter(|l| l.contains(": error: ")) {
+        assert!(err.contains(line), "test does not say {line:?}:\n{err}");
+    }
+}
+
+/// A failing case shows the error events that explain it, and an empty listing says so.
+#[test]
+fn a_failing_case_shows_its_error_events() {
+    let dir = scratch("error-events");
+    write(
+        &dir,
+        "cmd.yaml",
+        "chain: cmd\nnodes:\n  - rpc: { method: go, topic: \"${msg.nope.x}\" }\n",
+    );
+    write(
+        &dir,
+        "cmd.test.yaml",
+        "cases:\n  - name: sends\n    input: [{ device: d, at: 0s, data: { t: 60 } }]\n    expect: [{ event: rpc }]\n",
+    );
+    let o = rulechain(&["test", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("actual events of this kind: none"), "{out}");
+    assert!(out.contains("error events of this case:"), "{out}");
+    assert!(out.contains(r#""node":"rpc-1""#), "{out}");
+}
+
+/// The shipped tests pass with the shipped config (its command topic fits every topic pattern).
+#[test]
+fn the_shipped_tests_pass_with_the_shipped_config() {
+    let o = rulechain(&["test", "--config", "examples/rulechain.yaml", "rules"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).trim_end().ends_with(" passed, 0 failed"));
+}
+
 #[test]
 fn the_config_command_pattern_fills_from_meta_or_is_the_node_error() {
     let input = concat!(
@@ -353,17 +423,35 @@ fn the_config_command_pattern_fills_from_meta_or_is_the_node_error() {
         "{\"topic\":\"site/a/device/pump-3/telemetry\",\"ts\":60000,\"payload\":{\"current\":9}}\n",
         "{\"topic\":\"site/a/device/pump-3/telemetry\",\"ts\":70000,\"payload\":{\"current\":13.1}}\n",
     );
-    let o = with_stdin(
-        &[
-            "dry-run",
-            "--config",
-            "examples/rulechain.yaml",
-            "--input",
-            "-",
-        ],
-        input,
+    // The example config with a command pattern that needs a site.
+    let dir = scratch("command-pattern");
+    let example = std::fs::read_to_string(root().join("examples/rulechain.yaml")).unwrap();
+    let config = write(
+        &dir,
+        "rulechain.yaml",
+        &format!(
+            "{}\ncommand_topic: site/{{site}}/device/{{device}}/command\n",
+            example
+                .replace(
+                    "rules: ../rules",
+                    &format!("rules: {}", root().join("rules").display())
+                )
+                .replace(
+                    "devices: devices.yaml",
+                    &format!(
+                        "devices: {}",
+                        root().join("examples/devices.yaml").display()
+                    )
+                )
+        ),
     );
-    assert_eq!(o.status.code(), Some(0));
+    let o = with_stdin(&["dry-run", "--config", &config, "--input", "-"], input);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let events = json_lines(&o);
     let error = events
         .iter()

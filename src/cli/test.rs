@@ -51,11 +51,22 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
     let (mut passed, mut failed) = (0, 0);
     for f in &files {
         let mut d = Diagnostics::new();
-        let Some((src, t)) = rules::load_test_file(f, &mut d) else {
-            eprint!("{}", d.render_text());
-            println!("FAIL {}: the test file cannot be loaded", f.display());
-            failed += 1;
-            continue;
+        // The same checks as `validate`: a test file it rejects runs no case (a misspelled
+        // event kind would otherwise check nothing and pass).
+        let loaded = super::validate::check_test_file(f, &mut d);
+        let (src, t) = match loaded {
+            Some(l) if !d.has_errors() => l,
+            loaded => {
+                eprint!("{}", d.render_text());
+                let cases = loaded.map_or(0, |(_, t)| t.cases.len()).max(1);
+                println!(
+                    "FAIL {}: the test file has errors (`rulechain validate {}` shows them)",
+                    f.display(),
+                    f.display()
+                );
+                failed += cases;
+                continue;
+            }
         };
         let chain_files = chains_under_test(f, &t);
         let ruleset = Arc::new(rules::load_chains(&chain_files, cfg.as_ref(), &mut d));
@@ -161,6 +172,21 @@ fn run_case(mut replay: Replay, case: &TestCase) -> Result<(), String> {
             .collect::<Vec<_>>(),
         &actual,
     )
+    .map_err(|why| with_errors(why, &actual))
+}
+
+/// A failure's text, followed by the case's error events (a node error is most often why an
+/// expected event did not happen), unless it lists them already.
+fn with_errors(mut why: String, actual: &[Value]) -> String {
+    let errors: Vec<&Value> = actual.iter().filter(|a| a["event"] == "error").collect();
+    if errors.is_empty() || why.contains("error event") {
+        return why;
+    }
+    why.push_str("\n  error events of this case:");
+    for e in errors {
+        why.push_str(&format!("\n    {e}"));
+    }
+    why
 }
 
 /// Compares expectations with actual events (see the module docs): per event kind named in
@@ -219,6 +245,9 @@ fn show(e: &BTreeMap<String, Value>) -> String {
 
 fn listing(events: &[&Value]) -> String {
     let mut s = String::from("\n  actual events of this kind:");
+    if events.is_empty() {
+        s.push_str(" none");
+    }
     for e in events {
         s.push_str(&format!("\n    {e}"));
     }

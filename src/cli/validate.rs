@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::diag::Diagnostics;
+use crate::diag::{Diagnostics, Source};
 use crate::rules::compile::{self, ChainDoc, CompileOptions};
+use crate::rules::model::TestFile;
 use crate::rules::{self, classify, read_yaml, FileKind};
 
 /// Output format.
@@ -37,7 +38,9 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
         };
         match classify(&root) {
             Some(FileKind::Chain) => docs.push(ChainDoc { src, root }),
-            Some(FileKind::Test) => check_test_file(f, &mut diags),
+            Some(FileKind::Test) => {
+                check_test_file(f, &mut diags);
+            }
             Some(FileKind::Devices) => {
                 rules::load_devices(f, &mut diags);
             }
@@ -90,11 +93,25 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
     }
 }
 
-/// Checks a test file's structure and that the chains it names exist.
-pub fn check_test_file(path: &Path, diags: &mut Diagnostics) {
-    let Some((src, t)) = rules::load_test_file(path, diags) else {
-        return;
-    };
+/// The event kinds a test case can expect or rule out (the dry-run events; `node` and
+/// `summary` are not in a case's events).
+pub const EVENT_KINDS: &[&str] = &[
+    "alarm",
+    "notify",
+    "rpc",
+    "influx",
+    "websocket",
+    "publish",
+    "log",
+    "error",
+    "dropped",
+];
+
+/// Checks a test file: its structure, the chains it names, its devices, and in every case the
+/// event kinds, inputs and durations; every problem is reported. Returns the file as loaded
+/// (`test` runs it only when nothing was reported).
+pub fn check_test_file(path: &Path, diags: &mut Diagnostics) -> Option<(Source, TestFile)> {
+    let (src, t) = rules::load_test_file(path, diags)?;
     for c in t.chains.iter().flatten() {
         let p = path.parent().unwrap_or(Path::new(".")).join(c.as_str());
         if !p.exists() {
@@ -109,32 +126,47 @@ pub fn check_test_file(path: &Path, diags: &mut Diagnostics) {
         }
     }
     rules::devices_registry(&src, &t.devices, diags);
+    let unknown_kind = |diags: &mut Diagnostics, pos, kind: &str| {
+        diags
+            .error(&src, pos, format!("unknown event kind `{kind}`"))
+            .hint(
+                crate::yaml::did_you_mean(kind, EVENT_KINDS.iter().copied())
+                    .unwrap_or_else(|| format!("one of {}", EVENT_KINDS.join(", "))),
+            );
+    };
     for case in &t.cases {
         for e in &case.expect {
-            if !e.value.contains_key("event") {
-                diags
-                    .error(&src, e.pos, "an expected event needs `event:`")
-                    .hint("e.g. `{event: alarm, transition: created}`");
+            match e.value.get("event") {
+                None => {
+                    diags
+                        .error(&src, e.pos, "an expected event needs `event:`")
+                        .hint("e.g. `{event: alarm, transition: created}`");
+                }
+                Some(serde_json::Value::String(k)) if EVENT_KINDS.contains(&k.as_str()) => {}
+                Some(serde_json::Value::String(k)) => unknown_kind(diags, e.pos, k),
+                Some(other) => unknown_kind(diags, e.pos, &other.to_string()),
+            }
+            match e.value.get("at") {
+                None => {}
+                Some(serde_json::Value::String(a)) => {
+                    if let Err(err) = rules::duration::parse(a) {
+                        diags.error(&src, e.pos, format!("`at`: {err}"));
+                    }
+                }
+                Some(other) => {
+                    diags
+                        .error(
+                            &src,
+                            e.pos,
+                            format!("`at` must be a duration, found {other}"),
+                        )
+                        .hint("e.g. `at: 30s`; `ts:` takes milliseconds");
+                }
             }
         }
         for k in &case.expect_none {
-            const KINDS: &[&str] = &[
-                "alarm",
-                "notify",
-                "rpc",
-                "influx",
-                "websocket",
-                "publish",
-                "log",
-                "error",
-                "dropped",
-            ];
-            if !KINDS.contains(&k.as_str()) {
-                let d = diags.error(&src, k.pos, format!("unknown event kind `{}`", k.value));
-                d.hint(
-                    crate::yaml::did_you_mean(k, KINDS.iter().copied())
-                        .unwrap_or_else(|| format!("one of {}", KINDS.join(", "))),
-                );
+            if !EVENT_KINDS.contains(&k.as_str()) {
+                unknown_kind(diags, k.pos, k);
             }
         }
         for i in &case.input {
@@ -153,4 +185,5 @@ pub fn check_test_file(path: &Path, diags: &mut Diagnostics) {
             }
         }
     }
+    Some((src, t))
 }
