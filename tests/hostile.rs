@@ -599,3 +599,202 @@ fn a_device_cannot_grow_its_attributes_without_end() {
     assert_eq!(last["data"]["n"], 1000, "{last}");
     assert_eq!(last["data"]["k0"], 2, "a kept key still updates: {last}");
 }
+
+/// A web page in the operator's browser is the attacker of a token-less engine on loopback.
+/// A cross-site `no-cors` POST (a `text/plain` body, a foreign `Origin`) acknowledged alarms,
+/// and a page that rebound its own name to 127.0.0.1 (`Host: evil.example`) had the whole API
+/// and the WebSocket. Now: a foreign Origin changes nothing, a body must be declared JSON, and
+/// a request naming a host that is not an address, `localhost` or listed gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_on_another_site_or_name_can_change_nothing() {
+    use common::http_as;
+    let dir = tempdir("cross-site");
+    let (mqtt, http_port) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+        http_port,
+        &[(
+            "hot.yaml",
+            "chain: hot\nnodes:\n  - filter: msg.t > 50\n  - alarm: { type: Hot, severity: MAJOR }\n",
+        )],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http_port);
+    let pubr = Mqtt::connect(mqtt, "cross-site-pub", true, &[]).await;
+    pubr.publish("device/d1/telemetry", r#"{"t": 90}"#).await;
+    let id = wait_for(Duration::from_secs(10), || {
+        let (_, body) = http(http_port, "GET", "/api/alarms")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["alarms"][0]["id"].as_str().map(String::from)
+    })
+    .expect("no alarm");
+    let ack = format!("/api/alarms/{id}/ack");
+    let here = format!("http://127.0.0.1:{http_port}");
+    let status = || {
+        let (_, body) = http(http_port, "GET", "/api/alarms").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["alarms"][0]["status"].as_str().unwrap_or("").to_string()
+    };
+    // A page on another site: refused, with or without a body.
+    for body in ["", r#"{"by": "evil-page"}"#] {
+        let (code, text) = http_as(
+            http_port,
+            "POST",
+            &ack,
+            &[
+                ("Origin", "http://evil.example"),
+                ("Content-Type", "text/plain"),
+            ],
+            body,
+        )
+        .unwrap();
+        assert_eq!(code, 403, "{text}");
+        assert!(text.contains("allowed_origins"), "{text}");
+    }
+    for path in [
+        "/api/reload",
+        "/api/rules/validate",
+        &format!("/api/alarms/{id}/clear"),
+    ] {
+        let (code, _) = http_as(
+            http_port,
+            "POST",
+            path,
+            &[("Origin", "http://evil.example")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(code, 403, "{path}");
+    }
+    let (code, _) = http_as(
+        http_port,
+        "PUT",
+        "/api/devices/d1/attributes",
+        &[("Origin", "null"), ("Content-Type", "application/json")],
+        r#"{"x": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 403, "a sandboxed page (Origin: null)");
+    // No Origin (a form or tool that hides it) but a body not declared JSON: refused.
+    let (code, text) = http_as(
+        http_port,
+        "POST",
+        &ack,
+        &[("Content-Type", "text/plain")],
+        r#"{"by": "evil-page"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 415, "{text}");
+    assert_eq!(
+        status(),
+        "ACTIVE_UNACK",
+        "a refused request acknowledged the alarm"
+    );
+
+    // DNS rebinding: the page's own name, pointing at 127.0.0.1, is same-origin with itself.
+    let evil = [
+        ("Host", "evil.example:8080"),
+        ("Origin", "http://evil.example:8080"),
+    ];
+    let (code, text) = http_as(http_port, "GET", "/api/alarms", &evil[..1], "").unwrap();
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("allowed_hosts"), "{text}");
+    let (code, _) = http_as(http_port, "POST", &ack, &evil, "").unwrap();
+    assert_eq!(code, 403);
+    let (code, _) = http_as(
+        http_port,
+        "GET",
+        "/ws",
+        &[
+            evil[0],
+            evil[1],
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(code, 403, "a WebSocket for the rebound name");
+    let (code, _) = http_as(http_port, "GET", "/livez", &evil[..1], "").unwrap();
+    assert_eq!(code, 200, "probes answer whatever the name");
+    assert_eq!(status(), "ACTIVE_UNACK");
+
+    // The dashboard itself: same origin, by address or as localhost, JSON: accepted.
+    let (code, _) = http_as(
+        http_port,
+        "GET",
+        "/api/alarms",
+        &[("Host", &format!("localhost:{http_port}"))],
+        "",
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let (code, text) = http_as(
+        http_port,
+        "POST",
+        &ack,
+        &[
+            ("Origin", &here),
+            ("Content-Type", "application/json; charset=utf-8"),
+        ],
+        r#"{"by": "operator"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(status(), "ACTIVE_ACK");
+    drop(engine);
+}
+
+/// An empty or blank token used to turn the check off (or lock everyone out) without a word.
+/// Now it is a config error, at `validate` and at `run`, and a listener beyond loopback
+/// without a token is warned of.
+#[test]
+fn an_empty_or_blank_token_is_a_config_error() {
+    let dir = tempdir("empty-token");
+    for (token, says) in [
+        (r#""""#, "`http.token` is empty"),
+        (
+            r#""${RULECHAIN_TEST_UNSET_TOKEN:-}""#,
+            "`http.token` is empty",
+        ),
+        (r#""   ""#, "`http.token` is blank"),
+    ] {
+        let http_port = free_port();
+        std::fs::write(
+            dir.join("rulechain.yaml"),
+            format!(
+                "embedded_broker: {{listen: 127.0.0.1:{}}}\nhttp: {{listen: 127.0.0.1:{http_port}, token: {token}}}\nstate_dir: state\nrules: rules\n",
+                free_port()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("rules")).unwrap();
+        let v = rulechain()
+            .args(["validate", "--config", "rulechain.yaml"])
+            .current_dir(&dir)
+            .env_remove("RULECHAIN_TEST_UNSET_TOKEN")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&v.stdout).to_string();
+        assert_eq!(v.status.code(), Some(1), "{token}: {text}");
+        assert!(text.contains(says), "{token}: {text}");
+        let (code, log) = run_once(&dir, http_port, &[]);
+        assert_eq!(code, Some(1), "{token}: run did not refuse it:\n{log}");
+        assert!(log.contains(says), "{token}: {log}");
+    }
+    let http_port = free_port();
+    std::fs::write(
+        dir.join("rulechain.yaml"),
+        format!(
+            "embedded_broker: {{listen: 127.0.0.1:{}}}\nhttp: {{listen: 0.0.0.0:{http_port}}}\nstate_dir: state\nrules: rules\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (code, log) = run_once(&dir, http_port, &[]);
+    assert_eq!(code, None, "{log}");
+    assert!(log.contains("with no token"), "{log}");
+}

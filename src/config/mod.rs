@@ -234,9 +234,15 @@ pub struct HttpSpec {
     #[serde(default)]
     pub listen: Option<Sp<String>>,
     /// A bearer token required by `/ws` and `/api/*` (`Authorization: Bearer ...` or
-    /// `?token=`); `/healthz` stays open. Use `${ENV_VAR}`.
+    /// `?token=`); `/healthz` stays open. Use `${ENV_VAR}`. An empty or blank token is an
+    /// error (it would turn the check off, or lock everyone out): leave the key out for none.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Sp<String>>,
+    /// Host names the API and `/ws` answer to besides IP addresses and `localhost`
+    /// (`rulechain.example.com`), when no token is set: a request naming another host is
+    /// refused, so a web page cannot reach the API by rebinding its own name to 127.0.0.1.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
     /// Most HTTP connections open at once, besides WebSocket clients (default 1024, and never
     /// more than the process's open-files limit leaves after the WebSocket clients). Past it a
     /// new connection gets 503 at once and is closed.

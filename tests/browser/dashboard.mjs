@@ -110,6 +110,34 @@ try {
   step(`the motor-overload alarm appears (${await row.getAttribute("data-status")})`);
   if (shots) await page.screenshot({ path: path.join(shots, "dashboard-alarms.png") });
 
+  // A page of another site open in the same browser (a real server on another loopback port)
+  // tries what a hostile page would: `no-cors` POSTs, which need no preflight. Nothing changes.
+  const evilPort = await freePort();
+  const evilServer = (await import("node:http")).createServer((_, res) => {
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end("<p>a page of another site</p>");
+  });
+  await new Promise((r) => evilServer.listen(evilPort, "127.0.0.1", r));
+  const evil = await page.context().newPage();
+  await evil.goto(`http://127.0.0.1:${evilPort}/`);
+  const tried = await evil.evaluate(async (url) => {
+    let sent = 0;
+    for (const body of ['{"by": "evil-page"}', ""]) {
+      try {
+        await fetch(url, { method: "POST", mode: "no-cors", headers: { "Content-Type": "text/plain" }, body });
+        sent++;
+      } catch (e) { /* a refused request is what we want; a network error is not */ }
+    }
+    return sent;
+  }, `${base}/api/alarms/${encodeURIComponent(id)}/ack`);
+  await evil.close();
+  evilServer.close();
+  assert.equal(tried, 2, "the other site's requests did not reach the engine");
+  const untouched = (await api(`/api/alarms?device=pump-1`)).alarms.find((a) => a.id === id);
+  assert.ok(untouched && untouched.status.endsWith("UNACK") && !untouched.acked_by,
+    `a page of another site acknowledged the alarm: ${JSON.stringify(untouched)}`);
+  step("a page of another site cannot acknowledge it (no-cors POSTs refused)");
+
   await row.locator("button.ack").click();
   // Acknowledged: ACTIVE_ACK stays listed, CLEARED_ACK leaves the open alarms.
   await page.waitForFunction((alarm) => {

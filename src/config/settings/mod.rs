@@ -284,6 +284,8 @@ pub struct Settings {
     pub http: Option<SocketAddr>,
     /// The bearer token `/ws` and `/api/*` require (never logged).
     pub http_token: Option<Arc<str>>,
+    /// Host names the API answers to besides IP addresses and `localhost` (without a token).
+    pub http_allowed_hosts: Vec<String>,
     /// Most HTTP connections at once (before the open-files limit is applied).
     pub http_max_connections: usize,
     /// Header-read and keep-alive idle timeout.
@@ -385,6 +387,29 @@ pub fn resolve_lossy(
     }
     let broker = broker(&mut p, &config, &rel);
     let http = config.http.clone().unwrap_or_default();
+    let http_token = match &http.token {
+        None => None,
+        Some(t) if t.value.trim().is_empty() => {
+            p.add(
+                t.pos,
+                if t.value.is_empty() {
+                    "`http.token` is empty, which would turn the token check off"
+                } else {
+                    "`http.token` is blank, which no client could send"
+                },
+            )
+            .hint("set a token (e.g. `${RULECHAIN_TOKEN}`, an unset variable is an error), or leave `token` out for none");
+            None
+        }
+        Some(t) if t.value.trim() != t.value => {
+            p.add(t.pos, "`http.token` begins or ends with white space")
+                .hint(
+                    "a client's `Authorization: Bearer` header cannot carry it; remove the spaces",
+                );
+            None
+        }
+        Some(t) => Some(Arc::from(t.value.as_str())),
+    };
     let http_addr = match &http.listen {
         Some(l) if l.value == "off" => None,
         Some(l) => address(&mut p, l),
@@ -487,11 +512,8 @@ pub fn resolve_lossy(
         broker: broker.unwrap_or(Broker::Embedded(SocketAddr::from(([127, 0, 0, 1], 1883)))),
         patterns,
         http: http_addr,
-        http_token: http
-            .token
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .map(Arc::from),
+        http_token,
+        http_allowed_hosts: http.allowed_hosts.clone().unwrap_or_default(),
         http_max_connections,
         http_header_timeout,
         state_dir,

@@ -5,6 +5,7 @@
 //! - `trace.rs`: `/api/trace` (start, stop and read a live trace);
 //! - `alarms.rs`: `/api/alarms…` (filtered list, acknowledge, clear by hand, by whom);
 //! - `ws.rs`: the WebSocket hub at `/ws`;
+//! - `guard.rs`: what a web page may not do (cross-site changes, DNS rebinding);
 //! - `assets.rs`: the dashboard at `/` (its files compiled in from `web/`).
 //!
 //! The routes are described in `docs/openapi.yaml` (a test walks every one of them). With
@@ -16,6 +17,7 @@
 mod alarms;
 mod assets;
 mod devices;
+mod guard;
 mod health;
 mod rules;
 mod trace;
@@ -72,6 +74,8 @@ pub struct Api {
     pub notify: crate::sinks::notify::NotifyView,
     /// The bearer token, if one is required.
     pub token: Option<Arc<str>>,
+    /// Host names answered besides IP addresses and `localhost`, without a token.
+    pub allowed_hosts: Arc<[String]>,
     /// The config the rules compile with (`/api/rules/validate` checks a chain as a reload
     /// would).
     pub config: Option<Arc<crate::config::Config>>,
@@ -342,6 +346,10 @@ fn router(api: Api) -> Router {
         .merge(guarded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            guard::guard,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }
