@@ -68,6 +68,9 @@ impl Source {
 #[derive(Debug, Default, Clone)]
 pub struct Diagnostics {
     items: Vec<(Diagnostic, Option<Source>)>,
+    /// A file or directory could not be read at all (missing, no permission): an I/O error,
+    /// exit code 2, not a finding in what was read.
+    unreadable: bool,
 }
 
 impl Diagnostics {
@@ -92,6 +95,20 @@ impl Diagnostics {
     }
 
     /// Adds an error about a file as a whole (it cannot be read, say).
+    /// Adds an error for a file or directory that cannot be read at all (see
+    /// [`Diagnostics::unreadable`]).
+    pub fn unreadable_error(&mut self, path: &Path, message: impl Into<String>) {
+        self.unreadable = true;
+        self.file_error(path, message);
+    }
+
+    /// Whether a file or directory could not be read: the commands exit 2 then, as for any
+    /// I/O error, rather than 1 for findings.
+    pub fn unreadable(&self) -> bool {
+        self.unreadable
+    }
+
+    /// Adds an error about a whole file (it is not a rule file, too large, not UTF-8).
     pub fn file_error(&mut self, path: &Path, message: impl Into<String>) {
         self.items.push((
             Diagnostic {
@@ -134,6 +151,16 @@ impl Diagnostics {
             Some(src.clone()),
         ));
         &mut self.items.last_mut().expect("just pushed").0
+    }
+
+    /// Forgets the problems reported at these positions (a value whose `${VAR}` is unset is
+    /// reported once for that, not again for what it would not read as).
+    pub fn forget_at(&mut self, positions: &[Pos]) {
+        self.items.retain(|(d, _)| {
+            !positions
+                .iter()
+                .any(|p| p.line == d.line && p.col == d.column)
+        });
     }
 
     /// Moves every problem of `other` into `self`.

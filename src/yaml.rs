@@ -485,6 +485,52 @@ pub fn from_node<'a, T: Deserialize<'a>>(node: &'a Node) -> Result<T, DeError> {
     T::deserialize(NodeDe(node))
 }
 
+/// Deserializes a map node, reporting every problem rather than the first: when reading fails,
+/// `report` gets the error, the entry it is in (the deepest map entry that starts at or before
+/// the error's position) is taken out, and the rest is read again. So a wrong value under
+/// `on:` hides neither a misspelled `nodes:` key nor a broken `when:` beside it. Returns what
+/// the entries without problems read as, if they still make a whole.
+pub fn from_node_every<T: de::DeserializeOwned>(
+    node: &Node,
+    mut report: impl FnMut(DeError),
+) -> Option<T> {
+    let mut node = node.clone();
+    // Each round takes out one entry, so this ends; the bound is a guard against a bug.
+    for _ in 0..10_000 {
+        match from_node::<T>(&node) {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                let at = e.pos;
+                report(e);
+                if !at.is_some_and(|p| take_out(&mut node, p)) {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the deepest map entry whose key starts at or before `p`; false if there is none.
+/// An error at the map's own start is about the map as a whole (a missing key): its parent's
+/// entry goes, or nothing can.
+fn take_out(node: &mut Node, p: Pos) -> bool {
+    if p <= node.pos {
+        return false;
+    }
+    let Yaml::Map(entries) = &mut node.value else {
+        return false;
+    };
+    let Some(i) = entries.iter().rposition(|(k, _)| k.pos <= p) else {
+        return false;
+    };
+    if matches!(entries[i].1.value, Yaml::Map(_)) && take_out(&mut entries[i].1, p) {
+        return true;
+    }
+    entries.remove(i);
+    true
+}
+
 fn place<T>(r: Result<T, DeError>, pos: Pos) -> Result<T, DeError> {
     r.map_err(|mut e| {
         e.pos.get_or_insert(pos);

@@ -677,3 +677,78 @@ fn validate_and_run_read_mqtt_urls_alike() {
         "{run_text}"
     );
 }
+
+/// A file that cannot be read at all is an I/O error, exit 2 (the README's promise), not a
+/// finding; and a config that cannot be read does not send `validate` looking in `./rules`.
+#[test]
+fn a_missing_file_or_config_exits_2() {
+    for args in [
+        &["validate", "--config", "nope.yaml"][..],
+        &["validate", "nope/"],
+        &["test", "nope/"],
+        &["test", "--config", "nope.yaml", "rules"],
+        &[
+            "dry-run",
+            "--config",
+            "nope.yaml",
+            "--input",
+            "examples/motor-overload.jsonl",
+        ],
+        &["dry-run", "--input", "nope.jsonl"],
+        &["run", "--config", "nope.yaml"],
+    ] {
+        let o = rulechain(args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string() + &stdout(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("nope"),
+            "{args:?} does not name the file: {err}"
+        );
+    }
+    let o = rulechain(&["validate", "--config", "nope.yaml"]);
+    assert!(!stdout(&o).contains("rules:1:1"), "{}", stdout(&o));
+}
+
+/// Every independent problem of a file in one pass: an unset variable, a wrong value and an
+/// unknown key hide nothing else (a chain's broken `on.kind` hid a misspelled `nodes:` and an
+/// undefined name in `when`; a config with eleven mistakes took five rounds).
+#[test]
+fn validate_reports_every_problem_of_a_file_in_one_pass() {
+    let dir = scratch("one-pass");
+    let chain = write(
+        &dir,
+        "c.yaml",
+        "chain: c\non:\n  kind: telemetri\n  when: msg.x > limit\nnodse:\n  - filter: msg.x > 1\n",
+    );
+    let o = rulechain(&["validate", &chain]);
+    let text = stdout(&o);
+    for want in [
+        "3:9: error: unknown value `telemetri`",
+        "4:17: error: in expression: undefined variable `limit`",
+        "5:1: error: unknown key `nodse`",
+    ] {
+        assert!(text.contains(&format!("{chain}:{want}")), "{want}\n{text}");
+    }
+    let config = write(
+        &dir,
+        "cfg.yaml",
+        "mqtt:\n  url: ${RULECHAIN_TEST_UNSET_X}\n  qos: 7\ntopics:\n  - pattern: site/{site}/x\nhttp:\n  listen: nowhere\n  max_connections: 0\ninflux:\n  url: notaurl\n  batch_size: 0\nchannels:\n  a:\n    webhook: {url: \"ftp://x\"}\n    fallback: nope\nengine:\n  shards: 0\n  checkpoint: 5 minutes\n",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["validate", "--config", &config])
+        .env_remove("RULECHAIN_TEST_UNSET_X")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    for at in [
+        "2:8", "3:8", "5:14", "7:11", "8:20", "10:8", "11:15", "14:20", "15:15", "17:11", "18:15",
+    ] {
+        assert!(
+            text.contains(&format!("{config}:{at}: error:")),
+            "{at}\n{text}"
+        );
+    }
+    assert!(text.contains("11 errors"), "{text}");
+    assert!(!text.contains("rules:1:1"), "{text}");
+}

@@ -99,7 +99,7 @@ pub fn run(a: Args) -> i32 {
     }
     if diags.has_errors() {
         eprintln!("dry-run: the rules have errors; nothing was run");
-        return super::EXIT_FINDINGS;
+        return super::exit_for(&diags);
     }
     let input: Box<dyn BufRead> = if a.input.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())

@@ -20,6 +20,15 @@ pub const EXIT_FINDINGS: i32 = 1;
 /// Exit code: usage or I/O error.
 pub const EXIT_USAGE: i32 = 2;
 
+/// The exit code for problems `diags` found: 2 when a file could not be read at all, else 1.
+pub fn exit_for(diags: &Diagnostics) -> i32 {
+    if diags.unreadable() {
+        EXIT_USAGE
+    } else {
+        EXIT_FINDINGS
+    }
+}
+
 /// The config given with `--config`, loaded and checked (problems into `diags`).
 pub fn load_config(path: Option<&Path>, diags: &mut Diagnostics) -> Option<Config> {
     crate::rules::load_config(path?, diags)

@@ -56,7 +56,7 @@ fn settings(config: Option<&Path>, rules: Option<PathBuf>) -> Result<Settings, i
     }
     if diags.has_errors() || (config.is_some() && cfg.is_none()) {
         eprintln!("error: the config has errors; nothing was started");
-        return Err(super::EXIT_FINDINGS);
+        return Err(super::exit_for(&diags));
     }
     // The config was checked by the same function; this gives its typed values.
     settings::resolve(config, cfg.as_ref(), rules).map_err(|problems| {

@@ -34,7 +34,7 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
         .collect();
     if diags.has_errors() {
         eprint!("{}", diags.render_text());
-        return super::EXIT_FINDINGS;
+        return super::exit_for(&diags);
     }
     if files.is_empty() {
         eprintln!(

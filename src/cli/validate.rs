@@ -22,7 +22,10 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
     let mut diags = Diagnostics::new();
     let cfg = super::load_config(config.as_deref(), &mut diags);
     let mut paths = paths;
-    if paths.is_empty() {
+    // A config that could not be read names no rules directory: falling back to `./rules`
+    // would report a directory nobody asked for.
+    let unread_config = config.is_some() && cfg.is_none();
+    if paths.is_empty() && !unread_config {
         let (settings, _) =
             crate::config::settings::resolve_lossy(config.as_deref(), cfg.as_ref(), None);
         paths.push(settings.rules_dir);
@@ -87,7 +90,7 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
         return super::EXIT_FINDINGS;
     }
     if diags.has_errors() {
-        super::EXIT_FINDINGS
+        super::exit_for(&diags)
     } else {
         super::EXIT_OK
     }

@@ -148,19 +148,21 @@ fn compile_chain(
     diags: &mut Diagnostics,
 ) -> Option<Chain> {
     let src = &doc.src;
-    let header: ChainFile = match from_node(&doc.root) {
-        Ok(h) => h,
-        Err(e) => {
-            report_de(diags, src, e, doc.root.pos);
-            // Keep going: the nodes may have problems of their own worth reporting.
-            ChainFile {
+    // Every problem of the header at once; what reads is kept (a broken `on.kind` leaves
+    // `on.when` to be compiled and checked).
+    let header: ChainFile =
+        yaml::from_node_every(&doc.root, |e| report_de(diags, src, e, doc.root.pos))
+            // Keep going: the nodes, and `on` (its problems reported above), may have problems of
+            // their own worth reporting.
+            .unwrap_or_else(|| ChainFile {
                 chain: Sp::unplaced(String::new()),
                 description: None,
-                on: None,
+                on: doc
+                    .root
+                    .get("on")
+                    .and_then(|on| yaml::from_node_every(on, |_| {})),
                 nodes: serde::de::IgnoredAny,
-            }
-        }
-    };
+            });
     let before = diags.error_count();
     if header.chain.pos != Pos::default() && header.chain.trim().is_empty() {
         diags.error(src, header.chain.pos, "the chain name is empty");

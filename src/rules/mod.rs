@@ -42,7 +42,7 @@ pub fn read_yaml(path: &Path, diags: &mut Diagnostics) -> Option<(Source, Node)>
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => {
-            diags.file_error(path, format!("cannot read the file: {e}"));
+            diags.unreadable_error(path, format!("cannot read the file: {e}"));
             return None;
         }
     };
@@ -67,7 +67,7 @@ pub fn read_yaml(path: &Path, diags: &mut Diagnostics) -> Option<(Source, Node)>
     let bytes = match read_regular(path) {
         Ok(b) => b,
         Err(e) => {
-            diags.file_error(path, format!("cannot read the file: {e}"));
+            diags.unreadable_error(path, format!("cannot read the file: {e}"));
             return None;
         }
     };
@@ -148,7 +148,7 @@ pub fn yaml_files(paths: &[PathBuf], diags: &mut Diagnostics) -> Vec<PathBuf> {
         } else if p.exists() {
             out.push(p.clone());
         } else {
-            diags.file_error(p, "no such file or directory");
+            diags.unreadable_error(p, "no such file or directory");
         }
     }
     out.sort();
@@ -160,7 +160,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Diagnostics) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            diags.file_error(dir, format!("cannot read the directory: {e}"));
+            diags.unreadable_error(dir, format!("cannot read the directory: {e}"));
             return;
         }
     };
@@ -206,12 +206,24 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
             )
             .hint(format!("set it, or give a default: `${{{name}:-value}}`"));
     }
-    if !missing.is_empty() {
-        return None;
-    }
-    // The structure, then each topic and each channel on its own: every broken one is reported.
-    let header = from_node::<Config>(&without_lists(&root, &["topics", "channels"]));
-    let (topics, topics_ok) = items(src, &root, "topics", diags);
+    // The rest is checked too (an unset variable hides nothing else); what a value holding an
+    // unset variable would not read as is not reported again.
+    let mut rest = Diagnostics::new();
+    let cfg = check_expanded(src, &root, &mut rest);
+    rest.forget_at(&missing.iter().map(|(_, p)| *p).collect::<Vec<_>>());
+    diags.extend(rest);
+    cfg.filter(|_| missing.is_empty())
+}
+
+fn check_expanded(src: &Source, root: &Node, diags: &mut Diagnostics) -> Option<Config> {
+    let before = diags.error_count();
+    // The structure (every top-level problem at once), then each topic and each channel on its
+    // own: every broken one is reported.
+    let header =
+        yaml::from_node_every::<Config>(&without_lists(root, &["topics", "channels"]), |e| {
+            report_de(diags, src, e, root.pos)
+        });
+    let (topics, topics_ok) = items(src, root, "topics", diags);
     let mut channels_ok = true;
     let mut channels = std::collections::BTreeMap::new();
     if let Some(Node {
@@ -231,16 +243,7 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
             }
         }
     }
-    let mut cfg = match header {
-        Ok(c) => c,
-        Err(e) => {
-            report_de(diags, src, e, root.pos);
-            return None;
-        }
-    };
-    if !(topics_ok && channels_ok) {
-        return None;
-    }
+    let mut cfg = header?;
     if root
         .get("topics")
         .is_some_and(|t| matches!(t.value, yaml::Yaml::Seq(_)))
@@ -250,7 +253,6 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
     if !channels.is_empty() {
         cfg.channels = channels;
     }
-    let before = diags.error_count();
     // Every value `run` reads is checked by the function that reads it for `run`.
     if let Err(problems) = crate::config::settings::resolve(None, Some(&cfg), None) {
         for p in problems {
@@ -272,7 +274,7 @@ pub fn check_config(src: &Source, root: &Node, diags: &mut Diagnostics) -> Optio
             }
         }
     }
-    (diags.error_count() == before).then_some(cfg)
+    (topics_ok && channels_ok && diags.error_count() == before).then_some(cfg)
 }
 
 /// Loads a devices file into the registry form the executor uses.
