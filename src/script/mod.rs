@@ -41,9 +41,27 @@ pub const MAX_EVAL_TIME: Duration = if cfg!(debug_assertions) {
 /// never reads it, so the common case costs nothing.
 pub const CLOCK_EVERY: u64 = 1024;
 
-/// Functions a rule may not call: they block the shard thread (`sleep`). Rhai's standard
-/// library has them; compiling a call is an error and calling one by name (`Fn("sleep")`) fails.
-pub const FORBIDDEN_FUNCTIONS: &[&str] = &["sleep"];
+/// Functions a rule may not call, with what to do instead: `sleep` blocks the shard thread
+/// (Rhai's standard library has it; calling it by name, `Fn("sleep")`, fails too), and the
+/// clock functions do not exist in the sandbox (no clock: dry-run must be exact), so a call
+/// would fail on every message. Compiling a call of any of them is an error.
+pub const FORBIDDEN_FUNCTIONS: &[(&str, &str)] = &[
+    (
+        "sleep",
+        "a rule must not block its shard: to wait, use a `delay`, `debounce` or `for:` node",
+    ),
+    (
+        "timestamp",
+        "rules have no clock, so that a dry-run is exact: the message's time is `meta.ts` (ms since the epoch)",
+    ),
+    (
+        "elapsed",
+        "rules have no clock: compare `meta.ts` values (ms) instead",
+    ),
+];
+
+/// Functions that block, replaced by failing ones in the engine.
+const BLOCKING_FUNCTIONS: &[&str] = &["sleep"];
 
 thread_local! {
     /// When the running evaluation passed its first [`CLOCK_EVERY`] operations (per thread: each
@@ -78,9 +96,12 @@ const TIMED_OUT: &str = "time budget";
 pub fn new_engine() -> Engine {
     let mut e = Engine::new();
     e.set_strict_variables(true);
+    // Registered operators first (see `register_numbers`): with fast operators Rhai answers
+    // a comparison of a string with a number `false` before looking at them.
+    e.set_fast_operators(false);
     e.set_max_operations(MAX_OPERATIONS);
     e.on_progress(progress);
-    for name in FORBIDDEN_FUNCTIONS {
+    for name in BLOCKING_FUNCTIONS {
         // The engine's own functions come before its packages', so these replace Rhai's.
         let refuse = move || -> Result<(), Box<rhai::EvalAltResult>> {
             Err(
@@ -91,6 +112,7 @@ pub fn new_engine() -> Engine {
         e.register_fn(*name, move |_: rhai::INT| refuse());
         e.register_fn(*name, move |_: rhai::FLOAT| refuse());
     }
+    register_numbers(&mut e);
     e.set_max_call_levels(32);
     e.set_max_expr_depths(64, 32);
     e.set_max_string_size(256 * 1024);
@@ -100,6 +122,62 @@ pub fn new_engine() -> Engine {
     e.on_print(|_| {});
     e.on_debug(|_, _, _| {});
     e
+}
+
+/// Two things about numbers that Rhai leaves to the script, decided for readings:
+/// - the common numeric functions work on integers as on floats (`msg.x.round()` for a reading
+///   of `55`, which JSON gives as an integer), giving a float as they do for floats;
+/// - ordering a string against a number (`"85" > 80`) is an error that says so, not Rhai's
+///   silent `false`: a device that sends its reading as text would otherwise never be "hot".
+///   Equality stays as it is (`"1" == 1` is false: they are different values).
+fn register_numbers(e: &mut Engine) {
+    use rhai::{ImmutableString, FLOAT, INT};
+    type Unary = fn(FLOAT) -> FLOAT;
+    let unary: [(&str, Unary); 12] = [
+        ("round", FLOAT::round),
+        ("floor", FLOAT::floor),
+        ("ceiling", FLOAT::ceil),
+        ("int", FLOAT::trunc),
+        ("fraction", FLOAT::fract),
+        ("sqrt", FLOAT::sqrt),
+        ("exp", FLOAT::exp),
+        ("ln", FLOAT::ln),
+        ("log", FLOAT::log10),
+        ("sin", FLOAT::sin),
+        ("cos", FLOAT::cos),
+        ("tan", FLOAT::tan),
+    ];
+    for (name, f) in unary {
+        e.register_fn(name, move |x: INT| f(x as FLOAT));
+    }
+    e.register_fn("log", |x: INT, base: INT| (x as FLOAT).log(base as FLOAT));
+    e.register_fn("log", |x: INT, base: FLOAT| (x as FLOAT).log(base));
+    e.register_fn("log", |x: FLOAT, base: INT| x.log(base as FLOAT));
+    fn refuse(
+        op: &str,
+        l: &dyn std::fmt::Debug,
+        r: &dyn std::fmt::Debug,
+    ) -> Box<rhai::EvalAltResult> {
+        format!(
+            "`{l:?} {op} {r:?}` compares text with a number; a reading sent as text must be converted first: `parse_float(msg.x)`"
+        )
+        .into()
+    }
+    type Res = Result<bool, Box<rhai::EvalAltResult>>;
+    for op in [">", ">=", "<", "<="] {
+        e.register_fn(op, move |l: ImmutableString, r: INT| -> Res {
+            Err(refuse(op, &l, &r))
+        });
+        e.register_fn(op, move |l: ImmutableString, r: FLOAT| -> Res {
+            Err(refuse(op, &l, &r))
+        });
+        e.register_fn(op, move |l: INT, r: ImmutableString| -> Res {
+            Err(refuse(op, &l, &r))
+        });
+        e.register_fn(op, move |l: FLOAT, r: ImmutableString| -> Res {
+            Err(refuse(op, &l, &r))
+        });
+    }
 }
 
 /// What a message looks like to Rhai: three maps.
@@ -240,15 +318,21 @@ fn check_forbidden(engine: &Engine, src: &str) -> Result<(), CompileError> {
             break;
         }
         if let (Some((name, at)), Token::LeftParen | Token::Unit) = (&prev, &tok) {
+            let hint = FORBIDDEN_FUNCTIONS
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, h)| h.to_string());
             return Err(CompileError {
                 message: format!("`{name}()` is not available in rules"),
                 line: at.line().unwrap_or(1),
                 col: at.position().unwrap_or(1),
-                hint: Some("a rule must not block its shard: to wait, use a `delay`, `debounce` or `for:` node".into()),
+                hint,
             });
         }
         prev = match tok {
-            Token::Identifier(name) if FORBIDDEN_FUNCTIONS.contains(&name.as_str()) => {
+            Token::Identifier(name)
+                if FORBIDDEN_FUNCTIONS.iter().any(|(n, _)| *n == name.as_str()) =>
+            {
                 Some((name.to_string(), pos))
             }
             _ => None,
@@ -584,6 +668,17 @@ mod sandbox_tests {
         let (r, took) = run(r#"let f = Fn("sle" + "ep"); f.call(5)"#);
         assert!(r.unwrap_err().contains("not available"));
         assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+
+    #[test]
+    fn the_clock_functions_do_not_compile_and_say_what_to_use() {
+        let e = new_engine();
+        for src in ["timestamp()", "msg.t - timestamp()", "msg.t.elapsed()"] {
+            let err = Expr::compile(&e, src).unwrap_err();
+            assert!(err.message.contains("is not available"), "{src}: {err:?}");
+            assert!(err.hint.unwrap_or_default().contains("meta.ts"), "{src}");
+        }
+        assert!(Expr::compile(&e, "msg.timestamp > 0").is_ok());
     }
 
     #[test]

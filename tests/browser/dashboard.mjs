@@ -118,9 +118,9 @@ try {
     res.end("<p>a page of another site</p>");
   });
   await new Promise((r) => evilServer.listen(evilPort, "127.0.0.1", r));
-  const evil = await page.context().newPage();
-  await evil.goto(`http://127.0.0.1:${evilPort}/`);
-  const tried = await evil.evaluate(async (url) => {
+  const otherSite = await browser.newPage();
+  await otherSite.goto(`http://127.0.0.1:${evilPort}/`);
+  const tried = await otherSite.evaluate(async (url) => {
     let sent = 0;
     for (const body of ['{"by": "evil-page"}', ""]) {
       try {
@@ -130,7 +130,7 @@ try {
     }
     return sent;
   }, `${base}/api/alarms/${encodeURIComponent(id)}/ack`);
-  await evil.close();
+  await otherSite.close();
   evilServer.close();
   assert.equal(tried, 2, "the other site's requests did not reach the engine");
   const untouched = (await api(`/api/alarms?device=pump-1`)).alarms.find((a) => a.id === id);
