@@ -752,3 +752,20 @@ fn validate_reports_every_problem_of_a_file_in_one_pass() {
     assert!(text.contains("11 errors"), "{text}");
     assert!(!text.contains("rules:1:1"), "{text}");
 }
+
+/// `simulate` against a broker that is not there says so and exits 2; it used to print
+/// `sent=1` (queued for nobody) and exit 0.
+#[test]
+fn simulate_against_a_dead_broker_fails() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    let o = rulechain(&["simulate", "--broker", &broker, "--count", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("did not accept a connection"), "{err}");
+    assert!(!err.contains("sent=1"), "{err}");
+}

@@ -676,6 +676,99 @@ async fn simulate_feeds_the_engine_and_record_writes_replayable_lines() {
     assert!(last["influx_points"].as_u64() >= Some(1), "{last}");
 }
 
+/// `record` writes each line as it goes (a `kill -9` loses none), and records a payload the
+/// engine would reject as its text, so the dry-run of the recording rejects it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_keeps_every_line_through_a_kill_9_and_records_rejected_payloads() {
+    let dir = tempdir("record-kill");
+    let port = free_port();
+    let http = free_port();
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{port}}}"),
+        http,
+        &[(
+            "echo.yaml",
+            "chain: echo\nnodes:\n  - log: { message: \"${msg.x}\" }\n",
+        )],
+        "devices: []\n",
+    );
+    let _engine = Engine::start(&dir, http);
+    let bin = env!("CARGO_BIN_EXE_rulechain");
+    let out = dir.join("recorded.jsonl");
+    let log = std::fs::File::create(dir.join("record.err")).unwrap();
+    // Killed when the test ends, whatever happened (it records until stopped).
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut record = Killed(
+        std::process::Command::new(bin)
+            .args([
+                "record",
+                "--broker",
+                &format!("mqtt://127.0.0.1:{port}"),
+                "--output",
+            ])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let ready = common::wait_for(Duration::from_secs(15), || {
+        std::fs::read_to_string(dir.join("record.err"))
+            .ok()?
+            .contains("record: subscribed; recording")
+            .then_some(())
+    });
+    assert!(ready.is_some(), "record never said it was subscribed");
+    let publ = Mqtt::connect(port, "record-kill-pub", true, &[]).await;
+    publ.publish("device/d1/telemetry", r#"{"x": 1}"#).await;
+    publ.publish("device/d1/telemetry", "not json at all").await;
+    publ.publish("device/d1/telemetry", r#"{"x": 3}"#).await;
+    let lines = common::wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&out).ok()?;
+        (text.lines().count() == 3).then_some(text)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the lines were not written while record ran: {:?}",
+            std::fs::read_to_string(&out)
+        )
+    });
+    // kill -9: no shutdown, no last flush.
+    record.0.kill().unwrap();
+    let _ = record.0.wait();
+    let parsed: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parsed[1]["payload"], "not json at all", "{lines}");
+    let dry = std::process::Command::new(bin)
+        .args(["dry-run", "--rules"])
+        .arg(dir.join("rules"))
+        .arg("--input")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&dry.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let logs = events.iter().filter(|e| e["event"] == "log").count();
+    assert_eq!(logs, 2, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "dropped" || e["event"] == "error"),
+        "the rejected payload was not rejected again: {events:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_restarts_mid_stream_graceful_or_kill_9_lose_no_qos1_message() {
     let dir = tempdir("engine-restart");

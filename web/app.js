@@ -384,7 +384,7 @@ function chainsPage() {
       ...data.chains.map((c) => el("section", { "data-chain": c.name },
         el("h2", {}, c.name, el("span", { class: "muted" }, ` · ${c.path} · ${c.messages} messages`)),
         el("table", {},
-          el("tr", {}, el("th", {}, "node"), el("th", {}, "kind"), outcomes.map((o) => el("th", {}, o))),
+          el("tr", {}, el("th", {}, "node"), el("th", {}, "kind"), outcomes.map((o) => el("th", { class: "num" }, o))),
           c.nodes.map((n) => el("tr", { "data-node": n.id },
             el("td", {}, n.id), el("td", { class: "muted" }, n.kind),
             outcomes.map((o) => el("td", { class: `num ${n.outcomes[o] ? "" : "zero"}` }, String(n.outcomes[o] || 0)))))))));
@@ -402,13 +402,22 @@ function tracePage() {
   const list = el("div", { id: "trace" });
   const status = el("p", { class: "muted" });
   const entries = [];
+  // An entry arrives once from the API and may again as the room's snapshot: kept by `seq`.
+  const seen = new Set();
+  const add = (t) => { if (!seen.has(t.seq)) { seen.add(t.seq); entries.push(t); } };
+  // Node kinds, by chain and node, from the chains' description.
+  const kinds = new Map();
   const draw = () => {
-    list.replaceChildren(...entries.slice(-100).reverse().map((t) => el("details", { open: true },
+    list.replaceChildren(...entries.slice(-100).reverse().map((t) => el("details", { open: true, "data-seq": t.seq },
       el("summary", {}, `${new Date(t.ts).toLocaleTimeString()} · ${t.device} · ${t.chain}`),
       el("table", {}, t.steps.map((s) => el("tr", {},
-        el("td", {}, s.node), el("td", { class: "muted" }, s.kind), el("td", {}, s.outcome),
+        el("td", {}, s.node), el("td", { class: "muted kind" }, kinds.get(`${t.chain}\u0000${s.node}`) || ""), el("td", {}, s.outcome),
         el("td", {}, el("code", {}, JSON.stringify(s.msg)))))))));
   };
+  api("api/chains").then((c) => {
+    for (const ch of c.chains) for (const n of ch.nodes) kinds.set(`${ch.name}\u0000${n.id}`, n.kind);
+    redraw(draw);
+  }).catch(() => {});
   const form = el("form", { class: "inline", onsubmit: async (ev) => {
     ev.preventDefault();
     const f = new FormData(ev.target);
@@ -425,8 +434,8 @@ function tracePage() {
   el("label", {}, "for", el("input", { name: "duration", value: "60s", size: 5 })),
   el("button", { type: "submit" }, "Trace"));
   $("#main").replaceChildren(el("h1", {}, "Trace"), form, status, list);
-  api("api/trace").then((r) => { entries.push(...r.entries); redraw(draw); }).catch((e) => { status.textContent = e.message; });
-  join("trace", (data) => { entries.push(data); redraw(draw); });
+  api("api/trace").then((r) => { r.entries.forEach(add); redraw(draw); }).catch((e) => { status.textContent = e.message; });
+  join("trace", (data) => { add(data); redraw(draw); });
   return { name: "trace", draw, stop() { leave("trace"); } };
 }
 

@@ -193,9 +193,15 @@ pub fn simulate(a: SimArgs) -> i32 {
         count: a.count,
         qos: a.qos,
         seed: a.seed,
+        connect_within: Some(std::time::Duration::from_secs(10)),
     };
-    rt.block_on(async move { sim::run(conn, opts, stop_on_signal()).await });
-    super::EXIT_OK
+    match rt.block_on(async move { sim::run(conn, opts, stop_on_signal()).await }) {
+        Ok(_) => super::EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e} (is the broker running? `--broker mqtt://HOST:PORT`)");
+            super::EXIT_USAGE
+        }
+    }
 }
 
 /// `record`.

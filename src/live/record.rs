@@ -20,7 +20,7 @@ use crate::topic::TopicPattern;
 pub struct Recorded {
     /// Lines written.
     pub written: u64,
-    /// Messages skipped (payload not a JSON object, topic outside the patterns).
+    /// Messages skipped (topic outside the patterns, payload not UTF-8).
     pub skipped: u64,
 }
 
@@ -43,7 +43,6 @@ pub async fn run(
     };
     let mut r = Recorded::default();
     let mut backoff = crate::retry::reconnect_backoff(std::time::Duration::from_secs(5));
-    let mut last_flush = wall_ms();
     // SUBACKs still due for the last connection's subscriptions.
     let mut pending_acks = 0usize;
     loop {
@@ -73,29 +72,35 @@ pub async fn run(
                     r.skipped += 1;
                     continue;
                 };
+                // A payload the engine would reject is recorded too, as its text, so that the
+                // dry-run of the recording rejects it the same way; only bytes that are not
+                // UTF-8 cannot be carried by a JSON line.
                 let payload = match shard::parse(m.kind, &p.payload, &limits) {
-                    Ok(map) => map,
-                    Err(reason) => {
-                        r.skipped += 1;
-                        eprintln!(
-                            "record: skipped a message on {} ({})",
-                            p.topic,
-                            reason.as_str()
-                        );
-                        continue;
-                    }
+                    Ok(map) => serde_json::to_value(rhai::Dynamic::from_map(map))
+                        .unwrap_or(serde_json::Value::Null),
+                    Err(reason) => match std::str::from_utf8(&p.payload) {
+                        Ok(text) => serde_json::Value::String(text.to_string()),
+                        Err(_) => {
+                            r.skipped += 1;
+                            eprintln!(
+                                "record: skipped a message on {} ({}: a JSON line cannot carry it)",
+                                p.topic,
+                                reason.as_str()
+                            );
+                            continue;
+                        }
+                    },
                 };
                 let line = serde_json::json!({
                     "topic": p.topic,
                     "ts": wall_ms(),
-                    "payload": rhai::Dynamic::from_map(payload),
+                    "payload": payload,
                 });
-                writeln!(out, "{line}").map_err(|e| format!("cannot write: {e}"))?;
+                // Each line is flushed as it is written: a `kill -9` loses nothing recorded.
+                writeln!(out, "{line}")
+                    .and_then(|()| out.flush())
+                    .map_err(|e| format!("cannot write: {e}"))?;
                 r.written += 1;
-                if wall_ms() - last_flush > 200 {
-                    out.flush().map_err(|e| format!("cannot write: {e}"))?;
-                    last_flush = wall_ms();
-                }
                 if count.is_some_and(|c| r.written >= c) {
                     break;
                 }

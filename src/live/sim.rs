@@ -34,6 +34,9 @@ pub struct SimOptions {
     pub qos: u8,
     /// Random seed (the same seed, the same episodes).
     pub seed: u64,
+    /// Give up when the broker has not accepted the connection within this long (`simulate`:
+    /// a dead broker is an error, not messages queued for nobody); `None` waits.
+    pub connect_within: Option<Duration>,
 }
 
 impl SimOptions {
@@ -45,6 +48,7 @@ impl SimOptions {
             site: "a".into(),
             demo: true,
             count: None,
+            connect_within: None,
             qos: 1,
             seed: 7,
         }
@@ -101,19 +105,19 @@ async fn send(
         .await;
 }
 
-/// Publishes until `stop` turns true or `count` messages went out.
-pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<bool>) {
-    let mut o = match link::options(&conn, "sim") {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!("simulator: {e}");
-            return;
-        }
-    };
+/// Publishes until `stop` turns true or `count` messages went out; the number published. An
+/// error when the broker never accepted the connection (within `connect_within`).
+pub async fn run(
+    conn: MqttConn,
+    opts: SimOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<u64, String> {
+    let mut o = link::options(&conn, "sim").map_err(|e| format!("simulator: {e}"))?;
     o.set_clean_session(true);
     let (client, mut events) = link::client(o, 4096);
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<rumqttc::Publish>(1024);
     let sub = format!("site/{}/device/+/command", opts.site);
+    let (connected_tx, mut connected) = watch::channel(false);
     let poller = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -122,6 +126,7 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff.reset();
+                        let _ = connected_tx.send(true);
                         let _ = client.try_subscribe(sub.clone(), QoS::AtLeastOnce);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -139,6 +144,35 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
             }
         })
     };
+    // Nothing is published before the broker accepted the connection: rumqttc would queue it
+    // and report it sent.
+    let accepted = async {
+        let _ = connected.wait_for(|c| *c).await;
+    };
+    let in_time = async {
+        match opts.connect_within {
+            Some(d) => tokio::time::timeout(d, accepted).await.is_ok(),
+            None => {
+                accepted.await;
+                true
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop.changed() => {
+            poller.abort();
+            return Ok(0);
+        }
+        ok = in_time => if !ok {
+            poller.abort();
+            return Err(format!(
+                "the broker at {}:{} did not accept a connection within {:?}",
+                conn.host,
+                conn.port,
+                opts.connect_within.unwrap_or_default()
+            ));
+        }
+    }
     let qos = if opts.qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -292,4 +326,5 @@ pub async fn run(conn: MqttConn, opts: SimOptions, mut stop: watch::Receiver<boo
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
     tracing::info!(sent, "simulator stopped");
+    Ok(sent)
 }

@@ -110,6 +110,17 @@ try {
   step(`the motor-overload alarm appears (${await row.getAttribute("data-status")})`);
   if (shots) await page.screenshot({ path: path.join(shots, "dashboard-alarms.png") });
 
+  // The load shed clears the alarm; cleared and not yet acknowledged, it is still open, and
+  // the device still shows a severity for it.
+  for (let i = 0; i < 100; i++) {
+    const a = (await api(`/api/alarms?device=pump-1`)).alarms.find((x) => x.id === id);
+    if (a && a.status === "CLEARED_UNACK") break;
+    await sleep(200);
+  }
+  const pump1 = (await api("/api/devices")).devices.find((d) => d.id === "pump-1");
+  assert.ok(pump1.open_alarms > 0 && pump1.severity, `pump-1: ${JSON.stringify(pump1)}`);
+  step(`cleared, not yet acknowledged: pump-1 shows ${pump1.open_alarms} open alarm (${pump1.severity})`);
+
   // A page of another site open in the same browser (a real server on another loopback port)
   // tries what a hostile page would: `no-cors` POSTs, which need no preflight. Nothing changes.
   const evilPort = await freePort();
@@ -157,6 +168,29 @@ try {
   const passed = await page.locator('[data-chain="store-telemetry"] [data-node="save"] td.num').first().innerText();
   assert.ok(Number(passed) > 0, `store-telemetry/save passed ${passed}`);
   step(`the chains show their node counters (store-telemetry/save passed ${passed})`);
+  // Each count stands under its own header: the header's text and the number's text end at the
+  // same x (both right-aligned in their column).
+  const misplaced = await page.evaluate(() => {
+    const textRight = (cell) => {
+      const r = document.createRange();
+      r.selectNodeContents(cell);
+      return r.getBoundingClientRect().right;
+    };
+    const out = [];
+    for (const table of document.querySelectorAll("[data-chain] table")) {
+      const heads = [...table.querySelectorAll("tr:first-child th")];
+      for (const row of [...table.querySelectorAll("tr[data-node]")]) {
+        [...row.children].forEach((td, i) => {
+          if (td.classList.contains("num") && Math.abs(textRight(td) - textRight(heads[i])) > 2) {
+            out.push(`${row.dataset.node}: ${heads[i].textContent} ends at ${textRight(heads[i])}, its count at ${textRight(td)}`);
+          }
+        });
+      }
+    }
+    return out;
+  });
+  assert.deepEqual(misplaced, [], "counts not under their headers");
+  step("each node counter stands under its own header");
 
   await page.click('nav a[data-page="trace"]');
   await page.fill('input[name="device"]', "pump-2");
@@ -164,7 +198,16 @@ try {
   await page.click('form.inline button[type="submit"]');
   await page.waitForSelector("#trace details", { timeout: 15000 });
   assert.match(await page.locator("#trace summary").first().innerText(), /pump-2/);
-  step("a trace of pump-2 shows its path through the nodes");
+  await sleep(1500);
+  const traced = await page.evaluate(() => [...document.querySelectorAll("#trace details")].map((d) => ({
+    seq: d.dataset.seq,
+    kinds: [...d.querySelectorAll("td.kind")].map((k) => k.textContent),
+  })));
+  const seqs = traced.map((t) => t.seq);
+  assert.equal(new Set(seqs).size, seqs.length, `a trace entry is shown twice: ${seqs}`);
+  const noKind = traced.filter((t) => t.kinds.some((k) => k === ""));
+  assert.deepEqual(noKind, [], "a traced node has no kind shown");
+  step(`a trace of pump-2 shows its path through the nodes (${seqs.length} entries, each once, with kinds)`);
 
   await page.goto(`${base}/#/device/pump-1`);
   await page.waitForSelector('.chart[data-field="current"]', { timeout: 15000 });

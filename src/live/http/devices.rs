@@ -30,8 +30,9 @@ pub(super) struct ListQuery {
     offset: Option<usize>,
 }
 
-/// Fills in the rows' open alarms and the highest severity of the active ones, from one read
-/// of the registry (one device's with `device`).
+/// Fills in the rows' open alarms and their highest severity, from one read of the registry
+/// (one device's with `device`). A cleared alarm not yet acknowledged is open, and counts for
+/// both: a device must never show an open alarm with no severity.
 fn with_alarms<'a>(
     api: &Api,
     device: Option<&str>,
@@ -43,7 +44,7 @@ fn with_alarms<'a>(
         let e = by_device.entry(a.alarm.device).or_default();
         e.0 += 1;
         let sev = a.alarm.severity;
-        if a.alarm.status.is_active() && e.1.is_none_or(|s| severity_rank(sev) < severity_rank(s)) {
+        if e.1.is_none_or(|s| severity_rank(sev) < severity_rank(s)) {
             e.1 = Some(sev);
         }
     }
