@@ -31,6 +31,13 @@ enum Command {
         /// Also run the device simulator (the motor-overload alarm fires within a minute).
         #[arg(long)]
         demo: bool,
+        /// Where the embedded broker listens, over the config's (`127.0.0.1:1884` when 1883 is
+        /// taken).
+        #[arg(long, value_name = "ADDR")]
+        mqtt_listen: Option<std::net::SocketAddr>,
+        /// Where the dashboard and API listen, over the config's (`127.0.0.1:8081`).
+        #[arg(long, value_name = "ADDR")]
+        http_listen: Option<std::net::SocketAddr>,
         /// Move the saved state file aside (`state.redb.reset-<time>`) and start with empty
         /// state: the way out when the state file is damaged.
         #[arg(long)]
@@ -108,11 +115,17 @@ fn main() {
             config,
             rules,
             demo,
+            mqtt_listen,
+            http_listen,
             reset_state,
             log_format,
         } => cli::run::run(
             config,
             rules,
+            cli::run::Listen {
+                mqtt: mqtt_listen,
+                http: http_listen,
+            },
             live::RunOptions { demo, reset_state },
             log_format,
         ),

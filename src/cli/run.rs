@@ -68,18 +68,42 @@ fn settings(config: Option<&Path>, rules: Option<PathBuf>) -> Result<Settings, i
     })
 }
 
+/// `run --mqtt-listen`, `--http-listen`: the listen addresses over the config's, so the demo
+/// moves off taken ports without a config (whose channels the demo's rules would then need).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listen {
+    /// The embedded broker's address.
+    pub mqtt: Option<std::net::SocketAddr>,
+    /// The HTTP listener's address.
+    pub http: Option<std::net::SocketAddr>,
+}
+
 /// `run`.
 pub fn run(
     config: Option<PathBuf>,
     rules: Option<PathBuf>,
+    listen: Listen,
     opts: live::RunOptions,
     log: LogFormat,
 ) -> i32 {
     init_logging(log);
-    match settings(config.as_deref(), rules) {
-        Ok(s) => live::run(s, opts),
-        Err(code) => code,
+    let mut s = match settings(config.as_deref(), rules) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Some(addr) = listen.mqtt {
+        match s.broker {
+            settings::Broker::Embedded(_) => s.broker = settings::Broker::Embedded(addr),
+            settings::Broker::External(_) => {
+                eprintln!("error: --mqtt-listen moves the embedded broker, but the config names an external one (`mqtt:`)");
+                return super::EXIT_USAGE;
+            }
+        }
     }
+    if let Some(addr) = listen.http {
+        s.http = Some(addr);
+    }
+    live::run(s, opts)
 }
 
 /// The broker a client command talks to: `--broker`, else the config's, else the embedded

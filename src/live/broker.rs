@@ -102,8 +102,9 @@ pub fn start(listen: SocketAddr, filters: &[String]) -> Result<super::local::Lin
         Err(e) => {
             return Err(format!(
                 "the embedded broker cannot listen on {listen}: {e}. Another broker may be running there: \
-                 point rulechain at it with `mqtt: {{url: mqtt://{listen}}}` in a config, or move the embedded \
-                 one with `embedded_broker: {{listen: 127.0.0.1:PORT}}`"
+                 move the embedded one with `rulechain run --mqtt-listen 127.0.0.1:PORT` (or \
+                 `embedded_broker: {{listen: 127.0.0.1:PORT}}` in a config), or point rulechain at that \
+                 broker with `mqtt: {{url: mqtt://{listen}}}` in a config"
             ))
         }
     }

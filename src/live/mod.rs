@@ -431,11 +431,16 @@ fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
             return Err(Fatal {
                 code: 1,
                 message: format!(
-                    "the rules in {} have errors (above); fix them (`rulechain validate {}`) and start again",
+                    "the rules in {} have errors (above); fix them (`rulechain validate {}{}` shows them) and start again",
                     settings.rules_dir.display(),
+                    // Under a config (its channels, its command topic) they are checked against it.
+                    settings
+                        .config_path
+                        .as_ref()
+                        .map_or_else(String::new, |c| format!("--config {} ", c.display())),
                     settings.rules_dir.display()
                 ),
-            })
+            });
         }
     };
     tracing::info!(

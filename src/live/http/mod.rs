@@ -234,7 +234,7 @@ async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         format!(
-            "the HTTP server cannot listen on {addr}: {e} (set `http: {{listen: ADDR}}`, or `off`)"
+            "the HTTP server cannot listen on {addr}: {e} (move it with `rulechain run --http-listen 127.0.0.1:PORT`, or `http: {{listen: ADDR}}` in a config, or `off`)"
         )
     })
 }
