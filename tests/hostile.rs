@@ -798,3 +798,171 @@ fn an_empty_or_blank_token_is_a_config_error() {
     assert_eq!(code, None, "{log}");
     assert!(log.contains("with no token"), "{log}");
 }
+
+/// The demo moves off taken ports with flags, no config needed (a config would make the demo's
+/// own rules refuse to load: their channels are the config's to define); the error for a taken
+/// port names the flag.
+#[test]
+fn the_demo_moves_off_taken_ports_with_flags() {
+    let dir = tempdir("demo-ports");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let refused = rulechain()
+        .args(["run", "--demo", "--rules"])
+        .arg(&rules)
+        .args(["--mqtt-listen", &format!("127.0.0.1:{taken_port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("--mqtt-listen 127.0.0.1:PORT"), "{err}");
+    let (mqtt, http_port) = (free_port(), free_port());
+    let mut child = common::Proc::spawn(
+        rulechain()
+            .args(["run", "--demo", "--rules"])
+            .arg(&rules)
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .current_dir(&dir),
+        &dir.join("demo.log"),
+        "rulechain",
+    );
+    let flowing = wait_for(Duration::from_secs(20), || {
+        let (_, body) = http(http_port, "GET", "/api/status")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["counters"]["processed"].as_u64()? > 0).then_some(v)
+    });
+    let log = std::fs::read_to_string(dir.join("demo.log")).unwrap_or_default();
+    assert!(
+        flowing.is_some(),
+        "the demo did not run on the ports given:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "embedded MQTT broker listening on 127.0.0.1:{mqtt}"
+        )),
+        "{log}"
+    );
+    child.terminate();
+    drop(taken);
+}
+
+/// Attribute bytes are bounded per device and in total: 60 kB values within the key and
+/// payload limits grew five devices to 1 GB of state. Past a device's 64 KiB, or the engine's
+/// `max_attribute_bytes`, a new value is refused (a smaller update of a kept key still lands).
+#[test]
+fn attribute_bytes_are_bounded_per_device_and_in_total() {
+    let dir = tempdir("attr-bytes");
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/count.yaml"),
+        "chain: count\nnodes:\n  - transform:\n      n: attr.len()\n  - websocket: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rulechain.yaml"),
+        "rules: rules\nengine: {max_attribute_bytes: 150000}\n",
+    )
+    .unwrap();
+    let big = "x".repeat(30_000);
+    let attrs = |device: &str, ts: u64, key: &str, value: &str| {
+        format!(
+            "{{\"device\":\"{device}\",\"ts\":{ts},\"kind\":\"attributes\",\"data\":{{\"{key}\":\"{value}\"}}}}"
+        )
+    };
+    let probe =
+        |device: &str, ts: u64| format!("{{\"device\":\"{device}\",\"ts\":{ts},\"data\":{{}}}}");
+    let lines = [
+        // a: two 30 kB values fit its 64 KiB, a third does not; a smaller update of a kept one does.
+        attrs("a", 1000, "k1", &big),
+        attrs("a", 1001, "k2", &big),
+        attrs("a", 1002, "k3", &big),
+        attrs("a", 1003, "k1", "small"),
+        probe("a", 1004),
+        // b: 60 kB more makes about 90 kB of the engine's 150 kB; c's 60 kB do not fit.
+        attrs("b", 2000, "k1", &big),
+        attrs("b", 2001, "k2", &big),
+        attrs("c", 3000, "k1", &big),
+        attrs("c", 3001, "k2", &big),
+        attrs("c", 3002, "k3", &big),
+        probe("b", 3003),
+        probe("c", 3004),
+    ];
+    std::fs::write(dir.join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+    let out = rulechain()
+        .args([
+            "dry-run",
+            "--config",
+            "rulechain.yaml",
+            "--input",
+            "in.jsonl",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n_at = |ts: u64| -> serde_json::Value {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["event"] == "websocket" && e["ts"] == ts)
+            .map(|e| e["data"]["n"].clone())
+            .unwrap_or_else(|| panic!("no event at {ts}: {text}"))
+    };
+    assert_eq!(n_at(1004), 2, "a keeps two 30 kB values, not three");
+    assert_eq!(n_at(3003), 2, "b fits the total");
+    // After a (about 30 kB now) and b (60 kB), c's first value fits and its second does not.
+    assert_eq!(n_at(3004), 1, "c passes the engine's total");
+}
+
+/// Server-side attributes are bounded like reported ones, and a PUT is all or nothing: a
+/// refused one (422) stores none of its values and creates no device. 300 PUTs of 1 MiB values
+/// for new ids grew the engine to 2.26 GB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_attribute_put_changes_nothing_and_big_values_are_refused() {
+    use common::http_as;
+    let dir = tempdir("attr-put");
+    let (mqtt, http_port) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+        http_port,
+        &[("noop.yaml", "chain: noop\nnodes:\n  - log: {}\n")],
+        "devices: []\n",
+    );
+    let _engine = Engine::start(&dir, http_port);
+    let json = [("Content-Type", "application/json")];
+    let put = |id: &str, body: String| {
+        http_as(
+            http_port,
+            "PUT",
+            &format!("/api/devices/{id}/attributes"),
+            &json,
+            &body,
+        )
+        .unwrap()
+    };
+    let big = "x".repeat(70_000);
+    let (code, text) = put("d1", format!(r#"{{"small": 1, "big": "{big}"}}"#));
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("64 KiB"), "{text}");
+    let (code, _) = http(http_port, "GET", "/api/devices/d1").unwrap();
+    assert_eq!(code, 404, "a refused PUT created the device");
+    let (code, text) = put("d1", r#"{"small": 1}"#.to_string());
+    assert_eq!(code, 200, "{text}");
+    // A refused change to a device that exists leaves what it had.
+    let (code, _) = put("d1", format!(r#"{{"small": 2, "big": "{big}"}}"#));
+    assert_eq!(code, 422);
+    let (_, text) = http(http_port, "GET", "/api/devices/d1").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["attributes"]["small"]["value"], 1, "{v}");
+    assert!(v["attributes"].get("big").is_none(), "{v}");
+}

@@ -207,7 +207,7 @@ pub fn http_get(port: u16, path: &str) -> String {
         return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
     let mut t = String::new();
     let _ = s.read_to_string(&mut t);
     t.split_once("\r\n\r\n")

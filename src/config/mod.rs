@@ -280,6 +280,11 @@ pub struct EngineSpec {
     /// nothing of their own are forgotten. Split evenly across shards.
     #[serde(default)]
     pub max_devices: Option<Sp<usize>>,
+    /// Most bytes of attributes kept for all devices together, reported and set through the
+    /// API (default 64 MiB; a device keeps at most 64 KiB of each): past it, new attribute
+    /// values are refused and counted (`attributes_dropped`). Split evenly across shards.
+    #[serde(default)]
+    pub max_attribute_bytes: Option<Sp<usize>>,
     /// Per-key state and devices idle this long are forgotten (default `7d`).
     #[serde(default)]
     pub forget_after: Option<Sp<String>>,

@@ -165,6 +165,13 @@ impl Alarm {
             self.end_ts.map_or(Dynamic::UNIT, Dynamic::from),
         );
         m.insert("count".into(), (self.count as i64).into());
+        // Who acknowledged or cleared it by hand, when someone did (as in the API's answers).
+        if let Some(by) = &self.acked_by {
+            m.insert("acked_by".into(), by.clone().into());
+        }
+        if let Some(by) = &self.cleared_by {
+            m.insert("cleared_by".into(), by.clone().into());
+        }
         m
     }
 }

@@ -204,6 +204,31 @@ struct Head<'a> {
 /// new keys are dropped and counted ([`Executor::take_attributes_dropped`]); keys it has update.
 pub const MAX_REPORTED_ATTRIBUTES: usize = 1_000;
 
+/// Most bytes of attributes one device keeps of each source, reported and set through the API
+/// ([`value_bytes`] of each key and value). Within the key count, 1,000 keys of 60 kB each
+/// made one device 60 MB of state, rewritten at every checkpoint; past it a new value is
+/// refused and counted, and the engine's total is bounded too (`engine.max_attribute_bytes`).
+pub const MAX_DEVICE_ATTRIBUTE_BYTES: usize = 64 * 1024;
+
+/// About how many bytes a value takes in memory and in a checkpoint: text and names by their
+/// length, numbers and the like 8, each entry 16 more. What attribute bounds count.
+pub fn value_bytes(v: &Dynamic) -> usize {
+    16 + if let Some(s) = v.read_lock::<rhai::ImmutableString>() {
+        s.len()
+    } else if let Some(m) = v.read_lock::<Map>() {
+        m.iter().map(|(k, v)| k.len() + value_bytes(v)).sum()
+    } else if let Some(a) = v.read_lock::<rhai::Array>() {
+        a.iter().map(value_bytes).sum()
+    } else {
+        8
+    }
+}
+
+/// One attribute's bytes: its name and its value.
+fn entry_bytes(k: &str, v: &Dynamic) -> usize {
+    k.len() + value_bytes(v)
+}
+
 /// Device registry entries: type and attributes (registry overlaid with reported ones).
 #[derive(Debug, Clone)]
 pub struct Device {
@@ -227,6 +252,9 @@ pub struct Device {
     registered: bool,
     /// The clock time of its last message.
     last_seen: i64,
+    /// [`entry_bytes`] of `reported` and of `server`, kept as they change.
+    reported_bytes: usize,
+    server_bytes: usize,
     /// Where its last message came from: the `meta` of a message the engine starts itself for
     /// it (an operator's acknowledgement), so templates and topics read `meta.site` as in the
     /// device's own messages. Not persisted: after a restart, known again from its next message.
@@ -264,6 +292,8 @@ impl Device {
             server: Map::new(),
             meta_base: None,
             source: None,
+            reported_bytes: 0,
+            server_bytes: 0,
             registered: true,
             last_seen: 0,
         }
@@ -316,8 +346,39 @@ impl Device {
     /// Sets server-side attributes; a unit (JSON `null`) removes one, and the key falls back
     /// to the reported or the registry's value. Returns the keys refused past
     /// [`MAX_REPORTED_ATTRIBUTES`].
-    fn set_server(&mut self, changes: Map) -> usize {
-        let mut refused = 0;
+    /// Applies server-side attribute changes (a unit value removes one), all or none: the
+    /// reason when they would pass the device's key or byte bound or the engine's `room` of
+    /// bytes left. On success, how many bytes its attributes grew by (negative: shrank).
+    fn set_server(&mut self, changes: Map, room: usize) -> Result<isize, String> {
+        let (mut keys, mut bytes) = (self.server.len(), self.server_bytes as isize);
+        for (k, v) in &changes {
+            let old = self.server.get(k).map(|o| entry_bytes(k, o) as isize);
+            if v.is_unit() {
+                keys -= usize::from(old.is_some());
+                bytes -= old.unwrap_or(0);
+            } else {
+                keys += usize::from(old.is_none());
+                bytes += entry_bytes(k, v) as isize - old.unwrap_or(0);
+            }
+        }
+        let grew = bytes - self.server_bytes as isize;
+        if keys > MAX_REPORTED_ATTRIBUTES {
+            return Err(format!(
+                "a device has at most {MAX_REPORTED_ATTRIBUTES} server-side attributes"
+            ));
+        }
+        if bytes as usize > MAX_DEVICE_ATTRIBUTE_BYTES {
+            return Err(format!(
+                "a device's server-side attributes take at most {} KiB; these would take {} KiB",
+                MAX_DEVICE_ATTRIBUTE_BYTES / 1024,
+                (bytes as usize).div_ceil(1024)
+            ));
+        }
+        if grew > 0 && grew as usize > room {
+            return Err(
+                "the engine keeps no more attribute bytes (`engine.max_attribute_bytes`)".into(),
+            );
+        }
         let mut attrs = self.take_attrs();
         for (k, v) in changes {
             if v.is_unit() {
@@ -326,16 +387,14 @@ impl Device {
                     Some(v) => attrs.insert(k, v.clone()),
                     None => attrs.remove(&k),
                 };
-            } else if self.server.len() >= MAX_REPORTED_ATTRIBUTES && !self.server.contains_key(&k)
-            {
-                refused += 1;
             } else {
                 attrs.insert(k.clone(), v.clone());
                 self.server.insert(k, v);
             }
         }
         self.put_attrs(attrs);
-        refused
+        self.server_bytes = bytes.max(0) as usize;
+        Ok(grew)
     }
 }
 
@@ -513,8 +572,11 @@ pub struct Executor {
     kind_names: [Dynamic; 4],
     /// The traversal stack, kept between messages.
     stack: Vec<(usize, Packet)>,
-    /// Reported attribute keys dropped at [`MAX_REPORTED_ATTRIBUTES`] since last taken.
+    /// Reported attribute values dropped at [`MAX_REPORTED_ATTRIBUTES`],
+    /// [`MAX_DEVICE_ATTRIBUTE_BYTES`] or the engine's byte bound, since last taken.
     attributes_dropped: u64,
+    /// Bytes of every device's attributes, reported and server-side ([`entry_bytes`]).
+    attribute_bytes: usize,
     limits: Limits,
     evictions: Evictions,
     /// When the next sweep of idle state is due (clock time).
@@ -561,6 +623,7 @@ impl Executor {
             .map(|k| Dynamic::from(k.as_str())),
             stack: Vec::new(),
             attributes_dropped: 0,
+            attribute_bytes: 0,
             limits: Limits::default(),
             evictions: Evictions::default(),
             next_sweep: now,
@@ -604,14 +667,24 @@ impl Executor {
     /// message of the device sees them in `attr`. A unit value removes one. A device not known
     /// yet is learned. Returns how many new keys were refused past
     /// [`MAX_REPORTED_ATTRIBUTES`].
-    pub fn set_server_attributes(&mut self, device: &str, changes: Map) -> usize {
+    pub fn set_server_attributes(&mut self, device: &str, changes: Map) -> Result<(), String> {
         if !self.devices.contains_key(device) && !self.make_room() {
-            return changes.len();
+            return Err(format!(
+                "the engine tracks engine.max_devices devices and none can be forgotten; {device} is not kept"
+            ));
         }
-        self.devices
-            .entry(Arc::from(device))
-            .or_default()
-            .set_server(changes)
+        let room = self
+            .limits
+            .max_attribute_bytes
+            .saturating_sub(self.attribute_bytes);
+        let d = self.devices.entry(Arc::from(device)).or_default();
+        let grew = d.set_server(changes, room);
+        // A device made for a refused change has nothing of its own: it goes again.
+        if grew.is_err() && d.forgettable() && d.last_seen == 0 {
+            self.devices.remove(device);
+        }
+        self.attribute_bytes = self.attribute_bytes.saturating_add_signed(grew?);
+        Ok(())
     }
 
     /// Sets the bounds on state (default [`Limits::default`]).
@@ -998,14 +1071,22 @@ impl Executor {
                 attrs.insert(k.clone(), v.clone());
             }
             d.put_attrs(attrs);
+            d.reported_bytes = reported.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+            self.attribute_bytes += d.reported_bytes;
             d.reported = reported;
         }
         for (id, server) in snap.server {
             if let Some(server) = server.try_cast::<Map>() {
-                self.devices
-                    .entry(id.into())
-                    .or_default()
-                    .set_server(server);
+                // What was kept before is kept, past today's bounds if they were lowered.
+                let d = self.devices.entry(id.into()).or_default();
+                let mut attrs = d.take_attrs();
+                for (k, v) in &server {
+                    attrs.insert(k.clone(), v.clone());
+                }
+                d.put_attrs(attrs);
+                d.server_bytes = server.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+                self.attribute_bytes += d.server_bytes;
+                d.server = server;
             }
         }
         self.seq = self.seq.max(snap.seq);
@@ -1169,8 +1250,12 @@ impl Executor {
         if matches!(m.kind, Kind::Attributes | Kind::Status) {
             let mut attrs = device.take_attrs();
             for (k, v) in &m.payload {
-                if device.reported.len() >= MAX_REPORTED_ATTRIBUTES
-                    && !device.reported.contains_key(k)
+                let old = device.reported.get(k).map(|o| entry_bytes(k, o));
+                let new = entry_bytes(k, v);
+                let grows = new.saturating_sub(old.unwrap_or(0));
+                if (old.is_none() && device.reported.len() >= MAX_REPORTED_ATTRIBUTES)
+                    || device.reported_bytes + grows > MAX_DEVICE_ATTRIBUTE_BYTES
+                    || self.attribute_bytes + grows > self.limits.max_attribute_bytes
                 {
                     self.attributes_dropped += 1;
                     continue;
@@ -1179,6 +1264,9 @@ impl Executor {
                     attrs.insert(k.clone(), v.clone());
                 }
                 device.reported.insert(k.clone(), v.clone());
+                let was = old.unwrap_or(0);
+                device.reported_bytes = device.reported_bytes + new - was;
+                self.attribute_bytes = self.attribute_bytes + new - was;
             }
             device.put_attrs(attrs);
         }
@@ -1272,7 +1360,11 @@ impl Executor {
             self.run_chain(&rules, ci, packet, out);
         }
         if let Some(id) = untracked {
-            self.devices.remove(&id);
+            if let Some(d) = self.devices.remove(&id) {
+                self.attribute_bytes = self
+                    .attribute_bytes
+                    .saturating_sub(d.reported_bytes + d.server_bytes);
+            }
         }
     }
 

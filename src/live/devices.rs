@@ -170,21 +170,14 @@ impl Answerer<'_> {
                 changes,
                 reply,
             } => {
-                let n = changes.len();
-                let refused = self.exec.set_server_attributes(&device, changes);
-                let r = if refused == n && n > 0 && self.exec.device(&device).is_none() {
-                    Err(format!(
-                        "the engine tracks engine.max_devices devices and none can be forgotten; {device} is not kept"
-                    ))
-                } else if refused > 0 {
-                    Err(format!(
-                        "{refused} attribute key(s) refused: a device has at most {} server-side attributes",
-                        crate::engine::MAX_REPORTED_ATTRIBUTES
-                    ))
-                } else {
-                    self.detail(&device)
-                        .ok_or_else(|| "the device is gone".to_string())
-                };
+                // All or nothing: a refused request changes nothing.
+                let r = self
+                    .exec
+                    .set_server_attributes(&device, changes)
+                    .and_then(|()| {
+                        self.detail(&device)
+                            .ok_or_else(|| "the device is gone".to_string())
+                    });
                 let _ = reply.send(r);
                 true
             }

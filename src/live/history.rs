@@ -19,6 +19,14 @@ use crate::engine::Keyed;
 /// One field's points, oldest first: (ms since the epoch, value).
 type Points = VecDeque<(i64, f64)>;
 
+/// Longest field name kept (bytes): a longer name is a field not kept (counted). Names are in
+/// the budget; a 7.5 kB name per field added 54 MiB to the default one.
+pub const MAX_FIELD_NAME: usize = 64;
+
+/// Bytes a series costs besides its points: its name (at most [`MAX_FIELD_NAME`]) and the
+/// bookkeeping around it (the name's `Arc`, the deque, the list entry).
+const SERIES_OVERHEAD: usize = MAX_FIELD_NAME + 64;
+
 /// A device's series.
 #[derive(Default)]
 struct Series {
@@ -95,6 +103,10 @@ impl History {
             self.points,
         );
         for (k, x) in numbers {
+            if k.len() > MAX_FIELD_NAME {
+                self.dropped.fields += 1;
+                continue;
+            }
             let points = match series
                 .fields
                 .iter_mut()
@@ -106,7 +118,11 @@ impl History {
                     continue;
                 }
                 None => {
-                    series.fields.push((Arc::from(k.as_str()), VecDeque::new()));
+                    // Room for exactly the window: a deque left to grow doubles its buffer
+                    // (180 points became 256), a third over the budget.
+                    series
+                        .fields
+                        .push((Arc::from(k.as_str()), VecDeque::with_capacity(cap)));
                     &mut series.fields.last_mut().expect("just pushed").1
                 }
             };
@@ -115,7 +131,13 @@ impl History {
                 Some(last) if last.0.div_euclid(res) == ts.div_euclid(res) => *last = (ts, x),
                 // An older time than the last kept: a chart is drawn in time order, skip it.
                 Some(last) if ts < last.0 => {}
-                _ => points.push_back((ts, x)),
+                _ => {
+                    // Room first: a push past the capacity would double the buffer.
+                    if points.len() >= cap {
+                        points.pop_front();
+                    }
+                    points.push_back((ts, x))
+                }
             }
             while points.len() > cap || points.front().is_some_and(|p| p.0 < ts - window) {
                 points.pop_front();
@@ -146,6 +168,26 @@ impl History {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The most bytes this history may hold: its share of `max_devices × max_fields` series
+    /// of `window / resolution` points (16 bytes each) and their overhead.
+    pub fn budget_bytes(&self) -> usize {
+        self.max_devices * self.settings.max_fields * (self.points * 16 + SERIES_OVERHEAD)
+    }
+
+    /// The bytes it holds now, counted as [`History::budget_bytes`] counts them (buffers by
+    /// their capacity, names by their length).
+    pub fn held_bytes(&self) -> usize {
+        self.devices
+            .iter()
+            .map(|(_, s)| {
+                s.fields
+                    .iter()
+                    .map(|(f, p)| p.capacity() * 16 + f.len() + (SERIES_OVERHEAD - MAX_FIELD_NAME))
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// Points held now.
@@ -181,6 +223,38 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).into(), v.clone()))
             .collect()
+    }
+
+    /// Filled to its bounds, with long names among the fields, a history holds no more bytes
+    /// than its budget says (it held a third more, and names were not counted at all).
+    #[test]
+    fn a_full_history_stays_within_its_byte_budget() {
+        let s = HistorySettings {
+            window_ms: 900_000,
+            resolution_ms: 5_000,
+            max_devices: 20,
+            max_fields: 8,
+        };
+        let mut h = History::new(s, 1);
+        let long = "n".repeat(7_500);
+        for d in 0..40 {
+            let d: Arc<str> = format!("pump-{d}").into();
+            for step in 0..400 {
+                let mut m: Map = (0..10)
+                    .map(|f| (format!("field-{f}").into(), Dynamic::from(step as f64)))
+                    .collect();
+                m.insert(long.as_str().into(), Dynamic::from(1.0));
+                h.record(&d, 1_000_000 + step * 5_000, &m);
+            }
+        }
+        assert_eq!(h.points(), 20 * 8 * 180, "not filled to its bounds");
+        assert!(
+            h.held_bytes() <= h.budget_bytes(),
+            "{} bytes held, {} budgeted",
+            h.held_bytes(),
+            h.budget_bytes()
+        );
+        assert!(h.take_dropped().fields > 0, "the long name was kept");
     }
 
     #[test]

@@ -194,6 +194,8 @@ pub struct StateLimits {
     pub max_devices: usize,
     /// Idle state older than this is forgotten (ms).
     pub forget_after: i64,
+    /// Most bytes of attributes, all devices together (see `engine::value_bytes`).
+    pub max_attribute_bytes: usize,
 }
 
 /// Recent values kept in memory (`history:`), whole engine.
@@ -215,6 +217,8 @@ pub const MAX_KEYS: usize = 100_000;
 pub const MAX_DEVICES: usize = 250_000;
 /// Default `engine.forget_after`: 7 days.
 pub const FORGET_AFTER: i64 = 7 * 24 * 3_600_000;
+/// Default `engine.max_attribute_bytes`: 64 MiB.
+pub const MAX_ATTRIBUTE_BYTES: usize = 64 << 20;
 
 impl Default for StateLimits {
     fn default() -> Self {
@@ -222,6 +226,7 @@ impl Default for StateLimits {
             max_keys: MAX_KEYS,
             max_devices: MAX_DEVICES,
             forget_after: FORGET_AFTER,
+            max_attribute_bytes: MAX_ATTRIBUTE_BYTES,
         }
     }
 }
@@ -234,6 +239,7 @@ impl StateLimits {
             max_keys: self.max_keys.div_ceil(shards).max(1),
             max_devices: self.max_devices.div_ceil(shards).max(1),
             forget_after: self.forget_after,
+            max_attribute_bytes: self.max_attribute_bytes.div_ceil(shards).max(1),
         }
     }
 }
@@ -458,6 +464,12 @@ pub fn resolve_lossy(
         forget_after: p
             .duration(&engine.forget_after, d.forget_after, 1_000)
             .as_millis() as i64,
+        max_attribute_bytes: p.in_range(
+            &engine.max_attribute_bytes,
+            d.max_attribute_bytes,
+            1..=usize::MAX,
+            "the bound is at least 1",
+        ),
     };
     let offline_after = p
         .duration(&engine.offline_after, 300_000, 1_000)
