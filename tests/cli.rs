@@ -769,3 +769,33 @@ fn simulate_against_a_dead_broker_fails() {
     assert!(err.contains("did not accept a connection"), "{err}");
     assert!(!err.contains("sent=1"), "{err}");
 }
+
+/// A chain that publishes onto its own input topic would loop on its own output: `validate`
+/// warns at the topic; one that publishes elsewhere, or narrows `on:`, is fine.
+#[test]
+fn validate_warns_of_a_chain_that_feeds_its_own_input() {
+    let dir = scratch("self-feeding");
+    let looping = write(
+        &dir,
+        "loop.yaml",
+        "chain: loop\nnodes:\n  - publish: { topic: \"device/${meta.device}/telemetry\" }\n",
+    );
+    write(
+        &dir,
+        "fine.yaml",
+        "chain: fine\nnodes:\n  - publish: { topic: \"out/${meta.device}/telemetry\" }\n",
+    );
+    write(
+        &dir,
+        "narrow.yaml",
+        "chain: narrow\non: { topic: \"site/+/device/+/telemetry\" }\nnodes:\n  - publish: { topic: \"device/${meta.device}/telemetry\" }\n",
+    );
+    let o = rulechain(&["validate", dir.to_str().unwrap()]);
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("{looping}:3:23: warning: `publish` to `device/${{meta.device}}/telemetry` feeds this chain's own input")),
+        "{text}"
+    );
+    assert!(text.contains("1 warning"), "{text}");
+}

@@ -966,3 +966,97 @@ async fn a_refused_attribute_put_changes_nothing_and_big_values_are_refused() {
     assert_eq!(v["attributes"]["small"]["value"], 1, "{v}");
     assert!(v["attributes"].get("big").is_none(), "{v}");
 }
+
+/// A value from outside cannot forge a log line: a newline in an alarm message (a template of
+/// the payload) is written escaped in the text log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newline_in_an_alarm_message_forges_no_log_line() {
+    let dir = tempdir("log-forge");
+    let (mqtt, http_port) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+        http_port,
+        &[(
+            "hot.yaml",
+            "chain: hot\nnodes:\n  - alarm: { type: Hot, message: \"${msg.m}\" }\n",
+        )],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http_port);
+    let pubr = Mqtt::connect(mqtt, "forge-pub", true, &[]).await;
+    pubr.publish(
+        "device/d1/telemetry",
+        r#"{"m": "hot\n2026-01-01T00:00:00Z  INFO rulechain::live: FORGED all is well"}"#,
+    )
+    .await;
+    let log = wait_for(Duration::from_secs(10), || {
+        let log = engine.log();
+        log.contains("ALARM created").then_some(log)
+    })
+    .expect("no alarm logged");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "a forged line:\n{log}"
+    );
+    assert!(log.contains(r"hot\n2026-01-01T00:00:00Z"), "{log}");
+}
+
+/// Past `http.max_connections` the probes still answer (a few connections are kept for them),
+/// so clients holding every slot do not make an orchestrator restart a live engine.
+#[test]
+fn the_probes_answer_past_the_connection_cap() {
+    let dir = tempdir("probe-reserve");
+    let (mqtt, http_port) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+        http_port,
+        &[("noop.yaml", "chain: noop\nnodes:\n  - log: {}\n")],
+        "devices: []\n",
+    );
+    let cfg = std::fs::read_to_string(dir.join("rulechain.yaml")).unwrap();
+    let listen = format!("listen: 127.0.0.1:{http_port}");
+    std::fs::write(
+        dir.join("rulechain.yaml"),
+        cfg.replace(
+            &listen,
+            &format!("{listen}, max_connections: 10, header_timeout: 30s"),
+        ),
+    )
+    .unwrap();
+    let _engine = Engine::start(&dir, http_port);
+    let _held: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, _) = http(http_port, "GET", "/livez").unwrap();
+    assert_eq!(code, 200, "/livez past the cap");
+    let (code, body) = http(http_port, "GET", "/api/status").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("max_connections"), "{body}");
+}
+
+/// Two engines with one client id throw each other off the broker forever; each now says why.
+#[test]
+fn two_engines_with_one_client_id_are_told_why_they_keep_reconnecting() {
+    let (dir_a, broker, http_a) = setup("dup-id-a", "", &[("echo.yaml", ECHO)], "devices: []\n");
+    let dir_b = tempdir("dup-id-b");
+    let http_b = free_port();
+    engine_dir(
+        &dir_b,
+        &mqtt_cfg(broker.port, "rc-dup-id-a"),
+        http_b,
+        &[("echo.yaml", ECHO)],
+        "devices: []\n",
+    );
+    let a = Engine::start(&dir_a, http_a);
+    let b = Engine::launch(&dir_b, http_b);
+    let said = wait_for(Duration::from_secs(20), || {
+        [a.log(), b.log()]
+            .iter()
+            .any(|l| l.contains("is another client connected with the client id `rc-dup-id-a`"))
+            .then_some(())
+    });
+    assert!(said.is_some(), "a:\n{}\nb:\n{}", a.log(), b.log());
+}

@@ -28,9 +28,36 @@ pub fn init_logging(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => b.try_init(),
+        LogFormat::Text => b.fmt_fields(OneLineFields).try_init(),
         LogFormat::Json => b.json().try_init(),
     };
+}
+
+/// The text log's fields, each event on one line: a control character in a value (a newline in
+/// an alarm message, a device id or a topic, all from outside) is written escaped (`\n`), so a
+/// value can never forge a log line of its own. (The JSON format escapes them already.)
+struct OneLineFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for OneLineFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut text = String::new();
+        tracing_subscriber::fmt::format::DefaultFields::new().format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut text),
+            fields,
+        )?;
+        for c in text.chars() {
+            if c.is_control() {
+                write!(writer, "{}", c.escape_default())?;
+            } else {
+                writer.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The log filter: `RUST_LOG`, or `info` and the MQTT client library at `warn`. The embedded

@@ -78,17 +78,33 @@ pub async fn run(ing: Ingest, mut stop: watch::Receiver<bool>) {
             c = link::connect(&io.ing.conn, "in", io.ing.tls.as_ref()) => c,
             _ = stop.changed() => break,
         };
+        let mut lasted = None;
         let r = match connected {
             Ok(c) => {
                 backoff.reset();
-                io.session(c, &mut stop).await
+                let began = tokio::time::Instant::now();
+                let r = io.session(c, &mut stop).await;
+                lasted = Some(began.elapsed());
+                r
             }
             Err(e) => Err(e),
         };
-        let e = match r {
+        let mut e = match r {
             Ok(()) => break,
             Err(e) => e,
         };
+        // A broker closes a connection it accepted moments ago when another client connects
+        // with the same client id (the session is taken over): two engines sharing one id throw
+        // each other out forever. Say so.
+        if lasted.is_some_and(|d| d < Duration::from_secs(10))
+            && e.contains("closed the connection")
+        {
+            e = format!(
+                "{e} {:.1} s after accepting it: is another client connected with the client id `{}`? (each engine needs its own `mqtt.client_id`)",
+                lasted.unwrap_or_default().as_secs_f64(),
+                io.ing.conn.client_id
+            );
+        }
         io.ing.stats.connected.store(false, Relaxed);
         if io.draining {
             // No acknowledgement can reach the broker now; it delivers again what is left.

@@ -79,6 +79,12 @@ fn operator(body: &[u8]) -> Result<Option<String>, ApiError> {
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("the body is not JSON").detail(e.to_string().into()))?;
+    if !v.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body is an object naming the operator, {\"by\": \"ana\"}, or empty",
+        ));
+    }
     match v.get("by") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(crate::engine::registry::operator_name(s)),
@@ -87,6 +93,11 @@ fn operator(body: &[u8]) -> Result<Option<String>, ApiError> {
             "`by` is the operator's name, a string: {\"by\": \"ana\"}",
         )),
     }
+}
+
+/// A body that could not be read (413 past [`super::MAX_BODY`]), as JSON like every error.
+fn too_large(r: axum::extract::rejection::BytesRejection) -> ApiError {
+    ApiError::new(r.status(), "the body could not be read").detail(r.body_text().into())
 }
 
 fn refusal(id: &str, e: AckError) -> ApiError {
@@ -103,8 +114,9 @@ fn refusal(id: &str, e: AckError) -> ApiError {
 pub(super) async fn ack(
     State(api): State<Api>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(too_large)?;
     act(&api, &id, &body, AlarmAction::Ack).await
 }
 
@@ -114,8 +126,9 @@ pub(super) async fn ack(
 pub(super) async fn clear(
     State(api): State<Api>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(too_large)?;
     act(&api, &id, &body, AlarmAction::Clear).await
 }
 

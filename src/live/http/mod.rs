@@ -264,8 +264,12 @@ pub async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use std::sync::atomic::Ordering::Relaxed;
     let stats = api.stats.clone();
+    let probes = probe_router(api.clone());
     let app = router(api);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Past `max_connections`, a few more connections are served the probes only: an
+    // orchestrator must still see the engine alive while clients hold every slot.
+    let reserve = Arc::new(tokio::sync::Semaphore::new(PROBE_RESERVE));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -288,16 +292,26 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            stats.http_refused.fetch_add(1, Relaxed);
-            // Best effort and never waiting: the socket buffer of a new connection is empty.
-            let _ = stream.try_write(
-                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            );
-            continue;
+        let (slot, app) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, app.clone()),
+            Err(_) => match reserve.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    stats.http_refused.fetch_add(1, Relaxed);
+                    (slot, probes.clone())
+                }
+                Err(_) => {
+                    stats.http_refused.fetch_add(1, Relaxed);
+                    // Best effort and never waiting: the socket buffer of a new connection is
+                    // empty.
+                    let _ = stream.try_write(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(app);
         let conn = http
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -315,6 +329,23 @@ pub async fn serve(
         });
     }
     let _ = closing_tx.send(true);
+}
+
+/// Connections served past `max_connections`, for the probes only.
+const PROBE_RESERVE: usize = 4;
+
+/// What a connection past `max_connections` is served: the probes, and 503 for the rest.
+fn probe_router(api: Api) -> Router {
+    Router::new()
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/healthz", get(health::healthz))
+        .fallback(|| async {
+            ApiError::unavailable(
+                "too many connections (`http.max_connections`): only the probes are answered now",
+            )
+        })
+        .with_state(api)
 }
 
 fn router(api: Api) -> Router {
