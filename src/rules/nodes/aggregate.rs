@@ -6,13 +6,10 @@
 //! counts the messages that have field `f` (`count()` counts all); `first`/`last` keep values as
 //! they were. An output with no value to aggregate is left out.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use rhai::{Dynamic, Map};
 
 use super::{as_f64, KeySel};
-use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
+use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
 use crate::yaml::Pos;
@@ -131,12 +128,23 @@ struct Window {
     tag: u64,
     accs: Vec<Acc>,
     messages: u64,
+    /// The window's last message without its `msg` (the output replaces it): its `meta` and
+    /// `attr` are what the output carries. Keeping the whole message kept a 60 kB payload per
+    /// key in memory and in every checkpoint.
     last: Packet,
 }
 
+/// Windows by key, under the node's `max_keys` like every per-key state (an evicted window
+/// emits nothing, counted as an evicted key).
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct State {
-    windows: HashMap<Arc<str>, Window>,
+    windows: Keyed<Window>,
+}
+
+/// The message with an empty `msg`.
+fn without_msg(mut p: Packet) -> Packet {
+    p.vars.msg = Dynamic::UNIT;
+    p
 }
 
 impl NodeImpl for Aggregate {
@@ -160,18 +168,39 @@ impl NodeImpl for Aggregate {
                 return Flow::Error(e, p);
             }
             let accs = vec![Acc::default(); self.outs.len()];
-            cx.state::<State>().windows.insert(
+            cx.insert_key(
+                |s: &mut State| &mut s.windows,
                 key.clone(),
                 Window {
                     start,
                     tag,
                     accs,
                     messages: 0,
-                    last: p.clone(),
+                    last: without_msg(p),
                 },
             );
+            // The window holds the message now.
+            return self.add(cx, &key, values, None);
         }
-        let Some(w) = cx.state::<State>().windows.get_mut(&key) else {
+        self.add(cx, &key, values, Some(p))
+    }
+
+    fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
+        self.close(cx, key, tag)
+    }
+}
+
+impl Aggregate {
+    /// Adds a message's values to its key's window; `p`, when given, becomes its last message.
+    fn add(
+        &self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        values: Vec<Option<Dynamic>>,
+        p: Option<Packet>,
+    ) -> Flow {
+        let now = cx.now;
+        let Some(w) = cx.state::<State>().windows.get_mut(key, now) else {
             return Flow::Stop(Why::Held);
         };
         w.messages += 1;
@@ -190,11 +219,14 @@ impl NodeImpl for Aggregate {
             }
             acc.last = Some(v);
         }
-        w.last = p;
+        if let Some(p) = p {
+            w.last = without_msg(p);
+        }
         Flow::Stop(Why::Held)
     }
 
-    fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
+    /// The window of `key` closes: its output, if the timer is the window's own.
+    fn close(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
         let st = cx.state::<State>();
         if st.windows.get(key).is_none_or(|w| w.tag != tag) {
             return None;
