@@ -1060,3 +1060,45 @@ fn two_engines_with_one_client_id_are_told_why_they_keep_reconnecting() {
     });
     assert!(said.is_some(), "a:\n{}\nb:\n{}", a.log(), b.log());
 }
+
+/// Dashboards polling the device list cannot starve the shards: 8 clients polling 10,000 rows
+/// of 100,000 devices pushed message latency to 1.1 s, each list built on the shard threads.
+/// Now one list is built at a time and the same question within a second is answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_device_lists_are_built_once() {
+    let dir = tempdir("device-lists");
+    let (mqtt, http_port) = (free_port(), free_port());
+    let devices: String = (0..2000)
+        .map(|i| format!("  - {{id: d{i}, type: pump}}\n"))
+        .collect();
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+        http_port,
+        &[("noop.yaml", "chain: noop\nnodes:\n  - log: {}\n")],
+        &format!("devices:\n{devices}"),
+    );
+    let engine = Engine::start(&dir, http_port);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            std::thread::spawn(move || {
+                http(http_port, "GET", "/api/devices?limit=10000").map(|(code, body)| {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    (code, v["total"].as_u64())
+                })
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), Some((200, Some(2000))));
+    }
+    let built = engine.status()["counters"]["device_lists"]
+        .as_u64()
+        .unwrap();
+    assert!(built <= 2, "{built} lists built for 16 identical requests");
+    // Another question is answered on its own.
+    let (code, body) = http(http_port, "GET", "/api/devices?limit=5").unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["devices"].as_array().map(Vec::len), Some(5));
+}

@@ -97,6 +97,9 @@ pub struct Stats {
     pub connected: AtomicBool,
     /// HTTP connections refused at the connection limit.
     pub http_refused: AtomicU64,
+    /// Device lists built for `GET /api/devices` (each asks every shard; repeats within a
+    /// second are answered from the last one).
+    pub device_lists: AtomicU64,
     /// Devices learned from messages, beyond the registry (all shards).
     pub devices: AtomicU64,
     /// Per-key node entries forgotten after `engine.forget_after` idle.
@@ -225,6 +228,11 @@ impl Counters for Stats {
             "http_refused",
             "HTTP connections refused at the limit",
             g(&self.http_refused),
+        );
+        r.counter(
+            "device_lists",
+            "device lists built for the API, each asking every shard",
+            g(&self.device_lists),
         );
         r.gauge(
             "learned_devices",

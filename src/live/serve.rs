@@ -138,6 +138,7 @@ pub(super) async fn serve(
                 .then(|| Arc::new(settings.config.clone())),
             started,
             tracer,
+            device_list: Default::default(),
         };
         let limits = http::Limits {
             max_connections: fds.http,

@@ -3,6 +3,7 @@
 //! Each answer comes from the shard that owns the device.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -55,12 +56,39 @@ fn with_alarms<'a>(
     }
 }
 
+/// How long a device list answer is served again to the same question.
+const LIST_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last device list answered: when, to which question, and the answer.
+pub(super) type ListCache = Arc<tokio::sync::Mutex<Option<(std::time::Instant, String, Value)>>>;
+
 /// `GET /api/devices`: every device the engine knows, by id.
+///
+/// Listing asks every shard to sort and build its rows on its own thread, between messages: 8
+/// dashboards polling 10,000 rows of 100,000 devices pushed message latency from 0.6 ms to
+/// 1.1 s. So one list is built at a time (others wait for it) and the same question within a
+/// second gets the same answer: the shards do at most one list's work a second per question.
 pub(super) async fn list(
     State(api): State<Api>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query?;
+    let question = format!("{:?} {:?} {:?} {:?}", q.type_, q.online, q.limit, q.offset);
+    let mut cache = api.device_list.lock().await;
+    if let Some((at, asked, answer)) = cache.as_ref() {
+        if *asked == question && at.elapsed() < LIST_FRESH {
+            return Ok(Json(answer.clone()));
+        }
+    }
+    api.stats
+        .device_lists
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let answer = build_list(&api, q).await?;
+    *cache = Some((std::time::Instant::now(), question, answer.clone()));
+    Ok(Json(answer))
+}
+
+async fn build_list(api: &Api, q: ListQuery) -> Result<Value, ApiError> {
     let limit = q.limit.unwrap_or(1_000).min(MAX_PAGE);
     let offset = q.offset.unwrap_or(0).min(usize::MAX - MAX_PAGE);
     let filter = DeviceFilter {
@@ -83,8 +111,8 @@ pub(super) async fn list(
     }
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     let mut page: Vec<DeviceRow> = rows.into_iter().skip(offset).take(limit).collect();
-    with_alarms(&api, None, &mut page);
-    Ok(Json(json!({"total": total, "devices": page})))
+    with_alarms(api, None, &mut page);
+    Ok(json!({"total": total, "devices": page}))
 }
 
 async fn detail(api: &Api, id: &str) -> Result<DeviceDetail, ApiError> {

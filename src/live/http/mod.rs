@@ -83,6 +83,8 @@ pub struct Api {
     pub started: std::time::Instant,
     /// The live trace.
     pub tracer: Arc<super::trace::Tracer>,
+    /// The last device list answered (`GET /api/devices`, see there).
+    pub device_list: devices::ListCache,
 }
 
 /// Most bytes of a request body (a chain file, attributes); past it, 413 before it is read
