@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{engine_dir, free_port, http, tempdir, wait_for, Engine, Mosquitto, Mqtt};
+use common::{
+    embedded_setup, engine_dir, free_port, http, tempdir, wait_for, Engine, Mosquitto, Mqtt,
+};
 
 fn mqtt_cfg(port: u16, id: &str) -> String {
     format!("mqtt: {{url: mqtt://127.0.0.1:{port}, client_id: {id}, reconnect_max: 1s}}")
@@ -608,12 +610,8 @@ fn a_device_cannot_grow_its_attributes_without_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_page_on_another_site_or_name_can_change_nothing() {
     use common::http_as;
-    let dir = tempdir("cross-site");
-    let (mqtt, http_port) = (free_port(), free_port());
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
-        http_port,
+    let (dir, mqtt, http_port) = embedded_setup(
+        "cross-site",
         &[(
             "hot.yaml",
             "chain: hot\nnodes:\n  - filter: msg.t > 50\n  - alarm: { type: Hot, severity: MAJOR }\n",
@@ -929,12 +927,8 @@ fn attribute_bytes_are_bounded_per_device_and_in_total() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_attribute_put_changes_nothing_and_big_values_are_refused() {
     use common::http_as;
-    let dir = tempdir("attr-put");
-    let (mqtt, http_port) = (free_port(), free_port());
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
-        http_port,
+    let (dir, _, http_port) = embedded_setup(
+        "attr-put",
         &[("noop.yaml", "chain: noop\nnodes:\n  - log: {}\n")],
         "devices: []\n",
     );
@@ -971,12 +965,8 @@ async fn a_refused_attribute_put_changes_nothing_and_big_values_are_refused() {
 /// the payload) is written escaped in the text log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newline_in_an_alarm_message_forges_no_log_line() {
-    let dir = tempdir("log-forge");
-    let (mqtt, http_port) = (free_port(), free_port());
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
-        http_port,
+    let (dir, mqtt, http_port) = embedded_setup(
+        "log-forge",
         &[(
             "hot.yaml",
             "chain: hot\nnodes:\n  - alarm: { type: Hot, message: \"${msg.m}\" }\n",
@@ -1006,12 +996,8 @@ async fn a_newline_in_an_alarm_message_forges_no_log_line() {
 /// so clients holding every slot do not make an orchestrator restart a live engine.
 #[test]
 fn the_probes_answer_past_the_connection_cap() {
-    let dir = tempdir("probe-reserve");
-    let (mqtt, http_port) = (free_port(), free_port());
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
-        http_port,
+    let (dir, _, http_port) = embedded_setup(
+        "probe-reserve",
         &[("noop.yaml", "chain: noop\nnodes:\n  - log: {}\n")],
         "devices: []\n",
     );
@@ -1066,15 +1052,11 @@ fn two_engines_with_one_client_id_are_told_why_they_keep_reconnecting() {
 /// Now one list is built at a time and the same question within a second is answered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_device_lists_are_built_once() {
-    let dir = tempdir("device-lists");
-    let (mqtt, http_port) = (free_port(), free_port());
     let devices: String = (0..2000)
         .map(|i| format!("  - {{id: d{i}, type: pump}}\n"))
         .collect();
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
-        http_port,
+    let (dir, _, http_port) = embedded_setup(
+        "device-lists",
         &[("noop.yaml", "chain: noop\nnodes:\n  - log: {}\n")],
         &format!("devices:\n{devices}"),
     );

@@ -43,6 +43,25 @@ async fn missing_seqs(sub: &mut Mqtt, n: u64) -> Vec<u64> {
     (0..n).filter(|i| !seen.contains(i)).collect()
 }
 
+/// `rulechain dry-run FLAG PATH --input INPUT`: the events it printed.
+fn dry_run_events(
+    flag: &str,
+    path: &std::path::Path,
+    input: &std::path::Path,
+) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["dry-run", flag])
+        .arg(path)
+        .arg("--input")
+        .arg(input)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn mqtt_cfg(port: u16, id: &str) -> String {
     format!("mqtt: {{url: mqtt://127.0.0.1:{port}, client_id: {id}}}")
 }
@@ -680,13 +699,8 @@ async fn simulate_feeds_the_engine_and_record_writes_replayable_lines() {
 /// engine would reject as its text, so the dry-run of the recording rejects it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_keeps_every_line_through_a_kill_9_and_records_rejected_payloads() {
-    let dir = tempdir("record-kill");
-    let port = free_port();
-    let http = free_port();
-    engine_dir(
-        &dir,
-        &format!("embedded_broker: {{listen: 127.0.0.1:{port}}}"),
-        http,
+    let (dir, port, http) = common::embedded_setup(
+        "record-kill",
         &[(
             "echo.yaml",
             "chain: echo\nnodes:\n  - log: { message: \"${msg.x}\" }\n",
@@ -748,17 +762,7 @@ async fn record_keeps_every_line_through_a_kill_9_and_records_rejected_payloads(
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(parsed[1]["payload"], "not json at all", "{lines}");
-    let dry = std::process::Command::new(bin)
-        .args(["dry-run", "--rules"])
-        .arg(dir.join("rules"))
-        .arg("--input")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&dry.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = dry_run_events("--rules", &dir.join("rules"), &out);
     let logs = events.iter().filter(|e| e["event"] == "log").count();
     assert_eq!(logs, 2, "{events:?}");
     assert!(
@@ -1023,17 +1027,7 @@ async fn dry_run_and_run_decode_the_same_payloads_alike() {
         })
         .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulechain"))
-        .args(["dry-run", "--config"])
-        .arg(dir.join("rulechain.yaml"))
-        .arg("--input")
-        .arg(&input)
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = dry_run_events("--config", &dir.join("rulechain.yaml"), &input);
     let offline: Vec<serde_json::Value> = events
         .iter()
         .filter(|e| e["event"] == "publish")

@@ -456,6 +456,26 @@ impl Drop for Mqtt {
     }
 }
 
+/// A test's directory and an engine config on the embedded broker (these chains and
+/// devices), with free MQTT and HTTP ports: (dir, mqtt port, http port).
+#[allow(dead_code)] // not every test binary asks
+pub fn embedded_setup(
+    name: &str,
+    chains: &[(&str, &str)],
+    devices: &str,
+) -> (std::path::PathBuf, u16, u16) {
+    let dir = tempdir(name);
+    let (mqtt, http_port) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}"),
+        http_port,
+        chains,
+        devices,
+    );
+    (dir, mqtt, http_port)
+}
+
 /// Writes the files of an engine directory: config, devices, one chain file per entry.
 pub fn engine_dir(dir: &Path, mqtt: &str, http: u16, chains: &[(&str, &str)], devices: &str) {
     std::fs::create_dir_all(dir.join("rules")).unwrap();
