@@ -273,10 +273,14 @@ async fn a_damaged_state_file_is_refused_never_panicked_on() {
     let good = std::fs::read(&path).unwrap();
     let len = good.len();
 
-    // Truncated: refused.
+    // Truncated: refused, and left as it was (the operator's copy of what is there).
     std::fs::write(&path, &good[..len / 3]).unwrap();
     let (code, err) = run_once(&dir, http_port, &[]);
     assert_eq!(code, Some(2), "{err}");
+    assert!(
+        std::fs::read(&path).unwrap() == good[..len / 3],
+        "the refused file was changed"
+    );
     assert!(
         err.contains("state.redb") && err.contains("--reset-state"),
         "{err}"
@@ -315,6 +319,10 @@ async fn a_damaged_state_file_is_refused_never_panicked_on() {
         match code {
             Some(2) => {
                 assert!(err.contains("state.redb"), "page {i}: {err}");
+                assert!(
+                    std::fs::read(&path).unwrap() == bad,
+                    "page {i}: the refused file was changed"
+                );
                 refused += 1;
             }
             None => assert!(

@@ -173,6 +173,32 @@ fn write_meta(db: &Database, shards: Option<u64>) -> Result<(), String> {
     txn.commit().map_err(err)
 }
 
+/// Copies the state file aside (`state.redb.checking`) before it is opened; `None` when there
+/// is no file yet.
+fn keep_a_copy(path: &Path) -> Result<Option<PathBuf>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let copy = path.with_extension("redb.checking");
+    std::fs::copy(path, &copy).map_err(|e| {
+        StoreError::Io(format!(
+            "cannot copy {} before checking it: {e} (is the disk full?)",
+            path.display()
+        ))
+    })?;
+    Ok(Some(copy))
+}
+
+/// After a refused open: a damaged file goes back exactly as it was before the open touched
+/// it; otherwise (in use by another process, an I/O error) the copy is only removed.
+fn put_back(path: &Path, copy: Option<&Path>, why: &StoreError) {
+    let Some(copy) = copy else { return };
+    if matches!(why, StoreError::Damaged(_)) && std::fs::rename(copy, path).is_ok() {
+        return;
+    }
+    let _ = std::fs::remove_file(copy);
+}
+
 impl RedbStore {
     /// The state file in `dir`.
     pub fn path_in(dir: &Path) -> PathBuf {
@@ -199,7 +225,18 @@ impl RedbStore {
             Ok(m) if m.len() == 0 => return Err(damaged(&path, "it is empty: 0 bytes")),
             _ => {}
         }
-        let (mut db, id) = open_db(&path, true)?;
+        // Opening repairs a file left by a crash, and the integrity check repairs what it
+        // finds, both in place: a file refused as damaged would be left changed, and the
+        // operator's copy of what was there lost. So the check runs on the file while a copy
+        // of it waits beside it; a refused file is put back as it was.
+        let kept = keep_a_copy(&path)?;
+        let (mut db, id) = match open_db(&path, true) {
+            Ok(o) => o,
+            Err(e) => {
+                put_back(&path, kept.as_deref(), &e);
+                return Err(e);
+            }
+        };
         let checked = match guarded(true, || db.check_integrity().map_err(err)) {
             Ok(true) => guarded(true, || {
                 write_meta(&db, None)?;
@@ -219,9 +256,13 @@ impl RedbStore {
             Ok(n) => n,
             Err(e) => {
                 close(db, true);
+                put_back(&path, kept.as_deref(), &e);
                 return Err(e);
             }
         };
+        if let Some(copy) = kept {
+            let _ = std::fs::remove_file(copy);
+        }
         Ok(RedbStore {
             path,
             open: Mutex::new(Open {
