@@ -404,8 +404,9 @@ pub fn run(
                     tracing::warn!(
                         shard = ctx.index,
                         dropped,
-                        "a device reported more than {} attribute keys; the new keys were dropped",
-                        crate::engine::MAX_REPORTED_ATTRIBUTES
+                        "attribute values dropped: a device keeps at most {} keys and {} KiB, and the engine `engine.max_attribute_bytes`",
+                        crate::engine::MAX_REPORTED_ATTRIBUTES,
+                        crate::engine::MAX_DEVICE_ATTRIBUTE_BYTES / 1024
                     );
                 }
             }
