@@ -121,7 +121,8 @@ pub(super) async fn ack(
 }
 
 /// `POST /api/alarms/{id}/clear` (optional body `{"by": "who"}`): clears an active alarm by
-/// hand, as a rule's clear would (its `notify` tells of it); 200 with the new status; 404
+/// hand, as a rule's clear would (on down the chain where the alarm node's `pass:` lists
+/// `cleared`, never into an `rpc` or `publish`); 200 with the new status; 404
 /// unknown, 409 cleared already, 503 shutting down.
 pub(super) async fn clear(
     State(api): State<Api>,
