@@ -181,3 +181,104 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The live engine writes the devices' attributes in a record of their own, only when one
+/// changed: after a checkpoint, messages that change no attribute write none. A restart reads
+/// them back, and a shard record from before (attributes inside it) too, which the next
+/// checkpoint then writes apart.
+#[test]
+fn attributes_are_written_when_they_change_and_read_back() {
+    use rulechain::live::store::{RedbStore, StateStore};
+    let rules = load_rules(&root().join("rules"));
+    let mut replay = new_replay(rules.clone());
+    let mut out = Recorder::default();
+    let mut feed = |r: &mut Replay, line: &str| {
+        let m = r.message_json(line).unwrap();
+        r.feed(m, &mut out);
+    };
+    for (i, d) in ["a", "b", "c"].iter().enumerate() {
+        feed(
+            &mut replay,
+            &format!(
+                r#"{{"device": "{d}", "kind": "attributes", "ts": {}, "data": {{"x": {i}}}}}"#,
+                1_700_000_000_000i64 + i as i64
+            ),
+        );
+    }
+    let first = replay.executor_mut().take_attributes().expect("changed");
+    assert_eq!(first.reported.len(), 3);
+    assert!(
+        replay.executor_mut().take_attributes().is_none(),
+        "taken once"
+    );
+    feed(
+        &mut replay,
+        r#"{"device": "a", "ts": 1700000001000, "data": {"current": 1}}"#,
+    );
+    assert!(
+        replay.executor_mut().take_attributes().is_none(),
+        "telemetry changes none"
+    );
+    feed(
+        &mut replay,
+        r#"{"device": "b", "kind": "attributes", "ts": 1700000002000, "data": {"x": 9}}"#,
+    );
+    let second = replay.executor_mut().take_attributes().expect("b changed");
+
+    // Written as a checkpoint writes them, read back as a start reads them.
+    let dir = std::env::temp_dir().join(format!("rulechain-attributes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let shard = serde_json::to_vec(&replay.executor().snapshot_without_attributes()).unwrap();
+    {
+        let store = RedbStore::open(&dir).unwrap();
+        store
+            .save(0, &shard, Some(&serde_json::to_vec(&first).unwrap()))
+            .unwrap();
+        store
+            .save(0, &shard, Some(&serde_json::to_vec(&second).unwrap()))
+            .unwrap();
+        store.save(0, &shard, None).unwrap();
+    }
+    let restore = |dir: &Path| {
+        let store = RedbStore::open(dir).unwrap();
+        let saved = store
+            .check_all(1, rulechain::live::shard::decode_snapshot)
+            .unwrap()
+            .remove(0)
+            .flatten()
+            .unwrap();
+        let mut r = new_replay(rules.clone());
+        r.executor_mut().restore(saved);
+        r
+    };
+    let x = |r: &Replay, d: &str| {
+        r.executor()
+            .device(d)
+            .and_then(|d| d.attrs().get("x").map(|v| v.to_string()))
+    };
+    let mut restored = restore(&dir);
+    assert_eq!(x(&restored, "a").as_deref(), Some("0"));
+    assert_eq!(x(&restored, "b").as_deref(), Some("9"));
+    assert_eq!(x(&restored, "c").as_deref(), Some("2"));
+    assert!(
+        restored.executor_mut().take_attributes().is_none(),
+        "read from their record: nothing to write again"
+    );
+    // A shard record from before, attributes inside it: read, then written apart.
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        let store = RedbStore::open(&dir).unwrap();
+        let old = serde_json::to_vec(&replay.executor().snapshot()).unwrap();
+        store.save(0, &old, None).unwrap();
+    }
+    let mut restored = restore(&dir);
+    assert_eq!(x(&restored, "b").as_deref(), Some("9"));
+    assert_eq!(
+        restored
+            .executor_mut()
+            .take_attributes()
+            .map(|a| a.reported.len()),
+        Some(3)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

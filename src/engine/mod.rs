@@ -380,6 +380,8 @@ pub struct Executor {
     attributes_dropped: u64,
     /// Bytes of every device's attributes, reported and server-side ([`entry_bytes`]).
     attribute_bytes: usize,
+    /// Some device's attributes changed since [`Executor::take_attributes`] last took them.
+    attributes_changed: bool,
     limits: Limits,
     evictions: Evictions,
     /// When the next sweep of idle state is due (clock time).
@@ -427,6 +429,7 @@ impl Executor {
             stack: Vec::new(),
             attributes_dropped: 0,
             attribute_bytes: 0,
+            attributes_changed: false,
             limits: Limits::default(),
             evictions: Evictions::default(),
             next_sweep: now,
@@ -487,7 +490,33 @@ impl Executor {
             self.devices.remove(device);
         }
         self.attribute_bytes = self.attribute_bytes.saturating_add_signed(grew?);
+        self.attributes_changed = true;
         Ok(())
+    }
+
+    /// Every device's attributes, when one changed since the last call: what a checkpoint
+    /// writes apart from the rest of the state, so that a checkpoint costs them only when they
+    /// changed. Given back with [`Executor::attributes_unsaved`] when it could not be written.
+    pub fn take_attributes(&mut self) -> Option<persist::SavedAttributes> {
+        if !std::mem::take(&mut self.attributes_changed) {
+            return None;
+        }
+        let s = self.snapshot_with(true);
+        Some(persist::SavedAttributes {
+            reported: s.reported,
+            server: s.server,
+        })
+    }
+
+    /// The attributes must be written again (a checkpoint that failed, a new state file).
+    pub fn attributes_unsaved(&mut self) {
+        self.attributes_changed = true;
+    }
+
+    /// Everything but the rules and the devices' attributes, which a checkpoint writes apart
+    /// ([`Executor::take_attributes`]).
+    pub fn snapshot_without_attributes(&self) -> persist::Snapshot {
+        self.snapshot_with(false)
     }
 
     /// Sets the bounds on state (default [`Limits::default`]).
@@ -742,6 +771,10 @@ impl Executor {
 
     /// Everything but the rules, as data (see [`persist`]).
     pub fn snapshot(&self) -> persist::Snapshot {
+        self.snapshot_with(true)
+    }
+
+    fn snapshot_with(&self, attributes: bool) -> persist::Snapshot {
         let rules = &self.rules;
         let name = |ci: usize, ni: usize| {
             let c = &rules.chains[ci];
@@ -789,15 +822,13 @@ impl Executor {
                 }
             })
             .collect();
-        let reported = self
-            .devices
-            .iter()
+        let devices = self.devices.iter().filter(|_| attributes);
+        let reported = devices
+            .clone()
             .filter(|(_, d)| !d.reported.is_empty())
             .map(|(id, d)| (id.to_string(), Dynamic::from_map(d.reported.clone())))
             .collect();
-        let server = self
-            .devices
-            .iter()
+        let server = devices
             .filter(|(_, d)| !d.server.is_empty())
             .map(|(id, d)| (id.to_string(), Dynamic::from_map(d.server.clone())))
             .collect();
@@ -811,6 +842,7 @@ impl Executor {
             alarms: self.alarms.iter().cloned().collect(),
             reported,
             server,
+            attributes_inline: false,
         }
     }
 
@@ -864,6 +896,9 @@ impl Executor {
             }
         }
         self.alarms.restore(snap.alarms);
+        // Read from inside the shard's record (written before attributes had their own): the
+        // next checkpoint writes them to their own record.
+        self.attributes_changed |= snap.attributes_inline;
         for (id, reported) in snap.reported {
             let Some(reported) = reported.try_cast::<Map>() else {
                 continue;
@@ -1067,6 +1102,7 @@ impl Executor {
                     attrs.insert(k.clone(), v.clone());
                 }
                 device.reported.insert(k.clone(), v.clone());
+                self.attributes_changed = true;
                 let was = old.unwrap_or(0);
                 device.reported_bytes = device.reported_bytes + new - was;
                 self.attribute_bytes = self.attribute_bytes + new - was;

@@ -42,6 +42,21 @@ pub struct Snapshot {
     /// before they existed).
     #[serde(default)]
     pub server: Vec<(String, Dynamic)>,
+    /// Set when `reported` and `server` came inside the shard's record (as every snapshot held
+    /// them before the live engine kept them in a record of their own, written as they change):
+    /// the next checkpoint writes them to their own record.
+    #[serde(skip)]
+    pub attributes_inline: bool,
+}
+
+/// The devices' attributes, as the live engine keeps them apart from the rest of a shard's
+/// state (written only when one changed).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SavedAttributes {
+    /// As [`Snapshot::reported`].
+    pub reported: Vec<(String, Dynamic)>,
+    /// As [`Snapshot::server`].
+    pub server: Vec<(String, Dynamic)>,
 }
 
 /// One node's state.

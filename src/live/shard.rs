@@ -163,8 +163,21 @@ impl EffectSink for Buffer {
 /// Decodes a shard's saved state (read once at start by `live::start`, which refuses to start
 /// on bytes it cannot decode). A snapshot of another format version is set aside with a warning:
 /// the state of an older build is not guessed at.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<Option<Snapshot>, String> {
-    let s: Snapshot = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+pub fn decode_snapshot(
+    bytes: &[u8],
+    attributes: Option<Vec<u8>>,
+) -> Result<Option<Snapshot>, String> {
+    let mut s: Snapshot = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    match attributes {
+        Some(a) => {
+            let a: crate::engine::persist::SavedAttributes =
+                serde_json::from_slice(&a).map_err(|e| format!("attributes: {e}"))?;
+            s.reported = a.reported;
+            s.server = a.server;
+        }
+        // From before attributes had a record of their own: they are in the shard's record.
+        None => s.attributes_inline = !(s.reported.is_empty() && s.server.is_empty()),
+    }
     if s.version != crate::engine::persist::VERSION {
         tracing::warn!(
             "saved state has format {} (this build reads {}); that shard starts empty",
@@ -191,15 +204,27 @@ fn restore(exec: &mut Executor, index: usize, saved: Snapshot) {
 
 /// Writes the shard's state; the error says why it could not (it is counted, not logged: the
 /// caller knows whether it matters).
-fn checkpoint(exec: &Executor, ctx: &ShardCtx) -> Result<(), String> {
+fn checkpoint(exec: &mut Executor, ctx: &ShardCtx) -> Result<(), String> {
     let started = Instant::now();
-    let r = serde_json::to_vec(&exec.snapshot())
-        .map_err(|e| format!("cannot serialize state: {e}"))
-        .and_then(|bytes| {
-            ctx.store.save(ctx.index, &bytes)?;
-            tracing::trace!(shard = ctx.index, bytes = bytes.len(), took = ?started.elapsed(), "checkpoint");
-            Ok(())
-        });
+    // The devices' attributes only when one changed: a checkpoint costs what changed, not
+    // every device's attributes each time.
+    let taken = exec.take_attributes();
+    let r = (|| {
+        let attributes = match &taken {
+            Some(a) => Some(
+                serde_json::to_vec(a).map_err(|e| format!("cannot serialize attributes: {e}"))?,
+            ),
+            None => None,
+        };
+        let bytes = serde_json::to_vec(&exec.snapshot_without_attributes())
+            .map_err(|e| format!("cannot serialize state: {e}"))?;
+        ctx.store.save(ctx.index, &bytes, attributes.as_deref())?;
+        tracing::trace!(shard = ctx.index, bytes = bytes.len(), attributes = attributes.as_ref().map_or(0, Vec::len), took = ?started.elapsed(), "checkpoint");
+        Ok(())
+    })();
+    if r.is_err() && taken.is_some() {
+        exec.attributes_unsaved();
+    }
     match &r {
         Ok(()) => ctx.stats.checkpoints.fetch_add(1, Relaxed),
         Err(_) => ctx.stats.checkpoint_errors.fetch_add(1, Relaxed),
@@ -428,7 +453,11 @@ pub fn run(
             };
             if attempt {
                 let epoch = ctx.store.epoch();
-                match checkpoint(&exec, &ctx) {
+                if epoch != saved_epoch {
+                    // A new state file: the attributes go into it too.
+                    exec.attributes_unsaved();
+                }
+                match checkpoint(&mut exec, &ctx) {
                     Ok(()) => {
                         alarm_changes = exec.alarms().changes();
                         dirty = false;
@@ -481,7 +510,7 @@ pub fn run(
         }
         // The queue closed: shutdown. Everything queued has been handled; save.
         exec.advance_to(wall_ms(), &mut buf);
-        match checkpoint(&exec, &ctx) {
+        match checkpoint(&mut exec, &ctx) {
             Ok(()) => {
                 let mut done = Vec::new();
                 if held.active() {

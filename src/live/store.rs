@@ -26,6 +26,11 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 
 /// Shard snapshots, by shard number.
 const SHARDS: TableDefinition<u32, &[u8]> = TableDefinition::new("shards");
+/// A shard's attributes record is kept in `shards` too, under its number with this bit set:
+/// written only when some attribute of the shard's devices changed, not with every checkpoint.
+/// The same table, because redb 3.1.3 reports a healthy file as repaired after transactions
+/// in a row that each write two tables, and a start refuses such a file as damaged.
+const ATTRIBUTES_KEY: u32 = 1 << 31;
 /// Facts about the state dir (`shards`: how many shards wrote it).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -33,8 +38,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub trait StateStore: Send + Sync {
     /// The last snapshot a shard saved.
     fn load(&self, shard: usize) -> Result<Option<Vec<u8>>, String>;
-    /// Replaces a shard's snapshot.
-    fn save(&self, shard: usize, data: &[u8]) -> Result<(), String>;
+    /// Replaces a shard's snapshot, and its attributes record when given, in one transaction.
+    fn save(&self, shard: usize, data: &[u8], attributes: Option<&[u8]>) -> Result<(), String>;
     /// How many shards wrote this state, if any did.
     fn shard_count(&self) -> Result<Option<usize>, String>;
     /// Records how many shards write this state.
@@ -279,31 +284,32 @@ impl RedbStore {
     pub fn check_all<T>(
         &self,
         shards: usize,
-        decode: impl Fn(&[u8]) -> Result<T, String>,
+        decode: impl Fn(&[u8], Option<Vec<u8>>) -> Result<T, String>,
     ) -> Result<Vec<Option<T>>, StoreError> {
         (0..shards)
             .map(|i| {
                 let bytes = self
-                    .read(i, true)
+                    .read(i as u32, true)
                     .map_err(|e| damaged(&self.path, &format!("shard {i}: {e}")))?;
+                let attributes = self
+                    .read(i as u32 | ATTRIBUTES_KEY, true)
+                    .map_err(|e| damaged(&self.path, &format!("shard {i}'s attributes: {e}")))?;
                 bytes
-                    .map(|b| decode(&b))
+                    .map(|b| decode(&b, attributes))
                     .transpose()
                     .map_err(|e| damaged(&self.path, &format!("shard {i}'s state: {e}")))
             })
             .collect()
     }
 
-    /// A shard's snapshot; `quiet` at start, where damage is reported as an error, not a panic.
-    fn read(&self, shard: usize, quiet: bool) -> Result<Option<Vec<u8>>, String> {
+    /// A record; `quiet` at start, where damage is reported as an error, not a panic.
+    fn read(&self, key: u32, quiet: bool) -> Result<Option<Vec<u8>>, String> {
         let o = self.lock();
         let db = o.db.as_ref().ok_or("the state store is closed")?;
         guarded(quiet, || {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(SHARDS).map_err(err)?;
-            Ok(t.get(shard as u32)
-                .map_err(err)?
-                .map(|v| v.value().to_vec()))
+            Ok(t.get(key).map_err(err)?.map(|v| v.value().to_vec()))
         })
     }
 
@@ -358,15 +364,18 @@ impl RedbStore {
 
 impl StateStore for RedbStore {
     fn load(&self, shard: usize) -> Result<Option<Vec<u8>>, String> {
-        self.read(shard, false)
+        self.read(shard as u32, false)
     }
 
-    fn save(&self, shard: usize, data: &[u8]) -> Result<(), String> {
+    fn save(&self, shard: usize, data: &[u8], attributes: Option<&[u8]>) -> Result<(), String> {
         self.write(|db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut t = txn.open_table(SHARDS).map_err(err)?;
                 t.insert(shard as u32, data).map_err(err)?;
+                if let Some(a) = attributes {
+                    t.insert(shard as u32 | ATTRIBUTES_KEY, a).map_err(err)?;
+                }
             }
             txn.commit().map_err(err)
         })
@@ -404,9 +413,9 @@ mod tests {
             let s = RedbStore::open(&dir).unwrap();
             assert_eq!(s.load(0).unwrap(), None);
             assert_eq!(s.shard_count().unwrap(), None);
-            s.save(0, b"zero").unwrap();
-            s.save(1, b"one").unwrap();
-            s.save(0, b"zero again").unwrap();
+            s.save(0, b"zero", None).unwrap();
+            s.save(1, b"one", None).unwrap();
+            s.save(0, b"zero again", None).unwrap();
             s.set_shard_count(2).unwrap();
             let second = RedbStore::open(&dir);
             assert!(
@@ -421,15 +430,50 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Checkpoints in a row, with and without an attributes record, leave a file that opens
+    /// clean (a start refuses one the storage library says it had to repair), and each shard
+    /// reads back its latest record of each kind.
+    #[test]
+    fn attributes_records_are_kept_and_reopen_clean() {
+        let dir = dir("attributes");
+        type Save<'a> = (usize, &'a [u8], Option<&'a [u8]>);
+        let saves: [Save; 6] = [
+            (0, b"zero", Some(b"attrs 0")),
+            (0, b"zero", Some(b"attrs 0 again")),
+            (1, b"one", Some(b"attrs 1")),
+            (0, b"zero 2", None),
+            (1, b"one 2", Some(b"attrs 1 again")),
+            (0, b"zero 3", None),
+        ];
+        {
+            let s = RedbStore::open(&dir).unwrap();
+            s.set_shard_count(2).unwrap();
+            for (shard, data, attrs) in saves {
+                s.save(shard, data, attrs).unwrap();
+            }
+        }
+        let s = RedbStore::open(&dir).unwrap();
+        let all = s.check_all(2, |b, a| Ok((b.to_vec(), a))).unwrap();
+        assert_eq!(
+            all[0].clone().unwrap(),
+            (b"zero 3".to_vec(), Some(b"attrs 0 again".to_vec()))
+        );
+        assert_eq!(
+            all[1].clone().unwrap(),
+            (b"one 2".to_vec(), Some(b"attrs 1 again".to_vec()))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_deleted_file_is_noticed_and_written_anew() {
         let dir = dir("deleted");
         let s = RedbStore::open(&dir).unwrap();
         s.set_shard_count(3).unwrap();
-        s.save(0, b"before").unwrap();
+        s.save(0, b"before", None).unwrap();
         assert_eq!(s.epoch(), 0);
         std::fs::remove_file(RedbStore::path_in(&dir)).unwrap();
-        s.save(1, b"after").unwrap();
+        s.save(1, b"after", None).unwrap();
         assert_eq!(s.epoch(), 1, "the shards are told to save again");
         assert!(RedbStore::path_in(&dir).exists());
         drop(s);
@@ -462,7 +506,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         {
             let s = RedbStore::open(&dir).unwrap();
-            s.save(0, &vec![7u8; 100_000]).unwrap();
+            s.save(0, &vec![7u8; 100_000], None).unwrap();
         }
         let len = std::fs::metadata(&path).unwrap().len();
         let f = File::options().write(true).open(&path).unwrap();
