@@ -94,7 +94,6 @@ impl Diagnostics {
         self.push(src, pos, Severity::Warning, message.into())
     }
 
-    /// Adds an error about a file as a whole (it cannot be read, say).
     /// Adds an error for a file or directory that cannot be read at all (see
     /// [`Diagnostics::unreadable`]).
     pub fn unreadable_error(&mut self, path: &Path, message: impl Into<String>) {

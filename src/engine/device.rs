@@ -142,6 +142,17 @@ impl Device {
         self.attrs = Dynamic::from_map(attrs).into_shared();
     }
 
+    /// Lays restored attributes over the ones it has (reported ones over the registry's,
+    /// server-side ones over both); their bytes ([`entry_bytes`]).
+    pub(super) fn overlay(&mut self, m: &Map) -> usize {
+        let mut attrs = self.take_attrs();
+        for (k, v) in m {
+            attrs.insert(k.clone(), v.clone());
+        }
+        self.put_attrs(attrs);
+        m.iter().map(|(k, v)| entry_bytes(k, v)).sum()
+    }
+
     /// Where attribute `key`'s value comes from: `server`, `reported` or `registry`.
     pub fn source_of(&self, key: &str) -> &'static str {
         if self.server.contains_key(key) {

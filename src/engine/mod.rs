@@ -471,8 +471,9 @@ impl Executor {
 
     /// Sets server-side attributes of a device (an operator, through the API): the next
     /// message of the device sees them in `attr`. A unit value removes one. A device not known
-    /// yet is learned. Returns how many new keys were refused past
-    /// [`MAX_REPORTED_ATTRIBUTES`].
+    /// yet is learned. All or nothing: the reason, when the changes would pass the device's
+    /// bounds ([`MAX_REPORTED_ATTRIBUTES`], [`MAX_DEVICE_ATTRIBUTE_BYTES`]), the engine's
+    /// `max_attribute_bytes` or, for a new device, `max_devices`.
     pub fn set_server_attributes(&mut self, device: &str, changes: Map) -> Result<(), String> {
         if !self.devices.contains_key(device) && !self.make_room() {
             return Err(format!(
@@ -498,25 +499,27 @@ impl Executor {
     /// writes apart from the rest of the state, so that a checkpoint costs them only when they
     /// changed. Given back with [`Executor::attributes_unsaved`] when it could not be written.
     pub fn take_attributes(&mut self) -> Option<persist::SavedAttributes> {
-        if !std::mem::take(&mut self.attributes_changed) {
-            return None;
+        std::mem::take(&mut self.attributes_changed).then(|| self.saved_attributes())
+    }
+
+    /// Every device's reported and server-side attributes, as data.
+    fn saved_attributes(&self) -> persist::SavedAttributes {
+        let of = |m: fn(&Device) -> &Map| {
+            self.devices
+                .iter()
+                .filter(|(_, d)| !m(d).is_empty())
+                .map(|(id, d)| (id.to_string(), Dynamic::from_map(m(d).clone())))
+                .collect()
+        };
+        persist::SavedAttributes {
+            reported: of(|d| &d.reported),
+            server: of(|d| &d.server),
         }
-        let s = self.snapshot_with(true);
-        Some(persist::SavedAttributes {
-            reported: s.reported,
-            server: s.server,
-        })
     }
 
     /// The attributes must be written again (a checkpoint that failed, a new state file).
     pub fn attributes_unsaved(&mut self) {
         self.attributes_changed = true;
-    }
-
-    /// Everything but the rules and the devices' attributes, which a checkpoint writes apart
-    /// ([`Executor::take_attributes`]).
-    pub fn snapshot_without_attributes(&self) -> persist::Snapshot {
-        self.snapshot_with(false)
     }
 
     /// Sets the bounds on state (default [`Limits::default`]).
@@ -771,10 +774,17 @@ impl Executor {
 
     /// Everything but the rules, as data (see [`persist`]).
     pub fn snapshot(&self) -> persist::Snapshot {
-        self.snapshot_with(true)
+        let a = self.saved_attributes();
+        persist::Snapshot {
+            reported: a.reported,
+            server: a.server,
+            ..self.snapshot_without_attributes()
+        }
     }
 
-    fn snapshot_with(&self, attributes: bool) -> persist::Snapshot {
+    /// Everything but the rules and the devices' attributes, which a checkpoint writes apart
+    /// ([`Executor::take_attributes`]).
+    pub fn snapshot_without_attributes(&self) -> persist::Snapshot {
         let rules = &self.rules;
         let name = |ci: usize, ni: usize| {
             let c = &rules.chains[ci];
@@ -822,16 +832,6 @@ impl Executor {
                 }
             })
             .collect();
-        let devices = self.devices.iter().filter(|_| attributes);
-        let reported = devices
-            .clone()
-            .filter(|(_, d)| !d.reported.is_empty())
-            .map(|(id, d)| (id.to_string(), Dynamic::from_map(d.reported.clone())))
-            .collect();
-        let server = devices
-            .filter(|(_, d)| !d.server.is_empty())
-            .map(|(id, d)| (id.to_string(), Dynamic::from_map(d.server.clone())))
-            .collect();
         persist::Snapshot {
             version: persist::VERSION,
             now: self.now,
@@ -840,8 +840,8 @@ impl Executor {
             timers,
             awaits,
             alarms: self.alarms.iter().cloned().collect(),
-            reported,
-            server,
+            reported: Vec::new(),
+            server: Vec::new(),
             attributes_inline: false,
         }
     }
@@ -904,12 +904,7 @@ impl Executor {
                 continue;
             };
             let d = self.devices.entry(id.into()).or_default();
-            let mut attrs = d.take_attrs();
-            for (k, v) in &reported {
-                attrs.insert(k.clone(), v.clone());
-            }
-            d.put_attrs(attrs);
-            d.reported_bytes = reported.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+            d.reported_bytes = d.overlay(&reported);
             self.attribute_bytes += d.reported_bytes;
             d.reported = reported;
         }
@@ -917,12 +912,7 @@ impl Executor {
             if let Some(server) = server.try_cast::<Map>() {
                 // What was kept before is kept, past today's bounds if they were lowered.
                 let d = self.devices.entry(id.into()).or_default();
-                let mut attrs = d.take_attrs();
-                for (k, v) in &server {
-                    attrs.insert(k.clone(), v.clone());
-                }
-                d.put_attrs(attrs);
-                d.server_bytes = server.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+                d.server_bytes = d.overlay(&server);
                 self.attribute_bytes += d.server_bytes;
                 d.server = server;
             }

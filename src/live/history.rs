@@ -139,7 +139,7 @@ impl History {
                     points.push_back((ts, x))
                 }
             }
-            while points.len() > cap || points.front().is_some_and(|p| p.0 < ts - window) {
+            while points.front().is_some_and(|p| p.0 < ts - window) {
                 points.pop_front();
             }
         }

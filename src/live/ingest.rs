@@ -93,14 +93,12 @@ pub async fn run(ing: Ingest, mut stop: watch::Receiver<bool>) {
             Ok(()) => break,
             Err(e) => e,
         };
-        // A broker closes a connection it accepted moments ago when another client connects
-        // with the same client id (the session is taken over): two engines sharing one id throw
-        // each other out forever. Say so.
-        if lasted.is_some_and(|d| d < Duration::from_secs(10))
-            && e.contains("closed the connection")
-        {
+        // A broker drops a connection it accepted moments ago when another client connects with
+        // the same client id (the session is taken over): two engines sharing one id throw each
+        // other out forever. A session that short says so, whatever its error.
+        if lasted.is_some_and(|d| d < Duration::from_secs(10)) {
             e = format!(
-                "{e} {:.1} s after accepting it: is another client connected with the client id `{}`? (each engine needs its own `mqtt.client_id`)",
+                "{e}, {:.1} s after the broker accepted the connection: is another client connected with the client id `{}`? (each engine needs its own `mqtt.client_id`)",
                 lasted.unwrap_or_default().as_secs_f64(),
                 io.ing.conn.client_id
             );

@@ -107,14 +107,12 @@ pub(super) async fn serve(
     let (reload_tx, reload_status, reload_task) = serve_reloads(reloader, shard_tx, stop.clone());
     let _watcher = super::watch_rules(&settings.rules_dir, reload_tx.clone());
     let http_task = listener.map(|l| {
-        if let Ok(a) = l.local_addr() {
+        if let Ok(mut a) = l.local_addr() {
             if !a.ip().is_loopback() && settings.http_token.is_none() {
                 tracing::warn!(
                     "the HTTP API listens on {a}, beyond this machine, with no token: anyone who can reach it can acknowledge alarms and change attributes (set `http.token`)"
                 );
             }
-        }
-        if let Ok(mut a) = l.local_addr() {
             if a.ip().is_unspecified() {
                 a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }

@@ -138,9 +138,10 @@ pub fn compile(docs: &[ChainDoc], opts: &CompileOptions, diags: &mut Diagnostics
     // turns back into an input message.
     let patterns: Vec<crate::topic::TopicPattern> = opts
         .config
-        .cloned()
-        .unwrap_or_default()
-        .topic_patterns()
+        .map_or_else(
+            || Config::default().topic_patterns(),
+            Config::topic_patterns,
+        )
         .into_iter()
         .filter_map(|(p, k)| crate::topic::TopicPattern::parse(&p, k).ok())
         .collect();

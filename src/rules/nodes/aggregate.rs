@@ -185,8 +185,38 @@ impl NodeImpl for Aggregate {
         self.add(cx, &key, values, Some(p))
     }
 
+    /// The window of `key` closes: its output, if the timer is the window's own.
     fn fire(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
-        self.close(cx, key, tag)
+        let st = cx.state::<State>();
+        if st.windows.get(key).is_none_or(|w| w.tag != tag) {
+            return None;
+        }
+        let w = st.windows.remove(key)?;
+        let end = w.start.saturating_add(self.window);
+        let mut out = Map::new();
+        for (acc, (name, f, field)) in w.accs.iter().zip(&self.outs) {
+            let v: Option<Dynamic> = match f {
+                Func::Count if field.is_empty() => Some((w.messages as i64).into()),
+                Func::Count => Some((acc.n as i64).into()),
+                _ if acc.n == 0 => None,
+                Func::Avg => Some((acc.sum / acc.n as f64).into()),
+                Func::Sum => Some(acc.sum.into()),
+                Func::Min => Some(acc.min.into()),
+                Func::Max => Some(acc.max.into()),
+                Func::First => acc.first.clone(),
+                Func::Last => acc.last.clone(),
+            };
+            if let Some(v) = v {
+                out.insert(name.as_str().into(), v);
+            }
+        }
+        out.insert("window_start".into(), w.start.into());
+        out.insert("window_end".into(), end.into());
+        let mut p = w.last;
+        p.vars.msg = Dynamic::from_map(out);
+        p.ts = end;
+        p.set_meta("ts", end.into());
+        Some(Flow::Pass(p))
     }
 }
 
@@ -223,39 +253,5 @@ impl Aggregate {
             w.last = without_msg(p);
         }
         Flow::Stop(Why::Held)
-    }
-
-    /// The window of `key` closes: its output, if the timer is the window's own.
-    fn close(&self, cx: &mut Cx<'_>, key: &str, tag: u64) -> Option<Flow> {
-        let st = cx.state::<State>();
-        if st.windows.get(key).is_none_or(|w| w.tag != tag) {
-            return None;
-        }
-        let w = st.windows.remove(key)?;
-        let end = w.start.saturating_add(self.window);
-        let mut out = Map::new();
-        for (acc, (name, f, field)) in w.accs.iter().zip(&self.outs) {
-            let v: Option<Dynamic> = match f {
-                Func::Count if field.is_empty() => Some((w.messages as i64).into()),
-                Func::Count => Some((acc.n as i64).into()),
-                _ if acc.n == 0 => None,
-                Func::Avg => Some((acc.sum / acc.n as f64).into()),
-                Func::Sum => Some(acc.sum.into()),
-                Func::Min => Some(acc.min.into()),
-                Func::Max => Some(acc.max.into()),
-                Func::First => acc.first.clone(),
-                Func::Last => acc.last.clone(),
-            };
-            if let Some(v) = v {
-                out.insert(name.as_str().into(), v);
-            }
-        }
-        out.insert("window_start".into(), w.start.into());
-        out.insert("window_end".into(), end.into());
-        let mut p = w.last;
-        p.vars.msg = Dynamic::from_map(out);
-        p.ts = end;
-        p.set_meta("ts", end.into());
-        Some(Flow::Pass(p))
     }
 }
