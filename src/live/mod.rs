@@ -15,6 +15,8 @@
 pub mod broker;
 pub mod devices;
 pub mod egress;
+#[cfg(feature = "embedded-broker")]
+pub mod front;
 pub mod history;
 pub mod http;
 pub mod ingest;
