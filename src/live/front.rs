@@ -41,7 +41,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::local::now;
 use super::RateLimit;
 use crate::topic::filter_matches;
 
@@ -707,6 +706,17 @@ fn will_packet(will: &LastWill, qos: u8, pkid: u16) -> Option<Packet> {
     bytes.put_slice(&will.message);
     V4.read_mut(&mut bytes, super::link::MAX_OUTGOING_PACKET)
         .ok()
+}
+
+/// The future's output if it is ready at once (the notifications the router already buffered),
+/// else None; the future is dropped (a link's `next` may be cancelled).
+pub(super) fn now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
 use tokio::sync::{mpsc, watch};
 
-use super::front::Backlog;
+use super::front::{now, Backlog};
 use super::ingest::{no_pattern, Batch, BATCH};
 use super::publisher::Queue;
 use super::shard::ShardMsg;
@@ -461,17 +461,6 @@ fn alive(rx: &mut LinkRx) -> bool {
             }
             Err(_) => return false,
         }
-    }
-}
-
-/// The future's output if it is ready at once (the notifications the router already buffered),
-/// else None; the future is dropped (a link's `next` may be cancelled).
-pub(super) fn now<F: std::future::Future>(f: F) -> Option<F::Output> {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
     }
 }
 
