@@ -38,10 +38,10 @@ fn string(s: &str) -> Vec<u8> {
     v
 }
 
-/// CONNECT with a clean session and a keep-alive of 60 s.
-fn connect(client_id: &str) -> Vec<u8> {
+/// CONNECT with a clean session and a keep-alive of `keep_alive` s.
+fn connect(client_id: &str, keep_alive: u8) -> Vec<u8> {
     let mut body = string("MQTT");
-    body.extend_from_slice(&[4, 0x02, 0, 60]);
+    body.extend_from_slice(&[4, 0x02, 0, keep_alive]);
     body.extend(string(client_id));
     packet(0x10, &body)
 }
@@ -53,11 +53,16 @@ fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
     packet(0x30, &body)
 }
 
-/// Connects with raw MQTT; gives the stream once the CONNACK came, and its return code.
+/// Connects with raw MQTT (keep-alive 60 s); gives the stream once the CONNACK came, and its
+/// return code.
 fn raw_connect(port: u16, client_id: &str) -> (TcpStream, u8) {
+    raw_connect_with(port, client_id, 60)
+}
+
+fn raw_connect_with(port: u16, client_id: &str, keep_alive: u8) -> (TcpStream, u8) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&connect(client_id)).unwrap();
+    s.write_all(&connect(client_id, keep_alive)).unwrap();
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).unwrap();
     assert_eq!(ack[0], 0x20, "a CONNACK");
@@ -182,4 +187,37 @@ fn the_engines_own_client_ids_are_refused() {
     });
     assert!(ok.is_some(), "{}", engine.log());
     assert_eq!(engine.status()["counters"]["mqtt_connect_errors"], json!(0));
+}
+
+#[test]
+fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives_and_a_pinging_one_is_not() {
+    let (dir, mqtt, http) = embedded_setup(
+        "broker-keepalive",
+        &[("count.yaml", COUNT)],
+        "devices: []\n",
+    );
+    let _engine = Engine::start(&dir, http);
+    let (mut silent, code) = raw_connect_with(mqtt, "silent", 1);
+    assert_eq!(code, 0);
+    let (mut pinging, code) = raw_connect_with(mqtt, "pinging", 1);
+    assert_eq!(code, 0);
+    // The pinging client sends PINGREQ every half second and reads each PINGRESP.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        pinging.write_all(&[0xC0, 0]).unwrap();
+        let mut resp = [0u8; 2];
+        pinging.read_exact(&mut resp).unwrap();
+        assert_eq!(resp, [0xD0, 0], "a PINGRESP");
+    }
+    // 3 s on: the silent one was closed by the broker (1.5 s after its last packet), which a
+    // read sees as the end of the stream (or a reset), not as a timeout.
+    let mut byte = [0u8; 1];
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    match silent.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the silent client is still connected: {other:?}"),
+    }
 }
