@@ -8,18 +8,34 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::os::FdBudget;
 use super::shard::{self, AckReq, ShardMsg};
 use super::trace::Tracer;
-use super::{
-    broker, egress, http, ingest, link, publisher, reload, sim, FdBudget, RateLimit, RunOptions,
-    SavedState, Stats,
-};
+use super::{broker, egress, http, ingest, link, publisher, reload, sim, store, RateLimit, Stats};
 use crate::config::settings::{MqttConn, Settings};
 use crate::engine::registry::AlarmRegistry;
 use crate::engine::stats::RuleStats;
 use crate::engine::Device;
 use crate::rules::compile::RuleSet;
 use crate::sinks::Sinks;
+
+/// `run`'s options besides the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Also run the device simulator (`--demo`).
+    pub demo: bool,
+    /// Move a saved state file aside and start empty (`--reset-state`).
+    pub reset_state: bool,
+}
+
+/// The state store, opened and read at start.
+pub(super) struct SavedState {
+    pub(super) store: Arc<dyn store::StateStore>,
+    /// How many shards the state was written by (the engine runs that many).
+    pub(super) shards: usize,
+    /// Each shard's decoded snapshot.
+    pub(super) snapshots: Vec<Option<crate::engine::persist::Snapshot>>,
+}
 
 /// Serves until SIGINT/SIGTERM, then shuts down.
 pub(super) async fn serve(
@@ -105,7 +121,7 @@ pub(super) async fn serve(
     let shard_weak: Vec<_> = shard_tx.iter().map(mpsc::Sender::downgrade).collect();
     let ack_router = route_acks(shard_tx.clone(), ack_rx, stop.clone());
     let (reload_tx, reload_status, reload_task) = serve_reloads(reloader, shard_tx, stop.clone());
-    let _watcher = super::watch_rules(&settings.rules_dir, reload_tx.clone());
+    let _watcher = super::os::watch_rules(&settings.rules_dir, reload_tx.clone());
     let http_task = listener.map(|l| {
         if let Ok(mut a) = l.local_addr() {
             if !a.ip().is_loopback() && settings.http_token.is_none() {
@@ -151,8 +167,8 @@ pub(super) async fn serve(
             stop.clone(),
         ))
     });
-    let progress = tokio::spawn(super::progress(stats.clone(), stop.clone()));
-    super::wait_for_signal(reload_tx).await;
+    let progress = tokio::spawn(super::stats::progress(stats.clone(), stop.clone()));
+    super::os::wait_for_signal(reload_tx).await;
     // Shutdown: stop reading, let the shards finish their queues and save, flush the sinks and
     // egress.
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
