@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod counters;
 pub mod diag;

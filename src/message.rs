@@ -445,6 +445,19 @@ pub fn message_ts(payload: &Map, received: i64, max_skew_ms: i64) -> (i64, bool)
     }
 }
 
+/// Largest packet our connections send (commands, republished messages, dead letters), and
+/// the embedded broker's payload limit.
+pub const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
+
+/// Largest MQTT packet our connections read: the largest the protocol can express (its
+/// remaining length is at most 268,435,455 bytes). A client that drops the connection on a
+/// larger packet stalls for good with a persistent session: the broker delivers the same message
+/// at every reconnect. So nothing the broker may send is refused here; `ingest.max_payload_bytes`
+/// then skips the message alone (counted `too_large`, acknowledged, dead-lettered by reference).
+/// Such a message costs its size in memory while it is read; a broker's `message_size_limit`
+/// keeps them out earlier.
+pub const MAX_INCOMING_PACKET: usize = 268_435_455;
+
 #[cfg(test)]
 mod tests {
     use super::*;

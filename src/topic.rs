@@ -119,6 +119,17 @@ impl TopicPattern {
     }
 }
 
+/// Subscription filters for the topic patterns (duplicates removed).
+pub fn mqtt_filters(patterns: &[TopicPattern]) -> Vec<String> {
+    let mut f: Vec<String> = patterns
+        .iter()
+        .flat_map(TopicPattern::mqtt_filters)
+        .collect();
+    f.sort();
+    f.dedup();
+    f
+}
+
 /// Whether an MQTT topic filter (`a/+/c`, `a/#`) matches a topic.
 pub fn filter_matches(filter: &str, topic: &str) -> bool {
     // MQTT 3.1.1 §4.7.2: a filter that starts with a wildcard does not match a topic that starts

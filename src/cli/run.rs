@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::watch;
 
+use crate::clients::{record, sim};
 use crate::config::settings::{self, MqttConn, Settings};
 use crate::diag::Diagnostics;
-use crate::live::{self, sim};
+use crate::live;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum, Default)]
@@ -282,7 +283,7 @@ pub fn record(
         Err(code) => return code,
     };
     let r = rt.block_on(async move {
-        live::record::run(conn, s.patterns, &mut out, count, stop_on_signal()).await
+        record::run(conn, s.patterns, &mut out, count, stop_on_signal()).await
     });
     match r {
         Ok(r) => {

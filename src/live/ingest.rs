@@ -27,16 +27,7 @@ use crate::config::settings::MqttConn;
 use crate::retry::reconnect_backoff;
 use crate::topic::TopicPattern;
 
-/// Subscription filters for the topic patterns (duplicates removed).
-pub fn filters(patterns: &[TopicPattern]) -> Vec<String> {
-    let mut f: Vec<String> = patterns
-        .iter()
-        .flat_map(TopicPattern::mqtt_filters)
-        .collect();
-    f.sort();
-    f.dedup();
-    f
-}
+pub use crate::topic::mqtt_filters as filters;
 
 /// What the ingest task needs.
 pub struct Ingest {

@@ -2,8 +2,8 @@
 //! configured, CONNECT and CONNACK on rumqttc's codec. Ingest and the publisher then each run
 //! their own loop over the stream, so that a read or a write serves every packet buffered.
 //!
-//! The helper connections (`record`, the demo simulator) keep rumqttc's event loop, through
-//! [`options`] and [`client`]: they carry little traffic.
+//! The helper connections (`record`, the demo simulator) keep rumqttc's event loop: see
+//! [`crate::clients`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,23 +11,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Login, Packet};
 use rumqttc::mqttbytes::Error as CodecError;
-use rumqttc::{AsyncClient, EventLoop, MqttOptions, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::settings::MqttConn;
 
-/// Largest packet our connections send (commands, republished messages, dead letters), and
-/// the embedded broker's payload limit.
-pub const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
-
-/// Largest MQTT packet our connections read: the largest the protocol can express (its
-/// remaining length is at most 268,435,455 bytes). A client that drops the connection on a
-/// larger packet stalls for good with a persistent session: the broker delivers the same message
-/// at every reconnect. So nothing the broker may send is refused here; `ingest.max_payload_bytes`
-/// then skips the message alone (counted `too_large`, acknowledged, dead-lettered by reference).
-/// Such a message costs its size in memory while it is read; a broker's `message_size_limit`
-/// keeps them out earlier.
-pub const MAX_INCOMING_PACKET: usize = 268_435_455;
+pub use crate::message::{MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET};
 
 /// A connected byte stream: TCP or TLS over TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -166,38 +154,4 @@ pub async fn disconnect<W: AsyncWrite + Unpin>(wr: &mut W) {
     let _ = Packet::Disconnect.write(&mut b, 16);
     let _ = wr.write_all(&b).await;
     let _ = wr.shutdown().await;
-}
-
-/// rumqttc options for a helper connection (`suffix`: `sim`, `record`).
-pub fn options(conn: &MqttConn, suffix: &str) -> Result<MqttOptions, String> {
-    let id = format!("{}-{suffix}", conn.client_id);
-    let mut o = MqttOptions::new(id, conn.host.clone(), conn.port);
-    o.set_keep_alive(conn.keep_alive);
-    o.set_clean_session(!conn.persistent_session);
-    o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
-    o.set_request_channel_capacity(1024);
-    o.set_inflight(100);
-    if let Some(u) = &conn.username {
-        o.set_credentials(u.clone(), conn.password.clone().unwrap_or_default());
-    }
-    if let Some(tls) = &conn.tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        };
-        let client_auth = match &tls.client {
-            Some((c, k)) => Some((read(c)?, read(k)?)),
-            None => None,
-        };
-        o.set_transport(Transport::tls(read(&tls.ca)?, client_auth, None));
-    }
-    Ok(o)
-}
-
-/// A helper client and its event loop, with TCP_NODELAY.
-pub fn client(o: MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
-    let (c, mut events) = AsyncClient::new(o, cap);
-    let mut net = events.network_options();
-    net.set_tcp_nodelay(true);
-    events.set_network_options(net);
-    (c, events)
 }

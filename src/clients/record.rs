@@ -9,11 +9,10 @@ use std::time::Duration;
 use rumqttc::{Event, Packet, QoS};
 use tokio::sync::watch;
 
-use super::shard::{self, Limits};
-use super::wall_ms;
-use super::{ingest, link};
 use crate::config::settings::MqttConn;
-use crate::topic::TopicPattern;
+use crate::engine::clock::wall_ms;
+use crate::message::{Limits, MAX_INCOMING_PACKET};
+use crate::topic::{mqtt_filters, TopicPattern};
 
 /// What `record` reports at the end.
 #[derive(Debug, Default, Clone, Copy)]
@@ -32,12 +31,12 @@ pub async fn run(
     count: Option<u64>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Recorded, String> {
-    let mut o = link::options(&conn, "record")?;
+    let mut o = super::options(&conn, "record")?;
     o.set_clean_session(true);
-    let (client, mut events) = link::client(o, 64);
-    let subs = ingest::filters(&patterns);
+    let (client, mut events) = super::client(o, 64);
+    let subs = mqtt_filters(&patterns);
     let limits = Limits {
-        max_payload_bytes: link::MAX_INCOMING_PACKET,
+        max_payload_bytes: MAX_INCOMING_PACKET,
         max_depth: 128,
         max_clock_skew_ms: 0,
     };
@@ -75,7 +74,7 @@ pub async fn run(
                 // A payload the engine would reject is recorded too, as its text, so that the
                 // dry-run of the recording rejects it the same way; only bytes that are not
                 // UTF-8 cannot be carried by a JSON line.
-                let payload = match shard::parse(m.kind, &p.payload, &limits) {
+                let payload = match crate::message::parse(m.kind, &p.payload, &limits) {
                     Ok(map) => serde_json::to_value(rhai::Dynamic::from_map(map))
                         .unwrap_or(serde_json::Value::Null),
                     Err(reason) => match std::str::from_utf8(&p.payload) {

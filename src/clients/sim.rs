@@ -13,9 +13,8 @@ use rumqttc::{Event, Packet, QoS};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::link;
-use super::wall_ms;
 use crate::config::settings::MqttConn;
+use crate::engine::clock::wall_ms;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -112,9 +111,9 @@ pub async fn run(
     opts: SimOptions,
     mut stop: watch::Receiver<bool>,
 ) -> Result<u64, String> {
-    let mut o = link::options(&conn, "sim").map_err(|e| format!("simulator: {e}"))?;
+    let mut o = super::options(&conn, "sim").map_err(|e| format!("simulator: {e}"))?;
     o.set_clean_session(true);
-    let (client, mut events) = link::client(o, 4096);
+    let (client, mut events) = super::client(o, 4096);
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<rumqttc::Publish>(1024);
     let sub = format!("site/{}/device/+/command", opts.site);
     let (connected_tx, mut connected) = watch::channel(false);
