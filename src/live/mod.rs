@@ -29,6 +29,7 @@ pub mod publisher;
 pub mod reload;
 mod serve;
 pub mod shard;
+pub mod shards;
 pub mod stats;
 pub mod store;
 pub mod trace;

@@ -160,7 +160,6 @@ pub(super) fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let state = SavedState {
         store,
-        shards,
         snapshots: saved,
     };
     rt.block_on(serve::serve(

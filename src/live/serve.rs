@@ -1,5 +1,5 @@
 //! The running engine, wired from named parts: the MQTT connections, the alarm registry, the
-//! sinks, the shards, ingest, the acknowledgement router, the reloader, the HTTP API; then the
+//! sinks, the shards, ingest, the reloader, the HTTP API; then the
 //! shutdown, in the order that loses nothing.
 
 use std::collections::HashMap;
@@ -9,7 +9,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::os::FdBudget;
-use super::shard::{self, AckReq, ShardMsg};
+use super::shard::{self, ShardMsg};
+use super::shards::Shards;
 use super::trace::Tracer;
 use super::{broker, egress, http, ingest, link, publisher, reload, store, RateLimit, Stats};
 use crate::clients::sim;
@@ -32,9 +33,8 @@ pub struct RunOptions {
 /// The state store, opened and read at start.
 pub(super) struct SavedState {
     pub(super) store: Arc<dyn store::StateStore>,
-    /// How many shards the state was written by (the engine runs that many).
-    pub(super) shards: usize,
-    /// Each shard's decoded snapshot.
+    /// Each shard's decoded snapshot, one per shard the state was written by (the engine runs
+    /// that many).
     pub(super) snapshots: Vec<Option<crate::engine::persist::Snapshot>>,
 }
 
@@ -75,9 +75,10 @@ pub(super) async fn serve(
         &limit,
         settings.shutdown_timeout,
     );
-    // The open alarms; acknowledgements (API, WebSocket) go through it to the device's shard.
-    let (ack_tx, ack_rx) = mpsc::channel::<AckReq>(64);
-    let alarms = Arc::new(AlarmRegistry::new(shard::ack_route(ack_tx)));
+    // The open alarms; acknowledgements (API, WebSocket) go through it to the device's shard,
+    // on the road every operator's action and question takes (pointed at the shards below).
+    let shards = Shards::new();
+    let alarms = Arc::new(AlarmRegistry::new(shards.ack_route()));
     let fds = FdBudget::new(
         settings.http_max_connections,
         settings.websocket.max_clients,
@@ -93,8 +94,7 @@ pub(super) async fn serve(
         dead_letter: settings.dead_letter.as_deref().map(Arc::from),
         limit: limit.clone(),
     };
-    let shard_count = state.shards;
-    let Shards {
+    let StartedShards {
         tx: shard_tx,
         threads: shard_threads,
         rule_stats,
@@ -119,8 +119,7 @@ pub(super) async fn serve(
             stop.clone(),
         ))],
     };
-    let shard_weak: Vec<_> = shard_tx.iter().map(mpsc::Sender::downgrade).collect();
-    let ack_router = route_acks(shard_tx.clone(), ack_rx, stop.clone());
+    shards.attach(&shard_tx);
     let (reload_tx, reload_status, reload_task) = serve_reloads(reloader, shard_tx, stop.clone());
     let _watcher = super::os::watch_rules(&settings.rules_dir, reload_tx.clone());
     let http_task = listener.map(|l| {
@@ -139,8 +138,7 @@ pub(super) async fn serve(
             stats: stats.clone(),
             reload: reload_status,
             reload_tx: reload_tx.clone(),
-            shards: shard_count,
-            shard_tx: shard_weak,
+            shards: shards.clone(),
             rule_stats,
             hub: sinks.hub.clone(),
             alarms: alarms.clone(),
@@ -176,7 +174,6 @@ pub(super) async fn serve(
     tracing::info!("shutting down: draining shards, saving state");
     let _ = stop_tx.send(true);
     let _ = reload_task.await;
-    let _ = ack_router.await;
     if let Some(t) = sim_task {
         let _ = t.await;
     }
@@ -329,7 +326,7 @@ type ShardThreads = Vec<std::thread::JoinHandle<()>>;
 
 /// The running shards: their queues, threads, chain counters, and the live trace they sample
 /// for.
-struct Shards {
+struct StartedShards {
     tx: Vec<mpsc::Sender<ShardMsg>>,
     threads: ShardThreads,
     rule_stats: Vec<Arc<RuleStats>>,
@@ -346,7 +343,7 @@ fn start_shards(
     outbox: egress::Outbox,
     done: shard::Done,
     stats: &Arc<Stats>,
-) -> Result<Shards, String> {
+) -> Result<StartedShards, String> {
     let rule_stats: Vec<Arc<RuleStats>> =
         (0..state.snapshots.len()).map(|_| Arc::default()).collect();
     let tracer = Arc::new(Tracer::default());
@@ -385,36 +382,11 @@ fn start_shards(
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         threads.push(t);
     }
-    Ok(Shards {
+    Ok(StartedShards {
         tx: senders,
         threads,
         rule_stats,
         tracer,
-    })
-}
-
-/// Acknowledgements from the API and WebSocket clients go to the device's shard. The router
-/// stops with ingest: the shards' queues close only when no sender is left.
-fn route_acks(
-    shard_tx: Vec<mpsc::Sender<ShardMsg>>,
-    mut rx: mpsc::Receiver<AckReq>,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let req = tokio::select! {
-                _ = stop.changed() => break,
-                r = rx.recv() => match r { Some(r) => r, None => break },
-            };
-            let tx = &shard_tx[shard::shard_of(&req.op.device, shard_tx.len())];
-            if let Err(e) = tx.send(ShardMsg::Ack(req)).await {
-                if let ShardMsg::Ack(req) = e.0 {
-                    let _ = req
-                        .reply
-                        .send(Err(crate::engine::alarm::AckError::ShuttingDown));
-                }
-            }
-        }
     })
 }
 

@@ -21,7 +21,7 @@ use super::{wall_ms, Stats};
 use crate::engine::alarm::{AckError, Status};
 use crate::engine::effect::{Effect, EffectSink};
 use crate::engine::persist::Snapshot;
-use crate::engine::registry::{AckRoute, AlarmAction, AlarmOp};
+use crate::engine::registry::{AlarmAction, AlarmOp};
 use crate::engine::{Device, Executor, Message};
 pub use crate::message::{parse, Kind, Limits, Reject};
 use crate::rules::compile::RuleSet;
@@ -84,20 +84,6 @@ pub struct AckReq {
 
 /// Where an operator's action is answered.
 type AckReply = tokio::sync::oneshot::Sender<Result<Status, AckError>>;
-
-/// The registry's route for acknowledgements: a request into `tx`, answered by the shard.
-pub fn ack_route(tx: mpsc::Sender<AckReq>) -> AckRoute {
-    Box::new(move |op| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            tx.send(AckReq { op, reply })
-                .await
-                .map_err(|_| AckError::ShuttingDown)?;
-            answer.await.map_err(|_| AckError::ShuttingDown)?
-        })
-    })
-}
 
 /// What a shard needs besides its queue.
 pub struct ShardCtx {

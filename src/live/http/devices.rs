@@ -99,13 +99,14 @@ async fn build_list(api: &Api, q: ListQuery) -> Result<Value, ApiError> {
     // same as if one list had been sorted whole.
     let mut total = 0;
     let mut rows: Vec<DeviceRow> = Vec::new();
-    for tx in &api.shard_tx {
-        let (n, r) = Api::ask(tx.upgrade(), |reply| Ask::Devices {
-            filter: filter.clone(),
-            take: offset + limit,
-            reply,
-        })
-        .await?;
+    for shard in 0..api.shards.len() {
+        let (n, r) = api
+            .ask(shard, |reply| Ask::Devices {
+                filter: filter.clone(),
+                take: offset + limit,
+                reply,
+            })
+            .await?;
         total += n;
         rows.extend(r);
     }
@@ -116,7 +117,9 @@ async fn build_list(api: &Api, q: ListQuery) -> Result<Value, ApiError> {
 }
 
 async fn detail(api: &Api, id: &str) -> Result<DeviceDetail, ApiError> {
-    let d = Api::ask(api.shard_of(id), |reply| Ask::Device(id.to_string(), reply)).await?;
+    let d = api
+        .ask_owner(id, |reply| Ask::Device(id.to_string(), reply))
+        .await?;
     let mut d = d.ok_or_else(|| {
         ApiError::not_found(format!("no device {id:?}: it has sent no message since the start and is not in the devices file"))
     })?;
@@ -182,12 +185,13 @@ pub(super) async fn set_attributes(
             (k.into(), v)
         })
         .collect();
-    let r = Api::ask(api.shard_of(&id), |reply| Ask::SetAttributes {
-        device: id.clone(),
-        changes,
-        reply,
-    })
-    .await?;
+    let r = api
+        .ask_owner(&id, |reply| Ask::SetAttributes {
+            device: id.clone(),
+            changes,
+            reply,
+        })
+        .await?;
     let mut d = r.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     with_alarms(&api, Some(&id), [&mut d.row]);
     Ok(Json(serde_json::to_value(d).unwrap_or_default()))
@@ -226,7 +230,7 @@ pub(super) async fn history(
             },
         },
     };
-    let points = Api::ask(api.shard_of(&id), |reply| Ask::History {
+    let points = api.ask_owner(&id, |reply| Ask::History {
         device: id.clone(),
         field: field.clone(),
         since,

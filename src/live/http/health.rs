@@ -74,7 +74,7 @@ pub(super) async fn status(State(api): State<Api>) -> Json<Value> {
     let reload = api.reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Json(json!({
         "rules": reload,
-        "shards": api.shards,
+        "shards": api.shards.len(),
         "counters": api.stats.to_json(),
         "influx": api.influx.as_ref().map(|i| i.to_json()),
         "websocket": api.hub.to_json(),
@@ -171,15 +171,11 @@ impl Counters for Engine<'_> {
     fn report(&self, r: &mut dyn Report) {
         let api = self.0;
         let depths: Vec<(String, u64)> = api
-            .shard_tx
-            .iter()
+            .shards
+            .depths()
+            .into_iter()
             .enumerate()
-            .map(|(i, tx)| {
-                let depth = tx
-                    .upgrade()
-                    .map_or(0, |tx| tx.max_capacity() - tx.capacity());
-                (i.to_string(), depth as u64)
-            })
+            .map(|(i, depth)| (i.to_string(), depth as u64))
             .collect();
         let depths: Vec<(Vec<&str>, u64)> =
             depths.iter().map(|(i, d)| (vec![i.as_str()], *d)).collect();

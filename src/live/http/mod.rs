@@ -37,7 +37,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::reload::{ReloadReport, ReloadStatus};
-use super::shard::{self, ShardMsg};
+use super::shards::{Shards, Unreachable};
 use super::Stats;
 use crate::engine::stats::RuleStats;
 
@@ -56,11 +56,8 @@ pub struct Api {
     pub reload: Arc<Mutex<ReloadStatus>>,
     /// Reload requests.
     pub reload_tx: mpsc::Sender<ReloadReq>,
-    /// Shard count.
-    pub shards: usize,
-    /// The shards' queues, to ask them about their devices (weak: they must not keep a shard
-    /// running at shutdown).
-    pub shard_tx: Vec<mpsc::WeakSender<ShardMsg>>,
+    /// The road to the shards, to ask them about their devices.
+    pub shards: Shards,
     /// Each shard's chain and node counters.
     pub rule_stats: Vec<Arc<RuleStats>>,
     /// The WebSocket hub.
@@ -169,31 +166,28 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
 }
 
 impl Api {
-    /// The queue of the shard that owns `device`.
-    fn shard_of(&self, device: &str) -> Option<mpsc::Sender<ShardMsg>> {
-        self.shard_tx
-            .get(shard::shard_of(device, self.shard_tx.len()))
-            .and_then(mpsc::WeakSender::upgrade)
-    }
-
-    /// Asks one shard, and waits for its answer (bounded by [`ASK_TIMEOUT`]).
+    /// Asks shard `shard`, and waits for its answer (bounded by [`ASK_TIMEOUT`]).
     async fn ask<T>(
-        tx: Option<mpsc::Sender<ShardMsg>>,
+        &self,
+        shard: usize,
         make: impl FnOnce(oneshot::Sender<T>) -> super::devices::Ask,
     ) -> Result<T, ApiError> {
-        let tx = tx.ok_or_else(|| ApiError::unavailable("shutting down"))?;
-        let (reply, answer) = oneshot::channel();
-        let sent = tokio::time::timeout(ASK_TIMEOUT, tx.send(ShardMsg::Ask(make(reply))));
-        match sent.await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ApiError::unavailable("shutting down")),
-            Err(_) => return Err(ApiError::unavailable("a shard is busy: try again")),
-        }
-        match tokio::time::timeout(ASK_TIMEOUT, answer).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(_)) => Err(ApiError::unavailable("shutting down")),
-            Err(_) => Err(ApiError::unavailable("a shard is busy: try again")),
-        }
+        self.shards
+            .ask(shard, make, ASK_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                Unreachable::Gone => ApiError::unavailable("shutting down"),
+                Unreachable::Busy => ApiError::unavailable("a shard is busy: try again"),
+            })
+    }
+
+    /// Asks the shard that owns `device`.
+    async fn ask_owner<T>(
+        &self,
+        device: &str,
+        make: impl FnOnce(oneshot::Sender<T>) -> super::devices::Ask,
+    ) -> Result<T, ApiError> {
+        self.ask(self.shards.shard_of(device), make).await
     }
 }
 
