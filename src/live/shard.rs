@@ -299,27 +299,18 @@ fn count_evictions(exec: &mut Executor, ctx: &ShardCtx, tracked: &mut usize) {
     }
 }
 
-/// Runs a shard until its queue closes (shutdown), then drains, checkpoints and returns.
+/// Runs a shard until its queue closes (shutdown), then drains, checkpoints and returns. Each
+/// turn: wait for a message or a timer, take what is queued, count the turn, write the state
+/// when due (or when an alarm changed), and send the output on (or hold it while the state
+/// cannot be written).
 pub fn run(
     rules: Arc<RuleSet>,
     devices: HashMap<Arc<str>, Device>,
     saved: Option<Snapshot>,
     mut rx: mpsc::Receiver<ShardMsg>,
-    mut ctx: ShardCtx,
+    ctx: ShardCtx,
 ) {
-    let mut exec = Executor::new(rules, devices, wall_ms());
-    exec.share_stats(ctx.rule_stats.clone());
-    exec.set_stopwatch(stopwatch);
-    exec.set_limits(ctx.state_limits);
-    let mut history = super::history::History::new(ctx.history.0, ctx.history.1);
-    // RPC ids unique across shards and restarts: start time (base 36) and shard.
-    exec.set_id_prefix(format!("{}-{}-", radix36(wall_ms() as u64), ctx.index));
-    if let Some(saved) = saved {
-        restore(&mut exec, ctx.index, saved);
-    }
-    for a in exec.alarms().iter() {
-        ctx.outbox.alarms.restore(a);
-    }
+    let (exec, history) = executor(rules, devices, saved, &ctx);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -331,195 +322,313 @@ pub fn run(
         }
     };
     rt.block_on(async {
-        let mut buf = Buffer(Vec::new(), false);
-        let mut done: Vec<u64> = Vec::new();
-        let mut dirty = false;
-        let mut alarm_changes = exec.alarms().changes();
-        let mut saved_epoch = ctx.store.epoch();
-        let mut held = Held::default();
-        let mut replies: Vec<(AckReply, Result<Status, AckError>)> = Vec::new();
-        let mut tracked = 0usize;
-        let mut next_checkpoint = tokio::time::Instant::now() + ctx.checkpoint;
-        loop {
-            // Holding all it may: take no message and fire no timer until the state is written.
-            let stalled = held.full();
-            let timer = exec.next_due().filter(|_| !stalled).map(|due| {
-                let wait = due.saturating_sub(wall_ms()).clamp(0, 86_400_000) as u64;
-                tokio::time::Instant::now() + Duration::from_millis(wait)
-            });
-            let mut wake = timer.map_or(next_checkpoint, |t| t.min(next_checkpoint));
-            if let Some(retry) = held.retry_at {
-                wake = wake.min(retry);
+        let mut shard = Shard::new(exec, history, ctx);
+        while let Some(first) = shard.wait(&mut rx).await {
+            shard.take_turn(first, &mut rx);
+            shard.count_turn();
+            shard.save_if_due();
+            shard.send_out().await;
+        }
+        shard.finish().await;
+    });
+}
+
+/// The shard's executor, with its saved state restored and its open alarms back in the
+/// registry, and its history.
+fn executor(
+    rules: Arc<RuleSet>,
+    devices: HashMap<Arc<str>, Device>,
+    saved: Option<Snapshot>,
+    ctx: &ShardCtx,
+) -> (Executor, super::history::History) {
+    let mut exec = Executor::new(rules, devices, wall_ms());
+    exec.share_stats(ctx.rule_stats.clone());
+    exec.set_stopwatch(stopwatch);
+    exec.set_limits(ctx.state_limits);
+    let history = super::history::History::new(ctx.history.0, ctx.history.1);
+    // RPC ids unique across shards and restarts: start time (base 36) and shard.
+    exec.set_id_prefix(format!("{}-{}-", radix36(wall_ms() as u64), ctx.index));
+    if let Some(saved) = saved {
+        restore(&mut exec, ctx.index, saved);
+    }
+    for a in exec.alarms().iter() {
+        ctx.outbox.alarms.restore(a);
+    }
+    (exec, history)
+}
+
+/// A running shard between turns.
+struct Shard {
+    exec: Executor,
+    history: super::history::History,
+    ctx: ShardCtx,
+    /// The turn's effects.
+    buf: Buffer,
+    /// The turn's finished QoS 1 sequence numbers.
+    done: Vec<u64>,
+    /// State changed since the last checkpoint.
+    dirty: bool,
+    /// The alarm store's change count at the last checkpoint.
+    alarm_changes: u64,
+    /// The store's epoch at the last checkpoint (a new file asks for everything again).
+    saved_epoch: u64,
+    /// Output held while the state cannot be written.
+    held: Held,
+    /// Operators' actions of the turn, answered once their transitions left.
+    replies: Vec<(AckReply, Result<Status, AckError>)>,
+    /// Devices tracked at the last count of evictions.
+    tracked: usize,
+    next_checkpoint: tokio::time::Instant,
+}
+
+impl Shard {
+    fn new(exec: Executor, history: super::history::History, ctx: ShardCtx) -> Shard {
+        Shard {
+            alarm_changes: exec.alarms().changes(),
+            saved_epoch: ctx.store.epoch(),
+            next_checkpoint: tokio::time::Instant::now() + ctx.checkpoint,
+            exec,
+            history,
+            ctx,
+            buf: Buffer(Vec::new(), false),
+            done: Vec::new(),
+            dirty: false,
+            held: Held::default(),
+            replies: Vec::new(),
+            tracked: 0,
+        }
+    }
+
+    /// Waits for a message (`Some(Some(_))`) or for a timer, a checkpoint or a retry of the
+    /// store (`Some(None)`); None once the queue closed. Timers due by then fire.
+    async fn wait(&mut self, rx: &mut mpsc::Receiver<ShardMsg>) -> Option<Option<ShardMsg>> {
+        // Holding all it may: take no message and fire no timer until the state is written.
+        let stalled = self.held.full();
+        let timer = self.exec.next_due().filter(|_| !stalled).map(|due| {
+            let wait = due.saturating_sub(wall_ms()).clamp(0, 86_400_000) as u64;
+            tokio::time::Instant::now() + Duration::from_millis(wait)
+        });
+        let mut wake = timer.map_or(self.next_checkpoint, |t| t.min(self.next_checkpoint));
+        if let Some(retry) = self.held.retry_at {
+            wake = wake.min(retry);
+        }
+        let first = tokio::select! {
+            m = rx.recv(), if !stalled => match m {
+                Some(m) => Some(m),
+                None => return None,
+            },
+            _ = tokio::time::sleep_until(wake) => None,
+        };
+        if !stalled {
+            self.exec.advance_to(wall_ms(), &mut self.buf);
+        }
+        Some(first)
+    }
+
+    /// Takes `first` and what is queued now too (up to a batch), so one checkpoint check and
+    /// one flush of acks serve many messages.
+    fn take_turn(&mut self, first: Option<ShardMsg>, rx: &mut mpsc::Receiver<ShardMsg>) {
+        let mut next = first;
+        let mut n = 0;
+        while let Some(m) = next.take() {
+            self.take(m);
+            n += 1;
+            if n < 256 {
+                next = rx.try_recv().ok();
             }
-            let first = tokio::select! {
-                m = rx.recv(), if !stalled => match m {
-                    Some(m) => Some(m),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(wake) => None,
-            };
-            if !stalled {
-                exec.advance_to(wall_ms(), &mut buf);
+        }
+    }
+
+    /// One message of the queue.
+    fn take(&mut self, m: ShardMsg) {
+        match m {
+            ShardMsg::Job(job) => {
+                handle(
+                    &mut self.exec,
+                    &mut self.history,
+                    job,
+                    &self.ctx,
+                    &mut self.buf,
+                    &mut self.done,
+                );
+                self.dirty = true;
             }
-            // Take what is queued now too (up to a batch), so one checkpoint check and one
-            // flush of acks serve many messages.
-            let mut next = first;
-            let mut n = 0;
-            while let Some(m) = next.take() {
-                match m {
-                    ShardMsg::Job(job) => {
-                        handle(&mut exec, &mut history, job, &ctx, &mut buf, &mut done);
-                        dirty = true;
+            ShardMsg::Ack(req) => {
+                let AlarmOp { id, action, by, .. } = &req.op;
+                let r = match action {
+                    AlarmAction::Ack => self.exec.acknowledge(id, by.as_deref(), &mut self.buf),
+                    AlarmAction::Clear => self.exec.clear_alarm(id, by.as_deref(), &mut self.buf),
+                };
+                // Answered once the transition has left (below): a client that reads the
+                // alarms after the answer sees the new status.
+                self.replies.push((req.reply, r.map(|a| a.status)));
+            }
+            ShardMsg::Ask(ask) => {
+                let mut a = super::devices::Answerer {
+                    exec: &mut self.exec,
+                    history: &self.history,
+                    now: wall_ms(),
+                    offline_after: self.ctx.offline_after,
+                };
+                self.dirty |= a.answer(ask);
+            }
+            ShardMsg::Reload(rules, generation) => {
+                let c = self.exec.reload(rules);
+                self.dirty = true;
+                tracing::debug!(
+                    shard = self.ctx.index,
+                    generation,
+                    kept = c.nodes,
+                    dropped = c.dropped_nodes,
+                    "rules swapped"
+                );
+            }
+        }
+    }
+
+    /// Counts what the turn dropped or evicted.
+    fn count_turn(&mut self) {
+        let ctx = &self.ctx;
+        self.dirty |= !self.buf.0.is_empty();
+        let dropped = self.exec.take_attributes_dropped();
+        if dropped > 0 {
+            ctx.stats.attributes_dropped.fetch_add(dropped, Relaxed);
+            if ctx.outbox.limit.allow() {
+                tracing::warn!(
+                    shard = ctx.index,
+                    dropped,
+                    "attribute values dropped: a device keeps at most {} keys and {} KiB, and the engine `engine.max_attribute_bytes`",
+                    crate::engine::MAX_REPORTED_ATTRIBUTES,
+                    crate::engine::MAX_DEVICE_ATTRIBUTE_BYTES / 1024
+                );
+            }
+        }
+        count_evictions(&mut self.exec, ctx, &mut self.tracked);
+        let h = self.history.take_dropped();
+        ctx.stats
+            .history_devices_evicted
+            .fetch_add(h.devices, Relaxed);
+        ctx.stats
+            .history_fields_dropped
+            .fetch_add(h.fields, Relaxed);
+    }
+
+    /// Writes the state when an alarm changed, when a checkpoint is due, or when the held
+    /// output's retry is due.
+    fn save_if_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let alarm_changed = self.exec.alarms().changes() != self.alarm_changes;
+        // Alarm transitions reach the world only once they are on disk; while held, the store
+        // is retried on its own schedule, not on every turn.
+        let attempt = match self.held.retry_at {
+            Some(retry) => now >= retry,
+            None => {
+                alarm_changed
+                    || (now >= self.next_checkpoint
+                        && (self.dirty || self.ctx.store.epoch() != self.saved_epoch))
+            }
+        };
+        if attempt {
+            let epoch = self.ctx.store.epoch();
+            if epoch != self.saved_epoch {
+                // A new state file: the attributes go into it too.
+                self.exec.attributes_unsaved();
+            }
+            match checkpoint(&mut self.exec, &self.ctx) {
+                Ok(()) => {
+                    self.alarm_changes = self.exec.alarms().changes();
+                    self.dirty = false;
+                    self.saved_epoch = epoch;
+                    if self.held.active() {
+                        release(&mut self.held, &mut self.done, &mut self.ctx);
                     }
-                    ShardMsg::Ack(req) => {
-                        let AlarmOp { id, action, by, .. } = &req.op;
-                        let r = match action {
-                            AlarmAction::Ack => exec.acknowledge(id, by.as_deref(), &mut buf),
-                            AlarmAction::Clear => exec.clear_alarm(id, by.as_deref(), &mut buf),
-                        };
-                        // Answered once the transition has left (below): a client that reads
-                        // the alarms after the answer sees the new status.
-                        replies.push((req.reply, r.map(|a| a.status)));
+                }
+                Err(e) if alarm_changed || self.held.active() => {
+                    if !self.held.active() {
+                        self.ctx.stats.store_failing.fetch_add(1, Relaxed);
                     }
-                    ShardMsg::Ask(ask) => {
-                        let mut a = super::devices::Answerer {
-                            exec: &mut exec,
-                            history: &history,
-                            now: wall_ms(),
-                            offline_after: ctx.offline_after,
-                        };
-                        dirty |= a.answer(ask);
-                    }
-                    ShardMsg::Reload(rules, generation) => {
-                        let c = exec.reload(rules);
-                        dirty = true;
-                        tracing::debug!(
-                            shard = ctx.index,
-                            generation,
-                            kept = c.nodes,
-                            dropped = c.dropped_nodes,
-                            "rules swapped"
+                    self.held.failed();
+                    if self.held.failures == 1 || self.ctx.outbox.limit.allow() {
+                        tracing::error!(
+                            shard = self.ctx.index,
+                            held = self.held.effects.len() + self.buf.0.len(),
+                            "cannot write state ({e}): alarm transitions, and everything after them, are held until it can be written; retrying"
                         );
                     }
                 }
-                n += 1;
-                if n < 256 {
-                    next = rx.try_recv().ok();
-                }
-            }
-            dirty |= !buf.0.is_empty();
-            let dropped = exec.take_attributes_dropped();
-            if dropped > 0 {
-                ctx.stats.attributes_dropped.fetch_add(dropped, Relaxed);
-                if ctx.outbox.limit.allow() {
-                    tracing::warn!(
-                        shard = ctx.index,
-                        dropped,
-                        "attribute values dropped: a device keeps at most {} keys and {} KiB, and the engine `engine.max_attribute_bytes`",
-                        crate::engine::MAX_REPORTED_ATTRIBUTES,
-                        crate::engine::MAX_DEVICE_ATTRIBUTE_BYTES / 1024
-                    );
-                }
-            }
-            count_evictions(&mut exec, &ctx, &mut tracked);
-            let h = history.take_dropped();
-            ctx.stats.history_devices_evicted.fetch_add(h.devices, Relaxed);
-            ctx.stats.history_fields_dropped.fetch_add(h.fields, Relaxed);
-            let now = tokio::time::Instant::now();
-            let alarm_changed = exec.alarms().changes() != alarm_changes;
-            // Alarm transitions reach the world only once they are on disk; while held, the
-            // store is retried on its own schedule, not on every turn.
-            let attempt = match held.retry_at {
-                Some(retry) => now >= retry,
-                None => {
-                    alarm_changed
-                        || (now >= next_checkpoint
-                            && (dirty || ctx.store.epoch() != saved_epoch))
-                }
-            };
-            if attempt {
-                let epoch = ctx.store.epoch();
-                if epoch != saved_epoch {
-                    // A new state file: the attributes go into it too.
-                    exec.attributes_unsaved();
-                }
-                match checkpoint(&mut exec, &ctx) {
-                    Ok(()) => {
-                        alarm_changes = exec.alarms().changes();
-                        dirty = false;
-                        saved_epoch = epoch;
-                        if held.active() {
-                            release(&mut held, &mut done, &mut ctx);
-                        }
-                    }
-                    Err(e) if alarm_changed || held.active() => {
-                        if !held.active() {
-                            ctx.stats.store_failing.fetch_add(1, Relaxed);
-                        }
-                        held.failed();
-                        if held.failures == 1 || ctx.outbox.limit.allow() {
-                            tracing::error!(
-                                shard = ctx.index,
-                                held = held.effects.len() + buf.0.len(),
-                                "cannot write state ({e}): alarm transitions, and everything after them, are held until it can be written; retrying"
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        if ctx.outbox.limit.allow() {
-                            tracing::error!(shard = ctx.index, "cannot write state: {e}; retrying at the next checkpoint");
-                        }
+                Err(e) => {
+                    if self.ctx.outbox.limit.allow() {
+                        tracing::error!(
+                            shard = self.ctx.index,
+                            "cannot write state: {e}; retrying at the next checkpoint"
+                        );
                     }
                 }
-                next_checkpoint = now + ctx.checkpoint;
-                history.sweep(wall_ms());
-            } else if now >= next_checkpoint {
-                next_checkpoint = now + ctx.checkpoint;
-                history.sweep(wall_ms());
             }
-            if held.active() {
-                ctx.stats.held_effects.fetch_add(buf.0.len() as u64, Relaxed);
-                held.effects.append(&mut buf.0);
-                held.done.append(&mut done);
-                for (tx, r) in replies.drain(..) {
-                    let _ = tx.send(r);
-                }
-                continue;
-            }
-            for e in buf.0.drain(..) {
-                ctx.outbox.send(e);
-            }
-            hand_off(&mut ctx, std::mem::take(&mut done)).await;
-            for (tx, r) in replies.drain(..) {
+            self.next_checkpoint = now + self.ctx.checkpoint;
+            self.history.sweep(wall_ms());
+        } else if now >= self.next_checkpoint {
+            self.next_checkpoint = now + self.ctx.checkpoint;
+            self.history.sweep(wall_ms());
+        }
+    }
+
+    /// Sends the turn's output on, or holds it (and its acknowledgements) behind a state that
+    /// could not be written; answers the turn's operators either way.
+    async fn send_out(&mut self) {
+        if self.held.active() {
+            self.ctx
+                .stats
+                .held_effects
+                .fetch_add(self.buf.0.len() as u64, Relaxed);
+            self.held.effects.append(&mut self.buf.0);
+            self.held.done.append(&mut self.done);
+            for (tx, r) in self.replies.drain(..) {
                 let _ = tx.send(r);
             }
+            return;
         }
-        // The queue closed: shutdown. Everything queued has been handled; save.
-        exec.advance_to(wall_ms(), &mut buf);
-        match checkpoint(&mut exec, &ctx) {
+        for e in self.buf.0.drain(..) {
+            self.ctx.outbox.send(e);
+        }
+        hand_off(&mut self.ctx, std::mem::take(&mut self.done)).await;
+        for (tx, r) in self.replies.drain(..) {
+            let _ = tx.send(r);
+        }
+    }
+
+    /// The queue closed: shutdown. Everything queued has been handled; save, then send what
+    /// the state covers.
+    async fn finish(mut self) {
+        let (exec, ctx, buf) = (&mut self.exec, &mut self.ctx, &mut self.buf);
+        exec.advance_to(wall_ms(), buf);
+        match checkpoint(exec, ctx) {
             Ok(()) => {
                 let mut done = Vec::new();
-                if held.active() {
-                    release(&mut held, &mut done, &mut ctx);
+                if self.held.active() {
+                    release(&mut self.held, &mut done, ctx);
                 }
                 for e in buf.0.drain(..) {
                     ctx.outbox.send(e);
                 }
-                hand_off(&mut ctx, done).await;
+                hand_off(ctx, done).await;
             }
-            Err(e) if held.active() || exec.alarms().changes() != alarm_changes => {
+            Err(e) if self.held.active() || exec.alarms().changes() != self.alarm_changes => {
                 tracing::error!(
                     shard = ctx.index,
-                    unsent = held.effects.len() + buf.0.len(),
+                    unsent = self.held.effects.len() + buf.0.len(),
                     "cannot write state at shutdown ({e}): the held alarm transitions and what follows them were not sent; their QoS 1 messages were not acknowledged, so the broker delivers them again"
                 );
             }
             Err(e) => {
-                tracing::error!(shard = ctx.index, "cannot write state at shutdown: {e}; the last checkpoint stands");
+                tracing::error!(
+                    shard = ctx.index,
+                    "cannot write state at shutdown: {e}; the last checkpoint stands"
+                );
                 for e in buf.0.drain(..) {
                     ctx.outbox.send(e);
                 }
-                hand_off(&mut ctx, Vec::new()).await;
+                hand_off(ctx, Vec::new()).await;
             }
         }
         let active = exec
@@ -528,7 +637,7 @@ pub fn run(
             .filter(|a| a.status.is_active())
             .count();
         tracing::debug!(shard = ctx.index, active_alarms = active, "shard stopped");
-    });
+    }
 }
 
 /// Hands the turn's output on. Its QoS 1 messages (`done`) are acknowledged (in one write, by
