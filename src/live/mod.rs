@@ -24,6 +24,7 @@ pub mod link;
 #[cfg(feature = "embedded-broker")]
 pub mod local;
 mod os;
+pub mod placement;
 mod preflight;
 pub mod publisher;
 pub mod reload;
