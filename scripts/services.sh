@@ -2,7 +2,7 @@
 # Installs the services the tests talk to, from Debian's packages: Mosquitto (MQTT),
 # VictoriaMetrics (an InfluxDB-compatible write API), aiosmtpd (an SMTP sink writing a
 # Maildir), openssl (the tests make a CA and server certificates for their TLS listeners),
-# Prometheus (a test has it scrape /metrics), Chromium (the dashboard's browser test drives it headless) and playwright-core from npm
+# Prometheus (a test has it scrape /metrics), Redis (the cluster's leases and fencing), Chromium (the dashboard's browser test drives it headless) and playwright-core from npm
 # (into tests/browser/node_modules, from its lockfile; it never downloads a browser). The tests
 # start their own instances on free loopback ports and stop them by pid.
 # Packages are installed without starting their daemons: a policy-rc.d that refuses is put in
@@ -17,6 +17,7 @@ command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v npm >/dev/null || need+=(npm)
 
 "$(dirname "$0")/apt-install.sh" ${need[@]+"${need[@]}"}
@@ -30,4 +31,5 @@ echo "$(/usr/bin/chromium --version 2>/dev/null | head -n 1)"
 echo "$(/usr/bin/prometheus --version 2>&1 | head -n 1)"
 echo "playwright-core $(node -p 'require("./tests/browser/node_modules/playwright-core/package.json").version')"
 echo "victoria-metrics $(/usr/bin/victoria-metrics -version 2>&1 | head -n 1)"
+echo "$(/usr/bin/redis-server --version | head -n 1)"
 echo "aiosmtpd $(/usr/bin/python3 -c 'import aiosmtpd; print(aiosmtpd.__version__)')"

@@ -20,6 +20,7 @@ pub mod front;
 pub mod history;
 pub mod http;
 pub mod ingest;
+pub mod lease;
 pub mod link;
 #[cfg(feature = "embedded-broker")]
 pub mod local;

@@ -566,6 +566,46 @@ impl Victoria {
     }
 }
 
+/// A Redis of the test's own (Debian's `redis-server`), on a free loopback port, without
+/// persistence, stopped by pid.
+#[allow(dead_code)] // not every test binary asks
+pub struct Redis {
+    pub port: u16,
+    proc: Proc,
+}
+
+#[allow(dead_code)]
+impl Redis {
+    pub fn start(dir: &Path) -> Redis {
+        let bin = Path::new("/usr/bin/redis-server");
+        assert!(
+            bin.exists(),
+            "redis-server is not installed: run scripts/test.sh, which installs it"
+        );
+        let port = free_port();
+        let proc = Proc::spawn(
+            Command::new(bin)
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir),
+            &dir.join("redis.log"),
+            "redis-server",
+        );
+        wait_port(port, "redis-server");
+        Redis { port, proc }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops it (SIGTERM, waits).
+    pub fn stop(&mut self) {
+        self.proc.terminate();
+    }
+}
+
 /// An SMTP sink (Debian's python3-aiosmtpd) writing every mail it accepts into a Maildir.
 pub struct SmtpSink {
     pub port: u16,
