@@ -34,6 +34,7 @@ pub mod shard;
 pub mod shards;
 pub mod stats;
 pub mod store;
+pub mod streams;
 pub mod trace;
 
 pub use crate::engine::clock::wall_ms;
