@@ -128,3 +128,72 @@ async fn the_partition_logs_keep_every_message_in_order_and_replay_from_an_offse
     let p = entry(999).partition;
     assert!(log.read(p, Some(last), 10).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_with_a_password_and_over_tls_is_reached_and_a_bad_setting_is_told_plainly() {
+    use rulechain::live::redis_conn::{connect, RedisSettings};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempdir("cluster-redis-auth");
+    let settings =
+        |url: String, ca: Option<std::path::PathBuf>, password: Option<&str>| RedisSettings {
+            url,
+            ca,
+            password: password.map(str::to_string),
+        };
+    // A password: refused without it, and the message never shows one.
+    let secured = Redis::start_with(&dir, &["--requirepass", "s3cret-pass"]);
+    let plain = format!("redis://127.0.0.1:{}/", secured.port);
+    let err = connect(&settings(plain.clone(), None, None))
+        .await
+        .unwrap_err();
+    assert!(err.contains("password"), "{err}");
+    let wrong = format!("redis://:not-it@127.0.0.1:{}/", secured.port);
+    let err = connect(&settings(wrong, None, None)).await.unwrap_err();
+    assert!(err.contains("password") && !err.contains("not-it"), "{err}");
+    let with = format!("redis://:s3cret-pass@127.0.0.1:{}/", secured.port);
+    connect(&settings(with, None, None)).await.unwrap();
+    connect(&settings(plain, None, Some("s3cret-pass")))
+        .await
+        .unwrap();
+
+    // TLS with the test's own CA: trusted when the CA is given, told plainly when not.
+    let tls_dir = tempdir("cluster-redis-tls");
+    let certs = common::certs(&tls_dir);
+    let (cert, key, ca) = (
+        certs.cert.display().to_string(),
+        certs.key.display().to_string(),
+        certs.ca.display().to_string(),
+    );
+    let tls = Redis::start_with(
+        &tls_dir,
+        &[
+            "--port",
+            "0",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let url = format!("rediss://127.0.0.1:{}/", tls.port);
+    let mut con = connect(&settings(url.clone(), Some(certs.ca.clone()), None))
+        .await
+        .unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut con).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let err = connect(&settings(url, None, None)).await.unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+    // A CA for a connection that is not TLS is a mistake worth saying.
+    let err = connect(&settings(
+        format!("redis://127.0.0.1:{}/", secured.port),
+        Some(certs.ca.clone()),
+        Some("s3cret-pass"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.contains("rediss://"), "{err}");
+}

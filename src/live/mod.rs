@@ -28,6 +28,7 @@ mod os;
 pub mod placement;
 mod preflight;
 pub mod publisher;
+pub mod redis_conn;
 pub mod reload;
 mod serve;
 pub mod shard;

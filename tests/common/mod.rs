@@ -577,16 +577,25 @@ pub struct Redis {
 #[allow(dead_code)]
 impl Redis {
     pub fn start(dir: &Path) -> Redis {
+        Redis::start_with(dir, &[])
+    }
+
+    /// With more `redis-server` options (`--requirepass`, TLS); `--port 0` in them turns the
+    /// plain port off, and the port given is then `--tls-port`'s.
+    pub fn start_with(dir: &Path, options: &[&str]) -> Redis {
         let bin = Path::new("/usr/bin/redis-server");
         assert!(
             bin.exists(),
             "redis-server is not installed: run scripts/test.sh, which installs it"
         );
         let port = free_port();
+        let tls = options.contains(&"--port");
+        let port_flag = if tls { "--tls-port" } else { "--port" };
         let proc = Proc::spawn(
             Command::new(bin)
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1", port_flag, &port.to_string()])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(options)
                 .arg("--dir")
                 .arg(dir),
             &dir.join("redis.log"),
