@@ -11,8 +11,15 @@
 //! Every key of a partition shares the hash tag `{p<N>}`, so that a partition sits in one slot
 //! of a Redis Cluster and its scripts touch one node.
 
+use std::sync::LazyLock;
+
 use redis::aio::MultiplexedConnection;
 use redis::Script;
+
+/// The scripts, each hashed once (Redis runs them by hash, loading one it does not know).
+static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+static FENCED_SET_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(FENCED_SET));
 
 /// Takes the lease (free, expired, or already ours: then renewed), in one step.
 /// KEYS: lease, epoch. ARGV: instance, ttl ms. Returns the epoch held, or 0 when another holds
@@ -109,7 +116,7 @@ pub async fn acquire(
     instance: &str,
     ttl_ms: u64,
 ) -> Result<Option<u64>, String> {
-    let e: u64 = Script::new(ACQUIRE)
+    let e: u64 = ACQUIRE_SCRIPT
         .key(keys.lease())
         .key(keys.epoch())
         .arg(instance)
@@ -127,7 +134,7 @@ pub async fn release(
     instance: &str,
     epoch: u64,
 ) -> Result<bool, String> {
-    let r: u64 = Script::new(RELEASE)
+    let r: u64 = RELEASE_SCRIPT
         .key(keys.lease())
         .arg(instance)
         .arg(epoch)
@@ -145,7 +152,7 @@ pub async fn fenced_set(
     name: &str,
     value: &[u8],
 ) -> Result<(), WriteError> {
-    let r: Result<u64, redis::RedisError> = Script::new(FENCED_SET)
+    let r: Result<u64, redis::RedisError> = FENCED_SET_SCRIPT
         .key(keys.epoch())
         .key(keys.state(name))
         .arg(epoch)

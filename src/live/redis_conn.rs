@@ -77,8 +77,7 @@ pub async fn connect(s: &RedisSettings) -> Result<MultiplexedConnection, String>
 fn explain(shown: &str, e: &redis::RedisError) -> String {
     let text = e.to_string();
     let hint = if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || text.contains("NOAUTH")
-        || text.contains("WRONGPASS")
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
     {
         "check the password (in the URL as redis://:PASSWORD@HOST:PORT, or from an environment variable)"
     } else if text.contains("certificate") || text.contains("Certificate") {
