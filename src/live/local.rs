@@ -16,8 +16,8 @@
 //! - **Egress**: the shards' batches of publishes go into the router's buffer for the egress
 //!   link, one wake-up of the router per batch. The router's queue is bounded, so this runs on a
 //!   blocking thread, not on the I/O runtime.
-//! - A link the router dropped (a client that connected with the same client id takes the
-//!   id over) is attached again, with backoff.
+//! - A link the router dropped is attached again, with backoff. (A network client cannot take
+//!   a link's client id over: the listener refuses the engine's ids, see [`super::front`].)
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -69,8 +69,8 @@ struct Subscription {
 /// before it takes the backlog's count as wrong (see `Reader::read`).
 const IDLE_WITH_GATE_CLOSED: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The client id of the egress link. Ids of the engine's links are reserved: a network client
-/// that connects with one takes it over, and the engine attaches again.
+/// The client id of the egress link. Ids of the engine's links are reserved: the listener
+/// refuses a network client that connects with one.
 const EGRESS_ID: &str = "rulechain-engine-out";
 
 impl Links {
@@ -255,9 +255,7 @@ impl Reader {
         rx: &mut LinkRx,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
-        let dropped = |e| {
-            format!("the broker dropped the engine's link ({e}); a client may have connected with its client id")
-        };
+        let dropped = |e| format!("the broker dropped the engine's link ({e})");
         loop {
             let n = tokio::select! {
                 biased;
