@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this). It installs the services
-# the tests need (scripts/services.sh: Mosquitto from Debian); the tests start their own
+# the tests need (scripts/services.sh: Mosquitto, Redis and the rest from Debian); the tests start their own
 # instances on free 127.0.0.1 ports and stop them by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
