@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{tempdir, Redis};
-use rulechain::live::lease::{acquire, fenced_set, release, PartitionKeys, WriteError};
+use rulechain::live::cluster::lease::{acquire, fenced_set, release, PartitionKeys, WriteError};
 
 async fn connect(redis: &Redis) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis.url())
@@ -83,10 +83,17 @@ async fn a_paused_owner_past_its_lease_can_never_write_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_partition_logs_keep_every_message_in_order_and_replay_from_an_offset() {
     use bytes::Bytes;
-    use rulechain::live::streams::{Entry, PartitionLog, RedisStreams};
+    use rulechain::live::cluster::streams::{Entry, PartitionLog, RedisStreams};
     let dir = tempdir("cluster-streams");
     let redis = Redis::start(&dir);
-    let mut log = RedisStreams::new(connect(&redis).await, "rc", 100_000);
+    use rulechain::live::cluster::redis_conn::{connect, RedisSettings};
+    use rulechain::live::cluster::streams::AppendError;
+    let settings = RedisSettings {
+        url: redis.url(),
+        ca: None,
+        password: None,
+    };
+    let mut log = RedisStreams::new(connect(&settings).await.unwrap(), "rc", 100_000);
     // 1,000 messages of 20 devices over 4 partitions, appended in batches of 100 (a read of
     // the broker each).
     let entry = |i: u64| Entry {
@@ -98,7 +105,7 @@ async fn the_partition_logs_keep_every_message_in_order_and_replay_from_an_offse
     let mut offsets = Vec::new();
     for batch in 0..10u64 {
         let entries: Vec<Entry> = (batch * 100..batch * 100 + 100).map(entry).collect();
-        let o = log.append(&entries).await.unwrap();
+        let o = log.append(1, &entries).await.unwrap();
         assert_eq!(o.len(), 100);
         offsets.extend(o);
     }
@@ -127,11 +134,30 @@ async fn the_partition_logs_keep_every_message_in_order_and_replay_from_an_offse
     let last = offsets.last().unwrap();
     let p = entry(999).partition;
     assert!(log.read(p, Some(last), 10).await.unwrap().is_empty());
+
+    // A newer ingest holder (epoch 2) appends to partition 0; the old one (epoch 1, paused
+    // past its lease) is refused there from then on, and nothing of its batch is stored.
+    let mut newer = RedisStreams::new(connect(&settings).await.unwrap(), "rc", 100_000);
+    newer.append(2, &[entry(0)]).await.unwrap();
+    let before = log.len(0).await.unwrap();
+    match log.append(1, &[entry(4)]).await {
+        Err(AppendError::Stale(m)) => assert!(m.contains("STALE"), "{m}"),
+        other => panic!("a stale append went through: {other:?}"),
+    }
+    assert_eq!(log.len(0).await.unwrap(), before);
+    // The reader's request for several partitions at once gives each its entries after its
+    // offset (message 1 is partition 1's first: 249 of its 250 follow it).
+    let many = log
+        .read_many(&[(1, offsets[1].clone()), (2, "0-0".into())], 1000, 10)
+        .await
+        .unwrap();
+    let counts: Vec<(u32, usize)> = many.iter().map(|(p, e)| (*p, e.len())).collect();
+    assert_eq!(counts, vec![(1, 249), (2, 250)], "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_with_a_password_and_over_tls_is_reached_and_a_bad_setting_is_told_plainly() {
-    use rulechain::live::redis_conn::{connect, RedisSettings};
+    use rulechain::live::cluster::redis_conn::{connect, RedisSettings};
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempdir("cluster-redis-auth");
     let settings =

@@ -64,6 +64,48 @@ pub struct Config {
     /// Recent values in memory, for the API and the dashboard.
     #[serde(default)]
     pub history: Option<HistorySpec>,
+    /// Several instances as one engine on Redis (see docs/cluster.md). Without it the engine
+    /// is one process with its state in the state dir.
+    #[serde(default)]
+    pub cluster: Option<Sp<ClusterSpec>>,
+}
+
+/// Several rulechain instances as one engine: devices spread over the instances by partition,
+/// messages through Redis Streams, state in Redis, a dead instance's work taken over after
+/// `lease`. Needs an external broker (`mqtt:`).
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// The cluster's Redis: `redis://HOST:6379`, `rediss://HOST:6380` for TLS, a password as
+    /// `redis://:PASSWORD@HOST:6379` (use `${ENV_VAR}`).
+    pub redis: Sp<String>,
+    /// The Redis password, given apart from the URL (wins over one in it; use `${ENV_VAR}`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A CA certificate (PEM) to trust for `rediss://` instead of the system's roots, relative
+    /// to the config file.
+    #[serde(default)]
+    pub ca: Option<Sp<String>>,
+    /// This instance's name, unique in the cluster (default: the host name and process id).
+    #[serde(default)]
+    pub instance: Option<Sp<String>>,
+    /// Partitions: devices map to partitions by a stable hash, and partitions to instances
+    /// (default 64). Fixed for the cluster's life: stored in Redis by the first instance, and
+    /// an instance configured otherwise refuses to start.
+    #[serde(default)]
+    pub partitions: Option<Sp<usize>>,
+    /// How long a dead instance's partitions and ingest wait before another takes them
+    /// (default `5s`). Leases are renewed every third of it.
+    #[serde(default)]
+    pub lease: Option<Sp<String>>,
+    /// The prefix of every Redis key of this cluster (default `rulechain`): two clusters can
+    /// share a Redis under two prefixes.
+    #[serde(default)]
+    pub prefix: Option<Sp<String>>,
+    /// Messages each partition's stream keeps at least (default 100000): a partition restored
+    /// from a snapshot older than this has lost messages, which it logs and counts.
+    #[serde(default)]
+    pub stream_keep: Option<Sp<usize>>,
 }
 
 /// An InfluxDB-compatible server: InfluxDB 2.x/3.x and 1.8+ (`/api/v2/write`), older 1.x

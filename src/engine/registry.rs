@@ -160,6 +160,12 @@ impl AlarmRegistry {
         }
     }
 
+    /// Forgets the open alarms of the devices `gone` names (in a cluster: a partition that moved
+    /// to another instance takes its alarms along).
+    pub fn forget(&self, gone: impl Fn(&str) -> bool) {
+        self.lock().retain(|_, o| !gone(&o.alarm.device));
+    }
+
     /// An open alarm's status (`None` once it is cleared and acknowledged, or unknown).
     pub fn status_of(&self, id: &str) -> Option<Status> {
         self.lock().get(id).map(|o| o.alarm.status)

@@ -373,6 +373,7 @@ impl Batch {
             payload,
             received,
             ack,
+            offset: None,
         });
         self.len += 1;
         true

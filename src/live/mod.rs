@@ -13,6 +13,7 @@
 //! into every shard without touching the MQTT connections.
 
 pub mod broker;
+pub mod cluster;
 pub mod devices;
 pub mod egress;
 #[cfg(feature = "embedded-broker")]
@@ -20,22 +21,18 @@ pub mod front;
 pub mod history;
 pub mod http;
 pub mod ingest;
-pub mod lease;
 pub mod link;
 #[cfg(feature = "embedded-broker")]
 pub mod local;
 mod os;
-pub mod placement;
 mod preflight;
 pub mod publisher;
-pub mod redis_conn;
 pub mod reload;
 mod serve;
 pub mod shard;
 pub mod shards;
 pub mod stats;
 pub mod store;
-pub mod streams;
 pub mod trace;
 
 pub use crate::engine::clock::wall_ms;

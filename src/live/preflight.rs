@@ -60,24 +60,12 @@ fn open_store(dir: &std::path::Path, reset: bool) -> Result<store::RedbStore, Fa
     Ok(store::RedbStore::open(dir)?)
 }
 
-pub(super) fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
-    if !settings.rules_dir.is_dir() {
-        return Err(format!(
-            "the rules directory {} does not exist: create it, give `--rules DIR`, or set `rules:` in the config",
-            settings.rules_dir.display()
-        )
-        .into());
-    }
-    let redb = open_store(&settings.state_dir, opts.reset_state)?;
+/// The state dir's store and every shard's saved state, read and decoded now: one that cannot
+/// be read stops the start (exit 2) instead of starting that shard empty and overwriting it.
+/// Gives the shard count the state was written with.
+fn saved_state(settings: &Settings, reset: bool) -> Result<(SavedState, usize), Fatal> {
+    let redb = open_store(&settings.state_dir, reset)?;
     use store::StateStore as _;
-    let embedded = match settings.broker {
-        Broker::Embedded(addr) => {
-            let links = broker::start(addr, &ingest::filters(&settings.patterns))?;
-            tracing::info!("embedded MQTT broker listening on {addr}");
-            Some(links)
-        }
-        Broker::External(_) => None,
-    };
     // A state dir keeps the shard count it was written with: devices map to shards by hash.
     let shards = match redb.shard_count()? {
         Some(n) if n != settings.shards => {
@@ -94,14 +82,39 @@ pub(super) fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
             settings.shards
         }
     };
-    // Every shard's saved state is read and decoded now: one that cannot be read stops the
-    // start (exit 2) instead of starting that shard empty and overwriting it.
-    let saved: Vec<_> = redb
+    let snapshots: Vec<_> = redb
         .check_all(shards, shard::decode_snapshot)?
         .into_iter()
         .map(Option::flatten)
         .collect();
     let store: Arc<dyn store::StateStore> = Arc::new(redb);
+    Ok((SavedState { store, snapshots }, shards))
+}
+
+pub(super) fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
+    if !settings.rules_dir.is_dir() {
+        return Err(format!(
+            "the rules directory {} does not exist: create it, give `--rules DIR`, or set `rules:` in the config",
+            settings.rules_dir.display()
+        )
+        .into());
+    }
+    // In a cluster the state is in Redis, by partition (read when a partition is taken).
+    let (state, shards) = match &settings.cluster {
+        Some(_) => (None, settings.shards),
+        None => {
+            let (state, shards) = saved_state(&settings, opts.reset_state)?;
+            (Some(state), shards)
+        }
+    };
+    let embedded = match settings.broker {
+        Broker::Embedded(addr) => {
+            let links = broker::start(addr, &ingest::filters(&settings.patterns))?;
+            tracing::info!("embedded MQTT broker listening on {addr}");
+            Some(links)
+        }
+        Broker::External(_) => None,
+    };
     let mut reloader = reload::Reloader::new(
         &settings.rules_dir,
         settings.config_given.then(|| settings.config.clone()),
@@ -158,10 +171,6 @@ pub(super) fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
         .thread_name("rulechain-io")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let state = SavedState {
-        store,
-        snapshots: saved,
-    };
     rt.block_on(serve::serve(
         settings, opts, state, reloader, rules, devices, embedded,
     ))

@@ -12,7 +12,9 @@ use super::os::FdBudget;
 use super::shard::{self, ShardMsg};
 use super::shards::Shards;
 use super::trace::Tracer;
-use super::{broker, egress, http, ingest, link, publisher, reload, store, RateLimit, Stats};
+use super::{
+    broker, cluster, egress, http, ingest, link, publisher, reload, store, RateLimit, Stats,
+};
 use crate::clients::sim;
 use crate::config::settings::{MqttConn, Settings};
 use crate::engine::registry::AlarmRegistry;
@@ -42,7 +44,7 @@ pub(super) struct SavedState {
 pub(super) async fn serve(
     settings: Settings,
     opts: RunOptions,
-    state: SavedState,
+    state: Option<SavedState>,
     reloader: reload::Reloader,
     rules: Arc<RuleSet>,
     devices: HashMap<Arc<str>, Device>,
@@ -66,8 +68,17 @@ pub(super) async fn serve(
         None => (None, None),
     };
     let (done_tx, done_rx) = shard::done_channel();
+    // In a cluster every instance has an egress connection of its own: its client id names
+    // the instance (ingest's is the cluster's, see `cluster`).
+    let egress_conn = match &settings.cluster {
+        Some(c) => MqttConn {
+            client_id: format!("{}-{}", conn.client_id, c.instance),
+            ..conn.clone()
+        },
+        None => conn.clone(),
+    };
     let mqtt = Mqtt::start(
-        &conn,
+        &egress_conn,
         &tls,
         egress_link,
         &done_tx,
@@ -94,33 +105,101 @@ pub(super) async fn serve(
         dead_letter: settings.dead_letter.as_deref().map(Arc::from),
         limit: limit.clone(),
     };
-    let StartedShards {
-        tx: shard_tx,
+    let (rules_tx, rules_rx) = watch::channel(rules.clone());
+    let engine = match (state, settings.cluster.clone()) {
+        (_, Some(c)) => {
+            let tracer = Arc::new(Tracer::default());
+            let rule_stats: Vec<Arc<RuleStats>> =
+                (0..c.partitions).map(|_| Arc::default()).collect();
+            let running = cluster::start(
+                cluster::Setup {
+                    mqtt: conn.clone(),
+                    tls: tls.clone(),
+                    patterns: settings.patterns.clone(),
+                    http: settings.http,
+                    template: cluster::ShardTemplate {
+                        outbox,
+                        checkpoint: settings.checkpoint,
+                        limits: settings.payload,
+                        state_limits: settings.state_limits,
+                        history: settings.history,
+                        offline_after: settings.offline_after,
+                        tracer: tracer.clone(),
+                        rule_stats: rule_stats.clone(),
+                        queue: settings.queue,
+                    },
+                    rules: rules_rx,
+                    devices,
+                    shards: shards.clone(),
+                    stats: stats.clone(),
+                    limit: limit.clone(),
+                    shutdown_timeout: settings.shutdown_timeout,
+                    cluster: c,
+                },
+                stop.clone(),
+            )?;
+            drop(done_rx);
+            Engine {
+                threads: Vec::new(),
+                ingest: Vec::new(),
+                rule_stats,
+                tracer,
+                cluster: Some(running),
+            }
+        }
+        (Some(state), None) => {
+            let StartedShards {
+                tx: shard_tx,
+                threads,
+                rule_stats,
+                tracer,
+            } = start_shards(&settings, state, rules, devices, outbox, done_tx, &stats)?;
+            // On the embedded broker, ingest reads its local links (messages arrive at QoS 0
+            // in process: nothing is acknowledged, and the done channel stays unused).
+            let ingest = match ingest_links {
+                Some(links) => broker::local_ingest(
+                    links,
+                    &settings.patterns,
+                    &shard_tx,
+                    &stats,
+                    &limit,
+                    &stop,
+                ),
+                None => vec![tokio::spawn(ingest::run(
+                    ingest::Ingest {
+                        conn: conn.clone(),
+                        tls,
+                        patterns: settings.patterns.clone(),
+                        shards: shard_tx.clone(),
+                        done: done_rx,
+                        stats: stats.clone(),
+                        limit: limit.clone(),
+                    },
+                    stop.clone(),
+                ))],
+            };
+            // Ingest holds the shards' queues open; the rest reach them through `shards`.
+            shards.attach(&shard_tx);
+            Engine {
+                threads,
+                ingest,
+                rule_stats,
+                tracer,
+                cluster: None,
+            }
+        }
+        (None, None) => return Err("no saved state was read".into()),
+    };
+    let Engine {
         threads: shard_threads,
+        ingest: ingest_tasks,
         rule_stats,
         tracer,
-    } = start_shards(&settings, state, rules, devices, outbox, done_tx, &stats)?;
-    // On the embedded broker, ingest reads its local links (messages arrive at QoS 0 in
-    // process: nothing is acknowledged, and the done channel stays unused).
-    let ingest_tasks = match ingest_links {
-        Some(links) => {
-            broker::local_ingest(links, &settings.patterns, &shard_tx, &stats, &limit, &stop)
-        }
-        None => vec![tokio::spawn(ingest::run(
-            ingest::Ingest {
-                conn: conn.clone(),
-                tls,
-                patterns: settings.patterns.clone(),
-                shards: shard_tx.clone(),
-                done: done_rx,
-                stats: stats.clone(),
-                limit: limit.clone(),
-            },
-            stop.clone(),
-        ))],
-    };
-    shards.attach(&shard_tx);
-    let (reload_tx, reload_status, reload_task) = serve_reloads(reloader, shard_tx, stop.clone());
+        cluster,
+    } = engine;
+    let cluster_view = cluster.as_ref().map(|c| c.view.clone());
+    let (reload_tx, reload_status, reload_task) =
+        serve_reloads(reloader, shards.clone(), rules_tx, stop.clone());
     let _watcher = super::os::watch_rules(&settings.rules_dir, reload_tx.clone());
     let http_task = listener.map(|l| {
         if let Ok(mut a) = l.local_addr() {
@@ -152,6 +231,7 @@ pub(super) async fn serve(
             started,
             tracer,
             device_list: Default::default(),
+            cluster: cluster_view,
         };
         let limits = http::Limits {
             max_connections: fds.http,
@@ -182,6 +262,13 @@ pub(super) async fn serve(
             let _ = t.join();
         }
     });
+    // A cluster member hands its ingest and partitions over and leaves.
+    let joined = async move {
+        let _ = joined.await;
+        if let Some(c) = cluster {
+            let _ = c.task.await;
+        }
+    };
     if tokio::time::timeout_at(deadline, joined).await.is_err() {
         tracing::error!(
             "shards did not finish within the shutdown timeout; their last checkpoint stands"
@@ -321,6 +408,15 @@ fn start_sinks(
     ))
 }
 
+/// The running engine's parts: one process's shards and ingest, or a cluster member.
+struct Engine {
+    threads: ShardThreads,
+    ingest: Vec<JoinHandle<()>>,
+    rule_stats: Vec<Arc<RuleStats>>,
+    tracer: Arc<Tracer>,
+    cluster: Option<cluster::Running>,
+}
+
 /// The shards' threads, joined at shutdown.
 type ShardThreads = Vec<std::thread::JoinHandle<()>>;
 
@@ -391,10 +487,12 @@ fn start_shards(
 }
 
 /// Reloads: the watcher, SIGHUP and the API send requests; one task serves them in turn and
-/// hands each good rule set to every shard.
+/// hands each good rule set to every shard (in a cluster: to every partition this instance
+/// runs, and to `rules` for those it takes later).
 fn serve_reloads(
     reloader: reload::Reloader,
-    shard_tx: Vec<mpsc::Sender<ShardMsg>>,
+    shards: Shards,
+    rules_in_force: watch::Sender<Arc<RuleSet>>,
     mut stop: watch::Receiver<bool>,
 ) -> (
     mpsc::Sender<http::ReloadReq>,
@@ -424,7 +522,11 @@ fn serve_reloads(
                 tracing::error!("reload: {e}");
             }
             if let Some(rules) = rules {
-                for tx in &shard_tx {
+                // First for the partitions taken from now on, then for those running (one
+                // taken in between gets the rules twice: a reload to the same rules keeps
+                // every state).
+                rules_in_force.send_replace(rules.clone());
+                for tx in shards.senders() {
                     let _ = tx
                         .send(ShardMsg::Reload(rules.clone(), report.generation))
                         .await;

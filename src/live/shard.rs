@@ -58,6 +58,9 @@ pub struct Job {
     pub received: i64,
     /// The ingest sequence number to report done (QoS 1), if any.
     pub ack: Option<u64>,
+    /// In a cluster: the message's offset in its partition's log (the state saved after it
+    /// covers the log up to here).
+    pub offset: Option<Box<str>>,
 }
 
 /// What a shard is told.
@@ -190,7 +193,7 @@ fn restore(exec: &mut Executor, index: usize, saved: Snapshot) {
 
 /// Writes the shard's state; the error says why it could not (it is counted, not logged: the
 /// caller knows whether it matters).
-fn checkpoint(exec: &mut Executor, ctx: &ShardCtx) -> Result<(), String> {
+fn checkpoint(exec: &mut Executor, ctx: &ShardCtx, position: Option<&str>) -> Result<(), String> {
     let started = Instant::now();
     // The devices' attributes only when one changed: a checkpoint costs what changed, not
     // every device's attributes each time.
@@ -204,7 +207,8 @@ fn checkpoint(exec: &mut Executor, ctx: &ShardCtx) -> Result<(), String> {
         };
         let bytes = serde_json::to_vec(&exec.snapshot_without_attributes())
             .map_err(|e| format!("cannot serialize state: {e}"))?;
-        ctx.store.save(ctx.index, &bytes, attributes.as_deref())?;
+        ctx.store
+            .save_at(ctx.index, &bytes, attributes.as_deref(), position)?;
         tracing::trace!(shard = ctx.index, bytes = bytes.len(), attributes = attributes.as_ref().map_or(0, Vec::len), took = ?started.elapsed(), "checkpoint");
         Ok(())
     })();
@@ -378,6 +382,8 @@ struct Shard {
     replies: Vec<(AckReply, Result<Status, AckError>)>,
     /// Devices tracked at the last count of evictions.
     tracked: usize,
+    /// In a cluster: the log offset of the last message taken.
+    position: Option<Box<str>>,
     next_checkpoint: tokio::time::Instant,
 }
 
@@ -396,6 +402,7 @@ impl Shard {
             held: Held::default(),
             replies: Vec::new(),
             tracked: 0,
+            position: None,
         }
     }
 
@@ -442,7 +449,10 @@ impl Shard {
     /// One message of the queue.
     fn take(&mut self, m: ShardMsg) {
         match m {
-            ShardMsg::Job(job) => {
+            ShardMsg::Job(mut job) => {
+                if let Some(o) = job.offset.take() {
+                    self.position = Some(o);
+                }
                 handle(
                     &mut self.exec,
                     &mut self.history,
@@ -534,7 +544,7 @@ impl Shard {
                 // A new state file: the attributes go into it too.
                 self.exec.attributes_unsaved();
             }
-            match checkpoint(&mut self.exec, &self.ctx) {
+            match checkpoint(&mut self.exec, &self.ctx, self.position.as_deref()) {
                 Ok(()) => {
                     self.alarm_changes = self.exec.alarms().changes();
                     self.dirty = false;
@@ -602,7 +612,7 @@ impl Shard {
     async fn finish(mut self) {
         let (exec, ctx, buf) = (&mut self.exec, &mut self.ctx, &mut self.buf);
         exec.advance_to(wall_ms(), buf);
-        match checkpoint(exec, ctx) {
+        match checkpoint(exec, ctx, self.position.as_deref()) {
             Ok(()) => {
                 let mut done = Vec::new();
                 if self.held.active() {

@@ -6,12 +6,17 @@
 //! belongs to the shard [`shard_of`] names, the same for ingest, acknowledgements and questions.
 //! The handle exists before the shards do (the alarm registry, which the shards use, needs its
 //! route first) and is pointed at them once they start.
+//!
+//! In a cluster the handle's slots are the partitions: a device belongs to the partition
+//! [`partition_of`] names, and a slot holds the queue of the partition's executor while this
+//! instance owns it (another instance's partition is [`Unreachable::Elsewhere`]).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::cluster::placement::partition_of;
 use super::devices::Ask;
 use super::shard::{shard_of, AckReq, ShardMsg};
 use crate::engine::alarm::AckError;
@@ -24,12 +29,22 @@ pub enum Unreachable {
     Gone,
     /// The shard did not take the message, or did not answer, in time.
     Busy,
+    /// In a cluster: the device's partition is not this instance's now.
+    Elsewhere,
+}
+
+/// Where the shards' queues are.
+enum Route {
+    /// One process: a fixed set of shards.
+    Fixed(Vec<mpsc::WeakSender<ShardMsg>>),
+    /// A cluster: one slot per partition, filled while this instance owns it.
+    Partitions(RwLock<Vec<Option<mpsc::WeakSender<ShardMsg>>>>),
 }
 
 /// The shards' queues, shared (cheap to clone).
 #[derive(Clone, Default)]
 pub struct Shards {
-    tx: Arc<OnceLock<Vec<mpsc::WeakSender<ShardMsg>>>>,
+    tx: Arc<OnceLock<Route>>,
 }
 
 impl Shards {
@@ -40,14 +55,52 @@ impl Shards {
 
     /// Points the handle at the shards' queues (once; later calls are ignored).
     pub fn attach(&self, queues: &[mpsc::Sender<ShardMsg>]) {
-        let _ = self
-            .tx
-            .set(queues.iter().map(mpsc::Sender::downgrade).collect());
+        let _ = self.tx.set(Route::Fixed(
+            queues.iter().map(mpsc::Sender::downgrade).collect(),
+        ));
     }
 
-    /// How many shards run (0 before they start).
+    /// Makes the handle a cluster's, with `partitions` empty slots (once, before any
+    /// [`Shards::attach`]).
+    pub fn partitioned(&self, partitions: u32) {
+        let _ = self.tx.set(Route::Partitions(RwLock::new(vec![
+            None;
+            partitions as usize
+        ])));
+    }
+
+    /// In a cluster: points partition `p`'s slot at its executor's queue (None: not ours now).
+    pub fn set_partition(&self, p: u32, queue: Option<&mpsc::Sender<ShardMsg>>) {
+        if let Some(Route::Partitions(slots)) = self.tx.get() {
+            let mut slots = slots.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = slots.get_mut(p as usize) {
+                *slot = queue.map(mpsc::Sender::downgrade);
+            }
+        }
+    }
+
+    /// The queues of every shard (every partition this instance owns) now, for the reloads.
+    pub fn senders(&self) -> Vec<mpsc::Sender<ShardMsg>> {
+        match self.tx.get() {
+            None => Vec::new(),
+            Some(Route::Fixed(tx)) => tx.iter().filter_map(mpsc::WeakSender::upgrade).collect(),
+            Some(Route::Partitions(slots)) => slots
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .flatten()
+                .filter_map(mpsc::WeakSender::upgrade)
+                .collect(),
+        }
+    }
+
+    /// How many shards run (0 before they start); in a cluster, how many partitions it has.
     pub fn len(&self) -> usize {
-        self.tx.get().map_or(0, Vec::len)
+        match self.tx.get() {
+            None => 0,
+            Some(Route::Fixed(tx)) => tx.len(),
+            Some(Route::Partitions(slots)) => slots.read().unwrap_or_else(|e| e.into_inner()).len(),
+        }
     }
 
     /// No shards (before they start).
@@ -57,20 +110,45 @@ impl Shards {
 
     /// The shard that owns `device`.
     pub fn shard_of(&self, device: &str) -> usize {
-        shard_of(device, self.len().max(1))
+        match self.tx.get() {
+            Some(Route::Partitions(_)) => partition_of(device, self.len() as u32) as usize,
+            _ => shard_of(device, self.len().max(1)),
+        }
     }
 
-    /// Messages waiting in each shard's queue.
+    /// Messages waiting in each shard's queue (in a cluster: each partition's, 0 for another
+    /// instance's).
     pub fn depths(&self) -> Vec<usize> {
-        self.tx.get().map_or_else(Vec::new, |tx| {
-            tx.iter()
-                .map(|t| t.upgrade().map_or(0, |t| t.max_capacity() - t.capacity()))
-                .collect()
-        })
+        let depth = |t: &mpsc::WeakSender<ShardMsg>| {
+            t.upgrade().map_or(0, |t| t.max_capacity() - t.capacity())
+        };
+        match self.tx.get() {
+            None => Vec::new(),
+            Some(Route::Fixed(tx)) => tx.iter().map(depth).collect(),
+            Some(Route::Partitions(slots)) => slots
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|t| t.as_ref().map_or(0, depth))
+                .collect(),
+        }
     }
 
-    fn sender(&self, shard: usize) -> Option<mpsc::Sender<ShardMsg>> {
-        self.tx.get()?.get(shard)?.upgrade()
+    fn sender(&self, shard: usize) -> Result<mpsc::Sender<ShardMsg>, Unreachable> {
+        match self.tx.get() {
+            None => Err(Unreachable::Gone),
+            Some(Route::Fixed(tx)) => tx
+                .get(shard)
+                .and_then(mpsc::WeakSender::upgrade)
+                .ok_or(Unreachable::Gone),
+            Some(Route::Partitions(slots)) => slots
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(shard)
+                .and_then(Option::as_ref)
+                .and_then(mpsc::WeakSender::upgrade)
+                .ok_or(Unreachable::Elsewhere),
+        }
     }
 
     /// Sends `msg` to shard `shard`, waiting for room at most `timeout` (None: as long as the
@@ -81,7 +159,7 @@ impl Shards {
         msg: ShardMsg,
         timeout: Option<Duration>,
     ) -> Result<(), Unreachable> {
-        let tx = self.sender(shard).ok_or(Unreachable::Gone)?;
+        let tx = self.sender(shard)?;
         let sent = match timeout {
             Some(t) => tokio::time::timeout(t, tx.send(msg))
                 .await

@@ -40,6 +40,20 @@ pub trait StateStore: Send + Sync {
     fn load(&self, shard: usize) -> Result<Option<Vec<u8>>, String>;
     /// Replaces a shard's snapshot, and its attributes record when given, in one transaction.
     fn save(&self, shard: usize, data: &[u8], attributes: Option<&[u8]>) -> Result<(), String>;
+    /// Saves as [`save`](StateStore::save) does, with the input position the state covers
+    /// (in a cluster: the offset in the partition's log its last message had, from which a new
+    /// owner replays). A single process keeps no position: the broker's acknowledgements are
+    /// its positions.
+    fn save_at(
+        &self,
+        shard: usize,
+        data: &[u8],
+        attributes: Option<&[u8]>,
+        position: Option<&str>,
+    ) -> Result<(), String> {
+        let _ = position;
+        self.save(shard, data, attributes)
+    }
     /// How many shards wrote this state, if any did.
     fn shard_count(&self) -> Result<Option<usize>, String>;
     /// Records how many shards write this state.

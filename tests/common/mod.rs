@@ -572,6 +572,8 @@ impl Victoria {
 pub struct Redis {
     pub port: u16,
     proc: Proc,
+    dir: PathBuf,
+    options: Vec<String>,
 }
 
 #[allow(dead_code)]
@@ -583,26 +585,35 @@ impl Redis {
     /// With more `redis-server` options (`--requirepass`, TLS); `--port 0` in them turns the
     /// plain port off, and the port given is then `--tls-port`'s.
     pub fn start_with(dir: &Path, options: &[&str]) -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            proc: Proc::default(),
+            dir: dir.to_path_buf(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
         let bin = Path::new("/usr/bin/redis-server");
         assert!(
             bin.exists(),
             "redis-server is not installed: run scripts/test.sh, which installs it"
         );
-        let port = free_port();
-        let tls = options.contains(&"--port");
+        let tls = self.options.iter().any(|o| o == "--port");
         let port_flag = if tls { "--tls-port" } else { "--port" };
-        let proc = Proc::spawn(
+        self.proc = Proc::spawn(
             Command::new(bin)
-                .args(["--bind", "127.0.0.1", port_flag, &port.to_string()])
+                .args(["--bind", "127.0.0.1", port_flag, &self.port.to_string()])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .args(options)
+                .args(&self.options)
                 .arg("--dir")
-                .arg(dir),
-            &dir.join("redis.log"),
+                .arg(&self.dir),
+            &self.dir.join("redis.log"),
             "redis-server",
         );
-        wait_port(port, "redis-server");
-        Redis { port, proc }
+        wait_port(self.port, "redis-server");
     }
 
     pub fn url(&self) -> String {
@@ -612,6 +623,13 @@ impl Redis {
     /// Stops it (SIGTERM, waits).
     pub fn stop(&mut self) {
         self.proc.terminate();
+    }
+
+    /// Stops it and starts it again on the same port and directory (with `--appendonly yes`
+    /// among its options, its data survives).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 }
 

@@ -15,6 +15,7 @@
 //! With no config file this is the embedded default: an in-process broker on 127.0.0.1:1883,
 //! `./rules`, HTTP on 127.0.0.1:8080, state under `./.rulechain`.
 
+pub mod cluster;
 pub mod influx;
 pub mod notify;
 
@@ -29,6 +30,7 @@ use crate::duration;
 use crate::topic::TopicPattern;
 use crate::yaml::{Pos, Sp};
 
+pub use cluster::ClusterSettings;
 pub use influx::{InfluxApi, InfluxAuth, InfluxSettings, Precision};
 pub use notify::{ChannelSettings, Delivery, EmailSettings, Policy, WebhookSettings};
 
@@ -269,7 +271,7 @@ impl Default for HubSettings {
 }
 
 /// Everything the engine runs with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// The config file, if any.
     pub config_path: Option<PathBuf>,
@@ -322,6 +324,24 @@ pub struct Settings {
     pub websocket: HubSettings,
     /// Notification channels, by name.
     pub channels: BTreeMap<String, ChannelSettings>,
+    /// Several instances as one engine (`cluster:`), or one process.
+    pub cluster: Option<ClusterSettings>,
+}
+
+impl std::fmt::Debug for Settings {
+    /// The typed parts, each of which keeps its secrets out; not the config's text values
+    /// (passwords and tokens are there as written).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("config_path", &self.config_path)
+            .field("rules_dir", &self.rules_dir)
+            .field("broker", &self.broker)
+            .field("http", &self.http)
+            .field("state_dir", &self.state_dir)
+            .field("shards", &self.shards)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {
@@ -516,6 +536,10 @@ pub fn resolve_lossy(
         }
     }
     let devices = config.devices.as_ref().map(|d| rel(d));
+    let cluster = config
+        .cluster
+        .as_ref()
+        .and_then(|c| cluster::resolve(&mut p, c, broker.as_ref(), &rel));
     let settings = Settings {
         config_path: config_path.map(Path::to_path_buf),
         config_given,
@@ -541,6 +565,7 @@ pub fn resolve_lossy(
         influx: influx.flatten(),
         websocket,
         channels,
+        cluster,
         config,
     };
     (settings, p.0)
@@ -691,5 +716,39 @@ mod tests {
         };
         assert_eq!((m.host.as_str(), m.port), ("broker", 8883));
         assert_eq!(m.tls.unwrap().ca, PathBuf::from("/etc/rc/certs/ca.pem"));
+    }
+
+    #[test]
+    fn a_cluster_is_checked_whole_and_its_secrets_never_printed() {
+        let c = config(
+            "cluster:\n  redis: http://r:6379\n  ca: ca.pem\n  instance: rc 1\n  partitions: 0\n  lease: 100ms\n",
+        );
+        let problems = resolve(None, Some(&c), None).unwrap_err();
+        let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "2:3: a cluster needs an external MQTT broker",
+            "2:10: `cluster.redis` is not a Redis URL",
+            "3:7: `cluster.ca` is for TLS",
+            "4:13: `rc 1` is not an instance name",
+            "5:15: partitions is between 1 and 4096",
+            "6:10: the lease is at least 500ms",
+        ] {
+            assert!(
+                texts.iter().any(|t| t.starts_with(want)),
+                "{want} not in {texts:#?}"
+            );
+        }
+        let c = config(
+            "mqtt: {url: mqtt://b:1883}\ncluster:\n  redis: redis://:hunter2@r:6379\n  password: s3cret\n",
+        );
+        let s = resolve(None, Some(&c), None).unwrap();
+        let cl = s.cluster.as_ref().unwrap();
+        assert_eq!((cl.partitions, cl.lease.as_millis()), (64, 5000));
+        assert!(!cl.instance.is_empty() && cl.prefix == "rulechain");
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 }

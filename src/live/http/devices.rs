@@ -100,13 +100,24 @@ async fn build_list(api: &Api, q: ListQuery) -> Result<Value, ApiError> {
     let mut total = 0;
     let mut rows: Vec<DeviceRow> = Vec::new();
     for shard in 0..api.shards.len() {
-        let (n, r) = api
-            .ask(shard, |reply| Ask::Devices {
-                filter: filter.clone(),
-                take: offset + limit,
-                reply,
-            })
-            .await?;
+        let asked = api
+            .shards
+            .ask(
+                shard,
+                |reply| Ask::Devices {
+                    filter: filter.clone(),
+                    take: offset + limit,
+                    reply,
+                },
+                super::ASK_TIMEOUT,
+            )
+            .await;
+        let (n, r) = match asked {
+            Ok(a) => a,
+            // In a cluster: a partition this instance does not own now.
+            Err(crate::live::shards::Unreachable::Elsewhere) => continue,
+            Err(e) => return Err(super::unreachable(e)),
+        };
         total += n;
         rows.extend(r);
     }

@@ -32,7 +32,21 @@ pub(super) async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Value>) 
         .unwrap_or_else(|e| e.into_inner())
         .generation;
     let loaded = generation > 0;
-    let ready = subscribed && writable && loaded;
+    let mut reasons = Vec::new();
+    match &api.cluster {
+        // A cluster member needs Redis and a place in the cluster; only the ingest holder reads
+        // the broker.
+        Some(c) => reasons.extend(c.not_ready(subscribed)),
+        None if !subscribed => reasons.push("not subscribed at the MQTT broker".to_string()),
+        None => {}
+    }
+    if !loaded {
+        reasons.push("no rules loaded yet".into());
+    }
+    if !writable {
+        reasons.push("a shard cannot write its state (its alarm transitions are held)".into());
+    }
+    let ready = reasons.is_empty();
     let code = if ready {
         StatusCode::OK
     } else {
@@ -42,6 +56,7 @@ pub(super) async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Value>) 
         code,
         Json(json!({
             "ready": ready,
+            "reasons": reasons,
             "mqtt_subscribed": subscribed,
             "rules_loaded": loaded,
             "rules_generation": generation,
@@ -50,12 +65,60 @@ pub(super) async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Value>) 
     )
 }
 
+/// `GET /api/cluster`: the instances alive, each partition's owner and epoch, the ingest
+/// holder, lease ages, and each partition's backlog (asked of Redis now). 404 without
+/// `cluster:`.
+pub(super) async fn cluster(State(api): State<Api>) -> Result<Json<Value>, super::ApiError> {
+    let Some(c) = &api.cluster else {
+        return Err(super::ApiError::not_found(
+            "this engine is one process (no `cluster:` in its config)",
+        ));
+    };
+    let s = c.status();
+    let backlog = c.backlog().await;
+    let partitions: Vec<Value> = s
+        .owners
+        .iter()
+        .enumerate()
+        .map(|(p, o)| {
+            let b = backlog.as_ref().ok().and_then(|b| b.get(p));
+            json!({
+                "partition": p,
+                "owner": o.as_ref().map(|h| &h.instance),
+                "epoch": o.as_ref().map(|h| h.epoch),
+                "lease_ms_left": o.as_ref().map(|h| h.lease_ms_left),
+                "backlog": b.map(|b| b.entries),
+                "backlog_more": b.map(|b| b.more),
+                "backlog_oldest_ms": b.map(|b| b.oldest_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "instance": s.instance,
+        "partitions": s.partitions,
+        "lease_ms": s.lease_ms,
+        "redis": {"ok": s.redis_ok, "error": s.redis_error},
+        "instances": s.instances,
+        "ingest": s.ingest,
+        "owned": s.owned,
+        "owners": partitions,
+        "backlog_error": backlog.err(),
+        "counters": crate::counters::to_json(&*c.stats),
+    })))
+}
+
 /// 200 once ingest is subscribed at the broker and every shard can write its state; 503 while
 /// either is not so (a shard that cannot write holds its alarm transitions: not ready).
 pub(super) async fn healthz(State(api): State<Api>) -> (StatusCode, Json<Value>) {
     let connected = api.stats.connected.load(Relaxed);
     let failing = api.stats.store_failing.load(Relaxed);
-    let code = if connected && failing == 0 {
+    // A cluster member is healthy once it reaches Redis and joined; only the ingest holder
+    // needs the broker's subscription.
+    let up = match &api.cluster {
+        Some(c) => c.not_ready(connected).is_empty(),
+        None => connected,
+    };
+    let code = if up && failing == 0 {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -93,6 +156,9 @@ pub(super) async fn metrics(State(api): State<Api>) -> Response {
     }
     r.add("rulechain_websocket_", &*api.hub);
     r.add("rulechain_notify_", &api.notify);
+    if let Some(c) = &api.cluster {
+        r.add("rulechain_cluster_", &*c.stats);
+    }
     (
         [(
             header::CONTENT_TYPE,

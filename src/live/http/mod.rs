@@ -82,6 +82,8 @@ pub struct Api {
     pub tracer: Arc<super::trace::Tracer>,
     /// The last device list answered (`GET /api/devices`, see there).
     pub device_list: devices::ListCache,
+    /// In a cluster: the cluster as this instance sees it.
+    pub cluster: Option<crate::live::cluster::View>,
 }
 
 /// Most bytes of a request body (a chain file, attributes); past it, 413 before it is read
@@ -90,7 +92,7 @@ pub const MAX_BODY: usize = 1 << 20;
 
 /// How long a shard may take to answer the API (a shard holding its output while its state
 /// cannot be written still answers; one stuck in a long Rhai evaluation may not).
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An error answer: JSON `{error, detail}` with its status.
 #[derive(Debug)]
@@ -175,10 +177,7 @@ impl Api {
         self.shards
             .ask(shard, make, ASK_TIMEOUT)
             .await
-            .map_err(|e| match e {
-                Unreachable::Gone => ApiError::unavailable("shutting down"),
-                Unreachable::Busy => ApiError::unavailable("a shard is busy: try again"),
-            })
+            .map_err(unreachable)
     }
 
     /// Asks the shard that owns `device`.
@@ -188,6 +187,17 @@ impl Api {
         make: impl FnOnce(oneshot::Sender<T>) -> super::devices::Ask,
     ) -> Result<T, ApiError> {
         self.ask(self.shards.shard_of(device), make).await
+    }
+}
+
+/// Why a shard did not answer, as the API's error.
+fn unreachable(e: Unreachable) -> ApiError {
+    match e {
+        Unreachable::Gone => ApiError::unavailable("shutting down"),
+        Unreachable::Busy => ApiError::unavailable("a shard is busy: try again"),
+        Unreachable::Elsewhere => ApiError::unavailable(
+            "the device's partition is served by another instance of the cluster now: ask that one (GET /api/cluster names it)",
+        ),
     }
 }
 
@@ -348,6 +358,7 @@ fn router(api: Api) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(health::metrics))
         .route("/api/status", get(health::status))
+        .route("/api/cluster", get(health::cluster))
         .route("/api/reload", post(rules::reload))
         .route("/api/chains", get(rules::chains))
         .route("/api/rules/validate", post(rules::validate))

@@ -1,5 +1,5 @@
 //! Leases with an epoch (a fencing token) in Redis, and the fenced write every state write of a
-//! cluster goes through (not yet used by a running engine: the cluster is being built on it).
+//! cluster goes through.
 //!
 //! A partition has one owner at a time: the instance holding its lease. Taking a lease that was
 //! free or had expired bumps the partition's epoch; renewing keeps it. Every write of the
@@ -13,7 +13,7 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use redis::Script;
 
 /// The scripts, each hashed once (Redis runs them by hash, loading one it does not know).
@@ -84,6 +84,13 @@ impl PartitionKeys {
         format!("{}:epoch", self.tag)
     }
 
+    /// The keys of a lease of the whole cluster, `name` (`ingest`): tagged `{name}`.
+    pub fn named(prefix: &str, name: &str) -> PartitionKeys {
+        PartitionKeys {
+            tag: format!("{prefix}:{{{name}}}"),
+        }
+    }
+
     /// A key of the partition's state, `name` (a snapshot, an outbox…).
     pub fn state(&self, name: &str) -> String {
         format!("{}:{name}", self.tag)
@@ -111,7 +118,7 @@ impl std::fmt::Display for WriteError {
 /// Takes or renews the lease of a partition for `instance` for `ttl_ms`: Some(epoch) when held,
 /// None when another instance holds it.
 pub async fn acquire(
-    con: &mut MultiplexedConnection,
+    con: &mut (impl ConnectionLike + Send),
     keys: &PartitionKeys,
     instance: &str,
     ttl_ms: u64,
@@ -129,7 +136,7 @@ pub async fn acquire(
 
 /// Gives the lease up if `instance` holds it at `epoch`; true if it did.
 pub async fn release(
-    con: &mut MultiplexedConnection,
+    con: &mut (impl ConnectionLike + Send),
     keys: &PartitionKeys,
     instance: &str,
     epoch: u64,
@@ -146,7 +153,7 @@ pub async fn release(
 
 /// Writes `value` to the partition's state key `name` if `epoch` is still the partition's.
 pub async fn fenced_set(
-    con: &mut MultiplexedConnection,
+    con: &mut (impl ConnectionLike + Send),
     keys: &PartitionKeys,
     epoch: u64,
     name: &str,

@@ -1,12 +1,13 @@
-//! The connection to the cluster's Redis (not yet used by a running engine: the cluster is being
-//! built on it): `redis://HOST:PORT` or `rediss://…` (TLS: the system's roots, or a CA file for
+//! The connection to the cluster's Redis: `redis://HOST:PORT` or `rediss://…` (TLS: the system's roots, or a CA file for
 //! a private CA), a password in the URL (`redis://:PASSWORD@HOST:6379`, or a user too) or given
 //! apart (from `${ENV}` in a config). An error names the address and what to fix, never the
 //! password.
 
 use std::path::PathBuf;
 
-use redis::aio::MultiplexedConnection;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, TlsCertificates};
 
 /// Where the cluster's Redis is and how to reach it.
@@ -28,9 +29,8 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// Connects and checks the connection with a PING (so a wrong password or an untrusted
-/// certificate is told now, not at the first write).
-pub async fn connect(s: &RedisSettings) -> Result<MultiplexedConnection, String> {
+/// The client for these settings (nothing is connected yet).
+pub fn client(s: &RedisSettings) -> Result<Client, String> {
     let shown = redacted(&s.url);
     let mut info = s.url.as_str().into_connection_info().map_err(|e| {
         format!(
@@ -42,7 +42,7 @@ pub async fn connect(s: &RedisSettings) -> Result<MultiplexedConnection, String>
         info = info.set_redis_settings(redis);
     }
     let tls = s.url.starts_with("rediss://");
-    let client = match (&s.ca, tls) {
+    match (&s.ca, tls) {
         (Some(ca), true) => {
             let pem = std::fs::read(ca)
                 .map_err(|e| format!("cannot read the Redis CA file {}: {e}", ca.display()))?;
@@ -61,9 +61,25 @@ pub async fn connect(s: &RedisSettings) -> Result<MultiplexedConnection, String>
         }
         (None, _) => Client::open(info),
     }
-    .map_err(|e| format!("cannot use Redis at {shown}: {e}"))?;
-    let mut con = client
-        .get_multiplexed_async_connection()
+    .map_err(|e| format!("cannot use Redis at {shown}: {e}"))
+}
+
+/// Connects and checks the connection with a PING (so a wrong password or an untrusted
+/// certificate is told now, not at the first write). The connection reconnects by itself
+/// after Redis restarts or the network drops (the command that met the fault fails); a reply
+/// that takes longer than `response_timeout` fails the command.
+pub async fn connect_with(
+    s: &RedisSettings,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, String> {
+    let shown = redacted(&s.url);
+    let client = client(s)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(2);
+    let mut con = ConnectionManager::new_with_config(client, config)
         .await
         .map_err(|e| explain(&shown, &e))?;
     let _: String = redis::cmd("PING")
@@ -73,8 +89,25 @@ pub async fn connect(s: &RedisSettings) -> Result<MultiplexedConnection, String>
     Ok(con)
 }
 
+/// [`connect_with`] with a two-second response timeout.
+pub async fn connect(s: &RedisSettings) -> Result<ConnectionManager, String> {
+    connect_with(s, Duration::from_secs(2)).await
+}
+
+/// A blocking connection (for a partition's executor thread, which writes its state in line),
+/// its reads and writes bounded by `timeout`.
+pub fn connect_blocking(client: &Client, timeout: Duration) -> Result<redis::Connection, String> {
+    let con = client
+        .get_connection_with_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    con.set_read_timeout(Some(timeout))
+        .and_then(|()| con.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    Ok(con)
+}
+
 /// A connection error, with what to do about it.
-fn explain(shown: &str, e: &redis::RedisError) -> String {
+pub fn explain(shown: &str, e: &redis::RedisError) -> String {
     let text = e.to_string();
     let hint = if e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
