@@ -10,6 +10,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{free_port, http, tempdir, wait_for, Engine, Mosquitto, Mqtt, Redis};
@@ -38,12 +40,96 @@ nodes:
     alarm: { type: Hot, severity: MAJOR }
   - id: tell
     publish: { topic: "alarm/${meta.device}", qos: 1 }
+  - id: page
+    notify: [hook]
     next: []
   - id: cool
     alarm: { type: Hot, action: clear }
   - id: tell-clear
     publish: { topic: "alarm/${meta.device}", qos: 1 }
+  - id: page-clear
+    notify: [hook]
 "#;
+
+/// A webhook receiver: a real HTTP server on loopback that answers 503 while `failing` and
+/// records every request's `Idempotency-Key` and body otherwise.
+#[derive(Clone, Default)]
+struct Hook {
+    failing: Arc<AtomicBool>,
+    got: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Hook {
+    fn start() -> (Hook, u16) {
+        let h = Hook::default();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hh = h.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let hh = hh.clone();
+                std::thread::spawn(move || hh.handle(s));
+            }
+        });
+        (h, port)
+    }
+
+    fn handle(&self, mut s: std::net::TcpStream) {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let len: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let failing = self.failing.load(Ordering::SeqCst);
+        if !failing {
+            let body = serde_json::from_slice(&buf[head_end..]).unwrap_or_default();
+            self.got
+                .lock()
+                .unwrap()
+                .push((header("idempotency-key").unwrap_or_default(), body));
+        }
+        let status = if failing { "503 Busy" } else { "200 OK" };
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
 
 /// The broker, Redis and the instances, each in its own directory with its own HTTP port.
 struct Fleet {
@@ -51,6 +137,9 @@ struct Fleet {
     broker: Mosquitto,
     redis: Redis,
     engines: Vec<Option<Engine>>,
+    /// The webhook every instance's channel `hook` posts to.
+    hook: Hook,
+    hook_port: u16,
 }
 
 impl Fleet {
@@ -58,11 +147,14 @@ impl Fleet {
         let dir = tempdir(name);
         let broker = Mosquitto::start(&dir);
         let redis = Redis::start_with(&dir, &["--appendonly", "yes"]);
+        let (hook, hook_port) = Hook::start();
         let mut f = Fleet {
             dir,
             broker,
             redis,
             engines: Vec::new(),
+            hook,
+            hook_port,
         };
         for _ in 0..n {
             f.add();
@@ -85,9 +177,11 @@ impl Fleet {
                 "mqtt: {{url: mqtt://127.0.0.1:{}, client_id: fleet}}\n\
                  http: {{listen: 127.0.0.1:{port}}}\nstate_dir: state\nrules: rules\n\
                  engine: {{checkpoint: 200ms}}\n\
-                 cluster: {{redis: \"{}\", instance: rc-{i}, partitions: {PARTITIONS}, lease: 2s}}\n",
+                 cluster: {{redis: \"{}\", instance: rc-{i}, partitions: {PARTITIONS}, lease: 2s}}\n\
+                 channels: {{hook: {{webhook: {{url: \"http://127.0.0.1:{}/hook\"}}, retries: 30}}}}\n",
                 self.broker.port,
-                self.redis.url()
+                self.redis.url(),
+                self.hook_port,
             ),
         )
         .unwrap();
@@ -368,6 +462,9 @@ async fn an_owner_killed_in_a_hold_raises_the_alarm_once_on_time_and_a_paused_ow
         .take(2)
         .collect();
     let (open, held) = (&mine[0], &mine[1]);
+    // The webhook receiver is down when the first alarm is raised: its notification waits,
+    // retried by its owner, unconfirmed, when that owner is killed.
+    fleet.hook.failing.store(true, Ordering::SeqCst);
     client
         .publish(&format!("device/{open}/telemetry"), r#"{"v":20}"#)
         .await;
@@ -382,6 +479,7 @@ async fn an_owner_killed_in_a_hold_raises_the_alarm_once_on_time_and_a_paused_ow
         .await;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     fleet.kill9(victim);
+    fleet.hook.failing.store(false, Ordering::SeqCst);
     // Its partitions move within the lease and a little; the hold completes on time (5 s
     // after its message, give or take the move), the open alarm is not raised again.
     let got = alarms
@@ -413,6 +511,31 @@ async fn an_owner_killed_in_a_hold_raises_the_alarm_once_on_time_and_a_paused_ow
     });
     assert_eq!(per[&format!("alarm/{open}")], vec!["cleared"], "{rest:?}");
     assert_eq!(per[&format!("alarm/{held}")], vec!["cleared"], "{rest:?}");
+    // The webhook got one notification per transition, the one the dead owner left
+    // unconfirmed delivered by the next (each with its key; at most one repeat for the kill).
+    let want: std::collections::BTreeSet<String> = [open, held]
+        .iter()
+        .flat_map(|d| {
+            let id = |t: &str| {
+                rest.iter()
+                    .chain([&raised, &got])
+                    .find(|(topic, v)| topic.ends_with(d.as_str()) && v["alarm"]["transition"] == t)
+                    .map(|(_, v)| v["alarm"]["id"].as_str().unwrap().to_string())
+                    .unwrap()
+            };
+            [
+                format!("{}/created", id("created")),
+                format!("{}/cleared", id("cleared")),
+            ]
+        })
+        .collect();
+    let keys = wait_for(Duration::from_secs(10), || {
+        let k = fleet.hook.keys();
+        let unique: std::collections::BTreeSet<String> = k.iter().cloned().collect();
+        (unique == want).then_some(k)
+    })
+    .unwrap_or_else(|| panic!("webhook keys {:?}, want {want:?}", fleet.hook.keys()));
+    assert!(keys.len() <= want.len() + 1, "{keys:?}");
 
     // An owner paused past its lease: its partitions move; woken, it writes nothing (Redis
     // refuses its epoch) and gives them up.

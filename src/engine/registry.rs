@@ -88,6 +88,9 @@ pub fn operator_name(name: &str) -> Option<String> {
 /// Where operators' actions go (live: the device's shard).
 pub type AckRoute = Box<dyn Fn(AlarmOp) -> AckFuture + Send + Sync>;
 
+/// Tells whether a device is this process's.
+pub type Local = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Closed alarms the registry keeps for the API (in memory only).
 pub const CLOSED_KEPT: usize = 200;
 
@@ -98,6 +101,9 @@ pub struct AlarmRegistry {
     /// [`CLOSED_KEPT`]: who acknowledged and cleared them stays visible for a while.
     closed: Mutex<std::collections::VecDeque<Alarm>>,
     route: AckRoute,
+    /// Whether a device's state is this process's (in a cluster: its partition is owned here);
+    /// None: every device is.
+    local: std::sync::OnceLock<Local>,
 }
 
 impl std::fmt::Debug for AlarmRegistry {
@@ -115,6 +121,7 @@ impl AlarmRegistry {
             open: Mutex::default(),
             closed: Mutex::default(),
             route,
+            local: std::sync::OnceLock::new(),
         }
     }
 
@@ -158,6 +165,18 @@ impl AlarmRegistry {
                 },
             );
         }
+    }
+
+    /// Tells which devices are this process's (once; a cluster member's are those of the
+    /// partitions it owns): reminders of an alarm are sent by the process that owns its
+    /// device, not by every one that knows it.
+    pub fn set_local(&self, local: Local) {
+        let _ = self.local.set(local);
+    }
+
+    /// Whether `device` is this process's (see [`AlarmRegistry::set_local`]).
+    pub fn is_local(&self, device: &str) -> bool {
+        self.local.get().is_none_or(|f| f(device))
     }
 
     /// Forgets the open alarms of the devices `gone` names (in a cluster: a partition that moved

@@ -144,26 +144,9 @@ impl Outbox {
                 self.alarms.record(&record, transition);
                 self.sinks.hub.alarm(&record, transition, e.ts);
             }
-            Event::Notify {
-                channel,
-                device,
-                subject,
-                body,
-                data,
-            } => {
+            Event::Notify { .. } => {
                 s.notifications.fetch_add(1, Relaxed);
-                let notice = crate::sinks::notify::Notice {
-                    channel,
-                    chain: e.chain,
-                    node: e.node,
-                    device,
-                    ts: e.ts,
-                    subject,
-                    body,
-                    data: serde_json::to_value(&data).unwrap_or_default(),
-                    reminder: false,
-                    fallback_from: None,
-                };
+                let Some(notice) = notice(e) else { return };
                 let (channel, device) = (notice.channel.clone(), notice.device.clone());
                 match self.sinks.notify.send(notice) {
                     Ok(()) => {}
@@ -262,4 +245,31 @@ impl Outbox {
             });
         }
     }
+}
+
+/// A `notify` effect as the notification for its channel (None for any other effect).
+pub fn notice(e: Effect) -> Option<crate::sinks::notify::Notice> {
+    let Event::Notify {
+        channel,
+        device,
+        subject,
+        body,
+        data,
+    } = e.event
+    else {
+        return None;
+    };
+    Some(crate::sinks::notify::Notice {
+        channel,
+        chain: e.chain,
+        node: e.node,
+        device,
+        ts: e.ts,
+        subject,
+        body,
+        data: serde_json::to_value(&data).unwrap_or_default(),
+        reminder: false,
+        fallback_from: None,
+        receipt: None,
+    })
 }

@@ -193,7 +193,12 @@ fn restore(exec: &mut Executor, index: usize, saved: Snapshot) {
 
 /// Writes the shard's state; the error says why it could not (it is counted, not logged: the
 /// caller knows whether it matters).
-fn checkpoint(exec: &mut Executor, ctx: &ShardCtx, position: Option<&str>) -> Result<(), String> {
+fn checkpoint(
+    exec: &mut Executor,
+    ctx: &ShardCtx,
+    position: Option<&str>,
+    outbox: &[Vec<u8>],
+) -> Result<(), String> {
     let started = Instant::now();
     // The devices' attributes only when one changed: a checkpoint costs what changed, not
     // every device's attributes each time.
@@ -208,7 +213,7 @@ fn checkpoint(exec: &mut Executor, ctx: &ShardCtx, position: Option<&str>) -> Re
         let bytes = serde_json::to_vec(&exec.snapshot_without_attributes())
             .map_err(|e| format!("cannot serialize state: {e}"))?;
         ctx.store
-            .save_at(ctx.index, &bytes, attributes.as_deref(), position)?;
+            .save_at(ctx.index, &bytes, attributes.as_deref(), position, outbox)?;
         tracing::trace!(shard = ctx.index, bytes = bytes.len(), attributes = attributes.as_ref().map_or(0, Vec::len), took = ?started.elapsed(), "checkpoint");
         Ok(())
     })();
@@ -384,6 +389,9 @@ struct Shard {
     tracked: usize,
     /// In a cluster: the log offset of the last message taken.
     position: Option<Box<str>>,
+    /// In a cluster: the notifications not yet stored with the state (JSON), which the next
+    /// write stores in the partition's outbox.
+    notices: Vec<Vec<u8>>,
     next_checkpoint: tokio::time::Instant,
 }
 
@@ -403,6 +411,7 @@ impl Shard {
             replies: Vec::new(),
             tracked: 0,
             position: None,
+            notices: Vec::new(),
         }
     }
 
@@ -526,8 +535,11 @@ impl Shard {
     /// Writes the state when an alarm changed, when a checkpoint is due, or when the held
     /// output's retry is due.
     fn save_if_due(&mut self) {
+        take_notices(&mut self.buf, &self.ctx, &mut self.notices);
         let now = tokio::time::Instant::now();
-        let alarm_changed = self.exec.alarms().changes() != self.alarm_changes;
+        // A notification kept in the store's outbox is written through as an alarm is.
+        let alarm_changed =
+            self.exec.alarms().changes() != self.alarm_changes || !self.notices.is_empty();
         // Alarm transitions reach the world only once they are on disk; while held, the store
         // is retried on its own schedule, not on every turn.
         let attempt = match self.held.retry_at {
@@ -544,8 +556,14 @@ impl Shard {
                 // A new state file: the attributes go into it too.
                 self.exec.attributes_unsaved();
             }
-            match checkpoint(&mut self.exec, &self.ctx, self.position.as_deref()) {
+            match checkpoint(
+                &mut self.exec,
+                &self.ctx,
+                self.position.as_deref(),
+                &self.notices,
+            ) {
                 Ok(()) => {
+                    self.notices.clear();
                     self.alarm_changes = self.exec.alarms().changes();
                     self.dirty = false;
                     self.saved_epoch = epoch;
@@ -612,7 +630,8 @@ impl Shard {
     async fn finish(mut self) {
         let (exec, ctx, buf) = (&mut self.exec, &mut self.ctx, &mut self.buf);
         exec.advance_to(wall_ms(), buf);
-        match checkpoint(exec, ctx, self.position.as_deref()) {
+        take_notices(buf, ctx, &mut self.notices);
+        match checkpoint(exec, ctx, self.position.as_deref(), &self.notices) {
             Ok(()) => {
                 let mut done = Vec::new();
                 if self.held.active() {
@@ -623,7 +642,11 @@ impl Shard {
                 }
                 hand_off(ctx, done).await;
             }
-            Err(e) if self.held.active() || exec.alarms().changes() != self.alarm_changes => {
+            Err(e)
+                if self.held.active()
+                    || exec.alarms().changes() != self.alarm_changes
+                    || !self.notices.is_empty() =>
+            {
                 tracing::error!(
                     shard = ctx.index,
                     unsent = self.held.effects.len() + buf.0.len(),
@@ -648,6 +671,31 @@ impl Shard {
             .count();
         tracing::debug!(shard = ctx.index, active_alarms = active, "shard stopped");
     }
+}
+
+/// When the store keeps an outbox (a cluster's partition): moves the turn's notifications out
+/// of its effects, as JSON for the next state write, which stores them with the state.
+fn take_notices(buf: &mut Buffer, ctx: &ShardCtx, notices: &mut Vec<Vec<u8>>) {
+    if !ctx.store.keeps_outbox()
+        || !buf
+            .0
+            .iter()
+            .any(|e| matches!(e.event, crate::engine::effect::Event::Notify { .. }))
+    {
+        return;
+    }
+    let mut kept = Vec::with_capacity(buf.0.len());
+    for e in buf.0.drain(..) {
+        if matches!(e.event, crate::engine::effect::Event::Notify { .. }) {
+            ctx.stats.notifications.fetch_add(1, Relaxed);
+            if let Some(n) = super::egress::notice(e) {
+                notices.extend(serde_json::to_vec(&n).ok());
+            }
+        } else {
+            kept.push(e);
+        }
+    }
+    buf.0 = kept;
 }
 
 /// Hands the turn's output on. Its QoS 1 messages (`done`) are acknowledged (in one write, by

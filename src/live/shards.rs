@@ -116,6 +116,12 @@ impl Shards {
         }
     }
 
+    /// Whether `device`'s shard runs here (always in one process; in a cluster, while this
+    /// instance owns its partition).
+    pub fn is_here(&self, device: &str) -> bool {
+        self.sender(self.shard_of(device)).is_ok()
+    }
+
     /// Messages waiting in each shard's queue (in a cluster: each partition's, 0 for another
     /// instance's).
     pub fn depths(&self) -> Vec<usize> {

@@ -44,15 +44,26 @@ pub trait StateStore: Send + Sync {
     /// (in a cluster: the offset in the partition's log its last message had, from which a new
     /// owner replays). A single process keeps no position: the broker's acknowledgements are
     /// its positions.
+    ///
+    /// `outbox`: the turn's notifications (JSON), when the store [keeps an
+    /// outbox](StateStore::keeps_outbox): stored in the same write, delivered from there.
     fn save_at(
         &self,
         shard: usize,
         data: &[u8],
         attributes: Option<&[u8]>,
         position: Option<&str>,
+        outbox: &[Vec<u8>],
     ) -> Result<(), String> {
-        let _ = position;
+        let _ = (position, outbox);
         self.save(shard, data, attributes)
+    }
+
+    /// Whether the notifications of a turn are stored with its state and delivered from there
+    /// (a cluster's partition, whose next owner delivers what this one did not confirm); else
+    /// the shard hands them to the channels itself.
+    fn keeps_outbox(&self) -> bool {
+        false
     }
     /// How many shards wrote this state, if any did.
     fn shard_count(&self) -> Result<Option<usize>, String>;

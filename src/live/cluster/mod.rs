@@ -25,6 +25,7 @@ pub mod redis_conn;
 pub mod streams;
 
 mod appender;
+mod outbox;
 mod pstore;
 mod reader;
 
@@ -411,6 +412,13 @@ pub fn start(setup: Setup, stop: watch::Receiver<bool>) -> Result<Running, Strin
     let client = redis_conn::client(&setup.redis())?;
     let c = &setup.cluster;
     setup.shards.partitioned(c.partitions);
+    // Reminders of an alarm come from the instance that owns its device.
+    let here = setup.shards.clone();
+    setup
+        .template
+        .outbox
+        .alarms
+        .set_local(Box::new(move |d| here.is_here(d)));
     let view = View::new(&c.instance, c.partitions, c.lease, &c.prefix);
     let incarnation = format!(
         "{:x}",
@@ -540,6 +548,7 @@ impl Control {
         let tick = (self.c().lease / 3).max(Duration::from_millis(100));
         let mut con = None;
         let mut reader = None;
+        let mut outbox = None;
         let (reader_stop_tx, reader_stop) = watch::channel(false);
         let mut failures = 0u32;
         loop {
@@ -565,6 +574,24 @@ impl Control {
                         }
                         continue;
                     }
+                }
+            }
+            if outbox.is_none() {
+                if let Ok(oc) =
+                    redis_conn::connect_with(&self.setup.redis(), Duration::from_secs(3)).await
+                {
+                    outbox = Some(tokio::spawn(outbox::run(
+                        outbox::Outboxes {
+                            con: oc,
+                            prefix: self.c().prefix.clone(),
+                            instance: self.c().instance.clone(),
+                            feeds: self.feeds.clone(),
+                            notifier: self.setup.template.outbox.sinks.notify.clone(),
+                            view: self.view.clone(),
+                            limit: self.setup.limit.clone(),
+                        },
+                        reader_stop.clone(),
+                    )));
                 }
             }
             if reader.is_none() {
@@ -610,8 +637,8 @@ impl Control {
             let _ = tokio::time::timeout_at(deadline, t).await;
         }
         let _ = reader_stop_tx.send(true);
-        if let Some(r) = reader {
-            let _ = tokio::time::timeout_at(deadline, r).await;
+        for t in [reader, outbox].into_iter().flatten() {
+            let _ = tokio::time::timeout_at(deadline, t).await;
         }
         if let Some(c) = con.as_mut() {
             let keys = self.member_keys();

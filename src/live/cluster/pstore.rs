@@ -1,6 +1,8 @@
 //! A partition's state in Redis: its executor's snapshot, its devices' attributes and the log
 //! offset the snapshot covers, in one hash (`{p<N>}:state`), written only through a Lua script
-//! that refuses a stale epoch. The partition's executor writes it from its own thread, in line
+//! that refuses a stale epoch; the same script appends the turn's notifications to the
+//! partition's outbox stream (`{p<N>}:outbox`), so a notification is stored exactly when the
+//! state that produced it is. The partition's executor writes it from its own thread, in line
 //! (an alarm transition leaves only once this write is acknowledged), so the connection is a
 //! blocking one, its own.
 
@@ -12,8 +14,10 @@ use redis::{Client, Script};
 use super::lease::PartitionKeys;
 use crate::live::store::StateStore;
 
-/// Writes the state if the writer's epoch is the partition's. KEYS: epoch, state. ARGV:
-/// epoch, snapshot, offset (empty: unchanged), attributes (empty: unchanged).
+/// Writes the state, and appends the turn's notifications to the partition's outbox, if the
+/// writer's epoch is the partition's. KEYS: epoch, state, outbox. ARGV: epoch, snapshot,
+/// offset (empty: unchanged), attributes (empty: unchanged), then one notification (JSON) per
+/// argument.
 const SAVE: &str = r"
 local e = tonumber(redis.call('GET', KEYS[1]) or '0')
 if e ~= tonumber(ARGV[1]) then
@@ -22,6 +26,9 @@ end
 redis.call('HSET', KEYS[2], 's', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], 'o', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'a', ARGV[4]) end
+for i = 5, #ARGV do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*', 'n', ARGV[i])
+end
 return 1
 ";
 
@@ -58,7 +65,11 @@ impl StateStore for PartitionStore {
     }
 
     fn save(&self, shard: usize, data: &[u8], attributes: Option<&[u8]>) -> Result<(), String> {
-        self.save_at(shard, data, attributes, None)
+        self.save_at(shard, data, attributes, None, &[])
+    }
+
+    fn keeps_outbox(&self) -> bool {
+        true
     }
 
     fn save_at(
@@ -67,6 +78,7 @@ impl StateStore for PartitionStore {
         data: &[u8],
         attributes: Option<&[u8]>,
         position: Option<&str>,
+        outbox: &[Vec<u8>],
     ) -> Result<(), String> {
         let mut con = self.con.lock().unwrap_or_else(|e| e.into_inner());
         if con.is_none() {
@@ -75,14 +87,17 @@ impl StateStore for PartitionStore {
         let Some(c) = con.as_mut() else {
             return Err("no connection".into());
         };
-        let r: Result<u64, redis::RedisError> = SAVE_SCRIPT
-            .key(self.keys.epoch())
-            .key(self.keys.state("state"))
+        let mut call = SAVE_SCRIPT.key(self.keys.epoch());
+        call.key(self.keys.state("state"))
+            .key(self.keys.state("outbox"))
             .arg(self.epoch)
             .arg(data)
             .arg(position.unwrap_or(""))
-            .arg(attributes.unwrap_or(b""))
-            .invoke(c);
+            .arg(attributes.unwrap_or(b""));
+        for n in outbox {
+            call.arg(n.as_slice());
+        }
+        let r: Result<u64, redis::RedisError> = call.invoke(c);
         match r {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("STALE") => Err(format!(

@@ -51,6 +51,11 @@ impl Feeds {
         self.lock().remove(&p);
     }
 
+    /// Each partition read now, with its run.
+    pub(super) fn runs(&self) -> Vec<(u32, u64)> {
+        self.lock().iter().map(|(p, f)| (*p, f.run)).collect()
+    }
+
     /// Each partition's read position now.
     pub(super) fn positions(&self) -> Vec<(u32, String)> {
         self.lock()

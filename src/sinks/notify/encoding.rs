@@ -11,6 +11,36 @@ impl Notice {
         self.data.get("alarm").and_then(Value::as_object)
     }
 
+    /// Settled: tells its receipt, if any.
+    pub fn settled(&self) {
+        if let Some(r) = &self.receipt {
+            (r.0)();
+        }
+    }
+
+    /// The key a receiver deduplicates by (the webhook's `Idempotency-Key` header): an alarm's
+    /// id and transition (`Hot:pump-1:1700000000000/created`), with `/reminder/<ts>` for a
+    /// reminder; otherwise the chain, node, device and message time. The same notification
+    /// sent again (a retry, or a cluster's next owner delivering what the last did not
+    /// confirm) has the same key.
+    pub fn key(&self) -> String {
+        let base = match self.alarm() {
+            Some(a) => format!(
+                "{}/{}",
+                a.get("id").and_then(Value::as_str).unwrap_or_default(),
+                a.get("transition")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            ),
+            None => format!("{}/{}/{}/{}", self.chain, self.node, self.device, self.ts),
+        };
+        if self.reminder {
+            format!("{base}/reminder/{}", self.ts)
+        } else {
+            base
+        }
+    }
+
     /// The webhook's default JSON body.
     pub fn payload(&self) -> Value {
         let mut v = json!({
@@ -80,12 +110,20 @@ mod tests {
             ts: 5,
             subject: "s".into(),
             body: "b".into(),
-            data: json!({"alarm": {"id": "A:pump-3:1", "status": "ACTIVE_UNACK"}, "current": 13}),
+            data: json!({"alarm": {"id": "A:pump-3:1", "status": "ACTIVE_UNACK", "transition": "created"}, "current": 13}),
             reminder: false,
             fallback_from: None,
+            receipt: None,
         };
         let p = n.payload();
         assert_eq!(p["alarm"]["id"], "A:pump-3:1");
+        // The receiver's deduplication key: the alarm and its transition.
+        assert_eq!(n.key(), "A:pump-3:1/created");
+        let reminder = Notice {
+            reminder: true,
+            ..n.clone()
+        };
+        assert_eq!(reminder.key(), "A:pump-3:1/created/reminder/5");
         assert_eq!(p["device"], "pump-3");
         assert!(p.get("msg").is_none());
         let plain = Notice {
@@ -93,5 +131,6 @@ mod tests {
             ..n
         };
         assert_eq!(plain.payload()["msg"]["current"], 13);
+        assert_eq!(plain.key(), "c/n/pump-3/5");
     }
 }

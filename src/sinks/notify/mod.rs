@@ -32,8 +32,20 @@ pub use encoding::signature;
 pub use service::{Failure, Transport};
 use worker::Worker;
 
+/// Called once a notification is settled: delivered, or given up (after every retry, or by
+/// the rate limit). In a cluster it acknowledges the notification's entry in its partition's
+/// outbox, so that one not yet settled when its instance dies is delivered by the next owner.
+#[derive(Clone)]
+pub struct Receipt(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Receipt")
+    }
+}
+
 /// One notification for one channel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Notice {
     /// The channel.
     pub channel: String,
@@ -55,6 +67,9 @@ pub struct Notice {
     pub reminder: bool,
     /// Handed over by this channel as its fallback.
     pub fallback_from: Option<String>,
+    /// Told when it is settled (a cluster's outbox entry; None otherwise).
+    #[serde(skip)]
+    pub receipt: Option<Receipt>,
 }
 
 /// A channel's counters.
@@ -199,6 +214,17 @@ impl Notifier {
             ch.stats.dropped.fetch_add(1, Relaxed);
             Unsent::Full
         })
+    }
+
+    /// Queues a notification, waiting for room in the channel's queue (a cluster's outbox
+    /// reader: what it has not handed over stays in the outbox). Gives it back when the config
+    /// has no such channel, or the channel stopped.
+    pub async fn send_wait(&self, n: Notice) -> Result<(), Unsent> {
+        let Some(ch) = self.channels.get(&n.channel) else {
+            self.unknown.fetch_add(1, Relaxed);
+            return Err(Unsent::Unknown(Box::new(n)));
+        };
+        ch.tx.send(n).await.map_err(|_| Unsent::Full)
     }
 
     /// The channels' counters, without their queues (holding a view keeps no queue open).

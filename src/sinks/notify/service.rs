@@ -160,7 +160,8 @@ impl Transport {
                 };
                 let mut req = client
                     .post(url.clone())
-                    .header("content-type", "application/json");
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", n.key());
                 for (k, v) in headers {
                     req = req.header(k.as_str(), v.as_str());
                 }

@@ -56,6 +56,7 @@ impl Worker {
             if !self.admit() {
                 self.stats.rate_limited.fetch_add(1, Relaxed);
                 tracing::warn!(channel = %self.name, device = %n.device, "notification dropped by the channel's rate limit: {}", n.subject);
+                n.settled();
                 continue;
             }
             self.deliver(n).await;
@@ -79,8 +80,11 @@ impl Worker {
             .and_then(|s| <Status as serde::Deserialize>::deserialize(s).ok());
         if status == Some(Status::ActiveUnack) {
             if self.reminders.len() < MAX_REMINDERS || self.reminders.contains_key(id) {
+                // A reminder is the channel's own: it settles nothing.
+                let mut r = n.clone();
+                r.receipt = None;
                 self.reminders
-                    .insert(id.to_string(), (n.clone(), Instant::now() + every));
+                    .insert(id.to_string(), (r, Instant::now() + every));
             }
         } else {
             self.reminders.remove(id);
@@ -101,7 +105,12 @@ impl Worker {
         for id in due {
             // The channel may not hear of the acknowledgement or the clear (a chain can notify
             // on raise only): the engine's view decides.
-            if self.alarms.status_of(&id) != Some(Status::ActiveUnack) {
+            if self.alarms.status_of(&id) != Some(Status::ActiveUnack)
+                || !self
+                    .reminders
+                    .get(&id)
+                    .is_some_and(|r| self.alarms.is_local(&r.0.device))
+            {
                 self.reminders.remove(&id);
                 continue;
             }
@@ -153,6 +162,7 @@ impl Worker {
                     self.stats.sent.fetch_add(1, Relaxed);
                     self.stats.set_error(None);
                     tracing::info!(channel = %self.name, device = %n.device, attempts = failures + 1, reminder = n.reminder, "notification sent: {}", n.subject);
+                    n.settled();
                     return;
                 }
                 Ok(Err(e)) => (e.text, e.permanent),
@@ -171,6 +181,7 @@ impl Worker {
                 if let Some(fb) = &self.policy.fallback {
                     fell_back = true;
                     let mut copy = n.clone();
+                    copy.receipt = None;
                     copy.channel = fb.clone();
                     copy.fallback_from = Some(self.name.clone());
                     let handed = self.others.upgrade().and_then(|o| {
@@ -186,6 +197,7 @@ impl Worker {
             if failures > self.policy.retries || permanent {
                 self.stats.failed.fetch_add(1, Relaxed);
                 tracing::error!(channel = %self.name, device = %n.device, attempts = failures, "notification not delivered: {err}");
+                n.settled();
                 return;
             }
             let wait = backoff.next_delay();
