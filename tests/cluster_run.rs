@@ -26,6 +26,8 @@ on: { kind: telemetry }
 nodes:
   - id: out
     publish: { topic: "out/${meta.device}", qos: 1 }
+  - id: show
+    websocket: {}
 "#;
 
 const HOT: &str = r#"
@@ -387,6 +389,90 @@ impl Seen {
     }
 }
 
+/// A WebSocket client of one instance, its frames read by a task of its own.
+struct Ws {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Ws {
+    fn drop(&mut self) {
+        // The reader holds the connection: aborting it closes the connection.
+        self.reader.abort();
+    }
+}
+
+impl Ws {
+    /// Connects to `port`, sends `subscribe` (the whole frame) and waits for `subscribed`.
+    async fn subscribe(port: u16, subscribe: Value) -> Ws {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+            .await
+            .expect("connect /ws");
+        ws.send(Message::Text(subscribe.to_string().into()))
+            .await
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m {
+                    let _ = tx.send(serde_json::from_str::<Value>(&t).unwrap());
+                }
+            }
+        });
+        // Frames before `subscribed` are the snapshots (or the missed frames): kept.
+        let mut before = Vec::new();
+        loop {
+            let v = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("subscribed")
+                .expect("the connection stays");
+            if v["op"] == "subscribed" {
+                break;
+            }
+            before.push(v);
+        }
+        let (t2, r2) = tokio::sync::mpsc::unbounded_channel();
+        for v in before {
+            let _ = t2.send(v);
+        }
+        tokio::spawn(async move {
+            while let Some(v) = rx.recv().await {
+                if t2.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        Ws { rx: r2, reader }
+    }
+
+    /// Every frame received within `within`.
+    async fn frames(&mut self, within: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        while let Ok(Some(v)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            out.push(v);
+        }
+        out
+    }
+}
+
+/// Each room's (seq, the message's own `seq`) in arrival order, of the room frames (not the
+/// snapshots and other ops).
+fn by_room(frames: &[Value]) -> BTreeMap<String, Vec<(u64, u64)>> {
+    let mut m: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for f in frames.iter().filter(|f| f["op"].is_null()) {
+        m.entry(f["room"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                f["seq"].as_u64().unwrap(),
+                f["data"]["seq"].as_u64().unwrap_or(u64::MAX),
+            ));
+    }
+    m
+}
+
 fn processed(e: &Engine) -> u64 {
     e.status()["counters"]["processed"].as_u64().unwrap()
 }
@@ -404,6 +490,12 @@ async fn three_instances_process_every_message_once_in_order_and_lose_nothing_wh
     }
     assert_eq!(view["partitions"], PARTITIONS);
     let mut sub = Mqtt::connect(fleet.broker.port, "watcher", true, &["out/#"]).await;
+    // A dashboard on instance 3 follows every device, whichever instance processes it.
+    let mut ws = Ws::subscribe(
+        fleet.engine(3).http,
+        serde_json::json!({"op": "subscribe", "rooms": ["device/*"]}),
+    )
+    .await;
 
     // Steady state: 30 devices x 20 messages; each processed exactly once, in order.
     publish(fleet.broker.port, "pub-1", 30, 0..20, 2_000).await;
@@ -413,20 +505,64 @@ async fn three_instances_process_every_message_once_in_order_and_lose_nothing_wh
     assert_eq!(seen.missing(30, 20), vec![]);
     assert_eq!(seen.duplicates(), 0, "steady state repeats nothing");
     assert_eq!(seen.out_of_order(), vec![]);
+    // Every device's room on instance 3: seq 1..=20, no gap, no repeat, the messages in order.
+    let rooms = by_room(&ws.frames(Duration::from_secs(2)).await);
+    assert_eq!(rooms.len(), 30, "{:?}", rooms.keys());
+    for (room, frames) in &rooms {
+        let want: Vec<(u64, u64)> = (0..20).map(|i| (i + 1, i)).collect();
+        assert_eq!(frames, &want, "{room}");
+    }
+    drop(ws);
+    // Any instance answers for the fleet: the whole list, and one device through its owner.
+    for i in 1..=3 {
+        let (code, body) = http(fleet.engine(i).http, "GET", "/api/devices").unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["total"], 30, "rc-{i}: {body}");
+        assert_eq!(v["devices"].as_array().unwrap().len(), 30);
+        let (code, body) = http(fleet.engine(i).http, "GET", "/api/devices/d7").unwrap();
+        assert_eq!(code, 200, "rc-{i}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["id"], "d7", "rc-{i}: {body}");
+        assert_eq!(v["latest"]["seq"].as_f64(), Some(19.0), "rc-{i}: {body}");
+    }
+
+    // The dashboard comes back on instance 2 after missing 5 messages a device: it gets
+    // exactly those, numbered on from where it left.
+    publish(fleet.broker.port, "pub-1b", 30, 20..25, 2_000).await;
+    seen.collect(&mut sub, 30, 25, Duration::from_secs(20))
+        .await;
+    let since: serde_json::Map<String, Value> = (0..30)
+        .map(|d| (format!("device/d{d}"), Value::from(20)))
+        .collect();
+    let rooms_list: Vec<String> = (0..30).map(|d| format!("device/d{d}")).collect();
+    let mut ws = Ws::subscribe(
+        fleet.engine(2).http,
+        serde_json::json!({"op": "subscribe", "rooms": rooms_list, "since": since}),
+    )
+    .await;
+    let rooms = by_room(&ws.frames(Duration::from_secs(2)).await);
+    assert_eq!(rooms.len(), 30);
+    for (room, frames) in &rooms {
+        let want: Vec<(u64, u64)> = (20..25).map(|i| (i + 1, i)).collect();
+        assert_eq!(frames, &want, "{room}");
+    }
+    drop(ws);
+
     // Every instance ran chains: the devices are spread over all three.
     for (i, e) in fleet.live() {
         assert!(processed(e) > 0, "rc-{i} processed nothing");
     }
     let total: u64 = fleet.live().map(|(_, e)| processed(e)).sum();
     // Two chains per message (echo and hot), once each.
-    assert_eq!(total, 600, "every message processed exactly once");
+    assert_eq!(total, 750, "every message (30 x 25) processed exactly once");
 
     // Under load, the ingest holder is killed: another takes the broker session over; nothing
     // is lost, every device's order is kept (a message the dead holder had stored but not yet
     // acknowledged may come twice).
     let holder = fleet.ingest_holder();
     let port = fleet.broker.port;
-    let load = tokio::spawn(publish(port, "pub-2", 30, 20..60, 600));
+    let load = tokio::spawn(publish(port, "pub-2", 30, 25..60, 600));
     tokio::time::sleep(Duration::from_millis(700)).await;
     fleet.kill9(holder);
     load.await.unwrap();
@@ -441,7 +577,7 @@ async fn three_instances_process_every_message_once_in_order_and_lose_nothing_wh
         "{after}"
     );
     eprintln!(
-        "ingest holder killed: {} duplicate outputs of 1200",
+        "ingest holder killed: {} duplicate outputs of 1800",
         seen.duplicates()
     );
 }
@@ -493,6 +629,29 @@ async fn an_owner_killed_in_a_hold_raises_the_alarm_once_on_time_and_a_paused_ow
         "the hold took {took:?}"
     );
     fleet.settled(2);
+    // An operator acknowledges the held alarm on the instance that does not own it: the owner
+    // does it; every instance lists it acknowledged; a second time is refused.
+    let held_id = got.1["alarm"]["id"].as_str().unwrap().to_string();
+    let owner = fleet.owner_of(held);
+    let other = fleet.live().map(|(i, _)| i).find(|i| *i != owner).unwrap();
+    let path = format!("/api/alarms/{held_id}/ack");
+    let (code, body) = http(fleet.engine(other).http, "POST", &path).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("ACTIVE_ACK"), "{body}");
+    for (i, e) in fleet.live() {
+        wait_for(Duration::from_secs(5), || {
+            let (_, body) = http(e.http, "GET", "/api/alarms").unwrap();
+            let v: Value = serde_json::from_str(&body).ok()?;
+            v["alarms"]
+                .as_array()?
+                .iter()
+                .any(|a| a["id"] == held_id.as_str() && a["status"] == "ACTIVE_ACK")
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("rc-{i} does not list {held_id} acknowledged"));
+    }
+    let (code, body) = http(fleet.engine(other).http, "POST", &path).unwrap();
+    assert_eq!(code, 409, "{body}");
     // Both clear once each, on whichever instance owns them now.
     for d in [open, held] {
         client

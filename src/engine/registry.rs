@@ -71,6 +71,9 @@ pub struct AlarmOp {
     pub action: AlarmAction,
     /// Who does it (a name from the request), if given.
     pub by: Option<String>,
+    /// Handed over by another instance of a cluster (which took it for this one's): answered
+    /// here or refused, never handed on again.
+    pub forwarded: bool,
 }
 
 /// An operator's name as given (`by`): trimmed, control characters left out, at most 128
@@ -224,19 +227,22 @@ impl AlarmRegistry {
     /// Acknowledges an alarm through the route (live: the device's shard); gives its new
     /// status.
     pub async fn ack(&self, id: &str, by: Option<&str>) -> Result<Status, AckError> {
-        self.act(id, AlarmAction::Ack, by).await
+        self.act(id, AlarmAction::Ack, by, false).await
     }
 
     /// Clears an active alarm by hand through the route; gives its new status.
     pub async fn clear(&self, id: &str, by: Option<&str>) -> Result<Status, AckError> {
-        self.act(id, AlarmAction::Clear, by).await
+        self.act(id, AlarmAction::Clear, by, false).await
     }
 
-    async fn act(
+    /// An operator's action through the route; `forwarded` when another instance of a cluster
+    /// handed it over (see [`AlarmOp::forwarded`]).
+    pub async fn act(
         &self,
         id: &str,
         action: AlarmAction,
         by: Option<&str>,
+        forwarded: bool,
     ) -> Result<Status, AckError> {
         let device = self
             .lock()
@@ -248,6 +254,7 @@ impl AlarmRegistry {
             device,
             action,
             by: by.map(str::to_string),
+            forwarded,
         })
         .await
     }

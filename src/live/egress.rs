@@ -14,9 +14,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::publisher::{Batch, Egress, Out};
 use super::{RateLimit, Stats};
+use crate::engine::alarm::Transition;
 use crate::engine::effect::{Effect, Event};
 use crate::message::Reject;
 use crate::rules::model::LogLevel;
@@ -44,6 +46,25 @@ pub struct Outbox {
     pub dead_letter: Option<Arc<str>>,
     /// Log lines about bad input and node errors, at most a few a second.
     pub limit: Arc<RateLimit>,
+    /// In a cluster: where WebSocket frames and alarm transitions go (through Redis to every
+    /// instance's hub and alarm registry) instead of this process's hub.
+    pub fanout: Option<mpsc::Sender<Vec<Frame>>>,
+    /// Frames gathered in this turn of the shard loop.
+    pub fanout_pending: Vec<Frame>,
+}
+
+/// A WebSocket frame (or an alarm transition) on its way to every instance of a cluster.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The room.
+    pub room: String,
+    /// When (ms).
+    pub ts: i64,
+    /// The frame's data (JSON text).
+    pub data: String,
+    /// An alarm transition: the alarm as it is now (JSON) and the transition, for every
+    /// instance's alarm registry.
+    pub alarm: Option<(String, Transition)>,
 }
 
 impl Outbox {
@@ -85,6 +106,15 @@ impl Outbox {
         if !self.mqtt_pending.is_empty() || !acks.is_empty() {
             let outs = std::mem::take(&mut self.mqtt_pending);
             back = self.send_publishes(Batch { outs, acks });
+        }
+        if let Some(f) = self
+            .fanout
+            .as_ref()
+            .filter(|_| !self.fanout_pending.is_empty())
+        {
+            // Waits for room: a frame (an alarm transition above all) is never dropped here;
+            // while Redis is slow the partition waits.
+            let _ = f.send(std::mem::take(&mut self.fanout_pending)).await;
         }
         if !self.influx_pending.is_empty() {
             let lines = std::mem::take(&mut self.influx_pending);
@@ -139,6 +169,20 @@ impl Outbox {
             } => {
                 s.alarm_events.fetch_add(1, Relaxed);
                 tracing::warn!(chain = %e.chain, %device, alarm = %type_, %severity, %status, %id, "ALARM {transition}: {message}");
+                if self.fanout.is_some() {
+                    // A cluster: every instance records it and publishes it, from Redis.
+                    self.fanout_pending.push(Frame {
+                        room: "alarms".into(),
+                        ts: e.ts,
+                        data: crate::engine::registry::alarm_json(&record, transition.as_str())
+                            .to_string(),
+                        alarm: Some((
+                            serde_json::to_string(&*record).unwrap_or_default(),
+                            transition,
+                        )),
+                    });
+                    return;
+                }
                 // Recorded before it is published: a client that acknowledges what it was just
                 // sent finds the alarm.
                 self.alarms.record(&record, transition);
@@ -172,7 +216,16 @@ impl Outbox {
             Event::Websocket { room, data, .. } => {
                 s.websocket.fetch_add(1, Relaxed);
                 let data = serde_json::to_string(&data).unwrap_or_else(|_| "null".into());
-                self.sinks.hub.publish(&room, e.ts, &data);
+                if self.fanout.is_some() {
+                    self.fanout_pending.push(Frame {
+                        room: room.to_string(),
+                        ts: e.ts,
+                        data,
+                        alarm: None,
+                    });
+                } else {
+                    self.sinks.hub.publish(&room, e.ts, &data);
+                }
             }
             Event::Log {
                 device,

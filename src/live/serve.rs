@@ -104,6 +104,8 @@ pub(super) async fn serve(
         stats: stats.clone(),
         dead_letter: settings.dead_letter.as_deref().map(Arc::from),
         limit: limit.clone(),
+        fanout: None,
+        fanout_pending: Vec::new(),
     };
     let (rules_tx, rules_rx) = watch::channel(rules.clone());
     let engine = match (state, settings.cluster.clone()) {
@@ -134,6 +136,7 @@ pub(super) async fn serve(
                     stats: stats.clone(),
                     limit: limit.clone(),
                     shutdown_timeout: settings.shutdown_timeout,
+                    http_token: settings.http_token.clone(),
                     cluster: c,
                 },
                 stop.clone(),

@@ -20,7 +20,7 @@ use super::cluster::placement::partition_of;
 use super::devices::Ask;
 use super::shard::{shard_of, AckReq, ShardMsg};
 use crate::engine::alarm::AckError;
-use crate::engine::registry::AckRoute;
+use crate::engine::registry::{AckFuture, AckRoute, AlarmOp};
 
 /// Why a shard could not be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,10 +41,15 @@ enum Route {
     Partitions(RwLock<Vec<Option<mpsc::WeakSender<ShardMsg>>>>),
 }
 
+/// In a cluster: how an operator's action on another instance's device reaches that
+/// instance.
+pub type Remote = Box<dyn Fn(AlarmOp) -> AckFuture + Send + Sync>;
+
 /// The shards' queues, shared (cheap to clone).
 #[derive(Clone, Default)]
 pub struct Shards {
     tx: Arc<OnceLock<Route>>,
+    remote: Arc<OnceLock<Remote>>,
 }
 
 impl Shards {
@@ -77,6 +82,11 @@ impl Shards {
                 *slot = queue.map(mpsc::Sender::downgrade);
             }
         }
+    }
+
+    /// In a cluster: where actions on devices of other instances go (once).
+    pub fn set_remote(&self, remote: Remote) {
+        let _ = self.remote.set(remote);
     }
 
     /// The queues of every shard (every partition this instance owns) now, for the reloads.
@@ -200,6 +210,12 @@ impl Shards {
         Box::new(move |op| {
             let shards = shards.clone();
             Box::pin(async move {
+                // Another instance's device (a cluster): handed to it, once.
+                if !op.forwarded && !shards.is_here(&op.device) {
+                    if let Some(remote) = shards.remote.get() {
+                        return remote(op).await;
+                    }
+                }
                 let (reply, answer) = oneshot::channel();
                 let shard = shards.shard_of(&op.device);
                 shards

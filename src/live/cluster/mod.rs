@@ -25,6 +25,7 @@ pub mod redis_conn;
 pub mod streams;
 
 mod appender;
+mod fanout;
 mod outbox;
 mod pstore;
 mod reader;
@@ -80,6 +81,8 @@ pub struct ClusterStats {
     pub ingest_held: AtomicU64,
     /// Milliseconds the last partition restore took (snapshot read to executor started).
     pub last_restore_ms: AtomicU64,
+    /// WebSocket frames and alarm transitions this instance's partitions shared.
+    pub frames_shared: AtomicU64,
 }
 
 impl Counters for ClusterStats {
@@ -134,6 +137,11 @@ impl Counters for ClusterStats {
             "ingest_held",
             "whether this instance holds the ingest lease (reads the broker)",
             g(&self.ingest_held) == 1,
+        );
+        r.counter(
+            "frames_shared",
+            "WebSocket frames and alarm transitions this instance's partitions shared through Redis",
+            g(&self.frames_shared),
         );
         r.gauge(
             "last_restore_milliseconds",
@@ -244,6 +252,29 @@ impl View {
         let mut s = self.lock();
         s.redis_ok = true;
         s.redis_error = None;
+    }
+
+    /// The HTTP address of the instance that owns `device`'s partition now, and its name
+    /// (None: this instance, or no owner with an API known).
+    pub fn owner_http(&self, device: &str) -> Option<(String, String)> {
+        let s = self.lock();
+        let p = partition_of(device, s.partitions) as usize;
+        let owner = s.owners.get(p)?.as_ref()?.instance.clone();
+        if owner == s.instance {
+            return None;
+        }
+        let http = s.instances.iter().find(|m| m.name == owner)?.http.clone()?;
+        Some((owner, http))
+    }
+
+    /// The other live instances with an HTTP API: (name, address).
+    pub fn peers(&self) -> Vec<(String, String)> {
+        let s = self.lock();
+        s.instances
+            .iter()
+            .filter(|m| m.name != s.instance)
+            .filter_map(|m| Some((m.name.clone(), m.http.clone()?)))
+            .collect()
     }
 
     /// Why this instance is not ready, if it is not: each reason a sentence.
@@ -384,6 +415,8 @@ pub struct Setup {
     pub limit: Arc<RateLimit>,
     /// How long the stop may take.
     pub shutdown_timeout: Duration,
+    /// The API's token, for the requests this instance hands to another.
+    pub http_token: Option<Arc<str>>,
 }
 
 impl Setup {
@@ -408,10 +441,17 @@ pub struct Running {
 /// Joins the cluster: checks the settings that can be checked without Redis now (a bad URL or
 /// CA file is an error at once); Redis itself is reached by the control task, which retries
 /// while it cannot (the HTTP API stays up and `/readyz` says why).
-pub fn start(setup: Setup, stop: watch::Receiver<bool>) -> Result<Running, String> {
+pub fn start(mut setup: Setup, stop: watch::Receiver<bool>) -> Result<Running, String> {
     let client = redis_conn::client(&setup.redis())?;
-    let c = &setup.cluster;
+    let c = setup.cluster.clone();
     setup.shards.partitioned(c.partitions);
+    // Every room's recent frames, for a dashboard that reconnects here from another instance.
+    setup
+        .template
+        .outbox
+        .sinks
+        .hub
+        .keep_recent(crate::sinks::hub::RECENT_FRAMES);
     // Reminders of an alarm come from the instance that owns its device.
     let here = setup.shards.clone();
     setup
@@ -420,6 +460,33 @@ pub fn start(setup: Setup, stop: watch::Receiver<bool>) -> Result<Running, Strin
         .alarms
         .set_local(Box::new(move |d| here.is_here(d)));
     let view = View::new(&c.instance, c.partitions, c.lease, &c.prefix);
+    // An operator's action on another instance's alarm goes to that instance.
+    setup
+        .shards
+        .set_remote(remote_acks(view.clone(), setup.http_token.clone())?);
+    // WebSocket frames and alarm transitions go through Redis to every instance.
+    let (frames_tx, frames_rx) = mpsc::channel(1024);
+    setup.template.outbox.fanout = Some(frames_tx);
+    let frames = tokio::spawn(fanout::write(
+        setup.redis(),
+        c.prefix.clone(),
+        c.stream_keep,
+        frames_rx,
+        view.clone(),
+        setup.limit.clone(),
+    ));
+    let follower = tokio::spawn(fanout::follow(
+        fanout::Follow {
+            redis: setup.redis(),
+            prefix: c.prefix.clone(),
+            partitions: c.partitions,
+            hub: setup.template.outbox.sinks.hub.clone(),
+            alarms: setup.template.outbox.alarms.clone(),
+            view: view.clone(),
+            limit: setup.limit.clone(),
+        },
+        stop.clone(),
+    ));
     let incarnation = format!(
         "{:x}",
         placement::stable_hash(&[
@@ -438,10 +505,66 @@ pub fn start(setup: Setup, stop: watch::Receiver<bool>) -> Result<Running, Strin
         feeds: Feeds::default(),
         ingest: None,
         run_counter: 0,
+        frames,
+        follower,
         setup,
     };
     let task = tokio::spawn(control.run(stop));
     Ok(Running { view, task })
+}
+
+/// Hands an operator's action on an alarm of another instance's device to that instance's
+/// API (marked forwarded: it answers, never hands on), and gives its answer.
+fn remote_acks(view: View, token: Option<Arc<str>>) -> Result<super::shards::Remote, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    Ok(Box::new(move |op| {
+        let (view, client, token) = (view.clone(), client.clone(), token.clone());
+        Box::pin(async move {
+            use crate::engine::alarm::{AckError, Status};
+            use crate::engine::registry::AlarmAction;
+            let Some((owner, http)) = view.owner_http(&op.device) else {
+                // Between owners (or the owner has no API): nobody can take it now.
+                return Err(AckError::ShuttingDown);
+            };
+            let verb = match op.action {
+                AlarmAction::Ack => "ack",
+                AlarmAction::Clear => "clear",
+            };
+            let mut url = reqwest::Url::parse(&format!("http://{http}/"))
+                .map_err(|_| AckError::ShuttingDown)?;
+            url.path_segments_mut()
+                .map_err(|_| AckError::ShuttingDown)?
+                .extend(["api", "alarms", op.id.as_str(), verb]);
+            let mut req = client
+                .post(url)
+                .header(crate::live::http::FORWARDED, "1")
+                .header("content-type", "application/json")
+                .body(serde_json::json!({ "by": op.by }).to_string());
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.map_err(|e| {
+                tracing::warn!(instance = %owner, "cluster: cannot hand an alarm action to its owner: {}", crate::sinks::http_error_text(&e));
+                AckError::ShuttingDown
+            })?;
+            let code = resp.status().as_u16();
+            let body: serde_json::Value =
+                serde_json::from_slice(&resp.bytes().await.unwrap_or_default()).unwrap_or_default();
+            match code {
+                200 => serde_json::from_value::<Status>(body["status"].clone())
+                    .map_err(|_| AckError::ShuttingDown),
+                404 => Err(AckError::NotFound(op.id)),
+                409 if op.action == AlarmAction::Ack => {
+                    Err(AckError::AlreadyAcknowledged(op.id, "acknowledged"))
+                }
+                409 => Err(AckError::AlreadyCleared(op.id, "cleared")),
+                _ => Err(AckError::ShuttingDown),
+            }
+        })
+    }))
 }
 
 /// A partition this instance runs.
@@ -476,6 +599,9 @@ struct Control {
     feeds: Feeds,
     ingest: Option<IngestRun>,
     run_counter: u64,
+    /// The task sharing the partitions' frames, and the one following everyone's.
+    frames: JoinHandle<()>,
+    follower: JoinHandle<()>,
 }
 
 /// Heartbeat: drops expired members, refuses a name alive under another incarnation, renews
@@ -640,6 +766,10 @@ impl Control {
         for t in [reader, outbox].into_iter().flatten() {
             let _ = tokio::time::timeout_at(deadline, t).await;
         }
+        // The partitions' last frames are shared before the instance leaves.
+        self.setup.template.outbox.fanout = None;
+        let _ = tokio::time::timeout_at(deadline, &mut self.frames).await;
+        self.follower.abort();
         if let Some(c) = con.as_mut() {
             let keys = self.member_keys();
             let r: Result<u64, _> = redis::Script::new(LEAVE)
@@ -1001,15 +1131,12 @@ impl Control {
             epoch, tx, thread, ..
         } = part;
         drop(tx);
-        let alarms = self.setup.template.outbox.alarms.clone();
-        let partitions = self.c().partitions;
         let keys = PartitionKeys::new(&self.c().prefix, p);
         let holder = self.holder.clone();
         let redis = self.setup.redis();
         let stats = self.view.stats.clone();
         self.stopping.push(tokio::spawn(async move {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-            alarms.forget(|d| partition_of(d, partitions) == p);
             if hand_over {
                 let released = match redis_conn::connect(&redis).await {
                     Ok(mut c) => lease::release(&mut c, &keys, &holder, epoch).await,

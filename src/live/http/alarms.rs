@@ -114,10 +114,18 @@ fn refusal(id: &str, e: AckError) -> ApiError {
 pub(super) async fn ack(
     State(api): State<Api>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body.map_err(too_large)?;
-    act(&api, &id, &body, AlarmAction::Ack).await
+    act(
+        &api,
+        &id,
+        &body,
+        AlarmAction::Ack,
+        super::forwarded(&headers),
+    )
+    .await
 }
 
 /// `POST /api/alarms/{id}/clear` (optional body `{"by": "who"}`): clears an active alarm by
@@ -127,10 +135,18 @@ pub(super) async fn ack(
 pub(super) async fn clear(
     State(api): State<Api>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body.map_err(too_large)?;
-    act(&api, &id, &body, AlarmAction::Clear).await
+    act(
+        &api,
+        &id,
+        &body,
+        AlarmAction::Clear,
+        super::forwarded(&headers),
+    )
+    .await
 }
 
 async fn act(
@@ -138,12 +154,10 @@ async fn act(
     id: &str,
     body: &[u8],
     action: AlarmAction,
+    forwarded: bool,
 ) -> Result<Json<Value>, ApiError> {
     let by = operator(body)?;
-    let done = match action {
-        AlarmAction::Ack => api.alarms.ack(id, by.as_deref()).await,
-        AlarmAction::Clear => api.alarms.clear(id, by.as_deref()).await,
-    };
+    let done = api.alarms.act(id, action, by.as_deref(), forwarded).await;
     match done {
         Ok(status) => Ok(Json(json!({"alarm": id, "status": status, "by": by}))),
         Err(e) => Err(refusal(id, e)),

@@ -70,10 +70,17 @@ pub(super) type ListCache = Arc<tokio::sync::Mutex<Option<(std::time::Instant, S
 /// second gets the same answer: the shards do at most one list's work a second per question.
 pub(super) async fn list(
     State(api): State<Api>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query?;
-    let question = format!("{:?} {:?} {:?} {:?}", q.type_, q.online, q.limit, q.offset);
+    // A cluster member asked by another answers with its own devices; asked by a client, it
+    // merges every instance's.
+    let fleet = api.cluster.is_some() && !super::forwarded(&headers);
+    let question = format!(
+        "{:?} {:?} {:?} {:?} {fleet}",
+        q.type_, q.online, q.limit, q.offset
+    );
     let mut cache = api.device_list.lock().await;
     if let Some((at, asked, answer)) = cache.as_ref() {
         if *asked == question && at.elapsed() < LIST_FRESH {
@@ -83,16 +90,26 @@ pub(super) async fn list(
     api.stats
         .device_lists
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let answer = build_list(&api, q).await?;
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let answer = build_list(&api, q, fleet, token.as_deref()).await?;
     *cache = Some((std::time::Instant::now(), question, answer.clone()));
     Ok(Json(answer))
 }
 
-async fn build_list(api: &Api, q: ListQuery) -> Result<Value, ApiError> {
+async fn build_list(
+    api: &Api,
+    q: ListQuery,
+    fleet: bool,
+    token: Option<&str>,
+) -> Result<Value, ApiError> {
     let limit = q.limit.unwrap_or(1_000).min(MAX_PAGE);
     let offset = q.offset.unwrap_or(0).min(usize::MAX - MAX_PAGE);
     let filter = DeviceFilter {
-        type_: q.type_,
+        type_: q.type_.clone(),
         online: q.online,
     };
     // Each shard gives its first offset + limit matching rows by id; merged, the page is the
@@ -121,10 +138,46 @@ async fn build_list(api: &Api, q: ListQuery) -> Result<Value, ApiError> {
         total += n;
         rows.extend(r);
     }
-    rows.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut page: Vec<DeviceRow> = rows.into_iter().skip(offset).take(limit).collect();
-    with_alarms(api, None, &mut page);
-    Ok(json!({"total": total, "devices": page}))
+    with_alarms(api, None, &mut rows);
+    let mut rows: Vec<Value> = rows
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or_default())
+        .collect();
+    let mut unreachable = Vec::new();
+    if fleet {
+        // The other instances' first offset + limit rows each, for the same question.
+        let mut query = format!("offset=0&limit={}", offset + limit);
+        if let Some(t) = &q.type_ {
+            query.push_str(&format!("&type={}", encode(t)));
+        }
+        if let Some(o) = q.online {
+            query.push_str(&format!("&online={o}"));
+        }
+        let (n, r, down) = super::fleet::peer_lists(api, &query, token).await;
+        total += n;
+        rows.extend(r);
+        unreachable = down;
+    }
+    rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let page: Vec<Value> = rows.into_iter().skip(offset).take(limit).collect();
+    let mut answer = json!({"total": total, "devices": page});
+    if !unreachable.is_empty() {
+        answer["unreachable"] = json!(unreachable);
+    }
+    Ok(answer)
+}
+
+/// A query string value, percent-encoded.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 async fn detail(api: &Api, id: &str) -> Result<DeviceDetail, ApiError> {

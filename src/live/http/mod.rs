@@ -17,6 +17,7 @@
 mod alarms;
 mod assets;
 mod devices;
+mod fleet;
 mod guard;
 mod health;
 mod rules;
@@ -188,6 +189,15 @@ impl Api {
     ) -> Result<T, ApiError> {
         self.ask(self.shards.shard_of(device), make).await
     }
+}
+
+/// The header a cluster member sets on a request it hands to the instance that owns the
+/// device: that instance answers it itself, never hands it on.
+pub const FORWARDED: &str = "x-rulechain-forwarded";
+
+/// Whether another instance of the cluster handed this request over.
+pub(crate) fn forwarded(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(FORWARDED)
 }
 
 /// Why a shard did not answer, as the API's error.
@@ -366,9 +376,16 @@ fn router(api: Api) -> Router {
         .route("/api/alarms/{id}/ack", post(alarms::ack))
         .route("/api/alarms/{id}/clear", post(alarms::clear))
         .route("/api/devices", get(devices::list))
-        .route("/api/devices/{id}", get(devices::one))
-        .route("/api/devices/{id}/attributes", put(devices::set_attributes))
-        .route("/api/devices/{id}/history", get(devices::history))
+        .merge(
+            Router::new()
+                .route("/api/devices/{id}", get(devices::one))
+                .route("/api/devices/{id}/attributes", put(devices::set_attributes))
+                .route("/api/devices/{id}/history", get(devices::history))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    api.clone(),
+                    fleet::per_device,
+                )),
+        )
         .route(
             "/api/trace",
             post(trace::start).get(trace::read).delete(trace::stop),

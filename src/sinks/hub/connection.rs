@@ -101,7 +101,7 @@ impl Hub {
             Err(e) => return Some(json!({"op":"error","error":e})),
         };
         match cmd {
-            Command::Subscribe { rooms } => match self.subscribe(c, &rooms) {
+            Command::Subscribe { rooms, since } => match self.subscribe(c, &rooms, &since) {
                 Ok(done) => {
                     // After the snapshots, in the same queue.
                     let f = json!({"op":"subscribed","rooms":done}).to_string();
@@ -130,7 +130,14 @@ impl Hub {
 enum Command {
     /// `{"op":"subscribe","rooms":[...]}`: a snapshot of each room, then its frames. A name
     /// ending in `*` subscribes to every room it prefixes.
-    Subscribe { rooms: Vec<String> },
+    /// With `"since":{"<room>":N}` (the last seq the client saw of a room, before it
+    /// reconnected): the frames after N instead of the snapshot while they are kept, or a
+    /// snapshot with `"resync":true` once they are not.
+    Subscribe {
+        rooms: Vec<String>,
+        #[serde(default)]
+        since: std::collections::HashMap<String, u64>,
+    },
     /// `{"op":"unsubscribe","rooms":[...]}`.
     Unsubscribe { rooms: Vec<String> },
     /// `{"op":"ack","alarm":"<id>","by":"<who>"}`: acknowledges an alarm through its device's
@@ -187,7 +194,15 @@ mod tests {
         assert_eq!(
             Command::parse(r#"{"op":"subscribe","rooms":["alarms","device/*"],"x":1}"#),
             Ok(Command::Subscribe {
-                rooms: vec!["alarms".into(), "device/*".into()]
+                rooms: vec!["alarms".into(), "device/*".into()],
+                since: Default::default(),
+            })
+        );
+        assert_eq!(
+            Command::parse(r#"{"op":"subscribe","rooms":["alarms"],"since":{"alarms":7}}"#),
+            Ok(Command::Subscribe {
+                rooms: vec!["alarms".into()],
+                since: [("alarms".to_string(), 7)].into_iter().collect(),
             })
         );
         assert_eq!(

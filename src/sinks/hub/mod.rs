@@ -7,8 +7,9 @@
 //! with `{"op":"lagged","room":..,"missed":N}` before its next frames. So a slow client never
 //! slows the engine or another client.
 //!
-//! The hub is in-process. Fan-out across instances (Redis Pub/Sub) would plug in behind
-//! [`Hub::publish`] and [`Hub::alarm`] (see ARCHITECTURE.md, "Scale-out").
+//! In one process the hub numbers each room's frames itself. In a cluster every frame goes
+//! through Redis first, where its room's number is taken, and comes back to every instance's
+//! hub with it ([`Hub::publish_seq`]): a client sees the same numbers on any instance.
 //!
 //! `connection.rs` serves one client's WebSocket; the settings are
 //! `config::settings::HubSettings`; the open alarms in snapshots come from the
@@ -91,7 +92,14 @@ struct Inner {
     rooms: HashMap<Arc<str>, Room>,
     /// Wildcard subscriptions: `device/*` is the prefix `device/`.
     wild: Vec<(Arc<str>, Arc<Client>)>,
+    /// The latest frames of every room, oldest first, at most `keep_recent` (0: none kept): a
+    /// client that reconnects, to this instance or another of a cluster, gets what it missed.
+    recent: VecDeque<(Arc<str>, u64, Utf8Bytes)>,
+    keep_recent: usize,
 }
+
+/// Frames a cluster member keeps for clients that come back (about 200 bytes each).
+pub const RECENT_FRAMES: usize = 16_384;
 
 /// One connected client's queue.
 pub struct Client {
@@ -180,6 +188,17 @@ impl Hub {
 
     /// Publishes a message (JSON text) to a room.
     pub fn publish(&self, room: &str, ts: i64, data: &str) {
+        self.publish_at(room, None, ts, data);
+    }
+
+    /// Publishes a message that has its room's sequence number already (a cluster's: every
+    /// instance serves every room, numbered once, in Redis). One at or below the room's
+    /// current number was published already and is skipped.
+    pub fn publish_seq(&self, room: &str, seq: u64, ts: i64, data: &str) {
+        self.publish_at(room, Some(seq), ts, data);
+    }
+
+    fn publish_at(&self, room: &str, seq: Option<u64>, ts: i64, data: &str) {
         self.stats.published.fetch_add(1, Relaxed);
         let cap = self.settings.client_queue;
         let mut inner = self.lock();
@@ -208,9 +227,22 @@ impl Hub {
                 None => return,
             }
         }
+        let keep_recent = inner.keep_recent;
         let r = room_mut(&mut inner.rooms, room);
-        r.seq += 1;
+        match seq {
+            Some(s) if s <= r.seq => return,
+            Some(s) => r.seq = s,
+            None => r.seq += 1,
+        }
         let data: Arc<str> = Arc::from(data);
+        if keep_recent > 0 {
+            let frame = room_frame(room, r.seq, ts, &data);
+            if inner.recent.len() >= keep_recent {
+                inner.recent.pop_front();
+            }
+            inner.recent.push_back((r.name.clone(), r.seq, frame));
+        }
+        let r = room_mut(&mut inner.rooms, room);
         if !(r.subs.is_empty() && wild.is_empty()) {
             let frame = room_frame(room, r.seq, ts, &data);
             // A client may listen to a room twice (by name and by a wildcard, or by two
@@ -227,6 +259,11 @@ impl Hub {
             }
         }
         r.last = Some((ts, data));
+    }
+
+    /// Keeps the latest `n` frames of all rooms, for clients that come back (`since`).
+    pub fn keep_recent(&self, n: usize) {
+        self.lock().keep_recent = n;
     }
 
     /// An alarm transition, published to the room `alarms` (the registry has recorded it).
@@ -280,7 +317,12 @@ impl Hub {
         self.settings.max_clients
     }
 
-    fn subscribe(&self, c: &Arc<Client>, rooms: &[String]) -> Result<Vec<String>, String> {
+    fn subscribe(
+        &self,
+        c: &Arc<Client>,
+        rooms: &[String],
+        since: &HashMap<String, u64>,
+    ) -> Result<Vec<String>, String> {
         let mut done = Vec::new();
         let cap = self.settings.client_queue;
         let mut inner = self.lock();
@@ -336,9 +378,24 @@ impl Hub {
                     continue;
                 }
                 r.subs.push(c.clone());
-                if !covered {
-                    let frame = snapshot(&r.name, r, &self.alarms);
-                    c.push(&r.name, frame, cap, &self.stats);
+                let (name, seq) = (r.name.clone(), r.seq);
+                if covered {
+                } else if let Some(missed) = since
+                    .get(room.as_str())
+                    .and_then(|s| missed_frames(&inner.recent, &name, *s, seq))
+                {
+                    // Back within what is kept: the frames it missed, in order, no snapshot.
+                    for f in missed {
+                        c.push(&name, f, cap, &self.stats);
+                    }
+                } else {
+                    let r = &inner.rooms[&name];
+                    let mut frame = snapshot(&name, r, &self.alarms);
+                    if since.contains_key(room.as_str()) {
+                        // Too far behind: a snapshot that says so, never a silent gap.
+                        frame = resync(frame);
+                    }
+                    c.push(&name, frame, cap, &self.stats);
                 }
             }
             done.push(room.clone());
@@ -428,6 +485,38 @@ impl Drop for Slot {
     }
 }
 
+/// The frames of `room` after `since` up to `now`, if every one of them is still kept.
+fn missed_frames(
+    recent: &VecDeque<(Arc<str>, u64, Utf8Bytes)>,
+    room: &str,
+    since: u64,
+    now: u64,
+) -> Option<Vec<Utf8Bytes>> {
+    if since > now {
+        return None;
+    }
+    let frames: Vec<(u64, Utf8Bytes)> = recent
+        .iter()
+        .filter(|(r, s, _)| &**r == room && *s > since)
+        .map(|(_, s, f)| (*s, f.clone()))
+        .collect();
+    // Complete: since+1 ..= now, each once.
+    let complete = frames.len() as u64 == now - since
+        && frames
+            .iter()
+            .zip(since + 1..)
+            .all(|((s, _), want)| *s == want);
+    complete.then(|| frames.into_iter().map(|(_, f)| f).collect())
+}
+
+/// A snapshot frame marked `"resync": true`: the client was told what it missed cannot be
+/// replayed, and this is the room as it is now.
+fn resync(frame: Utf8Bytes) -> Utf8Bytes {
+    let mut v: Value = serde_json::from_str(frame.as_str()).unwrap_or_default();
+    v["resync"] = Value::Bool(true);
+    Utf8Bytes::from(v.to_string())
+}
+
 fn snapshot(name: &str, r: &Room, alarms: &AlarmRegistry) -> Utf8Bytes {
     let mut v = json!({"op":"snapshot","room":name,"seq":r.seq});
     if let Some((ts, data)) = &r.last {
@@ -482,13 +571,54 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_comes_back_gets_what_it_missed_or_a_resync_never_a_gap() {
+        let hub = plain_hub();
+        hub.keep_recent(4);
+        // Frames numbered elsewhere (a cluster): a number already seen is skipped.
+        for seq in 1..=5 {
+            hub.publish_seq("device/a", seq, seq as i64, &format!("{{\"n\":{seq}}}"));
+        }
+        hub.publish_seq("device/a", 5, 9, "{\"n\":99}");
+        // Saw up to 2: frames 3, 4, 5 are kept (4 of the last frames): they come, no snapshot.
+        let c = client(1);
+        let since: HashMap<String, u64> = [("device/a".to_string(), 2)].into_iter().collect();
+        hub.subscribe(&c, &["device/a".into()], &since).unwrap();
+        let (_, f) = frames(&c);
+        let seqs: Vec<u64> = f.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, vec![3, 4, 5], "{f:?}");
+        assert!(f.iter().all(|f| f["op"].is_null()), "{f:?}");
+        assert_eq!(f[2]["data"]["n"], 5);
+        // Saw up to 0: frame 1 is gone; a snapshot marked resync (the room as it is now).
+        let c = client(2);
+        let since: HashMap<String, u64> = [("device/a".to_string(), 0)].into_iter().collect();
+        hub.subscribe(&c, &["device/a".into()], &since).unwrap();
+        let (_, f) = frames(&c);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0]["op"], "snapshot");
+        assert_eq!(f[0]["resync"], true);
+        assert_eq!(
+            (f[0]["seq"].as_u64(), &f[0]["data"]["n"]),
+            (Some(5), &json!(5))
+        );
+        // Up to date: nothing to send.
+        let c = client(3);
+        let since: HashMap<String, u64> = [("device/a".to_string(), 5)].into_iter().collect();
+        hub.subscribe(&c, &["device/a".into()], &since).unwrap();
+        assert!(frames(&c).1.is_empty());
+    }
+
+    #[test]
     fn a_room_heard_by_name_and_by_wildcard_comes_once() {
         let hub = plain_hub();
         hub.publish("room-x", 1, "{\"v\":1}");
         hub.publish("room-y", 1, "{\"v\":2}");
         let c = client(1);
-        hub.subscribe(&c, &["room-x".into(), "*".into(), "room-*".into()])
-            .unwrap();
+        hub.subscribe(
+            &c,
+            &["room-x".into(), "*".into(), "room-*".into()],
+            &HashMap::new(),
+        )
+        .unwrap();
         let (_, f) = frames(&c);
         let rooms: Vec<&str> = f.iter().filter_map(|f| f["room"].as_str()).collect();
         assert_eq!(rooms, ["room-x", "room-y"], "one snapshot a room: {f:?}");
@@ -546,8 +676,10 @@ mod tests {
             Arc::new(AlarmRegistry::without_acks()),
         );
         let (slow, fast) = (client(1), client(2));
-        hub.subscribe(&slow, &["device/a".into()]).unwrap();
-        hub.subscribe(&fast, &["device/a".into()]).unwrap();
+        hub.subscribe(&slow, &["device/a".into()], &HashMap::new())
+            .unwrap();
+        hub.subscribe(&fast, &["device/a".into()], &HashMap::new())
+            .unwrap();
         let (_, snap) = frames(&fast);
         assert_eq!(snap[0]["op"], "snapshot");
         for i in 1..=5 {
@@ -592,7 +724,8 @@ mod tests {
         registry.record(&alarm, Transition::Created);
         hub.alarm(&alarm, Transition::Created, 4);
         let c = client(1);
-        hub.subscribe(&c, &["device/*".into()]).unwrap();
+        hub.subscribe(&c, &["device/*".into()], &HashMap::new())
+            .unwrap();
         let (_, snaps) = frames(&c);
         let rooms: Vec<&str> = snaps.iter().map(|s| s["room"].as_str().unwrap()).collect();
         assert_eq!(rooms, vec!["device/a", "device/b"]);
@@ -617,7 +750,7 @@ mod tests {
         hub.alarm(&done, Transition::Acknowledged, 7);
         assert!(registry.is_empty());
         assert_eq!(hub.to_json()["alarms_open"], 0);
-        assert!(hub.subscribe(&c, &["".into()]).is_err());
+        assert!(hub.subscribe(&c, &["".into()], &HashMap::new()).is_err());
         hub.unsubscribe(&c, &["device/*".into()]);
         hub.publish("device/c", 8, "{}");
         assert!(frames(&c).1.is_empty());
