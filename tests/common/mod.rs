@@ -625,6 +625,11 @@ impl Redis {
         self.proc.terminate();
     }
 
+    /// Starts it again after [`Redis::stop`], on the same port and directory.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Stops it and starts it again on the same port and directory (with `--appendonly yes`
     /// among its options, its data survives).
     pub fn restart(&mut self) {
