@@ -549,6 +549,51 @@ async fn three_instances_process_every_message_once_in_order_and_lose_nothing_wh
     }
     drop(ws);
 
+    // The cluster's metrics: every one the Grafana dashboard queries exists, and every one is
+    // documented.
+    let (_, metrics) = http(fleet.engine(1).http, "GET", "/metrics").unwrap();
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/rulechain.json"
+    ))
+    .unwrap();
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        text.match_indices("rulechain_cluster_")
+            .map(|(i, _)| {
+                text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect()
+            })
+            .collect()
+    };
+    let exposed: std::collections::BTreeSet<String> = metrics
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next(), w.next()) {
+                (Some("#"), Some("TYPE"), Some(n), Some("counter")) => Some(format!("{n}_total")),
+                (Some("#"), Some("TYPE"), Some(n), Some(_)) => Some(n.to_string()),
+                _ => None,
+            }
+        })
+        .filter(|n| n.starts_with("rulechain_cluster_"))
+        .collect();
+    assert!(exposed.len() >= 10, "{exposed:?}");
+    for n in names(&dash) {
+        assert!(
+            exposed.contains(&n),
+            "the dashboard queries {n}: not in /metrics"
+        );
+    }
+    for n in &exposed {
+        assert!(
+            docs.contains(&format!("`{n}`")),
+            "{n} is not in docs/metrics.md"
+        );
+    }
     // Every instance ran chains: the devices are spread over all three.
     for (i, e) in fleet.live() {
         assert!(processed(e) > 0, "rc-{i} processed nothing");
@@ -800,5 +845,36 @@ async fn redis_away_past_the_lease_and_a_fourth_instance_under_load_lose_nothing
     eprintln!(
         "redis away and a join: {moved} partitions moved, {} duplicate outputs of 3200",
         seen.duplicates()
+    );
+}
+
+#[test]
+fn the_deployment_example_config_is_valid() {
+    // deploy/cluster/rulechain.yaml as its compose file mounts it: beside the repository's
+    // rules, with its variables set.
+    let dir = tempdir("cluster-deploy-config");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster/rulechain.yaml"),
+        dir.join("rulechain.yaml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
+        dir.join("rules"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["validate", "--config", "rulechain.yaml"])
+        .current_dir(&dir)
+        .env("REDIS_PASSWORD", "secret")
+        .env("RULECHAIN_INSTANCE", "rc-1")
+        .env("RULECHAIN_TOKEN", "token")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
