@@ -29,6 +29,8 @@ pub struct ClusterSettings {
     pub prefix: String,
     /// Entries a partition's stream keeps at least.
     pub stream_keep: usize,
+    /// How long a small batch waits for more (zero: never).
+    pub linger: Duration,
 }
 
 impl std::fmt::Debug for ClusterSettings {
@@ -143,6 +145,24 @@ pub(super) fn resolve(
         1_000..=100_000_000,
         "stream_keep is between 1000 and 100000000",
     );
+    let linger = match &c.linger {
+        Some(l) => match crate::duration::parse(&l.value) {
+            Ok(ms) if (0..=100).contains(&ms) => Duration::from_millis(ms as u64),
+            Ok(_) => {
+                p.add(l.pos, "the linger is between 0s and 100ms").hint(
+                    "it is added to every message's latency under a light load; 1ms is the default",
+                );
+                ok = false;
+                Duration::ZERO
+            }
+            Err(e) => {
+                p.add(l.pos, e);
+                ok = false;
+                Duration::ZERO
+            }
+        },
+        None => Duration::from_millis(1),
+    };
     ok.then(|| ClusterSettings {
         redis: url.to_string(),
         password: c.password.clone(),
@@ -152,6 +172,7 @@ pub(super) fn resolve(
         lease,
         prefix,
         stream_keep,
+        linger,
     })
 }
 

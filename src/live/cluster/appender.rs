@@ -20,23 +20,56 @@ use crate::live::RateLimit;
 /// Messages appended in one round trip, at most.
 const BATCH: usize = 1024;
 
+/// A batch smaller than this waits `cluster.linger` once for more before it is appended (at
+/// 2,000 msg/s, 1 ms cuts the appends' round trips per message from ~0.6 to ~0.2).
+pub(super) const LINGER_BELOW: usize = 16;
+
+/// What the appender works with.
+pub(super) struct Appender {
+    /// The partitions' logs.
+    pub log: RedisStreams,
+    /// This instance's ingest epoch.
+    pub epoch: u64,
+    /// Partitions in the cluster.
+    pub partitions: u32,
+    /// `cluster.linger`.
+    pub linger: Duration,
+    /// Where stored messages are reported (ingest acknowledges them).
+    pub done: mpsc::Sender<Vec<u64>>,
+    pub view: View,
+    pub limit: Arc<RateLimit>,
+}
+
 /// Runs until ingest lets go of its queue (its stop), or until another instance's newer ingest
 /// epoch refuses an append (this instance lost the lease: it stops, and what it had not stored
 /// is delivered to the new holder by the broker).
-pub(super) async fn run(
-    mut log: RedisStreams,
-    epoch: u64,
-    partitions: u32,
-    mut rx: mpsc::Receiver<ShardMsg>,
-    done: mpsc::Sender<Vec<u64>>,
-    view: View,
-    limit: Arc<RateLimit>,
-) {
+pub(super) async fn run(a: Appender, mut rx: mpsc::Receiver<ShardMsg>) {
+    let Appender {
+        mut log,
+        epoch,
+        partitions,
+        linger,
+        done,
+        view,
+        limit,
+    } = a;
     let mut entries = Vec::with_capacity(BATCH);
     let mut acks = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(m) = next.take() {
+        let mut lingered = false;
+        loop {
+            let Some(m) = next.take() else {
+                // A small batch waits a moment for more: a round trip per read of a slow
+                // stream of messages would cost Redis more than the batch's messages.
+                if lingered || linger.is_zero() || entries.len() >= LINGER_BELOW {
+                    break;
+                }
+                lingered = true;
+                tokio::time::sleep(linger).await;
+                next = rx.try_recv().ok();
+                continue;
+            };
             if let ShardMsg::Job(j) = m {
                 entries.push(Entry {
                     partition: partition_of(&j.device, partitions),

@@ -725,12 +725,15 @@ impl Control {
                     Ok(rc) => {
                         let log = RedisStreams::new(rc, &self.c().prefix, self.c().stream_keep);
                         reader = Some(tokio::spawn(reader::run(
-                            log,
-                            self.feeds.clone(),
-                            self.setup.patterns.clone(),
-                            self.setup.stats.clone(),
-                            self.view.clone(),
-                            self.setup.limit.clone(),
+                            reader::Reader {
+                                log,
+                                feeds: self.feeds.clone(),
+                                patterns: self.setup.patterns.clone(),
+                                stats: self.setup.stats.clone(),
+                                view: self.view.clone(),
+                                limit: self.setup.limit.clone(),
+                                linger: self.c().linger,
+                            },
                             reader_stop.clone(),
                         )));
                     }
@@ -1201,13 +1204,16 @@ impl Control {
         let (tx, rx) = mpsc::channel(self.setup.template.queue);
         let (done_tx, done_rx) = shard::done_channel();
         let appender = tokio::spawn(appender::run(
-            log,
-            epoch,
-            self.c().partitions,
+            appender::Appender {
+                log,
+                epoch,
+                partitions: self.c().partitions,
+                linger: self.c().linger,
+                done: done_tx,
+                view: self.view.clone(),
+                limit: self.setup.limit.clone(),
+            },
             rx,
-            done_tx,
-            self.view.clone(),
-            self.setup.limit.clone(),
         ));
         // One session for the whole cluster: its client id is the configured one, on every
         // instance; persistent, at QoS 1, so that what one holder had not acknowledged the

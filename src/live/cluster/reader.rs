@@ -69,16 +69,32 @@ impl Feeds {
     }
 }
 
+/// What the reader works with.
+pub(super) struct Reader {
+    /// The partitions' logs (a connection of the reader's own: its requests block).
+    pub log: RedisStreams,
+    /// The partitions to read.
+    pub feeds: Feeds,
+    /// Topic patterns (a log keeps the topic; the device and kind come from it again).
+    pub patterns: Vec<TopicPattern>,
+    pub stats: Arc<Stats>,
+    pub view: View,
+    pub limit: Arc<RateLimit>,
+    /// `cluster.linger`.
+    pub linger: Duration,
+}
+
 /// Reads until `stop`.
-pub(super) async fn run(
-    mut log: RedisStreams,
-    feeds: Feeds,
-    patterns: Vec<TopicPattern>,
-    stats: Arc<Stats>,
-    view: View,
-    limit: Arc<RateLimit>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn run(r: Reader, mut stop: watch::Receiver<bool>) {
+    let Reader {
+        mut log,
+        feeds,
+        patterns,
+        stats,
+        view,
+        limit,
+        linger,
+    } = r;
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -116,6 +132,7 @@ pub(super) async fn run(
                 continue;
             }
         };
+        let read: usize = parts.iter().map(|(_, e)| e.len()).sum();
         for (p, entries) in parts {
             let Some((tx, run)) = feeds.lock().get(&p).map(|f| (f.tx.clone(), f.run)) else {
                 continue;
@@ -154,6 +171,10 @@ pub(super) async fn run(
                     f.after = last;
                 }
             }
+        }
+        // A small read waits a moment before the next (as the appender's small batches do).
+        if read > 0 && read < super::appender::LINGER_BELOW && !linger.is_zero() {
+            tokio::time::sleep(linger).await;
         }
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! [`PartitionLog`] is the seam (NATS JetStream or Kafka could take Redis's place);
 //! [`RedisStreams`] keeps one Redis Stream per partition, under the partition's hash tag, and
-//! appends a whole read batch in one pipelined round trip (one fenced script call per
-//! partition in it).
+//! appends a whole read batch in one round trip: one fenced script call for all its
+//! partitions.
 
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -78,23 +78,36 @@ pub trait PartitionLog {
     async fn len(&mut self, partition: u32) -> Result<u64, String>;
 }
 
-/// Appends a partition's share of a read batch, fenced by the ingest epoch. KEYS: fence, log.
-/// ARGV: epoch, entries kept, then topic, payload, receive time of each entry. The fence rises
-/// to the newest writer's epoch at its first append, after which an older writer (paused past
-/// its lease, its session taken over) is refused. Returns the entries' ids.
+/// Appends a read batch to its partitions' logs, fenced by the ingest epoch, in one script
+/// call. KEYS: each partition's fence and log, in pairs. ARGV: epoch, entries kept, then for
+/// each partition its entry count and the topic, payload and receive time of each entry. Every
+/// fence is checked before anything is appended, so a refused batch stores nothing. A fence
+/// rises to the newest writer's epoch at its first append to the partition, after which an
+/// older writer (paused past its lease, its session taken over) is refused. Returns each
+/// partition's entry ids.
 const APPEND: &str = r"
-local f = tonumber(redis.call('GET', KEYS[1]) or '0')
 local e = tonumber(ARGV[1])
-if f > e then
-  return redis.error_reply('STALE ingest epoch ' .. e .. ', the partition takes ' .. f)
+for k = 1, #KEYS, 2 do
+  local f = tonumber(redis.call('GET', KEYS[k]) or '0')
+  if f > e then
+    return redis.error_reply('STALE ingest epoch ' .. e .. ', a partition takes ' .. f)
+  end
+  if f < e then redis.call('SET', KEYS[k], e) end
 end
-if f < e then redis.call('SET', KEYS[1], e) end
-local ids = {}
-for i = 3, #ARGV, 3 do
-  ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
-    't', ARGV[i], 'p', ARGV[i + 1], 'r', ARGV[i + 2])
+local out = {}
+local a = 3
+for k = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local ids = {}
+  for j = 1, n do
+    ids[j] = redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', ARGV[2], '*',
+      't', ARGV[a], 'p', ARGV[a + 1], 'r', ARGV[a + 2])
+    a = a + 3
+  end
+  out[#out + 1] = ids
 end
-return ids
+return out
 ";
 
 static APPEND_SCRIPT: std::sync::LazyLock<redis::Script> =
@@ -106,8 +119,6 @@ pub struct RedisStreams {
     prefix: String,
     /// Entries a stream keeps at least (trimmed approximately past it: `MAXLEN ~`).
     keep: usize,
-    /// Whether the append script is loaded (after a first `NOSCRIPT`, loaded again).
-    loaded: bool,
 }
 
 impl RedisStreams {
@@ -117,40 +128,11 @@ impl RedisStreams {
             con,
             prefix: prefix.to_string(),
             keep,
-            loaded: false,
         }
     }
 
     fn key(&self, partition: u32) -> String {
         PartitionKeys::new(&self.prefix, partition).state("log")
-    }
-
-    /// One pipeline of one fenced append per partition in the batch.
-    async fn append_once(
-        &mut self,
-        epoch: u64,
-        parts: &[(u32, Vec<usize>)],
-        entries: &[Entry],
-    ) -> Result<Vec<Vec<String>>, redis::RedisError> {
-        let mut pipe = redis::pipe();
-        for (p, idx) in parts {
-            let keys = PartitionKeys::new(&self.prefix, *p);
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(APPEND_SCRIPT.get_hash())
-                .arg(2)
-                .arg(keys.state("ingest"))
-                .arg(keys.state("log"))
-                .arg(epoch)
-                .arg(self.keep);
-            for &i in idx {
-                let e = &entries[i];
-                cmd.arg(e.topic.as_ref())
-                    .arg(e.payload.as_ref())
-                    .arg(e.received);
-            }
-        }
-        pipe.query_async(&mut self.con).await
     }
 }
 
@@ -168,34 +150,29 @@ impl PartitionLog for RedisStreams {
                 None => parts.push((e.partition, vec![i])),
             }
         }
-        if !self.loaded {
-            APPEND_SCRIPT
-                .prepare_invoke()
-                .load_async(&mut self.con)
-                .await
-                .map_err(|e| AppendError::Failed(format!("cannot load the append script: {e}")))?;
-            self.loaded = true;
+        let mut call = APPEND_SCRIPT.prepare_invoke();
+        for (p, _) in &parts {
+            let keys = PartitionKeys::new(&self.prefix, *p);
+            call.key(keys.state("ingest")).key(keys.state("log"));
         }
-        let ids = match self.append_once(epoch, &parts, entries).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                let codes: Vec<String> = e
-                    .clone()
-                    .into_server_errors()
-                    .map(|errs| errs.iter().map(|(_, s)| s.code().to_string()).collect())
-                    .unwrap_or_default();
-                if codes.iter().any(|c| c == "STALE") {
-                    return Err(AppendError::Stale(e.to_string()));
-                }
-                if codes.iter().any(|c| c == "NOSCRIPT") {
-                    // Redis restarted (or its scripts were flushed): loaded again next time.
-                    self.loaded = false;
-                }
-                return Err(AppendError::Failed(format!(
-                    "cannot append to the partition logs: {e}"
-                )));
+        call.arg(epoch).arg(self.keep);
+        for (_, idx) in &parts {
+            call.arg(idx.len());
+            for &i in idx {
+                let e = &entries[i];
+                call.arg(e.topic.as_ref())
+                    .arg(e.payload.as_ref())
+                    .arg(e.received);
             }
-        };
+        }
+        // Redis runs it by hash, and loads it first when it does not know it (after a restart).
+        let ids: Vec<Vec<String>> = call.invoke_async(&mut self.con).await.map_err(|e| {
+            if e.code() == Some("STALE") {
+                AppendError::Stale(e.to_string())
+            } else {
+                AppendError::Failed(format!("cannot append to the partition logs: {e}"))
+            }
+        })?;
         let mut out = vec![String::new(); entries.len()];
         for ((_, idx), ids) in parts.iter().zip(ids) {
             for (&i, id) in idx.iter().zip(ids) {
