@@ -14,6 +14,10 @@
 //!
 //! An arrow that must break these for a while is listed in `KNOWN`; the test fails on any other,
 //! and on a `KNOWN` entry that no longer exists (so the list only shrinks).
+//!
+//! And within modules: no two files import each other, directly or around a circle (every
+//! `use` and every `crate::`, `super::`, `self::` path, a re-exported name followed to the file
+//! that defines it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -180,5 +184,241 @@ fn imports_run_down_the_layers() {
     assert!(
         gone.is_empty(),
         "fixed, so remove from KNOWN in tests/layers.rs: {gone:?}"
+    );
+}
+
+/// A file's module path: `src/live/cluster/view.rs` is `live::cluster::view`, a `mod.rs` its
+/// directory's, `lib.rs` and `main.rs` the crate's root (empty).
+fn module_path(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect();
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        parts.pop();
+    }
+    parts
+}
+
+/// The `use` statements of a file with their braces expanded, and every other `crate::`,
+/// `super::` and `self::` path outside comments: each as its segments.
+fn file_paths(text: &str) -> Vec<Vec<String>> {
+    let code: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = Vec::new();
+    // `use …;` statements, braces expanded.
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("use ") {
+        let before_ok = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
+        let after = &rest[i + 4..];
+        let Some(end) = after.find(';') else { break };
+        if before_ok {
+            expand(
+                &after[..end].split_whitespace().collect::<String>(),
+                &mut out,
+            );
+        }
+        rest = &after[end..];
+    }
+    // Paths written inline.
+    for start in ["crate::", "super::", "self::"] {
+        let mut rest = code.as_str();
+        while let Some(i) = rest.find(start) {
+            let before_ok = i == 0 || {
+                let c = rest.as_bytes()[i - 1];
+                !(c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+            };
+            let tail = &rest[i..];
+            let path: String = tail
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            if before_ok {
+                out.push(path.split("::").map(str::to_string).collect());
+            }
+            rest = &tail[start.len()..];
+        }
+    }
+    out
+}
+
+/// `a::{b, c::{d, e}}` → `a::b`, `a::c::d`, `a::c::e` (an `as` rename is dropped).
+fn expand(tree: &str, out: &mut Vec<Vec<String>>) {
+    fn go(prefix: &[String], t: &str, out: &mut Vec<Vec<String>>) {
+        let t = t.trim().trim_start_matches("pub").trim_start_matches("::");
+        match t.find('{') {
+            Some(open) if t.ends_with('}') => {
+                let mut base = prefix.to_vec();
+                base.extend(
+                    t[..open]
+                        .split("::")
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                );
+                let inner = &t[open + 1..t.len() - 1];
+                let mut depth = 0;
+                let mut part = String::new();
+                for c in inner.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            go(&base, &part, out);
+                            part.clear();
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    part.push(c);
+                }
+                if !part.trim().is_empty() {
+                    go(&base, &part, out);
+                }
+            }
+            _ => {
+                let t = t.split("as").next().unwrap_or(t);
+                let mut p = prefix.to_vec();
+                p.extend(t.split("::").filter(|s| !s.is_empty()).map(str::to_string));
+                out.push(p);
+            }
+        }
+    }
+    go(&[], tree, out);
+}
+
+#[test]
+fn no_two_files_import_each_other_directly_or_around_a_circle() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    files.retain(|f| !f.ends_with("main.rs"));
+    // Module path → file, and each module's re-exports (`pub use x::Name`: Name → x's path).
+    let mut by_module: BTreeMap<Vec<String>, PathBuf> = BTreeMap::new();
+    for f in &files {
+        by_module.insert(module_path(&src, f), f.clone());
+    }
+    let texts: BTreeMap<PathBuf, String> = files
+        .iter()
+        .map(|f| (f.clone(), std::fs::read_to_string(f).unwrap()))
+        .collect();
+    // A path, absolute (from the crate root), to the file that defines what it names.
+    let resolve = |path: &[String], depth: usize| -> Option<PathBuf> {
+        let mut resolved: Option<(usize, PathBuf)> = None;
+        for n in (0..=path.len()).rev() {
+            if let Some(f) = by_module.get(&path[..n]) {
+                resolved = Some((n, f.clone()));
+                break;
+            }
+        }
+        let (n, f) = resolved?;
+        // A name the module re-exports from one of its own: that one's file (one step).
+        if depth == 0 {
+            if let Some(name) = path.get(n) {
+                let module = path[..n].to_vec();
+                let mut re = Vec::new();
+                for l in texts[&f]
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with("pub use "))
+                {
+                    expand(
+                        l.trim_start()
+                            .trim_start_matches("pub use ")
+                            .trim_end_matches(';'),
+                        &mut re,
+                    );
+                }
+                for r in re {
+                    if r.last() == Some(name) {
+                        let target: Vec<String> = match r.first().map(String::as_str) {
+                            Some("crate") => r[1..].to_vec(),
+                            Some("super" | "self") => continue,
+                            _ => module.iter().chain(r.iter()).cloned().collect(),
+                        };
+                        for m in (0..=target.len()).rev() {
+                            if let Some(g) = by_module.get(&target[..m]) {
+                                return Some(g.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Some(f)
+    };
+    let mut edges: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+    for f in &files {
+        let here = module_path(&src, f);
+        let is_mod = f.ends_with("mod.rs") || f.ends_with("lib.rs");
+        for p in file_paths(&texts[f]) {
+            // Absolute: from the crate root.
+            let abs: Vec<String> = match p.first().map(String::as_str) {
+                Some("crate") => p[1..].to_vec(),
+                Some("super") => {
+                    let mut base = here.clone();
+                    let mut rest = &p[..];
+                    // A `mod.rs`'s `super` is its directory's parent; a file's, its directory.
+                    if !is_mod {
+                        base.pop();
+                    }
+                    while rest.first().map(String::as_str) == Some("super") {
+                        rest = &rest[1..];
+                        if rest.first().map(String::as_str) == Some("super") {
+                            base.pop();
+                        }
+                    }
+                    if is_mod {
+                        base.pop();
+                    }
+                    base.extend(rest.iter().cloned());
+                    base
+                }
+                Some("self") => {
+                    let mut base = here.clone();
+                    base.extend(p[1..].iter().cloned());
+                    base
+                }
+                _ => continue,
+            };
+            if let Some(to) = resolve(&abs, 0) {
+                if &to != f {
+                    edges.entry(f.clone()).or_default().insert(to);
+                }
+            }
+        }
+    }
+    // Circles: a file that reaches itself.
+    let mut circles = Vec::new();
+    for start in edges.keys() {
+        let mut stack: Vec<(PathBuf, Vec<PathBuf>)> = vec![(start.clone(), vec![start.clone()])];
+        let mut seen = BTreeSet::new();
+        while let Some((n, trail)) = stack.pop() {
+            for next in edges.get(&n).into_iter().flatten() {
+                if next == start {
+                    let names: Vec<String> = trail
+                        .iter()
+                        .map(|p| p.strip_prefix(&src).unwrap().display().to_string())
+                        .collect();
+                    circles.push(names.join(" -> "));
+                } else if seen.insert(next.clone()) {
+                    let mut t = trail.clone();
+                    t.push(next.clone());
+                    stack.push((next.clone(), t));
+                }
+            }
+        }
+    }
+    circles.sort();
+    circles.dedup();
+    assert!(
+        circles.is_empty(),
+        "files that import each other (move what both need into a file both import):\n  {}",
+        circles.join("\n  ")
     );
 }

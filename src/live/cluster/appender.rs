@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::placement::partition_of;
 use super::streams::{AppendError, Entry, PartitionLog, RedisStreams};
-use super::View;
+use super::view::View;
 use crate::live::shard::ShardMsg;
 use crate::live::RateLimit;
 

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::lease::PartitionKeys;
 use super::redis_conn::{self, RedisSettings};
-use super::View;
+use super::view::View;
 use crate::engine::alarm::{Alarm, Status, Transition};
 use crate::engine::registry::AlarmRegistry;
 use crate::live::egress::Frame;
@@ -54,8 +54,8 @@ pub(super) struct Keys {
 impl Keys {
     pub(super) fn new(prefix: &str) -> Keys {
         Keys {
-            seqs: super::cluster_key(prefix, "wsseq"),
-            stream: super::cluster_key(prefix, "ws"),
+            seqs: super::lease::cluster_key(prefix, "wsseq"),
+            stream: super::lease::cluster_key(prefix, "ws"),
         }
     }
 }

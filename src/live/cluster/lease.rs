@@ -60,6 +60,12 @@ redis.call('SET', KEYS[2], ARGV[2])
 return 1
 ";
 
+/// A key of the cluster as a whole (hash tag `{c}`): the members, the WebSocket frames, the
+/// partition count.
+pub fn cluster_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}:{{c}}:{name}")
+}
+
 /// A partition's keys in Redis, under a cluster's prefix.
 #[derive(Debug, Clone)]
 pub struct PartitionKeys {

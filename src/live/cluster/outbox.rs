@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::lease::PartitionKeys;
 use super::reader::Feeds;
-use super::View;
+use super::view::View;
 use crate::live::RateLimit;
 use crate::sinks::notify::{Notice, Notifier, Receipt, Unsent};
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::streams::{PartitionLog, RedisStreams};
-use super::View;
+use super::view::View;
 use crate::live::shard::{Job, ShardMsg};
 use crate::live::{RateLimit, Stats};
 use crate::topic::TopicPattern;

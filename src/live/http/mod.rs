@@ -191,9 +191,7 @@ impl Api {
     }
 }
 
-/// The header a cluster member sets on a request it hands to the instance that owns the
-/// device: that instance answers it itself, never hands it on.
-pub const FORWARDED: &str = "x-rulechain-forwarded";
+pub use crate::live::cluster::FORWARDED;
 
 /// Whether another instance of the cluster handed this request over.
 pub(crate) fn forwarded(headers: &axum::http::HeaderMap) -> bool {
