@@ -360,6 +360,40 @@ fn missing(seen: &Seen, devices: usize, to: u64) -> usize {
         .sum()
 }
 
+/// A broker, a Redis and `n` instances (clustered or not) in a fresh directory named `name`.
+struct Bench {
+    mqtt: u16,
+    redis: u16,
+    instances: Vec<Instance>,
+    // Dropped last: the services outlive the instances.
+    _services: (Proc, Proc),
+}
+
+fn bench(a: &Args, name: &str, n: usize, cluster: bool) -> Bench {
+    let dir = std::env::temp_dir().join(format!("rc-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mqtt, redis) = (free_port(), free_port());
+    let services = (start_mosquitto(&dir, mqtt), start_redis(&dir, redis));
+    let instances = (1..=n)
+        .map(|i| {
+            Instance::new(
+                &a.engine,
+                &dir,
+                &format!("rc-{i}"),
+                mqtt,
+                cluster.then_some((redis, a.lease.as_str(), a.linger.as_deref())),
+            )
+        })
+        .collect();
+    Bench {
+        mqtt,
+        redis,
+        instances,
+        _services: services,
+    }
+}
+
 async fn cost(a: &Args) {
     println!(
         "## cost: {} msg/s for {} s from {} devices, QoS 1, republished",
@@ -371,27 +405,9 @@ async fn cost(a: &Args) {
         ("cluster x1", 1, true),
         ("cluster x3", 3, true),
     ] {
-        let dir = std::env::temp_dir().join(format!(
-            "rc-bench-cluster-{}-{}",
-            std::process::id(),
-            label.replace(' ', "")
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (mport, rport) = (free_port(), free_port());
-        let _m = start_mosquitto(&dir, mport);
-        let _r = start_redis(&dir, rport);
-        let inst: Vec<Instance> = (1..=n)
-            .map(|i| {
-                Instance::new(
-                    &a.engine,
-                    &dir,
-                    &format!("rc-{i}"),
-                    mport,
-                    cluster.then_some((rport, a.lease.as_str(), a.linger.as_deref())),
-                )
-            })
-            .collect();
+        let mut b = bench(a, &format!("cost-{}", label.replace(' ', "")), n, cluster);
+        let (mport, rport) = (b.mqtt, b.redis);
+        let inst = std::mem::take(&mut b.instances);
         if cluster {
             settle(&inst[0], n);
         }
@@ -474,23 +490,9 @@ async fn failover(a: &Args) {
         "## failover: 3 instances, lease {}, {} kills, {} devices at {} msg/s",
         a.lease, a.kills, a.devices, a.rate
     );
-    let dir = std::env::temp_dir().join(format!("rc-bench-failover-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mport, rport) = (free_port(), free_port());
-    let _m = start_mosquitto(&dir, mport);
-    let _r = start_redis(&dir, rport);
-    let mut inst: Vec<Instance> = (1..=3)
-        .map(|i| {
-            Instance::new(
-                &a.engine,
-                &dir,
-                &format!("rc-{i}"),
-                mport,
-                Some((rport, a.lease.as_str(), a.linger.as_deref())),
-            )
-        })
-        .collect();
+    let mut b = bench(a, "failover", 3, true);
+    let mport = b.mqtt;
+    let mut inst = std::mem::take(&mut b.instances);
     settle(&inst[0], 3);
     let seen = Arc::new(Seen::default());
     let _sub = subscriber(mport, seen.clone()).await;
@@ -584,23 +586,10 @@ async fn failover(a: &Args) {
 }
 
 async fn join(a: &Args) {
+    let mut b = bench(a, "join", 3, true);
+    let (mport, rport) = (b.mqtt, b.redis);
+    let mut inst = std::mem::take(&mut b.instances);
     let dir = std::env::temp_dir().join(format!("rc-bench-join-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mport, rport) = (free_port(), free_port());
-    let _m = start_mosquitto(&dir, mport);
-    let _r = start_redis(&dir, rport);
-    let mut inst: Vec<Instance> = (1..=3)
-        .map(|i| {
-            Instance::new(
-                &a.engine,
-                &dir,
-                &format!("rc-{i}"),
-                mport,
-                Some((rport, a.lease.as_str(), a.linger.as_deref())),
-            )
-        })
-        .collect();
     let before = settle(&inst[0], 3);
     let t = Instant::now();
     inst.push(Instance::new(

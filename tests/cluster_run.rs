@@ -77,44 +77,15 @@ impl Hook {
     }
 
     fn handle(&self, mut s: std::net::TcpStream) {
-        use std::io::{Read, Write};
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        use std::io::Write;
+        let Some((_, headers, body)) = common::read_request(&mut s) else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let header = |name: &str| {
-            head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| v.trim().to_string())
-            })
-        };
-        let len: usize = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
         let failing = self.failing.load(Ordering::SeqCst);
         if !failing {
-            let body = serde_json::from_slice(&buf[head_end..]).unwrap_or_default();
-            self.got
-                .lock()
-                .unwrap()
-                .push((header("idempotency-key").unwrap_or_default(), body));
+            let body = serde_json::from_slice(&body).unwrap_or_default();
+            let key = headers.get("idempotency-key").cloned().unwrap_or_default();
+            self.got.lock().unwrap().push((key, body));
         }
         let status = if failing { "503 Busy" } else { "200 OK" };
         let _ = write!(
