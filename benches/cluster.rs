@@ -276,6 +276,23 @@ struct Seen {
     lat: Mutex<Vec<u32>>,
 }
 
+impl Seen {
+    /// Outputs seen so far.
+    fn count(&self) -> u64 {
+        self.by_device
+            .lock()
+            .unwrap()
+            .values()
+            .map(|m| m.len() as u64)
+            .sum()
+    }
+
+    /// Waits until no new output came for a second (30 s at most): the stragglers.
+    async fn settle(&self) {
+        let _ = until_quiet(|| self.count(), Duration::from_secs(30)).await;
+    }
+}
+
 async fn subscriber(port: u16, seen: Arc<Seen>) -> rumqttc::AsyncClient {
     let mut o = rumqttc::MqttOptions::new("bench-sub", "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
@@ -432,18 +449,7 @@ async fn cost(a: &Args) {
         let per = (a.rate * a.seconds) / a.devices as u64;
         load(mport, "bench-load", a.devices, 2, 2 + per, a.rate).await;
         let want = (2 + per) as usize * a.devices;
-        let _ = until_quiet(
-            || {
-                seen.by_device
-                    .lock()
-                    .unwrap()
-                    .values()
-                    .map(|m| m.len() as u64)
-                    .sum::<u64>()
-            },
-            Duration::from_secs(30),
-        )
-        .await;
+        seen.settle().await;
         let got: usize = seen
             .by_device
             .lock()
@@ -560,18 +566,7 @@ async fn failover(a: &Args) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     loader.await.unwrap();
-    let _ = until_quiet(
-        || {
-            seen.by_device
-                .lock()
-                .unwrap()
-                .values()
-                .map(|m| m.len() as u64)
-                .sum::<u64>()
-        },
-        Duration::from_secs(30),
-    )
-    .await;
+    seen.settle().await;
     times.sort_by(f64::total_cmp);
     let lost = missing(&seen, a.devices, total);
     println!(
