@@ -5,6 +5,7 @@
 //! messages and time and take its effects. See `ARCHITECTURE.md`.
 #![warn(missing_docs)]
 
+pub mod alarm;
 pub mod cli;
 pub mod clients;
 pub mod config;

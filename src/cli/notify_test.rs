@@ -13,13 +13,13 @@ use crate::script::{Runtime, Template, Vars};
 use crate::sinks::notify::{Notice, Transport};
 
 /// The sample alarm sent.
-fn sample_alarm(device: &str, now: i64) -> crate::engine::alarm::Alarm {
-    crate::engine::alarm::Alarm {
+fn sample_alarm(device: &str, now: i64) -> crate::alarm::Alarm {
+    crate::alarm::Alarm {
         id: format!("TestAlarm:{device}:{now}"),
         device: device.to_string(),
         type_: "TestAlarm".into(),
         severity: "WARNING",
-        status: crate::engine::alarm::Status::ActiveUnack,
+        status: crate::alarm::Status::ActiveUnack,
         message: format!("a test notification from rulechain notify-test for {device}"),
         details: Map::new(),
         start_ts: now,
@@ -54,7 +54,7 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
     };
     let now = super::wall_ms();
     let alarm = sample_alarm(device, now);
-    let transition = crate::engine::alarm::Transition::Created;
+    let transition = crate::alarm::Transition::Created;
     let alarm_map = alarm.to_map(transition);
     // The templates see what a `notify` after an alarm node sees.
     let mut msg = Map::new();
@@ -98,7 +98,7 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
         subject,
         body,
         data: serde_json::json!({
-            "alarm": crate::engine::registry::alarm_json(&alarm, transition.as_str())
+            "alarm": crate::alarm::registry::alarm_json(&alarm, transition.as_str())
         }),
         reminder: false,
         fallback_from: None,

@@ -35,16 +35,16 @@ pub enum Event {
         /// The severity after the transition.
         severity: &'static str,
         /// `created`, `severity_changed`, `acknowledged` or `cleared`.
-        transition: crate::engine::alarm::Transition,
+        transition: crate::alarm::Transition,
         /// The status after the transition (ACTIVE_UNACK, …).
-        status: crate::engine::alarm::Status,
+        status: crate::alarm::Status,
         /// The alarm text.
         message: String,
         /// The alarm id.
         id: String,
         /// The whole alarm after the transition (for the live sinks; not in dry-run output).
         #[serde(skip)]
-        record: Box<crate::engine::alarm::Alarm>,
+        record: Box<crate::alarm::Alarm>,
     },
     /// A notification to a channel.
     Notify {

@@ -14,7 +14,6 @@ pub mod effect;
 pub mod keyed;
 pub mod persist;
 pub mod program;
-pub mod registry;
 pub mod stats;
 
 use std::any::Any;
@@ -30,10 +29,11 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, Map};
 
+use crate::alarm::Alarm;
 use crate::message::Kind;
 pub use crate::message::{parse_payload, JsonMap, Message};
 use crate::script::{Runtime, Vars};
-use alarm::{Alarm, AlarmStore};
+use alarm::AlarmStore;
 use device::{entry_bytes, Source};
 pub use device::{value_bytes, Device, MAX_DEVICE_ATTRIBUTE_BYTES, MAX_REPORTED_ATTRIBUTES};
 use effect::{Effect, EffectSink, Event};
@@ -157,7 +157,7 @@ pub trait NodeImpl: Send + Sync {
     /// An operator acknowledged or cleared by hand an alarm this node raised: `p` holds the
     /// alarm as `msg.alarm`. What it returns continues as [`NodeImpl::run`]'s would; `None`
     /// ends it here.
-    fn operator(&self, _cx: &mut Cx<'_>, _t: alarm::Transition, _p: Packet) -> Option<Flow> {
+    fn operator(&self, _cx: &mut Cx<'_>, _t: crate::alarm::Transition, _p: Packet) -> Option<Flow> {
         None
     }
 
@@ -663,17 +663,19 @@ impl Executor {
         id: &str,
         by: Option<&str>,
         out: &mut dyn EffectSink,
-    ) -> Result<Alarm, alarm::AckError> {
+    ) -> Result<Alarm, crate::alarm::AckError> {
         let alarm = match self.alarms.acknowledge(id, by) {
             Some(a) => a.clone(),
             None => {
                 return Err(match self.alarms.by_id(id) {
-                    Some(a) => alarm::AckError::AlreadyAcknowledged(id.into(), a.status.as_str()),
-                    None => alarm::AckError::NotFound(id.into()),
+                    Some(a) => {
+                        crate::alarm::AckError::AlreadyAcknowledged(id.into(), a.status.as_str())
+                    }
+                    None => crate::alarm::AckError::NotFound(id.into()),
                 })
             }
         };
-        self.operator_transition(&alarm, alarm::Transition::Acknowledged, out);
+        self.operator_transition(&alarm, crate::alarm::Transition::Acknowledged, out);
         Ok(alarm)
     }
 
@@ -685,9 +687,9 @@ impl Executor {
         id: &str,
         by: Option<&str>,
         out: &mut dyn EffectSink,
-    ) -> Result<Alarm, alarm::AckError> {
+    ) -> Result<Alarm, crate::alarm::AckError> {
         let alarm = self.alarms.clear_by_id(id, self.now, by)?.clone();
-        self.operator_transition(&alarm, alarm::Transition::Cleared, out);
+        self.operator_transition(&alarm, crate::alarm::Transition::Cleared, out);
         Ok(alarm)
     }
 
@@ -697,7 +699,7 @@ impl Executor {
     fn operator_transition(
         &mut self,
         alarm: &Alarm,
-        transition: alarm::Transition,
+        transition: crate::alarm::Transition,
         out: &mut dyn EffectSink,
     ) {
         let rules = self.rules.clone();

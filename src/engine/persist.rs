@@ -13,7 +13,7 @@ use rhai::Dynamic;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::alarm::Alarm;
+use crate::alarm::Alarm;
 
 /// The current snapshot format. A snapshot of another version is not restored (the engine
 /// starts with empty state and says so).

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::publisher::{Batch, Egress, Out};
 use super::{RateLimit, Stats};
-use crate::engine::alarm::Transition;
+use crate::alarm::Transition;
 use crate::engine::effect::{Effect, Event};
 use crate::message::Reject;
 use crate::rules::model::LogLevel;
@@ -33,7 +33,7 @@ pub struct Outbox {
     /// InfluxDB, WebSocket, notifications.
     pub sinks: crate::sinks::Sinks,
     /// The open alarms, recorded as transitions leave the shard.
-    pub alarms: Arc<crate::engine::registry::AlarmRegistry>,
+    pub alarms: Arc<crate::alarm::registry::AlarmRegistry>,
     /// Lines for InfluxDB gathered in this turn of the shard loop.
     pub influx_pending: Vec<String>,
     /// The egress connection's queue.
@@ -174,7 +174,7 @@ impl Outbox {
                     self.fanout_pending.push(Frame {
                         room: "alarms".into(),
                         ts: e.ts,
-                        data: crate::engine::registry::alarm_json(&record, transition.as_str())
+                        data: crate::alarm::registry::alarm_json(&record, transition.as_str())
                             .to_string(),
                         alarm: Some((
                             serde_json::to_string(&*record).unwrap_or_default(),

@@ -15,9 +15,9 @@ use super::trace::Tracer;
 use super::{
     broker, cluster, egress, http, ingest, link, publisher, reload, store, RateLimit, Stats,
 };
+use crate::alarm::registry::AlarmRegistry;
 use crate::clients::sim;
 use crate::config::settings::{MqttConn, Settings};
-use crate::engine::registry::AlarmRegistry;
 use crate::engine::stats::RuleStats;
 use crate::engine::Device;
 use crate::rules::compile::RuleSet;

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::cluster::placement::partition_of;
 use super::devices::Ask;
 use super::shard::{shard_of, AckReq, ShardMsg};
-use crate::engine::alarm::AckError;
-use crate::engine::registry::{AckFuture, AckRoute, AlarmOp};
+use crate::alarm::registry::{AckFuture, AckRoute, AlarmOp};
+use crate::alarm::AckError;
 
 /// Why a shard could not be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -404,7 +404,7 @@ pub struct AlarmSpec {
     /// (by hand), which start at the node that raised the alarm; a clear passes `cleared`.
     /// `[]` passes none. An operator's transition never runs an `rpc` or `publish` node.
     #[serde(default)]
-    pub pass: Option<Sp<Vec<Sp<crate::engine::alarm::Transition>>>>,
+    pub pass: Option<Sp<Vec<Sp<crate::alarm::Transition>>>>,
 }
 
 /// `rpc`: a command to the device.

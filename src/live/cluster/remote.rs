@@ -23,8 +23,8 @@ pub(super) fn remote_acks(
     Ok(Box::new(move |op| {
         let (view, client, token) = (view.clone(), client.clone(), token.clone());
         Box::pin(async move {
-            use crate::engine::alarm::{AckError, Status};
-            use crate::engine::registry::AlarmAction;
+            use crate::alarm::registry::AlarmAction;
+            use crate::alarm::{AckError, Status};
             let Some((owner, http)) = view.owner_http(&op.device) else {
                 // Between owners (or the owner has no API): nobody can take it now.
                 return Err(AckError::ShuttingDown);

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Api, ApiError};
-use crate::engine::alarm::AckError;
-use crate::engine::registry::AlarmAction;
+use crate::alarm::registry::AlarmAction;
+use crate::alarm::AckError;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct Filter {
@@ -40,19 +40,19 @@ pub(super) async fn list(
         return Err(ApiError::bad_request(format!("unknown status {s:?}"))
             .detail(json!({"expected": statuses})));
     }
-    let sevs = crate::engine::alarm::SEVERITIES;
+    let sevs = crate::alarm::SEVERITIES;
     if let Some(s) = f.severity.as_deref().filter(|s| !sevs.contains(s)) {
         return Err(ApiError::bad_request(format!("unknown severity {s:?}"))
             .detail(json!({"expected": sevs})));
     }
-    let rank = crate::engine::alarm::severity_rank;
+    let rank = crate::alarm::severity_rank;
     if f.status.as_deref() == Some("CLEARED_ACK") {
         let closed: Vec<Value> = api
             .alarms
             .closed(f.device.as_deref())
             .iter()
             .filter(|a| f.severity.as_deref().is_none_or(|s| a.severity == s))
-            .map(|a| crate::engine::registry::alarm_json(a, "closed"))
+            .map(|a| crate::alarm::registry::alarm_json(a, "closed"))
             .collect();
         return Ok(Json(json!({ "alarms": closed })));
     }
@@ -87,7 +87,7 @@ fn operator(body: &[u8]) -> Result<Option<String>, ApiError> {
     }
     match v.get("by") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(crate::engine::registry::operator_name(s)),
+        Some(Value::String(s)) => Ok(crate::alarm::registry::operator_name(s)),
         Some(_) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "`by` is the operator's name, a string: {\"by\": \"ana\"}",

@@ -39,7 +39,7 @@ fn with_alarms<'a>(
     device: Option<&str>,
     rows: impl IntoIterator<Item = &'a mut DeviceRow>,
 ) {
-    use crate::engine::alarm::severity_rank;
+    use crate::alarm::severity_rank;
     let mut by_device: HashMap<String, (usize, Option<&'static str>)> = HashMap::new();
     for a in api.alarms.open(device) {
         let e = by_device.entry(a.alarm.device).or_default();

@@ -64,7 +64,7 @@ pub struct Api {
     /// The WebSocket hub.
     pub hub: Arc<crate::sinks::hub::Hub>,
     /// The open alarms.
-    pub alarms: Arc<crate::engine::registry::AlarmRegistry>,
+    pub alarms: Arc<crate::alarm::registry::AlarmRegistry>,
     /// The InfluxDB writer's counters (the API holds no sender: the sinks close when the
     /// shards stop).
     pub influx: Option<Arc<crate::sinks::influx::InfluxStats>>,

@@ -6,7 +6,7 @@
 
 use rhai::{Dynamic, Map};
 
-use crate::engine::alarm::{severity, Alarm, Transition, SEVERITIES};
+use crate::alarm::{severity, Alarm, Transition, SEVERITIES};
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;

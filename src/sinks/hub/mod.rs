@@ -25,10 +25,10 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use crate::alarm::registry::alarm_json;
+use crate::alarm::registry::AlarmRegistry;
+use crate::alarm::{Alarm, Transition};
 use crate::counters::{Counters, Report};
-use crate::engine::alarm::{Alarm, Transition};
-use crate::engine::registry::alarm_json;
-use crate::engine::registry::AlarmRegistry;
 
 /// Most rooms whose latest message is kept for snapshots.
 pub const MAX_ROOMS: usize = 200_000;
@@ -705,12 +705,12 @@ mod tests {
         hub.publish("device/a", 1, "{\"t\":1}");
         hub.publish("device/b", 2, "{\"t\":2}");
         hub.publish("chain/x", 3, "{}");
-        let alarm = crate::engine::alarm::Alarm {
+        let alarm = crate::alarm::Alarm {
             id: "Hot:b:1".into(),
             device: "b".into(),
             type_: "Hot".into(),
             severity: "MAJOR",
-            status: crate::engine::alarm::Status::ActiveUnack,
+            status: crate::alarm::Status::ActiveUnack,
             message: "m".into(),
             details: Default::default(),
             start_ts: 1,
@@ -742,8 +742,8 @@ mod tests {
             (Some("device/c"), Some(1))
         );
         // A cleared and acknowledged alarm needs no attention any more.
-        let done = crate::engine::alarm::Alarm {
-            status: crate::engine::alarm::Status::ClearedAck,
+        let done = crate::alarm::Alarm {
+            status: crate::alarm::Status::ClearedAck,
             ..alarm
         };
         registry.record(&done, Transition::Acknowledged);

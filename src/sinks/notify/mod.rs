@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::alarm::registry::AlarmRegistry;
 pub use crate::config::settings::{ChannelSettings, Delivery, Policy};
 use crate::counters::{Counters, Report};
-use crate::engine::registry::AlarmRegistry;
 pub use encoding::signature;
 pub use service::{Failure, Transport};
 use worker::Worker;

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{ChannelHandle, ChannelStats, Notice, Policy, Transport};
-use crate::engine::alarm::Status;
-use crate::engine::registry::AlarmRegistry;
+use crate::alarm::registry::AlarmRegistry;
+use crate::alarm::Status;
 
 /// Reminders kept per channel at most (the oldest active alarms keep theirs).
 const MAX_REMINDERS: usize = 10_000;

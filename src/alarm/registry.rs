@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-use super::alarm::{AckError, Alarm, Status, Transition};
+use super::{AckError, Alarm, Status, Transition};
 
 /// An alarm in the registry.
 #[derive(Debug, Clone)]

@@ -1,0 +1,221 @@
+//! Alarms as a domain of their own, below the engine and the sinks: an alarm (one per device
+//! and type, ThingsBoard's four statuses), its severities, statuses and transitions, why an
+//! operator's action did not happen, and the registry of open alarms the live engine's parts
+//! share (`registry`). The engine's alarm store (`engine::alarm`) makes the transitions; the
+//! sinks, the API and the channels read alarms from here without importing the engine.
+
+pub mod registry;
+
+use rhai::{Dynamic, Map};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Alarm severities, most severe first.
+pub const SEVERITIES: [&str; 5] = ["CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE"];
+
+/// How severe a severity is: 0 for the most severe, [`SEVERITIES`]`.len()` for an unknown one.
+pub fn severity_rank(name: &str) -> usize {
+    SEVERITIES
+        .iter()
+        .position(|s| *s == name)
+        .unwrap_or(SEVERITIES.len())
+}
+
+/// The canonical `&'static str` of a severity name, if it is one.
+pub fn severity(name: &str) -> Option<&'static str> {
+    SEVERITIES.iter().copied().find(|s| *s == name)
+}
+
+/// An alarm's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Active, not acknowledged.
+    ActiveUnack,
+    /// Active, acknowledged.
+    ActiveAck,
+    /// Cleared, not acknowledged.
+    ClearedUnack,
+    /// Cleared and acknowledged.
+    ClearedAck,
+}
+
+impl Status {
+    /// ThingsBoard's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::ActiveUnack => "ACTIVE_UNACK",
+            Status::ActiveAck => "ACTIVE_ACK",
+            Status::ClearedUnack => "CLEARED_UNACK",
+            Status::ClearedAck => "CLEARED_ACK",
+        }
+    }
+
+    /// Still active.
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::ActiveUnack | Status::ActiveAck)
+    }
+}
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Transition {
+    /// A new alarm.
+    Created,
+    /// The active alarm's severity changed (up or down).
+    SeverityChanged,
+    /// Acknowledged by an operator (live only).
+    Acknowledged,
+    /// Cleared: by a rule's `clear`, or by an operator by hand.
+    Cleared,
+}
+
+impl std::fmt::Display for Transition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Transition {
+    /// The name in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Created => "created",
+            Transition::SeverityChanged => "severity_changed",
+            Transition::Acknowledged => "acknowledged",
+            Transition::Cleared => "cleared",
+        }
+    }
+}
+
+fn ser_severity<S: Serializer>(s: &&'static str, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
+}
+
+fn de_severity<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let s = String::deserialize(d)?;
+    severity(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown severity `{s}`")))
+}
+
+/// A severity name (one of [`SEVERITIES`]). An alias, so that serde does not take the field
+/// for borrowed text.
+pub type Severity = &'static str;
+
+/// One alarm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Alarm {
+    /// Stable id: `{type}:{device}:{start_ts}`.
+    pub id: String,
+    /// The device.
+    pub device: String,
+    /// The type.
+    #[serde(rename = "type", alias = "type_")]
+    pub type_: String,
+    /// The current severity.
+    #[serde(serialize_with = "ser_severity", deserialize_with = "de_severity")]
+    pub severity: Severity,
+    /// The status.
+    pub status: Status,
+    /// The latest text.
+    pub message: String,
+    /// The latest details.
+    #[serde(with = "details_serde")]
+    pub details: Map,
+    /// When it was created (ms).
+    pub start_ts: i64,
+    /// When it was last raised (ms).
+    pub last_ts: i64,
+    /// When it was cleared (ms).
+    pub end_ts: Option<i64>,
+    /// How many raises it has seen.
+    pub count: u64,
+    /// The chain and alarm node that last raised it: an acknowledgement continues there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<(String, String)>,
+    /// Who acknowledged it (the name an operator gave, through the API or a WebSocket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_by: Option<String>,
+    /// Who cleared it by hand (absent when a rule cleared it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_by: Option<String>,
+}
+
+impl Alarm {
+    /// The alarm as a Rhai map, as `msg.alarm` holds it.
+    pub fn to_map(&self, transition: Transition) -> Map {
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("device".into(), self.device.clone().into());
+        m.insert("type".into(), self.type_.clone().into());
+        m.insert("severity".into(), self.severity.into());
+        m.insert("status".into(), self.status.as_str().into());
+        m.insert("transition".into(), transition.as_str().into());
+        m.insert("message".into(), self.message.clone().into());
+        m.insert("details".into(), Dynamic::from_map(self.details.clone()));
+        m.insert("start_ts".into(), self.start_ts.into());
+        m.insert("last_ts".into(), self.last_ts.into());
+        m.insert(
+            "end_ts".into(),
+            self.end_ts.map_or(Dynamic::UNIT, Dynamic::from),
+        );
+        m.insert("count".into(), (self.count as i64).into());
+        // Who acknowledged or cleared it by hand, when someone did (as in the API's answers).
+        if let Some(by) = &self.acked_by {
+            m.insert("acked_by".into(), by.clone().into());
+        }
+        if let Some(by) = &self.cleared_by {
+            m.insert("cleared_by".into(), by.clone().into());
+        }
+        m
+    }
+}
+
+mod details_serde {
+    use rhai::{Dynamic, Map};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &Map, s: S) -> Result<S::Ok, S::Error> {
+        Dynamic::from_map(m.clone()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        Ok(Dynamic::deserialize(d)?
+            .try_cast::<Map>()
+            .unwrap_or_default())
+    }
+}
+
+/// Why an acknowledgement did not happen. Callers branch on the variant (the HTTP API answers
+/// 404, 409 or 503), never on the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckError {
+    /// No open alarm has this id (none, or it is cleared and acknowledged: done).
+    NotFound(String),
+    /// The alarm is acknowledged already (its status).
+    AlreadyAcknowledged(String, &'static str),
+    /// The alarm is cleared already (a clear by hand of an alarm that is not active).
+    AlreadyCleared(String, &'static str),
+    /// The engine is stopping (live only: the shard that owns the alarm is gone).
+    ShuttingDown,
+}
+
+impl std::fmt::Display for AckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckError::NotFound(id) => write!(f, "no open alarm `{id}`"),
+            AckError::AlreadyAcknowledged(id, status) => {
+                write!(f, "alarm `{id}` is already acknowledged ({status})")
+            }
+            AckError::AlreadyCleared(id, status) => {
+                write!(f, "alarm `{id}` is already cleared ({status})")
+            }
+            AckError::ShuttingDown => f.write_str("shutting down"),
+        }
+    }
+}
