@@ -9,20 +9,72 @@ pub mod registry;
 use rhai::{Dynamic, Map};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Alarm severities, most severe first.
+/// Alarm severities' names, most severe first.
 pub const SEVERITIES: [&str; 5] = ["CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE"];
 
-/// How severe a severity is: 0 for the most severe, [`SEVERITIES`]`.len()` for an unknown one.
-pub fn severity_rank(name: &str) -> usize {
-    SEVERITIES
-        .iter()
-        .position(|s| *s == name)
-        .unwrap_or(SEVERITIES.len())
+/// How severe an alarm is, ThingsBoard's five; ordered by rank, the most severe first
+/// (`Critical < Major`), and written as their names (`CRITICAL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// `CRITICAL`.
+    Critical,
+    /// `MAJOR`.
+    Major,
+    /// `MINOR`.
+    Minor,
+    /// `WARNING`.
+    Warning,
+    /// `INDETERMINATE`.
+    Indeterminate,
 }
 
-/// The canonical `&'static str` of a severity name, if it is one.
-pub fn severity(name: &str) -> Option<&'static str> {
-    SEVERITIES.iter().copied().find(|s| *s == name)
+impl Severity {
+    /// Every severity, most severe first.
+    pub const ALL: [Severity; 5] = [
+        Severity::Critical,
+        Severity::Major,
+        Severity::Minor,
+        Severity::Warning,
+        Severity::Indeterminate,
+    ];
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        SEVERITIES[self.rank()]
+    }
+
+    /// 0 for the most severe.
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+
+    /// The severity of this name, if it is one.
+    pub fn parse(name: &str) -> Option<Severity> {
+        SEVERITIES
+            .iter()
+            .position(|s| *s == name)
+            .map(|i| Severity::ALL[i])
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Severity {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Severity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Severity, D::Error> {
+        let s = String::deserialize(d)?;
+        Severity::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown severity `{s}`")))
+    }
 }
 
 /// An alarm's status.
@@ -94,19 +146,6 @@ impl Transition {
     }
 }
 
-fn ser_severity<S: Serializer>(s: &&'static str, ser: S) -> Result<S::Ok, S::Error> {
-    ser.serialize_str(s)
-}
-
-fn de_severity<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
-    let s = String::deserialize(d)?;
-    severity(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown severity `{s}`")))
-}
-
-/// A severity name (one of [`SEVERITIES`]). An alias, so that serde does not take the field
-/// for borrowed text.
-pub type Severity = &'static str;
-
 /// One alarm.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Alarm {
@@ -118,7 +157,6 @@ pub struct Alarm {
     #[serde(rename = "type", alias = "type_")]
     pub type_: String,
     /// The current severity.
-    #[serde(serialize_with = "ser_severity", deserialize_with = "de_severity")]
     pub severity: Severity,
     /// The status.
     pub status: Status,
@@ -153,7 +191,7 @@ impl Alarm {
         m.insert("id".into(), self.id.clone().into());
         m.insert("device".into(), self.device.clone().into());
         m.insert("type".into(), self.type_.clone().into());
-        m.insert("severity".into(), self.severity.into());
+        m.insert("severity".into(), self.severity.as_str().into());
         m.insert("status".into(), self.status.as_str().into());
         m.insert("transition".into(), transition.as_str().into());
         m.insert("message".into(), self.message.clone().into());
@@ -217,5 +255,32 @@ impl std::fmt::Display for AckError {
             }
             AckError::ShuttingDown => f.write_str("shutting down"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severities_order_by_rank_and_keep_their_names() {
+        assert!(
+            Severity::Critical < Severity::Major && Severity::Warning < Severity::Indeterminate
+        );
+        let mut v = vec![Severity::Minor, Severity::Critical, Severity::Warning];
+        v.sort();
+        assert_eq!(v, [Severity::Critical, Severity::Minor, Severity::Warning]);
+        for (i, s) in Severity::ALL.iter().enumerate() {
+            assert_eq!(s.rank(), i);
+            assert_eq!(s.as_str(), SEVERITIES[i]);
+            assert_eq!(Severity::parse(SEVERITIES[i]), Some(*s));
+            // Written and read as the name, as before it was a type.
+            assert_eq!(
+                serde_json::to_string(s).unwrap(),
+                format!("\"{}\"", SEVERITIES[i])
+            );
+        }
+        assert_eq!(Severity::parse("major"), None);
+        assert!(serde_json::from_str::<Severity>("\"SEVERE\"").is_err());
     }
 }

@@ -269,7 +269,7 @@ mod tests {
             id: id.into(),
             device: device.into(),
             type_: "Overload".into(),
-            severity: "MAJOR",
+            severity: crate::alarm::Severity::Major,
             status,
             message: String::new(),
             details: rhai::Map::new(),

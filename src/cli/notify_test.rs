@@ -18,7 +18,7 @@ fn sample_alarm(device: &str, now: i64) -> crate::alarm::Alarm {
         id: format!("TestAlarm:{device}:{now}"),
         device: device.to_string(),
         type_: "TestAlarm".into(),
-        severity: "WARNING",
+        severity: crate::alarm::Severity::Warning,
         status: crate::alarm::Status::ActiveUnack,
         message: format!("a test notification from rulechain notify-test for {device}"),
         details: Map::new(),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use rhai::Map;
 
-use crate::alarm::{AckError, Alarm, Status, Transition};
+use crate::alarm::{AckError, Alarm, Severity, Status, Transition};
 
 /// Every alarm the engine knows, by (device, type).
 #[derive(Debug, Default)]
@@ -78,7 +78,7 @@ impl AlarmStore {
         &mut self,
         device: &str,
         type_: &str,
-        severity: &'static str,
+        severity: Severity,
         message: String,
         details: Map,
         now: i64,
@@ -182,14 +182,14 @@ mod tests {
     fn lifecycle_fires_once_and_clears_once() {
         let mut s = AlarmStore::default();
         let t = s
-            .raise("p", "Hot", "WARNING", "m".into(), Map::new(), 1)
+            .raise("p", "Hot", Severity::Warning, "m".into(), Map::new(), 1)
             .map(|x| x.0);
         assert_eq!(t, Some(Transition::Created));
         assert!(s
-            .raise("p", "Hot", "WARNING", "m".into(), Map::new(), 2)
+            .raise("p", "Hot", Severity::Warning, "m".into(), Map::new(), 2)
             .is_none());
         let t = s
-            .raise("p", "Hot", "CRITICAL", "m".into(), Map::new(), 3)
+            .raise("p", "Hot", Severity::Critical, "m".into(), Map::new(), 3)
             .map(|x| x.0);
         assert_eq!(t, Some(Transition::SeverityChanged));
         assert_eq!(s.get("p", "Hot").unwrap().count, 3);
@@ -199,7 +199,7 @@ mod tests {
             "a cleared alarm clears once"
         );
         let t = s
-            .raise("p", "Hot", "WARNING", "m".into(), Map::new(), 6)
+            .raise("p", "Hot", Severity::Warning, "m".into(), Map::new(), 6)
             .map(|x| x.0);
         assert_eq!(
             t,
@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn acknowledging_moves_to_the_ack_statuses_once() {
         let mut s = AlarmStore::default();
-        s.raise("p", "Hot", "MAJOR", "m".into(), Map::new(), 1);
+        s.raise("p", "Hot", Severity::Major, "m".into(), Map::new(), 1);
         let before = s.changes();
         let a = s.acknowledge("Hot:p:1", None).map(|a| a.status);
         assert_eq!(a, Some(Status::ActiveAck));

@@ -33,7 +33,7 @@ pub enum Event {
         #[serde(rename = "type")]
         type_: String,
         /// The severity after the transition.
-        severity: &'static str,
+        severity: crate::alarm::Severity,
         /// `created`, `severity_changed`, `acknowledged` or `cleared`.
         transition: crate::alarm::Transition,
         /// The status after the transition (ACTIVE_UNACK, …).

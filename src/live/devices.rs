@@ -26,7 +26,7 @@ pub struct DeviceRow {
     /// Its open alarms (filled in by the API from the alarm registry).
     pub open_alarms: usize,
     /// The highest severity of its open alarms.
-    pub severity: Option<&'static str>,
+    pub severity: Option<crate::alarm::Severity>,
     /// The latest value of each numeric field.
     pub latest: serde_json::Map<String, Value>,
 }

@@ -40,18 +40,19 @@ pub(super) async fn list(
         return Err(ApiError::bad_request(format!("unknown status {s:?}"))
             .detail(json!({"expected": statuses})));
     }
-    let sevs = crate::alarm::SEVERITIES;
-    if let Some(s) = f.severity.as_deref().filter(|s| !sevs.contains(s)) {
-        return Err(ApiError::bad_request(format!("unknown severity {s:?}"))
-            .detail(json!({"expected": sevs})));
-    }
-    let rank = crate::alarm::severity_rank;
+    let severity = match f.severity.as_deref() {
+        None => None,
+        Some(s) => Some(crate::alarm::Severity::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!("unknown severity {s:?}"))
+                .detail(json!({"expected": crate::alarm::SEVERITIES}))
+        })?),
+    };
     if f.status.as_deref() == Some("CLEARED_ACK") {
         let closed: Vec<Value> = api
             .alarms
             .closed(f.device.as_deref())
             .iter()
-            .filter(|a| f.severity.as_deref().is_none_or(|s| a.severity == s))
+            .filter(|a| severity.is_none_or(|s| a.severity == s))
             .map(|a| crate::alarm::registry::alarm_json(a, "closed"))
             .collect();
         return Ok(Json(json!({ "alarms": closed })));
@@ -62,11 +63,11 @@ pub(super) async fn list(
         f.status.as_deref().is_none_or(|s| match s {
             "active" => st.is_active(),
             s => st.as_str() == s,
-        }) && f.severity.as_deref().is_none_or(|s| o.alarm.severity == s)
+        }) && severity.is_none_or(|s| o.alarm.severity == s)
     });
     open.sort_by(|a, b| {
-        (rank(a.alarm.severity), std::cmp::Reverse(a.alarm.start_ts))
-            .cmp(&(rank(b.alarm.severity), std::cmp::Reverse(b.alarm.start_ts)))
+        (a.alarm.severity, std::cmp::Reverse(a.alarm.start_ts))
+            .cmp(&(b.alarm.severity, std::cmp::Reverse(b.alarm.start_ts)))
     });
     let open: Vec<Value> = open.iter().map(|a| a.to_json()).collect();
     Ok(Json(json!({ "alarms": open })))

@@ -39,13 +39,13 @@ fn with_alarms<'a>(
     device: Option<&str>,
     rows: impl IntoIterator<Item = &'a mut DeviceRow>,
 ) {
-    use crate::alarm::severity_rank;
-    let mut by_device: HashMap<String, (usize, Option<&'static str>)> = HashMap::new();
+    let mut by_device: HashMap<String, (usize, Option<crate::alarm::Severity>)> = HashMap::new();
     for a in api.alarms.open(device) {
         let e = by_device.entry(a.alarm.device).or_default();
         e.0 += 1;
+        // The most severe: the lowest in the severities' order.
         let sev = a.alarm.severity;
-        if e.1.is_none_or(|s| severity_rank(sev) < severity_rank(s)) {
+        if e.1.is_none_or(|s| sev < s) {
             e.1 = Some(sev);
         }
     }

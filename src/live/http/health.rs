@@ -255,7 +255,7 @@ impl Counters for Engine<'_> {
             Default::default();
         for a in api.alarms.open(None) {
             *alarms
-                .entry((a.alarm.status.as_str(), a.alarm.severity))
+                .entry((a.alarm.status.as_str(), a.alarm.severity.as_str()))
                 .or_default() += 1;
         }
         let alarms: Vec<(Vec<&str>, u64)> = alarms

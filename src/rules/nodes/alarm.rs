@@ -6,7 +6,7 @@
 
 use rhai::{Dynamic, Map};
 
-use crate::alarm::{severity, Alarm, Transition, SEVERITIES};
+use crate::alarm::{Alarm, Transition, SEVERITIES};
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
@@ -14,7 +14,7 @@ use crate::rules::model::{AlarmAction, NodeSpec};
 use crate::script::{Expr, Template};
 
 enum Severity {
-    Fixed(&'static str),
+    Fixed(crate::alarm::Severity),
     Expr(Expr),
 }
 
@@ -33,8 +33,8 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     let type_ = b.template(&a.type_);
     let action = a.action.as_ref().map_or(AlarmAction::Raise, |x| x.value);
     let sev = match &a.severity {
-        None => Some(Severity::Fixed("WARNING")),
-        Some(s) => match severity(&s.text) {
+        None => Some(Severity::Fixed(crate::alarm::Severity::Warning)),
+        Some(s) => match crate::alarm::Severity::parse(&s.text) {
             Some(name) => Some(Severity::Fixed(name)),
             None if s.text.chars().all(|c| c.is_ascii_alphabetic())
                 && s.text.to_uppercase() == s.text =>
@@ -46,7 +46,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
                     ));
                 None
             }
-            None => match severity(&s.text.to_uppercase()) {
+            None => match crate::alarm::Severity::parse(&s.text.to_uppercase()) {
                 Some(name) => {
                     b.error(s.pos, format!("unknown severity `{}`", s.text))
                         .hint(format!("did you mean `{name}`?"));
@@ -105,10 +105,10 @@ impl AlarmNode {
         type_: String,
     ) -> Result<Option<(Transition, Alarm)>, String> {
         let sev = match &self.severity {
-            Severity::Fixed(s) => s,
+            Severity::Fixed(s) => *s,
             Severity::Expr(e) => {
                 let v = e.eval(cx.rt, &mut p.vars)?.to_string();
-                severity(&v).ok_or_else(|| {
+                crate::alarm::Severity::parse(&v).ok_or_else(|| {
                     format!("severity `{v}` is not one of {}", SEVERITIES.join(", "))
                 })?
             }

@@ -709,7 +709,7 @@ mod tests {
             id: "Hot:b:1".into(),
             device: "b".into(),
             type_: "Hot".into(),
-            severity: "MAJOR",
+            severity: crate::alarm::Severity::Major,
             status: crate::alarm::Status::ActiveUnack,
             message: "m".into(),
             details: Default::default(),
