@@ -668,6 +668,8 @@ async fn an_owner_killed_in_a_hold_raises_the_alarm_once_on_time_and_a_paused_ow
     }
     let (code, body) = http(fleet.engine(other).http, "POST", &path).unwrap();
     assert_eq!(code, 409, "{body}");
+    // The owner's refusal, with the alarm's status, comes back through the other instance.
+    assert!(body.contains("already acknowledged (ACTIVE_ACK)"), "{body}");
     // Both clear once each, on whichever instance owns them now.
     for d in [open, held] {
         client

@@ -236,9 +236,9 @@ pub enum AckError {
     /// No open alarm has this id (none, or it is cleared and acknowledged: done).
     NotFound(String),
     /// The alarm is acknowledged already (its status).
-    AlreadyAcknowledged(String, &'static str),
+    AlreadyAcknowledged(String, Status),
     /// The alarm is cleared already (a clear by hand of an alarm that is not active).
-    AlreadyCleared(String, &'static str),
+    AlreadyCleared(String, Status),
     /// The engine is stopping (live only: the shard that owns the alarm is gone).
     ShuttingDown,
 }

@@ -61,7 +61,7 @@ impl AlarmStore {
             .find(|a| a.id == id)
             .ok_or_else(|| AckError::NotFound(id.into()))?;
         if !a.status.is_active() {
-            return Err(AckError::AlreadyCleared(id.into(), a.status.as_str()));
+            return Err(AckError::AlreadyCleared(id.into(), a.status));
         }
         let key = (a.device.clone(), a.type_.clone());
         self.clear(&key.0, &key.1, now);

@@ -668,9 +668,7 @@ impl Executor {
             Some(a) => a.clone(),
             None => {
                 return Err(match self.alarms.by_id(id) {
-                    Some(a) => {
-                        crate::alarm::AckError::AlreadyAcknowledged(id.into(), a.status.as_str())
-                    }
+                    Some(a) => crate::alarm::AckError::AlreadyAcknowledged(id.into(), a.status),
                     None => crate::alarm::AckError::NotFound(id.into()),
                 })
             }

@@ -57,10 +57,15 @@ pub(super) fn remote_acks(
                 200 => serde_json::from_value::<Status>(body["status"].clone())
                     .map_err(|_| AckError::ShuttingDown),
                 404 => Err(AckError::NotFound(op.id)),
-                409 if op.action == AlarmAction::Ack => {
-                    Err(AckError::AlreadyAcknowledged(op.id, "acknowledged"))
+                409 => {
+                    // The owner's answer names the alarm's status now.
+                    let status = serde_json::from_value::<Status>(body["detail"]["status"].clone())
+                        .map_err(|_| AckError::ShuttingDown)?;
+                    Err(match op.action {
+                        AlarmAction::Ack => AckError::AlreadyAcknowledged(op.id, status),
+                        AlarmAction::Clear => AckError::AlreadyCleared(op.id, status),
+                    })
                 }
-                409 => Err(AckError::AlreadyCleared(op.id, "cleared")),
                 _ => Err(AckError::ShuttingDown),
             }
         })

@@ -102,12 +102,19 @@ fn too_large(r: axum::extract::rejection::BytesRejection) -> ApiError {
 }
 
 fn refusal(id: &str, e: AckError) -> ApiError {
-    let code = match e {
-        AckError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        AckError::AlreadyAcknowledged(..) | AckError::AlreadyCleared(..) => StatusCode::CONFLICT,
-        AckError::NotFound(_) => StatusCode::NOT_FOUND,
+    let (code, status) = match &e {
+        AckError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, None),
+        AckError::AlreadyAcknowledged(_, s) | AckError::AlreadyCleared(_, s) => {
+            (StatusCode::CONFLICT, Some(*s))
+        }
+        AckError::NotFound(_) => (StatusCode::NOT_FOUND, None),
     };
-    ApiError::new(code, e.to_string()).detail(json!({"alarm": id}))
+    let mut detail = json!({"alarm": id});
+    if let Some(s) = status {
+        // The alarm's status now (a cluster member that handed the action over reads it).
+        detail["status"] = json!(s);
+    }
+    ApiError::new(code, e.to_string()).detail(detail)
 }
 
 /// `POST /api/alarms/{id}/ack` (optional body `{"by": "who"}`): 200 with the new status; 404
