@@ -145,6 +145,27 @@ pub enum Event {
 }
 
 impl Event {
+    /// An alarm transition: the one way both the `alarm` node and an operator's action (an
+    /// acknowledgement, a clear by hand) make it, from the alarm as it is after the transition.
+    pub fn alarm(
+        device: Arc<str>,
+        alarm: crate::alarm::Alarm,
+        transition: crate::alarm::Transition,
+    ) -> Event {
+        Event::Alarm {
+            device,
+            type_: alarm.type_.clone(),
+            severity: alarm.severity,
+            transition,
+            status: alarm.status,
+            message: alarm.message.clone(),
+            id: alarm.id.clone(),
+            record: Box::new(alarm),
+        }
+    }
+}
+
+impl Event {
     /// The `"event"` name.
     pub fn name(&self) -> &'static str {
         match self {

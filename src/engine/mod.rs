@@ -714,16 +714,7 @@ impl Executor {
         };
         let device: Arc<str> = alarm.device.as_str().into();
         out.emit(Effect {
-            event: Event::Alarm {
-                device: device.clone(),
-                type_: alarm.type_.clone(),
-                severity: alarm.severity,
-                transition,
-                status: alarm.status,
-                message: alarm.message.clone(),
-                id: alarm.id.clone(),
-                record: Box::new(alarm.clone()),
-            },
+            event: Event::alarm(device.clone(), alarm.clone(), transition),
             ts: self.now,
             chain,
             node,

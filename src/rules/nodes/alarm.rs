@@ -158,16 +158,7 @@ impl NodeImpl for AlarmNode {
                 if passes {
                     p.with_msg(|m| m.insert("alarm".into(), Dynamic::from_map(alarm.to_map(t))));
                 }
-                cx.emit(Event::Alarm {
-                    device: p.device.clone(),
-                    type_: alarm.type_.clone(),
-                    severity: alarm.severity,
-                    transition: t,
-                    status: alarm.status,
-                    message: alarm.message.clone(),
-                    id: alarm.id.clone(),
-                    record: Box::new(alarm),
-                });
+                cx.emit(Event::alarm(p.device.clone(), alarm, t));
                 if passes {
                     Flow::Pass(p)
                 } else {
