@@ -214,6 +214,56 @@ impl Alarm {
     }
 }
 
+/// An alarm as the HTTP API, WebSocket clients and webhooks see it, with the transition that
+/// put it in its state: a type of its own, so that the persisted form ([`Alarm`], in the state
+/// snapshots and versioned with them) can change without changing what clients read, and the
+/// reverse. Where it was raised (`origin`) is the engine's, not theirs.
+#[derive(Debug, Serialize)]
+pub struct Wire<'a> {
+    id: &'a str,
+    device: &'a str,
+    #[serde(rename = "type")]
+    type_: &'a str,
+    severity: Severity,
+    status: Status,
+    message: &'a str,
+    #[serde(serialize_with = "details_serde::serialize")]
+    details: &'a Map,
+    start_ts: i64,
+    last_ts: i64,
+    end_ts: Option<i64>,
+    count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cleared_by: Option<&'a str>,
+    /// `created`, `severity_changed`, `acknowledged`, `cleared`, or as the caller names the
+    /// state (`restored`, `closed`).
+    transition: &'a str,
+}
+
+impl<'a> Wire<'a> {
+    /// `a` on the wire, after `transition`.
+    pub fn new(a: &'a Alarm, transition: &'a str) -> Wire<'a> {
+        Wire {
+            id: &a.id,
+            device: &a.device,
+            type_: &a.type_,
+            severity: a.severity,
+            status: a.status,
+            message: &a.message,
+            details: &a.details,
+            start_ts: a.start_ts,
+            last_ts: a.last_ts,
+            end_ts: a.end_ts,
+            count: a.count,
+            acked_by: a.acked_by.as_deref(),
+            cleared_by: a.cleared_by.as_deref(),
+            transition,
+        }
+    }
+}
+
 mod details_serde {
     use rhai::{Dynamic, Map};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

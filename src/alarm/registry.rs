@@ -40,12 +40,7 @@ impl OpenAlarm {
 /// An alarm as clients and webhooks see it: its fields, without where it was raised, and the
 /// transition.
 pub fn alarm_json(a: &Alarm, transition: &str) -> Value {
-    let mut v = serde_json::to_value(a).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("origin");
-        o.insert("transition".into(), transition.into());
-    }
-    v
+    serde_json::to_value(super::Wire::new(a, transition)).unwrap_or_default()
 }
 
 /// The result of an acknowledgement, when it is done.
@@ -281,6 +276,24 @@ mod tests {
             acked_by: None,
             cleared_by: None,
         }
+    }
+
+    #[test]
+    fn the_wire_form_is_the_alarm_without_its_origin_with_its_transition() {
+        let mut a = alarm("Overload:p1:1", "p1", Status::ActiveAck);
+        a.origin = Some(("overload".into(), "raise".into()));
+        a.acked_by = Some("ana".into());
+        a.details.insert("current".into(), 13.5_f64.into());
+        let v = alarm_json(&a, "acknowledged");
+        // What clients read: every field of the alarm but where it was raised.
+        let mut want = serde_json::to_value(&a).unwrap();
+        let o = want.as_object_mut().unwrap();
+        o.remove("origin");
+        o.insert("transition".into(), "acknowledged".into());
+        assert_eq!(v, want);
+        assert_eq!(v["severity"], "MAJOR");
+        assert_eq!(v["details"]["current"], 13.5);
+        assert!(v.get("cleared_by").is_none() && v["end_ts"].is_null());
     }
 
     #[test]
