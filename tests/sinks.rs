@@ -1187,3 +1187,48 @@ nodes:
         st
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_body_json_stays_valid_json_whatever_the_values_hold() {
+    // A Slack-style body from templates: a device id and a message with quotes, a backslash
+    // and a newline would break a `body` text template; `body_json` builds the JSON itself.
+    let dir = tempdir("body-json");
+    let (rx, hook) = Receiver::start(&[]);
+    let channels = format!(
+        r#"channels:
+  chat:
+    webhook: {{url: "http://127.0.0.1:{hook}/chat"}}
+    body_json:
+      text: "${{meta.device}} says ${{msg.note}}"
+      blocks: [{{type: section, fields: 2, urgent: true}}]
+"#
+    );
+    let chain = "chain: tell\non: { kind: telemetry }\nnodes:\n  - notify: [chat]\n";
+    let (_engine, pubr) = start_engine(
+        &dir,
+        &channels,
+        &[("tell.yaml", chain)],
+        "devices: []\n",
+        "body-json-pub",
+        None,
+    )
+    .await;
+    let note = "valve \"B\" is stuck\nsee C:\\manual";
+    pubr.publish(
+        "device/pump-\"7\"/telemetry",
+        serde_json::to_vec(&json!({ "note": note })).unwrap(),
+    )
+    .await;
+    let got =
+        wait_for(Duration::from_secs(10), || rx.on("/chat").pop()).expect("the webhook is called");
+    let body: Value = serde_json::from_slice(&got.body).expect("valid JSON");
+    assert_eq!(body["text"], format!("pump-\"7\" says {note}"));
+    assert_eq!(
+        body["blocks"],
+        json!([{"type": "section", "fields": 2, "urgent": true}])
+    );
+    assert_eq!(
+        got.headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+}

@@ -89,6 +89,20 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
             }
         }
     }
+    if let Some(j) = &spec.body_json {
+        let rendered = crate::script::JsonTemplate::compile(&engine, &j.value)
+            .map_err(|(at, e)| format!("at `{at}`: {}", e.message))
+            .and_then(|t| t.render(&mut rt, &mut vars));
+        match rendered {
+            Ok(v) => body = v.to_string(),
+            Err(e) => {
+                eprintln!(
+                    "error: channel `{channel}`: `body_json` failed on the sample alarm: {e}"
+                );
+                return super::EXIT_FINDINGS;
+            }
+        }
+    }
     let notice = Notice {
         channel: channel.to_string(),
         chain: "notify-test".into(),

@@ -393,6 +393,11 @@ pub struct ChannelSpec {
     /// Body template. For a webhook, the request body instead of the default JSON.
     #[serde(default)]
     pub body: Option<Sp<String>>,
+    /// A webhook's body as JSON whose strings are templates (`{text: "${msg.alarm.message}"}`):
+    /// each string is rendered and the JSON built from the results, so no value can make it
+    /// invalid (a quote or a newline in a device name is escaped). Instead of `body`.
+    #[serde(default)]
+    pub body_json: Option<Sp<serde_json::Value>>,
     /// Retries of a failed delivery, with capped exponential backoff (default 5).
     #[serde(default)]
     pub retries: Option<u32>,

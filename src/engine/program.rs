@@ -31,6 +31,8 @@ pub struct ChannelTemplates {
     pub subject: Option<Template>,
     /// Body.
     pub body: Option<Template>,
+    /// A webhook's body as JSON whose strings are templates.
+    pub body_json: Option<crate::script::JsonTemplate>,
 }
 
 /// A compiled chain.

@@ -183,6 +183,10 @@ pub fn compile(docs: &[ChainDoc], opts: &CompileOptions, diags: &mut Diagnostics
                 ChannelTemplates {
                     subject: t(&spec.subject),
                     body: t(&spec.body),
+                    body_json: spec
+                        .body_json
+                        .as_ref()
+                        .and_then(|j| crate::script::JsonTemplate::compile(&engine, &j.value).ok()),
                 },
             );
         }

@@ -264,6 +264,13 @@ fn check_expanded(src: &Source, root: &Node, diags: &mut Diagnostics) -> Option<
     }
     let engine = crate::script::new_engine();
     for ch in cfg.channels.values() {
+        if let Some(j) = &ch.body_json {
+            if let Err((at, e)) = crate::script::JsonTemplate::compile(&engine, &j.value) {
+                diags
+                    .error(src, j.pos, format!("in the template at `{at}`: {}", e.message))
+                    .hint("each string of `body_json` is a template: `${` opens a Rhai expression that `}` closes");
+            }
+        }
         for t in [&ch.subject, &ch.body].into_iter().flatten() {
             if let Err(e) = crate::script::Template::compile(&engine, t) {
                 let pos = yaml::pos_in_scalar(&src.text, t.pos, e.line, e.col);

@@ -20,7 +20,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod json;
 mod native;
+
+pub use json::JsonTemplate;
 
 use rhai::{Dynamic, Engine, Scope, AST};
 

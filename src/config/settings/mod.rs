@@ -751,4 +751,23 @@ mod tests {
             "{shown}"
         );
     }
+
+    #[test]
+    fn body_json_is_a_webhooks_map_and_never_beside_body() {
+        let c = config(
+            "channels:\n  a:\n    webhook: {url: 'http://h/x'}\n    body: b\n    body_json: {text: t}\n  m:\n    email: {smtp: 'smtp://m:25', from: a@b.c, to: [d@e.f]}\n    body_json: {text: t}\n  l:\n    webhook: {url: 'http://h/y'}\n    body_json: [1]\n",
+        );
+        let problems = resolve(None, Some(&c), None).unwrap_err();
+        let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "channel `a` has both `body` and `body_json`",
+            "channel `m`: `body_json` is a webhook's body",
+            "channel `l`: `body_json` is a map",
+        ] {
+            assert!(
+                texts.iter().any(|t| t.contains(want)),
+                "{want} not in {texts:#?}"
+            );
+        }
+    }
 }

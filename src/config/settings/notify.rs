@@ -214,13 +214,33 @@ pub(crate) fn resolve(
                         .signature_header
                         .clone()
                         .unwrap_or_else(|| "X-Rulechain-Signature".into()),
-                    templated: spec.body.is_some(),
+                    templated: spec.body.is_some() || spec.body_json.is_some(),
                 })
             }
             None => {
                 p.add(w.url.pos, format!("channel `{name}`: bad webhook URL"))
                     .hint("give an http:// or https:// URL");
             }
+        }
+    }
+    if let Some(j) = &spec.body_json {
+        if spec.body.is_some() {
+            p.add(
+                j.pos,
+                format!("channel `{name}` has both `body` and `body_json`"),
+            )
+            .hint("keep one: `body_json` builds the JSON from its templates, `body` is sent as rendered");
+        }
+        if spec.webhook.is_none() {
+            p.add(
+                j.pos,
+                format!("channel `{name}`: `body_json` is a webhook's body"),
+            )
+            .hint("use `body` for an email's text");
+        }
+        if !j.value.is_object() {
+            p.add(j.pos, format!("channel `{name}`: `body_json` is a map"))
+                .hint("e.g. `body_json: {text: \"${msg.alarm.message}\"}`");
         }
     }
     if let Some(f) = &spec.fallback {

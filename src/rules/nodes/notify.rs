@@ -83,6 +83,12 @@ impl NodeImpl for Notify {
                         Err(e) => return Flow::Error(format!("channel `{ch}` body: {e}"), p),
                     }
                 }
+                if let Some(j) = &t.body_json {
+                    match j.render(cx.rt, &mut p.vars) {
+                        Ok(v) => body = v.to_string(),
+                        Err(e) => return Flow::Error(format!("channel `{ch}` body_json: {e}"), p),
+                    }
+                }
             }
             cx.emit(Event::Notify {
                 channel: ch.clone(),
