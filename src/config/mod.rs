@@ -105,6 +105,11 @@ pub struct ClusterSpec {
     /// Messages each partition's stream keeps at least (default 100000).
     #[serde(default)]
     pub stream_keep: Option<Sp<usize>>,
+    /// Where the other instances reach this one's HTTP API (`host:port`), to hand it requests
+    /// about its devices (default: `http.listen`; when that listens on every address, this
+    /// machine's host name and its port).
+    #[serde(default)]
+    pub advertise: Option<Sp<String>>,
     /// How long a small batch of messages waits for more before it goes to Redis, once, at the
     /// ingest and at the owners' reader (default `1ms`; `0s`: never). Fewer Redis requests per
     /// message under a light load, for up to twice this in latency.

@@ -118,7 +118,7 @@ pub(super) async fn serve(
                     mqtt: conn.clone(),
                     tls: tls.clone(),
                     patterns: settings.patterns.clone(),
-                    http: settings.http,
+                    http: c.advertise.clone(),
                     template: cluster::ShardTemplate {
                         outbox,
                         checkpoint: settings.checkpoint,

@@ -31,6 +31,8 @@ pub struct ClusterSettings {
     pub stream_keep: usize,
     /// How long a small batch waits for more (zero: never).
     pub linger: Duration,
+    /// Where the other instances reach this one's API (`host:port`), if it serves one.
+    pub advertise: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterSettings {
@@ -79,6 +81,7 @@ pub(super) fn resolve(
     p: &mut Problems,
     spec: &Sp<ClusterSpec>,
     broker: Option<&Broker>,
+    http: Option<std::net::SocketAddr>,
     rel: &dyn Fn(&str) -> PathBuf,
 ) -> Option<ClusterSettings> {
     let c = &spec.value;
@@ -163,6 +166,30 @@ pub(super) fn resolve(
         },
         None => Duration::from_millis(1),
     };
+    let advertise = match (&c.advertise, http) {
+        (Some(a), _) => {
+            let valid = a
+                .value
+                .rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                p.add(a.pos, format!("`{}` is not a host and a port", a.value))
+                    .hint("e.g. `rc-1:8080` or `10.0.0.5:8080`: where the other instances reach this one's API");
+                ok = false;
+            }
+            Some(a.value.clone())
+        }
+        (None, Some(addr)) if addr.ip().is_unspecified() => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            Some(format!("{host}:{}", addr.port()))
+        }
+        (None, Some(addr)) => Some(addr.to_string()),
+        (None, None) => None,
+    };
     ok.then(|| ClusterSettings {
         redis: url.to_string(),
         password: c.password.clone(),
@@ -173,6 +200,7 @@ pub(super) fn resolve(
         prefix,
         stream_keep,
         linger,
+        advertise,
     })
 }
 

@@ -539,7 +539,7 @@ pub fn resolve_lossy(
     let cluster = config
         .cluster
         .as_ref()
-        .and_then(|c| cluster::resolve(&mut p, c, broker.as_ref(), &rel));
+        .and_then(|c| cluster::resolve(&mut p, c, broker.as_ref(), http_addr, &rel));
     let settings = Settings {
         config_path: config_path.map(Path::to_path_buf),
         config_given,
@@ -744,6 +744,24 @@ mod tests {
         let s = resolve(None, Some(&c), None).unwrap();
         let cl = s.cluster.as_ref().unwrap();
         assert_eq!((cl.partitions, cl.lease.as_millis()), (64, 5000));
+        // The others reach this instance's API where it listens (by default 127.0.0.1:8080).
+        assert_eq!(cl.advertise.as_deref(), Some("127.0.0.1:8080"));
+        let c2 = config(
+            "mqtt: {url: mqtt://b:1883}\nhttp: {listen: 0.0.0.0:9000, token: t}\ncluster: {redis: redis://r:6379}\n",
+        );
+        let s2 = resolve(None, Some(&c2), None).unwrap();
+        let a = s2.cluster.unwrap().advertise.unwrap();
+        assert!(a.ends_with(":9000") && !a.starts_with("0.0.0.0"), "{a}");
+        let c2 = config(
+            "mqtt: {url: mqtt://b:1883}\ncluster: {redis: redis://r:6379, advertise: nowhere}\n",
+        );
+        let problems = resolve(None, Some(&c2), None).unwrap_err();
+        assert!(
+            problems[0]
+                .text
+                .contains("`nowhere` is not a host and a port"),
+            "{problems:?}"
+        );
         assert!(!cl.instance.is_empty() && cl.prefix == "rulechain");
         let shown = format!("{s:?}");
         assert!(

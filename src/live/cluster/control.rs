@@ -1,7 +1,6 @@
 //! The control loop of a cluster member, and how it joins (see the module's docs).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,7 +58,7 @@ pub struct Setup {
     /// Topic patterns.
     pub patterns: Vec<TopicPattern>,
     /// This instance's HTTP API, told to the others.
-    pub http: Option<SocketAddr>,
+    pub http: Option<String>,
     /// The executors' parts.
     pub template: ShardTemplate,
     /// The rules in force (a partition taken over starts with these).
@@ -559,7 +558,7 @@ impl Control {
     async fn facts(&mut self, con: &mut ConnectionManager) -> Result<Facts, String> {
         let keys = self.member_keys();
         let info = serde_json::json!({
-            "http": self.setup.http.map(|a| a.to_string()),
+            "http": self.setup.http,
         })
         .to_string();
         type Beat = (i64, Vec<(String, i64)>, Vec<(String, String)>);
@@ -598,8 +597,14 @@ impl Control {
         pipe.cmd("GET").arg(ik.lease()).cmd("PTTL").arg(ik.lease());
         let raw: Vec<redis::Value> = pipe.query_async(con).await.map_err(|e| e.to_string())?;
         let mut leases = raw.chunks(2).map(|pair| {
-            let v: Option<String> = redis::from_redis_value_ref(&pair[0]).ok().flatten();
-            let ttl: i64 = redis::from_redis_value_ref(&pair[1]).unwrap_or(-2);
+            let v: Option<String> = pair
+                .first()
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .flatten();
+            let ttl: i64 = pair
+                .get(1)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or(-2);
             v.as_deref()
                 .and_then(parse_lease)
                 .map(|(h, e)| (h, e, ttl.max(0)))
