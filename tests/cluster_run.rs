@@ -573,6 +573,36 @@ async fn three_instances_process_every_message_once_in_order_and_lose_nothing_wh
     // Two chains per message (echo and hot), once each.
     assert_eq!(total, 750, "every message (30 x 25) processed exactly once");
 
+    // A trace started on an instance that does not own the device follows its messages on
+    // the owner, and the instance it was started on shows the entries.
+    let traced = "trace-1";
+    let owner = fleet.owner_of(traced);
+    let here = (1..=3).find(|i| *i != owner).unwrap();
+    let (code, body) = common::http_as(
+        fleet.engine(here).http,
+        "POST",
+        "/api/trace",
+        &[("Content-Type", "application/json")],
+        &format!(r#"{{"device": "{traced}", "limit": 5}}"#),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let probe = Mqtt::connect(fleet.broker.port, "trace-pub", true, &[]).await;
+    probe
+        .publish(&format!("device/{traced}/telemetry"), r#"{"v":1}"#)
+        .await;
+    let entries = wait_for(Duration::from_secs(10), || {
+        let (_, body) = http(fleet.engine(here).http, "GET", "/api/trace").unwrap();
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let e = v["entries"].as_array()?.clone();
+        (!e.is_empty()).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("no trace entries on rc-{here} for {traced} owned by rc-{owner}"));
+    assert!(entries.iter().all(|e| e["device"] == traced), "{entries:?}");
+    let (code, _) = http(fleet.engine(here).http, "DELETE", "/api/trace").unwrap();
+    assert_eq!(code, 200);
+    drop(probe);
+
     // Under load, the ingest holder is killed: another takes the broker session over; nothing
     // is lost, every device's order is kept (a message the dead holder had stored but not yet
     // acknowledged may come twice).

@@ -90,11 +90,7 @@ pub(super) async fn list(
     api.stats
         .device_lists
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
+    let token = super::fleet::token(&headers);
     let answer = build_list(&api, q, fleet, token.as_deref()).await?;
     *cache = Some((std::time::Instant::now(), question, answer.clone()));
     Ok(Json(answer))

@@ -166,6 +166,54 @@ pub(super) async fn peer_lists(
     (total, rows, unreachable)
 }
 
+/// Sends the same request to every other instance (forwarded: each answers for itself) and
+/// gives each one's JSON answer, or None for one that did not answer.
+pub(super) async fn broadcast(
+    api: &Api,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Vec<(String, Option<Value>)> {
+    let Some(view) = &api.cluster else {
+        return Vec::new();
+    };
+    let asks = view.peers().into_iter().map(|(name, http)| {
+        let mut r = client()
+            .request(method.clone(), format!("http://{http}{path}"))
+            .header(FORWARDED, "1");
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = &body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        async move {
+            let answer = async {
+                let resp = r.send().await.ok()?;
+                if !resp.status().is_success() {
+                    return None;
+                }
+                serde_json::from_slice::<Value>(&resp.bytes().await.ok()?).ok()
+            }
+            .await;
+            (name, answer)
+        }
+    });
+    futures_join(asks).await
+}
+
+/// The bearer token a request carried, to carry on.
+pub(super) fn token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+}
+
 /// Runs the futures at once, their results in order.
 async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where

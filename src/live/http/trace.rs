@@ -24,13 +24,23 @@ pub(super) struct Start {
     duration: Option<String>,
 }
 
+/// In a cluster, a request from a client (not one another instance forwarded): it goes to
+/// every instance too, since the traced messages run wherever their devices are owned.
+fn fleet(api: &Api, headers: &axum::http::HeaderMap) -> bool {
+    api.cluster.is_some() && !super::forwarded(headers)
+}
+
 /// `POST /api/trace {device?, chain?, limit?, duration?}`: starts a trace, replacing one in
 /// progress; answers it with its bounds filled in.
 pub(super) async fn start(
     State(api): State<Api>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<Start>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(s) = body?;
+    let asked = json!({
+        "device": s.device, "chain": s.chain, "limit": s.limit, "duration": s.duration,
+    });
     let duration_ms = match s.duration.as_deref() {
         None | Some("") => None,
         Some(d) => Some(crate::duration::parse(d).map_err(|e| {
@@ -60,17 +70,61 @@ pub(super) async fn start(
         duration_ms,
         wall_ms(),
     );
+    if fleet(&api, &headers) {
+        let token = super::fleet::token(&headers);
+        super::fleet::broadcast(
+            &api,
+            reqwest::Method::POST,
+            "/api/trace",
+            Some(asked),
+            token.as_deref(),
+        )
+        .await;
+    }
     Ok(Json(json!({"trace": r})))
 }
 
 /// `GET /api/trace`: the trace in progress, if any, and the entries kept (oldest first).
-pub(super) async fn read(State(api): State<Api>) -> Json<Value> {
+pub(super) async fn read(State(api): State<Api>, headers: axum::http::HeaderMap) -> Json<Value> {
     let (active, entries) = api.tracer.read(wall_ms());
+    let mut entries: Vec<Value> = entries
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap_or_default())
+        .collect();
+    if fleet(&api, &headers) {
+        // Every instance's entries (each traced the devices it owns), by time.
+        let token = super::fleet::token(&headers);
+        for (_, answer) in super::fleet::broadcast(
+            &api,
+            reqwest::Method::GET,
+            "/api/trace",
+            None,
+            token.as_deref(),
+        )
+        .await
+        {
+            if let Some(more) = answer.as_ref().and_then(|a| a["entries"].as_array()) {
+                entries.extend(more.iter().cloned());
+            }
+        }
+        entries.sort_by_key(|e| e["ts"].as_i64().unwrap_or(0));
+    }
     Json(json!({"active": active, "entries": entries}))
 }
 
 /// `DELETE /api/trace`: stops the trace in progress (the entries stay).
-pub(super) async fn stop(State(api): State<Api>) -> Json<Value> {
+pub(super) async fn stop(State(api): State<Api>, headers: axum::http::HeaderMap) -> Json<Value> {
     api.tracer.stop();
+    if fleet(&api, &headers) {
+        let token = super::fleet::token(&headers);
+        super::fleet::broadcast(
+            &api,
+            reqwest::Method::DELETE,
+            "/api/trace",
+            None,
+            token.as_deref(),
+        )
+        .await;
+    }
     Json(json!({"active": null}))
 }
