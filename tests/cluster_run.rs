@@ -151,7 +151,7 @@ impl Fleet {
                  http: {{listen: 127.0.0.1:{port}}}\nstate_dir: state\nrules: rules\n\
                  engine: {{checkpoint: 200ms}}\n\
                  cluster: {{redis: \"{}\", instance: rc-{i}, partitions: {PARTITIONS}, lease: 2s}}\n\
-                 channels: {{hook: {{webhook: {{url: \"http://127.0.0.1:{}/hook\"}}, retries: 30}}}}\n",
+                 channels: {{hook: {{webhook: {{url: \"http://127.0.0.1:{}/hook\"}}, retries: 30, repeat_interval: 2s}}}}\n",
                 self.broker.port,
                 self.redis.url(),
                 self.hook_port,
@@ -641,10 +641,28 @@ async fn an_owner_killed_in_a_hold_raises_the_alarm_once_on_time_and_a_paused_ow
     let mine: Vec<String> = (0..400)
         .map(|n| format!("h{n}"))
         .filter(|d| fleet.owner_of(d) == victim)
-        .take(2)
+        .take(3)
         .collect();
-    let (open, held) = (&mine[0], &mine[1]);
-    // The webhook receiver is down when the first alarm is raised: its notification waits,
+    let (open, held, early) = (&mine[0], &mine[1], &mine[2]);
+    // A first alarm is raised and notified (delivered, confirmed): its owner reminds of it
+    // every 2 s while it waits for an acknowledgement.
+    client
+        .publish(&format!("device/{early}/telemetry"), r#"{"v":20}"#)
+        .await;
+    let first = alarms
+        .expect(Duration::from_secs(10), |t, _| t.ends_with(early.as_str()))
+        .await
+        .expect("the early alarm");
+    let early_id = first.1["alarm"]["id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(5), || {
+        fleet
+            .hook
+            .keys()
+            .contains(&format!("{early_id}/created"))
+            .then_some(())
+    })
+    .expect("the early alarm's notification");
+    // The webhook receiver is down when the next alarm is raised: its notification waits,
     // retried by its owner, unconfirmed, when that owner is killed.
     fleet.hook.failing.store(true, Ordering::SeqCst);
     client
@@ -700,6 +718,21 @@ async fn an_owner_killed_in_a_hold_raises_the_alarm_once_on_time_and_a_paused_ow
     assert_eq!(code, 409, "{body}");
     // The owner's refusal, with the alarm's status, comes back through the other instance.
     assert!(body.contains("already acknowledged (ACTIVE_ACK)"), "{body}");
+    // The alarm notified before the kill, still unacknowledged, is reminded of (every 2 s) by
+    // the instance that took its partition over: reminders move with the partition.
+    let since_kill = fleet.hook.keys().len();
+    wait_for(Duration::from_secs(8), || {
+        fleet.hook.keys()[since_kill..]
+            .iter()
+            .any(|k| k.starts_with(&format!("{early_id}/created/reminder/")))
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no reminder of {early_id} after the move: {:?}",
+            fleet.hook.keys()
+        )
+    });
     // Both clear once each, on whichever instance owns them now.
     for d in [open, held] {
         client
@@ -736,8 +769,16 @@ async fn an_owner_killed_in_a_hold_raises_the_alarm_once_on_time_and_a_paused_ow
             ]
         })
         .collect();
+    let transitions = || -> Vec<String> {
+        fleet
+            .hook
+            .keys()
+            .into_iter()
+            .filter(|k| !k.contains("/reminder/") && !k.starts_with(&early_id))
+            .collect()
+    };
     let keys = wait_for(Duration::from_secs(10), || {
-        let k = fleet.hook.keys();
+        let k = transitions();
         let unique: std::collections::BTreeSet<String> = k.iter().cloned().collect();
         (unique == want).then_some(k)
     })

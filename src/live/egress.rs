@@ -324,5 +324,6 @@ pub fn notice(e: Effect) -> Option<crate::sinks::notify::Notice> {
         reminder: false,
         fallback_from: None,
         receipt: None,
+        rearm: false,
     })
 }

@@ -320,6 +320,7 @@ impl Control {
                             notifier: self.setup.template.outbox.sinks.notify.clone(),
                             view: self.view.clone(),
                             limit: self.setup.limit.clone(),
+                            alarms: self.setup.template.outbox.alarms.clone(),
                         },
                         reader_stop.clone(),
                     )));

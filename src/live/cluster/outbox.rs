@@ -39,6 +39,8 @@ pub(super) struct Outboxes {
     pub notifier: Notifier,
     pub view: View,
     pub limit: Arc<RateLimit>,
+    /// The fleet's open alarms (which of them still wait for an acknowledgement).
+    pub alarms: Arc<crate::alarm::registry::AlarmRegistry>,
 }
 
 /// Delivers the outboxes of the partitions this instance owns, until `stop`.
@@ -51,6 +53,7 @@ pub(super) async fn run(o: Outboxes, mut stop: watch::Receiver<bool>) {
         notifier,
         view,
         limit,
+        alarms,
     } = o;
     // Which run of each partition has had its pending entries claimed.
     let mut claimed: HashMap<u32, u64> = HashMap::new();
@@ -82,6 +85,7 @@ pub(super) async fn run(o: Outboxes, mut stop: watch::Receiver<bool>) {
                     continue;
                 }
             }
+            rearm(&mut con, &key(*p), &notifier, &alarms).await;
             let r: Result<(String, Raw, Vec<String>), _> = redis::cmd("XAUTOCLAIM")
                 .arg(key(*p))
                 .arg(GROUP)
@@ -161,6 +165,51 @@ pub(super) async fn run(o: Outboxes, mut stop: watch::Receiver<bool>) {
     // What was handed over and settled since the last round is acknowledged; the rest stays
     // pending for the partition's next owner.
     acknowledge(&mut con, &prefix, &settled, &view).await;
+}
+
+/// Notifications a new owner reads back to take up reminders, at most.
+const REARM_READ: usize = 1_000;
+
+/// Takes up the reminders the partition's last owner was sending: the latest notification of
+/// each alarm still waiting for an acknowledgement goes to its channel again, marked to be
+/// tracked, not sent (a channel with `repeat_interval` reminds of it from now on; one without
+/// ignores it).
+async fn rearm(
+    con: &mut ConnectionManager,
+    key: &str,
+    notifier: &Notifier,
+    alarms: &crate::alarm::registry::AlarmRegistry,
+) {
+    let recent: Result<Raw, _> = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(REARM_READ)
+        .query_async(con)
+        .await;
+    let Ok(recent) = recent else { return };
+    let mut seen = std::collections::HashSet::new();
+    for (_, fields) in recent {
+        let Some(mut n) = fields
+            .iter()
+            .find(|(k, _)| k == "n")
+            .and_then(|(_, v)| serde_json::from_slice::<Notice>(v).ok())
+        else {
+            continue;
+        };
+        let Some(id) = n.data["alarm"]["id"].as_str().map(str::to_string) else {
+            continue;
+        };
+        // Newest first: the first of each (channel, alarm) is its latest.
+        if !seen.insert((n.channel.clone(), id.clone())) {
+            continue;
+        }
+        if alarms.status_of(&id) == Some(crate::alarm::Status::ActiveUnack) {
+            n.rearm = true;
+            let _ = notifier.send_wait(n).await;
+        }
+    }
 }
 
 /// Hands each entry to its channel, with a receipt that acknowledges it once settled.

@@ -114,6 +114,7 @@ mod tests {
             reminder: false,
             fallback_from: None,
             receipt: None,
+            rearm: false,
         };
         let p = n.payload();
         assert_eq!(p["alarm"]["id"], "A:pump-3:1");

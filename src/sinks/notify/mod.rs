@@ -70,6 +70,10 @@ pub struct Notice {
     /// Told when it is settled (a cluster's outbox entry; None otherwise).
     #[serde(skip)]
     pub receipt: Option<Receipt>,
+    /// Not to send: only to take up its alarm's reminders again (a cluster's partition taken
+    /// over: its last owner was reminding of it).
+    #[serde(skip)]
+    pub rearm: bool,
 }
 
 /// A channel's counters.

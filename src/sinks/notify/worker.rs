@@ -53,6 +53,9 @@ impl Worker {
                 }
             };
             self.track(&n);
+            if n.rearm {
+                continue;
+            }
             if !self.admit() {
                 self.stats.rate_limited.fetch_add(1, Relaxed);
                 tracing::warn!(channel = %self.name, device = %n.device, "notification dropped by the channel's rate limit: {}", n.subject);
