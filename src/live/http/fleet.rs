@@ -127,32 +127,18 @@ pub(super) async fn peer_lists(
     query: &str,
     token: Option<&str>,
 ) -> (usize, Vec<Value>, Vec<String>) {
-    let Some(view) = &api.cluster else {
-        return (0, Vec::new(), Vec::new());
-    };
-    let asks = view.peers().into_iter().map(|(name, http)| {
-        let url = format!("http://{http}/api/devices?{query}");
-        let token = token.map(str::to_string);
-        async move {
-            let mut r = client().get(url).header(FORWARDED, "1");
-            if let Some(t) = token {
-                r = r.bearer_auth(t);
-            }
-            let answer = async {
-                let resp = r.send().await.ok()?;
-                if !resp.status().is_success() {
-                    return None;
-                }
-                serde_json::from_slice::<Value>(&resp.bytes().await.ok()?).ok()
-            }
-            .await;
-            (name, answer)
-        }
-    });
+    let answers = broadcast(
+        api,
+        reqwest::Method::GET,
+        &format!("/api/devices?{query}"),
+        None,
+        token,
+    )
+    .await;
     let mut total = 0;
     let mut rows = Vec::new();
     let mut unreachable = Vec::new();
-    for (name, answer) in futures_join(asks).await {
+    for (name, answer) in answers {
         match answer {
             Some(v) => {
                 total += v["total"].as_u64().unwrap_or(0) as usize;
