@@ -47,14 +47,18 @@ impl std::fmt::Debug for ClusterSettings {
     }
 }
 
-/// The default instance name: the host name and the process id.
-pub fn default_instance() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This machine's host name, if it can be told.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "rulechain".into());
+}
+
+/// The default instance name: the host name and the process id.
+pub fn default_instance() -> String {
+    let host = host_name().unwrap_or_else(|| "rulechain".into());
     format!("{}-{}", name_safe(&host), std::process::id())
 }
 
@@ -180,11 +184,7 @@ pub(super) fn resolve(
             Some(a.value.clone())
         }
         (None, Some(addr)) if addr.ip().is_unspecified() => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "localhost".into());
+            let host = host_name().unwrap_or_else(|| "localhost".into());
             Some(format!("{host}:{}", addr.port()))
         }
         (None, Some(addr)) => Some(addr.to_string()),

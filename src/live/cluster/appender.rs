@@ -100,6 +100,8 @@ pub(super) async fn run(a: Appender, mut rx: mpsc::Receiver<ShardMsg>) {
                         "cluster: another instance took the ingest over ({e}); this one stops reading the broker"
                     );
                     view.stats.ingest_fenced.fetch_add(1, Relaxed);
+                    // The control loop stops this ingest now, not at its next step.
+                    view.wake();
                     return;
                 }
                 Err(AppendError::Failed(e)) => {

@@ -748,14 +748,20 @@ impl Control {
         drop(tx);
         let keys = PartitionKeys::new(&self.c().prefix, p);
         let holder = self.holder.clone();
-        let redis = self.setup.redis();
+        // The control loop's own connection (a clone shares it).
+        let con = self
+            .view
+            .con
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let stats = self.view.stats.clone();
         self.stopping.push(tokio::spawn(async move {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             if hand_over {
-                let released = match redis_conn::connect(&redis).await {
-                    Ok(mut c) => lease::release(&mut c, &keys, &holder, epoch).await,
-                    Err(e) => Err(e),
+                let released = match con {
+                    Some(mut c) => lease::release(&mut c, &keys, &holder, epoch).await,
+                    None => Err("not connected to Redis".to_string()),
                 };
                 match released {
                     Ok(_) => {

@@ -157,9 +157,6 @@ pub struct Status {
     pub owned: Vec<u32>,
     /// Whether this instance has joined (registered and placed).
     pub joined: bool,
-    /// Whether ingest (this instance's, when it holds the lease) is subscribed at the broker.
-    #[serde(skip)]
-    pub ingest_subscribed: bool,
 }
 
 /// The shared view of the cluster: the API's `/api/cluster`, `/readyz` and `/metrics` read it.
@@ -205,6 +202,11 @@ impl View {
         let mut s = self.lock();
         s.redis_ok = false;
         s.redis_error = Some(e.to_string());
+    }
+
+    /// Wakes the control loop for a step now.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
     }
 
     pub(crate) fn redis_ok(&self) {

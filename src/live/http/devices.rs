@@ -71,6 +71,7 @@ pub(super) type ListCache = Arc<tokio::sync::Mutex<Option<(std::time::Instant, S
 pub(super) async fn list(
     State(api): State<Api>,
     headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query?;
@@ -90,7 +91,7 @@ pub(super) async fn list(
     api.stats
         .device_lists
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let token = super::fleet::token(&headers);
+    let token = super::given_token(&headers, &uri);
     let answer = build_list(&api, q, fleet, token.as_deref()).await?;
     *cache = Some((std::time::Instant::now(), question, answer.clone()));
     Ok(Json(answer))
@@ -142,13 +143,22 @@ async fn build_list(
     let mut unreachable = Vec::new();
     if fleet {
         // The other instances' first offset + limit rows each, for the same question.
-        let mut query = format!("offset=0&limit={}", offset + limit);
-        if let Some(t) = &q.type_ {
-            query.push_str(&format!("&type={}", encode(t)));
+        // The question again for the others, its values percent-encoded by the URL's builder.
+        let mut url = reqwest::Url::parse("http://peer/")
+            .map_err(|_| ApiError::unavailable("cannot build the other instances' query"))?;
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("offset", "0")
+                .append_pair("limit", &(offset + limit).to_string());
+            if let Some(t) = &q.type_ {
+                query.append_pair("type", t);
+            }
+            if let Some(o) = q.online {
+                query.append_pair("online", &o.to_string());
+            }
         }
-        if let Some(o) = q.online {
-            query.push_str(&format!("&online={o}"));
-        }
+        let query = url.query().unwrap_or_default().to_string();
         let (n, r, down) = super::fleet::peer_lists(api, &query, token).await;
         total += n;
         rows.extend(r);
@@ -161,19 +171,6 @@ async fn build_list(
         answer["unreachable"] = json!(unreachable);
     }
     Ok(answer)
-}
-
-/// A query string value, percent-encoded.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 async fn detail(api: &Api, id: &str) -> Result<DeviceDetail, ApiError> {

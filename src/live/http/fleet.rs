@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -28,43 +28,20 @@ fn client() -> &'static reqwest::Client {
     })
 }
 
-/// The device a `/api/devices/{id}…` path names (percent-decoded).
-fn device_of(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/api/devices/")?;
-    let id = rest.split('/').next()?;
-    let bytes: Vec<u8> = percent_decode(id)?;
-    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
-}
-
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
 /// Middleware of the per-device routes: a device of another instance is that instance's to
 /// answer.
-pub(super) async fn per_device(State(api): State<Api>, req: Request, next: Next) -> Response {
+pub(super) async fn per_device(
+    State(api): State<Api>,
+    Path(device): Path<String>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(view) = &api.cluster else {
         return next.run(req).await;
     };
     if super::forwarded(req.headers()) {
         return next.run(req).await;
     }
-    let Some(device) = device_of(req.uri().path()) else {
-        return next.run(req).await;
-    };
     if api.shards.is_here(&device) {
         return next.run(req).await;
     }
@@ -191,15 +168,6 @@ pub(super) async fn broadcast(
     futures_join(asks).await
 }
 
-/// The bearer token a request carried, to carry on.
-pub(super) fn token(headers: &axum::http::HeaderMap) -> Option<String> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string)
-}
-
 /// Runs the futures at once, their results in order.
 async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
@@ -214,21 +182,4 @@ where
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_device_of_a_path_is_decoded() {
-        assert_eq!(device_of("/api/devices/pump-1").as_deref(), Some("pump-1"));
-        assert_eq!(
-            device_of("/api/devices/a%2Fb/history").as_deref(),
-            Some("a/b")
-        );
-        assert_eq!(device_of("/api/devices/"), None);
-        assert_eq!(device_of("/api/devices/%zz"), None);
-        assert_eq!(device_of("/api/alarms"), None);
-    }
 }

@@ -214,25 +214,33 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token a request gives: `Authorization: Bearer`, or `?token=` percent-decoded (a token
+/// may hold characters a URL escapes). A cluster member carries it on to the others.
+pub(super) fn given_token(
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+) -> Option<String> {
+    let header = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    header.or_else(|| {
+        uri.query().and_then(|q| {
+            reqwest::Url::parse(&format!("http://x/?{q}"))
+                .ok()?
+                .query_pairs()
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        })
+    })
+}
+
 async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
     let Some(want) = api.token.as_deref() else {
         return next.run(req).await;
     };
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    // `?token=`, percent-decoded (a token may hold characters a URL escapes).
-    let query = req.uri().query().and_then(|q| {
-        reqwest::Url::parse(&format!("http://x/?{q}"))
-            .ok()?
-            .query_pairs()
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned())
-    });
-    let given = header.map(str::to_string).or(query);
+    let given = given_token(req.headers(), req.uri());
     if given.is_some_and(|g| same(g.as_bytes(), want.as_bytes())) {
         next.run(req).await
     } else {

@@ -35,6 +35,7 @@ fn fleet(api: &Api, headers: &axum::http::HeaderMap) -> bool {
 pub(super) async fn start(
     State(api): State<Api>,
     headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
     body: Result<Json<Start>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(s) = body?;
@@ -71,7 +72,7 @@ pub(super) async fn start(
         wall_ms(),
     );
     if fleet(&api, &headers) {
-        let token = super::fleet::token(&headers);
+        let token = super::given_token(&headers, &uri);
         super::fleet::broadcast(
             &api,
             reqwest::Method::POST,
@@ -85,7 +86,11 @@ pub(super) async fn start(
 }
 
 /// `GET /api/trace`: the trace in progress, if any, and the entries kept (oldest first).
-pub(super) async fn read(State(api): State<Api>, headers: axum::http::HeaderMap) -> Json<Value> {
+pub(super) async fn read(
+    State(api): State<Api>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Json<Value> {
     let (active, entries) = api.tracer.read(wall_ms());
     let mut entries: Vec<Value> = entries
         .iter()
@@ -93,7 +98,7 @@ pub(super) async fn read(State(api): State<Api>, headers: axum::http::HeaderMap)
         .collect();
     if fleet(&api, &headers) {
         // Every instance's entries (each traced the devices it owns), by time.
-        let token = super::fleet::token(&headers);
+        let token = super::given_token(&headers, &uri);
         for (_, answer) in super::fleet::broadcast(
             &api,
             reqwest::Method::GET,
@@ -113,10 +118,14 @@ pub(super) async fn read(State(api): State<Api>, headers: axum::http::HeaderMap)
 }
 
 /// `DELETE /api/trace`: stops the trace in progress (the entries stay).
-pub(super) async fn stop(State(api): State<Api>, headers: axum::http::HeaderMap) -> Json<Value> {
+pub(super) async fn stop(
+    State(api): State<Api>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Json<Value> {
     api.tracer.stop();
     if fleet(&api, &headers) {
-        let token = super::fleet::token(&headers);
+        let token = super::given_token(&headers, &uri);
         super::fleet::broadcast(
             &api,
             reqwest::Method::DELETE,

@@ -235,16 +235,16 @@ impl Hub {
             None => r.seq += 1,
         }
         let data: Arc<str> = Arc::from(data);
-        if keep_recent > 0 {
-            let frame = room_frame(room, r.seq, ts, &data);
+        let listened = !(r.subs.is_empty() && wild.is_empty());
+        // The frame, built once: for the room's clients and for the recent frames kept.
+        let frame = (listened || keep_recent > 0).then(|| room_frame(room, r.seq, ts, &data));
+        if let Some(f) = frame.as_ref().filter(|_| keep_recent > 0) {
             if inner.recent.len() >= keep_recent {
                 inner.recent.pop_front();
             }
-            inner.recent.push_back((r.name.clone(), r.seq, frame));
+            inner.recent.push_back((r.name.clone(), r.seq, f.clone()));
         }
-        let r = room_mut(&mut inner.rooms, room);
-        if !(r.subs.is_empty() && wild.is_empty()) {
-            let frame = room_frame(room, r.seq, ts, &data);
+        if let Some(frame) = frame.filter(|_| listened) {
             // A client may listen to a room twice (by name and by a wildcard, or by two
             // wildcards): it gets each frame once.
             let mut sent: Vec<u64> = Vec::new();
