@@ -152,7 +152,30 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
         println!("  subject: {}", notice.subject);
         println!("  body:    {}", notice.body);
         let start = Instant::now();
-        match tokio::time::timeout(policy.timeout, transport.deliver(&notice)).await {
+        let sent = tokio::time::timeout(policy.timeout, transport.deliver(&notice)).await;
+        if matches!(sent, Ok(Ok(()))) && transport.follows_alarms() {
+            // A bot's message and an incident follow their alarm: the sample is closed at once,
+            // so the test leaves no open incident and shows the message edited.
+            let took = start.elapsed();
+            let mut closed = alarm.clone();
+            closed.status = crate::alarm::Status::ClearedAck;
+            closed.cleared_by = Some("notify-test".into());
+            closed.acked_by = Some("notify-test".into());
+            closed.end_ts = Some(now);
+            let mut follow = notice.clone();
+            follow.data = serde_json::json!({
+                "alarm": crate::alarm::registry::alarm_json(&closed, crate::alarm::Transition::Cleared.as_str())
+            });
+            return match tokio::time::timeout(policy.timeout, transport.deliver(&follow)).await {
+                Ok(Ok(())) => {
+                    println!("then closed it (cleared and acknowledged): the message edited, the incident resolved");
+                    Ok(took)
+                }
+                Ok(Err(e)) => Err(format!("the sample was delivered, closing it failed: {e}")),
+                Err(_) => Err("the sample was delivered, closing it got no answer".into()),
+            };
+        }
+        match sent {
             Ok(Ok(())) => Ok(start.elapsed()),
             Ok(Err(e)) if e.permanent => Err(format!(
                 "{e} (the receiver refuses it: retrying would not help)"

@@ -303,6 +303,10 @@ pub struct HttpSpec {
     /// keep-alive connection stays open (default `10s`).
     #[serde(default)]
     pub header_timeout: Option<Sp<String>>,
+    /// The dashboard's public address (`https://rulechain.example.com`), for the links that
+    /// chat and incident channels put in their messages. Without it they carry no link.
+    #[serde(default)]
+    pub base_url: Option<Sp<String>>,
 }
 
 /// The engine's shape.
@@ -392,6 +396,20 @@ pub struct ChannelSpec {
     /// Write to the log.
     #[serde(default)]
     pub log: Option<serde_json::Value>,
+    /// Post to Slack: with a bot `token` and `channel`, one message per alarm, edited on each
+    /// transition with a thread reply; with an incoming `webhook`, one message per transition.
+    #[serde(default)]
+    pub slack: Option<SlackSpec>,
+    /// Post an Adaptive Card to a Microsoft Teams Workflows webhook.
+    #[serde(default)]
+    pub teams: Option<TeamsSpec>,
+    /// Send PagerDuty Events API v2 events: an alarm is one incident (`dedup_key` = the alarm's
+    /// id), triggered, acknowledged and resolved with it.
+    #[serde(default)]
+    pub pagerduty: Option<PagerDutySpec>,
+    /// Send through a Telegram bot: one message per alarm, edited on each transition.
+    #[serde(default)]
+    pub telegram: Option<TelegramSpec>,
     /// Subject template (`${}` holes over `msg`, `attr`, `meta`; an alarm is `msg.alarm`).
     #[serde(default)]
     pub subject: Option<Sp<String>>,
@@ -470,6 +488,61 @@ pub struct WebhookSpec {
     /// The signature header's name (default `X-Rulechain-Signature`).
     #[serde(default)]
     pub signature_header: Option<String>,
+}
+
+/// Slack: a bot (`token` and `channel`) or an incoming webhook (`webhook`).
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSpec {
+    /// A bot token (`xoxb-…`, with the `chat:write` scope; use `${ENV_VAR}`).
+    #[serde(default)]
+    pub token: Option<Sp<String>>,
+    /// The channel the bot posts to (`#maintenance` or a channel id), for `token`.
+    #[serde(default)]
+    pub channel: Option<Sp<String>>,
+    /// An incoming webhook's URL (`https://hooks.slack.com/services/…`; use `${ENV_VAR}`).
+    #[serde(default)]
+    pub webhook: Option<Sp<String>>,
+    /// The Web API's address (default `https://slack.com/api`), for a proxy or a test server;
+    /// `/chat.postMessage` and `/chat.update` are appended.
+    #[serde(default)]
+    pub api_url: Option<Sp<String>>,
+}
+
+/// Microsoft Teams: a Workflows webhook ("Post to a channel when a webhook request is
+/// received").
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TeamsSpec {
+    /// The workflow's URL (use `${ENV_VAR}`: it holds its signature).
+    pub url: Sp<String>,
+}
+
+/// PagerDuty Events API v2.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutySpec {
+    /// The service's integration (routing) key (use `${ENV_VAR}`).
+    pub routing_key: Sp<String>,
+    /// The Events API's address (default `https://events.pagerduty.com`); `/v2/enqueue` is
+    /// appended.
+    #[serde(default)]
+    pub api_url: Option<Sp<String>>,
+}
+
+/// Telegram Bot API.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramSpec {
+    /// The bot's token from @BotFather (use `${ENV_VAR}`).
+    pub token: Sp<String>,
+    /// The chat: a group's or channel's id (`-100…`, a number or a string) or a channel's
+    /// `@name`.
+    pub chat_id: Sp<serde_json::Value>,
+    /// The Bot API's address (default `https://api.telegram.org`); `/bot<token>/sendMessage`
+    /// and `/bot<token>/editMessageText` are appended.
+    #[serde(default)]
+    pub api_url: Option<Sp<String>>,
 }
 
 impl Config {

@@ -32,7 +32,10 @@ use crate::yaml::{Pos, Sp};
 
 pub use cluster::ClusterSettings;
 pub use influx::{InfluxApi, InfluxAuth, InfluxSettings, Precision};
-pub use notify::{ChannelSettings, Delivery, EmailSettings, Policy, WebhookSettings};
+pub use notify::{
+    ChannelSettings, Delivery, EmailSettings, PagerDutySettings, Policy, Secret, SlackSettings,
+    TelegramSettings, WebhookSettings,
+};
 
 /// One thing wrong with a config value: where, what, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -529,9 +532,24 @@ pub fn resolve_lossy(
         .as_ref()
         .map(|spec| influx::resolve(&mut p, spec, &state_dir, shutdown_timeout));
     let websocket = websocket(&mut p, &config);
+    let base_url = http.base_url.as_ref().and_then(|b| {
+        let u = crate::config::check::webhook_url(b.value.trim_end_matches('/'));
+        if u.is_none() {
+            p.add(b.pos, format!("bad `base_url` `{}`", b.value))
+                .hint("the dashboard's public address, e.g. `https://rulechain.example.com`");
+        }
+        u
+    });
     let mut channels = BTreeMap::new();
     for (name, spec) in &config.channels {
-        if let Some(c) = notify::resolve(&mut p, name, spec, &config.channels, &rel) {
+        if let Some(c) = notify::resolve(
+            &mut p,
+            name,
+            spec,
+            &config.channels,
+            &rel,
+            base_url.as_ref(),
+        ) {
             channels.insert(name.clone(), c);
         }
     }
@@ -768,6 +786,43 @@ mod tests {
             !shown.contains("hunter2") && !shown.contains("s3cret"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn chat_channels_say_what_is_missing_and_never_show_their_secrets() {
+        let c = config(
+            "channels:\n  both:\n    slack: {token: xoxb-1, channel: '#a', webhook: 'https://hooks.slack.com/x'}\n  half:\n    slack: {token: xoxb-2}\n  blank:\n    pagerduty: {routing_key: ' '}\n  api:\n    telegram: {token: '1:x', chat_id: -100, api_url: 'ftp://t'}\n  chat:\n    telegram: {token: '1:x', chat_id: [1]}\n  hookapi:\n    slack: {webhook: 'https://hooks.slack.com/x', api_url: 'http://x'}\n  two:\n    teams: {url: 'https://t/x'}\n    log: {}\n",
+        );
+        let problems = resolve(None, Some(&c), None).unwrap_err();
+        let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "channel `both`: `slack` takes a bot's `token` and `channel`, or an incoming `webhook`",
+            "channel `half`: `slack` takes",
+            "channel `blank`: `routing_key` is empty",
+            "channel `api`: bad `api_url` `ftp://t`",
+            "channel `chat`: `chat_id` is a chat's id",
+            "channel `hookapi`: `api_url` is for a bot",
+            "channel `two` needs exactly one of",
+        ] {
+            assert!(
+                texts.iter().any(|t| t.contains(want)),
+                "{want} not in {texts:#?}"
+            );
+        }
+        let ok = config(
+            "http: {base_url: 'https://rc.example.com/'}\nchannels:\n  s:\n    slack: {token: xoxb-SECRET, channel: '#a'}\n  t:\n    telegram: {token: '1:SECRET', chat_id: '@ops', api_url: 'http://127.0.0.1:9/'}\n  p:\n    pagerduty: {routing_key: SECRETKEY}\n  m:\n    teams: {url: 'https://x.example.com/workflows/SECRET'}\n",
+        );
+        let s = resolve(None, Some(&ok), None).unwrap();
+        assert_eq!(
+            s.channels["s"].base_url.as_ref().map(|u| u.as_str()),
+            Some("https://rc.example.com/")
+        );
+        match &s.channels["t"].delivery {
+            Delivery::Telegram(t) => assert_eq!(t.api.as_str(), "http://127.0.0.1:9/"),
+            d => panic!("{d:?}"),
+        }
+        let shown = format!("{:?}", s.channels);
+        assert!(!shown.contains("SECRET"), "{shown}");
     }
 
     #[test]

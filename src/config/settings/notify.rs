@@ -18,6 +18,8 @@ pub struct ChannelSettings {
     pub delivery: Delivery,
     /// Retries, fallback, rate limit, reminders, queue.
     pub policy: Policy,
+    /// The dashboard's public address (`http.base_url`), for links in messages.
+    pub base_url: Option<reqwest::Url>,
 }
 
 /// How a channel delivers.
@@ -27,8 +29,62 @@ pub enum Delivery {
     Email(EmailSettings),
     /// HTTP POST.
     Webhook(WebhookSettings),
+    /// Slack: a bot or an incoming webhook.
+    Slack(SlackSettings),
+    /// Microsoft Teams Workflows webhook.
+    Teams(Secret<reqwest::Url>),
+    /// PagerDuty Events API v2.
+    PagerDuty(PagerDutySettings),
+    /// Telegram Bot API.
+    Telegram(TelegramSettings),
     /// The engine's log.
     Log,
+}
+
+/// A value never shown by `Debug` (a URL whose path is a credential, a token).
+#[derive(Clone)]
+pub struct Secret<T>(pub T);
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// Slack delivery.
+#[derive(Debug, Clone)]
+pub enum SlackSettings {
+    /// A bot: `chat.postMessage`, `chat.update`.
+    Bot {
+        /// The Web API's base (`https://slack.com/api`).
+        api: reqwest::Url,
+        /// The bot token.
+        token: Secret<String>,
+        /// The channel posted to.
+        channel: String,
+    },
+    /// An incoming webhook.
+    Webhook(Secret<reqwest::Url>),
+}
+
+/// PagerDuty delivery.
+#[derive(Debug, Clone)]
+pub struct PagerDutySettings {
+    /// The Events API's base (`https://events.pagerduty.com`).
+    pub api: reqwest::Url,
+    /// The integration key.
+    pub routing_key: Secret<String>,
+}
+
+/// Telegram delivery.
+#[derive(Debug, Clone)]
+pub struct TelegramSettings {
+    /// The Bot API's base (`https://api.telegram.org`).
+    pub api: reqwest::Url,
+    /// The bot token.
+    pub token: Secret<String>,
+    /// The chat (an id or `@name`), as the API takes it.
+    pub chat_id: serde_json::Value,
 }
 
 /// SMTP delivery.
@@ -135,16 +191,21 @@ pub(crate) fn resolve(
     spec: &Sp<ChannelSpec>,
     known: &BTreeMap<String, Sp<ChannelSpec>>,
     rel: &dyn Fn(&str) -> PathBuf,
+    base_url: Option<&reqwest::Url>,
 ) -> Option<ChannelSettings> {
     let before = p.0.len();
     let at = spec.pos;
     let kinds = usize::from(spec.email.is_some())
         + usize::from(spec.webhook.is_some())
+        + usize::from(spec.slack.is_some())
+        + usize::from(spec.teams.is_some())
+        + usize::from(spec.pagerduty.is_some())
+        + usize::from(spec.telegram.is_some())
         + usize::from(spec.log.is_some());
     if kinds != 1 {
         p.add(
             at,
-            format!("channel `{name}` needs exactly one of `email`, `webhook`, `log`"),
+            format!("channel `{name}` needs exactly one of `email`, `webhook`, `slack`, `teams`, `pagerduty`, `telegram`, `log`"),
         )
         .hint("e.g. `webhook: {url: https://example.com/hook}`");
     }
@@ -223,6 +284,9 @@ pub(crate) fn resolve(
             }
         }
     }
+    if let Some(d) = chat(p, name, spec) {
+        delivery = d;
+    }
     if let Some(j) = &spec.body_json {
         if spec.body.is_some() {
             p.add(
@@ -279,5 +343,145 @@ pub(crate) fn resolve(
         queue: spec.queue.as_ref().map_or(d.queue, |q| q.value).max(1),
         ..d
     };
-    (p.0.len() == before).then_some(ChannelSettings { delivery, policy })
+    (p.0.len() == before).then_some(ChannelSettings {
+        delivery,
+        policy,
+        base_url: base_url.cloned(),
+    })
+}
+
+/// An API's base address: the default, or `api_url` (an http(s) URL; a trailing `/` is
+/// dropped, as the method's path is appended to it).
+fn api_base(
+    p: &mut Problems,
+    name: &str,
+    given: &Option<Sp<String>>,
+    default: &str,
+) -> Option<reqwest::Url> {
+    let Some(g) = given else {
+        return webhook_url(default);
+    };
+    match webhook_url(g.value.trim_end_matches('/')) {
+        Some(u) => Some(u),
+        None => {
+            p.add(
+                g.pos,
+                format!("channel `{name}`: bad `api_url` `{}`", g.value),
+            )
+            .hint(format!("give an http:// or https:// URL, e.g. `{default}`"));
+            None
+        }
+    }
+}
+
+/// A required secret-bearing text: present and not blank.
+fn required(
+    p: &mut Problems,
+    name: &str,
+    what: &str,
+    v: &Sp<String>,
+    hint: &str,
+) -> Option<String> {
+    if v.value.trim().is_empty() {
+        p.add(v.pos, format!("channel `{name}`: `{what}` is empty"))
+            .hint(hint.to_string());
+        return None;
+    }
+    Some(v.value.clone())
+}
+
+/// The chat and incident channels: Slack, Teams, PagerDuty, Telegram.
+fn chat(p: &mut Problems, name: &str, spec: &Sp<ChannelSpec>) -> Option<Delivery> {
+    let env_hint =
+        "set it from the environment, e.g. `${SLACK_TOKEN}`, and check the variable is set";
+    if let Some(s) = &spec.slack {
+        return match (&s.token, &s.channel, &s.webhook) {
+            (Some(token), Some(channel), None) => {
+                let api = api_base(p, name, &s.api_url, "https://slack.com/api");
+                let token = required(p, name, "token", token, env_hint);
+                let ch = required(
+                    p,
+                    name,
+                    "channel",
+                    channel,
+                    "e.g. `channel: \"#maintenance\"`",
+                );
+                Some(Delivery::Slack(SlackSettings::Bot {
+                    api: api?,
+                    token: Secret(token?),
+                    channel: ch?,
+                }))
+            }
+            (None, None, Some(w)) => {
+                if let Some(a) = &s.api_url {
+                    p.add(a.pos, format!("channel `{name}`: `api_url` is for a bot; an incoming webhook posts to its `webhook` URL"));
+                }
+                match webhook_url(&w.value) {
+                    Some(u) => Some(Delivery::Slack(SlackSettings::Webhook(Secret(u)))),
+                    None => {
+                        p.add(w.pos, format!("channel `{name}`: bad Slack webhook URL"))
+                            .hint("give the incoming webhook's https://hooks.slack.com/services/… URL");
+                        None
+                    }
+                }
+            }
+            _ => {
+                p.add(spec.pos, format!("channel `{name}`: `slack` takes a bot's `token` and `channel`, or an incoming `webhook`"))
+                    .hint("a bot edits one message per alarm: `slack: {token: \"${SLACK_TOKEN}\", channel: \"#maintenance\"}`; a webhook posts one message per transition: `slack: {webhook: \"${SLACK_WEBHOOK_URL}\"}`");
+                None
+            }
+        };
+    }
+    if let Some(t) = &spec.teams {
+        return match webhook_url(&t.url.value) {
+            Some(u) => Some(Delivery::Teams(Secret(u))),
+            None => {
+                p.add(t.url.pos, format!("channel `{name}`: bad Teams workflow URL"))
+                    .hint("give the URL of the workflow's \"When a Teams webhook request is received\" trigger");
+                None
+            }
+        };
+    }
+    if let Some(d) = &spec.pagerduty {
+        let api = api_base(p, name, &d.api_url, "https://events.pagerduty.com");
+        let key = required(
+            p,
+            name,
+            "routing_key",
+            &d.routing_key,
+            "the service's Events API v2 integration key, e.g. `${PD_ROUTING_KEY}`",
+        );
+        return Some(Delivery::PagerDuty(PagerDutySettings {
+            api: api?,
+            routing_key: Secret(key?),
+        }));
+    }
+    if let Some(t) = &spec.telegram {
+        let api = api_base(p, name, &t.api_url, "https://api.telegram.org");
+        let token = required(
+            p,
+            name,
+            "token",
+            &t.token,
+            "the bot's token from @BotFather, e.g. `${TG_TOKEN}`",
+        );
+        let chat_id = match &t.chat_id.value {
+            serde_json::Value::Number(n) if n.is_i64() => Some(t.chat_id.value.clone()),
+            serde_json::Value::String(s) if !s.trim().is_empty() => Some(t.chat_id.value.clone()),
+            _ => {
+                p.add(
+                    t.chat_id.pos,
+                    format!("channel `{name}`: `chat_id` is a chat's id or a channel's `@name`"),
+                )
+                .hint("e.g. `chat_id: \"-1001234567890\"`");
+                None
+            }
+        };
+        return Some(Delivery::Telegram(TelegramSettings {
+            api: api?,
+            token: Secret(token?),
+            chat_id: chat_id?,
+        }));
+    }
+    None
 }

@@ -14,6 +14,7 @@
 //! task: retries, fallback, rate limit, reminders); the settings are
 //! `config::settings::ChannelSettings`.
 
+pub mod chat;
 mod encoding;
 mod service;
 mod worker;
@@ -29,7 +30,7 @@ use crate::alarm::registry::AlarmRegistry;
 pub use crate::config::settings::{ChannelSettings, Delivery, Policy};
 use crate::counters::{Counters, Report};
 pub use encoding::signature;
-pub use service::{Failure, Transport};
+pub use service::{Chat, Failure, Transport};
 use worker::Worker;
 
 /// Called once a notification is settled: delivered, or given up (after every retry, or by

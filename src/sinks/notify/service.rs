@@ -5,9 +5,11 @@ use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
+use super::chat;
 use super::encoding::{one_line, reminder_subject, signature};
 use super::{ChannelSettings, Delivery, Notice};
 use crate::config::check::SmtpTls;
+use crate::config::settings::SlackSettings;
 
 /// How a channel delivers.
 pub enum Transport {
@@ -35,8 +37,36 @@ pub enum Transport {
         /// Post the rendered body instead of the default JSON.
         templated: bool,
     },
+    /// A chat or incident service (Slack, Teams, PagerDuty, Telegram).
+    Chat {
+        /// Which, and how it is reached.
+        chat: Chat,
+        /// The dashboard's public address, for links.
+        base_url: Option<reqwest::Url>,
+    },
     /// The engine's log.
     Log,
+}
+
+/// The chat and incident services.
+pub enum Chat {
+    /// A Slack bot.
+    SlackBot(chat::slack::Bot),
+    /// A Slack incoming webhook.
+    SlackWebhook(reqwest::Client, reqwest::Url),
+    /// A Teams workflow.
+    Teams(reqwest::Client, reqwest::Url),
+    /// PagerDuty Events v2.
+    PagerDuty {
+        /// The client.
+        client: reqwest::Client,
+        /// The API's base.
+        api: reqwest::Url,
+        /// The integration key.
+        routing_key: String,
+    },
+    /// A Telegram bot.
+    Telegram(chat::telegram::Bot),
 }
 
 impl Transport {
@@ -102,6 +132,49 @@ impl Transport {
                 })
             }
             Delivery::Log => Ok(Transport::Log),
+            Delivery::Slack(_)
+            | Delivery::Teams(_)
+            | Delivery::PagerDuty(_)
+            | Delivery::Telegram(_) => {
+                let client = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                    .map_err(|e| format!("channel `{name}`: {e}"))?;
+                let chat = match &ch.delivery {
+                    Delivery::Slack(SlackSettings::Bot {
+                        api,
+                        token,
+                        channel,
+                    }) => Chat::SlackBot(chat::slack::Bot {
+                        client,
+                        api: api.clone(),
+                        token: token.0.clone(),
+                        channel: channel.clone(),
+                        threads: Default::default(),
+                    }),
+                    Delivery::Slack(SlackSettings::Webhook(url)) => {
+                        Chat::SlackWebhook(client, url.0.clone())
+                    }
+                    Delivery::Teams(url) => Chat::Teams(client, url.0.clone()),
+                    Delivery::PagerDuty(p) => Chat::PagerDuty {
+                        client,
+                        api: p.api.clone(),
+                        routing_key: p.routing_key.0.clone(),
+                    },
+                    Delivery::Telegram(t) => Chat::Telegram(chat::telegram::Bot {
+                        client,
+                        api: t.api.clone(),
+                        token: t.token.0.clone(),
+                        chat_id: t.chat_id.clone(),
+                        threads: Default::default(),
+                    }),
+                    _ => unreachable!("matched above"),
+                };
+                Ok(Transport::Chat {
+                    chat,
+                    base_url: ch.base_url.clone(),
+                })
+            }
         }
     }
 
@@ -121,8 +194,33 @@ impl Transport {
                 url.scheme(),
                 url.host_str().unwrap_or("?")
             ),
+            Transport::Chat { chat, .. } => {
+                let host =
+                    |u: &reqwest::Url| format!("{}://{}", u.scheme(), u.host_str().unwrap_or("?"));
+                match chat {
+                    Chat::SlackBot(b) => format!("Slack bot to {} via {}", b.channel, host(&b.api)),
+                    Chat::SlackWebhook(_, u) => format!("Slack webhook to {}", host(u)),
+                    Chat::Teams(_, u) => format!("Teams workflow at {}", host(u)),
+                    Chat::PagerDuty { api, .. } => format!("PagerDuty events to {}", host(api)),
+                    Chat::Telegram(b) => {
+                        format!("Telegram chat {} via {}", b.chat_id, host(&b.api))
+                    }
+                }
+            }
             Transport::Log => "the log".into(),
         }
+    }
+
+    /// Whether its messages follow an alarm's life (a bot that edits its message, an incident
+    /// that is resolved) rather than each being a message of its own.
+    pub fn follows_alarms(&self) -> bool {
+        matches!(
+            self,
+            Transport::Chat {
+                chat: Chat::SlackBot(_) | Chat::Telegram(_) | Chat::PagerDuty { .. },
+                ..
+            }
+        )
     }
 
     /// One delivery attempt.
@@ -143,6 +241,7 @@ impl Transport {
                     text: crate::sinks::redact_urls(&format!("SMTP: {}", chain_text(&e))),
                     // A 5xx reply (unknown recipient, refused sender) will not change.
                     permanent: e.is_permanent(),
+                    retry_after: None,
                 })
             }
             Transport::Webhook {
@@ -177,6 +276,7 @@ impl Transport {
                 if status.is_success() {
                     Ok(())
                 } else {
+                    let wait = chat::retry_after(&resp);
                     let text: String = resp
                         .text()
                         .await
@@ -190,7 +290,24 @@ impl Transport {
                         // The receiver refuses this request (400, 401, 404…): sending it again
                         // changes nothing. 408 and 429 ask to come back later.
                         permanent: !crate::retry::retryable_status(code),
+                        retry_after: wait,
                     })
+                }
+            }
+            Transport::Chat { chat, base_url } => {
+                let card = chat::Card::of(n, base_url.as_ref());
+                match chat {
+                    Chat::SlackBot(b) => b.deliver(&card).await,
+                    Chat::SlackWebhook(c, u) => chat::slack::post_webhook(c, u, &card).await,
+                    Chat::Teams(c, u) => chat::teams::post(c, u, &card).await,
+                    Chat::PagerDuty {
+                        client,
+                        api,
+                        routing_key,
+                    } => {
+                        chat::pagerduty::send(client, api, routing_key, &card, &n.key(), n.ts).await
+                    }
+                    Chat::Telegram(b) => b.deliver(&card).await,
                 }
             }
             Transport::Log => {
@@ -208,20 +325,24 @@ pub struct Failure {
     pub text: String,
     /// Trying again cannot help (a 4xx from a webhook, a 5xx SMTP reply).
     pub permanent: bool,
+    /// How long the far side asked to wait before the next attempt (`Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Failure {
-    pub(super) fn permanent(text: String) -> Self {
+    pub(crate) fn permanent(text: String) -> Self {
         Failure {
             text,
             permanent: true,
+            retry_after: None,
         }
     }
 
-    pub(super) fn transient(text: String) -> Self {
+    pub(crate) fn transient(text: String) -> Self {
         Failure {
             text,
             permanent: false,
+            retry_after: None,
         }
     }
 }

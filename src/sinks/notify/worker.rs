@@ -160,7 +160,7 @@ impl Worker {
         loop {
             let attempt =
                 tokio::time::timeout(self.policy.timeout, self.transport.deliver(&n)).await;
-            let (err, permanent) = match attempt {
+            let (err, permanent, asked) = match attempt {
                 Ok(Ok(())) => {
                     self.stats.sent.fetch_add(1, Relaxed);
                     self.stats.set_error(None);
@@ -168,10 +168,11 @@ impl Worker {
                     n.settled();
                     return;
                 }
-                Ok(Err(e)) => (e.text, e.permanent),
+                Ok(Err(e)) => (e.text, e.permanent, e.retry_after),
                 Err(_) => (
                     format!("no answer within {} ms", self.policy.timeout.as_millis()),
                     false,
+                    None,
                 ),
             };
             failures += 1;
@@ -203,7 +204,8 @@ impl Worker {
                 n.settled();
                 return;
             }
-            let wait = backoff.next_delay();
+            // The far side's `Retry-After` wins over a shorter backoff.
+            let wait = backoff.next_delay().max(asked.unwrap_or_default());
             tracing::warn!(channel = %self.name, device = %n.device, attempt = failures, retry_in_ms = wait.as_millis() as u64, "notification failed: {err}");
             tokio::time::sleep(wait).await;
         }
