@@ -95,6 +95,13 @@ enum Command {
         /// The channel's name.
         channel: String,
     },
+    /// Silences through a running engine's API: `add`, `list`, `expire`.
+    Silence {
+        #[command(flatten)]
+        target: cli::silence::Target,
+        #[command(subcommand)]
+        action: cli::silence::Action,
+    },
     /// Write the JSON Schemas of the config, chain, devices and test files.
     Schema {
         /// The directory to write into.
@@ -139,6 +146,7 @@ fn main() {
         Command::DryRun(a) => cli::dry_run::run(a),
         Command::Test { config, paths } => cli::test::run(config, paths),
         Command::Schema { out } => cli::schema::run(&out),
+        Command::Silence { target, action } => cli::silence::run(target, action),
         Command::NotifyTest {
             config,
             device,

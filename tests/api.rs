@@ -242,6 +242,19 @@ fn every_route_of_the_openapi_file_answers_as_it_says() {
         .unwrap_or_else(|| panic!("{device}'s alarm is raised"))
     };
     let (alarm, alarm2) = (alarm_of("pump-1"), alarm_of("pump-2"));
+    // A silence for the routes that name one.
+    let (code, _, made) = request(
+        http,
+        "POST",
+        "/api/silences",
+        &[("Content-Type", "application/json")],
+        br#"{"matchers": {"device": "walk-*"}, "duration": "1h", "comment": "walk"}"#,
+    );
+    assert_eq!(code, 201);
+    let silence = serde_json::from_slice::<Value>(&made).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // An engine whose broker is down: not ready.
     let down_dir = tempdir("api-walk-down");
     let down_http = free_port();
@@ -283,7 +296,8 @@ fn every_route_of_the_openapi_file_answers_as_it_says() {
                     .as_str()
                     .unwrap()
                     .replace("{alarm}", &alarm)
-                    .replace("{alarm2}", &alarm2);
+                    .replace("{alarm2}", &alarm2)
+                    .replace("{silence}", &silence);
                 let port = if t["when"] == "no_broker" {
                     down_http
                 } else {

@@ -590,3 +590,337 @@ fn notify_test_sends_through_each_channel_and_closes_what_follows_an_alarm() {
     assert_eq!(upd[0].body["attachments"][0]["color"], "#2e7d32");
     assert_eq!(svc.on("/tg/bot123:good/editMessageText").len(), 1);
 }
+
+/// `(status, JSON body)` of an API request.
+fn api(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let text = body.map(|b| b.to_string()).unwrap_or_default();
+    let (code, out) = http_as(
+        port,
+        method,
+        path,
+        &[("content-type", "application/json")],
+        &text,
+    )
+    .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+    (code, serde_json::from_str(&out).unwrap_or(Value::Null))
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The open alarm of a device, once listed.
+fn alarm_of(port: u16, device: &str) -> Value {
+    wait_for(Duration::from_secs(10), || {
+        let (_, v) = api(port, "GET", "/api/alarms", None);
+        v["alarms"]
+            .as_array()?
+            .iter()
+            .find(|a| a["device"] == device)
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no alarm on {device}"))
+}
+
+const DESK: &str = r#"
+chain: hot
+nodes:
+  - id: check
+    filter: msg.temp > 50
+    else: cool
+  - id: raise
+    alarm: { type: Hot, severity: MAJOR, message: "${meta.device} at ${msg.temp}" }
+  - id: tell
+    notify: [hook]
+    next: []
+  - id: cool
+    alarm: { type: Hot, action: clear }
+"#;
+
+const OFFLINE: &str = r#"
+chain: offline
+on: { when: msg.online == false || msg.online == true }
+nodes:
+  - id: down
+    filter: msg.online == false
+    else: up
+  - id: raise
+    alarm: { type: Offline, severity: MAJOR, message: "${meta.device} is offline" }
+    next: []
+  - id: up
+    alarm: { type: Offline, action: clear }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silences_hold_notifications_expire_on_time_or_on_clear_and_survive_a_restart() {
+    let dir = tempdir("silences");
+    let (svc, port) = Services::start();
+    let (mut engine, pubr) = start(
+        &dir,
+        &format!(
+            "channels:\n  hook:\n    slack: {{webhook: \"http://127.0.0.1:{port}/hooks/slack\"}}\n"
+        ),
+        DESK,
+    )
+    .await;
+    let http = engine.http;
+    // A silence for 3 s on every pump's Hot alarm.
+    let (code, s) = api(
+        http,
+        "POST",
+        "/api/silences",
+        Some(json!({
+            "matchers": {"device": "pump-*", "type": "Hot"}, "duration": "3s",
+            "comment": "pump maintenance", "by": "ana"
+        })),
+    );
+    assert_eq!(code, 201, "{s}");
+    assert_eq!(s["state"], "active");
+    let sid = s["id"].as_str().unwrap().to_string();
+    pubr.publish("device/pump-1/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    // Still raised, stored and shown, marked silenced; its notification held and counted.
+    let a = alarm_of(http, "pump-1");
+    assert_eq!(a["silenced_by"], sid.as_str());
+    let held = wait_for(Duration::from_secs(10), || {
+        let st = engine.status();
+        (st["notify"]["channels"]["hook"]["held"] == 1).then_some(st)
+    });
+    assert!(held.is_some(), "the notification is held");
+    // A fan is not matched: its notification goes out.
+    pubr.publish("device/fan-1/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    wait_for(Duration::from_secs(10), || {
+        (svc.on("/hooks/slack").len() == 1).then_some(())
+    })
+    .expect("the fan's alarm is notified");
+    assert!(svc.on("/hooks/slack")[0].body["text"]
+        .as_str()
+        .unwrap()
+        .contains("fan-1"));
+    // The history says what happened and who did it; a comment joins it.
+    let id = a["id"].as_str().unwrap().to_string();
+    let (code, c) = api(
+        http,
+        "POST",
+        &format!("/api/alarms/{}/comments", pct(&id)),
+        Some(json!({"text": "valve swapped", "by": "bo"})),
+    );
+    assert_eq!(code, 201, "{c}");
+    let (code, h) = api(
+        http,
+        "GET",
+        &format!("/api/alarms/{}/history", pct(&id)),
+        None,
+    );
+    assert_eq!(code, 200);
+    let kinds: Vec<(&str, &str)> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("created", "rule"), ("held", "hook"), ("comment", "bo")],
+        "{h}"
+    );
+    assert_eq!(h["history"][1]["text"], format!("silence {sid}"));
+    assert_eq!(
+        api(
+            http,
+            "POST",
+            "/api/alarms/nope/comments",
+            Some(json!({"text": "x"}))
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        api(
+            http,
+            "POST",
+            &format!("/api/alarms/{}/comments", pct(&id)),
+            Some(json!({"text": "  "}))
+        )
+        .0,
+        422
+    );
+    // The silence ends on time: the next pump alarm is notified.
+    wait_for(Duration::from_secs(10), || {
+        let (_, v) = api(http, "GET", &format!("/api/silences/{sid}"), None);
+        (v["state"] == "expired").then_some(())
+    })
+    .expect("the silence expires after its 3 s");
+    pubr.publish("device/pump-2/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    wait_for(Duration::from_secs(10), || {
+        (svc.on("/hooks/slack").len() == 2).then_some(())
+    })
+    .expect("notified once the silence is over");
+
+    // One that ends when the alarm clears, made with the CLI.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rulechain"))
+            .args(["silence", "--url", &format!("http://127.0.0.1:{http}")])
+            .args(args)
+            .env_remove("RULECHAIN_TOKEN")
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = cli(&[
+        "add",
+        "-m",
+        "device=pump-3",
+        "--duration",
+        "1h",
+        "--expire-on-clear",
+        "-c",
+        "bearing swap",
+        "--by",
+        "cy",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let clear_id = out.trim().to_string();
+    let (code, out, _) = cli(&["list", "--state", "active"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(&clear_id) && out.contains("device=pump-3") && out.contains("bearing swap"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&["add", "-m", "colour=red", "--duration", "1h", "-c", "x"]);
+    assert_eq!(code, Some(1), "refused");
+    assert!(err.contains("unknown matcher `colour`"), "{err}");
+    pubr.publish("device/pump-3/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    alarm_of(http, "pump-3");
+    pubr.publish("device/pump-3/telemetry", br#"{"temp": 20}"#.to_vec())
+        .await;
+    wait_for(Duration::from_secs(10), || {
+        let (_, v) = api(http, "GET", &format!("/api/silences/{clear_id}"), None);
+        (v["state"] == "expired" && v["expired_by"].as_str()?.contains("Hot:pump-3")).then_some(())
+    })
+    .expect("the clear ends the silence");
+    // A weekly window, and one expired by hand.
+    let (code, w) = api(
+        http,
+        "POST",
+        "/api/silences",
+        Some(json!({
+            "matchers": {"device_type": "chiller"}, "starts_at": "2020-01-04T02:00:00Z", "duration": "2h", "every": "7d", "comment": "weekly window"
+        })),
+    );
+    assert_eq!(code, 201, "{w}");
+    let wid = w["id"].as_str().unwrap().to_string();
+    let (code, out, _) = cli(&["expire", &wid, "--by", "dee"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, bad) = api(
+        http,
+        "POST",
+        "/api/silences",
+        Some(json!({"matchers": {"device": "x"}})),
+    );
+    assert_eq!(code, 400);
+    assert!(
+        bad["error"].as_str().unwrap().contains("needs an end"),
+        "{bad}"
+    );
+    assert_eq!(api(http, "DELETE", "/api/silences/nope", None).0, 404);
+
+    // A restart keeps the silences and the history.
+    let stopped = engine.stop();
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    engine.restart();
+    let http = engine.http;
+    let (_, l) = api(http, "GET", "/api/silences", None);
+    let ids: Vec<&str> = l["silences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    for want in [&sid, &clear_id, &wid] {
+        assert!(ids.contains(&want.as_str()), "{want} kept: {l}");
+    }
+    assert!(l["silences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["state"] == "expired"));
+    let (_, h) = api(
+        http,
+        "GET",
+        &format!("/api/alarms/{}/history", pct(&id)),
+        None,
+    );
+    assert_eq!(h["history"][2]["text"], "valve swapped", "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_offline_alarm_inhibits_the_devices_other_notifications() {
+    let dir = tempdir("inhibit");
+    let (svc, port) = Services::start();
+    let cfg = format!(
+        "channels:\n  hook:\n    slack: {{webhook: \"http://127.0.0.1:{port}/hooks/slack\"}}\ninhibit:\n  - {{source: {{type: Offline}}, target: {{type: Hot}}, equal: [device]}}\n"
+    );
+    let (mqtt, http_port) = (free_port(), free_port());
+    engine_dir(
+        &dir,
+        &format!("embedded_broker: {{listen: 127.0.0.1:{mqtt}}}\n{cfg}"),
+        http_port,
+        &[("hot.yaml", DESK), ("offline.yaml", OFFLINE)],
+        "devices: []\n",
+    );
+    let engine = Engine::start(&dir, http_port);
+    let pubr = Mqtt::connect(mqtt, "inhibit-pub", true, &[]).await;
+    pubr.publish("device/pump-5/telemetry", br#"{"online": false}"#.to_vec())
+        .await;
+    alarm_of(http_port, "pump-5");
+    pubr.publish("device/pump-5/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    pubr.publish("device/pump-6/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    wait_for(Duration::from_secs(10), || {
+        (svc.on("/hooks/slack").len() == 1).then_some(())
+    })
+    .expect("pump-6's alarm is notified");
+    assert!(svc.on("/hooks/slack")[0].body["text"]
+        .as_str()
+        .unwrap()
+        .contains("pump-6"));
+    let hot = wait_for(Duration::from_secs(10), || {
+        let (_, v) = api(http_port, "GET", "/api/alarms?device=pump-5", None);
+        v["alarms"]
+            .as_array()?
+            .iter()
+            .find(|a| a["type"] == "Hot")
+            .cloned()
+    })
+    .expect("pump-5's Hot alarm is raised and shown");
+    assert!(
+        hot["inhibited_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("Offline:pump-5"),
+        "{hot}"
+    );
+    wait_for(Duration::from_secs(10), || {
+        (engine.status()["notify"]["channels"]["hook"]["held"] == 1).then_some(())
+    })
+    .expect("held, counted");
+    assert_eq!(svc.on("/hooks/slack").len(), 1, "nothing for pump-5's Hot");
+}

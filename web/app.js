@@ -148,7 +148,7 @@ function redraw(fn) {
 
 // ---- state -------------------------------------------------------------------------------------
 
-const state = { devices: [], alarms: new Map(), spark: new Map() };
+const state = { devices: [], alarms: new Map(), spark: new Map(), held: new Map() };
 
 function upsertAlarm(a) {
   if (!a || !a.id) return;
@@ -342,29 +342,138 @@ function devicePage(id) {
 function alarmTable(list) {
   const rank = (s) => SEVERITIES.indexOf(s);
   list.sort((a, b) => rank(a.severity) - rank(b.severity) || b.start_ts - a.start_ts);
+  const held = state.held;
   return el("table", { id: "alarms" },
     el("tr", {}, ["severity", "device", "type", "status", "since", "message", "by", ""].map((h) => el("th", {}, h))),
     list.map((a) => el("tr", { "data-alarm": a.id, "data-status": a.status },
       el("td", { class: `sev ${a.severity}` }, a.severity),
       el("td", {}, el("a", { href: `#/device/${encodeURIComponent(a.device)}` }, a.device)),
-      el("td", {}, a.type),
-      el("td", { class: "status" }, a.status),
+      el("td", {}, el("a", { class: "history", href: `#/alarm/${encodeURIComponent(a.id)}`, title: "history and comments" }, a.type)),
+      el("td", { class: "status" }, a.status,
+        held.has(a.id) ? el("span", { class: "badge silenced", title: held.get(a.id) }, " silenced") : null),
       el("td", {}, ago(a.start_ts)),
       el("td", {}, a.message || ""),
       el("td", { class: "muted" }, [a.acked_by && `acked by ${a.acked_by}`, a.cleared_by && `cleared by ${a.cleared_by}`].filter(Boolean).join(", ")),
       el("td", {},
         a.status.endsWith("UNACK") ? el("button", { class: "ack", onclick: () => alarmAction(a.id, "ack") }, "Acknowledge") : null,
-        a.status.startsWith("ACTIVE") ? el("button", { class: "clear", onclick: () => alarmAction(a.id, "clear") }, "Clear") : null))));
+        a.status.startsWith("ACTIVE") ? el("button", { class: "clear", onclick: () => alarmAction(a.id, "clear") }, "Clear") : null,
+        el("a", { class: "button silence", href: `#/silences?device=${encodeURIComponent(a.device)}&type=${encodeURIComponent(a.type)}` }, "Silence")))));
+}
+
+/** Which open alarms' notifications are held, from the API (the WebSocket does not say). */
+async function loadHeld() {
+  const r = await api("api/alarms");
+  state.held = new Map();
+  for (const a of r.alarms) {
+    if (a.silenced_by) state.held.set(a.id, `held by silence ${a.silenced_by}`);
+    else if (a.inhibited_by) state.held.set(a.id, `held: ${a.inhibited_by} is open`);
+    upsertAlarm(a);
+  }
 }
 
 function alarmsPage() {
+  let timer = 0;
   const draw = () => {
     const list = [...state.alarms.values()];
     $("#main").replaceChildren(el("h1", {}, `Alarms (${list.length} open)`),
       list.length ? alarmTable(list) : el("p", { class: "muted" }, "No open alarm."));
   };
-  api("api/alarms").then((r) => { r.alarms.forEach(upsertAlarm); redraw(draw); }).catch(() => {});
-  return { name: "alarms", draw, stop() {} };
+  const poll = () => loadHeld().then(() => redraw(draw)).catch(() => {}).finally(() => { timer = setTimeout(poll, 5000); });
+  poll();
+  return { name: "alarms", draw, stop() { clearTimeout(timer); } };
+}
+
+function alarmPage(id) {
+  let data = null;
+  let timer = 0;
+  const draw = () => {
+    if (!data) return;
+    const a = data.alarm || state.alarms.get(id);
+    const form = el("form", { class: "inline", id: "comment-form", onsubmit: async (ev) => {
+      ev.preventDefault();
+      const text = ev.target.elements.text.value;
+      try {
+        await api(`api/alarms/${encodeURIComponent(id)}/comments`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text, by: who() }) });
+        ev.target.reset();
+        load();
+      } catch (e) { alert(`comment: ${e.message}`); }
+    } },
+    el("label", {}, "Comment ", el("input", { name: "text", size: 50, required: true })),
+    el("button", { type: "submit" }, "Add"));
+    $("#main").replaceChildren(
+      el("h1", {}, el("a", { href: "#/alarms" }, "Alarms"), " / ", el("span", { id: "alarm-id" }, id)),
+      a ? el("p", {}, el("span", { class: `sev ${a.severity}` }, a.severity), " ", a.type, " on ",
+        el("a", { href: `#/device/${encodeURIComponent(a.device)}` }, a.device), " · ", el("span", { class: "status" }, a.status), " · ", a.message || "") : el("p", { class: "muted" }, "no longer open"),
+      el("div", { class: "actions" },
+        a && a.status.endsWith("UNACK") ? el("button", { class: "ack", onclick: () => alarmAction(id, "ack").then(load) }, "Acknowledge") : null,
+        a && a.status.startsWith("ACTIVE") ? el("button", { class: "clear", onclick: () => alarmAction(id, "clear").then(load) }, "Clear") : null),
+      el("h2", {}, "History"),
+      el("table", { id: "history" },
+        el("tr", {}, ["time", "what", "who", ""].map((h) => el("th", {}, h))),
+        data.history.slice().reverse().map((e) => el("tr", { "data-kind": e.kind },
+          el("td", {}, new Date(e.ts).toLocaleString()),
+          el("td", {}, e.kind.replace("_", " ")),
+          el("td", {}, e.by),
+          el("td", {}, e.text || "")))),
+      form);
+  };
+  const load = () => api(`api/alarms/${encodeURIComponent(id)}/history`)
+    .then((r) => { data = r; redraw(draw); })
+    .catch((e) => { $("#main").replaceChildren(el("h1", {}, "Alarm"), el("p", { class: "muted" }, e.message)); });
+  const poll = () => load().finally(() => { timer = setTimeout(poll, 3000); });
+  poll();
+  return { name: "alarms", draw, stop() { clearTimeout(timer); } };
+}
+
+function silencesPage(prefill) {
+  let list = [];
+  const status = el("p", { class: "muted", id: "silence-status" });
+  const fields = ["device", "type", "device_type", "chain", "severity"];
+  const form = el("form", { id: "silence-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    const f = ev.target.elements;
+    const matchers = {};
+    for (const k of fields) if (f[k].value.trim()) matchers[k] = f[k].value.trim();
+    const body = { matchers, duration: f.duration.value.trim(), comment: f.comment.value, by: who(), expire_on_clear: f.expire_on_clear.checked };
+    if (f.every.value.trim()) body.every = f.every.value.trim();
+    try {
+      const s = await api("api/silences", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      status.textContent = `silence ${s.id} is ${s.state} until ${new Date(s.ends_at).toLocaleString()}`;
+      load();
+    } catch (e) { status.textContent = `${e.message}${e.body && e.body.detail ? ` (${JSON.stringify(e.body.detail)})` : ""}`; }
+  } },
+  el("fieldset", {}, el("legend", {}, "Match (a name or a glob such as pump-*; every one given must match)"),
+    fields.map((k) => el("label", {}, k.replace("_", " "), " ", el("input", { name: k, size: 14, value: prefill.get(k) || "" })))),
+  el("fieldset", {}, el("legend", {}, "When"),
+    el("label", {}, "for ", el("input", { name: "duration", size: 6, value: "2h", required: true })),
+    el("label", {}, "every ", el("input", { name: "every", size: 6, placeholder: "7d: weekly" })),
+    el("label", {}, el("input", { name: "expire_on_clear", type: "checkbox" }), " end when the alarm clears")),
+  el("label", {}, "Comment ", el("input", { name: "comment", size: 40, required: true })),
+  el("button", { type: "submit" }, "Silence"));
+  const draw = () => {
+    $("#main").replaceChildren(el("h1", {}, "Silences"), form, status,
+      list.length ? el("table", { id: "silences" },
+        el("tr", {}, ["state", "matches", "from", "until", "by", "comment", ""].map((h) => el("th", {}, h))),
+        list.map((s) => el("tr", { "data-silence": s.id, "data-state": s.state },
+          el("td", { class: "status" }, s.state),
+          el("td", {}, Object.entries(s.matchers).map(([k, v]) => `${k}=${v}`).join(", ")),
+          el("td", {}, new Date(s.starts_at).toLocaleString()),
+          el("td", {}, new Date(s.expired_at || s.ends_at).toLocaleString(), s.every ? ` (every ${Math.round(s.every / 3600000)} h)` : "", s.expire_on_clear ? " or a clear" : ""),
+          el("td", {}, s.by || ""),
+          el("td", {}, s.comment || ""),
+          el("td", {}, s.state !== "expired" ? el("button", { class: "expire", onclick: async () => {
+            try {
+              await api(`api/silences/${encodeURIComponent(s.id)}${who() ? `?by=${encodeURIComponent(who())}` : ""}`, { method: "DELETE" });
+              load();
+            } catch (e) { alert(`expire: ${e.message}`); }
+          } }, "Expire") : null))))
+        : el("p", { class: "muted" }, "No silences."));
+  };
+  const load = () => api("api/silences").then((r) => { list = r.silences; redraw(draw); }).catch((e) => { status.textContent = e.message; });
+  draw();
+  load();
+  let timer = setInterval(load, 5000);
+  return { name: "silences", draw, stop() { clearInterval(timer); } };
 }
 
 function chainsPage() {
@@ -441,9 +550,13 @@ function tracePage() {
 
 function route() {
   page.stop();
-  const h = decodeURIComponent(location.hash.slice(1) || "/");
+  const raw = location.hash.slice(1) || "/";
+  const [path, q] = raw.split("?");
+  const h = decodeURIComponent(path);
   if (h.startsWith("/device/")) page = devicePage(h.slice(8));
+  else if (h.startsWith("/alarm/")) page = alarmPage(h.slice(7));
   else if (h === "/alarms") page = alarmsPage();
+  else if (h === "/silences") page = silencesPage(new URLSearchParams(q || ""));
   else if (h === "/chains") page = chainsPage();
   else if (h === "/trace") page = tracePage();
   else page = devicesPage();

@@ -4,10 +4,24 @@
 //! share (`registry`). The engine's alarm store (`engine::alarm`) makes the transitions; the
 //! sinks, the API and the channels read alarms from here without importing the engine.
 
+pub mod history;
 pub mod registry;
+pub mod silence;
 
 use rhai::{Dynamic, Map};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An operator's name as given (`by`): trimmed, control characters left out, at most 128
+/// characters; none when empty.
+pub fn operator_name(name: &str) -> Option<String> {
+    let n: String = name
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(128)
+        .collect();
+    (!n.is_empty()).then_some(n)
+}
 
 /// Alarm severities' names, most severe first.
 pub const SEVERITIES: [&str; 5] = ["CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE"];

@@ -15,7 +15,22 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-use super::{AckError, Alarm, Status, Transition};
+use std::sync::Arc;
+
+use super::history::History;
+use super::silence::{Held, Silences, Target};
+use super::{AckError, Alarm, Severity, Status, Transition};
+
+/// An alarm as matchers see it.
+fn target<'a>(a: &'a Alarm, chain: &'a str, s: &'a Silences) -> Target<'a> {
+    Target {
+        device: &a.device,
+        device_type: s.device_type(&a.device),
+        type_: &a.type_,
+        chain,
+        severity: a.severity,
+    }
+}
 
 /// An alarm in the registry.
 #[derive(Debug, Clone)]
@@ -71,17 +86,7 @@ pub struct AlarmOp {
     pub forwarded: bool,
 }
 
-/// An operator's name as given (`by`): trimmed, control characters left out, at most 128
-/// characters; none when empty.
-pub fn operator_name(name: &str) -> Option<String> {
-    let n: String = name
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(128)
-        .collect();
-    (!n.is_empty()).then_some(n)
-}
+pub use super::operator_name;
 
 /// Where operators' actions go (live: the device's shard).
 pub type AckRoute = Box<dyn Fn(AlarmOp) -> AckFuture + Send + Sync>;
@@ -102,6 +107,10 @@ pub struct AlarmRegistry {
     /// Whether a device's state is this process's (in a cluster: its partition is owned here);
     /// None: every device is.
     local: std::sync::OnceLock<Local>,
+    /// The silences and inhibition rules (none: nothing is held).
+    silences: std::sync::OnceLock<Arc<Silences>>,
+    /// Every alarm's history.
+    history: std::sync::OnceLock<Arc<History>>,
 }
 
 impl std::fmt::Debug for AlarmRegistry {
@@ -120,6 +129,8 @@ impl AlarmRegistry {
             closed: Mutex::default(),
             route,
             local: std::sync::OnceLock::new(),
+            silences: std::sync::OnceLock::new(),
+            history: std::sync::OnceLock::new(),
         }
     }
 
@@ -145,6 +156,15 @@ impl AlarmRegistry {
     }
 
     fn put(&self, a: &Alarm, last: Option<Transition>) {
+        if let (Some(h), Some(t)) = (self.history.get(), last) {
+            h.transition(a, t);
+        }
+        if last == Some(Transition::Cleared) {
+            if let Some(s) = self.silences.get() {
+                let chain = a.origin.as_ref().map_or("", |o| o.0.as_str());
+                s.cleared(&target(a, chain, s), &a.id, a.end_ts.unwrap_or(a.last_ts));
+            }
+        }
         let mut open = self.lock();
         if a.status == Status::ClearedAck {
             open.remove(&a.id);
@@ -163,6 +183,65 @@ impl AlarmRegistry {
                 },
             );
         }
+    }
+
+    /// Gives the alarms' history (once).
+    pub fn set_history(&self, h: Arc<History>) {
+        let _ = self.history.set(h);
+    }
+
+    /// The alarms' history, if one is kept.
+    pub fn history(&self) -> Option<&Arc<History>> {
+        self.history.get()
+    }
+
+    /// An alarm, open or closed since the start.
+    pub fn find(&self, id: &str) -> Option<Alarm> {
+        if let Some(o) = self.lock().get(id) {
+            return Some(o.alarm.clone());
+        }
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        closed.iter().rev().find(|a| a.id == id).cloned()
+    }
+
+    /// Gives the silences and inhibition rules (once).
+    pub fn set_silences(&self, s: Arc<Silences>) {
+        let _ = self.silences.set(s);
+    }
+
+    /// The silences and inhibition rules, if any were given.
+    pub fn silences(&self) -> Option<&Arc<Silences>> {
+        self.silences.get()
+    }
+
+    /// Why a notification about alarm `id` (as `alarm`, the alarm on the wire, from `chain`)
+    /// is held now, if it is: a silence that matches it, or another open, active alarm that
+    /// inhibits it.
+    pub fn held(&self, alarm: &Value, chain: &str, now: i64) -> Option<Held> {
+        let s = self.silences.get()?;
+        let id = alarm.get("id")?.as_str()?;
+        let device = alarm.get("device")?.as_str()?;
+        let type_ = alarm.get("type")?.as_str()?;
+        let severity = Severity::parse(alarm.get("severity")?.as_str()?)?;
+        let t = Target {
+            device,
+            device_type: s.device_type(device),
+            type_,
+            chain,
+            severity,
+        };
+        s.held(id, &t, now, |f| {
+            for o in self.lock().values() {
+                let chain = o.alarm.origin.as_ref().map_or("", |c| c.0.as_str());
+                f(&o.alarm.id, &target(&o.alarm, chain, s), o.alarm.status);
+            }
+        })
+    }
+
+    /// Why an open alarm's notifications are held now, if they are (the API marks it).
+    pub fn held_open(&self, a: &Alarm, now: i64) -> Option<Held> {
+        let chain = a.origin.as_ref().map_or("", |c| c.0.as_str()).to_string();
+        self.held(&alarm_json(a, ""), &chain, now)
     }
 
     /// Tells which devices are this process's (once; a cluster member's are those of the

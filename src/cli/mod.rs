@@ -5,6 +5,7 @@ pub mod dry_run;
 pub mod notify_test;
 pub mod run;
 pub mod schema;
+pub mod silence;
 pub mod test;
 pub mod validate;
 

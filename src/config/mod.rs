@@ -36,6 +36,10 @@ pub struct Config {
     /// Notification channels, by name, for `notify` nodes.
     #[serde(default)]
     pub channels: BTreeMap<String, Sp<ChannelSpec>>,
+    /// Inhibition rules: while an active alarm matching a rule's `source` is open, the
+    /// notifications of alarms matching its `target` on the same device (or site…) are held.
+    #[serde(default)]
+    pub inhibit: Vec<Sp<InhibitSpec>>,
     /// The MQTT broker to connect to. Without it, `rulechain run` starts its embedded broker.
     #[serde(default)]
     pub mqtt: Option<Sp<MqttSpec>>,
@@ -488,6 +492,21 @@ pub struct WebhookSpec {
     /// The signature header's name (default `X-Rulechain-Signature`).
     #[serde(default)]
     pub signature_header: Option<String>,
+}
+
+/// An inhibition rule: `{source: {type: DeviceOffline}, target: {type: "*"}, equal: [device]}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitSpec {
+    /// The inhibiting alarm: matchers on `device`, `device_type`, `type`, `chain`, `severity`
+    /// (each an exact name or a glob such as `pump-*`).
+    pub source: BTreeMap<String, String>,
+    /// The alarms whose notifications it holds, matched the same way.
+    pub target: BTreeMap<String, String>,
+    /// What the two must share (default `[device]`): `device`, `device_type`, or `attr.NAME`,
+    /// an attribute from the devices file (`attr.site`).
+    #[serde(default)]
+    pub equal: Option<Vec<String>>,
 }
 
 /// Slack: a bot (`token` and `channel`) or an incoming webhook (`webhook`).

@@ -115,6 +115,11 @@ impl Device {
         !self.registered && self.reported.is_empty() && self.server.is_empty()
     }
 
+    /// Its attributes from the devices file.
+    pub fn registry_attrs(&self) -> &Map {
+        &self.registry
+    }
+
     /// The clock time of its last message (0: none yet).
     pub fn last_seen(&self) -> i64 {
         self.last_seen

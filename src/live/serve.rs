@@ -41,6 +41,63 @@ pub(super) struct SavedState {
 }
 
 /// Serves until SIGINT/SIGTERM, then shuts down.
+/// The silences (read back from `silences.json` in the state dir) and the inhibition rules,
+/// with what the devices file says of each device.
+fn silences(
+    settings: &Settings,
+    devices: &HashMap<Arc<str>, Device>,
+) -> Result<Arc<crate::alarm::silence::Silences>, String> {
+    let mut facts = crate::alarm::silence::DeviceFacts::default();
+    for (id, d) in devices {
+        if let Some(t) = &d.type_ {
+            facts.types.insert(id.to_string(), t.to_string());
+        }
+        let attrs: HashMap<String, String> = d
+            .registry_attrs()
+            .iter()
+            .map(|(k, v)| {
+                let text = match v.clone().into_immutable_string() {
+                    Ok(s) => s.to_string(),
+                    Err(_) => v.to_string(),
+                };
+                (k.to_string(), text)
+            })
+            .collect();
+        if !attrs.is_empty() {
+            facts.attrs.insert(id.to_string(), attrs);
+        }
+    }
+    let s = crate::alarm::silence::Silences::new(
+        Some(settings.state_dir.join("silences.json")),
+        settings.inhibit.clone(),
+        facts,
+    );
+    let n = s.load()?;
+    if n > 0 {
+        tracing::info!(silences = n, "silences read back");
+    }
+    Ok(Arc::new(s))
+}
+
+/// Saves the alarms' history every two seconds when it changed, and once more at the stop.
+async fn save_history(h: Arc<crate::alarm::history::History>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = every.tick() => false,
+            _ = stop.changed() => true,
+        };
+        let h2 = h.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || h2.save()).await {
+            tracing::warn!("{e}");
+        }
+        if last || *stop.borrow() {
+            break;
+        }
+    }
+}
+
 pub(super) async fn serve(
     settings: Settings,
     opts: RunOptions,
@@ -90,6 +147,13 @@ pub(super) async fn serve(
     // on the road every operator's action and question takes (pointed at the shards below).
     let shards = Shards::new();
     let alarms = Arc::new(AlarmRegistry::new(shards.ack_route()));
+    alarms.set_silences(silences(&settings, &devices)?);
+    let history = Arc::new(crate::alarm::history::History::new(Some(
+        settings.state_dir.join("alarm-history.json"),
+    )));
+    history.load()?;
+    alarms.set_history(history.clone());
+    let history_task = tokio::spawn(save_history(history.clone(), stop.clone()));
     let fds = FdBudget::new(
         settings.http_max_connections,
         settings.websocket.max_clients,
@@ -287,6 +351,7 @@ pub(super) async fn serve(
         let _ = tokio::time::timeout_at(deadline, t).await;
     }
     progress.abort();
+    let _ = history_task.await;
     tracing::info!(
         counters = %stats.to_json(),
         influx = %influx_stats.map(|s| s.to_json()).unwrap_or_default(),

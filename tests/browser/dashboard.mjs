@@ -163,6 +163,46 @@ try {
   assert.equal(seen.acked_by, "browser-test");
   step(`acknowledged with a click; the API says ${seen.status} by ${seen.acked_by}`);
 
+  // The alarm's page: its history (who did what), and a comment added from the page.
+  await page.goto(`${base}/#/alarm/${encodeURIComponent(id)}`);
+  await page.waitForSelector('#history tr[data-kind="acknowledged"]', { timeout: 10000 });
+  const ackRow = await page.locator('#history tr[data-kind="acknowledged"]').first().innerText();
+  assert.match(ackRow, /browser-test/, `the history names who acknowledged: ${ackRow}`);
+  assert.ok(await page.locator('#history tr[data-kind="created"]').count() === 1, "the creation is in the history");
+  await page.fill('#comment-form input[name="text"]', "checked the <b>bearing</b>");
+  await page.click('#comment-form button[type="submit"]');
+  await page.waitForSelector('#history tr[data-kind="comment"]', { timeout: 10000 });
+  const commentRow = await page.locator('#history tr[data-kind="comment"]').first().innerText();
+  assert.match(commentRow, /browser-test/);
+  assert.match(commentRow, /checked the <b>bearing<\/b>/, "a comment with markup stays text");
+  const hist = await api(`/api/alarms/${encodeURIComponent(id)}/history`);
+  assert.ok(hist.history.some((e) => e.kind === "comment" && e.by === "browser-test"), JSON.stringify(hist));
+  step("the alarm's page shows its history (created, acknowledged by browser-test) and takes a comment");
+
+  // A silence made on the Silences page: listed as active, ends on time by itself.
+  await page.click('nav a[data-page="silences"]');
+  await page.fill('#silence-form input[name="device"]', "pump-2");
+  await page.fill('#silence-form input[name="type"]', "MotorOverload");
+  await page.fill('#silence-form input[name="duration"]', "4s");
+  await page.fill('#silence-form input[name="comment"]', "browser maintenance");
+  await page.click('#silence-form button[type="submit"]');
+  await page.waitForSelector('#silences tr[data-state="active"]', { timeout: 10000 });
+  const made = (await api("/api/silences")).silences.find((x) => x.comment === "browser maintenance");
+  assert.ok(made && made.by === "browser-test" && made.matchers.device === "pump-2", JSON.stringify(made));
+  await page.waitForSelector(`#silences tr[data-silence="${made.id}"][data-state="expired"]`, { timeout: 15000 });
+  step(`a silence made on the dashboard (${made.id}) is listed active, then expires on time`);
+  // And one ended by hand with its Expire button.
+  await page.fill('#silence-form input[name="device"]', "pump-3");
+  await page.fill('#silence-form input[name="type"]', "");
+  await page.fill('#silence-form input[name="duration"]', "2h");
+  await page.fill('#silence-form input[name="comment"]', "by hand");
+  await page.click('#silence-form button[type="submit"]');
+  await page.waitForSelector('#silences tr[data-state="active"] button.expire', { timeout: 10000 });
+  await page.locator('#silences tr[data-state="active"] button.expire').first().click();
+  const byHand = (await api("/api/silences")).silences.find((x) => x.comment === "by hand");
+  await page.waitForSelector(`#silences tr[data-silence="${byHand.id}"][data-state="expired"]`, { timeout: 10000 });
+  step("an active silence ends with its Expire button");
+
   await page.click('nav a[data-page="chains"]');
   await page.waitForSelector('[data-chain="motor-overload"] [data-node="overload"]', { timeout: 10000 });
   const passed = await page.locator('[data-chain="store-telemetry"] [data-node="save"] td.num').first().innerText();

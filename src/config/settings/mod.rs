@@ -327,6 +327,8 @@ pub struct Settings {
     pub websocket: HubSettings,
     /// Notification channels, by name.
     pub channels: BTreeMap<String, ChannelSettings>,
+    /// Inhibition rules (`inhibit:`).
+    pub inhibit: Vec<crate::alarm::silence::Inhibition>,
     /// Several instances as one engine (`cluster:`), or one process.
     pub cluster: Option<ClusterSettings>,
 }
@@ -553,6 +555,11 @@ pub fn resolve_lossy(
             channels.insert(name.clone(), c);
         }
     }
+    let inhibit = config
+        .inhibit
+        .iter()
+        .filter_map(|r| inhibition(&mut p, r))
+        .collect();
     let devices = config.devices.as_ref().map(|d| rel(d));
     let cluster = config
         .cluster
@@ -583,6 +590,7 @@ pub fn resolve_lossy(
         influx: influx.flatten(),
         websocket,
         channels,
+        inhibit,
         cluster,
         config,
     };
@@ -685,6 +693,38 @@ fn websocket(p: &mut Problems, config: &Config) -> HubSettings {
         ping_interval: p.duration(&s.ping_interval, 30_000, 100),
         allowed_origins: s.allowed_origins.clone().unwrap_or_default(),
     }
+}
+
+/// One inhibition rule, checked.
+fn inhibition(
+    p: &mut Problems,
+    r: &Sp<crate::config::InhibitSpec>,
+) -> Option<crate::alarm::silence::Inhibition> {
+    use crate::alarm::silence::Matchers;
+    let before = p.0.len();
+    let source = Matchers(r.source.clone());
+    let target = Matchers(r.target.clone());
+    for (what, m) in [("source", &source), ("target", &target)] {
+        if let Err(e) = m.check() {
+            p.add(r.pos, format!("inhibit rule `{what}`: {e}")).hint(
+                "e.g. `{source: {type: DeviceOffline}, target: {type: \"*\"}, equal: [device]}`",
+            );
+        }
+    }
+    let equal = r.equal.clone().unwrap_or_else(|| vec!["device".into()]);
+    for f in &equal {
+        let ok = matches!(f.as_str(), "device" | "device_type")
+            || f.strip_prefix("attr.").is_some_and(|n| !n.is_empty());
+        if !ok {
+            p.add(r.pos, format!("inhibit rule: cannot compare `{f}`"))
+                .hint("`equal` lists `device`, `device_type` or `attr.NAME` (a devices-file attribute, e.g. `attr.site`)");
+        }
+    }
+    (p.0.len() == before).then_some(crate::alarm::silence::Inhibition {
+        source,
+        target,
+        equal,
+    })
 }
 
 #[cfg(test)]

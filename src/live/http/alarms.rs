@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::{Api, ApiError};
 use crate::alarm::registry::AlarmAction;
+use crate::alarm::silence::Held;
 use crate::alarm::AckError;
 
 #[derive(Debug, Deserialize)]
@@ -69,7 +70,20 @@ pub(super) async fn list(
         (a.alarm.severity, std::cmp::Reverse(a.alarm.start_ts))
             .cmp(&(b.alarm.severity, std::cmp::Reverse(b.alarm.start_ts)))
     });
-    let open: Vec<Value> = open.iter().map(|a| a.to_json()).collect();
+    let now = crate::engine::clock::wall_ms();
+    let open: Vec<Value> = open
+        .iter()
+        .map(|a| {
+            let mut v = a.to_json();
+            // Still raised, stored and shown; its notifications are held.
+            match api.alarms.held_open(&a.alarm, now) {
+                Some(Held::Silenced(id)) => v["silenced_by"] = id.into(),
+                Some(Held::Inhibited(id)) => v["inhibited_by"] = id.into(),
+                None => {}
+            }
+            v
+        })
+        .collect();
     Ok(Json(json!({ "alarms": open })))
 }
 
@@ -170,4 +184,108 @@ async fn act(
         Ok(status) => Ok(Json(json!({"alarm": id, "status": status, "by": by}))),
         Err(e) => Err(refusal(id, e)),
     }
+}
+
+/// `GET /api/alarms/{id}/history`: the alarm (if it is open or was closed lately) and every
+/// entry of its history, oldest first: transitions with their actor, comments, what the
+/// channels did. 404 when neither is known.
+pub(super) async fn history(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let alarm = api.alarms.find(&id);
+    let entries = api.alarms.history().and_then(|h| h.of(&id));
+    if alarm.is_none() && entries.is_none() {
+        return Err(ApiError::not_found(format!("no alarm {id:?}")).detail(json!({"alarm": id})));
+    }
+    Ok(Json(json!({
+        "alarm": alarm.map(|a| {
+            let t = if a.status == crate::alarm::Status::ClearedAck { "closed" } else { "" };
+            crate::alarm::registry::alarm_json(&a, t)
+        }),
+        "history": entries.unwrap_or_default(),
+    })))
+}
+
+/// `POST /api/alarms/{id}/comments` `{"text": "…", "by": "ana"}`: 201 with the entry; 404 for
+/// an alarm neither open nor in the history; 422 without a text.
+pub(super) async fn comment(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(too_large)?;
+    if super::forwarded(&headers) {
+        // Another instance of the cluster took it: the same entry here.
+        let e: crate::alarm::history::Entry = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("not an entry").detail(e.to_string().into()))?;
+        if let Some(h) = api.alarms.history() {
+            h.add(&id, e.clone());
+        }
+        return Ok((StatusCode::CREATED, Json(json!({"alarm": id, "entry": e}))));
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Comment {
+        text: String,
+        #[serde(default)]
+        by: Option<String>,
+    }
+    let c: Comment = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body is a comment: {\"text\": \"…\", \"by\": \"ana\"}",
+        )
+        .detail(e.to_string().into())
+    })?;
+    let Some(text) = crate::alarm::history::comment_text(&c.text) else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the comment's `text` is empty",
+        ));
+    };
+    let Some(h) = api.alarms.history() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no history is kept here",
+        ));
+    };
+    if api.alarms.find(&id).is_none() && h.of(&id).is_none() {
+        return Err(ApiError::not_found(format!("no alarm {id:?}")).detail(json!({"alarm": id})));
+    }
+    let entry = crate::alarm::history::Entry {
+        ts: crate::engine::clock::wall_ms(),
+        kind: "comment".into(),
+        by: c
+            .by
+            .as_deref()
+            .and_then(crate::alarm::registry::operator_name)
+            .unwrap_or_else(|| "operator".into()),
+        text: Some(text),
+        severity: None,
+        status: None,
+    };
+    h.add(&id, entry.clone());
+    if super::asks_fleet(&api, &headers) {
+        // Every instance keeps the fleet's history: each hears of the comment.
+        let token = super::given_token(&headers, &uri);
+        let path = format!(
+            "/api/alarms/{}/comments",
+            percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC)
+        );
+        super::fleet::broadcast(
+            &api,
+            reqwest::Method::POST,
+            &path,
+            serde_json::to_value(&entry).ok(),
+            token.as_deref(),
+        )
+        .await;
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"alarm": id, "entry": entry})),
+    ))
 }

@@ -21,6 +21,7 @@ mod fleet;
 mod guard;
 mod health;
 mod rules;
+mod silences;
 mod trace;
 mod ws;
 
@@ -196,6 +197,12 @@ pub use crate::live::cluster::FORWARDED;
 /// Whether another instance of the cluster handed this request over.
 pub(crate) fn forwarded(headers: &axum::http::HeaderMap) -> bool {
     headers.contains_key(FORWARDED)
+}
+
+/// Whether a request is to be carried on to the other instances of a cluster: in a cluster,
+/// and not itself carried on from one.
+pub(super) fn asks_fleet(api: &Api, headers: &axum::http::HeaderMap) -> bool {
+    api.cluster.is_some() && !forwarded(headers)
 }
 
 /// Why a shard did not answer, as the API's error.
@@ -381,6 +388,13 @@ fn router(api: Api) -> Router {
         .route("/api/alarms", get(alarms::list))
         .route("/api/alarms/{id}/ack", post(alarms::ack))
         .route("/api/alarms/{id}/clear", post(alarms::clear))
+        .route("/api/alarms/{id}/history", get(alarms::history))
+        .route("/api/alarms/{id}/comments", post(alarms::comment))
+        .route("/api/silences", get(silences::list).post(silences::add))
+        .route(
+            "/api/silences/{id}",
+            get(silences::one).delete(silences::expire),
+        )
         .route("/api/devices", get(devices::list))
         .merge(
             Router::new()

@@ -24,12 +24,6 @@ pub(super) struct Start {
     duration: Option<String>,
 }
 
-/// In a cluster, a request from a client (not one another instance forwarded): it goes to
-/// every instance too, since the traced messages run wherever their devices are owned.
-fn fleet(api: &Api, headers: &axum::http::HeaderMap) -> bool {
-    api.cluster.is_some() && !super::forwarded(headers)
-}
-
 /// `POST /api/trace {device?, chain?, limit?, duration?}`: starts a trace, replacing one in
 /// progress; answers it with its bounds filled in.
 pub(super) async fn start(
@@ -71,7 +65,7 @@ pub(super) async fn start(
         duration_ms,
         wall_ms(),
     );
-    if fleet(&api, &headers) {
+    if super::asks_fleet(&api, &headers) {
         let token = super::given_token(&headers, &uri);
         super::fleet::broadcast(
             &api,
@@ -96,7 +90,7 @@ pub(super) async fn read(
         .iter()
         .map(|e| serde_json::to_value(e).unwrap_or_default())
         .collect();
-    if fleet(&api, &headers) {
+    if super::asks_fleet(&api, &headers) {
         // Every instance's entries (each traced the devices it owns), by time.
         let token = super::given_token(&headers, &uri);
         for (_, answer) in super::fleet::broadcast(
@@ -124,7 +118,7 @@ pub(super) async fn stop(
     uri: axum::http::Uri,
 ) -> Json<Value> {
     api.tracer.stop();
-    if fleet(&api, &headers) {
+    if super::asks_fleet(&api, &headers) {
         let token = super::given_token(&headers, &uri);
         super::fleet::broadcast(
             &api,

@@ -16,6 +16,7 @@
 
 pub mod chat;
 mod encoding;
+pub(crate) mod failure;
 mod service;
 mod worker;
 
@@ -30,7 +31,8 @@ use crate::alarm::registry::AlarmRegistry;
 pub use crate::config::settings::{ChannelSettings, Delivery, Policy};
 use crate::counters::{Counters, Report};
 pub use encoding::signature;
-pub use service::{Chat, Failure, Transport};
+pub use failure::Failure;
+pub use service::{Chat, Transport};
 use worker::Worker;
 
 /// Called once a notification is settled: delivered, or given up (after every retry, or by
@@ -94,6 +96,8 @@ pub struct ChannelStats {
     pub dropped: AtomicU64,
     /// Reminders sent (`repeat_interval`).
     pub reminders: AtomicU64,
+    /// Held by a silence or an inhibition (not sent).
+    pub held: AtomicU64,
     /// The last error.
     pub last_error: Mutex<Option<String>>,
 }
@@ -128,6 +132,11 @@ impl Counters for ChannelStats {
             g(&self.dropped),
         );
         r.counter("reminders", "reminders sent", g(&self.reminders));
+        r.counter(
+            "held",
+            "notifications and reminders held by a silence or an inhibition",
+            g(&self.held),
+        );
         let e = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         r.text("last_error", "the last error", e.as_deref());
     }

@@ -56,6 +56,10 @@ impl Worker {
             if n.rearm {
                 continue;
             }
+            if self.hold(&n) {
+                n.settled();
+                continue;
+            }
             if !self.admit() {
                 self.stats.rate_limited.fetch_add(1, Relaxed);
                 tracing::warn!(channel = %self.name, device = %n.device, "notification dropped by the channel's rate limit: {}", n.subject);
@@ -94,6 +98,44 @@ impl Worker {
         }
     }
 
+    /// Whether a silence or an inhibition holds this notification now (counted and logged).
+    fn hold(&self, n: &Notice) -> bool {
+        let Some(alarm) = n.data.get("alarm") else {
+            return false;
+        };
+        let Some(why) = self
+            .alarms
+            .held(alarm, &n.chain, crate::engine::clock::wall_ms())
+        else {
+            return false;
+        };
+        self.stats.held.fetch_add(1, Relaxed);
+        tracing::info!(channel = %self.name, device = %n.device, reminder = n.reminder, "notification held by {why}: {}", n.subject);
+        self.note(n, "held", why.to_string());
+        true
+    }
+
+    /// Writes what the channel did with an alarm's notification into the alarm's history.
+    fn note(&self, n: &Notice, kind: &str, text: String) {
+        let (Some(h), Some(id)) = (
+            self.alarms.history(),
+            n.alarm().and_then(|a| a.get("id")).and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        h.add(
+            id,
+            crate::alarm::history::Entry {
+                ts: crate::engine::clock::wall_ms(),
+                kind: kind.into(),
+                by: self.name.clone(),
+                text: Some(text),
+                severity: None,
+                status: None,
+            },
+        );
+    }
+
     async fn remind(&mut self) {
         let now = Instant::now();
         let Some(every) = self.policy.repeat else {
@@ -124,6 +166,9 @@ impl Worker {
             let mut n = r.0.clone();
             n.reminder = true;
             n.ts = crate::engine::clock::wall_ms();
+            if self.hold(&n) {
+                continue;
+            }
             self.stats.reminders.fetch_add(1, Relaxed);
             if self.admit() {
                 self.deliver(n).await;
@@ -165,6 +210,15 @@ impl Worker {
                     self.stats.sent.fetch_add(1, Relaxed);
                     self.stats.set_error(None);
                     tracing::info!(channel = %self.name, device = %n.device, attempts = failures + 1, reminder = n.reminder, "notification sent: {}", n.subject);
+                    self.note(
+                        &n,
+                        "notified",
+                        if n.reminder {
+                            "reminder".into()
+                        } else {
+                            n.subject.clone()
+                        },
+                    );
                     n.settled();
                     return;
                 }

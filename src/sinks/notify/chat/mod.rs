@@ -25,7 +25,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::encoding::reminder_subject;
-use super::{Failure, Notice};
+use super::failure::Failure;
+use super::Notice;
 use crate::alarm::{Severity, Status};
 
 /// An alarm's facts, as a notification carries them (`msg.alarm`, the alarm on the wire).

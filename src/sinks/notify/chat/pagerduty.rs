@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{cut, refused, send_error, Card};
 use crate::alarm::{Severity, Status};
-use crate::sinks::notify::Failure;
+use crate::sinks::notify::failure::Failure;
 
 /// PagerDuty's severity of an alarm's.
 fn severity(s: Severity) -> &'static str {

@@ -10,7 +10,7 @@
 use serde_json::{json, Value};
 
 use super::{cut, refused, send_error, slack_escape, Card, Threads};
-use crate::sinks::notify::Failure;
+use crate::sinks::notify::failure::Failure;
 
 /// Slack's errors worth another attempt.
 const TRANSIENT: &[&str] = &[

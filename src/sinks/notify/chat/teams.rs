@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::{cut, markdown_escape, refused, send_error, Card};
 use crate::alarm::{Severity, Status};
-use crate::sinks::notify::Failure;
+use crate::sinks::notify::failure::Failure;
 
 /// The Adaptive Card (schema 1.4) of a notification.
 pub fn card(c: &Card) -> Value {

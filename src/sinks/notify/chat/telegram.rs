@@ -9,7 +9,7 @@
 use serde_json::{json, Value};
 
 use super::{cut, html_escape, send_error, Card, Threads};
-use crate::sinks::notify::Failure;
+use crate::sinks::notify::failure::Failure;
 
 /// The message's HTML.
 pub fn text(c: &Card) -> String {
