@@ -924,3 +924,90 @@ async fn an_open_offline_alarm_inhibits_the_devices_other_notifications() {
     .expect("held, counted");
     assert_eq!(svc.on("/hooks/slack").len(), 1, "nothing for pump-5's Hot");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_9_before_the_delivery_loses_no_notification_and_sends_none_twice() {
+    let dir = tempdir("outbox-kill");
+    let (svc, port) = Services::start();
+    // The receiver refuses (503) until the engine is killed: the notification is in retries.
+    svc.fail_first(
+        "/hook",
+        (0..1000)
+            .map(|_| (503, vec![], "down".to_string()))
+            .collect(),
+    );
+    let (mut engine, pubr) = start(
+        &dir,
+        &format!("channels:\n  hook:\n    webhook: {{url: \"http://127.0.0.1:{port}/hook\"}}\n    retries: 50\n"),
+        DESK,
+    )
+    .await;
+    pubr.publish("device/pump-1/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    let tried = wait_for(Duration::from_secs(10), || svc.on("/hook").pop())
+        .expect("the delivery is attempted");
+    let key = tried.headers["idempotency-key"].clone();
+    assert!(
+        key.starts_with("Hot:pump-1:") && key.ends_with("/created"),
+        "{key}"
+    );
+    engine.kill9();
+    svc.fail_first("/hook", vec![]);
+    let before = svc.on("/hook").len();
+    engine.restart();
+    let delivered = wait_for(Duration::from_secs(15), || {
+        let calls = svc.on("/hook");
+        (calls.len() > before).then(|| calls[before].clone())
+    })
+    .expect("delivered after the restart");
+    assert_eq!(
+        delivered.headers["idempotency-key"], key,
+        "the same notification"
+    );
+    assert_eq!(delivered.body["alarm"]["transition"], "created");
+    // Delivered once: not again, nor after another kill -9 and start.
+    std::thread::sleep(Duration::from_millis(1500));
+    engine.kill9();
+    engine.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(svc.on("/hook").len(), before + 1, "sent once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reminders_go_on_on_their_schedule_after_a_kill_9() {
+    let dir = tempdir("reminder-kill");
+    let (svc, port) = Services::start();
+    let (mut engine, pubr) = start(
+        &dir,
+        &format!("channels:\n  hook:\n    webhook: {{url: \"http://127.0.0.1:{port}/hook\"}}\n    repeat_interval: 4s\n"),
+        DESK,
+    )
+    .await;
+    pubr.publish("device/pump-1/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    let first = wait_for(Duration::from_secs(10), || svc.on("/hook").pop()).expect("notified");
+    let reminder = wait_for(Duration::from_secs(10), || {
+        svc.on("/hook")
+            .into_iter()
+            .find(|c| c.body["reminder"] == true)
+    })
+    .expect("a first reminder");
+    let every = reminder.at.duration_since(first.at);
+    assert!(every >= Duration::from_millis(3500), "{every:?}");
+    // The next reminder is due 4 s after this one; the engine dies 2.5 s in (its memory saved
+    // every 2 s) and comes back.
+    std::thread::sleep(Duration::from_millis(2500));
+    engine.kill9();
+    let n = svc.on("/hook").len();
+    engine.restart();
+    let next = wait_for(Duration::from_secs(10), || svc.on("/hook").get(n).cloned())
+        .expect("the reminder cycle goes on after the restart");
+    assert_eq!(next.body["reminder"], true);
+    assert_eq!(next.body["alarm"]["id"], first.body["alarm"]["id"]);
+    let due = reminder.at + Duration::from_secs(4);
+    assert!(
+        next.at + Duration::from_millis(300) >= due,
+        "not before its time: {:?} early",
+        due.duration_since(next.at)
+    );
+}

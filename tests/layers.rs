@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 /// The floor of each top-level module of `src/` (higher may import lower).
 fn floor(module: &str) -> Option<u8> {
     Some(match module {
-        "diag" | "env" | "topic" | "lineproto" | "message" | "yaml" | "duration" | "retry"
-        | "counters" => 0,
+        "diag" | "env" | "topic" | "lineproto" | "message" | "yaml" | "duration" | "durable"
+        | "retry" | "counters" => 0,
         "config" | "alarm" => 1,
         "script" | "rules" | "engine" => 2,
         "replay" | "live" | "sinks" | "clients" => 3,

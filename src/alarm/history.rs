@@ -168,17 +168,7 @@ impl History {
             return Ok(());
         }
         let body = serde_json::to_vec(&*self.lock()).unwrap_or_default();
-        let tmp = f.with_extension("json.tmp");
-        let done = (|| -> std::io::Result<()> {
-            if let Some(d) = f.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            let mut file = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut file, &body)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, f)
-        })();
-        done.map_err(|e| {
+        crate::durable::replace(f, &body).map_err(|e| {
             self.dirty.store(true, Relaxed);
             format!("cannot save the alarms' history to {}: {e}", f.display())
         })

@@ -360,6 +360,8 @@ pub struct DeviceFacts {
 /// The silences and inhibition rules in force.
 pub struct Silences {
     list: Mutex<Vec<Silence>>,
+    /// One write of the file at a time (an API request and an alarm's clear may race).
+    writing: Mutex<()>,
     file: Option<PathBuf>,
     inhibit: Vec<Inhibition>,
     facts: DeviceFacts,
@@ -385,6 +387,7 @@ impl Silences {
     pub fn new(file: Option<PathBuf>, inhibit: Vec<Inhibition>, facts: DeviceFacts) -> Silences {
         Silences {
             list: Mutex::default(),
+            writing: Mutex::default(),
             file,
             inhibit,
             facts,
@@ -453,7 +456,11 @@ impl Silences {
             }
             l.push(s.clone());
         }
-        self.changed()?;
+        if let Err(e) = self.changed() {
+            // Not in force unless it is kept.
+            self.lock().retain(|o| o.id != s.id);
+            return Err(e);
+        }
         Ok(s)
     }
 
@@ -497,18 +504,10 @@ impl Silences {
     /// leaves the old list or the new one.
     fn write(&self) -> Result<(), String> {
         let Some(f) = &self.file else { return Ok(()) };
+        let _one = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let body = serde_json::to_vec_pretty(&*self.lock()).unwrap_or_default();
-        let tmp = f.with_extension("json.tmp");
-        let done = (|| -> std::io::Result<()> {
-            if let Some(d) = f.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            let mut file = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut file, &body)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, f)
-        })();
-        done.map_err(|e| format!("cannot save the silences to {}: {e}", f.display()))
+        crate::durable::replace(f, &body)
+            .map_err(|e| format!("cannot save the silences to {}: {e}", f.display()))
     }
 
     /// The device's type from the devices file.

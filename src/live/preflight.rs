@@ -64,7 +64,9 @@ fn open_store(dir: &std::path::Path, reset: bool) -> Result<store::RedbStore, Fa
 /// be read stops the start (exit 2) instead of starting that shard empty and overwriting it.
 /// Gives the shard count the state was written with.
 fn saved_state(settings: &Settings, reset: bool) -> Result<(SavedState, usize), Fatal> {
-    let redb = open_store(&settings.state_dir, reset)?;
+    let mut redb = open_store(&settings.state_dir, reset)?;
+    // Notifications are kept with the state that produced them until delivered.
+    redb.keep_outbox()?;
     use store::StateStore as _;
     // A state dir keeps the shard count it was written with: devices map to shards by hash.
     let shards = match redb.shard_count()? {

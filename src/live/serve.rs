@@ -79,8 +79,13 @@ fn silences(
     Ok(Arc::new(s))
 }
 
-/// Saves the alarms' history every two seconds when it changed, and once more at the stop.
-async fn save_history(h: Arc<crate::alarm::history::History>, mut stop: watch::Receiver<bool>) {
+/// Saves the alarms' history and the channels' memory every two seconds when they changed,
+/// and once more at the stop.
+async fn save_files(
+    h: Arc<crate::alarm::history::History>,
+    m: Arc<crate::sinks::notify::memory::Memory>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -88,9 +93,11 @@ async fn save_history(h: Arc<crate::alarm::history::History>, mut stop: watch::R
             _ = every.tick() => false,
             _ = stop.changed() => true,
         };
-        let h2 = h.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || h2.save()).await {
-            tracing::warn!("{e}");
+        let (h2, m2) = (h.clone(), m.clone());
+        if let Ok(errors) = tokio::task::spawn_blocking(move || [h2.save(), m2.save()]).await {
+            for e in errors.into_iter().filter_map(Result::err) {
+                tracing::warn!("{e}");
+            }
         }
         if last || *stop.borrow() {
             break;
@@ -153,12 +160,21 @@ pub(super) async fn serve(
     )));
     history.load()?;
     alarms.set_history(history.clone());
-    let history_task = tokio::spawn(save_history(history.clone(), stop.clone()));
     let fds = FdBudget::new(
         settings.http_max_connections,
         settings.websocket.max_clients,
     );
-    let (sinks, sink_tasks) = start_sinks(&settings, fds.websocket, &alarms)?;
+    // What the channels remember (reminders, a bot's messages) over a restart.
+    let memory = Arc::new(crate::sinks::notify::memory::Memory::new(Some(
+        settings.state_dir.join("channels.json"),
+    )));
+    let reminders = memory.load()?;
+    if reminders > 0 {
+        tracing::info!(reminders, "the channels' reminders read back");
+    }
+    let (sinks, sink_tasks) = start_sinks(&settings, fds.websocket, &alarms, &memory)?;
+    let (saved_tx, saved_rx) = watch::channel(false);
+    let save_task = tokio::spawn(save_files(history.clone(), memory.clone(), saved_rx));
     let outbox = egress::Outbox {
         sinks: sinks.clone(),
         alarms: alarms.clone(),
@@ -172,6 +188,8 @@ pub(super) async fn serve(
         fanout_pending: Vec::new(),
     };
     let (rules_tx, rules_rx) = watch::channel(rules.clone());
+    let notices_done = watch::Sender::new(false);
+    let mut notices_task = None;
     let engine = match (state, settings.cluster.clone()) {
         (_, Some(c)) => {
             let tracer = Arc::new(Tracer::default());
@@ -215,6 +233,13 @@ pub(super) async fn serve(
             }
         }
         (Some(state), None) => {
+            // The notifications the shards keep in the state file, delivered from there.
+            notices_task = Some(tokio::spawn(super::notices::run(
+                state.store.clone(),
+                sinks.notify.clone(),
+                limit.clone(),
+                notices_done.subscribe(),
+            )));
             let StartedShards {
                 tx: shard_tx,
                 threads,
@@ -341,17 +366,33 @@ pub(super) async fn serve(
             "shards did not finish within the shutdown timeout; their last checkpoint stands"
         );
     }
+    // The shards' last notifications are in the state file: handed to the channels, then the
+    // outbox task lets go of them (what the channels do not settle in time stays for the next
+    // start).
+    let _ = notices_done.send(true);
+    let remover = match notices_task {
+        Some(t) => match tokio::time::timeout_at(deadline, t).await {
+            Ok(Ok(r)) => Some(r),
+            _ => None,
+        },
+        None => None,
+    };
     let influx_stats = sinks.influx.as_ref().map(|i| i.stats.clone());
     // The shards' sink handles are gone; with these, the sinks' inputs close and they send what
     // they hold (the InfluxDB writer spools what it cannot send in time).
     drop(sinks);
     sink_tasks.finish(deadline).await;
+    if let Some(r) = remover {
+        let _ = tokio::time::timeout_at(deadline, r).await;
+    }
     mqtt.close(deadline, ingest_tasks).await;
     if let Some(t) = http_task {
         let _ = tokio::time::timeout_at(deadline, t).await;
     }
     progress.abort();
-    let _ = history_task.await;
+    // The channels have stopped: their reminders and the history are saved once more.
+    let _ = saved_tx.send(true);
+    let _ = save_task.await;
     tracing::info!(
         counters = %stats.to_json(),
         influx = %influx_stats.map(|s| s.to_json()).unwrap_or_default(),
@@ -449,6 +490,7 @@ fn start_sinks(
     settings: &Settings,
     max_clients: usize,
     alarms: &Arc<AlarmRegistry>,
+    memory: &Arc<crate::sinks::notify::memory::Memory>,
 ) -> Result<(Sinks, SinkTasks), String> {
     let mut hub_settings = settings.websocket.clone();
     hub_settings.max_clients = max_clients;
@@ -462,7 +504,7 @@ fn start_sinks(
         None => (None, None),
     };
     let (notify, notify_tasks) =
-        crate::sinks::notify::Notifier::start(&settings.channels, alarms.clone())?;
+        crate::sinks::notify::Notifier::start(&settings.channels, alarms.clone(), memory.clone())?;
     Ok((
         Sinks {
             influx,

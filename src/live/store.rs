@@ -20,7 +20,7 @@ use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
@@ -31,6 +31,12 @@ const SHARDS: TableDefinition<u32, &[u8]> = TableDefinition::new("shards");
 /// The same table, because redb 3.1.3 reports a healthy file as repaired after transactions
 /// in a row that each write two tables, and a start refuses such a file as damaged.
 const ATTRIBUTES_KEY: u32 = 1 << 31;
+/// Notifications kept with the state that produced them (a single process's outbox): in `shards`
+/// too, under their sequence number with this bit set (and [`ATTRIBUTES_KEY`]'s clear), written
+/// in the shard's state transaction and removed once their channel settled them.
+const OUTBOX_KEY: u32 = 1 << 30;
+/// The sequence part of an outbox key (it wraps after 2^30 notifications).
+const OUTBOX_SEQ: u32 = OUTBOX_KEY - 1;
 /// Facts about the state dir (`shards`: how many shards wrote it).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -60,10 +66,32 @@ pub trait StateStore: Send + Sync {
     }
 
     /// Whether the notifications of a turn are stored with its state and delivered from there
-    /// (a cluster's partition, whose next owner delivers what this one did not confirm); else
-    /// the shard hands them to the channels itself.
+    /// (a cluster's partition, whose next owner delivers what this one did not confirm; a
+    /// single process's state file, which a restart delivers from); else the shard hands them
+    /// to the channels itself.
     fn keeps_outbox(&self) -> bool {
         false
+    }
+
+    /// A single process's outbox: the notifications kept and not yet settled, in order, but
+    /// those in `skip` (handed over already), each with its key.
+    fn outbox_pending(
+        &self,
+        skip: &std::collections::HashSet<u32>,
+    ) -> Result<Vec<(u32, Vec<u8>)>, String> {
+        let _ = skip;
+        Ok(Vec::new())
+    }
+
+    /// Removes settled notifications from a single process's outbox.
+    fn outbox_settle(&self, keys: &[u32]) -> Result<(), String> {
+        let _ = keys;
+        Ok(())
+    }
+
+    /// Told after each write that kept notifications (a single process's outbox).
+    fn outbox_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
     }
     /// How many shards wrote this state, if any did.
     fn shard_count(&self) -> Result<Option<usize>, String>;
@@ -109,6 +137,10 @@ pub struct RedbStore {
     path: PathBuf,
     open: Mutex<Open>,
     epoch: AtomicU64,
+    /// With an outbox: told after each write that kept notifications.
+    outbox: Option<Arc<tokio::sync::Notify>>,
+    /// The next outbox sequence number.
+    next_seq: std::sync::atomic::AtomicU32,
 }
 
 struct Open {
@@ -301,7 +333,22 @@ impl RedbStore {
                 shards,
             }),
             epoch: AtomicU64::new(0),
+            outbox: None,
+            next_seq: Default::default(),
         })
+    }
+
+    /// Keeps the shards' notifications in the state file, written with the state that produced
+    /// them and delivered from there ([`StateStore::outbox_pending`]): a notification is not
+    /// lost when the process dies before its channel delivered it.
+    pub fn keep_outbox(&mut self) -> Result<(), String> {
+        let last = self
+            .outbox_pending(&Default::default())?
+            .last()
+            .map_or(0, |(k, _)| (k & OUTBOX_SEQ) + 1);
+        self.next_seq.store(last & OUTBOX_SEQ, Relaxed);
+        self.outbox = Some(Arc::default());
+        Ok(())
     }
 
     /// Reads every shard's snapshot once, so a damaged record stops the start instead of a
@@ -404,6 +451,82 @@ impl StateStore for RedbStore {
             }
             txn.commit().map_err(err)
         })
+    }
+
+    fn save_at(
+        &self,
+        shard: usize,
+        data: &[u8],
+        attributes: Option<&[u8]>,
+        _position: Option<&str>,
+        outbox: &[Vec<u8>],
+    ) -> Result<(), String> {
+        if self.outbox.is_none() || outbox.is_empty() {
+            return self.save(shard, data, attributes);
+        }
+        self.write(|db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(SHARDS).map_err(err)?;
+                t.insert(shard as u32, data).map_err(err)?;
+                if let Some(a) = attributes {
+                    t.insert(shard as u32 | ATTRIBUTES_KEY, a).map_err(err)?;
+                }
+                for n in outbox {
+                    let seq = self.next_seq.fetch_add(1, Relaxed) & OUTBOX_SEQ;
+                    t.insert(OUTBOX_KEY | seq, n.as_slice()).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })?;
+        if let Some(n) = &self.outbox {
+            n.notify_one();
+        }
+        Ok(())
+    }
+
+    fn keeps_outbox(&self) -> bool {
+        self.outbox.is_some()
+    }
+
+    fn outbox_pending(
+        &self,
+        skip: &std::collections::HashSet<u32>,
+    ) -> Result<Vec<(u32, Vec<u8>)>, String> {
+        let o = self.lock();
+        let db = o.db.as_ref().ok_or("the state store is closed")?;
+        guarded(false, || {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(SHARDS).map_err(err)?;
+            let mut out = Vec::new();
+            for e in t.range(OUTBOX_KEY..ATTRIBUTES_KEY).map_err(err)? {
+                let (k, v) = e.map_err(err)?;
+                if !skip.contains(&k.value()) {
+                    out.push((k.value(), v.value().to_vec()));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn outbox_settle(&self, keys: &[u32]) -> Result<(), String> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write(|db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(SHARDS).map_err(err)?;
+                for k in keys {
+                    t.remove(*k).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+    }
+
+    fn outbox_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.outbox.clone()
     }
 
     fn shard_count(&self) -> Result<Option<usize>, String> {

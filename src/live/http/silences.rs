@@ -86,9 +86,14 @@ pub(super) async fn add(
     })?;
     let silence = req.build(new_id(now), now).map_err(ApiError::bad_request)?;
     let s = store(&api)?;
-    let added = s
-        .add(silence, now)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+    let added = s.add(silence, now).map_err(|e| {
+        let code = if e.contains("in force already") {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError::new(code, e)
+    })?;
     tracing::info!(silence = %added.id, by = ?added.by, matchers = ?added.matchers.0, "silence added");
     if super::asks_fleet(&api, &headers) {
         let token = super::given_token(&headers, &uri);

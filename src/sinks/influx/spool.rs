@@ -79,7 +79,7 @@ impl Spool {
         );
         let path = self.dir.join(name);
         let tmp = path.with_extension("tmp");
-        let written = write_durably(&tmp, &path, body);
+        let written = crate::durable::write_via(&tmp, &path, body);
         if let Err(e) = written {
             tracing::error!("cannot write the InfluxDB spool {}: {e}", path.display());
             return false;
@@ -140,24 +140,6 @@ impl Spool {
         }
         self.taken = false;
     }
-}
-
-/// Writes `body` to `tmp`, flushes it to disk, renames it to `path` and flushes the directory,
-/// so that after a power cut a spool file is either whole or absent, never empty.
-fn write_durably(
-    tmp: &std::path::Path,
-    path: &std::path::Path,
-    body: &[u8],
-) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(tmp)?;
-    f.write_all(body)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

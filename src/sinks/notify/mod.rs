@@ -17,6 +17,7 @@
 pub mod chat;
 mod encoding;
 pub(crate) mod failure;
+pub mod memory;
 mod service;
 mod worker;
 
@@ -178,12 +179,15 @@ impl Notifier {
     pub fn start(
         settings: &std::collections::BTreeMap<String, ChannelSettings>,
         alarms: Arc<AlarmRegistry>,
+        memory: Arc<memory::Memory>,
     ) -> Result<(Notifier, Vec<tokio::task::JoinHandle<()>>), String> {
         let mut built = Vec::new();
         let mut channels = HashMap::new();
         for (name, ch) in settings {
             let policy = ch.policy.clone();
             let transport = Transport::build(name, ch)?;
+            let remembered = memory.channel(name);
+            transport.remember(name, &remembered, &memory);
             let (tx, rx) = mpsc::channel(policy.queue);
             let stats = Arc::new(ChannelStats::default());
             channels.insert(
@@ -194,14 +198,26 @@ impl Notifier {
                     describe: transport.describe(),
                 },
             );
-            built.push((name.clone(), transport, policy, rx, stats));
+            built.push((name.clone(), transport, policy, rx, stats, remembered));
         }
         let notifier = Notifier {
             channels: Arc::new(channels),
             unknown: Arc::default(),
         };
         let mut tasks = Vec::new();
-        for (name, transport, policy, rx, stats) in built {
+        for (name, transport, policy, rx, stats, remembered) in built {
+            // Reminders due while the engine was away come at once, then on their schedule.
+            let now_ms = crate::engine::clock::wall_ms();
+            let now = tokio::time::Instant::now();
+            let reminders = remembered
+                .reminders
+                .into_iter()
+                .map(|(id, (n, due))| {
+                    let wait =
+                        std::time::Duration::from_millis(due.saturating_sub(now_ms).max(0) as u64);
+                    (id, (n, now + wait))
+                })
+                .collect();
             let worker = Worker {
                 name,
                 transport,
@@ -209,7 +225,8 @@ impl Notifier {
                 stats,
                 others: Arc::downgrade(&notifier.channels),
                 alarms: alarms.clone(),
-                reminders: HashMap::new(),
+                reminders,
+                memory: memory.clone(),
                 sent_at: std::collections::VecDeque::new(),
             };
             tasks.push(tokio::spawn(worker.run(rx)));

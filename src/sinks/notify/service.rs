@@ -212,6 +212,28 @@ impl Transport {
         }
     }
 
+    /// Takes up what the channel remembered (a bot's messages per alarm) and mirrors its
+    /// changes into `memory`.
+    pub fn remember(
+        &self,
+        name: &str,
+        remembered: &super::memory::ChannelMemory,
+        memory: &std::sync::Arc<super::memory::Memory>,
+    ) {
+        let threads = match self {
+            Transport::Chat {
+                chat: Chat::SlackBot(b),
+                ..
+            } => &b.threads,
+            Transport::Chat {
+                chat: Chat::Telegram(b),
+                ..
+            } => &b.threads,
+            _ => return,
+        };
+        threads.remember(name, remembered, memory.clone());
+    }
+
     /// Whether its messages follow an alarm's life (a bot that edits its message, an incident
     /// that is resolved) rather than each being a message of its own.
     pub fn follows_alarms(&self) -> bool {

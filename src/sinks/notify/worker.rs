@@ -29,6 +29,8 @@ pub(super) struct Worker {
     pub(super) alarms: Arc<AlarmRegistry>,
     /// Active alarms to remind of: alarm id → (notice, next due).
     pub(super) reminders: HashMap<String, (Notice, Instant)>,
+    /// What the channel remembers over a restart (its reminders).
+    pub(super) memory: Arc<super::memory::Memory>,
     /// Send times within the rate window.
     pub(super) sent_at: std::collections::VecDeque<Instant>,
 }
@@ -90,11 +92,20 @@ impl Worker {
                 // A reminder is the channel's own: it settles nothing.
                 let mut r = n.clone();
                 r.receipt = None;
+                self.memory.reminder(
+                    &self.name,
+                    id,
+                    Some((
+                        &r,
+                        crate::engine::clock::wall_ms() + every.as_millis() as i64,
+                    )),
+                );
                 self.reminders
                     .insert(id.to_string(), (r, Instant::now() + every));
             }
         } else {
             self.reminders.remove(id);
+            self.memory.reminder(&self.name, id, None);
         }
     }
 
@@ -157,12 +168,21 @@ impl Worker {
                     .is_some_and(|r| self.alarms.is_local(&r.0.device))
             {
                 self.reminders.remove(&id);
+                self.memory.reminder(&self.name, &id, None);
                 continue;
             }
             let Some(r) = self.reminders.get_mut(&id) else {
                 continue;
             };
             r.1 = now + every;
+            self.memory.reminder(
+                &self.name,
+                &id,
+                Some((
+                    &r.0,
+                    crate::engine::clock::wall_ms() + every.as_millis() as i64,
+                )),
+            );
             let mut n = r.0.clone();
             n.reminder = true;
             n.ts = crate::engine::clock::wall_ms();

@@ -203,10 +203,26 @@ pub fn cut(s: &str, max: usize) -> String {
 #[derive(Default)]
 pub struct Threads {
     inner: Mutex<(HashMap<String, Value>, VecDeque<String>)>,
+    /// Where changes are mirrored, so a restart edits the same messages: the channel's name
+    /// and the memory.
+    mirror: std::sync::OnceLock<(String, std::sync::Arc<super::memory::Memory>)>,
 }
 
 impl Threads {
     const MAX: usize = 10_000;
+
+    /// Takes up the messages a channel remembered, and mirrors every later change.
+    pub fn remember(
+        &self,
+        channel: &str,
+        remembered: &super::memory::ChannelMemory,
+        memory: std::sync::Arc<super::memory::Memory>,
+    ) {
+        for (id, at) in &remembered.threads {
+            self.put(id, at.clone());
+        }
+        let _ = self.mirror.set((channel.to_string(), memory));
+    }
 
     /// The message posted for an alarm.
     pub fn get(&self, id: &str) -> Option<Value> {
@@ -215,6 +231,9 @@ impl Threads {
 
     /// Remembers the message posted for an alarm.
     pub fn put(&self, id: &str, at: Value) {
+        if let Some((ch, m)) = self.mirror.get() {
+            m.thread(ch, id, Some(&at));
+        }
         let mut g = self.lock();
         if g.0.insert(id.to_string(), at).is_none() {
             g.1.push_back(id.to_string());
@@ -222,11 +241,17 @@ impl Threads {
         while g.0.len() > Self::MAX {
             let Some(old) = g.1.pop_front() else { break };
             g.0.remove(&old);
+            if let Some((ch, m)) = self.mirror.get() {
+                m.thread(ch, &old, None);
+            }
         }
     }
 
     /// Forgets an alarm's message.
     pub fn forget(&self, id: &str) {
+        if let Some((ch, m)) = self.mirror.get() {
+            m.thread(ch, id, None);
+        }
         let mut g = self.lock();
         if g.0.remove(id).is_some() {
             g.1.retain(|k| k != id);

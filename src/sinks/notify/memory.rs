@@ -1,0 +1,124 @@
+//! What the channels remember between runs: each channel's reminders (the alarm's last
+//! notification and when the next reminder is due, on the wall clock) and a bot's messages per
+//! alarm (which message to edit). Kept in `channels.json` in the state dir, saved every two
+//! seconds when it changed and at shutdown (a new file renamed over the old): after a restart
+//! the reminders go on on their schedule and a bot edits the same message. A crash loses at
+//! most the last two seconds of it (a reminder rescheduled then comes once more; a message
+//! posted then is posted anew on the next transition).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Notice;
+
+/// One channel's memory.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ChannelMemory {
+    /// Alarm id → its last notification and when its next reminder is due (ms).
+    #[serde(default)]
+    pub reminders: BTreeMap<String, (Notice, i64)>,
+    /// Alarm id → the message a bot posted for it.
+    #[serde(default)]
+    pub threads: BTreeMap<String, Value>,
+}
+
+/// Every channel's memory, kept in a file.
+#[derive(Debug, Default)]
+pub struct Memory {
+    file: Option<PathBuf>,
+    channels: Mutex<BTreeMap<String, ChannelMemory>>,
+    dirty: AtomicBool,
+}
+
+impl Memory {
+    /// A memory kept in `file` (none: in memory only).
+    pub fn new(file: Option<PathBuf>) -> Memory {
+        Memory {
+            file,
+            ..Default::default()
+        }
+    }
+
+    /// Reads the file back (at start).
+    pub fn load(&self) -> Result<usize, String> {
+        let Some(f) = &self.file else { return Ok(0) };
+        let text = match std::fs::read(f) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(format!("cannot read {}: {e}", f.display())),
+        };
+        let m: BTreeMap<String, ChannelMemory> = serde_json::from_slice(&text).map_err(|e| {
+            format!(
+                "{} is damaged ({e}): move it aside to start without the channels' reminders",
+                f.display()
+            )
+        })?;
+        let n = m.values().map(|c| c.reminders.len()).sum();
+        *self.lock() = m;
+        Ok(n)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ChannelMemory>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What a channel remembered.
+    pub fn channel(&self, name: &str) -> ChannelMemory {
+        self.lock().get(name).cloned().unwrap_or_default()
+    }
+
+    /// Sets (or with None, forgets) an alarm's reminder.
+    pub fn reminder(&self, channel: &str, id: &str, r: Option<(&Notice, i64)>) {
+        let mut g = self.lock();
+        let c = g.entry(channel.to_string()).or_default();
+        match r {
+            Some((n, due)) => {
+                c.reminders.insert(id.to_string(), (n.clone(), due));
+            }
+            None => {
+                if c.reminders.remove(id).is_none() {
+                    return;
+                }
+            }
+        }
+        self.dirty.store(true, Relaxed);
+    }
+
+    /// Sets (or with None, forgets) the message a bot posted for an alarm.
+    pub fn thread(&self, channel: &str, id: &str, at: Option<&Value>) {
+        let mut g = self.lock();
+        let c = g.entry(channel.to_string()).or_default();
+        match at {
+            Some(v) => {
+                c.threads.insert(id.to_string(), v.clone());
+            }
+            None => {
+                if c.threads.remove(id).is_none() {
+                    return;
+                }
+            }
+        }
+        self.dirty.store(true, Relaxed);
+    }
+
+    /// Writes the file if anything changed since the last save.
+    pub fn save(&self) -> Result<(), String> {
+        let Some(f) = &self.file else { return Ok(()) };
+        if !self.dirty.swap(false, Relaxed) {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&*self.lock()).unwrap_or_default();
+        crate::durable::replace(f, &body).map_err(|e| {
+            self.dirty.store(true, Relaxed);
+            format!(
+                "cannot save the channels' reminders to {}: {e}",
+                f.display()
+            )
+        })
+    }
+}
