@@ -118,6 +118,7 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
         fallback_from: None,
         receipt: None,
         rearm: false,
+        follow: false,
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_current_thread()

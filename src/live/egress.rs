@@ -169,6 +169,9 @@ impl Outbox {
             } => {
                 s.alarm_events.fetch_add(1, Relaxed);
                 tracing::warn!(chain = %e.chain, %device, alarm = %type_, %severity, %status, %id, "ALARM {transition}: {message}");
+                // The channels that posted a message or opened an incident for the alarm edit
+                // or update it, whether or not the chain notifies them of this transition.
+                self.sinks.notify.follow(&record, transition);
                 if self.fanout.is_some() {
                     // A cluster: every instance records it and publishes it, from Redis.
                     self.fanout_pending.push(Frame {
@@ -325,5 +328,6 @@ pub fn notice(e: Effect) -> Option<crate::sinks::notify::Notice> {
         fallback_from: None,
         receipt: None,
         rearm: false,
+        follow: false,
     })
 }

@@ -115,6 +115,7 @@ mod tests {
             fallback_from: None,
             receipt: None,
             rearm: false,
+            follow: false,
         };
         let p = n.payload();
         assert_eq!(p["alarm"]["id"], "A:pump-3:1");

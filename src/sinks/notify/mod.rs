@@ -78,6 +78,11 @@ pub struct Notice {
     /// over: its last owner was reminding of it).
     #[serde(skip)]
     pub rearm: bool,
+    /// A later transition of an alarm this channel follows (its bot message, its incident),
+    /// which the chain did not notify: it edits what the channel posted, and is dropped by a
+    /// channel that posted nothing for the alarm.
+    #[serde(skip)]
+    pub follow: bool,
 }
 
 /// A channel's counters.
@@ -153,6 +158,8 @@ struct ChannelHandle {
     tx: mpsc::Sender<Notice>,
     stats: Arc<ChannelStats>,
     describe: String,
+    /// Its messages follow an alarm's life ([`Notifier::follow`]).
+    follows: bool,
 }
 
 /// Why a notification was not queued.
@@ -196,6 +203,7 @@ impl Notifier {
                     tx,
                     stats: stats.clone(),
                     describe: transport.describe(),
+                    follows: transport.follows_alarms(),
                 },
             );
             built.push((name.clone(), transport, policy, rx, stats, remembered));
@@ -256,6 +264,47 @@ impl Notifier {
             return Err(Unsent::Unknown(Box::new(n)));
         };
         ch.tx.send(n).await.map_err(|_| Unsent::Full)
+    }
+
+    /// Tells the channels that follow alarms (a Slack or Telegram bot, PagerDuty) of an alarm's
+    /// later transition, so an acknowledgement or a clear edits their message or updates their
+    /// incident whether or not the chain notifies them of it. Never waits; a full queue skips
+    /// it (the next transition brings the message up to date).
+    pub fn follow(&self, a: &crate::alarm::Alarm, transition: crate::alarm::Transition) {
+        if transition == crate::alarm::Transition::Created {
+            return;
+        }
+        let data = serde_json::json!({
+            "alarm": crate::alarm::registry::alarm_json(a, transition.as_str())
+        });
+        let (chain, node) = a
+            .origin
+            .as_ref()
+            .map_or(("", ""), |(c, n)| (c.as_str(), n.as_str()));
+        for (name, ch) in self.channels.iter().filter(|(_, c)| c.follows) {
+            let n = Notice {
+                channel: name.clone(),
+                chain: chain.into(),
+                node: node.into(),
+                device: a.device.as_str().into(),
+                ts: crate::engine::clock::wall_ms(),
+                subject: format!(
+                    "[{}] {} {} on {}",
+                    a.severity.as_str(),
+                    a.type_,
+                    transition.as_str(),
+                    a.device
+                ),
+                body: a.message.clone(),
+                data: data.clone(),
+                reminder: false,
+                fallback_from: None,
+                receipt: None,
+                rearm: false,
+                follow: true,
+            };
+            let _ = ch.tx.try_send(n);
+        }
     }
 
     /// The channels' counters, without their queues (holding a view keeps no queue open).

@@ -65,6 +65,8 @@ pub enum Chat {
         api: reqwest::Url,
         /// The integration key.
         routing_key: String,
+        /// The alarms it triggered an incident for and has not resolved.
+        incidents: chat::Threads,
     },
     /// A Telegram bot.
     Telegram(chat::telegram::Bot),
@@ -161,6 +163,7 @@ impl Transport {
                         client,
                         api: p.api.clone(),
                         routing_key: p.routing_key.0.clone(),
+                        incidents: Default::default(),
                     },
                     Delivery::Telegram(t) => Chat::Telegram(chat::telegram::Bot {
                         client,
@@ -229,9 +232,29 @@ impl Transport {
                 chat: Chat::Telegram(b),
                 ..
             } => &b.threads,
+            Transport::Chat {
+                chat: Chat::PagerDuty { incidents, .. },
+                ..
+            } => incidents,
             _ => return,
         };
         threads.remember(name, remembered, memory.clone());
+    }
+
+    /// Whether it has posted something for the alarm of `n` that a later transition updates.
+    pub fn knows(&self, n: &Notice) -> bool {
+        let Some(id) = n.alarm().and_then(|a| a.get("id")).and_then(|v| v.as_str()) else {
+            return false;
+        };
+        match self {
+            Transport::Chat { chat, .. } => match chat {
+                Chat::SlackBot(b) => b.threads.get(id).is_some(),
+                Chat::Telegram(b) => b.threads.get(id).is_some(),
+                Chat::PagerDuty { incidents, .. } => incidents.get(id).is_some(),
+                _ => false,
+            },
+            _ => false,
+        }
     }
 
     /// Whether its messages follow an alarm's life (a bot that edits its message, an incident
@@ -327,8 +350,18 @@ impl Transport {
                         client,
                         api,
                         routing_key,
+                        incidents,
                     } => {
-                        chat::pagerduty::send(client, api, routing_key, &card, &n.key(), n.ts).await
+                        chat::pagerduty::send(client, api, routing_key, &card, &n.key(), n.ts)
+                            .await?;
+                        if let Some(a) = &card.alarm {
+                            if a.status.is_active() {
+                                incidents.put(&a.id, serde_json::Value::Bool(true));
+                            } else {
+                                incidents.forget(&a.id);
+                            }
+                        }
+                        Ok(())
                     }
                     Chat::Telegram(b) => b.deliver(&card).await,
                 }

@@ -58,6 +58,10 @@ impl Worker {
             if n.rearm {
                 continue;
             }
+            if n.follow && !self.transport.knows(&n) {
+                // Nothing posted for this alarm here: nothing to edit.
+                continue;
+            }
             if self.hold(&n) {
                 n.settled();
                 continue;

@@ -106,11 +106,6 @@ impl Facts {
             Severity::Indeterminate => "#757575",
         }
     }
-
-    /// Closed: cleared and acknowledged, nothing more will happen to it.
-    pub fn closed(&self) -> bool {
-        self.status == Status::ClearedAck
-    }
 }
 
 /// What a chat message shows: built once per delivery from the notification.
@@ -197,9 +192,9 @@ pub fn cut(s: &str, max: usize) -> String {
     out
 }
 
-/// The messages a bot posted, per alarm id, so the next transition edits them. Bounded: past
-/// `MAX` alarms the oldest is forgotten (its next transition posts a new message). A closed
-/// alarm's entry goes at once.
+/// The messages a bot posted (or the incidents PagerDuty opened), per alarm id, so the next
+/// transition edits them. Bounded: past `MAX` alarms the oldest is forgotten (its next
+/// transition posts a new message).
 #[derive(Default)]
 pub struct Threads {
     inner: Mutex<(HashMap<String, Value>, VecDeque<String>)>,

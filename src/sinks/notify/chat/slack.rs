@@ -102,6 +102,13 @@ impl Bot {
                     Err(e) => return Err(e),
                     Ok(()) => {}
                 }
+                // The chain's notification of a transition the channel already followed edits
+                // the message again (with the chain's text) but replies once.
+                let repeat =
+                    !card.reminder && at["last"].as_str() == Some(alarm.transition.as_str());
+                if repeat {
+                    return self.remember(alarm, at);
+                }
                 let what = if card.reminder {
                     format!("Reminder: still {}", alarm.status_text().to_lowercase())
                 } else {
@@ -120,11 +127,15 @@ impl Bot {
             }
             None => self.post(card, None).await?,
         };
-        if alarm.closed() {
-            self.threads.forget(&alarm.id);
-        } else {
-            self.threads.put(&alarm.id, at);
-        }
+        self.remember(alarm, at)
+    }
+
+    /// Keeps where the alarm's message is and the transition it last showed. A closed alarm's
+    /// stays too (among the last 10,000): the chain's own notification of the closing
+    /// transition may come after the channel followed it, and must edit, not post.
+    fn remember(&self, alarm: &super::Facts, mut at: Value) -> Result<(), Failure> {
+        at["last"] = Value::from(alarm.transition.as_str());
+        self.threads.put(&alarm.id, at);
         Ok(())
     }
 

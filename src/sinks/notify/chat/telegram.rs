@@ -82,12 +82,9 @@ impl Bot {
             let mut m = self.message(&html);
             m["message_id"] = id;
             match self.call("editMessageText", m).await? {
-                Answer::Ok(_) | Answer::NotModified => {
-                    if alarm.closed() {
-                        self.threads.forget(&alarm.id);
-                    }
-                    return Ok(());
-                }
+                // A closed alarm's message is kept too: the chain's own notification of the
+                // closing transition may still come, and must edit, not send.
+                Answer::Ok(_) | Answer::NotModified => return Ok(()),
                 Answer::Gone => self.threads.forget(&alarm.id),
             }
         }
@@ -96,10 +93,8 @@ impl Bot {
                 "Telegram sendMessage: no message in the answer".into(),
             ));
         };
-        if !alarm.closed() {
-            if let Some(id) = sent["message_id"].as_i64() {
-                self.threads.put(&alarm.id, Value::from(id));
-            }
+        if let Some(id) = sent["message_id"].as_i64() {
+            self.threads.put(&alarm.id, Value::from(id));
         }
         Ok(())
     }
