@@ -137,6 +137,7 @@ function leave(room) {
 const dirty = new Set();
 let frame = 0;
 function redraw(fn) {
+  if (fn.gen !== undefined && fn.gen !== pageGen) return; // a page left since
   dirty.add(fn);
   if (!frame) frame = requestAnimationFrame(() => {
     frame = 0;
@@ -186,6 +187,16 @@ async function alarmAction(id, action) {
 // ---- pages -------------------------------------------------------------------------------------
 
 let page = { name: "", draw() {}, stop() {} };
+// Counts the pages shown: a page's timers and answers still in flight when it is left must not
+// draw over the next page, nor poll again.
+let pageGen = 0;
+/** `fn`, marked as the current page's: once the page is left, `redraw` skips it. */
+function ofPage(fn) {
+  fn.gen = pageGen;
+  return fn;
+}
+/** Whether the page that captured `gen` is still the one shown. */
+const shown = (gen) => gen === pageGen;
 
 function sparkline(canvas, values) {
   const w = (canvas.width = canvas.clientWidth * devicePixelRatio || 200);
@@ -207,6 +218,7 @@ function sparkline(canvas, values) {
 }
 
 function devicesPage() {
+  const gen = pageGen;
   const main = $("#main");
   let timer = 0;
   const draw = () => {
@@ -251,15 +263,16 @@ function devicesPage() {
       }
       redraw(draw);
     } catch (e) {
-      main.replaceChildren(el("p", { class: "muted" }, `Cannot read the devices: ${e.message}`));
+      if (shown(gen)) main.replaceChildren(el("p", { class: "muted" }, `Cannot read the devices: ${e.message}`));
     }
-    timer = setTimeout(poll, 2000);
+    if (shown(gen)) timer = setTimeout(poll, 2000);
   };
   poll();
   return { name: "devices", draw, stop() { clearTimeout(timer); } };
 }
 
 function devicePage(id) {
+  const gen = pageGen;
   const main = $("#main");
   const room = `device/${id}`;
   const charts = new Map(); // field → {plot, xs, ys}
@@ -331,7 +344,7 @@ function devicePage(id) {
           redraw(drawDetail);
         }
       }
-      timer = setTimeout(poll, 2000);
+      if (shown(gen)) timer = setTimeout(poll, 2000);
     };
     timer = setTimeout(poll, 2000);
   };
@@ -378,7 +391,8 @@ function alarmsPage() {
     $("#main").replaceChildren(el("h1", {}, `Alarms (${list.length} open)`),
       list.length ? alarmTable(list) : el("p", { class: "muted" }, "No open alarm."));
   };
-  const poll = () => loadHeld().then(() => redraw(draw)).catch(() => {}).finally(() => { timer = setTimeout(poll, 5000); });
+  const gen = pageGen;
+  const poll = () => loadHeld().then(() => redraw(draw)).catch(() => {}).finally(() => { if (shown(gen)) timer = setTimeout(poll, 5000); });
   poll();
   return { name: "alarms", draw, stop() { clearTimeout(timer); } };
 }
@@ -420,7 +434,8 @@ function alarmPage(id) {
   const load = () => api(`api/alarms/${encodeURIComponent(id)}/history`)
     .then((r) => { data = r; redraw(draw); })
     .catch((e) => { $("#main").replaceChildren(el("h1", {}, "Alarm"), el("p", { class: "muted" }, e.message)); });
-  const poll = () => load().finally(() => { timer = setTimeout(poll, 3000); });
+  const gen = pageGen;
+  const poll = () => load().finally(() => { if (shown(gen)) timer = setTimeout(poll, 3000); });
   poll();
   return { name: "alarms", draw, stop() { clearTimeout(timer); } };
 }
@@ -498,10 +513,11 @@ function chainsPage() {
             el("td", {}, n.id), el("td", { class: "muted" }, n.kind),
             outcomes.map((o) => el("td", { class: `num ${n.outcomes[o] ? "" : "zero"}` }, String(n.outcomes[o] || 0)))))))));
   };
+  const gen = pageGen;
   const poll = async () => {
     data = await api("api/chains").catch(() => data);
     redraw(draw);
-    timer = setTimeout(poll, 2000);
+    if (shown(gen)) timer = setTimeout(poll, 2000);
   };
   poll();
   return { name: "chains", draw, stop() { clearTimeout(timer); } };
@@ -550,6 +566,7 @@ function tracePage() {
 
 function route() {
   page.stop();
+  pageGen++;
   const raw = location.hash.slice(1) || "/";
   const [path, q] = raw.split("?");
   const h = decodeURIComponent(path);
@@ -560,6 +577,7 @@ function route() {
   else if (h === "/chains") page = chainsPage();
   else if (h === "/trace") page = tracePage();
   else page = devicesPage();
+  ofPage(page.draw);
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("on", a.dataset.page === page.name);
 }
 
