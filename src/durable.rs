@@ -6,6 +6,45 @@
 use std::io::Write;
 use std::path::Path;
 
+/// Reads a JSON file written by [`replace`]: None when there is none yet; an error naming the
+/// file and how to start without it (`what` it holds) when it cannot be read or parsed.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<Option<T>, String> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    serde_json::from_slice(&text).map(Some).map_err(|e| {
+        format!(
+            "{} is damaged ({e}): move it aside to start without {what}",
+            path.display()
+        )
+    })
+}
+
+/// Replaces `path` with `body()` when `dirty` says something changed since the last save
+/// (cleared now; set again if the write fails, so the next save tries again). `what` names
+/// the content for the error.
+pub fn save_if_changed(
+    path: Option<&Path>,
+    dirty: &std::sync::atomic::AtomicBool,
+    body: impl FnOnce() -> Vec<u8>,
+    what: &str,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(path) = path else { return Ok(()) };
+    if !dirty.swap(false, Relaxed) {
+        return Ok(());
+    }
+    replace(path, &body()).map_err(|e| {
+        dirty.store(true, Relaxed);
+        format!("cannot save {what} to {}: {e}", path.display())
+    })
+}
+
 /// Writes `body` to `tmp`, flushes it, renames it to `path` and flushes the directory.
 pub fn write_via(tmp: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(tmp)?;

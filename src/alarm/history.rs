@@ -77,17 +77,9 @@ impl History {
     /// Reads the file back (at start); gives how many alarms' histories it held.
     pub fn load(&self) -> Result<usize, String> {
         let Some(f) = &self.file else { return Ok(0) };
-        let text = match std::fs::read(f) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(format!("cannot read {}: {e}", f.display())),
+        let Some(book) = crate::durable::read_json::<Book>(f, "the alarms' history")? else {
+            return Ok(0);
         };
-        let book: Book = serde_json::from_slice(&text).map_err(|e| {
-            format!(
-                "{} is damaged ({e}): move it aside to start without the alarms' history",
-                f.display()
-            )
-        })?;
         let n = book.entries.len();
         *self.lock() = book;
         Ok(n)
@@ -163,15 +155,12 @@ impl History {
     /// Writes the history to its file if it changed since the last save: a new file renamed
     /// over the old, flushed first.
     pub fn save(&self) -> Result<(), String> {
-        let Some(f) = &self.file else { return Ok(()) };
-        if !self.dirty.swap(false, Relaxed) {
-            return Ok(());
-        }
-        let body = serde_json::to_vec(&*self.lock()).unwrap_or_default();
-        crate::durable::replace(f, &body).map_err(|e| {
-            self.dirty.store(true, Relaxed);
-            format!("cannot save the alarms' history to {}: {e}", f.display())
-        })
+        crate::durable::save_if_changed(
+            self.file.as_deref(),
+            &self.dirty,
+            || serde_json::to_vec(&*self.lock()).unwrap_or_default(),
+            "the alarms' history",
+        )
     }
 }
 

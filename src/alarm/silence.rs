@@ -397,17 +397,9 @@ impl Silences {
     /// Reads the file back (at start). A file that cannot be read is an error naming it.
     pub fn load(&self) -> Result<usize, String> {
         let Some(f) = &self.file else { return Ok(0) };
-        let text = match std::fs::read(f) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(format!("cannot read {}: {e}", f.display())),
+        let Some(list) = crate::durable::read_json::<Vec<Silence>>(f, "its silences")? else {
+            return Ok(0);
         };
-        let list: Vec<Silence> = serde_json::from_slice(&text).map_err(|e| {
-            format!(
-                "{} is damaged ({e}): move it aside to start without its silences",
-                f.display()
-            )
-        })?;
         let n = list.len();
         *self.lock() = list;
         Ok(n)

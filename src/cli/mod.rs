@@ -36,3 +36,16 @@ pub fn load_config(path: Option<&Path>, diags: &mut Diagnostics) -> Option<Confi
 }
 
 pub use crate::engine::clock::wall_ms;
+
+/// A runtime for a command that talks to a service once (`notify-test`, `silence`), with the
+/// TLS provider installed; an exit code when it cannot start.
+pub fn client_runtime() -> Result<tokio::runtime::Runtime, i32> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            EXIT_USAGE
+        })
+}

@@ -120,16 +120,9 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
         rearm: false,
         follow: false,
     };
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::client_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return super::EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
     // The config was checked by the same function; this gives the channel's typed settings.
     let settings = match crate::config::settings::resolve(Some(config), Some(&cfg), None) {

@@ -89,16 +89,9 @@ pub fn run(target: Target, action: Action) -> i32 {
             return super::EXIT_USAGE;
         }
     };
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::client_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return super::EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
     let user = || std::env::var("USER").ok().filter(|u| !u.is_empty());
     let (method, path, body) = match &action {

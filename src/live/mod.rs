@@ -24,7 +24,7 @@ pub mod ingest;
 pub mod link;
 #[cfg(feature = "embedded-broker")]
 pub mod local;
-mod notices;
+pub(crate) mod notices;
 mod os;
 mod preflight;
 pub mod publisher;

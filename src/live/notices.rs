@@ -66,17 +66,8 @@ pub(super) async fn run(
                             tracing::warn!(key, "a settled notification stays in the outbox (its removal queue is full): it is sent again after a restart");
                         }
                     })));
-                    match notifier.send_wait(n).await {
-                        Ok(()) => {}
-                        Err(Unsent::Unknown(n)) => {
-                            if limit.allow() {
-                                tracing::info!(chain = %n.chain, node = %n.node, device = %n.device, channel = %n.channel, "notify (channel not configured, logged only): {}", n.subject);
-                            }
-                            n.settled();
-                        }
-                        // The channel stopped: left in the file for the next start.
-                        Err(Unsent::Full) => {}
-                    }
+                    // A channel that stopped leaves it in the file for the next start.
+                    hand_over(&notifier, n, &limit).await;
                 }
             }
             Err(e) => {
@@ -100,6 +91,22 @@ pub(super) async fn run(
     drop(settled_tx);
     drop(notifier);
     remover
+}
+
+/// Hands a stored notification to its channel, waiting for room in its queue. One to a channel
+/// the config does not define is logged and settled; one the channel cannot take (it stopped:
+/// shutdown) stays stored, for the next start or the next owner.
+pub(super) async fn hand_over(notifier: &Notifier, n: Notice, limit: &RateLimit) {
+    match notifier.send_wait(n).await {
+        Ok(()) => {}
+        Err(Unsent::Unknown(n)) => {
+            if limit.allow() {
+                tracing::info!(chain = %n.chain, node = %n.node, device = %n.device, channel = %n.channel, "notify (channel not configured, logged only): {}", n.subject);
+            }
+            n.settled();
+        }
+        Err(Unsent::Full) => {}
+    }
 }
 
 /// Removes settled notifications from the file, as many as have come in one write.

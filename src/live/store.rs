@@ -419,6 +419,32 @@ impl RedbStore {
             .ok_or_else(|| "the state store is closed".to_string())
     }
 
+    /// A shard's state, its attributes record when given, and the turn's notifications, in one
+    /// transaction of one table.
+    fn write_state(
+        &self,
+        shard: usize,
+        data: &[u8],
+        attributes: Option<&[u8]>,
+        outbox: &[Vec<u8>],
+    ) -> Result<(), String> {
+        self.write(|db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(SHARDS).map_err(err)?;
+                t.insert(shard as u32, data).map_err(err)?;
+                if let Some(a) = attributes {
+                    t.insert(shard as u32 | ATTRIBUTES_KEY, a).map_err(err)?;
+                }
+                for n in outbox {
+                    let seq = self.next_seq.fetch_add(1, Relaxed) & OUTBOX_SEQ;
+                    t.insert(OUTBOX_KEY | seq, n.as_slice()).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+    }
+
     fn write(&self, f: impl FnOnce(&Database) -> Result<(), String>) -> Result<(), String> {
         let mut o = self.lock();
         let r = self
@@ -440,17 +466,7 @@ impl StateStore for RedbStore {
     }
 
     fn save(&self, shard: usize, data: &[u8], attributes: Option<&[u8]>) -> Result<(), String> {
-        self.write(|db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut t = txn.open_table(SHARDS).map_err(err)?;
-                t.insert(shard as u32, data).map_err(err)?;
-                if let Some(a) = attributes {
-                    t.insert(shard as u32 | ATTRIBUTES_KEY, a).map_err(err)?;
-                }
-            }
-            txn.commit().map_err(err)
-        })
+        self.write_state(shard, data, attributes, &[])
     }
 
     fn save_at(
@@ -461,25 +477,9 @@ impl StateStore for RedbStore {
         _position: Option<&str>,
         outbox: &[Vec<u8>],
     ) -> Result<(), String> {
-        if self.outbox.is_none() || outbox.is_empty() {
-            return self.save(shard, data, attributes);
-        }
-        self.write(|db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut t = txn.open_table(SHARDS).map_err(err)?;
-                t.insert(shard as u32, data).map_err(err)?;
-                if let Some(a) = attributes {
-                    t.insert(shard as u32 | ATTRIBUTES_KEY, a).map_err(err)?;
-                }
-                for n in outbox {
-                    let seq = self.next_seq.fetch_add(1, Relaxed) & OUTBOX_SEQ;
-                    t.insert(OUTBOX_KEY | seq, n.as_slice()).map_err(err)?;
-                }
-            }
-            txn.commit().map_err(err)
-        })?;
-        if let Some(n) = &self.outbox {
+        let outbox = if self.outbox.is_some() { outbox } else { &[] };
+        self.write_state(shard, data, attributes, outbox)?;
+        if let Some(n) = self.outbox.as_ref().filter(|_| !outbox.is_empty()) {
             n.notify_one();
         }
         Ok(())

@@ -18,7 +18,7 @@ use super::lease::PartitionKeys;
 use super::reader::Feeds;
 use super::view::View;
 use crate::live::RateLimit;
-use crate::sinks::notify::{Notice, Notifier, Receipt, Unsent};
+use crate::sinks::notify::{Notice, Notifier, Receipt};
 
 /// The consumer group of every outbox.
 const GROUP: &str = "notify";
@@ -237,17 +237,8 @@ async fn deliver(
                 .unwrap_or_else(|e| e.into_inner())
                 .push((p, entry.clone()));
         })));
-        match notifier.send_wait(n).await {
-            Ok(()) => {}
-            Err(Unsent::Unknown(n)) => {
-                if limit.allow() {
-                    tracing::info!(chain = %n.chain, node = %n.node, device = %n.device, channel = %n.channel, "notify (channel not configured, logged only): {}", n.subject);
-                }
-                n.settled();
-            }
-            // The channel stopped (shutdown): left pending for the next owner.
-            Err(Unsent::Full) => {}
-        }
+        // A channel that stopped (shutdown) leaves it pending for the next owner.
+        crate::live::notices::hand_over(notifier, n, limit).await;
     }
 }
 

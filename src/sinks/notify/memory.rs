@@ -47,17 +47,13 @@ impl Memory {
     /// Reads the file back (at start).
     pub fn load(&self) -> Result<usize, String> {
         let Some(f) = &self.file else { return Ok(0) };
-        let text = match std::fs::read(f) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(format!("cannot read {}: {e}", f.display())),
+        let Some(m) = crate::durable::read_json::<BTreeMap<String, ChannelMemory>>(
+            f,
+            "the channels' reminders",
+        )?
+        else {
+            return Ok(0);
         };
-        let m: BTreeMap<String, ChannelMemory> = serde_json::from_slice(&text).map_err(|e| {
-            format!(
-                "{} is damaged ({e}): move it aside to start without the channels' reminders",
-                f.display()
-            )
-        })?;
         let n = m.values().map(|c| c.reminders.len()).sum();
         *self.lock() = m;
         Ok(n)
@@ -108,17 +104,11 @@ impl Memory {
 
     /// Writes the file if anything changed since the last save.
     pub fn save(&self) -> Result<(), String> {
-        let Some(f) = &self.file else { return Ok(()) };
-        if !self.dirty.swap(false, Relaxed) {
-            return Ok(());
-        }
-        let body = serde_json::to_vec(&*self.lock()).unwrap_or_default();
-        crate::durable::replace(f, &body).map_err(|e| {
-            self.dirty.store(true, Relaxed);
-            format!(
-                "cannot save the channels' reminders to {}: {e}",
-                f.display()
-            )
-        })
+        crate::durable::save_if_changed(
+            self.file.as_deref(),
+            &self.dirty,
+            || serde_json::to_vec(&*self.lock()).unwrap_or_default(),
+            "the channels' reminders",
+        )
     }
 }

@@ -318,26 +318,10 @@ impl Transport {
                     .send()
                     .await
                     .map_err(|e| Failure::transient(crate::sinks::http_error_text(&e)))?;
-                let status = resp.status();
-                if status.is_success() {
+                if resp.status().is_success() {
                     Ok(())
                 } else {
-                    let wait = chat::retry_after(&resp);
-                    let text: String = resp
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .chars()
-                        .take(300)
-                        .collect();
-                    let code = status.as_u16();
-                    Err(Failure {
-                        text: crate::sinks::redact_urls(&format!("HTTP {status}: {}", text.trim())),
-                        // The receiver refuses this request (400, 401, 404…): sending it again
-                        // changes nothing. 408 and 429 ask to come back later.
-                        permanent: !crate::retry::retryable_status(code),
-                        retry_after: wait,
-                    })
+                    Err(chat::refused("", resp).await)
                 }
             }
             Transport::Chat { chat, base_url } => {

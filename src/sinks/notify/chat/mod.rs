@@ -273,7 +273,8 @@ pub fn send_error(what: &str, e: &reqwest::Error) -> Failure {
 }
 
 /// An HTTP answer that is not a success: 408, 429 and 5xx are worth another attempt (after
-/// `Retry-After` when given); any other refusal is not.
+/// `Retry-After` when given); any other refusal (400, 401, 404…) is not, since sending the
+/// same request again changes nothing. `what` names the service (none for a plain webhook).
 pub async fn refused(what: &str, resp: reqwest::Response) -> Failure {
     let status = resp.status();
     let wait = retry_after(&resp);
@@ -284,8 +285,13 @@ pub async fn refused(what: &str, resp: reqwest::Response) -> Failure {
         .chars()
         .take(300)
         .collect();
+    let head = if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what}: ")
+    };
     Failure {
-        text: crate::sinks::redact_urls(&format!("{what}: HTTP {status}: {}", text.trim())),
+        text: crate::sinks::redact_urls(&format!("{head}HTTP {status}: {}", text.trim())),
         permanent: !crate::retry::retryable_status(status.as_u16()),
         retry_after: wait,
     }
