@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http, tempdir, wait_for, Engine, Mosquitto, Mqtt, Redis};
+use common::{free_port, http, http_as, tempdir, wait_for, Engine, Mosquitto, Mqtt, Redis};
 use rulechain::live::cluster::placement::partition_of;
 use serde_json::Value;
 
@@ -578,7 +578,7 @@ async fn three_instances_process_every_message_once_in_order_and_lose_nothing_wh
     let traced = "trace-1";
     let owner = fleet.owner_of(traced);
     let here = (1..=3).find(|i| *i != owner).unwrap();
-    let (code, body) = common::http_as(
+    let (code, body) = http_as(
         fleet.engine(here).http,
         "POST",
         "/api/trace",
@@ -718,6 +718,51 @@ async fn an_owner_killed_in_a_hold_raises_the_alarm_once_on_time_and_a_paused_ow
     assert_eq!(code, 409, "{body}");
     // The owner's refusal, with the alarm's status, comes back through the other instance.
     assert!(body.contains("already acknowledged (ACTIVE_ACK)"), "{body}");
+    // A comment and a silence made on one instance are every instance's.
+    let ask = |i: usize, method: &str, path: &str, body: &str| {
+        let (code, out) = http_as(
+            fleet.engine(i).http,
+            method,
+            path,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .unwrap();
+        (
+            code,
+            serde_json::from_str::<Value>(&out).unwrap_or(Value::Null),
+        )
+    };
+    let (code, _) = ask(
+        other,
+        "POST",
+        &format!("/api/alarms/{held_id}/comments"),
+        r#"{"text": "on it", "by": "ana"}"#,
+    );
+    assert_eq!(code, 201);
+    let (code, made) = ask(
+        other,
+        "POST",
+        "/api/silences",
+        r#"{"matchers": {"device": "zz-*"}, "duration": "1h", "comment": "fleet"}"#,
+    );
+    assert_eq!(code, 201, "{made}");
+    for (i, _) in fleet.live() {
+        let (_, h) = ask(i, "GET", &format!("/api/alarms/{held_id}/history"), "");
+        assert!(
+            h["history"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|e| e["kind"] == "comment" && e["by"] == "ana")),
+            "rc-{i} has the comment: {h}"
+        );
+        let (_, s) = ask(
+            i,
+            "GET",
+            &format!("/api/silences/{}", made["id"].as_str().unwrap()),
+            "",
+        );
+        assert_eq!(s["state"], "active", "rc-{i} has the silence: {s}");
+    }
     // The alarm notified before the kill, still unacknowledged, is reminded of (every 2 s) by
     // the instance that took its partition over: reminders move with the partition.
     let since_kill = fleet.hook.keys().len();
