@@ -273,6 +273,7 @@ async fn main() {
     let (mut lat_create, mut lat_clear) = (Vec::new(), Vec::new());
     let (mut posts, mut edits, mut replies, mut other) = (0, 0, 0, 0);
     let mut edits_per_message: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last_status: HashMap<String, Value> = HashMap::new();
     for call in &calls {
         let (create, lat) = match call.method.as_str() {
             "chat.postMessage" if call.body["thread_ts"].is_string() => {
@@ -288,6 +289,12 @@ async fn main() {
                 *edits_per_message
                     .entry(call.body["ts"].as_str().unwrap_or("").to_string())
                     .or_default() += 1;
+                // A second edit showing the same status is not a transition of its own.
+                let status = call.body["attachments"][0]["blocks"][1]["fields"][3]["text"].clone();
+                let ts = call.body["ts"].as_str().unwrap_or("").to_string();
+                if last_status.insert(ts, status.clone()) == Some(status) {
+                    continue;
+                }
                 (false, &mut lat_clear)
             }
             _ => {

@@ -250,7 +250,9 @@ impl Transport {
             Transport::Chat { chat, .. } => match chat {
                 Chat::SlackBot(b) => b.threads.get(id).is_some(),
                 Chat::Telegram(b) => b.threads.get(id).is_some(),
-                Chat::PagerDuty { incidents, .. } => incidents.get(id).is_some(),
+                Chat::PagerDuty { incidents, .. } => incidents
+                    .get(id)
+                    .is_some_and(|last| !last.as_str().unwrap_or("").starts_with("resolve")),
                 _ => false,
             },
             _ => false,
@@ -336,14 +338,28 @@ impl Transport {
                         routing_key,
                         incidents,
                     } => {
+                        let action = chat::pagerduty::action(&card);
+                        // What the incident was last told: the action and the severity (a
+                        // severity change triggers again, to update it).
+                        let told = card
+                            .alarm
+                            .as_ref()
+                            .map(|a| format!("{action}:{}", a.severity.as_str()));
+                        if let Some(a) = &card.alarm {
+                            let last = incidents.get(&a.id);
+                            // The same again (the channel followed the alarm, then the chain
+                            // notified the same transition; a reminder), or an update of an
+                            // incident it never opened: nothing to tell PagerDuty.
+                            if last.as_ref().and_then(|l| l.as_str()) == told.as_deref()
+                                || (last.is_none() && action != "trigger")
+                            {
+                                return Ok(());
+                            }
+                        }
                         chat::pagerduty::send(client, api, routing_key, &card, &n.key(), n.ts)
                             .await?;
-                        if let Some(a) = &card.alarm {
-                            if a.status.is_active() {
-                                incidents.put(&a.id, serde_json::Value::Bool(true));
-                            } else {
-                                incidents.forget(&a.id);
-                            }
+                        if let (Some(a), Some(t)) = (&card.alarm, told) {
+                            incidents.put(&a.id, serde_json::Value::from(t));
                         }
                         Ok(())
                     }

@@ -23,19 +23,21 @@ fn severity(s: Severity) -> &'static str {
     }
 }
 
+/// What a notification does to its incident: an active unacknowledged alarm triggers it, an
+/// acknowledged one acknowledges it, a cleared one resolves it; a notification that is not an
+/// alarm's triggers one of its own.
+pub fn action(c: &Card) -> &'static str {
+    match c.alarm.as_ref().map(|a| a.status) {
+        None | Some(Status::ActiveUnack) => "trigger",
+        Some(Status::ActiveAck) => "acknowledge",
+        Some(Status::ClearedUnack | Status::ClearedAck) => "resolve",
+    }
+}
+
 /// The event of a notification (`key`: its deduplication key when it is not an alarm's).
 pub fn event(c: &Card, routing_key: &str, key: &str, ts_ms: i64) -> Value {
-    let (action, dedup) = match &c.alarm {
-        Some(a) => (
-            match a.status {
-                Status::ActiveUnack => "trigger",
-                Status::ActiveAck => "acknowledge",
-                Status::ClearedUnack | Status::ClearedAck => "resolve",
-            },
-            a.id.as_str(),
-        ),
-        None => ("trigger", key),
-    };
+    let action = action(c);
+    let dedup = c.alarm.as_ref().map_or(key, |a| a.id.as_str());
     let mut e = json!({
         "routing_key": routing_key,
         "event_action": action,

@@ -49,6 +49,15 @@ pub fn attachment(card: &Card) -> Value {
     json!({"color": colour, "fallback": cut(&card.headline, 250), "blocks": blocks})
 }
 
+/// What a card shows, in short (a hash of its headline and text): an edit that would show the
+/// same is not sent.
+fn shown_as(card: &Card) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&card.headline, &card.text).hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
 /// The text a notification shows where blocks are not rendered (notifications, search).
 fn fallback_text(card: &Card) -> String {
     slack_escape(&cut(&card.headline, 1000))
@@ -71,7 +80,17 @@ impl Bot {
             return Ok(());
         };
         let known = self.threads.get(&alarm.id);
+        let shown = shown_as(card);
         let at = match known {
+            // The same transition, shown with the same text already (the channel followed the
+            // alarm, then the chain notified the same transition with the default text): done.
+            Some(at)
+                if !card.reminder
+                    && at["last"].as_str() == Some(alarm.transition.as_str())
+                    && at["shown"].as_str() == Some(shown.as_str()) =>
+            {
+                return Ok(());
+            }
             Some(at) => {
                 let (ch, ts) = (at["channel"].clone(), at["ts"].clone());
                 let edited = if card.reminder {
@@ -107,7 +126,7 @@ impl Bot {
                 let repeat =
                     !card.reminder && at["last"].as_str() == Some(alarm.transition.as_str());
                 if repeat {
-                    return self.remember(alarm, at);
+                    return self.remember(alarm, at, shown);
                 }
                 let what = if card.reminder {
                     format!("Reminder: still {}", alarm.status_text().to_lowercase())
@@ -127,14 +146,15 @@ impl Bot {
             }
             None => self.post(card, None).await?,
         };
-        self.remember(alarm, at)
+        self.remember(alarm, at, shown)
     }
 
     /// Keeps where the alarm's message is and the transition it last showed. A closed alarm's
     /// stays too (among the last 10,000): the chain's own notification of the closing
     /// transition may come after the channel followed it, and must edit, not post.
-    fn remember(&self, alarm: &super::Facts, mut at: Value) -> Result<(), Failure> {
+    fn remember(&self, alarm: &super::Facts, mut at: Value, shown: String) -> Result<(), Failure> {
         at["last"] = Value::from(alarm.transition.as_str());
+        at["shown"] = Value::from(shown);
         self.threads.put(&alarm.id, at);
         Ok(())
     }
