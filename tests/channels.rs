@@ -1092,3 +1092,82 @@ async fn an_acknowledgement_reaches_every_bot_message_and_incident_though_the_ch
     assert_eq!(svc.on("/hooks/slack").len(), 0);
     assert_eq!(svc.on("/teams").len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unacknowledged_alarm_escalates_step_by_step_and_an_acknowledged_one_does_not() {
+    let dir = tempdir("escalate");
+    let (svc, port) = Services::start();
+    let cfg = format!(
+        r#"channels:
+  hook:
+    slack: {{webhook: "http://127.0.0.1:{port}/hooks/slack"}}
+    escalate:
+      - {{after: 1s, to: [teams]}}
+      - {{after: 2s, to: [pd]}}
+  teams:
+    teams: {{url: "http://127.0.0.1:{port}/teams"}}
+  pd:
+    pagerduty: {{routing_key: "{PD_KEY}", api_url: "http://127.0.0.1:{port}/pd"}}
+"#
+    );
+    let (engine, pubr) = start(&dir, &cfg, DESK).await;
+    pubr.publish("device/pump-1/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    pubr.publish("device/pump-2/telemetry", br#"{"temp": 70}"#.to_vec())
+        .await;
+    let acked = alarm_of(engine.http, "pump-2");
+    let (code, _) = api(
+        engine.http,
+        "POST",
+        &format!("/api/alarms/{}/ack", pct(acked["id"].as_str().unwrap())),
+        Some(json!({"by": "ana"})),
+    );
+    assert_eq!(code, 200);
+    let notified = wait_for(Duration::from_secs(10), || {
+        let h = svc.on("/hooks/slack");
+        (h.len() == 2).then(|| h[0].at.min(h[1].at))
+    })
+    .expect("both notified");
+    let card = wait_for(Duration::from_secs(10), || svc.on("/teams").pop()).expect("step 1");
+    assert!(card.at.duration_since(notified) >= Duration::from_millis(900));
+    let headline = card.body["attachments"][0]["content"]["body"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        headline.contains("Escalated \\(step 1 of hook\\)") && headline.contains("pump-1"),
+        "{headline}"
+    );
+    let page =
+        wait_for(Duration::from_secs(10), || svc.on("/pd/v2/enqueue").pop()).expect("step 2");
+    assert!(page.at.duration_since(notified) >= Duration::from_millis(1900));
+    assert_eq!(page.body["event_action"], "trigger");
+    assert_eq!(page.body["payload"]["source"], "pump-1");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        svc.on("/teams").len(),
+        1,
+        "the acknowledged alarm is not escalated"
+    );
+    assert_eq!(svc.on("/pd/v2/enqueue").len(), 1);
+    assert_eq!(
+        engine.status()["notify"]["channels"]["hook"]["escalations"],
+        2
+    );
+    let (_, h) = api(
+        engine.http,
+        "GET",
+        &format!(
+            "/api/alarms/{}/history",
+            pct(alarm_of(engine.http, "pump-1")["id"].as_str().unwrap())
+        ),
+        None,
+    );
+    let steps = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "escalated")
+        .count();
+    assert_eq!(steps, 2, "{h}");
+}

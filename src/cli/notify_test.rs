@@ -119,6 +119,7 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
         receipt: None,
         rearm: false,
         follow: false,
+        escalation: None,
     };
     let rt = match super::client_runtime() {
         Ok(rt) => rt,

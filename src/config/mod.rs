@@ -444,9 +444,24 @@ pub struct ChannelSpec {
     /// While an alarm stays active and unacknowledged, send it again this often (e.g. `4h`).
     #[serde(default)]
     pub repeat_interval: Option<Sp<String>>,
+    /// Escalation: while an alarm this channel notified stays active and unacknowledged, each
+    /// step hands it to more channels after its delay (`[{after: 15m, to: [oncall]}, {after:
+    /// 1h, to: [plant-manager]}]`); an acknowledgement or a clear stops it.
+    #[serde(default)]
+    pub escalate: Vec<Sp<EscalationSpec>>,
     /// Notifications queued for this channel before new ones are dropped (default 1000).
     #[serde(default)]
     pub queue: Option<Sp<usize>>,
+}
+
+/// One step of an escalation.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationSpec {
+    /// How long after the alarm's notification on this channel (`15m`).
+    pub after: Sp<String>,
+    /// The channels that get it then.
+    pub to: Vec<String>,
 }
 
 /// SMTP delivery.

@@ -329,5 +329,6 @@ pub fn notice(e: Effect) -> Option<crate::sinks::notify::Notice> {
         receipt: None,
         rearm: false,
         follow: false,
+        escalation: None,
     })
 }

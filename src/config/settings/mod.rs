@@ -866,6 +866,36 @@ mod tests {
     }
 
     #[test]
+    fn escalation_steps_go_forward_to_channels_that_exist() {
+        let c = config(
+            "channels:\n  a:\n    log: {}\n    escalate:\n      - {after: 10m, to: [b]}\n      - {after: 5m, to: [nope]}\n      - {after: soon, to: [a]}\n      - {after: 1h, to: []}\n  b:\n    log: {}\n",
+        );
+        let problems = resolve(None, Some(&c), None).unwrap_err();
+        let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "each escalation step comes after the one before it",
+            "escalation to unknown channel `nope`",
+            "escalation `after` `soon` is not a duration",
+            "channel `a` cannot escalate to itself",
+            "an escalation step names no channel",
+        ] {
+            assert!(
+                texts.iter().any(|t| t.contains(want)),
+                "{want} not in {texts:#?}"
+            );
+        }
+        let ok = config("channels:\n  a:\n    log: {}\n    escalate: [{after: 15m, to: [b]}, {after: 1h, to: [b]}]\n  b:\n    log: {}\n");
+        let s = resolve(None, Some(&ok), None).unwrap();
+        assert_eq!(
+            s.channels["a"].policy.escalate,
+            vec![
+                (Duration::from_secs(900), vec!["b".to_string()]),
+                (Duration::from_secs(3600), vec!["b".to_string()])
+            ]
+        );
+    }
+
+    #[test]
     fn body_json_is_a_webhooks_map_and_never_beside_body() {
         let c = config(
             "channels:\n  a:\n    webhook: {url: 'http://h/x'}\n    body: b\n    body_json: {text: t}\n  m:\n    email: {smtp: 'smtp://m:25', from: a@b.c, to: [d@e.f]}\n    body_json: {text: t}\n  l:\n    webhook: {url: 'http://h/y'}\n    body_json: [1]\n",

@@ -163,6 +163,8 @@ pub struct Policy {
     pub rate: Option<(u32, Duration)>,
     /// Reminder interval.
     pub repeat: Option<Duration>,
+    /// Escalation steps, by delay: (after, channels).
+    pub escalate: Vec<(Duration, Vec<String>)>,
     /// Queue length.
     pub queue: usize,
 }
@@ -178,6 +180,7 @@ impl Default for Policy {
             fallback_after: 3,
             rate: None,
             repeat: None,
+            escalate: Vec::new(),
             queue: 1000,
         }
     }
@@ -340,6 +343,7 @@ pub(crate) fn resolve(
             .max(1),
         rate,
         repeat: p.opt_duration(&spec.repeat_interval, 1),
+        escalate: escalation(p, name, spec, known),
         queue: spec.queue.as_ref().map_or(d.queue, |q| q.value).max(1),
         ..d
     };
@@ -348,6 +352,65 @@ pub(crate) fn resolve(
         policy,
         base_url: base_url.cloned(),
     })
+}
+
+/// The escalation steps, checked: each a positive delay, later than the one before, to
+/// channels that exist (and not this one).
+fn escalation(
+    p: &mut Problems,
+    name: &str,
+    spec: &Sp<ChannelSpec>,
+    known: &BTreeMap<String, Sp<ChannelSpec>>,
+) -> Vec<(Duration, Vec<String>)> {
+    let mut steps = Vec::new();
+    let mut last = Duration::ZERO;
+    for step in &spec.escalate {
+        match crate::duration::parse(&step.after.value) {
+            Ok(ms) => {
+                let after = Duration::from_millis(ms.max(0) as u64);
+                if after.is_zero() || after <= last {
+                    p.add(step.after.pos, format!("channel `{name}`: each escalation step comes after the one before it, later than 0"))
+                        .hint("e.g. `[{after: 15m, to: [oncall]}, {after: 1h, to: [manager]}]`");
+                }
+                last = after;
+            }
+            Err(_) => {
+                p.add(
+                    step.after.pos,
+                    format!(
+                        "channel `{name}`: escalation `after` `{}` is not a duration",
+                        step.after.value
+                    ),
+                )
+                .hint("e.g. `after: 15m`");
+            }
+        }
+        if step.to.is_empty() {
+            p.add(
+                step.pos,
+                format!("channel `{name}`: an escalation step names no channel in `to`"),
+            );
+        }
+        for t in &step.to {
+            if t == name {
+                p.add(
+                    step.pos,
+                    format!("channel `{name}` cannot escalate to itself"),
+                );
+            } else if !known.contains_key(t) {
+                p.add(
+                    step.pos,
+                    format!("channel `{name}`: escalation to unknown channel `{t}`"),
+                )
+                .hint(format!(
+                    "define it under `channels:` (known: {})",
+                    known.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        steps.push((last, step.to.clone()));
+    }
+    steps
 }
 
 /// An API's base address: the default, or `api_url` (an http(s) URL; a trailing `/` is

@@ -53,6 +53,9 @@ impl Notice {
             "body": self.body,
             "reminder": self.reminder,
         });
+        if let Some((from, step)) = &self.escalation {
+            v["escalation"] = json!({"from": from, "step": step});
+        }
         match self.alarm() {
             Some(a) => v["alarm"] = Value::Object(a.clone()),
             None => v["msg"] = self.data.clone(),
@@ -75,11 +78,12 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     out
 }
 
+/// The subject as sent: marked as a reminder or an escalation.
 pub(super) fn reminder_subject(n: &Notice) -> String {
-    if n.reminder {
-        format!("Reminder: {}", n.subject)
-    } else {
-        n.subject.clone()
+    match (&n.escalation, n.reminder) {
+        (Some((from, step)), _) => format!("Escalated (step {step} of {from}): {}", n.subject),
+        (None, true) => format!("Reminder: {}", n.subject),
+        (None, false) => n.subject.clone(),
     }
 }
 
@@ -116,6 +120,7 @@ mod tests {
             receipt: None,
             rearm: false,
             follow: false,
+            escalation: None,
         };
         let p = n.payload();
         assert_eq!(p["alarm"]["id"], "A:pump-3:1");

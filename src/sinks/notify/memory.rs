@@ -25,6 +25,9 @@ pub struct ChannelMemory {
     /// Alarm id → the message a bot posted for it.
     #[serde(default)]
     pub threads: BTreeMap<String, Value>,
+    /// Alarm id → its notification, the next escalation step, and when it was notified (ms).
+    #[serde(default)]
+    pub escalations: BTreeMap<String, (Notice, usize, i64)>,
 }
 
 /// Every channel's memory, kept in a file.
@@ -78,6 +81,25 @@ impl Memory {
             }
             None => {
                 if c.reminders.remove(id).is_none() {
+                    return;
+                }
+            }
+        }
+        self.dirty.store(true, Relaxed);
+    }
+
+    /// Sets (or with None, forgets) an alarm's escalation: its notification, next step and
+    /// when it was notified (ms).
+    pub fn escalation(&self, channel: &str, id: &str, e: Option<(&Notice, usize, i64)>) {
+        let mut g = self.lock();
+        let c = g.entry(channel.to_string()).or_default();
+        match e {
+            Some((n, step, base)) => {
+                c.escalations
+                    .insert(id.to_string(), (n.clone(), step, base));
+            }
+            None => {
+                if c.escalations.remove(id).is_none() {
                     return;
                 }
             }

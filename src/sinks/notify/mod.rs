@@ -83,6 +83,9 @@ pub struct Notice {
     /// channel that posted nothing for the alarm.
     #[serde(skip)]
     pub follow: bool,
+    /// Handed over by a channel's escalation: (that channel, the step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<(String, u32)>,
 }
 
 /// A channel's counters.
@@ -104,6 +107,8 @@ pub struct ChannelStats {
     pub reminders: AtomicU64,
     /// Held by a silence or an inhibition (not sent).
     pub held: AtomicU64,
+    /// Escalation steps taken (an alarm handed to more channels).
+    pub escalations: AtomicU64,
     /// The last error.
     pub last_error: Mutex<Option<String>>,
 }
@@ -138,6 +143,11 @@ impl Counters for ChannelStats {
             g(&self.dropped),
         );
         r.counter("reminders", "reminders sent", g(&self.reminders));
+        r.counter(
+            "escalations",
+            "escalation steps taken: alarms still unacknowledged handed to more channels",
+            g(&self.escalations),
+        );
         r.counter(
             "held",
             "notifications and reminders held by a silence or an inhibition",
@@ -226,6 +236,17 @@ impl Notifier {
                     (id, (n, now + wait))
                 })
                 .collect();
+            // An escalation goes on from when its alarm was notified, on the wall clock.
+            let escalations = remembered
+                .escalations
+                .into_iter()
+                .map(|(id, (n, step, base_ms))| {
+                    let ago = std::time::Duration::from_millis(
+                        now_ms.saturating_sub(base_ms).max(0) as u64,
+                    );
+                    (id, (n, step, now.checked_sub(ago).unwrap_or(now)))
+                })
+                .collect();
             let worker = Worker {
                 name,
                 transport,
@@ -234,6 +255,7 @@ impl Notifier {
                 others: Arc::downgrade(&notifier.channels),
                 alarms: alarms.clone(),
                 reminders,
+                escalations,
                 memory: memory.clone(),
                 sent_at: std::collections::VecDeque::new(),
             };
@@ -302,6 +324,7 @@ impl Notifier {
                 receipt: None,
                 rearm: false,
                 follow: true,
+                escalation: None,
             };
             let _ = ch.tx.try_send(n);
         }

@@ -29,6 +29,8 @@ pub(super) struct Worker {
     pub(super) alarms: Arc<AlarmRegistry>,
     /// Active alarms to remind of: alarm id → (notice, next due).
     pub(super) reminders: HashMap<String, (Notice, Instant)>,
+    /// Alarms being escalated: alarm id → (notice, next step, when it was notified here).
+    pub(super) escalations: HashMap<String, (Notice, usize, Instant)>,
     /// What the channel remembers over a restart (its reminders).
     pub(super) memory: Arc<super::memory::Memory>,
     /// Send times within the rate window.
@@ -38,7 +40,12 @@ pub(super) struct Worker {
 impl Worker {
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Notice>) {
         loop {
-            let next_reminder = self.reminders.values().map(|r| r.1).min();
+            let next_reminder = self
+                .reminders
+                .values()
+                .map(|r| r.1)
+                .chain(self.next_escalation())
+                .min();
             let n = tokio::select! {
                 m = rx.recv() => match m {
                     Some(n) => n,
@@ -51,6 +58,7 @@ impl Worker {
                     }
                 } => {
                     self.remind().await;
+                    self.escalate();
                     continue;
                 }
             };
@@ -78,10 +86,7 @@ impl Worker {
 
     /// Keeps the reminder list in step with the alarm's transitions.
     fn track(&mut self, n: &Notice) {
-        let Some(every) = self.policy.repeat else {
-            return;
-        };
-        if n.reminder {
+        if n.reminder || n.escalation.is_some() {
             return;
         }
         let Some(a) = n.alarm() else { return };
@@ -91,6 +96,10 @@ impl Worker {
         let status = a
             .get("status")
             .and_then(|s| <Status as serde::Deserialize>::deserialize(s).ok());
+        self.track_escalation(n, id, status);
+        let Some(every) = self.policy.repeat else {
+            return;
+        };
         if status == Some(Status::ActiveUnack) {
             if self.reminders.len() < MAX_REMINDERS || self.reminders.contains_key(id) {
                 // A reminder is the channel's own: it settles nothing.
@@ -110,6 +119,106 @@ impl Worker {
         } else {
             self.reminders.remove(id);
             self.memory.reminder(&self.name, id, None);
+        }
+    }
+
+    /// Starts an alarm's escalation when it is first notified here active and unacknowledged;
+    /// ends it on any other status.
+    fn track_escalation(&mut self, n: &Notice, id: &str, status: Option<Status>) {
+        if self.policy.escalate.is_empty() {
+            return;
+        }
+        if status != Some(Status::ActiveUnack) {
+            if self.escalations.remove(id).is_some() {
+                self.memory.escalation(&self.name, id, None);
+            }
+            return;
+        }
+        if self.escalations.contains_key(id) || self.escalations.len() >= MAX_REMINDERS {
+            return;
+        }
+        let mut e = n.clone();
+        e.receipt = None;
+        e.follow = false;
+        let base = crate::engine::clock::wall_ms();
+        self.memory.escalation(&self.name, id, Some((&e, 0, base)));
+        self.escalations
+            .insert(id.to_string(), (e, 0, Instant::now()));
+    }
+
+    /// When the next escalation step is due.
+    fn next_escalation(&self) -> Option<Instant> {
+        self.escalations
+            .values()
+            .filter_map(|(_, step, base)| self.policy.escalate.get(*step).map(|s| *base + s.0))
+            .min()
+    }
+
+    /// Hands the alarms whose escalation step is due, still active and unacknowledged, to that
+    /// step's channels.
+    fn escalate(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .escalations
+            .iter()
+            .filter(|(_, (_, step, base))| {
+                self.policy
+                    .escalate
+                    .get(*step)
+                    .is_some_and(|s| *base + s.0 <= now)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in due {
+            let Some((n, step, base)) = self.escalations.get(&id).cloned() else {
+                continue;
+            };
+            // Acknowledged or cleared meanwhile (whether or not this channel heard of it), or
+            // no longer this process's: over.
+            if self.alarms.status_of(&id) != Some(Status::ActiveUnack)
+                || !self.alarms.is_local(&n.device)
+            {
+                self.escalations.remove(&id);
+                self.memory.escalation(&self.name, &id, None);
+                continue;
+            }
+            let (after, to) = &self.policy.escalate[step];
+            let mut handed = Vec::new();
+            if let Some(others) = self.others.upgrade() {
+                for t in to {
+                    let mut copy = n.clone();
+                    copy.channel = t.clone();
+                    copy.escalation = Some((self.name.clone(), step as u32 + 1));
+                    copy.ts = crate::engine::clock::wall_ms();
+                    if others.get(t).is_some_and(|ch| ch.tx.try_send(copy).is_ok()) {
+                        handed.push(t.as_str());
+                    }
+                }
+            }
+            self.stats.escalations.fetch_add(1, Relaxed);
+            tracing::warn!(channel = %self.name, device = %n.device, step = step + 1, to = ?handed, "alarm still unacknowledged after {} s: escalated", after.as_secs());
+            self.note(
+                &n,
+                "escalated",
+                format!(
+                    "step {} after {} s to {}",
+                    step + 1,
+                    after.as_secs(),
+                    handed.join(", ")
+                ),
+            );
+            if step + 1 < self.policy.escalate.len() {
+                let base_ms =
+                    crate::engine::clock::wall_ms() - now.duration_since(base).as_millis() as i64;
+                self.memory
+                    .escalation(&self.name, &id, Some((&n, step + 1, base_ms)));
+                if let Some(e) = self.escalations.get_mut(&id) {
+                    e.1 = step + 1;
+                }
+            } else {
+                self.escalations.remove(&id);
+                self.memory.escalation(&self.name, &id, None);
+            }
         }
     }
 
