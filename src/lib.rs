@@ -11,6 +11,7 @@ pub mod clients;
 pub mod config;
 pub mod counters;
 pub mod diag;
+pub mod diff;
 pub mod durable;
 pub mod duration;
 pub mod engine;

@@ -76,6 +76,9 @@ enum Command {
     },
     /// Feed recorded messages through the chains on a virtual clock and print what would happen.
     DryRun(cli::dry_run::Args),
+    /// Replay a recording through the rules at a git ref (or a directory) and the working
+    /// tree's, and report which alarms and effects the change adds, removes or changes.
+    Diff(cli::diff::Args),
     /// Run the rule tests (`*.test.yaml`).
     Test {
         /// The engine config.
@@ -144,6 +147,7 @@ fn main() {
             count,
         } => cli::run::record(config, broker, output, count),
         Command::DryRun(a) => cli::dry_run::run(a),
+        Command::Diff(a) => cli::diff::run(a),
         Command::Test { config, paths } => cli::test::run(config, paths),
         Command::Schema { out } => cli::schema::run(&out),
         Command::Silence { target, action } => cli::silence::run(target, action),

@@ -799,3 +799,199 @@ fn validate_warns_of_a_chain_that_feeds_its_own_input() {
     );
     assert!(text.contains("1 warning"), "{text}");
 }
+
+/// A copy of the example rules with the motor-overload threshold raised from 120% to 140%.
+fn raised_threshold(dir: &Path) -> PathBuf {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    for e in std::fs::read_dir(root().join("rules")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, rules.join(p.file_name().unwrap())).unwrap();
+    }
+    let f = rules.join("motor-overload.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let old = "filter: msg.current > attr.rated_current * 1.2";
+    assert!(text.contains(old));
+    std::fs::write(
+        &f,
+        text.replace(old, "filter: msg.current > attr.rated_current * 1.4"),
+    )
+    .unwrap();
+    rules
+}
+
+#[test]
+fn diff_names_the_alarms_a_change_removes_with_their_effects_and_gates_ci() {
+    let dir = scratch("diff");
+    let cand = raised_threshold(&dir);
+    let cand = cand.to_str().unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "diff",
+            "--config",
+            "examples/rulechain.yaml",
+            "--base",
+            "rules",
+            "--candidate",
+            cand,
+            "--input",
+            "examples/motor-overload.jsonl",
+        ];
+        a.extend_from_slice(extra);
+        rulechain(&a)
+    };
+    let o = args(&["--format", "json"]);
+    assert_eq!(o.status.code(), Some(1), "they differ");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The report is what its documented schema says.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schemas/diff.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = v.iter_errors(&r).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(r["equal"], false);
+    assert_eq!(r["removed"].as_array().unwrap().len(), 1, "{r:#}");
+    assert_eq!(r["removed"][0]["type"], "MotorOverload");
+    assert_eq!(r["removed"][0]["device"], "pump-3");
+    assert_eq!(r["removed"][0]["base"]["severity"], "WARNING");
+    assert!(
+        r["added"].as_array().unwrap().is_empty() && r["changed"].as_array().unwrap().is_empty()
+    );
+    let effects: Vec<(String, u64, u64)> = r["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["base"].as_u64().unwrap(),
+                e["candidate"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        effects,
+        [("notify".to_string(), 3, 0), ("rpc".to_string(), 1, 0)],
+        "the RPC and notifications go with it"
+    );
+    let rpc = r["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "rpc")
+        .unwrap();
+    assert_eq!(rpc["only_base"][0]["what"], "setLoad");
+    assert!(r["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["node"] == "raise" && n["candidate"].as_object().is_none_or(|m| m.is_empty())));
+    // Gates: a removal fails `--fail-on removed`, not `--fail-on added`.
+    assert_eq!(args(&["--fail-on", "removed"]).status.code(), Some(1));
+    assert_eq!(args(&["--fail-on", "added"]).status.code(), Some(0));
+    assert_eq!(
+        args(&["--fail-on", "severity>=MAJOR"]).status.code(),
+        Some(0),
+        "a WARNING alarm"
+    );
+    assert_eq!(
+        args(&["--fail-on", "severity>=WARNING"]).status.code(),
+        Some(1)
+    );
+    let bad = args(&["--fail-on", "louder"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown gate `louder`"));
+    // Markdown for a pull request: a table row for the removed alarm.
+    let md = stdout(&args(&["--format", "markdown"]));
+    assert!(md.contains("| removed | MotorOverload | pump-3 | motor-overload | WARNING 2024-03-09T16:00:40.000Z for 20s | – |"), "{md}");
+    let text = stdout(&args(&[]));
+    assert!(
+        text.contains("alarms removed (the base raises them, the candidate does not): 1"),
+        "{text}"
+    );
+    // The same rules on both sides: equal, exit 0.
+    let same = rulechain(&[
+        "diff",
+        "--config",
+        "examples/rulechain.yaml",
+        "--base",
+        "rules",
+        "--candidate",
+        "rules",
+        "--input",
+        "examples/motor-overload.jsonl",
+    ]);
+    assert_eq!(same.status.code(), Some(0));
+    assert!(stdout(&same).contains("no difference"));
+}
+
+#[test]
+fn diff_takes_the_base_from_a_git_ref() {
+    let dir = scratch("diff-git");
+    let rules = raised_threshold(&dir);
+    // A repository whose HEAD has the example rules; the working tree raises the threshold.
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let f = rules.join("motor-overload.yaml");
+    let changed = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(
+        &f,
+        std::fs::read_to_string(root().join("rules/motor-overload.yaml")).unwrap(),
+    )
+    .unwrap();
+    git(&["init", "-q"]);
+    git(&["add", "rules"]);
+    git(&["commit", "-q", "-m", "rules"]);
+    std::fs::write(&f, changed).unwrap();
+    let input = root().join("examples/motor-overload.jsonl");
+    let devices = root().join("examples/devices.yaml");
+    let o = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args([
+            "diff",
+            "--input",
+            input.to_str().unwrap(),
+            "--devices",
+            devices.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["removed"][0]["device"], "pump-3", "{r:#}");
+    let unknown = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args([
+            "diff",
+            "--base",
+            "no-such-ref",
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("is neither a directory nor a git ref")
+    );
+}

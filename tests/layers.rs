@@ -29,7 +29,7 @@ fn floor(module: &str) -> Option<u8> {
         "diag" | "env" | "topic" | "lineproto" | "message" | "yaml" | "duration" | "durable"
         | "retry" | "counters" => 0,
         "config" | "alarm" => 1,
-        "script" | "rules" | "engine" => 2,
+        "script" | "rules" | "engine" | "diff" => 2,
         "replay" | "live" | "sinks" | "clients" => 3,
         "cli" => 4,
         "main" | "lib" => 5,

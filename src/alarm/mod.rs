@@ -91,6 +91,19 @@ impl<'de> Deserialize<'de> for Severity {
     }
 }
 
+impl schemars::JsonSchema for Severity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Severity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An alarm's severity, the most severe first.",
+            "enum": SEVERITIES,
+        })
+    }
+}
+
 /// An alarm's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -1,6 +1,7 @@
 //! The commands. Each is one function returning the process exit code: 0 ok, 1 findings
 //! (invalid rules, failed tests, unreadable input lines), 2 usage or I/O errors.
 
+pub mod diff;
 pub mod dry_run;
 pub mod notify_test;
 pub mod run;

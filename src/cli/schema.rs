@@ -1,5 +1,5 @@
 //! `rulechain schema [--out DIR]`: writes the JSON Schemas of the config, chain, devices and
-//! test files, derived from the Rust types (the committed `schemas/` must equal this output).
+//! test files and of `diff --format json`'s report, derived from the Rust types (the committed `schemas/` must equal this output).
 
 use std::path::Path;
 
@@ -28,6 +28,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         (
             "test.schema.json",
             render(gen().into_root_schema_for::<TestFile>()),
+        ),
+        (
+            "diff.schema.json",
+            render(gen().into_root_schema_for::<crate::diff::Report>()),
         ),
     ]
 }

@@ -1,0 +1,515 @@
+//! What a rule change does: two rule sets' effects on the same messages, compared. A
+//! [`Tally`] is an effect sink that keeps what a comparison needs of one side (each alarm's
+//! episodes, the effects counted by kind and chain, their keys for examples); [`compare`] turns
+//! two tallies and their node counters into a [`Report`]: alarms added, removed and changed
+//! (severity, start, duration), the difference in RPCs, notifications, publishes, points and
+//! pushes with first examples, and each chain's and node's counts on both sides.
+//!
+//! Used by `rulechain diff` (a recording replayed through both sides on the virtual clock).
+//! The report is plain data: `render` writes it as text or markdown, serde as JSON.
+
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::alarm::{Severity, Transition};
+use crate::engine::effect::{Effect, EffectSink, Event};
+use crate::engine::stats::{Outcome, RuleStats};
+
+/// Examples kept per kind and side.
+pub const EXAMPLES: usize = 5;
+
+/// One alarm's life on one side: from its creation to its clear (or the end of the input).
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Episode {
+    /// The chain that raised it.
+    pub chain: String,
+    /// When it was created (ms).
+    pub start: i64,
+    /// When it was cleared (ms); None: still active at the end.
+    pub end: Option<i64>,
+    /// The highest severity it had.
+    pub severity: Severity,
+}
+
+/// An effect, in short, as an example.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
+pub struct Example {
+    /// When (ms).
+    pub ts: i64,
+    /// The chain.
+    pub chain: String,
+    /// The device.
+    pub device: String,
+    /// What: the RPC's method, the channel and subject, the topic, the line, the room.
+    pub what: String,
+}
+
+/// What one side did.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// (alarm type, device) → episodes, in order.
+    alarms: BTreeMap<(String, String), Vec<Episode>>,
+    /// (kind, chain) → count.
+    counts: BTreeMap<(&'static str, String), u64>,
+    /// kind → every effect's example key, for the first differences (bounded per kind).
+    keys: BTreeMap<&'static str, Vec<Example>>,
+    /// The rule counters of this side's executor.
+    pub stats: Arc<RuleStats>,
+}
+
+/// Effect keys kept per kind: past it, examples come from the first this many.
+const KEYS_KEPT: usize = 100_000;
+
+impl EffectSink for Tally {
+    fn emit(&mut self, e: Effect) {
+        let chain = e.chain.to_string();
+        let (kind, device, what) = match &e.event {
+            Event::Alarm {
+                device,
+                type_,
+                severity,
+                transition,
+                ..
+            } => {
+                let eps = self
+                    .alarms
+                    .entry((type_.clone(), device.to_string()))
+                    .or_default();
+                match transition {
+                    Transition::Created => eps.push(Episode {
+                        chain: chain.clone(),
+                        start: e.ts,
+                        end: None,
+                        severity: *severity,
+                    }),
+                    Transition::SeverityChanged => {
+                        if let Some(ep) = eps.last_mut() {
+                            ep.severity = ep.severity.min(*severity);
+                        }
+                    }
+                    Transition::Cleared => {
+                        if let Some(ep) = eps.last_mut().filter(|ep| ep.end.is_none()) {
+                            ep.end = Some(e.ts);
+                        }
+                    }
+                    Transition::Acknowledged => {}
+                }
+                return;
+            }
+            Event::Rpc { device, method, .. } => ("rpc", device, method.clone()),
+            Event::Notify {
+                device,
+                channel,
+                subject,
+                ..
+            } => ("notify", device, format!("{channel}: {subject}")),
+            Event::Publish { device, topic, .. } => ("publish", device, topic.clone()),
+            Event::Influx { device, line } => ("influx", device, line.clone()),
+            Event::Websocket { device, room, .. } => ("websocket", device, room.clone()),
+            Event::Error { device, error } => ("error", device, error.clone()),
+            _ => return,
+        };
+        *self.counts.entry((kind, chain.clone())).or_default() += 1;
+        let keys = self.keys.entry(kind).or_default();
+        if keys.len() < KEYS_KEPT {
+            keys.push(Example {
+                ts: e.ts,
+                chain,
+                device: device.to_string(),
+                what,
+            });
+        }
+    }
+}
+
+/// An alarm that one side has and the other does not, or that both have differently.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct AlarmChange {
+    /// The alarm type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The device.
+    pub device: String,
+    /// The chain that raised it (the candidate's, when both have it).
+    pub chain: String,
+    /// The base's episode (None: added).
+    pub base: Option<Episode>,
+    /// The candidate's episode (None: removed).
+    pub candidate: Option<Episode>,
+    /// What changed, for a changed alarm: `severity`, `start` (shifted by `start_shift_ms`),
+    /// `duration`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<&'static str>,
+    /// The candidate's start minus the base's (ms), for a changed alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_shift_ms: Option<i64>,
+}
+
+/// One kind of effect in one chain: counts on each side.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct EffectCount {
+    /// `rpc`, `notify`, `publish`, `influx`, `websocket`, `error`.
+    pub kind: &'static str,
+    /// The chain.
+    pub chain: String,
+    /// How many the base made.
+    pub base: u64,
+    /// How many the candidate made.
+    pub candidate: u64,
+}
+
+/// The first effects of a kind only one side made.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct EffectExamples {
+    /// The kind.
+    pub kind: &'static str,
+    /// Made by the base only (the first [`EXAMPLES`]).
+    pub only_base: Vec<Example>,
+    /// Made by the candidate only.
+    pub only_candidate: Vec<Example>,
+}
+
+/// A node's outcomes on each side.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct NodeCount {
+    /// The chain.
+    pub chain: String,
+    /// The node.
+    pub node: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// Outcome → count, on the base (absent: the base has no such node).
+    pub base: Option<Outcomes>,
+    /// On the candidate.
+    pub candidate: Option<Outcomes>,
+}
+
+/// What the candidate does differently from the base.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Report {
+    /// Messages replayed.
+    pub messages: u64,
+    /// Whether the two sides did the same.
+    pub equal: bool,
+    /// Alarm episodes on each side.
+    pub alarms: Totals,
+    /// Alarms only the candidate raises.
+    pub added: Vec<AlarmChange>,
+    /// Alarms only the base raises.
+    pub removed: Vec<AlarmChange>,
+    /// Alarms both raise, differently.
+    pub changed: Vec<AlarmChange>,
+    /// Effects by kind and chain, where the counts differ.
+    pub effects: Vec<EffectCount>,
+    /// The first effects only one side made, by kind.
+    pub examples: Vec<EffectExamples>,
+    /// Nodes whose outcomes differ (or that one side has not).
+    pub nodes: Vec<NodeCount>,
+}
+
+/// Counts on both sides.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Totals {
+    /// The base's.
+    pub base: usize,
+    /// The candidate's.
+    pub candidate: usize,
+}
+
+/// Outcome word → count.
+pub type Outcomes = BTreeMap<&'static str, u64>;
+
+/// The node counters of one side: (chain, node) → (kind, outcomes).
+fn node_counts(stats: &RuleStats) -> BTreeMap<(String, String), (&'static str, Outcomes)> {
+    let mut out = BTreeMap::new();
+    for (chain, nodes) in stats.current().iter() {
+        for n in nodes {
+            let counts = Outcome::ALL
+                .iter()
+                .map(|o| {
+                    (
+                        o.as_str(),
+                        n.outcomes[*o as usize].load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                })
+                .filter(|(_, c)| *c > 0)
+                .collect();
+            out.insert((chain.name.to_string(), n.id.to_string()), (n.kind, counts));
+        }
+    }
+    out
+}
+
+/// Whether two episodes are the same alarm: they overlap in time (an open end runs on).
+fn overlap(a: &Episode, b: &Episode) -> bool {
+    let end = |e: &Episode| e.end.unwrap_or(i64::MAX);
+    a.start <= end(b) && b.start <= end(a)
+}
+
+/// Compares the candidate's tally with the base's.
+pub fn compare(base: &Tally, candidate: &Tally, messages: u64) -> Report {
+    let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+    let keys: BTreeSet<&(String, String)> =
+        base.alarms.keys().chain(candidate.alarms.keys()).collect();
+    for key in keys {
+        let b = base.alarms.get(key).map_or(&[][..], Vec::as_slice);
+        let c = candidate.alarms.get(key).map_or(&[][..], Vec::as_slice);
+        let mut used = vec![false; c.len()];
+        let change = |base: Option<&Episode>, cand: Option<&Episode>| AlarmChange {
+            type_: key.0.clone(),
+            device: key.1.clone(),
+            chain: cand.or(base).map(|e| e.chain.clone()).unwrap_or_default(),
+            base: base.cloned(),
+            candidate: cand.cloned(),
+            changes: Vec::new(),
+            start_shift_ms: None,
+        };
+        for be in b {
+            // The first candidate episode not yet paired that overlaps this one.
+            let found = c
+                .iter()
+                .enumerate()
+                .find(|(i, ce)| !used[*i] && overlap(be, ce))
+                .map(|(i, _)| i);
+            match found {
+                Some(i) => {
+                    used[i] = true;
+                    let ce = &c[i];
+                    let mut ch = change(Some(be), Some(ce));
+                    if be.severity != ce.severity {
+                        ch.changes.push("severity");
+                    }
+                    if be.start != ce.start {
+                        ch.changes.push("start");
+                        ch.start_shift_ms = Some(ce.start - be.start);
+                    }
+                    let dur = |e: &Episode| e.end.map(|x| x - e.start);
+                    if dur(be) != dur(ce) {
+                        ch.changes.push("duration");
+                    }
+                    if !ch.changes.is_empty() {
+                        changed.push(ch);
+                    }
+                }
+                None => removed.push(change(Some(be), None)),
+            }
+        }
+        for (i, ce) in c.iter().enumerate() {
+            if !used[i] {
+                added.push(change(None, Some(ce)));
+            }
+        }
+    }
+    let mut effects = Vec::new();
+    let kinds: BTreeSet<&(&'static str, String)> =
+        base.counts.keys().chain(candidate.counts.keys()).collect();
+    for k in kinds {
+        let (bc, cc) = (
+            base.counts.get(k).copied().unwrap_or(0),
+            candidate.counts.get(k).copied().unwrap_or(0),
+        );
+        if bc != cc {
+            effects.push(EffectCount {
+                kind: k.0,
+                chain: k.1.clone(),
+                base: bc,
+                candidate: cc,
+            });
+        }
+    }
+    let mut examples = Vec::new();
+    let kinds: BTreeSet<&&'static str> = base.keys.keys().chain(candidate.keys.keys()).collect();
+    for kind in kinds {
+        let b = base.keys.get(kind).map_or(&[][..], Vec::as_slice);
+        let c = candidate.keys.get(kind).map_or(&[][..], Vec::as_slice);
+        let only = |x: &[Example], y: &[Example]| -> Vec<Example> {
+            let ys: BTreeSet<&Example> = y.iter().collect();
+            x.iter()
+                .filter(|e| !ys.contains(e))
+                .take(EXAMPLES)
+                .cloned()
+                .collect()
+        };
+        let (ob, oc) = (only(b, c), only(c, b));
+        if !ob.is_empty() || !oc.is_empty() {
+            examples.push(EffectExamples {
+                kind,
+                only_base: ob,
+                only_candidate: oc,
+            });
+        }
+    }
+    let (bn, cn) = (node_counts(&base.stats), node_counts(&candidate.stats));
+    let mut nodes = Vec::new();
+    let names: BTreeSet<&(String, String)> = bn.keys().chain(cn.keys()).collect();
+    for name in names {
+        let (b, c) = (bn.get(name), cn.get(name));
+        if b.map(|x| &x.1) != c.map(|x| &x.1) {
+            nodes.push(NodeCount {
+                chain: name.0.clone(),
+                node: name.1.clone(),
+                kind: c.or(b).map_or("", |x| x.0),
+                base: b.map(|x| x.1.clone()),
+                candidate: c.map(|x| x.1.clone()),
+            });
+        }
+    }
+    let count = |t: &Tally| t.alarms.values().map(Vec::len).sum();
+    let equal = added.is_empty()
+        && removed.is_empty()
+        && changed.is_empty()
+        && effects.is_empty()
+        && examples.is_empty();
+    Report {
+        messages,
+        equal,
+        alarms: Totals {
+            base: count(base),
+            candidate: count(candidate),
+        },
+        added,
+        removed,
+        changed,
+        effects,
+        examples,
+        nodes,
+    }
+}
+
+/// A gate: what makes `diff` fail in CI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Any alarm removed.
+    Removed,
+    /// Any alarm added.
+    Added,
+    /// Any alarm changed.
+    Changed,
+    /// An alarm of this severity or a more severe one removed, added or changed.
+    Severity(Severity),
+}
+
+impl Gate {
+    /// `removed`, `added`, `changed`, `severity>=MAJOR`.
+    pub fn parse(text: &str) -> Result<Gate, String> {
+        match text.trim() {
+            "removed" => Ok(Gate::Removed),
+            "added" => Ok(Gate::Added),
+            "changed" => Ok(Gate::Changed),
+            t => match t.strip_prefix("severity>=") {
+                Some(s) => Severity::parse(s.trim())
+                    .map(Gate::Severity)
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown severity `{s}` in `--fail-on {t}`: one of {}",
+                            crate::alarm::SEVERITIES.join(", ")
+                        )
+                    }),
+                None => Err(format!(
+                    "unknown gate `{t}`: `removed`, `added`, `changed` or `severity>=MAJOR`"
+                )),
+            },
+        }
+    }
+
+    /// The alarms of the report that trip it.
+    pub fn tripped<'a>(&self, r: &'a Report) -> Vec<&'a AlarmChange> {
+        let sev = |a: &AlarmChange| {
+            a.base
+                .iter()
+                .chain(a.candidate.iter())
+                .map(|e| e.severity)
+                .min()
+        };
+        match self {
+            Gate::Removed => r.removed.iter().collect(),
+            Gate::Added => r.added.iter().collect(),
+            Gate::Changed => r.changed.iter().collect(),
+            Gate::Severity(s) => r
+                .removed
+                .iter()
+                .chain(&r.added)
+                .chain(&r.changed)
+                .filter(|a| sev(a).is_some_and(|x| x <= *s))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alarm(t: &mut Tally, device: &str, ts: i64, tr: Transition, sev: Severity) {
+        let a = crate::alarm::Alarm {
+            id: format!("Hot:{device}:{ts}"),
+            device: device.into(),
+            type_: "Hot".into(),
+            severity: sev,
+            status: crate::alarm::Status::ActiveUnack,
+            message: String::new(),
+            details: rhai::Map::new(),
+            start_ts: ts,
+            last_ts: ts,
+            end_ts: None,
+            count: 1,
+            origin: None,
+            acked_by: None,
+            cleared_by: None,
+        };
+        t.emit(Effect {
+            event: Event::alarm(device.into(), a, tr),
+            ts,
+            chain: "hot".into(),
+            node: "raise".into(),
+        });
+    }
+
+    #[test]
+    fn alarms_pair_by_overlap_and_differences_are_named() {
+        let (mut b, mut c) = (Tally::default(), Tally::default());
+        // p1: both, the candidate later and more severe; p2: base only; p3: candidate only.
+        alarm(&mut b, "p1", 100, Transition::Created, Severity::Major);
+        alarm(&mut b, "p1", 500, Transition::Cleared, Severity::Major);
+        alarm(&mut c, "p1", 160, Transition::Created, Severity::Major);
+        alarm(
+            &mut c,
+            "p1",
+            200,
+            Transition::SeverityChanged,
+            Severity::Critical,
+        );
+        alarm(&mut c, "p1", 500, Transition::Cleared, Severity::Critical);
+        alarm(&mut b, "p2", 100, Transition::Created, Severity::Critical);
+        alarm(&mut c, "p3", 100, Transition::Created, Severity::Warning);
+        let r = compare(&b, &c, 10);
+        assert!(!r.equal);
+        assert_eq!(r.removed.len(), 1);
+        assert_eq!(r.removed[0].device, "p2");
+        assert_eq!(r.added.len(), 1);
+        assert_eq!(r.added[0].device, "p3");
+        assert_eq!(r.changed.len(), 1);
+        assert_eq!(r.changed[0].changes, ["severity", "start", "duration"]);
+        assert_eq!(r.changed[0].start_shift_ms, Some(60));
+        assert_eq!(Gate::parse("removed").unwrap().tripped(&r).len(), 1);
+        assert_eq!(
+            Gate::parse("severity>=MAJOR").unwrap().tripped(&r).len(),
+            2,
+            "p2 and p1"
+        );
+        assert_eq!(
+            Gate::parse("severity>=CRITICAL").unwrap().tripped(&r).len(),
+            2
+        );
+        assert!(Gate::parse("severity>=HUGE")
+            .unwrap_err()
+            .contains("unknown severity"));
+        assert!(Gate::parse("louder").unwrap_err().contains("unknown gate"));
+        let same = compare(&b, &b, 10);
+        assert!(same.equal && same.removed.is_empty() && same.changed.is_empty());
+    }
+}
