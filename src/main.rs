@@ -105,11 +105,29 @@ enum Command {
         #[command(subcommand)]
         action: cli::silence::Action,
     },
+    /// Start something new from a commented template: `new chain NAME` writes
+    /// `rules/NAME.yaml` and its tests `rules/NAME.test.yaml`.
+    New {
+        #[command(subcommand)]
+        what: NewWhat,
+    },
     /// Write the JSON Schemas of the config, chain, devices and test files.
     Schema {
         /// The directory to write into.
         #[arg(long, default_value = "schemas")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NewWhat {
+    /// A chain and its tests.
+    Chain {
+        /// The chain's name (`cold-room`).
+        name: String,
+        /// The rules directory.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
     },
 }
 
@@ -150,6 +168,9 @@ fn main() {
         Command::Diff(a) => cli::diff::run(a),
         Command::Test { config, paths } => cli::test::run(config, paths),
         Command::Schema { out } => cli::schema::run(&out),
+        Command::New {
+            what: NewWhat::Chain { name, rules },
+        } => cli::new::chain_files(&name, &rules),
         Command::Silence { target, action } => cli::silence::run(target, action),
         Command::NotifyTest {
             config,

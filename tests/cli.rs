@@ -68,86 +68,6 @@ fn validate_accepts_the_example_rules_with_and_without_config() {
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
 }
 
-const BROKEN: &str = r#"chain: broken
-nodes:
-  - id: a
-    fitler: msg.x > 1
-  - id: b
-    filter: msg.current > attr.rated * 1.2 +
-    for: 30x
-  - id: c
-    transform:
-      q: "msg.x * (2 +"
-      s: status == ok
-  - id: d
-    script: |
-      let x = 1;
-      x + + ;
-  - id: e
-    alarm: { type: T, severity: WARN }
-  - id: f
-    notify: [pager]
-    next: b
-  - id: g
-    rpc: { method: m }
-    next: f
-"#;
-
-#[test]
-fn validate_reports_every_problem_with_its_exact_position() {
-    let dir = scratch("broken");
-    let path = write(&dir, "broken.yaml", BROKEN);
-    let cfg = write(
-        &dir,
-        "rulechain.yaml",
-        "channels:\n  ops:\n    webhook: { url: http://127.0.0.1:9/hook }\n",
-    );
-    let o = rulechain(&["validate", "--config", &cfg, &path]);
-    assert_eq!(o.status.code(), Some(1));
-    let text = stdout(&o);
-    for (at, what) in [
-        ("4:5", "error: unknown key `fitler`"),
-        ("6:45", "error: in expression:"), // plain scalar, at the dangling `+`'s end
-        ("7:10", "error: bad duration `30x`"),
-        ("10:23", "error: in expression:"), // double-quoted scalar
-        ("11:10", "error: in expression: undefined variable `status`"),
-        ("15:13", "error: in script: Unexpected ';'"), // block scalar, second line
-        ("17:33", "error: unknown severity `WARN`"),
-        ("19:14", "error: unknown notification channel `pager`"),
-    ] {
-        let needle = format!("{path}:{at}: {what}");
-        assert!(text.contains(&needle), "missing `{needle}` in:\n{text}");
-    }
-    assert!(text.contains("= hint: did you mean `filter`?"), "{text}");
-    assert!(
-        text.contains("a string literal needs inner quotes"),
-        "{text}"
-    );
-    assert!(
-        text.contains("4 |     fitler: msg.x > 1\n  |     ^"),
-        "snippet:\n{text}"
-    );
-
-    // The cycle f → b → … → f is reported at the reference that closes it.
-    let cycle = text
-        .lines()
-        .find(|l| l.contains("error: cycle:"))
-        .unwrap_or_else(|| panic!("no cycle in:\n{text}"));
-    assert!(cycle.starts_with(&format!("{path}:20:11:")), "{cycle}");
-
-    let o = rulechain(&["validate", "--format", "json", "--config", &cfg, &path]);
-    assert_eq!(o.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let first = &v.as_array().unwrap()[0];
-    assert_eq!(first["path"], path.as_str());
-    assert_eq!(
-        (first["line"].as_u64(), first["column"].as_u64()),
-        (Some(4), Some(5))
-    );
-    assert_eq!(first["severity"], "error");
-    assert_eq!(first["hint"], "did you mean `filter`?");
-}
-
 #[test]
 fn validate_reports_files_that_are_not_yaml_or_not_rulechain() {
     let dir = scratch("notyaml");
@@ -994,4 +914,31 @@ fn diff_takes_the_base_from_a_git_ref() {
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("is neither a directory nor a git ref")
     );
+}
+
+#[test]
+fn new_chain_writes_a_chain_whose_tests_pass_and_never_overwrites() {
+    let dir = scratch("new-chain");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rulechain"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["new", "chain", "cold-room"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let chain = std::fs::read_to_string(dir.join("rules/cold-room.yaml")).unwrap();
+    assert!(chain.starts_with("# yaml-language-server: $schema=../schemas/chain.schema.json"));
+    assert!(chain.contains("type: ColdRoom"));
+    assert!(run(&["validate", "rules"]).status.success());
+    let t = run(&["test", "rules"]);
+    assert!(t.status.success(), "{}", stdout(&t));
+    assert!(stdout(&t).contains("2 passed, 0 failed"));
+    let again = run(&["new", "chain", "cold-room"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let bad = run(&["new", "chain", "Cold Room"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a chain name"));
 }

@@ -11,27 +11,48 @@ use crate::rules::model::{ChainFile, DevicesFile, TestFile};
 /// Every schema: file name and JSON text.
 pub fn all() -> Vec<(&'static str, String)> {
     let gen = || SchemaSettings::draft2020_12().into_generator();
-    let render = |s: schemars::Schema| serde_json::to_string_pretty(&s).unwrap_or_default() + "\n";
+    // A stable `$id` per file, so editors and validators can name a schema whatever the path
+    // it was found at.
+    let render = |name: &str, mut s: schemars::Schema| {
+        s.insert(
+            "$id".into(),
+            format!(
+                "urn:rulechain:schema:{}",
+                name.trim_end_matches(".schema.json")
+            )
+            .into(),
+        );
+        serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
+    };
     vec![
         (
             "config.schema.json",
-            render(gen().into_root_schema_for::<Config>()),
+            render("config.schema.json", gen().into_root_schema_for::<Config>()),
         ),
         (
             "chain.schema.json",
-            render(gen().into_root_schema_for::<ChainFile>()),
+            render(
+                "chain.schema.json",
+                gen().into_root_schema_for::<ChainFile>(),
+            ),
         ),
         (
             "devices.schema.json",
-            render(gen().into_root_schema_for::<DevicesFile>()),
+            render(
+                "devices.schema.json",
+                gen().into_root_schema_for::<DevicesFile>(),
+            ),
         ),
         (
             "test.schema.json",
-            render(gen().into_root_schema_for::<TestFile>()),
+            render("test.schema.json", gen().into_root_schema_for::<TestFile>()),
         ),
         (
             "diff.schema.json",
-            render(gen().into_root_schema_for::<crate::diff::Report>()),
+            render(
+                "diff.schema.json",
+                gen().into_root_schema_for::<crate::diff::Report>(),
+            ),
         ),
     ]
 }
