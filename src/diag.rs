@@ -217,6 +217,18 @@ impl Diagnostics {
 
     /// Every problem in the rustc-like text form, with a snippet of the line it points at.
     pub fn render_text(&self) -> String {
+        self.render_each()
+            .into_iter()
+            .map(|mut b| {
+                b.push('\n');
+                b
+            })
+            .collect()
+    }
+
+    /// Each problem as its own text block (its line, snippet and hint, without the last line
+    /// end), in the order and with the duplicates left out as [`Diagnostics::render_text`].
+    pub fn render_each(&self) -> Vec<String> {
         let mut items: Vec<&(Diagnostic, Option<Source>)> = self.items.iter().collect();
         items.sort_by(|(a, _), (b, _)| {
             (&a.path, a.line, a.column, a.severity).cmp(&(&b.path, b.line, b.column, b.severity))
@@ -228,8 +240,9 @@ impl Diagnostics {
             }
         }
         let items = unique;
-        let mut out = String::new();
+        let mut blocks = Vec::with_capacity(items.len());
         for (d, src) in items {
+            let mut out = String::new();
             let sev = match d.severity {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
@@ -260,8 +273,10 @@ impl Diagnostics {
             if let Some(h) = &d.hint {
                 let _ = writeln!(out, "  = hint: {h}");
             }
+            out.truncate(out.trim_end_matches('\n').len());
+            blocks.push(out);
         }
-        out
+        blocks
     }
 
     /// Every problem as one JSON array (the `validate --format json` contract).

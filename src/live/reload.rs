@@ -123,7 +123,7 @@ impl Reloader {
                 .iter()
                 .zip(&self.good)
                 .all(|((a, (sa, _)), (b, (sb, _)))| a == b && sa.text == sb.text);
-        let mut errors = split(&problems);
+        let mut errors = problems.render_each();
         let mut has_errors = problems.has_errors();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.checks += 1;
@@ -143,7 +143,7 @@ impl Reloader {
             };
             let rs = compile::compile(&docs, &opts, &mut d);
             if d.has_errors() {
-                errors.extend(split(&d));
+                errors.extend(d.render_each());
                 problems.extend(d);
                 has_errors = true;
             } else {
@@ -203,24 +203,6 @@ pub fn check_chain_text(config: Option<&Config>, name: &str, text: String) -> Di
         }
     }
     d
-}
-
-/// Diagnostics as one text block per problem.
-fn split(d: &Diagnostics) -> Vec<String> {
-    let text = d.render_text();
-    let mut out: Vec<String> = Vec::new();
-    for line in text.lines() {
-        let starts = line.contains(": error: ") || line.contains(": warning: ");
-        match out.last_mut() {
-            Some(last) if !starts => {
-                last.push('\n');
-                last.push_str(line);
-            }
-            _ => out.push(line.to_string()),
-        }
-    }
-    out.retain(|s| !s.trim().is_empty());
-    out
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use super::{InfluxAuth, InfluxSettings};
 
 pub(super) enum Outcome {
     Written,
-    /// Bad data: do not retry.
-    Rejected(String),
+    /// Bad data: do not retry. The HTTP status, and what the server said.
+    Rejected(u16, String),
     /// Try again later.
     Retry(String),
 }
@@ -66,7 +66,7 @@ impl Service {
                     if crate::retry::retryable_status(code) {
                         Outcome::Retry(msg)
                     } else {
-                        Outcome::Rejected(msg)
+                        Outcome::Rejected(code, msg)
                     }
                 }
                 Err(e) => Outcome::Retry(crate::sinks::http_error_text(&e)),

@@ -142,11 +142,11 @@ impl Writer {
                             }
                             *self.stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                         }
-                        Outcome::Rejected(msg) => {
+                        Outcome::Rejected(code, msg) => {
                             failures = 0;
                             backoff.reset();
                             self.stats.rejected.fetch_add(batch.points as u64, Relaxed);
-                            let hint = if msg.starts_with("HTTP 413") { " (lower `influx.batch_size`)" } else { "" };
+                            let hint = if code == 413 { " (lower `influx.batch_size`)" } else { "" };
                             tracing::warn!(
                                 points = batch.points,
                                 first_line = batch.first.as_deref().unwrap_or("(from the spool)"),
