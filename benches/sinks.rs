@@ -98,16 +98,19 @@ fn influx(o: &Opts, dir: &Path) {
     let devices = 1000usize;
     let now_ms = (now_us() / 1000) as i64;
     // Every series gets distinct millisecond timestamps, so the server keeps every point.
-    let build = |round: usize| -> Vec<Vec<String>> {
+    let build = |round: usize| -> Vec<Vec<rulechain::lineproto::Point>> {
         let base_ms = now_ms - 3_600_000 + round as i64 * 600_000;
         let mut chunks = Vec::new();
         let mut chunk = Vec::with_capacity(256);
         for i in 0..o.points {
             let ts = (base_ms + (i / devices) as i64) * 1_000_000;
-            chunk.push(format!(
-                "telemetry,device=dev-{},site=a current={},temperature=61.5,vibration=0.42 {ts}",
-                i % devices,
-                13.0 + (i % 97) as f64 / 10.0
+            chunk.push(rulechain::lineproto::Point::new(
+                format!(
+                    "telemetry,device=dev-{},site=a current={},temperature=61.5,vibration=0.42 {ts}",
+                    i % devices,
+                    13.0 + (i % 97) as f64 / 10.0
+                ),
+                ts,
             ));
             if chunk.len() == 256 {
                 chunks.push(std::mem::replace(&mut chunk, Vec::with_capacity(256)));

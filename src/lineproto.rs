@@ -121,6 +121,32 @@ impl Line {
     }
 }
 
+/// A point on its way to InfluxDB: its line (ending with its timestamp in ns, as
+/// [`Line::finish`] writes it) and that timestamp as a number, so a writer at another precision
+/// rewrites the timestamp without reading it back from the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Point {
+    /// The whole line, timestamp (ns) last.
+    pub line: String,
+    /// Its timestamp (ns).
+    pub ts_ns: i64,
+}
+
+impl Point {
+    /// A point from a line [`Line::finish`] wrote with `ts_ns`.
+    pub fn new(line: String, ts_ns: i64) -> Point {
+        Point { line, ts_ns }
+    }
+
+    /// The line without its timestamp (and the space before it).
+    pub fn head(&self) -> &str {
+        let digits = itoa::Buffer::new().format(self.ts_ns).len();
+        self.line
+            .get(..self.line.len().saturating_sub(digits + 1))
+            .unwrap_or(&self.line)
+    }
+}
+
 /// Line protocol cannot end a measurement, tag key, tag value or field key with a backslash
 /// (the parser reads it as escaping what follows): trailing backslashes are left out.
 fn trim(s: &str) -> &str {
@@ -221,6 +247,16 @@ mod tests {
             push_float(&mut s, f);
             assert_eq!(s, text);
             assert_eq!(s.parse::<f64>().unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn a_points_head_is_its_line_without_the_timestamp() {
+        for ts in [0, -1_500_000, 1_710_000_000_000_000_000] {
+            let mut l = Line::new("m");
+            l.float("x", 1.0);
+            let p = Point::new(l.finish(ts).unwrap(), ts);
+            assert_eq!(p.head(), "m x=1");
         }
     }
 

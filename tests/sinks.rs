@@ -891,10 +891,13 @@ async fn the_writer_speaks_v1_flushes_on_close_and_retries_only_what_may_succeed
     let base = common_now() - 60_000;
     // Two points: less than a batch, and the flush interval is an hour away. Closing the input
     // sends them.
-    h.send(vec![
-        format!("v1test,device=b value=3 {}", base * 1_000_000),
-        format!("v1test,device=b value=4 {}", (base + 1) * 1_000_000),
-    ]);
+    let point = |v: i64, ms: i64| {
+        rulechain::lineproto::Point::new(
+            format!("v1test,device=b value={v} {}", ms * 1_000_000),
+            ms * 1_000_000,
+        )
+    };
+    h.send(vec![point(3, base), point(4, base + 1)]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         stats.requests.load(Relaxed),
@@ -927,7 +930,11 @@ async fn the_writer_speaks_v1_flushes_on_close_and_retries_only_what_may_succeed
         stats.clone(),
     )
     .unwrap();
-    h.send((0..3).map(|i| format!("m f={i} {i}")).collect());
+    h.send(
+        (0..3)
+            .map(|i| rulechain::lineproto::Point::new(format!("m f={i} {i}"), i))
+            .collect(),
+    );
     wait_for(Duration::from_secs(5), || {
         (stats.rejected.load(Relaxed) == 3).then_some(())
     })
@@ -936,7 +943,11 @@ async fn the_writer_speaks_v1_flushes_on_close_and_retries_only_what_may_succeed
         .as_str()
         .unwrap_or("")
         .contains("400"));
-    h.send((3..6).map(|i| format!("m f={i} {i}")).collect());
+    h.send(
+        (3..6)
+            .map(|i| rulechain::lineproto::Point::new(format!("m f={i} {i}"), i))
+            .collect(),
+    );
     wait_for(Duration::from_secs(5), || {
         (stats.written.load(Relaxed) == 3).then_some(())
     })
@@ -1107,7 +1118,7 @@ fn an_influxdb_outage_costs_next_to_no_cpu() {
         let s = stats.clone();
         let (cpu, _writer) = cpu_while(Duration::from_secs(2), move || async move {
             let (h, _task) = start(settings, s).unwrap();
-            h.send(vec!["m f=1 1".to_string()]);
+            h.send(vec![rulechain::lineproto::Point::new("m f=1 1".into(), 1)]);
             h
         });
         assert!(

@@ -108,7 +108,7 @@ impl EffectSink for Tally {
                 ..
             } => ("notify", device, format!("{channel}: {subject}")),
             Event::Publish { device, topic, .. } => ("publish", device, topic.clone()),
-            Event::Influx { device, line } => ("influx", device, line.clone()),
+            Event::Influx { device, line, .. } => ("influx", device, line.clone()),
             Event::Websocket { device, room, .. } => ("websocket", device, room.clone()),
             Event::Error { device, error } => ("error", device, error.clone()),
             _ => return,

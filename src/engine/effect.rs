@@ -82,6 +82,9 @@ pub enum Event {
         device: Arc<str>,
         /// The line.
         line: String,
+        /// Its timestamp (ns), the line's last field (for the writer; not in dry-run output).
+        #[serde(skip)]
+        ts_ns: i64,
     },
     /// A push to WebSocket clients.
     Websocket {

@@ -35,7 +35,7 @@ pub struct Outbox {
     /// The open alarms, recorded as transitions leave the shard.
     pub alarms: Arc<crate::alarm::registry::AlarmRegistry>,
     /// Lines for InfluxDB gathered in this turn of the shard loop.
-    pub influx_pending: Vec<String>,
+    pub influx_pending: Vec<crate::lineproto::Point>,
     /// The egress connection's queue.
     pub mqtt: Egress,
     /// Publishes gathered in this turn of the shard loop.
@@ -210,10 +210,11 @@ impl Outbox {
                     }
                 }
             }
-            Event::Influx { line, .. } => {
+            Event::Influx { line, ts_ns, .. } => {
                 s.influx_points.fetch_add(1, Relaxed);
                 if self.sinks.influx.is_some() {
-                    self.influx_pending.push(line);
+                    self.influx_pending
+                        .push(crate::lineproto::Point::new(line, ts_ns));
                 }
             }
             Event::Websocket { room, data, .. } => {

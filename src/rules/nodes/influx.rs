@@ -97,7 +97,8 @@ impl NodeImpl for Influx {
             }
         }
         let skipped = std::mem::take(&mut line.skipped);
-        let text = line.finish(p.ts.saturating_mul(1_000_000));
+        let ts_ns = p.ts.saturating_mul(1_000_000);
+        let text = line.finish(ts_ns);
         for f in skipped {
             cx.emit(Event::Dropped {
                 device: p.device.clone(),
@@ -109,6 +110,7 @@ impl NodeImpl for Influx {
             cx.emit(Event::Influx {
                 device: p.device.clone(),
                 line,
+                ts_ns,
             });
         }
         Flow::Pass(p)

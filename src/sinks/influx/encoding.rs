@@ -4,28 +4,20 @@ use std::io::Write;
 
 use std::path::PathBuf;
 
-use super::Precision;
+use super::{Point, Precision};
 
-/// Joins lines into a body at the wanted precision, gzip-compressed if asked.
-pub fn encode(lines: &[String], precision: Precision, gzip: bool) -> bytes::Bytes {
-    let mut text = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-    for l in lines {
+/// Joins points into a body at the wanted precision, gzip-compressed if asked.
+pub fn encode(points: &[Point], precision: Precision, gzip: bool) -> bytes::Bytes {
+    let mut text = Vec::with_capacity(points.iter().map(|p| p.line.len() + 1).sum());
+    for p in points {
         if precision == Precision::Ns {
-            text.extend_from_slice(l.as_bytes());
+            text.extend_from_slice(p.line.as_bytes());
         } else {
-            // The encoder ends every line with its timestamp in ns.
-            match l
-                .rsplit_once(' ')
-                .and_then(|(h, t)| Some((h, t.parse::<i64>().ok()?)))
-            {
-                Some((head, ns)) => {
-                    text.extend_from_slice(head.as_bytes());
-                    text.push(b' ');
-                    let mut b = itoa::Buffer::new();
-                    text.extend_from_slice(b.format(ns.div_euclid(precision.divisor())).as_bytes());
-                }
-                None => text.extend_from_slice(l.as_bytes()),
-            }
+            // The line's timestamp is in ns: its head, then the point's time at the precision.
+            text.extend_from_slice(p.head().as_bytes());
+            text.push(b' ');
+            let mut b = itoa::Buffer::new();
+            text.extend_from_slice(b.format(p.ts_ns.div_euclid(precision.divisor())).as_bytes());
         }
         text.push(b'\n');
     }
@@ -59,8 +51,11 @@ mod tests {
     #[test]
     fn precision_rewrites_the_trailing_timestamp() {
         let lines = vec![
-            "m,t=a f=1 1700000000123000000".to_string(),
-            "m f=\"x y\" -1500000".to_string(),
+            Point::new(
+                "m,t=a f=1 1700000000123000000".into(),
+                1_700_000_000_123_000_000,
+            ),
+            Point::new("m f=\"x y\" -1500000".into(), -1_500_000),
         ];
         let b = encode(&lines, Precision::Ms, false);
         assert_eq!(
@@ -70,14 +65,16 @@ mod tests {
         let b = encode(&lines, Precision::Ns, false);
         assert_eq!(
             std::str::from_utf8(&b).unwrap(),
-            format!("{}\n{}\n", lines[0], lines[1])
+            format!("{}\n{}\n", lines[0].line, lines[1].line)
         );
     }
 
     #[test]
     fn gzip_bodies_decompress_to_the_lines() {
         use std::io::Read;
-        let lines: Vec<String> = (0..100).map(|i| format!("m f={i} {i}")).collect();
+        let lines: Vec<Point> = (0..100)
+            .map(|i| Point::new(format!("m f={i} {i}"), i))
+            .collect();
         let b = encode(&lines, Precision::Ns, true);
         let mut out = String::new();
         flate2::read::GzDecoder::new(&b[..])

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 pub use crate::config::settings::{InfluxAuth, InfluxSettings, Precision};
 use crate::counters::{Counters, Report};
+pub use crate::lineproto::Point;
 pub use encoding::encode;
 use service::Service;
 use spool::Spool;
@@ -110,14 +111,14 @@ pub const INPUT_CHUNKS: usize = 1024;
 /// The shards' handle on the writer.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::Sender<Vec<String>>,
+    tx: mpsc::Sender<Vec<Point>>,
     /// The counters.
     pub stats: Arc<InfluxStats>,
 }
 
 impl Handle {
     /// Queues lines (never waits: a full input drops them and counts).
-    pub fn send(&self, lines: Vec<String>) {
+    pub fn send(&self, lines: Vec<Point>) {
         let n = lines.len() as u64;
         if n == 0 {
             return;
@@ -129,7 +130,7 @@ impl Handle {
 
     /// Queues lines, waiting while the input is full (for load tools and tests that must not
     /// lose points to their own speed).
-    pub async fn send_wait(&self, lines: Vec<String>) {
+    pub async fn send_wait(&self, lines: Vec<Point>) {
         let _ = self.tx.send(lines).await;
     }
 }

@@ -2,6 +2,7 @@
 //! a time, retries with backoff while new points wait, overflow to the spool, and the shutdown
 //! grace.
 
+use super::Point;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ pub(super) struct Writer {
     pub(super) settings: InfluxSettings,
     pub(super) service: Service,
     pub(super) stats: Arc<InfluxStats>,
-    pub(super) queue: VecDeque<String>,
+    pub(super) queue: VecDeque<Point>,
     pub(super) spool: Option<Spool>,
     /// When the last "cannot write" line was logged (one every 10 s at most).
     pub(super) logged: Option<Instant>,
@@ -31,11 +32,11 @@ impl Writer {
     }
 
     /// Takes lines in; past the buffer, the oldest batch goes to the spool or is dropped.
-    fn accept(&mut self, lines: Vec<String>) {
+    fn accept(&mut self, lines: Vec<Point>) {
         self.queue.extend(lines);
         while self.held() > self.settings.buffer_points {
             let n = self.settings.batch_size.min(self.queue.len());
-            let batch: Vec<String> = self.queue.drain(..n).collect();
+            let batch: Vec<Point> = self.queue.drain(..n).collect();
             let spooled = match &mut self.spool {
                 Some(sp) => {
                     let body = encode(&batch, self.settings.precision, self.settings.gzip);
@@ -56,20 +57,20 @@ impl Writer {
         }
         if self.queue.len() >= self.settings.batch_size || (flush && !self.queue.is_empty()) {
             let n = self.settings.batch_size.min(self.queue.len());
-            let lines: Vec<String> = self.queue.drain(..n).collect();
+            let lines: Vec<Point> = self.queue.drain(..n).collect();
             self.stats.buffered.store(self.held() as u64, Relaxed);
             return Some(Batch {
                 body: encode(&lines, self.settings.precision, self.settings.gzip),
                 gzip: self.settings.gzip,
                 points: n,
                 file: None,
-                first: lines.first().map(|l| l.chars().take(300).collect()),
+                first: lines.first().map(|l| l.line.chars().take(300).collect()),
             });
         }
         None
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Vec<String>>) {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Vec<Point>>) {
         let mut inflight: Option<(Pending, Batch)> = None;
         let mut sent_at = Instant::now();
         let mut retry: Option<Batch> = None;
@@ -215,7 +216,7 @@ impl Writer {
         }
         while !self.queue.is_empty() {
             let n = self.settings.batch_size.min(self.queue.len());
-            let lines: Vec<String> = self.queue.drain(..n).collect();
+            let lines: Vec<Point> = self.queue.drain(..n).collect();
             let body = encode(&lines, self.settings.precision, self.settings.gzip);
             if self.spool_push(&body, self.settings.gzip, n) {
                 spooled += n;
