@@ -6,7 +6,7 @@
 //! Exit codes: 0 the same (or no gate tripped), 1 they differ (or a `--fail-on` gate tripped),
 //! 2 an error (bad rules, unreadable input, an unknown git ref).
 
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -59,9 +59,6 @@ pub struct Args {
     #[arg(long)]
     pub drain: Option<String>,
 }
-
-/// Longest input line read.
-const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
@@ -160,13 +157,9 @@ pub fn run(a: Args) -> i32 {
             return super::EXIT_USAGE;
         }
     };
-    let drain = match a.drain.as_deref().map(rules::duration::parse) {
-        Some(Err(e)) => {
-            eprintln!("error: --drain: {e}");
-            return super::EXIT_USAGE;
-        }
-        Some(Ok(d)) => Some(d),
-        None => None,
+    let drain = match super::drain_arg(a.drain.as_deref()) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let mut diags = Diagnostics::new();
     let cfg = super::load_config(a.config.as_deref(), &mut diags);
@@ -298,42 +291,18 @@ fn gate_text(g: &Gate) -> String {
 
 /// Feeds every line to both sides; gives how many could not be read.
 fn feed(
-    mut input: Box<dyn BufRead>,
+    input: Box<dyn BufRead>,
     base: &mut Replay,
     base_out: &mut Tally,
     cand: &mut Replay,
     cand_out: &mut Tally,
 ) -> u64 {
     let mut bad = 0;
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match (&mut input)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)
-        {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("error: reading the input: {e}");
-                bad += 1;
-                break;
-            }
-        }
-        if buf.len() > MAX_LINE_BYTES && !buf.ends_with(b"\n") {
-            let mut sink = Vec::new();
-            let _ = (&mut input).take(u64::MAX).read_until(b'\n', &mut sink);
+    bad += super::each_line(input, |_, line| {
+        let Ok(line) = line else {
             bad += 1;
-            continue;
-        }
-        let Ok(text) = std::str::from_utf8(&buf) else {
-            bad += 1;
-            continue;
+            return;
         };
-        let line = text.trim();
-        if line.is_empty() {
-            continue;
-        }
         match (base.message_json(line), cand.message_json(line)) {
             (Ok(b), Ok(c)) => {
                 base.feed(b, base_out);
@@ -341,6 +310,6 @@ fn feed(
             }
             _ => bad += 1,
         }
-    }
+    });
     bad
 }

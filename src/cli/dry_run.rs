@@ -2,7 +2,7 @@
 //! clock, with no side effects, and prints what would happen as JSON lines (the contract of
 //! RULES.md), ending with a `summary` line.
 
-use std::io::{BufRead, BufWriter, Read, Write};
+use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,9 +35,6 @@ pub struct Args {
     #[arg(long)]
     pub drain: Option<String>,
 }
-
-/// Longest input line read; longer lines are reported as `bad-input` (memory stays bounded).
-const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 struct JsonLines<W: Write> {
     w: W,
@@ -80,13 +77,9 @@ pub fn run(a: Args) -> i32 {
         crate::config::settings::resolve_lossy(a.config.as_deref(), cfg.as_ref(), a.rules.clone());
     let rules_dir = settings.rules_dir.clone();
     let devices_path = a.devices.clone().or_else(|| settings.devices.clone());
-    let drain = match a.drain.as_deref().map(rules::duration::parse) {
-        Some(Err(e)) => {
-            eprintln!("error: --drain: {e}");
-            return super::EXIT_USAGE;
-        }
-        Some(Ok(d)) => Some(d),
-        None => None,
+    let drain = match super::drain_arg(a.drain.as_deref()) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let files = rules::yaml_files(std::slice::from_ref(&rules_dir), &mut diags);
     let ruleset = rules::load_chains(&files, cfg.as_ref(), &mut diags);
@@ -150,45 +143,13 @@ pub fn run(a: Args) -> i32 {
 
 /// Feeds every line; returns how many could not be read.
 fn feed_lines(
-    mut input: Box<dyn BufRead>,
+    input: Box<dyn BufRead>,
     replay: &mut Replay,
     out: &mut JsonLines<impl Write>,
 ) -> u64 {
     let mut bad = 0;
-    let mut buf = Vec::new();
-    let mut n = 0u64;
-    loop {
-        buf.clear();
-        let read = (&mut input)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf);
-        match read {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("error: reading the input: {e}");
-                bad += 1;
-                break;
-            }
-        }
-        n += 1;
-        let too_long = buf.len() > MAX_LINE_BYTES && !buf.ends_with(b"\n");
-        if too_long {
-            // Skip the rest of the line.
-            let mut sink = Vec::new();
-            let _ = (&mut input).take(u64::MAX).read_until(b'\n', &mut sink);
-        }
-        let text = String::from_utf8_lossy(&buf);
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
-            continue;
-        }
-        let parsed = if too_long {
-            Err(format!("the line is longer than {MAX_LINE_BYTES} bytes"))
-        } else {
-            replay.message_json(trimmed)
-        };
-        match parsed {
+    bad += super::each_line(input, |n, line| {
+        match line.and_then(|l| replay.message_json(l)) {
             Ok(m) => replay.feed(m, out),
             Err(e) => {
                 bad += 1;
@@ -197,6 +158,6 @@ fn feed_lines(
                 out.line(&json!({"event": "dropped", "ts": ts.max(0), "reason": "bad-input", "line": n, "detail": e}));
             }
         }
-    }
+    });
     bad
 }

@@ -51,3 +51,60 @@ pub fn client_runtime() -> Result<tokio::runtime::Runtime, i32> {
             EXIT_USAGE
         })
 }
+
+/// Longest input line `dry-run` and `diff` read; a longer one is reported (memory stays
+/// bounded).
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Reads input lines for a replay: calls `f` with each non-blank line's number (1-based) and its
+/// text, or why it cannot be read (longer than [`MAX_LINE_BYTES`]: the rest of it is skipped).
+/// Gives 1 when reading failed part way (reported), else 0.
+pub fn each_line(
+    mut input: Box<dyn std::io::BufRead>,
+    mut f: impl FnMut(u64, Result<&str, String>),
+) -> u64 {
+    use std::io::{BufRead, Read};
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        match (&mut input)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+        {
+            Ok(0) => return 0,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: reading the input: {e}");
+                return 1;
+            }
+        }
+        n += 1;
+        if buf.len() > MAX_LINE_BYTES && !buf.ends_with(b"\n") {
+            let mut sink = Vec::new();
+            let _ = (&mut input).take(u64::MAX).read_until(b'\n', &mut sink);
+            f(
+                n,
+                Err(format!("the line is longer than {MAX_LINE_BYTES} bytes")),
+            );
+            continue;
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.trim();
+        if !line.is_empty() {
+            f(n, Ok(line));
+        }
+    }
+}
+
+/// `--drain` as given: a duration, or none; an exit code (the error printed) when it is not one.
+pub fn drain_arg(given: Option<&str>) -> Result<Option<i64>, i32> {
+    match given.map(crate::rules::duration::parse) {
+        Some(Err(e)) => {
+            eprintln!("error: --drain: {e}");
+            Err(EXIT_USAGE)
+        }
+        Some(Ok(d)) => Ok(Some(d)),
+        None => Ok(None),
+    }
+}
