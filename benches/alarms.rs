@@ -177,7 +177,8 @@ nodes:
     next: [tell]
 "#;
 
-fn ms(d: Duration) -> u32 {
+/// A latency in µs, as `percentiles` takes it.
+fn micros(d: Duration) -> u32 {
     d.as_micros() as u32
 }
 
@@ -308,7 +309,7 @@ async fn main() {
         };
         let i = seen.entry((device.clone(), create)).or_default();
         if let Some(t) = published.get(&(device, create)).and_then(|v| v.get(*i)) {
-            lat.push(ms(call.at.duration_since(*t)));
+            lat.push(micros(call.at.duration_since(*t)));
         }
         *i += 1;
     }
@@ -411,7 +412,7 @@ async fn main() {
             continue;
         }
         if let Some(t) = device_of(&call.body).and_then(|d| asked.get(&d)) {
-            lat_ack.push(ms(call.at.duration_since(*t)));
+            lat_ack.push(micros(call.at.duration_since(*t)));
         }
     }
     let (a50, a99, amax) = percentiles(&mut lat_ack);

@@ -438,14 +438,17 @@ async fn cost(a: &Args) {
         let rpid = redis_pid(rport);
         let rcpu0 = cpu_ticks(rpid);
         let calls0 = redis_calls(rport);
-        let rt0: u64 = inst
-            .iter()
-            .map(|i| {
-                i.cluster()["counters"]["append_round_trips"]
-                    .as_u64()
-                    .unwrap_or(0)
-            })
-            .sum();
+        // The appends' round trips so far, over the instances.
+        let round_trips = || -> u64 {
+            inst.iter()
+                .map(|i| {
+                    i.cluster()["counters"]["append_round_trips"]
+                        .as_u64()
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        let rt0 = round_trips();
         let per = (a.rate * a.seconds) / a.devices as u64;
         load(mport, "bench-load", a.devices, 2, 2 + per, a.rate).await;
         let want = (2 + per) as usize * a.devices;
@@ -462,14 +465,7 @@ async fn cost(a: &Args) {
         let cpu = (inst.iter().map(|i| cpu_ticks(i.pid())).sum::<u64>() - cpu0) as f64 / hz;
         let rcpu = (cpu_ticks(rpid) - rcpu0) as f64 / hz;
         let calls1 = redis_calls(rport);
-        let rt1: u64 = inst
-            .iter()
-            .map(|i| {
-                i.cluster()["counters"]["append_round_trips"]
-                    .as_u64()
-                    .unwrap_or(0)
-            })
-            .sum();
+        let rt1 = round_trips();
         let mut lat = seen.lat.lock().unwrap().clone();
         let (p50, p99, _) = percentiles(&mut lat);
         let m = msgs as f64;

@@ -23,6 +23,13 @@ pub fn operator_name(name: &str) -> Option<String> {
     (!n.is_empty()).then_some(n)
 }
 
+/// The default subject of an alarm's notification: `[WARNING] MotorOverload created on
+/// pump-3`. The `notify` node's default and the edit a channel makes when it follows an alarm
+/// share it (a channel compares what it shows to skip an edit that would change nothing).
+pub fn default_subject(severity: &str, type_: &str, transition: &str, device: &str) -> String {
+    format!("[{severity}] {type_} {transition} on {device}")
+}
+
 /// Alarm severities' names, most severe first.
 pub const SEVERITIES: [&str; 5] = ["CRITICAL", "MAJOR", "MINOR", "WARNING", "INDETERMINATE"];
 

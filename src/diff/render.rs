@@ -68,6 +68,20 @@ fn alarm_line(a: &AlarmChange) -> String {
     }
 }
 
+/// The examples to show, by kind and side (`base only`, `candidate only`), non-empty ones.
+fn example_lists(r: &Report) -> Vec<(&'static str, &'static str, &[super::Example])> {
+    r.examples
+        .iter()
+        .flat_map(|ex| {
+            [
+                (ex.kind, "base only", ex.only_base.as_slice()),
+                (ex.kind, "candidate only", ex.only_candidate.as_slice()),
+            ]
+        })
+        .filter(|(_, _, l)| !l.is_empty())
+        .collect()
+}
+
 /// Alarms listed per section in text; the rest are counted.
 const LISTED: usize = 20;
 /// Alarm rows in markdown (a pull-request comment has a size limit).
@@ -134,18 +148,10 @@ pub fn text(r: &Report) -> String {
             );
         }
     }
-    for ex in &r.examples {
-        for (side, list) in [
-            ("base only", &ex.only_base),
-            ("candidate only", &ex.only_candidate),
-        ] {
-            if list.is_empty() {
-                continue;
-            }
-            let _ = writeln!(o, "\nfirst {} {side}:", ex.kind);
-            for e in list {
-                let _ = writeln!(o, "  {} {} {}: {}", when(e.ts), e.chain, e.device, e.what);
-            }
+    for (kind, side, list) in example_lists(r) {
+        let _ = writeln!(o, "\nfirst {kind} {side}:");
+        for e in list {
+            let _ = writeln!(o, "  {} {} {}: {}", when(e.ts), e.chain, e.device, e.what);
         }
     }
     if !r.nodes.is_empty() {
@@ -269,27 +275,19 @@ pub fn markdown(r: &Report) -> String {
         }
         let _ = writeln!(o, "\n</details>\n");
     }
-    for ex in &r.examples {
-        for (side, list) in [
-            ("base only", &ex.only_base),
-            ("candidate only", &ex.only_candidate),
-        ] {
-            if list.is_empty() {
-                continue;
-            }
-            let _ = writeln!(o, "<details><summary>first {} {side}</summary>\n", ex.kind);
-            for e in list {
-                let _ = writeln!(
-                    o,
-                    "- {} {} {}: {}",
-                    when(e.ts),
-                    cell(&e.chain),
-                    cell(&e.device),
-                    cell(&e.what)
-                );
-            }
-            let _ = writeln!(o, "\n</details>\n");
+    for (kind, side, list) in example_lists(r) {
+        let _ = writeln!(o, "<details><summary>first {kind} {side}</summary>\n");
+        for e in list {
+            let _ = writeln!(
+                o,
+                "- {} {} {}: {}",
+                when(e.ts),
+                cell(&e.chain),
+                cell(&e.device),
+                cell(&e.what)
+            );
         }
+        let _ = writeln!(o, "\n</details>\n");
     }
     o
 }

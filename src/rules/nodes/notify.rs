@@ -44,12 +44,11 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
 pub fn alarm_text(a: &Map) -> (String, String) {
     let get = |k: &str| a.get(k).map(|v| v.to_string()).unwrap_or_default();
     (
-        format!(
-            "[{}] {} {} on {}",
-            get("severity"),
-            get("type"),
-            get("transition"),
-            get("device")
+        crate::alarm::default_subject(
+            &get("severity"),
+            &get("type"),
+            &get("transition"),
+            &get("device"),
         ),
         get("message"),
     )

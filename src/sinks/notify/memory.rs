@@ -71,57 +71,54 @@ impl Memory {
         self.lock().get(name).cloned().unwrap_or_default()
     }
 
-    /// Sets (or with None, forgets) an alarm's reminder.
+    /// Sets (or with None, forgets) an alarm's reminder: its last notification and when the
+    /// next is due (ms).
     pub fn reminder(&self, channel: &str, id: &str, r: Option<(&Notice, i64)>) {
-        let mut g = self.lock();
-        let c = g.entry(channel.to_string()).or_default();
-        match r {
-            Some((n, due)) => {
-                c.reminders.insert(id.to_string(), (n.clone(), due));
-            }
-            None => {
-                if c.reminders.remove(id).is_none() {
-                    return;
-                }
-            }
-        }
-        self.dirty.store(true, Relaxed);
+        self.set(
+            channel,
+            |c| &mut c.reminders,
+            id,
+            r.map(|(n, due)| (n.clone(), due)),
+        );
     }
 
     /// Sets (or with None, forgets) an alarm's escalation: its notification, next step and
     /// when it was notified (ms).
     pub fn escalation(&self, channel: &str, id: &str, e: Option<(&Notice, usize, i64)>) {
-        let mut g = self.lock();
-        let c = g.entry(channel.to_string()).or_default();
-        match e {
-            Some((n, step, base)) => {
-                c.escalations
-                    .insert(id.to_string(), (n.clone(), step, base));
-            }
-            None => {
-                if c.escalations.remove(id).is_none() {
-                    return;
-                }
-            }
-        }
-        self.dirty.store(true, Relaxed);
+        self.set(
+            channel,
+            |c| &mut c.escalations,
+            id,
+            e.map(|(n, step, base)| (n.clone(), step, base)),
+        );
     }
 
     /// Sets (or with None, forgets) the message a bot posted for an alarm.
     pub fn thread(&self, channel: &str, id: &str, at: Option<&Value>) {
+        self.set(channel, |c| &mut c.threads, id, at.cloned());
+    }
+
+    /// Sets or forgets an alarm's entry in one of a channel's maps; marks the memory changed
+    /// when it did.
+    fn set<V>(
+        &self,
+        channel: &str,
+        map: impl FnOnce(&mut ChannelMemory) -> &mut BTreeMap<String, V>,
+        id: &str,
+        value: Option<V>,
+    ) {
         let mut g = self.lock();
-        let c = g.entry(channel.to_string()).or_default();
-        match at {
+        let m = map(g.entry(channel.to_string()).or_default());
+        let changed = match value {
             Some(v) => {
-                c.threads.insert(id.to_string(), v.clone());
+                m.insert(id.to_string(), v);
+                true
             }
-            None => {
-                if c.threads.remove(id).is_none() {
-                    return;
-                }
-            }
+            None => m.remove(id).is_some(),
+        };
+        if changed {
+            self.dirty.store(true, Relaxed);
         }
-        self.dirty.store(true, Relaxed);
     }
 
     /// Writes the file if anything changed since the last save.

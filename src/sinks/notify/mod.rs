@@ -293,7 +293,10 @@ impl Notifier {
     /// incident whether or not the chain notifies them of it. Never waits; a full queue skips
     /// it (the next transition brings the message up to date).
     pub fn follow(&self, a: &crate::alarm::Alarm, transition: crate::alarm::Transition) {
-        if transition == crate::alarm::Transition::Created {
+        // Every alarm transition comes here: nothing is built unless some channel follows.
+        if transition == crate::alarm::Transition::Created
+            || !self.channels.values().any(|c| c.follows)
+        {
             return;
         }
         let data = serde_json::json!({
@@ -310,12 +313,11 @@ impl Notifier {
                 node: node.into(),
                 device: a.device.as_str().into(),
                 ts: crate::engine::clock::wall_ms(),
-                subject: format!(
-                    "[{}] {} {} on {}",
+                subject: crate::alarm::default_subject(
                     a.severity.as_str(),
-                    a.type_,
+                    &a.type_,
                     transition.as_str(),
-                    a.device
+                    &a.device,
                 ),
                 body: a.message.clone(),
                 data: data.clone(),
