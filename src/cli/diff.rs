@@ -247,7 +247,7 @@ pub fn run(a: Args) -> i32 {
             if bad == 1 { "" } else { "s" }
         );
     }
-    let report = compare(&base_tally, &cand_tally, messages);
+    let report = compare(&base_tally.side(), &cand_tally.side(), messages);
     let out = match a.format {
         Format::Text => render::text(&report),
         Format::Markdown => render::markdown(&report),

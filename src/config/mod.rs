@@ -19,9 +19,10 @@ use crate::yaml::Sp;
 #[serde(deny_unknown_fields)]
 #[schemars(title = "rulechain engine config")]
 pub struct Config {
-    /// The directory of the rule chains (default `./rules`), relative to the config file.
-    #[serde(default)]
-    pub rules: Option<Sp<String>>,
+    /// The directory of the rule chains (default `./rules`), relative to the config file; or
+    /// `{dir, shadow_dir}` to also run a candidate rule set in shadow mode.
+    #[serde(default, deserialize_with = "rules_spec")]
+    pub rules: Option<RulesSpec>,
     /// The devices file (optional), relative to the config file.
     #[serde(default)]
     pub devices: Option<Sp<String>>,
@@ -612,6 +613,81 @@ pub fn config_relative(config_path: Option<&Path>, p: &str) -> PathBuf {
     }
 }
 
+/// `rules:`: the directory of the rule chains, or a map with it and a shadow's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSpec {
+    /// The directory of the rule chains (default `./rules`), relative to the config file.
+    #[serde(default)]
+    pub dir: Option<Sp<String>>,
+    /// A directory of candidate chains that `run` runs in shadow mode on the same messages,
+    /// its effects counted and never sent (see docs/diff.md), relative to the config file.
+    #[serde(default)]
+    pub shadow_dir: Option<Sp<String>>,
+}
+
+impl RulesSpec {
+    /// Reads `rules: DIR` as well as `rules: {dir, shadow_dir}`.
+    fn deserialize_either<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RulesSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the rules directory, or a map with `dir` and `shadow_dir`")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<RulesSpec, E> {
+                Ok(RulesSpec {
+                    dir: Some(Sp::unplaced(s.to_string())),
+                    shadow_dir: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<RulesSpec, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct M {
+                    #[serde(default)]
+                    dir: Option<Sp<String>>,
+                    #[serde(default)]
+                    shadow_dir: Option<Sp<String>>,
+                }
+                let m = M::deserialize(serde::de::value::MapAccessDeserializer::new(a))?;
+                Ok(RulesSpec {
+                    dir: m.dir,
+                    shadow_dir: m.shadow_dir,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Deserializes `rules:` (see [`RulesSpec`]).
+fn rules_spec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RulesSpec>, D::Error> {
+    RulesSpec::deserialize_either(d).map(Some)
+}
+
+impl JsonSchema for RulesSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RulesSpec".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "The directory of the rule chains (default `./rules`), relative to the config file; or `{dir, shadow_dir}`.",
+            "anyOf": [
+                { "type": "string" },
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "dir": { "type": "string", "description": "The directory of the rule chains (default `./rules`), relative to the config file." },
+                        "shadow_dir": { "type": "string", "description": "A directory of candidate chains that `run` runs in shadow mode on the same messages, its effects counted and never sent, relative to the config file." }
+                    }
+                }
+            ]
+        })
+    }
+}
+
 /// The rules directory: `--rules`, else the config's `rules:`, else `./rules`.
 pub fn rules_dir(
     arg: Option<PathBuf>,
@@ -620,6 +696,7 @@ pub fn rules_dir(
 ) -> PathBuf {
     arg.or_else(|| {
         cfg.and_then(|c| c.rules.as_ref())
+            .and_then(|r| r.dir.as_ref())
             .map(|r| config_relative(config_path, r))
     })
     .unwrap_or_else(|| PathBuf::from("rules"))

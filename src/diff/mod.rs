@@ -49,6 +49,11 @@ pub struct Example {
 }
 
 /// What one side did.
+///
+/// Two ways to keep examples: `rulechain diff` keeps every effect's key (up to [`KEYS_KEPT`]
+/// per kind) and [`compare`] finds those only one side made; the shadow of `run` runs for days,
+/// so it pairs the two sides' effects as they happen ([`pair`], one shard turn at a time) and
+/// keeps only the first effects left unpaired ([`Tally::paired`]).
 #[derive(Debug, Default)]
 pub struct Tally {
     /// (alarm type, device) → episodes, in order.
@@ -57,71 +62,283 @@ pub struct Tally {
     counts: BTreeMap<(&'static str, String), u64>,
     /// kind → every effect's example key, for the first differences (bounded per kind).
     keys: BTreeMap<&'static str, Vec<Example>>,
+    /// Examples come from [`pair`]: only effects the other side did not make are kept.
+    paired: bool,
+    /// Paired: effects the other side did not make, by kind.
+    unpaired: BTreeMap<&'static str, u64>,
+    /// Paired: episodes the same on both sides once closed, forgotten (still counted).
+    same: usize,
+    /// Episodes kept in `alarms`.
+    kept: usize,
+    /// Episodes not kept past [`MAX_EPISODES`].
+    pub episodes_dropped: u64,
     /// The rule counters of this side's executor.
     pub stats: Arc<RuleStats>,
+    /// Node counters at the start, subtracted (a live engine's counters run from its start).
+    since: NodeCounts,
 }
 
 /// Effect keys kept per kind: past it, examples come from the first this many.
 const KEYS_KEPT: usize = 100_000;
 
+/// Alarm episodes one side keeps; past it, new ones are counted in `episodes_dropped`.
+pub const MAX_EPISODES: usize = 100_000;
+
+/// (chain, node) → (kind, outcomes).
+pub type NodeCounts = BTreeMap<(String, String), (&'static str, Outcomes)>;
+
+/// An effect's kind, device and what it was (two parts, shown joined by `: `), for the kinds
+/// a comparison counts; None for alarms and the rest.
+fn parts(e: &Effect) -> Option<(&'static str, &str, &str, &str)> {
+    Some(match &e.event {
+        Event::Rpc { device, method, .. } => ("rpc", device, method.as_str(), ""),
+        Event::Notify {
+            device,
+            channel,
+            subject,
+            ..
+        } => ("notify", device, channel.as_ref(), subject.as_str()),
+        Event::Publish { device, topic, .. } => ("publish", device, topic.as_str(), ""),
+        Event::Influx { device, line, .. } => ("influx", device, line.as_str(), ""),
+        Event::Websocket { device, room, .. } => ("websocket", device, room.as_ref(), ""),
+        Event::Error { device, error } => ("error", device, error.as_str(), ""),
+        _ => return None,
+    })
+}
+
+fn example(e: &Effect) -> Option<(&'static str, Example)> {
+    let (kind, device, a, b) = parts(e)?;
+    Some((
+        kind,
+        Example {
+            ts: e.ts,
+            chain: e.chain.to_string(),
+            device: device.to_string(),
+            what: if b.is_empty() {
+                a.to_string()
+            } else {
+                format!("{a}: {b}")
+            },
+        },
+    ))
+}
+
+/// What identifies an effect for pairing: its kind and a hash of its example key.
+fn pairing_key(e: &Effect, h: &foldhash::fast::FixedState) -> Option<(&'static str, u64)> {
+    use std::hash::BuildHasher;
+    let (kind, device, a, b) = parts(e)?;
+    Some((kind, h.hash_one((e.ts, e.chain.as_ref(), device, a, b))))
+}
+
+impl Tally {
+    /// A tally whose examples come from [`pair`] (the shadow of `run`), counting into
+    /// `stats`, whose node counters at this moment are subtracted from what it reports.
+    pub fn paired(stats: Arc<RuleStats>) -> Tally {
+        Tally {
+            paired: true,
+            since: node_counts(&stats, &NodeCounts::new()),
+            stats,
+            ..Tally::default()
+        }
+    }
+
+    /// Counts an effect: an alarm's transition into its episodes, any other into the counts by
+    /// kind and chain (and, unpaired, its key for the examples).
+    pub fn note(&mut self, e: &Effect) {
+        if let Event::Alarm {
+            device,
+            type_,
+            severity,
+            transition,
+            ..
+        } = &e.event
+        {
+            self.alarm(e, device, type_, *severity, *transition);
+            return;
+        }
+        let Some((kind, _, _, _)) = parts(e) else {
+            return;
+        };
+        *self.counts.entry((kind, e.chain.to_string())).or_default() += 1;
+        if !self.paired {
+            let keys = self.keys.entry(kind).or_default();
+            if keys.len() < KEYS_KEPT {
+                keys.extend(example(e).map(|x| x.1));
+            }
+        }
+    }
+
+    fn alarm(&mut self, e: &Effect, device: &str, type_: &str, severity: Severity, t: Transition) {
+        let key = (type_.to_string(), device.to_string());
+        match t {
+            Transition::Created if self.kept >= MAX_EPISODES => self.episodes_dropped += 1,
+            Transition::Created => {
+                self.kept += 1;
+                self.alarms.entry(key).or_default().push(Episode {
+                    chain: e.chain.to_string(),
+                    start: e.ts,
+                    end: None,
+                    severity,
+                });
+            }
+            Transition::SeverityChanged => {
+                if let Some(ep) = self.alarms.get_mut(&key).and_then(|v| v.last_mut()) {
+                    ep.severity = ep.severity.min(severity);
+                }
+            }
+            Transition::Cleared => {
+                if let Some(ep) = self
+                    .alarms
+                    .get_mut(&key)
+                    .and_then(|v| v.last_mut())
+                    .filter(|ep| ep.end.is_none())
+                {
+                    ep.end = Some(e.ts);
+                }
+            }
+            Transition::Acknowledged => {}
+        }
+    }
+
+    /// An effect the other side did not make (paired).
+    fn unpaired(&mut self, kind: &'static str, e: &Effect) {
+        *self.unpaired.entry(kind).or_default() += 1;
+        let keys = self.keys.entry(kind).or_default();
+        if keys.len() < EXAMPLES {
+            keys.extend(example(e).map(|x| x.1));
+        }
+    }
+
+    /// Paired: effects the other side did not make, by kind.
+    pub fn unpaired_counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.unpaired
+    }
+
+    /// Effects by kind (all chains).
+    pub fn effect_counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::new();
+        for ((kind, _), n) in &self.counts {
+            *out.entry(*kind).or_default() += n;
+        }
+        out
+    }
+
+    /// What this side did as plain data, to compare or to add to another shard's.
+    pub fn side(&self) -> Side {
+        Side {
+            alarms: self.alarms.clone(),
+            same: self.same,
+            counts: self.counts.clone(),
+            keys: self.keys.clone(),
+            nodes: node_counts(&self.stats, &self.since),
+        }
+    }
+}
+
 impl EffectSink for Tally {
     fn emit(&mut self, e: Effect) {
-        let chain = e.chain.to_string();
-        let (kind, device, what) = match &e.event {
-            Event::Alarm {
-                device,
-                type_,
-                severity,
-                transition,
-                ..
-            } => {
-                let eps = self
-                    .alarms
-                    .entry((type_.clone(), device.to_string()))
-                    .or_default();
-                match transition {
-                    Transition::Created => eps.push(Episode {
-                        chain: chain.clone(),
-                        start: e.ts,
-                        end: None,
-                        severity: *severity,
-                    }),
-                    Transition::SeverityChanged => {
-                        if let Some(ep) = eps.last_mut() {
-                            ep.severity = ep.severity.min(*severity);
-                        }
-                    }
-                    Transition::Cleared => {
-                        if let Some(ep) = eps.last_mut().filter(|ep| ep.end.is_none()) {
-                            ep.end = Some(e.ts);
-                        }
-                    }
-                    Transition::Acknowledged => {}
-                }
-                return;
+        self.note(&e);
+    }
+}
+
+/// Pairs one turn's effects of the two sides (the same messages and the same clock), counts
+/// both, and keeps as examples the effects only one side made. Alarm episodes that both sides
+/// closed the same way are forgotten (and counted), so a shadow that runs for days keeps only
+/// its differences.
+pub fn pair(base: &[&Effect], cand: &[&Effect], bt: &mut Tally, ct: &mut Tally) {
+    for e in base {
+        bt.note(e);
+    }
+    for e in cand {
+        ct.note(e);
+    }
+    let h = foldhash::fast::FixedState::default();
+    let bk: Vec<_> = base.iter().map(|e| pairing_key(e, &h)).collect();
+    let ck: Vec<_> = cand.iter().map(|e| pairing_key(e, &h)).collect();
+    if bk != ck {
+        let mut left: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
+        for (_, k) in bk.iter().flatten() {
+            *left.entry(*k).or_default() += 1;
+        }
+        for (e, k) in cand.iter().zip(&ck) {
+            let Some((kind, k)) = k else { continue };
+            match left.get_mut(k) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => ct.unpaired(kind, e),
             }
-            Event::Rpc { device, method, .. } => ("rpc", device, method.clone()),
-            Event::Notify {
-                device,
-                channel,
-                subject,
-                ..
-            } => ("notify", device, format!("{channel}: {subject}")),
-            Event::Publish { device, topic, .. } => ("publish", device, topic.clone()),
-            Event::Influx { device, line, .. } => ("influx", device, line.clone()),
-            Event::Websocket { device, room, .. } => ("websocket", device, room.clone()),
-            Event::Error { device, error } => ("error", device, error.clone()),
-            _ => return,
-        };
-        *self.counts.entry((kind, chain.clone())).or_default() += 1;
-        let keys = self.keys.entry(kind).or_default();
-        if keys.len() < KEYS_KEPT {
-            keys.push(Example {
-                ts: e.ts,
-                chain,
-                device: device.to_string(),
-                what,
-            });
+        }
+        for (e, k) in base.iter().zip(&bk) {
+            let Some((kind, k)) = k else { continue };
+            if let Some(n) = left.get_mut(k).filter(|n| **n > 0) {
+                *n -= 1;
+                bt.unpaired(kind, e);
+            }
+        }
+    }
+    // Episodes closed the same way on both sides: nothing to show.
+    for e in base.iter().chain(cand) {
+        if let Event::Alarm {
+            device,
+            type_,
+            transition: Transition::Cleared,
+            ..
+        } = &e.event
+        {
+            let key = (type_.clone(), device.to_string());
+            let (Some(b), Some(c)) = (bt.alarms.get(&key), ct.alarms.get(&key)) else {
+                continue;
+            };
+            if let (Some(x), Some(y)) = (b.last(), c.last()) {
+                if x.end.is_some() && x == y {
+                    for t in [&mut *bt, &mut *ct] {
+                        if let Some(v) = t.alarms.get_mut(&key) {
+                            v.pop();
+                            if v.is_empty() {
+                                t.alarms.remove(&key);
+                            }
+                        }
+                        t.same += 1;
+                        t.kept -= 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One side's tally as data: what [`compare`] reads. The shadow adds its shards' together
+/// ([`Side::add`]).
+#[derive(Debug, Default, Clone)]
+pub struct Side {
+    alarms: BTreeMap<(String, String), Vec<Episode>>,
+    same: usize,
+    counts: BTreeMap<(&'static str, String), u64>,
+    keys: BTreeMap<&'static str, Vec<Example>>,
+    nodes: NodeCounts,
+}
+
+impl Side {
+    /// Adds another shard's: episodes, counts and node outcomes; examples in time order.
+    pub fn add(&mut self, o: Side) {
+        for (k, mut v) in o.alarms {
+            let e = self.alarms.entry(k).or_default();
+            e.append(&mut v);
+            e.sort_by_key(|x| x.start);
+        }
+        self.same += o.same;
+        for (k, n) in o.counts {
+            *self.counts.entry(k).or_default() += n;
+        }
+        for (k, mut v) in o.keys {
+            let e = self.keys.entry(k).or_default();
+            e.append(&mut v);
+            e.sort();
+        }
+        for (k, (kind, outcomes)) in o.nodes {
+            let e = self.nodes.entry(k).or_insert((kind, Outcomes::new()));
+            for (w, n) in outcomes {
+                *e.1.entry(w).or_default() += n;
+            }
         }
     }
 }
@@ -223,22 +440,23 @@ pub struct Totals {
 /// Outcome word → count.
 pub type Outcomes = BTreeMap<&'static str, u64>;
 
-/// The node counters of one side: (chain, node) → (kind, outcomes).
-fn node_counts(stats: &RuleStats) -> BTreeMap<(String, String), (&'static str, Outcomes)> {
+/// The node counters of one side, less those at `since`.
+fn node_counts(stats: &RuleStats, since: &NodeCounts) -> NodeCounts {
     let mut out = BTreeMap::new();
     for (chain, nodes) in stats.current().iter() {
         for n in nodes {
+            let key = (chain.name.to_string(), n.id.to_string());
+            let before = since.get(&key).filter(|b| b.0 == n.kind).map(|b| &b.1);
             let counts = Outcome::ALL
                 .iter()
                 .map(|o| {
-                    (
-                        o.as_str(),
-                        n.outcomes[*o as usize].load(std::sync::atomic::Ordering::Relaxed),
-                    )
+                    let now = n.outcomes[*o as usize].load(std::sync::atomic::Ordering::Relaxed);
+                    let was = before.and_then(|b| b.get(o.as_str())).copied().unwrap_or(0);
+                    (o.as_str(), now.saturating_sub(was))
                 })
                 .filter(|(_, c)| *c > 0)
                 .collect();
-            out.insert((chain.name.to_string(), n.id.to_string()), (n.kind, counts));
+            out.insert(key, (n.kind, counts));
         }
     }
     out
@@ -250,8 +468,8 @@ fn overlap(a: &Episode, b: &Episode) -> bool {
     a.start <= end(b) && b.start <= end(a)
 }
 
-/// Compares the candidate's tally with the base's.
-pub fn compare(base: &Tally, candidate: &Tally, messages: u64) -> Report {
+/// Compares the candidate's side with the base's.
+pub fn compare(base: &Side, candidate: &Side, messages: u64) -> Report {
     let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
     let keys: BTreeSet<&(String, String)> =
         base.alarms.keys().chain(candidate.alarms.keys()).collect();
@@ -343,7 +561,7 @@ pub fn compare(base: &Tally, candidate: &Tally, messages: u64) -> Report {
             });
         }
     }
-    let (bn, cn) = (node_counts(&base.stats), node_counts(&candidate.stats));
+    let (bn, cn) = (&base.nodes, &candidate.nodes);
     let mut nodes = Vec::new();
     let names: BTreeSet<&(String, String)> = bn.keys().chain(cn.keys()).collect();
     for name in names {
@@ -358,7 +576,7 @@ pub fn compare(base: &Tally, candidate: &Tally, messages: u64) -> Report {
             });
         }
     }
-    let count = |t: &Tally| t.alarms.values().map(Vec::len).sum();
+    let count = |t: &Side| t.alarms.values().map(Vec::len).sum::<usize>() + t.same;
     let equal = added.is_empty()
         && removed.is_empty()
         && changed.is_empty()
@@ -444,7 +662,7 @@ impl Gate {
 mod tests {
     use super::*;
 
-    fn alarm(t: &mut Tally, device: &str, ts: i64, tr: Transition, sev: Severity) {
+    fn alarm_effect(device: &str, ts: i64, tr: Transition, sev: Severity) -> Effect {
         let a = crate::alarm::Alarm {
             id: format!("Hot:{device}:{ts}"),
             device: device.into(),
@@ -461,12 +679,71 @@ mod tests {
             acked_by: None,
             cleared_by: None,
         };
-        t.emit(Effect {
+        Effect {
             event: Event::alarm(device.into(), a, tr),
             ts,
             chain: "hot".into(),
             node: "raise".into(),
-        });
+        }
+    }
+
+    fn alarm(t: &mut Tally, device: &str, ts: i64, tr: Transition, sev: Severity) {
+        t.emit(alarm_effect(device, ts, tr, sev));
+    }
+
+    fn rpc(device: &str, ts: i64, method: &str) -> Effect {
+        Effect {
+            event: Event::Rpc {
+                device: device.into(),
+                method: method.into(),
+                params: rhai::Dynamic::UNIT,
+                id: "1".into(),
+                topic: String::new(),
+                qos: 1,
+            },
+            ts,
+            chain: "hot".into(),
+            node: "cool".into(),
+        }
+    }
+
+    #[test]
+    fn a_live_pair_keeps_only_what_one_side_did_and_forgets_equal_episodes() {
+        let stats = || Arc::new(RuleStats::default());
+        let (mut b, mut c) = (Tally::paired(stats()), Tally::paired(stats()));
+        // The same turn on both sides: nothing unpaired, no example kept.
+        let same = [rpc("p1", 10, "cool"), rpc("p2", 10, "cool")];
+        let refs: Vec<&Effect> = same.iter().collect();
+        pair(&refs, &refs, &mut b, &mut c);
+        assert!(b.unpaired_counts().is_empty() && c.unpaired_counts().is_empty());
+        // One more on the base, another method on the candidate, in another order.
+        let base = [rpc("p1", 20, "cool"), rpc("p2", 20, "cool")];
+        let cand = [rpc("p2", 20, "cool"), rpc("p1", 20, "heat")];
+        pair(
+            &base.iter().collect::<Vec<_>>(),
+            &cand.iter().collect::<Vec<_>>(),
+            &mut b,
+            &mut c,
+        );
+        assert_eq!(b.unpaired_counts().get("rpc"), Some(&1));
+        assert_eq!(c.unpaired_counts().get("rpc"), Some(&1));
+        let r = compare(&b.side(), &c.side(), 2);
+        assert!(!r.equal);
+        assert_eq!(r.examples[0].only_base[0].what, "cool");
+        assert_eq!(r.examples[0].only_base[0].device, "p1");
+        assert_eq!(r.examples[0].only_candidate[0].what, "heat");
+        // An episode both sides open and close alike is forgotten, and still counted.
+        let (mut live, mut shadow) = (Tally::paired(stats()), Tally::paired(stats()));
+        for (ts, tr) in [(30, Transition::Created), (40, Transition::Cleared)] {
+            let turn = [alarm_effect("p3", ts, tr, Severity::Major)];
+            let refs: Vec<&Effect> = turn.iter().collect();
+            pair(&refs, &refs, &mut live, &mut shadow);
+            assert_eq!(live.alarms.len(), usize::from(ts == 30), "kept while open");
+        }
+        assert!(shadow.alarms.is_empty());
+        let r = compare(&live.side(), &shadow.side(), 2);
+        assert!(r.equal);
+        assert_eq!((r.alarms.base, r.alarms.candidate), (1, 1));
     }
 
     #[test]
@@ -486,7 +763,7 @@ mod tests {
         alarm(&mut c, "p1", 500, Transition::Cleared, Severity::Critical);
         alarm(&mut b, "p2", 100, Transition::Created, Severity::Critical);
         alarm(&mut c, "p3", 100, Transition::Created, Severity::Warning);
-        let r = compare(&b, &c, 10);
+        let r = compare(&b.side(), &c.side(), 10);
         assert!(!r.equal);
         assert_eq!(r.removed.len(), 1);
         assert_eq!(r.removed[0].device, "p2");
@@ -509,7 +786,7 @@ mod tests {
             .unwrap_err()
             .contains("unknown severity"));
         assert!(Gate::parse("louder").unwrap_err().contains("unknown gate"));
-        let same = compare(&b, &b, 10);
+        let same = compare(&b.side(), &b.side(), 10);
         assert!(same.equal && same.removed.is_empty() && same.changed.is_empty());
     }
 }

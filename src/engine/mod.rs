@@ -972,6 +972,23 @@ impl Executor {
         carried
     }
 
+    /// A second executor for other rules that starts where this one is: the same device
+    /// registry, limits and clock, and this one's state carried by (chain name, node id) as a
+    /// reload carries it (node state, timers, awaited replies, alarms, attributes). From then on
+    /// the two share nothing: a shadow of the live rules (`run`'s shadow mode) is one.
+    pub fn fork(&self, rules: Arc<RuleSet>) -> (Executor, persist::Carried) {
+        let registry: HashMap<Arc<str>, Device> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.registered)
+            .map(|(id, d)| (id.clone(), Device::new(d.type_.clone(), d.registry.clone())))
+            .collect();
+        let mut e = Executor::new(rules, registry, self.now);
+        e.limits = self.limits;
+        let carried = e.restore(self.snapshot());
+        (e, carried)
+    }
+
     /// The due time of the earliest pending timer.
     pub fn next_due(&self) -> Option<i64> {
         self.timers.peek().map(|t| t.0.due)

@@ -30,6 +30,8 @@ mod preflight;
 pub mod publisher;
 pub mod reload;
 mod serve;
+pub mod shadow;
+pub mod shadows;
 pub mod shard;
 pub mod shards;
 pub mod stats;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::http;
+use super::reload::ReloadReq;
 
 /// Raises the soft open-files limit to the hard one (a process starts with 1,024 on most
 /// systems, too few for thousands of WebSocket clients) and returns the soft limit in force.
@@ -70,7 +70,7 @@ impl FdBudget {
 }
 
 /// Waits for SIGINT or SIGTERM; SIGHUP asks for a reload meanwhile.
-pub(super) async fn wait_for_signal(reload: mpsc::Sender<http::ReloadReq>) {
+pub(super) async fn wait_for_signal(reload: mpsc::Sender<ReloadReq>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -87,7 +87,7 @@ pub(super) async fn wait_for_signal(reload: mpsc::Sender<http::ReloadReq>) {
                 _ = term.recv() => return,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the rules");
-                    let _ = reload.try_send(http::ReloadReq { reply: None });
+                    let _ = reload.try_send(ReloadReq { reply: None });
                 }
             }
         }
@@ -102,7 +102,7 @@ pub(super) async fn wait_for_signal(reload: mpsc::Sender<http::ReloadReq>) {
 /// Watches the rules directory; changes (debounced 300 ms) ask for a reload.
 pub(super) fn watch_rules(
     dir: &std::path::Path,
-    tx: mpsc::Sender<http::ReloadReq>,
+    tx: mpsc::Sender<ReloadReq>,
 ) -> Option<
     notify_debouncer_full::Debouncer<
         notify::RecommendedWatcher,
@@ -116,7 +116,7 @@ pub(super) fn watch_rules(
         move |res: notify_debouncer_full::DebounceEventResult| {
             if res.is_ok_and(|evs| evs.iter().any(|e| !e.kind.is_access())) {
                 // A full queue already holds a reload request: that one will see this change.
-                let _ = tx.try_send(http::ReloadReq { reply: None });
+                let _ = tx.try_send(ReloadReq { reply: None });
             }
         },
     )

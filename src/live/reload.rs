@@ -58,6 +58,12 @@ pub struct ReloadReport {
     pub has_errors: bool,
 }
 
+/// A reload asked for (by the API, SIGHUP, the file watcher or a promotion).
+pub struct ReloadReq {
+    /// Where the result goes, if anyone waits for it.
+    pub reply: Option<tokio::sync::oneshot::Sender<ReloadReport>>,
+}
+
 /// The last good version of each chain file.
 pub struct Reloader {
     dir: PathBuf,

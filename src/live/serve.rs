@@ -293,6 +293,16 @@ pub(super) async fn serve(
     let (reload_tx, reload_status, reload_task) =
         serve_reloads(reloader, shards.clone(), rules_tx, stop.clone());
     let _watcher = super::os::watch_rules(&settings.rules_dir, reload_tx.clone());
+    // Shadow mode: the config's candidate, else the one the API started before a restart.
+    let shadows = Arc::new(super::shadows::Shadows::new(
+        settings.config_given.then(|| settings.config.clone()),
+        settings.rules_dir.clone(),
+        settings.state_dir.clone(),
+        shards.clone(),
+        reload_tx.clone(),
+        cluster.is_some(),
+    ));
+    shadows.resume(settings.shadow_dir.clone()).await;
     let http_task = listener.map(|l| {
         if let Ok(mut a) = l.local_addr() {
             if !a.ip().is_loopback() && settings.http_token.is_none() {
@@ -324,6 +334,7 @@ pub(super) async fn serve(
             tracer,
             device_list: Default::default(),
             cluster: cluster_view,
+            shadow: shadows.clone(),
         };
         let limits = http::Limits {
             max_connections: fds.http,
@@ -605,11 +616,11 @@ fn serve_reloads(
     rules_in_force: watch::Sender<Arc<RuleSet>>,
     mut stop: watch::Receiver<bool>,
 ) -> (
-    mpsc::Sender<http::ReloadReq>,
+    mpsc::Sender<reload::ReloadReq>,
     Arc<std::sync::Mutex<reload::ReloadStatus>>,
     JoinHandle<()>,
 ) {
-    let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadReq>(16);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<reload::ReloadReq>(16);
     let status = reloader.status.clone();
     let status_in = status.clone();
     let reloader = Arc::new(std::sync::Mutex::new(reloader));

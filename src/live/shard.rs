@@ -73,6 +73,8 @@ pub enum ShardMsg {
     Reload(Arc<RuleSet>, u64),
     /// The API asks about this shard's devices.
     Ask(super::devices::Ask),
+    /// Start or stop a shadow of candidate rules.
+    Shadow(super::shadow::Cmd),
 }
 
 /// An operator's action (acknowledge, clear) on an alarm of one of this shard's devices, from
@@ -393,6 +395,8 @@ struct Shard {
     /// write stores in the partition's outbox.
     notices: Vec<Vec<u8>>,
     next_checkpoint: tokio::time::Instant,
+    /// A candidate rule set run on the same messages, its effects counted, never sent.
+    shadow: Option<super::shadow::Run>,
 }
 
 impl Shard {
@@ -412,6 +416,7 @@ impl Shard {
             tracked: 0,
             position: None,
             notices: Vec::new(),
+            shadow: None,
         }
     }
 
@@ -420,7 +425,14 @@ impl Shard {
     async fn wait(&mut self, rx: &mut mpsc::Receiver<ShardMsg>) -> Option<Option<ShardMsg>> {
         // Holding all it may: take no message and fire no timer until the state is written.
         let stalled = self.held.full();
-        let timer = self.exec.next_due().filter(|_| !stalled).map(|due| {
+        let due = match (
+            self.exec.next_due(),
+            self.shadow.as_ref().and_then(|s| s.next_due()),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timer = due.filter(|_| !stalled).map(|due| {
             let wait = due.saturating_sub(wall_ms()).clamp(0, 86_400_000) as u64;
             tokio::time::Instant::now() + Duration::from_millis(wait)
         });
@@ -436,7 +448,11 @@ impl Shard {
             _ = tokio::time::sleep_until(wake) => None,
         };
         if !stalled {
-            self.exec.advance_to(wall_ms(), &mut self.buf);
+            let now = wall_ms();
+            self.exec.advance_to(now, &mut self.buf);
+            if let Some(s) = &mut self.shadow {
+                s.advance_to(now);
+            }
         }
         Some(first)
     }
@@ -469,6 +485,7 @@ impl Shard {
                     &self.ctx,
                     &mut self.buf,
                     &mut self.done,
+                    self.shadow.as_mut(),
                 );
                 self.dirty = true;
             }
@@ -478,11 +495,23 @@ impl Shard {
                     AlarmAction::Ack => self.exec.acknowledge(id, by.as_deref(), &mut self.buf),
                     AlarmAction::Clear => self.exec.clear_alarm(id, by.as_deref(), &mut self.buf),
                 };
+                if let Some(s) = &mut self.shadow {
+                    s.operator(id, by.as_deref(), matches!(action, AlarmAction::Clear));
+                }
                 // Answered once the transition has left (below): a client that reads the
                 // alarms after the answer sees the new status.
                 self.replies.push((req.reply, r.map(|a| a.status)));
             }
             ShardMsg::Ask(ask) => {
+                if let (
+                    Some(s),
+                    super::devices::Ask::SetAttributes {
+                        device, changes, ..
+                    },
+                ) = (&mut self.shadow, &ask)
+                {
+                    s.set_attributes(device, changes.clone());
+                }
                 let mut a = super::devices::Answerer {
                     exec: &mut self.exec,
                     history: &self.history,
@@ -491,6 +520,17 @@ impl Shard {
                 };
                 self.dirty |= a.answer(ask);
             }
+            ShardMsg::Shadow(super::shadow::Cmd::Start(rules, reply)) => {
+                let run = super::shadow::Run::start(
+                    &self.exec,
+                    self.ctx.rule_stats.clone(),
+                    rules,
+                    self.ctx.index,
+                );
+                let _ = reply.send(run.pair());
+                self.shadow = Some(run);
+            }
+            ShardMsg::Shadow(super::shadow::Cmd::Stop) => self.shadow = None,
             ShardMsg::Reload(rules, generation) => {
                 let c = self.exec.reload(rules);
                 self.dirty = true;
@@ -505,8 +545,11 @@ impl Shard {
         }
     }
 
-    /// Counts what the turn dropped or evicted.
+    /// Counts what the turn dropped or evicted, and pairs its effects with the shadow's.
     fn count_turn(&mut self) {
+        if let Some(s) = &mut self.shadow {
+            s.settle(&self.buf.0);
+        }
         let ctx = &self.ctx;
         self.dirty |= !self.buf.0.is_empty();
         let dropped = self.exec.take_attributes_dropped();
@@ -735,6 +778,7 @@ fn handle(
     ctx: &ShardCtx,
     buf: &mut Buffer,
     done: &mut Vec<u64>,
+    shadow: Option<&mut super::shadow::Run>,
 ) {
     let stats = &ctx.stats;
     match parse(job.kind, &job.payload, &ctx.limits) {
@@ -750,17 +794,18 @@ fn handle(
                 .sample(&job.device, job.received)
                 .map(|chain| (chain, buf.0.len(), job.device.clone()));
             buf.1 = sampled.is_some();
-            exec.process(
-                Message {
-                    device: job.device,
-                    kind: job.kind,
-                    topic: Some(job.topic),
-                    ts,
-                    captures: job.captures,
-                    payload,
-                },
-                buf,
-            );
+            let m = Message {
+                device: job.device,
+                kind: job.kind,
+                topic: Some(job.topic),
+                ts,
+                captures: job.captures,
+                payload,
+            };
+            if let Some(s) = shadow {
+                s.process(m.clone());
+            }
+            exec.process(m, buf);
             if let Some((chain, from, device)) = sampled {
                 buf.1 = false;
                 trace(&ctx.tracer, buf, from, &device, chain.as_deref(), ts);

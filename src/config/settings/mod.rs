@@ -285,6 +285,8 @@ pub struct Settings {
     pub config_given: bool,
     /// The rules directory.
     pub rules_dir: PathBuf,
+    /// A candidate rule set to run in shadow mode (`rules.shadow_dir`).
+    pub shadow_dir: Option<PathBuf>,
     /// The devices file.
     pub devices: Option<PathBuf>,
     /// The broker.
@@ -569,6 +571,11 @@ pub fn resolve_lossy(
         config_path: config_path.map(Path::to_path_buf),
         config_given,
         rules_dir,
+        shadow_dir: config
+            .rules
+            .as_ref()
+            .and_then(|r| r.shadow_dir.as_ref())
+            .map(|d| rel(d)),
         devices,
         broker: broker.unwrap_or(Broker::Embedded(SocketAddr::from(([127, 0, 0, 1], 1883)))),
         patterns,

@@ -159,6 +159,7 @@ pub(super) async fn metrics(State(api): State<Api>) -> Response {
     if let Some(c) = &api.cluster {
         r.add("rulechain_cluster_", &*c.stats);
     }
+    r.add("rulechain_shadow_", &*api.shadow);
     (
         [(
             header::CONTENT_TYPE,

@@ -21,6 +21,7 @@ mod fleet;
 mod guard;
 mod health;
 mod rules;
+mod shadow;
 mod silences;
 mod trace;
 mod ws;
@@ -38,16 +39,10 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::reload::{ReloadReport, ReloadStatus};
+use super::reload::{ReloadReq, ReloadStatus};
 use super::shards::{Shards, Unreachable};
 use super::Stats;
 use crate::engine::stats::RuleStats;
-
-/// A reload asked for (by the API, SIGHUP or the file watcher).
-pub struct ReloadReq {
-    /// Where the result goes, if anyone waits for it.
-    pub reply: Option<oneshot::Sender<ReloadReport>>,
-}
 
 /// What the HTTP server serves.
 #[derive(Clone)]
@@ -86,6 +81,8 @@ pub struct Api {
     pub device_list: devices::ListCache,
     /// In a cluster: the cluster as this instance sees it.
     pub cluster: Option<crate::live::cluster::View>,
+    /// Shadow mode.
+    pub shadow: Arc<crate::live::shadows::Shadows>,
 }
 
 /// Most bytes of a request body (a chain file, attributes); past it, 413 before it is read
@@ -385,6 +382,11 @@ fn router(api: Api) -> Router {
         .route("/api/reload", post(rules::reload))
         .route("/api/chains", get(rules::chains))
         .route("/api/rules/validate", post(rules::validate))
+        .route("/api/rules/promote", post(shadow::promote))
+        .route(
+            "/api/shadow",
+            get(shadow::read).post(shadow::start).delete(shadow::stop),
+        )
         .route("/api/alarms", get(alarms::list))
         .route("/api/alarms/{id}/ack", post(alarms::ack))
         .route("/api/alarms/{id}/clear", post(alarms::clear))

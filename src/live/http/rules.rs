@@ -8,8 +8,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use super::{Api, ApiError, ReloadReq};
+use super::{Api, ApiError};
 use crate::engine::stats::totals;
+use crate::live::reload::ReloadReq;
 
 /// `GET /api/chains`: each chain with its nodes' counters, and the last reload.
 pub(super) async fn chains(State(api): State<Api>) -> Json<Value> {
