@@ -11,7 +11,9 @@
 //! `cargo bench --bench load` (builds the release binary first: `cargo build --release`).
 //! Options: `-- --rates 5000,20000,flood --seconds 5 --qos 0 --devices 100 --shards 2
 //! --rounds 1 --engines A,B` (several engine binaries, measured in turn in each round: before
-//! and after a change, side by side in one run).
+//! and after a change, side by side in one run). `--shadow`: each engine is also measured with
+//! a shadow running (a candidate of the same chain with another threshold that every message
+//! still passes: both rule sets do the same work, and the shadow pairs every effect).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -36,6 +38,8 @@ struct Opts {
     ingest_only: bool,
     /// Rounds: each round measures Mosquitto alone and then every engine, at every rate.
     rounds: usize,
+    /// Also measure each engine with a shadow running.
+    shadow: bool,
 }
 
 fn opts() -> Opts {
@@ -48,6 +52,7 @@ fn opts() -> Opts {
         engines: Vec::new(),
         rounds: 1,
         ingest_only: false,
+        shadow: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -77,6 +82,7 @@ fn opts() -> Opts {
                 o.engines = v.split(',').map(PathBuf::from).collect();
                 i += 1;
             }
+            "--shadow" => o.shadow = true,
             "--ingest-only" => {
                 o.ingest_only = true;
             }
@@ -219,6 +225,14 @@ fn main() {
         },
     )
     .unwrap();
+    // The shadow's candidate: the same chain at 1.25 (13.1 A on a 10 A motor still passes).
+    std::fs::create_dir_all(dir.join("shadow")).unwrap();
+    let chain = std::fs::read_to_string(dir.join("rules/overload.yaml")).unwrap();
+    std::fs::write(
+        dir.join("shadow/overload.yaml"),
+        chain.replace("* 1.2\n", "* 1.25\n"),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("rulechain.yaml"),
         format!(
@@ -276,9 +290,22 @@ fn main() {
                 }
                 let _ = direct_sub.disconnect().await;
             }
-            for (ei, bin) in engines.iter().enumerate() {
+            let variants: Vec<(usize, bool)> = engines
+                .iter()
+                .enumerate()
+                .flat_map(|(ei, _)| {
+                    std::iter::once((ei, false)).chain(o.shadow.then_some((ei, true)))
+                })
+                .collect();
+            for (ei, shadow) in variants {
+                let bin = &engines[ei];
                 let _ = std::fs::remove_dir_all(dir.join("state"));
                 let engine = start_engine(bin, &dir, "warn", http);
+                if shadow {
+                    let body = format!(r#"{{"dir": "{}"}}"#, dir.join("shadow").display());
+                    let code = http_post_json(http, "/api/shadow", &body);
+                    assert_eq!(code, 201, "the shadow did not start");
+                }
                 let rpc_sub = client(
                     port,
                     "load-sub-rpc",
@@ -287,7 +314,7 @@ fn main() {
                 )
                 .await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let label = format!("rulechain #{ei}");
+                let label = format!("rulechain #{ei}{}", if shadow { " +shadow" } else { "" });
                 for rate in &o.rates {
                     let p0 = status_processed(http);
                     let (m0, e0) = (cpu_ticks(mosq.0.id()), cpu_ticks(engine.0.id()));
@@ -314,6 +341,14 @@ fn main() {
                             ("mosquitto", (m1 - m0) as f64 / tck / r.total_secs * 100.0),
                         ],
                         &format!("  processed {processed}"),
+                    );
+                }
+                if shadow {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&http_get(http, "/api/shadow")).unwrap_or_default();
+                    println!(
+                        "{label}: the shadow saw {} messages; the same as the live rules: {}",
+                        v["messages"], v["equal"]
                     );
                 }
                 let rss = peak_rss_kib(engine.0.id());

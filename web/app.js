@@ -523,6 +523,100 @@ function chainsPage() {
   return { name: "chains", draw, stop() { clearTimeout(timer); } };
 }
 
+function shadowPage() {
+  let data = null;
+  let timer = 0;
+  const status = el("p", { class: "muted", id: "shadow-status" });
+  const start = el("form", { class: "inline", id: "shadow-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    try {
+      const r = await api("api/shadow", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ dir: ev.target.elements.dir.value.trim(), by: who() || undefined }) });
+      status.textContent = `shadow of ${r.dir} running (${r.chains} chains)`;
+      load();
+    } catch (e) {
+      const d = e.body && Array.isArray(e.body.detail) ? e.body.detail.map((p) => `${p.path}:${p.line}:${p.column}: ${p.message}`).join("; ") : "";
+      status.textContent = `${e.message}${d ? `: ${d}` : ""}`;
+    }
+  } },
+  el("label", {}, "Candidate rules directory ", el("input", { name: "dir", size: 40, required: true, placeholder: "/srv/rulechain/rules-next" })),
+  el("button", { type: "submit" }, "Start shadow"));
+  const when = (ms) => (ms ? new Date(ms).toLocaleString() : "–");
+  // A node's outcomes on one side: "pass 3, else 1"; "none" when it ran for nothing; "–" when
+  // that side has no such node.
+  const outcomes = (o) => (!o ? "–" : Object.keys(o).length ? Object.entries(o).map(([k, v]) => `${k} ${v}`).join(", ") : "none");
+  const alarmRows = (id, title, list) => list.length ? [el("h2", {}, `${title} (${list.length})`),
+    el("table", { id },
+      el("tr", {}, ["type", "device", "chain", "severity", "live", "candidate", "what changed"].map((h) => el("th", {}, h))),
+      list.map((a) => el("tr", { "data-device": a.device, "data-type": a.type },
+        el("td", {}, a.type),
+        el("td", {}, el("a", { href: `#/device/${encodeURIComponent(a.device)}` }, a.device)),
+        el("td", {}, a.chain),
+        el("td", {}, el("span", { class: `sev ${(a.candidate || a.base).severity}` }, (a.candidate || a.base).severity)),
+        el("td", {}, a.base ? `${when(a.base.start)} → ${a.base.end ? when(a.base.end) : "open"}` : "–"),
+        el("td", {}, a.candidate ? `${when(a.candidate.start)} → ${a.candidate.end ? when(a.candidate.end) : "open"}` : "–"),
+        el("td", {}, (a.changes || []).join(", "), a.start_shift_ms ? ` (${a.start_shift_ms > 0 ? "+" : ""}${a.start_shift_ms / 1000} s)` : ""))))] : [];
+  let idle = "";
+  const draw = () => {
+    if (!data) return;
+    const s = data.shadow;
+    // Not running: redrawn only when something changed (the form keeps its focus).
+    const now = JSON.stringify(data);
+    if (!s.running && now === idle && $("#shadow-form")) return;
+    idle = s.running ? "" : now;
+    const last = data.last_promotion;
+    const lastLine = last ? el("p", { class: "muted", id: "last-promotion" },
+      `last promoted ${when(last.at)} by ${last.by || "–"} from ${last.from} (generation ${last.generation}; ${last.written.length} files written, ${last.removed.length} removed)`) : null;
+    if (!s.running) {
+      $("#main").replaceChildren(el("h1", {}, "Shadow"),
+        el("p", {}, "No shadow runs. A shadow runs candidate rules on the live messages, from the live state; their alarms, commands and notifications are counted, never sent."),
+        start, status, ...(lastLine ? [lastLine] : []));
+      return;
+    }
+    const summary = data.equal ? "no difference so far"
+      : `${data.added.length} alarms added, ${data.removed.length} removed, ${data.changed.length} changed`;
+    $("#main").replaceChildren(
+      el("h1", {}, "Shadow"),
+      el("p", { id: "shadow-head" }, `Candidate ${s.dir} · ${s.chains.length} chains · since ${when(s.started_at)}${s.started_by ? ` · started by ${s.started_by}` : ""} · ${data.messages} messages`),
+      el("p", { id: "shadow-summary", class: data.equal ? "muted" : "differs" }, summary),
+      el("div", { class: "actions" },
+        el("button", { id: "promote", onclick: async () => {
+          if (!confirm(`Promote ${s.dir}? Its chain files replace the rules directory's, and the rules reload.`)) return;
+          try {
+            const p = await api("api/rules/promote", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ by: who() || undefined }) });
+            status.textContent = `promoted: generation ${p.generation}, ${p.written.length} files written`;
+            load();
+          } catch (e) { status.textContent = `promote: ${e.message}`; }
+        } }, "Promote"),
+        el("button", { id: "stop-shadow", onclick: async () => {
+          try { await api("api/shadow", { method: "DELETE" }); load(); } catch (e) { status.textContent = e.message; }
+        } }, "Stop")),
+      status,
+      ...alarmRows("shadow-removed", "Removed: the live rules raise them, the candidate does not", data.removed),
+      ...alarmRows("shadow-added", "Added: only the candidate raises them", data.added),
+      ...alarmRows("shadow-changed", "Changed", data.changed),
+      ...(data.effects.length ? [el("h2", {}, "Effects that differ"),
+        el("table", { id: "shadow-effects" },
+          el("tr", {}, ["kind", "chain", "live", "candidate"].map((h) => el("th", {}, h))),
+          data.effects.map((e) => el("tr", {}, el("td", {}, e.kind), el("td", {}, e.chain), el("td", { class: "num" }, String(e.base)), el("td", { class: "num" }, String(e.candidate)))))] : []),
+      ...(data.examples.length ? [el("h2", {}, "First examples"),
+        el("ul", { id: "shadow-examples" }, data.examples.flatMap((k) => [
+          ...k.only_base.map((x) => el("li", {}, `live only · ${k.kind} · ${when(x.ts)} · ${x.device} · ${x.chain} · ${x.what}`)),
+          ...k.only_candidate.map((x) => el("li", {}, `candidate only · ${k.kind} · ${when(x.ts)} · ${x.device} · ${x.chain} · ${x.what}`))]))] : []),
+      ...(data.nodes.length ? [el("h2", {}, "Nodes that decide differently"),
+        el("table", { id: "shadow-nodes" },
+          el("tr", {}, ["chain", "node", "kind", "live", "candidate"].map((h) => el("th", {}, h))),
+          data.nodes.map((n) => el("tr", {}, el("td", {}, n.chain), el("td", {}, n.node), el("td", { class: "muted" }, n.kind),
+            el("td", {}, outcomes(n.base)),
+            el("td", {}, outcomes(n.candidate)))))] : []),
+      ...(lastLine ? [lastLine] : []));
+  };
+  const load = () => api("api/shadow").then((r) => { data = r; redraw(draw); }).catch((e) => { status.textContent = e.message; });
+  const gen = pageGen;
+  const poll = () => load().finally(() => { if (shown(gen)) timer = setTimeout(poll, 2000); });
+  poll();
+  return { name: "shadow", draw, stop() { clearTimeout(timer); } };
+}
+
 function tracePage() {
   const list = el("div", { id: "trace" });
   const status = el("p", { class: "muted" });
@@ -575,6 +669,7 @@ function route() {
   else if (h === "/alarms") page = alarmsPage();
   else if (h === "/silences") page = silencesPage(new URLSearchParams(q || ""));
   else if (h === "/chains") page = chainsPage();
+  else if (h === "/shadow") page = shadowPage();
   else if (h === "/trace") page = tracePage();
   else page = devicesPage();
   ofPage(page.draw);

@@ -214,6 +214,27 @@ pub fn http_get(port: u16, path: &str) -> String {
         .map_or(String::new(), |(_, b)| b.to_string())
 }
 
+/// A POST with a JSON body; gives the status code (0: no answer).
+#[allow(dead_code)] // not every bench posts
+pub fn http_post_json(port: u16, path: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut t = String::new();
+    let _ = s.read_to_string(&mut t);
+    t.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The engine's `/api/status` (`null` when it does not answer).
 pub fn api_status(port: u16) -> Value {
     serde_json::from_str(&http_get(port, "/api/status")).unwrap_or(Value::Null)

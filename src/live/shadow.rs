@@ -46,22 +46,43 @@ impl EffectSink for Effects {
     }
 }
 
-/// One shard's running shadow.
+/// What the shadow is given during a turn, in order, run once the live output left.
+enum Step {
+    Advance(i64),
+    Message(Message),
+    Operator {
+        id: String,
+        by: Option<String>,
+        clear: bool,
+    },
+    Attributes(String, rhai::Map),
+}
+
+/// One shard's running shadow. It runs after the live rules: a turn's messages, clock steps
+/// and operators' actions are kept in order ([`Run::process`] and the rest), the live effects
+/// of the turn copied before they leave ([`Run::keep_live`]), and once the live output went
+/// out the candidate runs the same steps and the two are paired ([`Run::run_turn`]). So the
+/// live output never waits for the candidate.
 pub struct Run {
     exec: Executor,
     out: Effects,
-    messages: u64,
+    steps: Vec<Step>,
+    live: Vec<Effect>,
+    /// Live effects of the turn it started in that came before it: not its to pair.
+    skip: usize,
     pair: Arc<Mutex<Pair>>,
 }
 
 impl Run {
     /// Forks the live executor for `rules`; `live_stats` are the live executor's counters (the
-    /// report subtracts what they held before now).
+    /// report subtracts what they held before now); `before` live effects of this turn came
+    /// before the start.
     pub fn start(
         live: &Executor,
         live_stats: Arc<RuleStats>,
         rules: Arc<RuleSet>,
         shard: usize,
+        before: usize,
     ) -> Run {
         let (mut exec, carried) = live.fork(rules);
         let stats = Arc::new(RuleStats::default());
@@ -77,7 +98,9 @@ impl Run {
         Run {
             exec,
             out: Effects::default(),
-            messages: 0,
+            steps: Vec::new(),
+            live: Vec::new(),
+            skip: before,
             pair: Arc::new(Mutex::new(Pair {
                 live: Tally::paired(live_stats),
                 candidate: Tally::paired(stats),
@@ -96,47 +119,74 @@ impl Run {
         self.exec.next_due()
     }
 
-    /// Moves its clock as the live executor's moved.
+    /// The live executor's clock moved to `now`.
     pub fn advance_to(&mut self, now: i64) {
-        self.exec.advance_to(now, &mut self.out);
+        self.steps.push(Step::Advance(now));
     }
 
     /// A message the live executor processes too.
     pub fn process(&mut self, m: Message) {
-        self.messages += 1;
-        self.exec.process(m, &mut self.out);
+        self.steps.push(Step::Message(m));
     }
 
     /// An operator's acknowledgement or clear, as the live executor was given it (the alarm
     /// may not exist here: then nothing happens).
     pub fn operator(&mut self, id: &str, by: Option<&str>, clear: bool) {
-        let _ = if clear {
-            self.exec.clear_alarm(id, by, &mut self.out)
-        } else {
-            self.exec.acknowledge(id, by, &mut self.out)
-        };
+        self.steps.push(Step::Operator {
+            id: id.to_string(),
+            by: by.map(str::to_string),
+            clear,
+        });
     }
 
     /// Server-side attributes an operator set, as the live executor was given them.
     pub fn set_attributes(&mut self, device: &str, changes: rhai::Map) {
-        let _ = self.exec.set_server_attributes(device, changes);
+        self.steps
+            .push(Step::Attributes(device.to_string(), changes));
     }
 
-    /// Ends a turn: pairs the live executor's effects of the turn with the candidate's, and
-    /// drops the candidate's.
-    pub fn settle(&mut self, live: &[Effect]) {
-        if self.out.0.is_empty() && live.is_empty() && self.messages == 0 {
+    /// Copies the turn's live effects before they leave (the live trace's entries are the
+    /// trace's, not the rules' effects).
+    pub fn keep_live(&mut self, live: &[Effect]) {
+        let from = std::mem::take(&mut self.skip).min(live.len());
+        self.live
+            .extend(live[from..].iter().filter(|e| !is_trace(e)).cloned());
+    }
+
+    /// Once the turn's live output left: the candidate runs the turn, and its effects are
+    /// paired with the live ones, then dropped.
+    pub fn run_turn(&mut self) {
+        if self.steps.is_empty() && self.live.is_empty() {
             return;
         }
-        // The live trace's entries are the trace's, not the rules' effects.
-        let live: Vec<&Effect> = live.iter().filter(|e| !is_trace(e)).collect();
+        let mut messages = 0;
+        for step in self.steps.drain(..) {
+            match step {
+                Step::Advance(now) => self.exec.advance_to(now, &mut self.out),
+                Step::Message(m) => {
+                    messages += 1;
+                    self.exec.process(m, &mut self.out);
+                }
+                Step::Operator { id, by, clear } => {
+                    let _ = if clear {
+                        self.exec.clear_alarm(&id, by.as_deref(), &mut self.out)
+                    } else {
+                        self.exec.acknowledge(&id, by.as_deref(), &mut self.out)
+                    };
+                }
+                Step::Attributes(device, changes) => {
+                    let _ = self.exec.set_server_attributes(&device, changes);
+                }
+            }
+        }
+        let live: Vec<&Effect> = self.live.iter().collect();
         let cand: Vec<&Effect> = self.out.0.iter().collect();
         let mut p = self.pair.lock().unwrap_or_else(|e| e.into_inner());
         let p = &mut *p;
         pair(&live, &cand, &mut p.live, &mut p.candidate);
-        p.messages += self.messages;
-        drop(cand);
-        self.messages = 0;
+        p.messages += messages;
+        drop((live, cand));
+        self.live.clear();
         self.out.0.clear();
     }
 }

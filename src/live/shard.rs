@@ -339,6 +339,10 @@ pub fn run(
             shard.count_turn();
             shard.save_if_due();
             shard.send_out().await;
+            // The candidate's turn, once the live output left.
+            if let Some(s) = &mut shard.shadow {
+                s.run_turn();
+            }
         }
         shard.finish().await;
     });
@@ -526,6 +530,7 @@ impl Shard {
                     self.ctx.rule_stats.clone(),
                     rules,
                     self.ctx.index,
+                    self.buf.0.len(),
                 );
                 let _ = reply.send(run.pair());
                 self.shadow = Some(run);
@@ -545,10 +550,10 @@ impl Shard {
         }
     }
 
-    /// Counts what the turn dropped or evicted, and pairs its effects with the shadow's.
+    /// Counts what the turn dropped or evicted, and keeps its effects for the shadow's.
     fn count_turn(&mut self) {
         if let Some(s) = &mut self.shadow {
-            s.settle(&self.buf.0);
+            s.keep_live(&self.buf.0);
         }
         let ctx = &self.ctx;
         self.dirty |= !self.buf.0.is_empty();

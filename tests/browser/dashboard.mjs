@@ -36,10 +36,19 @@ const step = (what) => console.log(`  - ${what}`);
 
 const [mqtt, http] = [await freePort(), await freePort()];
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "rulechain-browser-"));
+// A copy of the example rules (a promotion on the Shadow page writes into the rules directory),
+// and a candidate: no store-telemetry chain, and motors overloaded only past 150%.
+fs.cpSync(path.join(repo, "rules"), path.join(dir, "rules"), { recursive: true });
+fs.mkdirSync(path.join(dir, "candidate"));
+for (const f of fs.readdirSync(path.join(dir, "rules"))) {
+  if (f.endsWith(".test.yaml") || f === "store-telemetry.yaml") continue;
+  const text = fs.readFileSync(path.join(dir, "rules", f), "utf8");
+  fs.writeFileSync(path.join(dir, "candidate", f), text.replace("attr.rated_current * 1.2", "attr.rated_current * 1.5"));
+}
 fs.writeFileSync(path.join(dir, "rulechain.yaml"), [
   `embedded_broker: {listen: "127.0.0.1:${mqtt}"}`,
   `http: {listen: "127.0.0.1:${http}"}`,
-  `rules: ${JSON.stringify(path.join(repo, "rules"))}`,
+  `rules: ${JSON.stringify(path.join(dir, "rules"))}`,
   `state_dir: ${JSON.stringify(path.join(dir, "state"))}`,
   // The example rules' channels, delivered to the log (as the embedded default does).
   "channels: {maintenance-email: {log: {}}, ops-webhook: {log: {}}}",
@@ -73,7 +82,13 @@ try {
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
-  page.on("dialog", (d) => { errors.push(`dialog: ${d.message()}`); d.dismiss(); });
+  // A dialog is an error (an alert), except the one confirmation a step says it expects.
+  let confirmNext = false;
+  page.on("dialog", (d) => {
+    if (confirmNext && d.type() === "confirm") { confirmNext = false; d.accept(); return; }
+    errors.push(`dialog: ${d.message()}`);
+    d.dismiss();
+  });
 
   await page.goto(`${base}/`);
   for (const id of ["pump-1", "pump-2", "pump-3"]) {
@@ -231,6 +246,34 @@ try {
   });
   assert.deepEqual(misplaced, [], "counts not under their headers");
   step("each node counter stands under its own header");
+
+  // The Shadow page: a candidate started from its form shows what it changes, stops, starts
+  // again and is promoted (written into the rules directory, who promoted it shown).
+  await page.fill("#who", "browser-ana");
+  await page.dispatchEvent("#who", "change");
+  await page.click('nav a[data-page="shadow"]');
+  await page.fill('#shadow-form input[name="dir"]', path.join(dir, "candidate"));
+  await page.click('#shadow-form button[type="submit"]');
+  await page.waitForSelector('#shadow-effects tr td:text("influx")', { timeout: 15000 });
+  const head = await page.locator("#shadow-head").innerText();
+  assert.match(head, /started by browser-ana/, head);
+  const influx = await page.locator('#shadow-effects tr:has(td:text("influx")) td.num').allInnerTexts();
+  assert.ok(Number(influx[0]) > 0 && Number(influx[1]) === 0, `influx points live/candidate: ${influx}`);
+  step(`a shadow started on the Shadow page shows what the candidate changes (InfluxDB points live ${influx[0]}, candidate ${influx[1]})`);
+  await page.click("#stop-shadow");
+  await page.waitForSelector("#shadow-form", { timeout: 10000 });
+  await page.fill('#shadow-form input[name="dir"]', path.join(dir, "candidate"));
+  await page.click('#shadow-form button[type="submit"]');
+  await page.waitForSelector("#promote", { timeout: 10000 });
+  confirmNext = true;
+  await page.click("#promote");
+  await page.waitForSelector("#last-promotion", { timeout: 15000 });
+  assert.match(await page.locator("#last-promotion").innerText(), /by browser-ana/);
+  assert.ok(!fs.existsSync(path.join(dir, "rules", "store-telemetry.yaml")), "the promoted rules have no store-telemetry chain");
+  assert.match(fs.readFileSync(path.join(dir, "rules", "motor-overload.yaml"), "utf8"), /rated_current \* 1\.5/);
+  const promoted = (await api("/api/chains")).chains.map((c) => c.name);
+  assert.ok(!promoted.includes("store-telemetry"), `chains in force: ${promoted}`);
+  step("stopped, started again and promoted from the page: the candidate's rules are in force");
 
   await page.click('nav a[data-page="trace"]');
   await page.fill('input[name="device"]', "pump-2");
