@@ -90,17 +90,168 @@ fn topic(site: &str, device: &str, kind: &str) -> String {
     format!("site/{site}/device/{device}/{kind}")
 }
 
-/// Publishes one of a pump's own messages at QoS 1 (attributes, status, replies).
-async fn send(
-    client: &rumqttc::AsyncClient,
-    site: &str,
-    device: &str,
-    kind: &str,
-    retain: bool,
-    body: String,
-) {
+/// One message a pump publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Out {
+    /// The full topic.
+    pub topic: String,
+    /// Retained (the attributes).
+    pub retain: bool,
+    /// The payload (JSON or a status word).
+    pub body: String,
+    /// Telemetry (at the configured QoS, counted); else the pump's own messages (QoS 1).
+    pub telemetry: bool,
+}
+
+/// The pumps and their episodes, without a connection: what they publish at a time, and how
+/// they answer a command. `run` drives it on the wall clock through MQTT.
+pub struct Fleet {
+    pumps: Vec<Pump>,
+    rng: Rng,
+    site: String,
+    demo: bool,
+    start: i64,
+    next_pump: usize,
+}
+
+impl Fleet {
+    /// The pumps of `opts`, their clock starting at `start` (ms).
+    pub fn new(opts: &SimOptions, start: i64) -> Fleet {
+        let mut rng = Rng(opts.seed.max(1));
+        let pumps = (1..=opts.devices.max(1))
+            .map(|i| Pump {
+                id: format!("pump-{i}"),
+                rated: if i % 2 == 0 { 16.0 } else { 10.0 },
+                load: 0.85,
+                overload: (opts.demo && i == 1).then_some((0.45, i64::MAX)),
+                temperature: 55.0 + rng.unit() * 10.0,
+                offline_until: None,
+            })
+            .collect();
+        Fleet {
+            pumps,
+            rng,
+            site: opts.site.clone(),
+            demo: opts.demo,
+            start,
+            next_pump: 0,
+        }
+    }
+
+    /// How many pumps.
+    pub fn len(&self) -> usize {
+        self.pumps.len()
+    }
+
+    /// Never empty (at least one pump).
+    pub fn is_empty(&self) -> bool {
+        self.pumps.is_empty()
+    }
+
+    fn own(&self, device: &str, kind: &str, retain: bool, body: String) -> Out {
+        Out {
+            topic: topic(&self.site, device, kind),
+            retain,
+            body,
+            telemetry: false,
+        }
+    }
+
+    /// What each pump says at start: its attributes (retained) and that it is online.
+    pub fn announce(&self) -> Vec<Out> {
+        let mut out = Vec::new();
+        for p in &self.pumps {
+            let attrs = json!({"rated_current": p.rated, "max_temp": 80.0, "critical_temp": 95.0});
+            out.push(self.own(&p.id, "attributes", true, attrs.to_string()));
+            out.push(self.own(&p.id, "status", false, "online".into()));
+        }
+        out
+    }
+
+    /// A command on `topic`: `setLoad` changes the pump's load (and ends its overload); every
+    /// command to a pump gets a reply.
+    pub fn command(&mut self, topic: &str, payload: &[u8]) -> Option<Out> {
+        let v = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
+        let device = topic.split('/').nth(3).unwrap_or_default().to_string();
+        let p = self.pumps.iter_mut().find(|p| p.id == device)?;
+        if v["method"] == "setLoad" {
+            let pct = v["params"]["percent"].as_f64().unwrap_or(100.0);
+            p.load = (pct / 100.0).clamp(0.0, 1.5);
+            p.overload = None;
+            tracing::info!(device = %p.id, percent = pct, "simulator: setLoad obeyed");
+        }
+        let reply = json!({"id": v["id"], "result": "ok"});
+        Some(self.own(&device, "rpc_response", false, reply.to_string()))
+    }
+
+    /// The next pump's turn at `now` (ms): its status when it goes offline or comes back, and
+    /// its telemetry unless it is offline.
+    pub fn next(&mut self, now: i64) -> Vec<Out> {
+        let mut out = Vec::new();
+        let elapsed = now - self.start;
+        let i = self.next_pump % self.pumps.len();
+        self.next_pump += 1;
+        let (demo, site) = (self.demo, self.site.clone());
+        let rng = &mut self.rng;
+        let p = &mut self.pumps[i];
+        let status = |p: &Pump, word: &str| Out {
+            topic: topic(&site, &p.id, "status"),
+            retain: false,
+            body: word.into(),
+            telemetry: false,
+        };
+        // Offline episodes (not in the demo): 3 minutes, rarely.
+        if let Some(until) = p.offline_until {
+            if now < until {
+                return out;
+            }
+            p.offline_until = None;
+            out.push(status(p, "online"));
+        } else if !demo && rng.unit() < 0.000_02 {
+            p.offline_until = Some(now + 180_000);
+            out.push(status(p, "offline"));
+            return out;
+        }
+        // Overload episodes: 40–90 s at 125–160% (random), or the demo's from 10 s on.
+        if !demo && p.overload.is_none() && rng.unit() < 0.000_05 {
+            p.overload = Some((
+                0.4 + rng.unit() * 0.35,
+                now + 40_000 + (rng.unit() * 50_000.0) as i64,
+            ));
+        }
+        let extra = match p.overload {
+            Some((x, until)) if now < until && (!demo || elapsed >= 10_000) => x,
+            Some((_, until)) if now >= until => {
+                p.overload = None;
+                0.0
+            }
+            _ => 0.0,
+        };
+        let spike = if rng.unit() < 0.002 { 0.3 } else { 0.0 };
+        let current = p.rated * (p.load + extra + spike) * (1.0 + 0.02 * rng.gauss());
+        p.temperature =
+            (p.temperature + 0.05 * rng.gauss() + (p.load + extra - 0.9) * 0.02).clamp(20.0, 120.0);
+        let vibration = 1.5 + 0.3 * rng.gauss().abs() + extra * 3.0;
+        let body = json!({
+            "ts": now,
+            "current": (current * 100.0).round() / 100.0,
+            "temperature": (p.temperature * 10.0).round() / 10.0,
+            "vibration": (vibration * 100.0).round() / 100.0,
+        });
+        out.push(Out {
+            topic: topic(&site, &p.id, "telemetry"),
+            retain: false,
+            body: body.to_string(),
+            telemetry: true,
+        });
+        out
+    }
+}
+
+/// Publishes one of a pump's messages.
+async fn publish(client: &rumqttc::AsyncClient, o: &Out, qos: QoS) {
     let _ = client
-        .publish(topic(site, device, kind), QoS::AtLeastOnce, retain, body)
+        .publish(o.topic.clone(), qos, o.retain, o.body.clone())
         .await;
 }
 
@@ -177,33 +328,12 @@ pub async fn run(
     } else {
         QoS::AtLeastOnce
     };
-    let mut rng = Rng(opts.seed.max(1));
-    let start = wall_ms();
-    let mut pumps: Vec<Pump> = (1..=opts.devices.max(1))
-        .map(|i| Pump {
-            id: format!("pump-{i}"),
-            rated: if i % 2 == 0 { 16.0 } else { 10.0 },
-            load: 0.85,
-            overload: (opts.demo && i == 1).then_some((0.45, i64::MAX)),
-            temperature: 55.0 + rng.unit() * 10.0,
-            offline_until: None,
-        })
-        .collect();
-    for p in &pumps {
-        let attrs = json!({"rated_current": p.rated, "max_temp": 80.0, "critical_temp": 95.0});
-        send(
-            &client,
-            &opts.site,
-            &p.id,
-            "attributes",
-            true,
-            attrs.to_string(),
-        )
-        .await;
-        send(&client, &opts.site, &p.id, "status", false, "online".into()).await;
+    let mut fleet = Fleet::new(&opts, wall_ms());
+    for o in fleet.announce() {
+        publish(&client, &o, QoS::AtLeastOnce).await;
     }
     tracing::info!(
-        devices = pumps.len(),
+        devices = fleet.len(),
         rate = opts.rate,
         demo = opts.demo,
         "simulator publishing"
@@ -213,111 +343,35 @@ pub async fn run(
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent: u64 = 0;
-    let mut next_pump = 0usize;
     let t0 = tokio::time::Instant::now();
-    loop {
+    'ticks: loop {
         tokio::select! {
             _ = stop.changed() => break,
             _ = interval.tick() => {}
         }
         // Commands: setLoad changes the load, every command gets a reply.
         while let Ok(cmd) = cmd_rx.try_recv() {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&cmd.payload) else {
-                continue;
-            };
-            let device = cmd.topic.split('/').nth(3).unwrap_or_default().to_string();
-            if let Some(p) = pumps.iter_mut().find(|p| p.id == device) {
-                if v["method"] == "setLoad" {
-                    let pct = v["params"]["percent"].as_f64().unwrap_or(100.0);
-                    p.load = (pct / 100.0).clamp(0.0, 1.5);
-                    p.overload = None;
-                    tracing::info!(device = %p.id, percent = pct, "simulator: setLoad obeyed");
-                }
-                let reply = json!({"id": v["id"], "result": "ok"});
-                send(
-                    &client,
-                    &opts.site,
-                    &p.id,
-                    "rpc_response",
-                    false,
-                    reply.to_string(),
-                )
-                .await;
+            if let Some(reply) = fleet.command(&cmd.topic, &cmd.payload) {
+                publish(&client, &reply, QoS::AtLeastOnce).await;
             }
         }
         let mut due = (t0.elapsed().as_secs_f64() * opts.rate) - sent as f64;
         let now = wall_ms();
-        let elapsed = now - start;
-        while due >= 1.0 {
+        'slots: while due >= 1.0 {
             due -= 1.0;
-            let i = next_pump % pumps.len();
-            next_pump += 1;
-            let p = &mut pumps[i];
-            // Offline episodes (not in the demo): 3 minutes, rarely.
-            if let Some(until) = p.offline_until {
-                if now < until {
+            for o in fleet.next(now) {
+                if !o.telemetry {
+                    publish(&client, &o, QoS::AtLeastOnce).await;
                     continue;
                 }
-                p.offline_until = None;
-                send(&client, &opts.site, &p.id, "status", false, "online".into()).await;
-            } else if !opts.demo && rng.unit() < 0.000_02 {
-                p.offline_until = Some(now + 180_000);
-                send(
-                    &client,
-                    &opts.site,
-                    &p.id,
-                    "status",
-                    false,
-                    "offline".into(),
-                )
-                .await;
-                continue;
-            }
-            // Overload episodes: 40–90 s at 125–160% (random), or the demo's from 10 s on.
-            if !opts.demo && p.overload.is_none() && rng.unit() < 0.000_05 {
-                p.overload = Some((
-                    0.4 + rng.unit() * 0.35,
-                    now + 40_000 + (rng.unit() * 50_000.0) as i64,
-                ));
-            }
-            let extra = match p.overload {
-                Some((x, until)) if now < until && (!opts.demo || elapsed >= 10_000) => x,
-                Some((_, until)) if now >= until => {
-                    p.overload = None;
-                    0.0
+                if client.publish(o.topic, qos, false, o.body).await.is_err() {
+                    break 'slots;
                 }
-                _ => 0.0,
-            };
-            let spike = if rng.unit() < 0.002 { 0.3 } else { 0.0 };
-            let current = p.rated * (p.load + extra + spike) * (1.0 + 0.02 * rng.gauss());
-            p.temperature = (p.temperature + 0.05 * rng.gauss() + (p.load + extra - 0.9) * 0.02)
-                .clamp(20.0, 120.0);
-            let vibration = 1.5 + 0.3 * rng.gauss().abs() + extra * 3.0;
-            let body = json!({
-                "ts": now,
-                "current": (current * 100.0).round() / 100.0,
-                "temperature": (p.temperature * 10.0).round() / 10.0,
-                "vibration": (vibration * 100.0).round() / 100.0,
-            });
-            if client
-                .publish(
-                    topic(&opts.site, &p.id, "telemetry"),
-                    qos,
-                    false,
-                    body.to_string(),
-                )
-                .await
-                .is_err()
-            {
-                break;
+                sent += 1;
+                if opts.count.is_some_and(|c| sent >= c) {
+                    break 'ticks;
+                }
             }
-            sent += 1;
-            if opts.count.is_some_and(|c| sent >= c) {
-                break;
-            }
-        }
-        if opts.count.is_some_and(|c| sent >= c) {
-            break;
         }
     }
     // Let the last publishes leave.
