@@ -7,8 +7,8 @@
 #
 # BASE_REF defaults to origin/main; GATES are `--fail-on` values (default: removed), e.g.
 # `deploy/ci/rules-check.sh origin/main removed 'severity>=MAJOR'`. Needs `rulechain` on the
-# PATH (or RULECHAIN=path) and the recordings in examples/*.jsonl (or RECORDINGS="a b"); the
-# markdown goes to rules-diff.md (or OUT=path).
+# PATH (or RULECHAIN=path) and the recordings in examples/*.jsonl and examples/*.jsonl.gz (or
+# RECORDINGS="a b"); the markdown goes to rules-diff.md (or OUT=path).
 set -eu
 rc=${RULECHAIN:-rulechain}
 base=${1:-origin/main}
@@ -17,7 +17,7 @@ gates=""
 if [ "$#" -eq 0 ]; then set -- removed; fi
 for g in "$@"; do gates="$gates --fail-on $g"; done
 config=${CONFIG:-examples/rulechain.yaml}
-recordings=${RECORDINGS:-$(ls examples/*.jsonl)}
+recordings=${RECORDINGS:-$(ls examples/*.jsonl examples/*.jsonl.gz 2>/dev/null)}
 inputs=""
 for r in $recordings; do inputs="$inputs --input $r"; done
 

@@ -37,7 +37,8 @@ pub struct Args {
     /// The changed rules (default: the config's rules directory, else `./rules`).
     #[arg(long)]
     pub candidate: Option<PathBuf>,
-    /// Recordings to replay (JSON lines, as `dry-run` reads; `-` for stdin), in order.
+    /// Recordings to replay (JSON lines, as `dry-run` reads; `.gz` read decompressed; `-` for
+    /// stdin), in order.
     #[arg(long, required = true)]
     pub input: Vec<PathBuf>,
     /// The devices file (default: the config's).
@@ -217,15 +218,11 @@ pub fn run(a: Args) -> i32 {
     let (mut base_tally, mut cand_tally) = (Tally::default(), Tally::default());
     let (mut bad, mut messages) = (0u64, 0u64);
     for path in &a.input {
-        let input: Box<dyn BufRead> = if path.as_os_str() == "-" {
-            Box::new(std::io::stdin().lock())
-        } else {
-            match std::fs::File::open(path) {
-                Ok(f) => Box::new(std::io::BufReader::with_capacity(1 << 16, f)),
-                Err(e) => {
-                    eprintln!("error: cannot read {}: {e}", path.display());
-                    return super::EXIT_USAGE;
-                }
+        let input: Box<dyn BufRead> = match super::open_input(path) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return super::EXIT_USAGE;
             }
         };
         let mut base = replay(&base_rules, &base_tally);

@@ -16,7 +16,7 @@ use crate::rules;
 /// `dry-run` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// JSON lines to feed (`-` reads stdin).
+    /// JSON lines to feed (`-` reads stdin; `.gz` is read decompressed).
     #[arg(long)]
     pub input: PathBuf,
     /// The rules directory (default: the config's, else `./rules`).
@@ -94,15 +94,11 @@ pub fn run(a: Args) -> i32 {
         eprintln!("dry-run: the rules have errors; nothing was run");
         return super::exit_for(&diags);
     }
-    let input: Box<dyn BufRead> = if a.input.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        match std::fs::File::open(&a.input) {
-            Ok(f) => Box::new(std::io::BufReader::with_capacity(1 << 16, f)),
-            Err(e) => {
-                eprintln!("error: cannot read {}: {e}", a.input.display());
-                return super::EXIT_USAGE;
-            }
+    let input: Box<dyn BufRead> = match super::open_input(&a.input) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return super::EXIT_USAGE;
         }
     };
     let stdout = std::io::stdout();

@@ -52,6 +52,23 @@ pub fn client_runtime() -> Result<tokio::runtime::Runtime, i32> {
         })
 }
 
+/// A recording to read: `-` for stdin, a `.gz` file decompressed as it is read (a day of a
+/// fleet is committed compressed), else the file.
+pub fn open_input(path: &std::path::Path) -> Result<Box<dyn std::io::BufRead>, String> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if path.extension().is_some_and(|x| x == "gz") {
+        return Ok(Box::new(std::io::BufReader::with_capacity(
+            1 << 16,
+            flate2::read::MultiGzDecoder::new(f),
+        )));
+    }
+    Ok(Box::new(std::io::BufReader::with_capacity(1 << 16, f)))
+}
+
 /// Longest input line `dry-run` and `diff` read; a longer one is reported (memory stays
 /// bounded).
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;

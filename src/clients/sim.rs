@@ -112,7 +112,15 @@ pub struct Fleet {
     demo: bool,
     start: i64,
     next_pump: usize,
+    /// Seconds between two messages of one pump: the odds of an episode on a message are
+    /// per second of a pump's time, whatever the rate.
+    spacing: f64,
 }
+
+/// Random episodes, per second of one pump's time: an overload about every 5.6 hours, going
+/// offline about every 14 hours.
+const OVERLOADS_PER_SECOND: f64 = 0.000_05;
+const OUTAGES_PER_SECOND: f64 = 0.000_02;
 
 impl Fleet {
     /// The pumps of `opts`, their clock starting at `start` (ms).
@@ -135,6 +143,7 @@ impl Fleet {
             demo: opts.demo,
             start,
             next_pump: 0,
+            spacing: opts.devices.max(1) as f64 / opts.rate.max(f64::MIN_POSITIVE),
         }
     }
 
@@ -191,7 +200,7 @@ impl Fleet {
         let elapsed = now - self.start;
         let i = self.next_pump % self.pumps.len();
         self.next_pump += 1;
-        let (demo, site) = (self.demo, self.site.clone());
+        let (demo, site, spacing) = (self.demo, self.site.clone(), self.spacing);
         let rng = &mut self.rng;
         let p = &mut self.pumps[i];
         let status = |p: &Pump, word: &str| Out {
@@ -207,13 +216,13 @@ impl Fleet {
             }
             p.offline_until = None;
             out.push(status(p, "online"));
-        } else if !demo && rng.unit() < 0.000_02 {
+        } else if !demo && rng.unit() < OUTAGES_PER_SECOND * spacing {
             p.offline_until = Some(now + 180_000);
             out.push(status(p, "offline"));
             return out;
         }
         // Overload episodes: 40–90 s at 125–160% (random), or the demo's from 10 s on.
-        if !demo && p.overload.is_none() && rng.unit() < 0.000_05 {
+        if !demo && p.overload.is_none() && rng.unit() < OVERLOADS_PER_SECOND * spacing {
             p.overload = Some((
                 0.4 + rng.unit() * 0.35,
                 now + 40_000 + (rng.unit() * 50_000.0) as i64,
@@ -380,4 +389,98 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
     tracing::info!(sent, "simulator stopped");
     Ok(sent)
+}
+
+/// Writes `duration_ms` of the fleet's traffic from `start` (ms) on a virtual clock, as the
+/// lines `record` writes and `dry-run` and `diff` read (`{"topic", "ts", "payload"}`): what each
+/// pump says at start, then its turns at `opts.rate` messages a second over all pumps. No engine
+/// answers: an overload ends when its episode does. Gives the lines written.
+pub fn record(
+    opts: &SimOptions,
+    start: i64,
+    duration_ms: i64,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<u64> {
+    let mut fleet = Fleet::new(opts, start);
+    let mut lines = 0u64;
+    let mut write = |ts: i64, o: Out| -> std::io::Result<()> {
+        let payload = serde_json::from_str::<serde_json::Value>(&o.body)
+            .unwrap_or(serde_json::Value::String(o.body));
+        let line = json!({"topic": o.topic, "ts": ts, "payload": payload});
+        lines += 1;
+        writeln!(out, "{line}")
+    };
+    for o in fleet.announce() {
+        write(start, o)?;
+    }
+    let step = 1000.0 / opts.rate.max(f64::MIN_POSITIVE);
+    let mut k: u64 = 1;
+    loop {
+        let now = start + (k as f64 * step) as i64;
+        if now >= start + duration_ms {
+            break;
+        }
+        for o in fleet.next(now) {
+            write(now, o)?;
+        }
+        k += 1;
+    }
+    out.flush()?;
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_day_is_the_same_for_the_same_seed_and_has_episodes() {
+        let opts = SimOptions {
+            devices: 4,
+            rate: 0.4,
+            seed: 11,
+            demo: false,
+            ..SimOptions::demo()
+        };
+        let day = |seed: u64| {
+            let mut out = Vec::new();
+            let o = SimOptions {
+                seed,
+                ..opts.clone()
+            };
+            let n = record(&o, 1_767_571_200_000, 86_400_000, &mut out).unwrap();
+            (n, String::from_utf8(out).unwrap())
+        };
+        let (n, text) = day(11);
+        assert_eq!(day(11).1, text, "the same seed, the same day");
+        assert_ne!(day(12).1, text);
+        // 4 pumps every 10 s for a day, less their time offline, plus their status lines.
+        assert!(n > 33_000 && n < 35_500, "{n} lines");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(lines
+            .windows(2)
+            .all(|w| w[0]["ts"].as_i64() <= w[1]["ts"].as_i64()));
+        let offline = lines.iter().filter(|l| l["payload"] == "offline").count();
+        assert!(offline >= 1, "a day has outages");
+        // Overloads: currents past 125% of a 10 A or 16 A rating.
+        let over = lines
+            .iter()
+            .filter(|l| {
+                let rated = if l["topic"].as_str().unwrap().contains("pump-2")
+                    || l["topic"].as_str().unwrap().contains("pump-4")
+                {
+                    16.0
+                } else {
+                    10.0
+                };
+                l["payload"]["current"]
+                    .as_f64()
+                    .is_some_and(|c| c > rated * 1.24)
+            })
+            .count();
+        assert!(over > 20, "a day has overloads ({over} messages over 124%)");
+    }
 }
