@@ -22,25 +22,53 @@ fn run(case: &str) -> String {
             args.extend(["--config", config.as_str()]);
         }
         args.push(file.as_str());
-        let o = Command::new(env!("CARGO_BIN_EXE_rulechain"))
-            .args(&args)
-            .current_dir(dir())
-            .output()
-            .unwrap();
+        shown(&mut out, &args, &args, &dir());
+    }
+    out
+}
+
+/// Runs `rulechain` with `args` in `cwd` and appends what the `.out` files hold: the command as
+/// `shown` (a temporary path named by a placeholder), its exit code, its stdout, its stderr.
+fn shown<S: AsRef<std::ffi::OsStr>>(out: &mut String, shown: &[&str], args: &[S], cwd: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    out.push_str(&format!(
+        "--- {} (exit {})\n{}",
+        shown.join(" "),
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout)
+    ));
+    if !o.stderr.is_empty() {
         out.push_str(&format!(
-            "--- {} (exit {})\n{}",
-            args.join(" "),
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout)
+            "--- stderr\n{}",
+            String::from_utf8_lossy(&o.stderr)
         ));
-        if !o.stderr.is_empty() {
-            out.push_str(&format!(
-                "--- stderr\n{}",
-                String::from_utf8_lossy(&o.stderr)
+    }
+}
+
+/// Compares each case's output with its `.out` file in `dir` (or, with `BLESS`, writes it).
+fn check(dir: &Path, cases: &[String], run: impl Fn(&str) -> String) {
+    let bless = std::env::var_os("BLESS").is_some();
+    let mut wrong = Vec::new();
+    for case in cases {
+        let got = run(case);
+        let path = dir.join(format!("{case}.out"));
+        if bless {
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if got != want {
+            wrong.push(format!(
+                "{case}: the output differs from {case}.out (BLESS=1 writes it anew)\n--- got:\n{got}--- want:\n{want}"
             ));
         }
     }
-    out
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(cases.len() >= 4, "the cases are found");
 }
 
 fn cases() -> Vec<String> {
@@ -58,24 +86,7 @@ fn cases() -> Vec<String> {
 
 #[test]
 fn validate_says_what_each_case_expects() {
-    let bless = std::env::var_os("BLESS").is_some();
-    let mut wrong = Vec::new();
-    for case in cases() {
-        let got = run(&case);
-        let path: &Path = &dir().join(format!("{case}.out"));
-        if bless {
-            std::fs::write(path, &got).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(path).unwrap_or_default();
-        if got != want {
-            wrong.push(format!(
-                "{case}: the output differs from {case}.out (BLESS=1 writes it anew)\n--- got:\n{got}--- want:\n{want}"
-            ));
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    assert!(cases().len() >= 4, "the cases are found");
+    check(&dir(), &cases(), run);
 }
 
 /// `diff`'s output as data: every `tests/diffs/<case>.yaml` names recordings (`input`), edits
@@ -145,23 +156,8 @@ fn run_diff(case: &str) -> String {
                 }
             })
             .collect();
-        let o = Command::new(env!("CARGO_BIN_EXE_rulechain"))
-            .args(&real)
-            .current_dir(&root)
-            .output()
-            .unwrap();
-        out.push_str(&format!(
-            "--- {} (exit {})\n{}",
-            args.join(" "),
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout)
-        ));
-        if !o.stderr.is_empty() {
-            out.push_str(&format!(
-                "--- stderr\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
+        let named: Vec<&str> = args.iter().map(String::as_str).collect();
+        shown(&mut out, &named, &real, &root);
     }
     let _ = std::fs::remove_dir_all(&cand);
     out
@@ -169,7 +165,6 @@ fn run_diff(case: &str) -> String {
 
 #[test]
 fn diff_says_what_each_case_expects() {
-    let bless = std::env::var_os("BLESS").is_some();
     let mut cases: Vec<String> = std::fs::read_dir(diff_dir())
         .unwrap()
         .filter_map(|e| {
@@ -178,21 +173,5 @@ fn diff_says_what_each_case_expects() {
         })
         .collect();
     cases.sort();
-    let mut wrong = Vec::new();
-    for case in &cases {
-        let got = run_diff(case);
-        let path = diff_dir().join(format!("{case}.out"));
-        if bless {
-            std::fs::write(&path, &got).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_default();
-        if got != want {
-            wrong.push(format!(
-                "{case}: the output differs from {case}.out (BLESS=1 writes it anew)\n--- got:\n{got}--- want:\n{want}"
-            ));
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    assert!(cases.len() >= 4, "the cases are found");
+    check(&diff_dir(), &cases, run_diff);
 }

@@ -307,7 +307,7 @@ pub(super) async fn serve(
         if let Ok(mut a) = l.local_addr() {
             if !a.ip().is_loopback() && settings.http_token.is_none() {
                 tracing::warn!(
-                    "the HTTP API listens on {a}, beyond this machine, with no token: anyone who can reach it can acknowledge alarms and change attributes (set `http.token`)"
+                    "the HTTP API listens on {a}, beyond this machine, with no token: anyone who can reach it can acknowledge alarms, change attributes and promote new rules (set `http.token`)"
                 );
             }
             if a.ip().is_unspecified() {
