@@ -48,9 +48,10 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(
-            rulechain::rules::model::NODE_KINDS
+            rulechain::engine::program::NodeKind::ALL
                 .iter()
-                .chain(&[
+                .map(|k| k.name())
+                .chain([
                     "id",
                     "next",
                     "else",
@@ -81,7 +82,6 @@ fn key() -> impl Strategy<Value = String> {
                     "measurement",
                     "action",
                 ])
-                .copied()
                 .collect::<Vec<&str>>()
         )
         .prop_map(str::to_string),

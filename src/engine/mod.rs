@@ -1288,7 +1288,7 @@ impl Executor {
             let Some((ni, p)) = stack.pop() else { break };
             let chain = &rules.chains[ci];
             let node = &chain.nodes[ni];
-            let keep = node.on_error.is_some() && node.mutates;
+            let keep = node.on_error.is_some() && node.kind.mutates();
             let backup = keep.then(|| p.clone());
             let device = tracing.then(|| p.device.clone());
             // A live trace wants the message as it entered the node (dry-run's trace does not).

@@ -62,20 +62,113 @@ pub struct Reads {
     pub attr: bool,
 }
 
+/// The kinds of node: the one place a kind is named. Its YAML keys and its compile step are in
+/// `rules::nodes` (one file per kind, one row in its table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeKind {
+    /// `filter`: passes what an expression accepts, optionally once it held for a while.
+    Filter,
+    /// `transform`: sets and removes fields.
+    Transform,
+    /// `switch`: routes by a value.
+    Switch,
+    /// `debounce`: one message per quiet spell.
+    Debounce,
+    /// `delay`: holds each message for a while.
+    Delay,
+    /// `throttle`: at most one message per period.
+    Throttle,
+    /// `deadband`: passes a change of value.
+    Deadband,
+    /// `aggregate`: a window's summary.
+    Aggregate,
+    /// `alarm`: raises or clears an alarm.
+    Alarm,
+    /// `rpc`: a command to the device.
+    Rpc,
+    /// `influx`: an InfluxDB point.
+    Influx,
+    /// `websocket`: a push to a room.
+    Websocket,
+    /// `notify`: a notification.
+    Notify,
+    /// `publish`: a message to MQTT.
+    Publish,
+    /// `log`: a log event.
+    Log,
+}
+
+impl NodeKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [NodeKind; 15] = [
+        NodeKind::Filter,
+        NodeKind::Transform,
+        NodeKind::Switch,
+        NodeKind::Debounce,
+        NodeKind::Delay,
+        NodeKind::Throttle,
+        NodeKind::Deadband,
+        NodeKind::Aggregate,
+        NodeKind::Alarm,
+        NodeKind::Rpc,
+        NodeKind::Influx,
+        NodeKind::Websocket,
+        NodeKind::Notify,
+        NodeKind::Publish,
+        NodeKind::Log,
+    ];
+
+    /// Its key in YAML, its name in traces, counters and default ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeKind::Filter => "filter",
+            NodeKind::Transform => "transform",
+            NodeKind::Switch => "switch",
+            NodeKind::Debounce => "debounce",
+            NodeKind::Delay => "delay",
+            NodeKind::Throttle => "throttle",
+            NodeKind::Deadband => "deadband",
+            NodeKind::Aggregate => "aggregate",
+            NodeKind::Alarm => "alarm",
+            NodeKind::Rpc => "rpc",
+            NodeKind::Influx => "influx",
+            NodeKind::Websocket => "websocket",
+            NodeKind::Notify => "notify",
+            NodeKind::Publish => "publish",
+            NodeKind::Log => "log",
+        }
+    }
+
+    /// Whether it changes `msg` (the executor keeps a copy for `on_error`).
+    pub fn mutates(self) -> bool {
+        self == NodeKind::Transform
+    }
+
+    /// Whether a message with no explicit `next` falls through to the node below (a switch
+    /// routes or stops).
+    pub fn falls_through(self) -> bool {
+        self != NodeKind::Switch
+    }
+}
+
+impl std::fmt::Display for NodeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A compiled node.
 pub struct CNode {
     /// The id (given or `<kind>-<n>`).
     pub id: Arc<str>,
-    /// The kind key.
-    pub kind: &'static str,
+    /// Its kind.
+    pub kind: NodeKind,
     /// Where its output goes.
     pub next: Vec<usize>,
     /// A false filter's target.
     pub else_: Option<usize>,
     /// Where errors go.
     pub on_error: Option<usize>,
-    /// True when the node changes `msg` (the executor keeps a copy for `on_error`).
-    pub mutates: bool,
     /// The node's behaviour.
     pub imp: Box<dyn NodeImpl>,
 }

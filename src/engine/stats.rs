@@ -157,15 +157,17 @@ impl RuleStats {
                     .nodes
                     .iter()
                     .map(|n| {
-                        old.and_then(|o| o.1.iter().find(|x| x.id == n.id && x.kind == n.kind))
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                Arc::new(NodeCounts {
-                                    id: n.id.clone(),
-                                    kind: n.kind,
-                                    outcomes: Default::default(),
-                                })
+                        old.and_then(|o| {
+                            o.1.iter().find(|x| x.id == n.id && x.kind == n.kind.name())
+                        })
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Arc::new(NodeCounts {
+                                id: n.id.clone(),
+                                kind: n.kind.name(),
+                                outcomes: Default::default(),
                             })
+                        })
                     })
                     .collect();
                 (counts, nodes)

@@ -10,34 +10,35 @@ use std::sync::Arc;
 use rhai::Engine;
 
 pub use super::builder::Builder;
-use super::model::{ChainFile, Kind, NodeSpec, NODE_KINDS};
+use super::model::{ChainFile, Kind, NodeSpec};
 use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
+use crate::engine::program::NodeKind;
 pub use crate::engine::program::{CNode, Chain, ChannelTemplates, OnFilter, Reads, RuleSet};
 use crate::script::Template;
 use crate::topic;
 use crate::yaml::{self, from_node, Node, Pos, Sp};
 
 /// Keys that belong to one kind of node (besides the kind key), for "`for` is a filter key" errors.
-const OWNED_KEYS: &[(&str, &[&str])] = &[
-    ("for", &["filter"]),
-    ("else", &["filter"]),
-    ("drop", &["transform"]),
-    ("cases", &["switch"]),
-    ("default", &["switch"]),
-    ("emit", &["debounce"]),
-    ("max_pending", &["delay"]),
-    ("cancel_when", &["delay"]),
+const OWNED_KEYS: &[(&str, &[NodeKind])] = &[
+    ("for", &[NodeKind::Filter]),
+    ("else", &[NodeKind::Filter]),
+    ("drop", &[NodeKind::Transform]),
+    ("cases", &[NodeKind::Switch]),
+    ("default", &[NodeKind::Switch]),
+    ("emit", &[NodeKind::Debounce]),
+    ("max_pending", &[NodeKind::Delay]),
+    ("cancel_when", &[NodeKind::Delay]),
     (
         "key",
         &[
-            "filter",
-            "debounce",
-            "delay",
-            "throttle",
-            "deadband",
-            "aggregate",
-            "rpc",
+            NodeKind::Filter,
+            NodeKind::Debounce,
+            NodeKind::Delay,
+            NodeKind::Throttle,
+            NodeKind::Deadband,
+            NodeKind::Aggregate,
+            NodeKind::Rpc,
         ],
     ),
 ];
@@ -274,18 +275,19 @@ fn compile_chain(
     // references to it do not add a second, misleading error.
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut id_list: Vec<Arc<str>> = Vec::new();
-    let mut kinds: Vec<&'static str> = Vec::new();
+    let mut kinds: Vec<Option<NodeKind>> = Vec::new();
     for (i, (spec, raw)) in specs.iter().zip(node_list).enumerate() {
         let kind = match spec {
             Some(s) => {
                 let k = s.kinds();
                 match k.as_slice() {
-                    [(one, _)] => *one,
+                    [(one, _)] => Some(*one),
                     [] => {
+                        let all: Vec<&str> = NodeKind::ALL.iter().map(|k| k.name()).collect();
                         diags
                             .error(src, raw.pos, "the node has no kind key")
-                            .hint(format!("add one of: {}", NODE_KINDS.join(", ")));
-                        "node"
+                            .hint(format!("add one of: {}", all.join(", ")));
+                        None
                     }
                     [(first, _), (second, pos), ..] => {
                         diags
@@ -295,17 +297,17 @@ fn compile_chain(
                                 format!("the node has two kind keys, `{first}` and `{second}`"),
                             )
                             .hint("one node does one thing: split it in two nodes");
-                        first
+                        Some(*first)
                     }
                 }
             }
-            None => "node",
+            None => None,
         };
         kinds.push(kind);
         let id_node = raw.get("id");
         let id = match id_node.and_then(Node::as_str) {
             Some(id) => id.to_string(),
-            None => format!("{kind}-{}", i + 1),
+            None => format!("{}-{}", kind.map_or("node", NodeKind::name), i + 1),
         };
         if let Some(first) = ids.get(&id) {
             let pos = id_node.map_or(raw.pos, |n| n.pos);
@@ -354,9 +356,16 @@ fn compile_chain(
         let kind = kinds[i];
         for (key, owners) in OWNED_KEYS {
             if let Some(pos) = owned_key_present(spec, key) {
-                if !owners.contains(&kind) {
-                    b.error(pos, format!("`{key}` does not apply to a {kind} node"))
-                        .hint(format!("`{key}` belongs to: {}", owners.join(", ")));
+                if !kind.is_some_and(|k| owners.contains(&k)) {
+                    let names: Vec<&str> = owners.iter().map(|k| k.name()).collect();
+                    b.error(
+                        pos,
+                        format!(
+                            "`{key}` does not apply to a {} node",
+                            kind.map_or("node", NodeKind::name)
+                        ),
+                    )
+                    .hint(format!("`{key}` belongs to: {}", names.join(", ")));
                 }
             }
         }
@@ -384,7 +393,7 @@ fn compile_chain(
                 v
             }
             // A switch never falls through: no match and no `default` stops the message.
-            None if i + 1 < specs.len() && kind != "switch" => {
+            None if i + 1 < specs.len() && kind.is_none_or(NodeKind::falls_through) => {
                 out.push(Edge {
                     to: i + 1,
                     pos: Pos::default(),
@@ -414,23 +423,24 @@ fn compile_chain(
             Some(t)
         });
         b.failed = false;
-        let imp = crate::rules::nodes::build(kind, spec, &mut b, &mut |to, pos| {
-            out.push(Edge {
-                to,
-                pos,
-                branch: true,
+        let imp = kind.and_then(|kind| {
+            crate::rules::nodes::build(kind, spec, &mut b, &mut |to, pos| {
+                out.push(Edge {
+                    to,
+                    pos,
+                    branch: true,
+                })
             })
         });
         let ok = !b.failed;
         edges.push(out);
-        nodes.push(match (imp, ok) {
-            (Some(imp), true) => Some(CNode {
+        nodes.push(match (imp, kind, ok) {
+            (Some(imp), Some(kind), true) => Some(CNode {
                 id: id_list[i].clone(),
                 kind,
                 next,
                 else_,
                 on_error,
-                mutates: kind == "transform",
                 imp,
             }),
             _ => None,

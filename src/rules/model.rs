@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
+use crate::engine::program::NodeKind;
 use crate::yaml::{Sp, SpMap};
 
 /// A Rhai expression. In YAML a string is Rhai source (`msg.current > 10`); a YAML number or
@@ -295,56 +296,34 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     /// The kind keys this node holds, with their positions (exactly one is valid).
-    pub fn kinds(&self) -> Vec<(&'static str, crate::yaml::Pos)> {
-        let mut k = Vec::new();
-        let mut add = |name, pos: Option<crate::yaml::Pos>| {
-            if let Some(p) = pos {
-                k.push((name, p));
-            }
-        };
-        add("filter", self.filter.as_ref().map(|s| s.pos));
-        add(
-            "transform",
-            self.transform
+    pub fn kinds(&self) -> Vec<(NodeKind, crate::yaml::Pos)> {
+        let pos = |k: NodeKind| match k {
+            NodeKind::Filter => self.filter.as_ref().map(|s| s.pos),
+            NodeKind::Transform => self
+                .transform
                 .as_ref()
                 .map(|s| s.pos)
                 .or(self.script.as_ref().map(|s| s.pos)),
-        );
-        add("switch", self.switch.as_ref().map(|s| s.pos));
-        add("debounce", self.debounce.as_ref().map(|s| s.pos));
-        add("delay", self.delay.as_ref().map(|s| s.pos));
-        add("throttle", self.throttle.as_ref().map(|s| s.pos));
-        add("deadband", self.deadband.as_ref().map(|s| s.pos));
-        add("aggregate", self.aggregate.as_ref().map(|s| s.pos));
-        add("alarm", self.alarm.as_ref().map(|s| s.pos));
-        add("rpc", self.rpc.as_ref().map(|s| s.pos));
-        add("influx", self.influx.as_ref().map(|s| s.pos));
-        add("websocket", self.websocket.as_ref().map(|s| s.pos));
-        add("notify", self.notify.as_ref().map(|s| s.pos));
-        add("publish", self.publish.as_ref().map(|s| s.pos));
-        add("log", self.log.as_ref().map(|s| s.pos));
-        k
+            NodeKind::Switch => self.switch.as_ref().map(|s| s.pos),
+            NodeKind::Debounce => self.debounce.as_ref().map(|s| s.pos),
+            NodeKind::Delay => self.delay.as_ref().map(|s| s.pos),
+            NodeKind::Throttle => self.throttle.as_ref().map(|s| s.pos),
+            NodeKind::Deadband => self.deadband.as_ref().map(|s| s.pos),
+            NodeKind::Aggregate => self.aggregate.as_ref().map(|s| s.pos),
+            NodeKind::Alarm => self.alarm.as_ref().map(|s| s.pos),
+            NodeKind::Rpc => self.rpc.as_ref().map(|s| s.pos),
+            NodeKind::Influx => self.influx.as_ref().map(|s| s.pos),
+            NodeKind::Websocket => self.websocket.as_ref().map(|s| s.pos),
+            NodeKind::Notify => self.notify.as_ref().map(|s| s.pos),
+            NodeKind::Publish => self.publish.as_ref().map(|s| s.pos),
+            NodeKind::Log => self.log.as_ref().map(|s| s.pos),
+        };
+        NodeKind::ALL
+            .iter()
+            .filter_map(|k| pos(*k).map(|p| (*k, p)))
+            .collect()
     }
 }
-
-/// Every kind key, for hints.
-pub const NODE_KINDS: &[&str] = &[
-    "filter",
-    "transform",
-    "switch",
-    "debounce",
-    "delay",
-    "throttle",
-    "deadband",
-    "aggregate",
-    "alarm",
-    "rpc",
-    "influx",
-    "websocket",
-    "notify",
-    "publish",
-    "log",
-];
 
 /// `deadband`: change-of-value.
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]

@@ -20,6 +20,7 @@ mod websocket;
 
 use std::sync::Arc;
 
+use crate::engine::program::NodeKind;
 use crate::engine::{Cx, NodeImpl, Packet};
 use crate::rules::builder::Builder;
 use crate::rules::model::{ExprSrc, NodeSpec};
@@ -42,28 +43,27 @@ pub(crate) use persisted;
 /// Compiles the node of kind `kind`. `edge` records extra graph edges (switch targets) for the
 /// cycle and reachability checks. Returns `None` when the node has errors (already reported).
 pub fn build(
-    kind: &str,
+    kind: NodeKind,
     spec: &NodeSpec,
     b: &mut Builder,
     edge: &mut dyn FnMut(usize, Pos),
 ) -> Option<Box<dyn NodeImpl>> {
     match kind {
-        "filter" => filter::build(spec, b),
-        "transform" => transform::build(spec, b),
-        "switch" => switch::build(spec, b, edge),
-        "debounce" => debounce::build(spec, b),
-        "delay" => delay::build(spec, b),
-        "throttle" => throttle::build(spec, b),
-        "deadband" => deadband::build(spec, b),
-        "aggregate" => aggregate::build(spec, b),
-        "alarm" => alarm::build(spec, b),
-        "rpc" => rpc::build(spec, b),
-        "influx" => influx::build(spec, b),
-        "websocket" => websocket::build(spec, b),
-        "notify" => notify::build(spec, b),
-        "publish" => publish::build(spec, b),
-        "log" => log::build(spec, b),
-        _ => None,
+        NodeKind::Filter => filter::build(spec, b),
+        NodeKind::Transform => transform::build(spec, b),
+        NodeKind::Switch => switch::build(spec, b, edge),
+        NodeKind::Debounce => debounce::build(spec, b),
+        NodeKind::Delay => delay::build(spec, b),
+        NodeKind::Throttle => throttle::build(spec, b),
+        NodeKind::Deadband => deadband::build(spec, b),
+        NodeKind::Aggregate => aggregate::build(spec, b),
+        NodeKind::Alarm => alarm::build(spec, b),
+        NodeKind::Rpc => rpc::build(spec, b),
+        NodeKind::Influx => influx::build(spec, b),
+        NodeKind::Websocket => websocket::build(spec, b),
+        NodeKind::Notify => notify::build(spec, b),
+        NodeKind::Publish => publish::build(spec, b),
+        NodeKind::Log => log::build(spec, b),
     }
 }
 
