@@ -196,10 +196,15 @@ try {
 
   // A silence made on the Silences page: listed as active, ends on time by itself.
   await page.click('nav a[data-page="silences"]');
-  await page.fill('#silence-form input[name="device"]', "pump-2");
-  await page.fill('#silence-form input[name="type"]', "MotorOverload");
-  await page.fill('#silence-form input[name="duration"]', "4s");
-  await page.fill('#silence-form input[name="comment"]', "browser maintenance");
+  // The form is filled once the page has settled (its first list loaded): a field typed in the
+  // same millisecond as the page switch once went to a form about to be replaced.
+  await page.waitForFunction(() => document.querySelector("#silence-form") && document.querySelector("#silence-status"));
+  await sleep(300);
+  const silenceForm = { device: "pump-2", type: "MotorOverload", duration: "4s", comment: "browser maintenance" };
+  for (const [k, v] of Object.entries(silenceForm)) await page.fill(`#silence-form input[name="${k}"]`, v);
+  for (const [k, v] of Object.entries(silenceForm)) {
+    assert.equal(await page.inputValue(`#silence-form input[name="${k}"]`), v, `the silence form's ${k}`);
+  }
   await page.click('#silence-form button[type="submit"]');
   await page.waitForSelector('#silences tr[data-state="active"]', { timeout: 10000 });
   const made = (await api("/api/silences")).silences.find((x) => x.comment === "browser maintenance");
