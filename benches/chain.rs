@@ -15,9 +15,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use rulechain::diag::Diagnostics;
 use rulechain::engine::effect::{Effect, EffectSink};
-use rulechain::engine::{parse_payload, Device, Executor, Message};
-use rulechain::rules::compile::{compile, ChainDoc, CompileOptions, RuleSet};
-use rulechain::rules::model::Kind;
+use rulechain::engine::program::RuleSet;
+use rulechain::engine::{Device, Executor};
+use rulechain::message::Kind;
+use rulechain::message::{parse_payload, Message};
+use rulechain::rules::compile::{compile, ChainDoc, CompileOptions};
 
 const FIVE_NODES: &str = r#"
 chain: five

@@ -22,9 +22,11 @@ use std::time::Instant;
 
 use rulechain::diag::Diagnostics;
 use rulechain::engine::effect::{Effect, EffectSink};
-use rulechain::engine::{parse_payload, Device, Executor, Message};
-use rulechain::rules::compile::{compile, ChainDoc, CompileOptions, RuleSet};
-use rulechain::rules::model::Kind;
+use rulechain::engine::program::RuleSet;
+use rulechain::engine::{Device, Executor};
+use rulechain::message::Kind;
+use rulechain::message::{parse_payload, Message};
+use rulechain::rules::compile::{compile, ChainDoc, CompileOptions};
 
 /// Counts effects, keeps none.
 #[derive(Default)]

@@ -94,7 +94,8 @@ fn opts() -> Opts {
 }
 
 fn influx(o: &Opts, dir: &Path) {
-    use rulechain::sinks::influx::{InfluxSettings, InfluxStats};
+    use rulechain::config::settings::InfluxSettings;
+    use rulechain::sinks::influx::InfluxStats;
     let devices = 1000usize;
     let now_ms = (now_us() / 1000) as i64;
     // Every series gets distinct millisecond timestamps, so the server keeps every point.
@@ -133,9 +134,9 @@ fn influx(o: &Opts, dir: &Path) {
     for (round, gzip) in [true, false, true, false].into_iter().enumerate() {
         let (vm, port) = start_victoria(&dir.join(format!("round-{round}")));
         let spec = rulechain::config::InfluxSpec {
-            url: rulechain::rules::yaml::Sp::unplaced(format!("http://127.0.0.1:{port}")),
+            url: rulechain::yaml::Sp::unplaced(format!("http://127.0.0.1:{port}")),
             // The whole run fits: the tool measures the writer's pace, not its drop policy.
-            buffer_points: Some(rulechain::rules::yaml::Sp::unplaced(o.points.max(5000))),
+            buffer_points: Some(rulechain::yaml::Sp::unplaced(o.points.max(5000))),
             gzip: Some(gzip),
             ..Default::default()
         };

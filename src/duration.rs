@@ -3,7 +3,7 @@
 /// Parses a duration into milliseconds.
 ///
 /// ```
-/// assert_eq!(rulechain::rules::duration::parse("1m30s"), Ok(90_000));
+/// assert_eq!(rulechain::duration::parse("1m30s"), Ok(90_000));
 /// ```
 pub fn parse(text: &str) -> Result<i64, String> {
     let t = text.trim();

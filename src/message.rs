@@ -68,7 +68,7 @@ pub struct Message {
 
 /// Payload checks (`ingest:` in the config; the defaults are `run`'s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct PayloadLimits {
     /// Largest payload in bytes.
     pub max_payload_bytes: usize,
     /// Deepest nesting.
@@ -77,9 +77,9 @@ pub struct Limits {
     pub max_clock_skew_ms: i64,
 }
 
-impl Default for Limits {
+impl Default for PayloadLimits {
     fn default() -> Self {
-        Limits {
+        PayloadLimits {
             max_payload_bytes: 65_536,
             max_depth: 32,
             max_clock_skew_ms: 600_000,
@@ -147,7 +147,7 @@ pub const JSON_MAX_DEPTH: usize = 127;
 
 /// Parses a payload into `msg`. A `status` payload may be plain text (`online`, `offline`, as
 /// MQTT last wills usually are): it reads as `{"status": TEXT, "online": BOOL}`.
-pub fn parse(kind: Kind, bytes: &[u8], limits: &Limits) -> Result<Map, Reject> {
+pub fn parse(kind: Kind, bytes: &[u8], limits: &PayloadLimits) -> Result<Map, Reject> {
     if bytes.len() > limits.max_payload_bytes {
         return Err(Reject::TooLarge);
     }
@@ -200,7 +200,7 @@ pub enum RawPayload {
 
 impl RawPayload {
     /// Decodes it as `run` decodes a payload of this kind.
-    pub fn decode(self, kind: Kind, limits: &Limits) -> Result<Map, Reject> {
+    pub fn decode(self, kind: Kind, limits: &PayloadLimits) -> Result<Map, Reject> {
         match self {
             RawPayload::Map(mut m) => {
                 normalize(kind, &mut m);
@@ -487,7 +487,7 @@ pub const MAX_INCOMING_PACKET: usize = 268_435_455;
 mod tests {
     use super::*;
 
-    const L: Limits = Limits {
+    const L: PayloadLimits = PayloadLimits {
         max_payload_bytes: 64,
         max_depth: 3,
         max_clock_skew_ms: 1000,
@@ -511,7 +511,7 @@ mod tests {
 
     #[test]
     fn depth_above_the_parsers_limit_is_too_deep() {
-        let deep = Limits {
+        let deep = PayloadLimits {
             max_payload_bytes: 1 << 20,
             max_depth: 10_000,
             max_clock_skew_ms: 1000,

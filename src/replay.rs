@@ -9,9 +9,10 @@ use rhai::Map;
 
 use crate::engine::clock::{Clock, VirtualClock};
 use crate::engine::effect::EffectSink;
-use crate::engine::{Device, Executor, Message};
-use crate::message::{payload_ts, Limits, RawPayload};
-use crate::rules::compile::RuleSet;
+use crate::engine::program::RuleSet;
+use crate::engine::{Device, Executor};
+use crate::message::Message;
+use crate::message::{payload_ts, PayloadLimits, RawPayload};
 use crate::rules::model::InputLine;
 use crate::topic::TopicPattern;
 
@@ -25,7 +26,7 @@ pub struct Replay {
     exec: Executor,
     patterns: Vec<TopicPattern>,
     last_ts: i64,
-    limits: Limits,
+    limits: PayloadLimits,
     /// Input messages accepted.
     pub messages: u64,
 }
@@ -45,13 +46,13 @@ impl Replay {
             clock,
             patterns,
             last_ts: default_ts,
-            limits: Limits::default(),
+            limits: PayloadLimits::default(),
             messages: 0,
         }
     }
 
     /// Sets the payload limits (the config's `ingest:`; default: `run`'s defaults).
-    pub fn set_payload_limits(&mut self, limits: Limits) {
+    pub fn set_payload_limits(&mut self, limits: PayloadLimits) {
         self.limits = limits;
     }
 

@@ -7,11 +7,11 @@
 
 use proptest::prelude::*;
 
-use rulechain::live::shard::{parse, Limits, Reject};
-use rulechain::rules::model::Kind;
+use rulechain::message::Kind;
+use rulechain::message::{parse, PayloadLimits, Reject};
 use rulechain::topic::{filter_matches, TopicPattern};
 
-const LIMITS: Limits = Limits {
+const LIMITS: PayloadLimits = PayloadLimits {
     max_payload_bytes: 4096,
     max_depth: 8,
     max_clock_skew_ms: 1000,

@@ -313,7 +313,7 @@ async fn kill_9_and_restart_keep_holds_and_alarms_on_the_embedded_broker() {
     );
     let mut engine = Engine::start(&dir, http);
     let c = Mqtt::connect(port, "kill9-test-1", true, &["out/#"]).await;
-    let t0 = rulechain::cli::wall_ms();
+    let t0 = rulechain::engine::clock::wall_ms();
     c.publish(
         "device/d1/telemetry",
         json!({"v": 20, "ts": t0}).to_string(),
@@ -324,7 +324,7 @@ async fn kill_9_and_restart_keep_holds_and_alarms_on_the_embedded_broker() {
     engine.kill9();
     drop(c);
     engine.restart();
-    let restarted = rulechain::cli::wall_ms();
+    let restarted = rulechain::engine::clock::wall_ms();
     let mut c = Mqtt::connect(port, "kill9-test-2", true, &["out/#"]).await;
     let (_, v) = c
         .expect(Duration::from_secs(10), |_, _| true)

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use rulechain::diag::Diagnostics;
 use rulechain::engine::effect::Recorder;
+use rulechain::engine::program::RuleSet;
 use rulechain::replay::Replay;
-use rulechain::rules::{self, compile::RuleSet};
+use rulechain::rules;
 use serde_json::Value;
 
 fn load(dir: &Path, files: &[(&str, &str)]) -> Arc<RuleSet> {

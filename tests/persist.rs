@@ -9,9 +9,10 @@ use std::sync::Arc;
 use rulechain::diag::Diagnostics;
 use rulechain::engine::effect::Recorder;
 use rulechain::engine::persist::Snapshot;
+use rulechain::engine::program::RuleSet;
 use rulechain::engine::Device;
 use rulechain::replay::Replay;
-use rulechain::rules::{self, compile::RuleSet};
+use rulechain::rules;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -94,7 +94,12 @@ fn node() -> impl Strategy<Value = Value> {
         .prop_map(|m| Value::Object(m.into_iter().collect()))
 }
 
-fn load(text: String) -> (Diagnostics, Option<Arc<rulechain::rules::compile::RuleSet>>) {
+fn load(
+    text: String,
+) -> (
+    Diagnostics,
+    Option<Arc<rulechain::engine::program::RuleSet>>,
+) {
     let mut d = Diagnostics::new();
     let docs: Vec<ChainDoc> = rules::parse_text(Path::new("p.yaml"), text, &mut d)
         .filter(|(_, root)| rules::classify(root) == Some(rules::FileKind::Chain))

@@ -864,9 +864,10 @@ async fn reminders_repeat_until_acknowledged_or_cleared_and_the_rate_limit_holds
 /// not retried) and 503 (retried).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_writer_speaks_v1_flushes_on_close_and_retries_only_what_may_succeed() {
+    use rulechain::config::settings::InfluxSettings;
     use rulechain::config::InfluxSpec;
-    use rulechain::rules::yaml::Sp;
-    use rulechain::sinks::influx::{start, InfluxSettings, InfluxStats};
+    use rulechain::sinks::influx::{start, InfluxStats};
+    use rulechain::yaml::Sp;
     use std::sync::atomic::Ordering::Relaxed;
     let dir = tempdir("influx-writer");
     let vm = Victoria::start(&dir);
@@ -1095,9 +1096,10 @@ where
 /// for a flush time that had passed while it waited, and used most of a core.)
 #[test]
 fn an_influxdb_outage_costs_next_to_no_cpu() {
+    use rulechain::config::settings::InfluxSettings;
     use rulechain::config::InfluxSpec;
-    use rulechain::rules::yaml::Sp;
-    use rulechain::sinks::influx::{start, InfluxSettings, InfluxStats};
+    use rulechain::sinks::influx::{start, InfluxStats};
+    use rulechain::yaml::Sp;
     use std::sync::atomic::Ordering::Relaxed;
     let dir = tempdir("influx-outage-cpu");
     // Refused: nothing listens on the port. Silent: a listener that takes connections and

@@ -86,8 +86,6 @@ pub struct AlarmOp {
     pub forwarded: bool,
 }
 
-pub use super::operator_name;
-
 /// Where operators' actions go (live: the device's shard).
 pub type AckRoute = Box<dyn Fn(AlarmOp) -> AckFuture + Send + Sync>;
 

@@ -199,11 +199,11 @@ pub fn run(a: Args) -> i32 {
         eprintln!("diff: the rules have errors; nothing was replayed");
         return super::EXIT_USAGE;
     }
-    let start = super::wall_ms();
+    let start = crate::engine::clock::wall_ms();
     let (base_rules, candidate_rules) = (Arc::new(base_rules), Arc::new(candidate_rules));
     // Each recording is replayed on its own (a day's state does not run into the next
     // recording's), both sides counting into one tally each.
-    let replay = |rules: &Arc<crate::rules::compile::RuleSet>, tally: &Tally| {
+    let replay = |rules: &Arc<crate::engine::program::RuleSet>, tally: &Tally| {
         let mut r = Replay::new(
             rules.clone(),
             devices.clone(),

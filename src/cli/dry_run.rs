@@ -112,7 +112,7 @@ pub fn run(a: Args) -> i32 {
         Arc::new(ruleset),
         devices,
         settings.patterns,
-        super::wall_ms(),
+        crate::engine::clock::wall_ms(),
     );
     replay.executor_mut().set_limits(settings.state_limits);
     replay.set_payload_limits(settings.payload);

@@ -37,8 +37,6 @@ pub fn load_config(path: Option<&Path>, diags: &mut Diagnostics) -> Option<Confi
     crate::rules::load_config(path?, diags)
 }
 
-pub use crate::engine::clock::wall_ms;
-
 /// A runtime for a command that talks to a service once (`notify-test`, `silence`), with the
 /// TLS provider installed; an exit code when it cannot start.
 pub fn client_runtime() -> Result<tokio::runtime::Runtime, i32> {
@@ -116,7 +114,7 @@ pub fn each_line(
 
 /// `--drain` as given: a duration, or none; an exit code (the error printed) when it is not one.
 pub fn drain_arg(given: Option<&str>) -> Result<Option<i64>, i32> {
-    match given.map(crate::rules::duration::parse) {
+    match given.map(crate::duration::parse) {
         Some(Err(e)) => {
             eprintln!("error: --drain: {e}");
             Err(EXIT_USAGE)

@@ -52,7 +52,7 @@ pub fn run(config: &Path, channel: &str, device: &str) -> i32 {
         );
         return super::EXIT_USAGE;
     };
-    let now = super::wall_ms();
+    let now = crate::engine::clock::wall_ms();
     let alarm = sample_alarm(device, now);
     let transition = crate::alarm::Transition::Created;
     let alarm_map = alarm.to_map(transition);

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::diag::Diagnostics;
+use crate::duration;
 use crate::engine::effect::Recorder;
 use crate::replay::Replay;
 use crate::rules::model::{TestCase, TestFile};
-use crate::rules::{self, duration};
+use crate::rules::{self};
 
 /// Runs `test`.
 pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {

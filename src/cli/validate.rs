@@ -152,7 +152,7 @@ pub fn check_test_file(path: &Path, diags: &mut Diagnostics) -> Option<(Source, 
             match e.value.get("at") {
                 None => {}
                 Some(serde_json::Value::String(a)) => {
-                    if let Err(err) = rules::duration::parse(a) {
+                    if let Err(err) = crate::duration::parse(a) {
                         diags.error(&src, e.pos, format!("`at`: {err}"));
                     }
                 }
@@ -177,13 +177,13 @@ pub fn check_test_file(path: &Path, diags: &mut Diagnostics) -> Option<(Source, 
                 diags.error(&src, i.pos, "an input needs `device` or `topic`");
             }
             if let Some(a) = &i.value.at {
-                if let Err(e) = rules::duration::parse(a) {
+                if let Err(e) = crate::duration::parse(a) {
                     diags.error(&src, i.pos, format!("`at`: {e}"));
                 }
             }
         }
         if let Some(d) = &case.drain {
-            if let Err(e) = rules::duration::parse(d) {
+            if let Err(e) = crate::duration::parse(d) {
                 diags.error(&src, d.pos, e);
             }
         }

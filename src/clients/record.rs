@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::settings::MqttConn;
 use crate::engine::clock::wall_ms;
-use crate::message::{Limits, MAX_INCOMING_PACKET};
+use crate::message::{PayloadLimits, MAX_INCOMING_PACKET};
 use crate::topic::{mqtt_filters, TopicPattern};
 
 /// What `record` reports at the end.
@@ -35,7 +35,7 @@ pub async fn run(
     o.set_clean_session(true);
     let (client, mut events) = super::client(o, 64);
     let subs = mqtt_filters(&patterns);
-    let limits = Limits {
+    let limits = PayloadLimits {
         max_payload_bytes: MAX_INCOMING_PACKET,
         max_depth: 128,
         max_clock_skew_ms: 0,

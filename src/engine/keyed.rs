@@ -3,7 +3,7 @@
 //! device, or whatever a `key:` expression makes of a payload. [`Keyed`] is their map, with two
 //! bounds (see docs/live.md, "Bounds on state"):
 //!
-//! - **Size.** At [`Limits::max_keys`] entries, a new key first evicts the least recently used
+//! - **Size.** At [`crate::config::settings::StateLimits::max_keys`] entries, a new key first evicts the least recently used
 //!   eighth, so a flood of new keys costs one scan per eighth of the cap, not one per key.
 //! - **Idle.** [`Keyed::sweep`] drops entries not touched for a while; the engine sweeps on its
 //!   own clock ([`crate::engine::Executor`]), so dry-run and `test` see what live sees.
@@ -16,11 +16,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// The bounds on state, per executor (live: per shard). They are config values
-/// (`engine.max_keys`, `engine.max_devices`, `engine.forget_after`), so the type lives with the
-/// resolved config.
-pub use crate::config::settings::StateLimits as Limits;
 
 /// Touched-time of entries loaded from a snapshot: set to the clock at the next sweep.
 const LOADED: i64 = i64::MIN;

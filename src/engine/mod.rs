@@ -11,11 +11,12 @@ pub mod alarm;
 pub mod clock;
 mod device;
 pub mod effect;
-pub mod keyed;
+mod keyed;
 pub mod persist;
 pub mod program;
 pub mod stats;
 
+use crate::message::Message;
 use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -30,14 +31,14 @@ use std::sync::Arc;
 use rhai::{Dynamic, Map};
 
 use crate::alarm::Alarm;
+use crate::config::settings::StateLimits;
 use crate::message::Kind;
-pub use crate::message::{parse_payload, JsonMap, Message};
 use crate::script::{Runtime, Vars};
 use alarm::AlarmStore;
 use device::{entry_bytes, Source};
 pub use device::{value_bytes, Device, MAX_DEVICE_ATTRIBUTE_BYTES, MAX_REPORTED_ATTRIBUTES};
 use effect::{Effect, EffectSink, Event};
-pub use keyed::{Keyed, Limits};
+pub use keyed::Keyed;
 use program::{Chain, Reads, RuleSet};
 
 /// A message on its way through a chain: Rhai's three maps plus what nodes read often. It is
@@ -382,7 +383,7 @@ pub struct Executor {
     attribute_bytes: usize,
     /// Some device's attributes changed since [`Executor::take_attributes`] last took them.
     attributes_changed: bool,
-    limits: Limits,
+    limits: StateLimits,
     evictions: Evictions,
     /// When the next sweep of idle state is due (clock time).
     next_sweep: i64,
@@ -430,7 +431,7 @@ impl Executor {
             attributes_dropped: 0,
             attribute_bytes: 0,
             attributes_changed: false,
-            limits: Limits::default(),
+            limits: StateLimits::default(),
             evictions: Evictions::default(),
             next_sweep: now,
             registered: devices_registered,
@@ -523,7 +524,7 @@ impl Executor {
     }
 
     /// Sets the bounds on state (default [`Limits::default`]).
-    pub fn set_limits(&mut self, limits: Limits) {
+    pub fn set_limits(&mut self, limits: StateLimits) {
         self.limits = limits;
     }
 
@@ -1386,11 +1387,9 @@ impl Executor {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn payloads_parse_into_rhai_values() {
-        let m = parse_payload(br#"{"i": 2, "f": 2.5, "b": true, "s": "x\"y", "n": null, "a": [1, {"k": 1}], "big": 18446744073709551615}"#).unwrap();
+        let m = crate::message::parse_payload(br#"{"i": 2, "f": 2.5, "b": true, "s": "x\"y", "n": null, "a": [1, {"k": 1}], "big": 18446744073709551615}"#).unwrap();
         assert_eq!(m["i"].as_int(), Ok(2));
         assert_eq!(m["f"].as_float(), Ok(2.5));
         assert_eq!(m["b"].as_bool(), Ok(true));
@@ -1408,11 +1407,13 @@ mod tests {
             (b"null", "()"),
         ] {
             assert_eq!(
-                parse_payload(text).unwrap_err(),
+                crate::message::parse_payload(text).unwrap_err(),
                 format!("the payload must be a JSON object, not {what}")
             );
         }
-        assert!(parse_payload(b"{} x").unwrap_err().contains("not JSON"));
-        assert!(parse_payload(b"\xff").is_err());
+        assert!(crate::message::parse_payload(b"{} x")
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(crate::message::parse_payload(b"\xff").is_err());
     }
 }

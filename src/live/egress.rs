@@ -19,9 +19,9 @@ use tokio::sync::mpsc;
 use super::publisher::{Batch, Egress, Out};
 use super::{RateLimit, Stats};
 use crate::alarm::Transition;
+use crate::engine::effect::LogLevel;
 use crate::engine::effect::{Effect, Event};
 use crate::message::Reject;
-use crate::rules::model::LogLevel;
 use crate::sinks::notify::Unsent;
 
 /// Publishes queued for the egress connection before new ones are dropped.

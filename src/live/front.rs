@@ -381,7 +381,7 @@ async fn refuse(stream: &mut TcpStream, code: ConnectReturnCode) {
 /// Reads until one whole packet is decoded (the CONNECT).
 async fn read_packet(stream: &mut TcpStream, read: &mut BytesMut) -> Result<Packet, String> {
     loop {
-        match V4.read_mut(read, super::link::MAX_OUTGOING_PACKET) {
+        match V4.read_mut(read, crate::message::MAX_OUTGOING_PACKET) {
             Ok(p) => return Ok(p),
             Err(rumqttd::protocol::Error::InsufficientBytes(n)) => {
                 read.reserve(n.max(READ_CHUNK));
@@ -509,7 +509,7 @@ fn decode(
     backlog: &Backlog,
 ) -> Result<Decoded, String> {
     while incoming.len() < BATCH {
-        match V4.read_mut(read, super::link::MAX_OUTGOING_PACKET) {
+        match V4.read_mut(read, crate::message::MAX_OUTGOING_PACKET) {
             Ok(p) => {
                 match &p {
                     Packet::Publish(publish, _) => {
@@ -657,7 +657,7 @@ fn will_packet(will: &LastWill, qos: u8, pkid: u16) -> Option<Packet> {
         bytes.put_u16(pkid);
     }
     bytes.put_slice(&will.message);
-    V4.read_mut(&mut bytes, super::link::MAX_OUTGOING_PACKET)
+    V4.read_mut(&mut bytes, crate::message::MAX_OUTGOING_PACKET)
         .ok()
 }
 

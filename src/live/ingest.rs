@@ -20,14 +20,14 @@ use rumqttc::mqttbytes::{Error as CodecError, QoS};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use super::link::{self, MAX_INCOMING_PACKET};
+use super::link::{self};
 use super::shard::{shard_of, Job, ShardMsg};
-use super::{wall_ms, RateLimit, Stats};
+use super::{RateLimit, Stats};
 use crate::config::settings::MqttConn;
+use crate::engine::clock::wall_ms;
+use crate::message::MAX_INCOMING_PACKET;
 use crate::retry::reconnect_backoff;
 use crate::topic::TopicPattern;
-
-pub use crate::topic::mqtt_filters as filters;
 
 /// What the ingest task needs.
 pub struct Ingest {
@@ -55,7 +55,7 @@ pub struct Ingest {
 pub async fn run(ing: Ingest, mut stop: watch::Receiver<bool>) {
     let mut backoff = reconnect_backoff(ing.conn.reconnect_max);
     let mut io = Io {
-        subs: filters(&ing.patterns),
+        subs: crate::topic::mqtt_filters(&ing.patterns),
         batch: Batch::new(ing.shards.len()),
         acks: Acks::default(),
         ing,
@@ -607,7 +607,7 @@ mod tests {
             TopicPattern::parse("device/{device}/{kind}", None).unwrap(),
             TopicPattern::parse("device/{device}/{kind}", None).unwrap(),
         ];
-        let f = filters(&p);
+        let f = crate::topic::mqtt_filters(&p);
         assert_eq!(f.len(), 8, "{f:?}");
         assert!(f.contains(&"device/+/telemetry".to_string()));
         assert!(f.contains(&"site/+/device/+/rpc_response".to_string()));

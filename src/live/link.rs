@@ -5,6 +5,7 @@
 //! The helper connections (`record`, the demo simulator) keep rumqttc's event loop: see
 //! [`crate::clients`].
 
+use crate::message::MAX_OUTGOING_PACKET;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,6 @@ use rumqttc::mqttbytes::Error as CodecError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::settings::MqttConn;
-
-pub use crate::message::{MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET};
 
 /// A connected byte stream: TCP or TLS over TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}

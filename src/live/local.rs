@@ -31,7 +31,8 @@ use super::front::{now, Backlog};
 use super::ingest::{no_pattern, Batch, BATCH};
 use super::publisher::Queue;
 use super::shard::ShardMsg;
-use super::{wall_ms, RateLimit, Stats};
+use super::{RateLimit, Stats};
+use crate::engine::clock::wall_ms;
 use crate::retry::reconnect_backoff;
 use crate::topic::TopicPattern;
 

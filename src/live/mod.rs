@@ -34,11 +34,10 @@ pub mod shadow;
 pub mod shadows;
 pub mod shard;
 pub mod shards;
-pub mod stats;
+mod stats;
 pub mod store;
 pub mod trace;
 
-pub use crate::engine::clock::wall_ms;
 pub use preflight::Fatal;
 pub use serve::RunOptions;
 pub use stats::{RateLimit, Stats};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::serve::{RunOptions, SavedState};
-use super::{broker, ingest, reload, serve, shard, store};
+use super::{broker, reload, serve, shard, store};
 use crate::config::settings::{Broker, Settings};
 use crate::diag::Diagnostics;
 use crate::engine::clock::wall_ms;
@@ -111,7 +111,7 @@ pub(super) fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
     };
     let embedded = match settings.broker {
         Broker::Embedded(addr) => {
-            let links = broker::start(addr, &ingest::filters(&settings.patterns))?;
+            let links = broker::start(addr, &crate::topic::mqtt_filters(&settings.patterns))?;
             tracing::info!("embedded MQTT broker listening on {addr}");
             Some(links)
         }

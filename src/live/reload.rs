@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
-use crate::rules::compile::{self, ChainDoc, CompileOptions, RuleSet};
+use crate::engine::program::RuleSet;
+use crate::rules::compile::{self, ChainDoc, CompileOptions};
 use crate::rules::{self, FileKind};
 use crate::yaml::Node;
 
@@ -162,7 +163,7 @@ impl Reloader {
                     status.generation = 1;
                 }
                 status.chains = rs.chains.iter().map(|c| c.name.to_string()).collect();
-                status.swapped_at = super::wall_ms();
+                status.swapped_at = crate::engine::clock::wall_ms();
                 rules = Some(Arc::new(rs));
             }
         }

@@ -18,9 +18,9 @@ use super::{
 use crate::alarm::registry::AlarmRegistry;
 use crate::clients::sim;
 use crate::config::settings::{MqttConn, Settings};
+use crate::engine::program::RuleSet;
 use crate::engine::stats::RuleStats;
 use crate::engine::Device;
-use crate::rules::compile::RuleSet;
 use crate::sinks::Sinks;
 
 /// `run`'s options besides the config.
@@ -336,7 +336,7 @@ pub(super) async fn serve(
             cluster: cluster_view,
             shadow: shadows.clone(),
         };
-        let limits = http::Limits {
+        let limits = http::ConnLimits {
             max_connections: fds.http,
             header_timeout: settings.http_header_timeout,
         };

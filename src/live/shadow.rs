@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::diff::{pair, Tally};
 use crate::engine::effect::{Effect, EffectSink, Event};
+use crate::engine::program::RuleSet;
 use crate::engine::stats::RuleStats;
-use crate::engine::{Executor, Message};
-use crate::rules::compile::RuleSet;
+use crate::engine::Executor;
+use crate::message::Message;
 
 /// What a shard is told about its shadow.
 pub enum Cmd {

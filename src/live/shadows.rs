@@ -24,7 +24,7 @@ use super::shards::Shards;
 use crate::config::Config;
 use crate::counters::{Counters, Report as CounterReport};
 use crate::diff::{compare, Report, Side};
-use crate::rules::compile::RuleSet;
+use crate::engine::program::RuleSet;
 
 /// Who started the shadow, from where: what `shadow.json` keeps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,7 +164,7 @@ impl Shadows {
         let origin = match from_config {
             Some(dir) => Some(Origin {
                 dir,
-                started_at: super::wall_ms(),
+                started_at: crate::engine::clock::wall_ms(),
                 started_by: Some("config".into()),
             }),
             None => std::fs::read(self.saved_path())
@@ -390,7 +390,7 @@ impl Shadows {
                 changed: r.changed.len(),
             })
             .unwrap_or_default();
-        let at = super::wall_ms();
+        let at = crate::engine::clock::wall_ms();
         let rules_dir = self.rules_dir.clone();
         let backup_dir = self.state_dir.join("promoted").join(at.to_string());
         let written =

@@ -17,14 +17,16 @@ use tokio::sync::mpsc;
 
 use super::egress::Outbox;
 use super::store::StateStore;
-use super::{wall_ms, Stats};
+use super::Stats;
 use crate::alarm::registry::{AlarmAction, AlarmOp};
 use crate::alarm::{AckError, Status};
+use crate::engine::clock::wall_ms;
 use crate::engine::effect::{Effect, EffectSink};
 use crate::engine::persist::Snapshot;
-use crate::engine::{Device, Executor, Message};
-pub use crate::message::{parse, Kind, Limits, Reject};
-use crate::rules::compile::RuleSet;
+use crate::engine::program::RuleSet;
+use crate::engine::{Device, Executor};
+use crate::message::Message;
+use crate::message::{parse, Kind, PayloadLimits};
 
 /// Where the QoS 1 messages whose chains ran and whose output left are reported, one batch of
 /// ingest sequence numbers per shard turn: by the egress connection once the turn's publishes
@@ -105,9 +107,9 @@ pub struct ShardCtx {
     /// Checkpoint interval.
     pub checkpoint: Duration,
     /// Ingest limits.
-    pub limits: Limits,
+    pub limits: PayloadLimits,
     /// This shard's bounds on state.
-    pub state_limits: crate::engine::Limits,
+    pub state_limits: crate::config::settings::StateLimits,
     /// Its chains' and nodes' counters (the API reads them).
     pub rule_stats: Arc<crate::engine::stats::RuleStats>,
     /// Recent values: the whole engine's settings, and how many shards share them.
@@ -126,7 +128,7 @@ fn stopwatch() -> u64 {
 }
 
 /// `meta.ts` (see [`crate::message::message_ts`]), counting a replaced payload time.
-fn message_ts(payload: &Map, received: i64, limits: &Limits, stats: &Stats) -> i64 {
+fn message_ts(payload: &Map, received: i64, limits: &PayloadLimits, stats: &Stats) -> i64 {
     let (ts, replaced) = crate::message::message_ts(payload, received, limits.max_clock_skew_ms);
     if replaced {
         stats.skew_replaced.fetch_add(1, Relaxed);
@@ -882,9 +884,9 @@ mod tests {
     #[test]
     fn a_replaced_payload_time_is_counted() {
         // Which time wins is the decoder's (message.rs); the shard counts the replacements.
-        let limits = Limits {
+        let limits = PayloadLimits {
             max_clock_skew_ms: 1000,
-            ..Limits::default()
+            ..PayloadLimits::default()
         };
         let stats = Stats::default();
         let mut m = Map::new();

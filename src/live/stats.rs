@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::shard::Reject;
 use crate::counters::{Counters, Report};
 use crate::engine::clock::wall_ms;
+use crate::message::Reject;
 
 /// The engine's counters (shown by `/api/status` and the periodic log line).
 #[derive(Debug, Default)]

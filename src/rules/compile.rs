@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use rhai::Engine;
 
-pub use super::builder::Builder;
-use super::model::{ChainFile, Kind, NodeSpec};
+use super::builder::Builder;
+use super::model::{ChainFile, NodeSpec};
 use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
 use crate::engine::program::NodeKind;
-pub use crate::engine::program::{CNode, Chain, ChannelTemplates, OnFilter, Reads, RuleSet};
+use crate::engine::program::{CNode, Chain, ChannelTemplates, OnFilter, Reads, RuleSet};
+use crate::message::Kind;
 use crate::script::Template;
 use crate::topic;
 use crate::yaml::{self, from_node, Node, Pos, Sp};

@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
+use crate::engine::program::RuleSet;
 use crate::engine::Device;
-pub use crate::{duration, yaml};
-use compile::{report_de, ChainDoc, CompileOptions, RuleSet};
+use crate::yaml::{self, from_node, Node};
+use compile::{report_de, ChainDoc, CompileOptions};
 use model::{DeviceSpec, DevicesFile, TestFile};
-use yaml::{from_node, Node};
 
 /// Largest rule, config, devices or test file read (rule files are small; this bounds memory).
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;

@@ -5,6 +5,8 @@
 //! A node is one flat map (`filter:` next to `for:` and `else:`), as users write it; its kind is
 //! the one kind key it holds, found by [`NodeSpec::kinds`].
 
+use crate::engine::effect::LogLevel;
+use crate::message::Kind;
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
@@ -133,8 +135,6 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
         pos: v.pos,
     }))
 }
-
-pub use crate::message::Kind;
 
 /// A rule chain file (`rules/*.yaml`): one chain.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -449,8 +449,6 @@ pub struct PublishSpec {
     #[serde(default)]
     pub retain: Option<bool>,
 }
-
-pub use crate::engine::effect::LogLevel;
 
 /// `log`: a log event.
 #[derive(Debug, Clone, Deserialize, JsonSchema, Default)]

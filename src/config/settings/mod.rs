@@ -15,9 +15,9 @@
 //! With no config file this is the embedded default: an in-process broker on 127.0.0.1:1883,
 //! `./rules`, HTTP on 127.0.0.1:8080, state under `./.rulechain`.
 
-pub mod cluster;
-pub mod influx;
-pub mod notify;
+mod cluster;
+mod influx;
+mod notify;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -320,7 +320,7 @@ pub struct Settings {
     /// Recent values in memory.
     pub history: HistorySettings,
     /// Payload limits (`ingest:`): the same decoder as `dry-run`'s.
-    pub payload: crate::message::Limits,
+    pub payload: crate::message::PayloadLimits,
     /// Dead-letter topic.
     pub dead_letter: Option<String>,
     /// The InfluxDB writer, when `influx:` is configured.
@@ -519,8 +519,8 @@ pub fn resolve_lossy(
         ),
     };
     let ingest = config.ingest.clone().unwrap_or_default();
-    let dl = crate::message::Limits::default();
-    let payload = crate::message::Limits {
+    let dl = crate::message::PayloadLimits::default();
+    let payload = crate::message::PayloadLimits {
         max_payload_bytes: ingest.max_payload_bytes.unwrap_or(dl.max_payload_bytes),
         max_depth: ingest.max_depth.unwrap_or(dl.max_depth).max(1),
         max_clock_skew_ms: p

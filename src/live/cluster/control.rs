@@ -17,12 +17,12 @@ use super::streams::RedisStreams;
 use super::view::{Holder, Member, View};
 use super::{appender, fanout, outbox, pstore};
 use crate::config::settings::{ClusterSettings, HistorySettings, MqttConn, StateLimits};
+use crate::engine::program::RuleSet;
 use crate::engine::stats::RuleStats;
 use crate::engine::Device;
 use crate::live::shard::{self, ShardCtx, ShardMsg};
 use crate::live::shards::Shards;
 use crate::live::{ingest, RateLimit, Stats};
-use crate::rules::compile::RuleSet;
 use crate::topic::TopicPattern;
 
 /// What a partition's executor gets, besides its state.
@@ -32,7 +32,7 @@ pub struct ShardTemplate {
     /// Checkpoint interval.
     pub checkpoint: Duration,
     /// Payload limits.
-    pub limits: shard::Limits,
+    pub limits: crate::message::PayloadLimits,
     /// The whole engine's bounds (each partition takes its share).
     pub state_limits: StateLimits,
     /// Recent values, whole engine.
@@ -149,7 +149,7 @@ pub fn start(mut setup: Setup, stop: watch::Receiver<bool>) -> Result<Running, S
     let incarnation = format!(
         "{:x}",
         placement::stable_hash(&[
-            &crate::live::wall_ms().to_be_bytes(),
+            &crate::engine::clock::wall_ms().to_be_bytes(),
             &std::process::id().to_be_bytes(),
             c.instance.as_bytes(),
         ])

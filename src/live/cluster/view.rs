@@ -290,7 +290,7 @@ impl View {
             .query_async(&mut con)
             .await
             .map_err(|e| e.to_string())?;
-        let now = crate::live::wall_ms();
+        let now = crate::engine::clock::wall_ms();
         Ok(raw
             .into_iter()
             .enumerate()

@@ -102,7 +102,7 @@ fn operator(body: &[u8]) -> Result<Option<String>, ApiError> {
     }
     match v.get("by") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(crate::alarm::registry::operator_name(s)),
+        Some(Value::String(s)) => Ok(crate::alarm::operator_name(s)),
         Some(_) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "`by` is the operator's name, a string: {\"by\": \"ana\"}",
@@ -261,7 +261,7 @@ pub(super) async fn comment(
         by: c
             .by
             .as_deref()
-            .and_then(crate::alarm::registry::operator_name)
+            .and_then(crate::alarm::operator_name)
             .unwrap_or_else(|| "operator".into()),
         text: Some(text),
         severity: None,

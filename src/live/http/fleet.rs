@@ -15,7 +15,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::{Api, ApiError, FORWARDED, MAX_BODY};
+use super::{Api, ApiError, MAX_BODY};
+use crate::live::cluster::FORWARDED;
 
 /// The client for requests to the other instances.
 fn client() -> &'static reqwest::Client {

@@ -26,6 +26,7 @@ mod silences;
 mod trace;
 mod ws;
 
+use crate::live::cluster::FORWARDED;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -189,8 +190,6 @@ impl Api {
     }
 }
 
-pub use crate::live::cluster::FORWARDED;
-
 /// Whether another instance of the cluster handed this request over.
 pub(crate) fn forwarded(headers: &axum::http::HeaderMap) -> bool {
     headers.contains_key(FORWARDED)
@@ -267,7 +266,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
 
 /// The listener's limits.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct ConnLimits {
     /// Most connections at once (a WebSocket leaves this count once upgraded: the hub counts
     /// it against `websocket.max_clients`).
     pub max_connections: usize,
@@ -285,7 +284,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Api,
     mut stop: watch::Receiver<bool>,
-    limits: Limits,
+    limits: ConnLimits,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use std::sync::atomic::Ordering::Relaxed;

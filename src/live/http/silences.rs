@@ -136,10 +136,7 @@ pub(super) async fn expire(
     query: Result<Query<Who>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(who) = query?;
-    let by = who
-        .by
-        .as_deref()
-        .and_then(crate::alarm::registry::operator_name);
+    let by = who.by.as_deref().and_then(crate::alarm::operator_name);
     let now = now();
     let s = store(&api)?
         .expire(&id, by.as_deref(), now)

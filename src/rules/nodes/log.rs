@@ -2,9 +2,10 @@
 //! a `log` event.
 
 use crate::engine::effect::Event;
+use crate::engine::effect::LogLevel;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::rules::builder::Builder;
-use crate::rules::model::{LogLevel, NodeSpec};
+use crate::rules::model::NodeSpec;
 use crate::script::Template;
 
 struct Log {

@@ -151,7 +151,7 @@ enum Command {
 
 fn operator_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s: Option<String> = serde::Deserialize::deserialize(d)?;
-    Ok(s.as_deref().and_then(crate::alarm::registry::operator_name))
+    Ok(s.as_deref().and_then(crate::alarm::operator_name))
 }
 
 impl Command {

@@ -17,6 +17,7 @@
 
 mod connection;
 
+use crate::config::settings::HubSettings;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -36,8 +37,6 @@ pub const MAX_ROOMS: usize = 200_000;
 pub const MAX_ROOMS_PER_CLIENT: usize = 1_000;
 /// Longest room name.
 pub const MAX_ROOM_LEN: usize = 256;
-
-pub use crate::config::settings::HubSettings;
 
 /// The hub's counters.
 #[derive(Debug, Default)]

@@ -4,7 +4,8 @@ use std::io::Write;
 
 use std::path::PathBuf;
 
-use super::{Point, Precision};
+use crate::config::settings::Precision;
+use crate::lineproto::Point;
 
 /// Joins points into a body at the wanted precision, gzip-compressed if asked.
 pub fn encode(points: &[Point], precision: Precision, gzip: bool) -> bytes::Bytes {

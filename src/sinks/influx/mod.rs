@@ -23,6 +23,8 @@ mod service;
 mod spool;
 mod worker;
 
+use crate::config::settings::InfluxSettings;
+use crate::lineproto::Point;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -30,9 +32,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-pub use crate::config::settings::{InfluxAuth, InfluxSettings, Precision};
 use crate::counters::{Counters, Report};
-pub use crate::lineproto::Point;
 pub use encoding::encode;
 use service::Service;
 use spool::Spool;

@@ -4,7 +4,8 @@
 
 use std::pin::Pin;
 
-use super::{InfluxAuth, InfluxSettings};
+use crate::config::settings::InfluxAuth;
+use crate::config::settings::InfluxSettings;
 
 pub(super) enum Outcome {
     Written,

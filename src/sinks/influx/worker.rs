@@ -2,7 +2,7 @@
 //! a time, retries with backoff while new points wait, overflow to the spool, and the shutdown
 //! grace.
 
-use super::Point;
+use crate::lineproto::Point;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use super::encoding::Batch;
 use super::service::{Outcome, Pending, Service};
 use super::spool::Spool;
-use super::{encode, InfluxSettings, InfluxStats};
+use super::{encode, InfluxStats};
+use crate::config::settings::InfluxSettings;
 
 pub(super) struct Writer {
     pub(super) settings: InfluxSettings,

@@ -21,6 +21,7 @@ pub mod memory;
 mod service;
 mod worker;
 
+use crate::config::settings::ChannelSettings;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,6 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::alarm::registry::AlarmRegistry;
-pub use crate::config::settings::{ChannelSettings, Delivery, Policy};
 use crate::counters::{Counters, Report};
 pub use encoding::signature;
 pub use failure::Failure;

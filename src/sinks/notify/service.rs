@@ -8,8 +8,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use super::chat;
 use super::encoding::{one_line, reminder_subject, signature};
 use super::failure::Failure;
-use super::{ChannelSettings, Delivery, Notice};
+use super::Notice;
 use crate::config::check::SmtpTls;
+use crate::config::settings::ChannelSettings;
+use crate::config::settings::Delivery;
 use crate::config::settings::SlackSettings;
 
 /// How a channel delivers.

@@ -10,9 +10,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{ChannelHandle, ChannelStats, Notice, Policy, Transport};
+use super::{ChannelHandle, ChannelStats, Notice, Transport};
 use crate::alarm::registry::AlarmRegistry;
 use crate::alarm::Status;
+use crate::config::settings::Policy;
 
 /// Reminders kept per channel at most (the oldest active alarms keep theirs).
 const MAX_REMINDERS: usize = 10_000;
