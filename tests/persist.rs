@@ -165,8 +165,7 @@ fn a_reload_drops_the_state_of_removed_nodes_only() {
     let empty = Arc::new(RuleSet {
         engine: rules.engine.clone(),
         chains: Vec::new(),
-        channels: Default::default(),
-        command_topic: None,
+        config: Default::default(),
     });
     let carried = replay.executor_mut().reload(empty);
     assert_eq!(carried.timers, 0);

@@ -1,15 +1,14 @@
 //! The compiled program the executor runs: a [`RuleSet`] of chains of nodes, each node's
-//! behaviour behind [`NodeImpl`]. `rules::compile` builds it from chain files; it lives here,
+//! behaviour behind [`super::NodeImpl`]. `rules::compile` builds it from chain files; it lives here,
 //! with the executor, so the executor never depends on the compiler.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rhai::Engine;
 
-use super::NodeImpl;
+use super::node::{NodeConfig, NodeImpl};
 use crate::message::Kind;
-use crate::script::{Expr, Template};
+use crate::script::Expr;
 use crate::topic;
 
 /// Every compiled chain, and what they share.
@@ -18,21 +17,8 @@ pub struct RuleSet {
     pub engine: Arc<Engine>,
     /// The chains, in the order of their file paths.
     pub chains: Vec<Chain>,
-    /// Notification channel templates by name (from the config).
-    pub channels: HashMap<String, ChannelTemplates>,
-    /// The config's RPC command topic pattern (`site/{site}/device/{device}/command`).
-    pub command_topic: Option<String>,
-}
-
-/// Subject and body templates of a notification channel.
-#[derive(Clone, Default)]
-pub struct ChannelTemplates {
-    /// Subject.
-    pub subject: Option<Template>,
-    /// Body.
-    pub body: Option<Template>,
-    /// A webhook's body as JSON whose strings are templates.
-    pub body_json: Option<crate::script::JsonTemplate>,
+    /// What nodes read of the config.
+    pub config: NodeConfig,
 }
 
 /// A compiled chain.

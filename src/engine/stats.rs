@@ -14,6 +14,13 @@ use crate::counters::{Histogram, HistogramSnapshot};
 use super::program::RuleSet;
 use super::{Flow, Why};
 
+impl Why {
+    /// The trace word (the same as the metrics' outcome).
+    pub fn as_str(self) -> &'static str {
+        Outcome::from(self).as_str()
+    }
+}
+
 /// What a node decided for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -14,7 +14,8 @@ use super::model::{ChainFile, NodeSpec};
 use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
 use crate::engine::program::NodeKind;
-use crate::engine::program::{CNode, Chain, ChannelTemplates, OnFilter, Reads, RuleSet};
+use crate::engine::program::{CNode, Chain, OnFilter, Reads, RuleSet};
+use crate::engine::{ChannelTemplates, NodeConfig};
 use crate::message::Kind;
 use crate::script::Template;
 use crate::topic;
@@ -196,10 +197,12 @@ pub fn compile(docs: &[ChainDoc], opts: &CompileOptions, diags: &mut Diagnostics
     RuleSet {
         engine,
         chains,
-        channels,
-        command_topic: opts
-            .config
-            .and_then(|c| c.command_topic.as_ref().map(|t| t.value.clone())),
+        config: NodeConfig {
+            channels,
+            command_topic: opts
+                .config
+                .and_then(|c| c.command_topic.as_ref().map(|t| t.value.clone())),
+        },
     }
 }
 

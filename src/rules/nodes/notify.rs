@@ -69,7 +69,7 @@ impl NodeImpl for Notify {
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         for ch in &self.channels {
             let (mut subject, mut body) = default_text(cx, &p);
-            if let Some(t) = cx.rules.channels.get(ch).cloned() {
+            if let Some(t) = cx.config.channels.get(ch).cloned() {
                 if let Some(s) = &t.subject {
                     match s.render(cx.rt, &mut p.vars) {
                         Ok(s) => subject = s,

@@ -141,7 +141,7 @@ impl NodeImpl for Rpc {
                 Ok(t) => t,
                 Err(e) => return Flow::Error(e, p),
             },
-            None => match &cx.rules.command_topic {
+            None => match &cx.config.command_topic {
                 Some(pattern) => match fill_pattern(pattern, &p) {
                     Ok(t) => t,
                     Err(e) => return Flow::Error(e, p),
