@@ -151,7 +151,7 @@ fn feed_lines(
                 bad += 1;
                 let ts = replay.executor().now();
                 out.summary.dropped += 1;
-                out.line(&json!({"event": "dropped", "ts": ts.max(0), "reason": "bad-input", "line": n, "detail": e}));
+                out.line(&json!({"event": "dropped", "ts": ts.max(0), "reason": crate::engine::effect::DropReason::BadInput, "line": n, "detail": e}));
             }
         }
     });

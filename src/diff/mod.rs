@@ -16,8 +16,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::alarm::{Severity, Transition};
+use crate::engine::effect::Outcome;
 use crate::engine::effect::{Effect, EffectSink, Event};
-use crate::engine::stats::{Outcome, RuleStats};
+use crate::engine::stats::RuleStats;
 
 /// Examples kept per kind and side.
 pub const EXAMPLES: usize = 5;

@@ -129,8 +129,8 @@ pub enum Event {
     Dropped {
         /// The device.
         device: Arc<str>,
-        /// `cancelled`, `overflow`, `non-finite`, `bad-input`.
-        reason: &'static str,
+        /// Why.
+        reason: DropReason,
         /// More about it (the field, the parse error).
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
@@ -139,8 +139,8 @@ pub enum Event {
     Node {
         /// The device.
         device: Arc<str>,
-        /// `pass`, `stop`, `else`, `held`, `suppressed`, `error`.
-        result: &'static str,
+        /// What the node decided.
+        result: Outcome,
         /// The message as it entered the node, when the sink asked for it (a live trace).
         #[serde(skip_serializing_if = "Option::is_none")]
         msg: Option<Dynamic>,
@@ -284,4 +284,72 @@ pub enum LogLevel {
     Debug,
     /// Tracing.
     Trace,
+}
+
+/// What a node decided for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Passed on (or routed by a switch).
+    Pass,
+    /// A false filter went to its `else`.
+    Else,
+    /// Ended here: a false filter without `else`, a switch without a match, a `cancel_when`.
+    Stop,
+    /// Kept for later (hold, debounce, delay, an awaited reply).
+    Held,
+    /// Left out by design (throttle, deadband, cooldowns, an alarm with nothing to change).
+    Suppressed,
+    /// The node failed.
+    Error,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of [`super::stats::NodeCounts::outcomes`].
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Pass,
+        Outcome::Else,
+        Outcome::Stop,
+        Outcome::Held,
+        Outcome::Suppressed,
+        Outcome::Error,
+    ];
+
+    /// The word of `dry-run --trace` and of the metrics' `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Else => "else",
+            Outcome::Stop => "stop",
+            Outcome::Held => "held",
+            Outcome::Suppressed => "suppressed",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Why a message was dropped, where that is worth reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropReason {
+    /// A delay's `cancel_when` dropped the key's pending messages.
+    Cancelled,
+    /// A delay's `max_pending` was reached: its oldest message went.
+    Overflow,
+    /// An InfluxDB field was not a finite number.
+    NonFinite,
+    /// An input line of a replay could not be read.
+    BadInput,
+}
+
+impl DropReason {
+    /// Its word in the `dropped` event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Cancelled => "cancelled",
+            DropReason::Overflow => "overflow",
+            DropReason::NonFinite => "non-finite",
+            DropReason::BadInput => "bad-input",
+        }
+    }
 }

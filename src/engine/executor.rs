@@ -592,7 +592,7 @@ impl Executor {
             if let (Some(b), Flow::Error(_, p)) = (backup, &mut flow) {
                 *p = b;
             }
-            let outcome = stats::Outcome::of(&flow, node.else_.is_some());
+            let outcome = super::effect::Outcome::of(&flow, node.else_.is_some());
             if let Some(n) = self.bound.get(ci).and_then(|c| c.1.get(ni)) {
                 n.count(outcome);
             }
@@ -600,7 +600,7 @@ impl Executor {
                 out.emit(Effect {
                     event: Event::Node {
                         device,
-                        result: outcome.as_str(),
+                        result: outcome,
                         msg: entered,
                     },
                     ts: self.now,

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::counters::{Histogram, HistogramSnapshot};
 
+use super::effect::Outcome;
 use super::program::RuleSet;
 use super::{Flow, Why};
 
@@ -21,34 +22,7 @@ impl Why {
     }
 }
 
-/// What a node decided for one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Passed on (or routed by a switch).
-    Pass,
-    /// A false filter went to its `else`.
-    Else,
-    /// Ended here: a false filter without `else`, a switch without a match, a `cancel_when`.
-    Stop,
-    /// Kept for later (hold, debounce, delay, an awaited reply).
-    Held,
-    /// Left out by design (throttle, deadband, cooldowns, an alarm with nothing to change).
-    Suppressed,
-    /// The node failed.
-    Error,
-}
-
 impl Outcome {
-    /// Every outcome, in the order of [`NodeCounts::outcomes`].
-    pub const ALL: [Outcome; 6] = [
-        Outcome::Pass,
-        Outcome::Else,
-        Outcome::Stop,
-        Outcome::Held,
-        Outcome::Suppressed,
-        Outcome::Error,
-    ];
-
     /// The outcome of a node's flow (`has_else`: the node has an `else` target).
     pub fn of(flow: &Flow, has_else: bool) -> Outcome {
         match flow {
@@ -58,18 +32,6 @@ impl Outcome {
             Flow::Else(_) if has_else => Outcome::Else,
             Flow::Else(_) => Outcome::Stop,
             Flow::Error(..) => Outcome::Error,
-        }
-    }
-
-    /// The word of `dry-run --trace` and of the metrics' `outcome` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Pass => "pass",
-            Outcome::Else => "else",
-            Outcome::Stop => "stop",
-            Outcome::Held => "held",
-            Outcome::Suppressed => "suppressed",
-            Outcome::Error => "error",
         }
     }
 }

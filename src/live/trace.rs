@@ -48,7 +48,7 @@ pub struct Step {
     /// The node's id.
     pub node: String,
     /// `pass`, `else`, `stop`, `held`, `suppressed`, `error`.
-    pub outcome: &'static str,
+    pub outcome: crate::engine::effect::Outcome,
     /// The message as it entered the node.
     pub msg: Value,
 }
@@ -166,7 +166,7 @@ impl Tracer {
             }
             let step = Step {
                 node: e.node.to_string(),
-                outcome: result,
+                outcome: *result,
                 msg: msg_json(msg.as_ref()),
             };
             match entries.last_mut() {
@@ -223,7 +223,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn node(chain: &str, node: &str, result: &'static str) -> Effect {
+    fn node(chain: &str, node: &str, result: crate::engine::effect::Outcome) -> Effect {
         Effect {
             event: Event::Node {
                 device: "d".into(),
@@ -264,23 +264,35 @@ mod tests {
             node: Arc::from("n"),
         };
         let mut effects = vec![
-            node("a", "f", "pass"),
+            node("a", "f", crate::engine::effect::Outcome::Pass),
             other,
-            node("a", "g", "stop"),
-            node("b", "h", "pass"),
+            node("a", "g", crate::engine::effect::Outcome::Stop),
+            node("b", "h", crate::engine::effect::Outcome::Pass),
         ];
         let entries = t.record(&mut effects, 0, "d", None, 5);
         assert_eq!(effects.len(), 1, "only the error is left for the sinks");
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].steps.len(), 2);
-        assert_eq!(entries[0].steps[1].outcome, "stop");
+        assert_eq!(
+            entries[0].steps[1].outcome,
+            crate::engine::effect::Outcome::Stop
+        );
         assert_eq!(entries[1].chain, "b");
         assert_eq!(entries[0].steps[0].msg, serde_json::json!(7));
-        let mut effects = vec![node("a", "f", "pass"), node("b", "h", "pass")];
+        let mut effects = vec![
+            node("a", "f", crate::engine::effect::Outcome::Pass),
+            node("b", "h", crate::engine::effect::Outcome::Pass),
+        ];
         let only_b = t.record(&mut effects, 0, "d", Some("b"), 6);
         assert_eq!((only_b.len(), only_b[0].seq), (1, 3));
         for _ in 0..RING + 5 {
-            t.record(&mut vec![node("a", "f", "pass")], 0, "d", None, 7);
+            t.record(
+                &mut vec![node("a", "f", crate::engine::effect::Outcome::Pass)],
+                0,
+                "d",
+                None,
+                7,
+            );
         }
         assert_eq!(t.read(0).1.len(), RING, "the ring is bounded");
     }

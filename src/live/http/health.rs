@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use super::Api;
 use crate::counters::prometheus::PromReport;
 use crate::counters::{Counters, Report};
-use crate::engine::stats::{totals, ChainTotals, Outcome};
+use crate::engine::effect::Outcome;
+use crate::engine::stats::{totals, ChainTotals};
 
 pub(super) async fn livez() -> Json<Value> {
     Json(json!({"status": "ok"}))

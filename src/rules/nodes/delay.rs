@@ -62,7 +62,7 @@ impl NodeImpl for Delay {
                     for (_, d) in dropped {
                         cx.emit(Event::Dropped {
                             device: d.device.clone(),
-                            reason: "cancelled",
+                            reason: crate::engine::effect::DropReason::Cancelled,
                             detail: None,
                         });
                     }
@@ -83,7 +83,7 @@ impl NodeImpl for Delay {
         if let Some((_, d)) = over {
             cx.emit(Event::Dropped {
                 device: d.device.clone(),
-                reason: "overflow",
+                reason: crate::engine::effect::DropReason::Overflow,
                 detail: None,
             });
         }

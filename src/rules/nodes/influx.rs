@@ -102,7 +102,7 @@ impl NodeImpl for Influx {
         for f in skipped {
             cx.emit(Event::Dropped {
                 device: p.device.clone(),
-                reason: "non-finite",
+                reason: crate::engine::effect::DropReason::NonFinite,
                 detail: Some(format!("field `{f}`")),
             });
         }
