@@ -21,30 +21,6 @@ use crate::script::Template;
 use crate::topic;
 use crate::yaml::{self, from_node, Node, Pos, Sp};
 
-/// Keys that belong to one kind of node (besides the kind key), for "`for` is a filter key" errors.
-const OWNED_KEYS: &[(&str, &[NodeKind])] = &[
-    ("for", &[NodeKind::Filter]),
-    ("else", &[NodeKind::Filter]),
-    ("drop", &[NodeKind::Transform]),
-    ("cases", &[NodeKind::Switch]),
-    ("default", &[NodeKind::Switch]),
-    ("emit", &[NodeKind::Debounce]),
-    ("max_pending", &[NodeKind::Delay]),
-    ("cancel_when", &[NodeKind::Delay]),
-    (
-        "key",
-        &[
-            NodeKind::Filter,
-            NodeKind::Debounce,
-            NodeKind::Delay,
-            NodeKind::Throttle,
-            NodeKind::Deadband,
-            NodeKind::Aggregate,
-            NodeKind::Rpc,
-        ],
-    ),
-];
-
 fn owned_key_present(spec: &NodeSpec, key: &str) -> Option<Pos> {
     match key {
         "for" => spec.hold.as_ref().map(|s| s.pos),
@@ -358,10 +334,18 @@ fn compile_chain(
             continue;
         };
         let kind = kinds[i];
-        for (key, owners) in OWNED_KEYS {
+        let owned: BTreeSet<&str> = NodeKind::ALL
+            .iter()
+            .flat_map(|k| crate::rules::nodes::owns(*k).iter().copied())
+            .collect();
+        for key in owned {
             if let Some(pos) = owned_key_present(spec, key) {
-                if !kind.is_some_and(|k| owners.contains(&k)) {
-                    let names: Vec<&str> = owners.iter().map(|k| k.name()).collect();
+                if !kind.is_some_and(|k| crate::rules::nodes::owns(k).contains(&key)) {
+                    let names: Vec<&str> = NodeKind::ALL
+                        .iter()
+                        .filter(|k| crate::rules::nodes::owns(**k).contains(&key))
+                        .map(|k| k.name())
+                        .collect();
                     b.error(
                         pos,
                         format!(

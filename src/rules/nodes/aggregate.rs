@@ -63,6 +63,10 @@ fn parse_call(text: &str) -> Result<(Func, String), String> {
     Ok((f, field.to_string()))
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &["key"];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let a = spec.aggregate.as_ref()?;
     let window = b.duration(&a.window);

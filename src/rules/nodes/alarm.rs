@@ -28,6 +28,10 @@ struct AlarmNode {
     pass: Vec<Transition>,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &[];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let a = spec.alarm.as_ref()?;
     let type_ = b.template(&a.type_);

@@ -14,6 +14,10 @@ struct Deadband {
     key: KeySel,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &["key"];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let d = spec.deadband.as_ref()?;
     let key = KeySel::build(&spec.key, b);

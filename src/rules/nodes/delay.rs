@@ -22,6 +22,10 @@ struct Delay {
     key: KeySel,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &["max_pending", "cancel_when", "key"];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let hold = spec.delay.as_ref().and_then(|d| b.duration(d));
     let cancel_when = b.opt_expr(&spec.cancel_when);

@@ -16,6 +16,10 @@ struct Filter {
     key: KeySel,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &["for", "else", "key"];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let cond = spec.filter.as_ref().and_then(|f| b.expr(f));
     let hold = b.opt_duration(&spec.hold);

@@ -20,6 +20,10 @@ struct Influx {
     fields: Option<Vec<String>>,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &[];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let i = spec.influx.as_ref()?;
     let measurement = match &i.measurement {

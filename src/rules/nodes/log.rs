@@ -13,6 +13,10 @@ struct Log {
     message: Option<Template>,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &[];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let l = spec.log.as_ref()?;
     let message = b.opt_template(&l.message)?;

@@ -67,6 +67,28 @@ pub fn build(
     }
 }
 
+/// The keys of a node that belong to its kind besides the kind key (`for` and `else` to a
+/// filter, `key` to the kinds with per-key state): each kind's file says.
+pub fn owns(kind: NodeKind) -> &'static [&'static str] {
+    match kind {
+        NodeKind::Filter => filter::OWNS,
+        NodeKind::Transform => transform::OWNS,
+        NodeKind::Switch => switch::OWNS,
+        NodeKind::Debounce => debounce::OWNS,
+        NodeKind::Delay => delay::OWNS,
+        NodeKind::Throttle => throttle::OWNS,
+        NodeKind::Deadband => deadband::OWNS,
+        NodeKind::Aggregate => aggregate::OWNS,
+        NodeKind::Alarm => alarm::OWNS,
+        NodeKind::Rpc => rpc::OWNS,
+        NodeKind::Influx => influx::OWNS,
+        NodeKind::Websocket => websocket::OWNS,
+        NodeKind::Notify => notify::OWNS,
+        NodeKind::Publish => publish::OWNS,
+        NodeKind::Log => log::OWNS,
+    }
+}
+
 /// How a per-key node picks its key: `key:` or `meta.device`.
 pub(crate) struct KeySel(Option<Expr>);
 

@@ -14,6 +14,10 @@ struct Notify {
     channels: Vec<String>,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &[];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let n = spec.notify.as_ref()?;
     let mut ok = true;

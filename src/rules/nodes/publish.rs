@@ -12,6 +12,10 @@ struct Publish {
     retain: bool,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &[];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let s = spec.publish.as_ref()?;
     let topic = b.template(&s.topic);

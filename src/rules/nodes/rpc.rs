@@ -27,6 +27,10 @@ struct Rpc {
     key: KeySel,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &["key"];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let r = spec.rpc.as_ref()?;
     let mut ok = true;

@@ -12,6 +12,10 @@ struct Switch {
     default: Option<usize>,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &["cases", "default"];
+
 pub(super) fn build(
     spec: &NodeSpec,
     b: &mut Builder,

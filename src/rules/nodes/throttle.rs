@@ -12,6 +12,10 @@ struct Throttle {
     key: KeySel,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &["key"];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let every = spec.throttle.as_ref().and_then(|d| b.duration(d));
     let key = KeySel::build(&spec.key, b);

@@ -14,6 +14,10 @@ struct Transform {
     drop: Vec<String>,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &["drop"];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let mut fields = Vec::new();
     let mut ok = true;

@@ -11,6 +11,10 @@ struct Websocket {
     room: Option<Template>,
 }
 
+/// The keys of a node that belong to this kind besides its kind key (another kind's node
+/// holding one is an error).
+pub(super) const OWNS: &[&str] = &[];
+
 pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let w = spec.websocket.as_ref()?;
     Some(Box::new(Websocket {
