@@ -346,12 +346,15 @@ fn compile_chain(
                         .filter(|k| crate::rules::nodes::owns(**k).contains(&key))
                         .map(|k| k.name())
                         .collect();
+                    let kind = kind.map_or("node", NodeKind::name);
+                    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                        "an"
+                    } else {
+                        "a"
+                    };
                     b.error(
                         pos,
-                        format!(
-                            "`{key}` does not apply to a {} node",
-                            kind.map_or("node", NodeKind::name)
-                        ),
+                        format!("`{key}` does not apply to {article} {kind} node"),
                     )
                     .hint(format!("`{key}` belongs to: {}", names.join(", ")));
                 }
