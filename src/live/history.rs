@@ -81,7 +81,7 @@ impl History {
             .iter()
             .filter(|(k, _)| !matches!(k.as_str(), "ts" | "timestamp"))
             .filter_map(|(k, v)| {
-                let x = crate::rules::nodes::as_f64(v)?;
+                let x = crate::rules::nodes::common::as_f64(v)?;
                 x.is_finite().then_some((k, x))
             });
         let series = match self.devices.get_mut(device, ts) {

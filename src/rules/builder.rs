@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use rhai::Engine;
 
-use super::model::ExprSrc;
+use super::syntax::ExprSrc;
 use crate::diag::{Diagnostics, Source};
 use crate::duration;
 use crate::engine::program::Reads;

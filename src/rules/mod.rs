@@ -8,6 +8,7 @@ pub mod builder;
 pub mod compile;
 pub mod model;
 pub mod nodes;
+pub mod syntax;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -5,136 +5,24 @@
 //! A node is one flat map (`filter:` next to `for:` and `else:`), as users write it; its kind is
 //! the one kind key it holds, found by [`NodeSpec::kinds`].
 
-use crate::engine::effect::LogLevel;
 use crate::message::Kind;
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::engine::program::NodeKind;
+use crate::rules::nodes::aggregate::AggregateSpec;
+use crate::rules::nodes::alarm::AlarmSpec;
+use crate::rules::nodes::deadband::DeadbandSpec;
+use crate::rules::nodes::debounce::Emit;
+use crate::rules::nodes::influx::InfluxSpec;
+use crate::rules::nodes::log::LogSpec;
+use crate::rules::nodes::publish::PublishSpec;
+use crate::rules::nodes::rpc::RpcSpec;
+use crate::rules::nodes::websocket::WebsocketSpec;
+use crate::rules::syntax::{ExprSrc, IdList};
 use crate::yaml::{Sp, SpMap};
-
-/// A Rhai expression. In YAML a string is Rhai source (`msg.current > 10`); a YAML number or
-/// boolean is that literal. A Rhai string literal needs inner quotes: `'"ok"'`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExprSrc {
-    /// The Rhai source.
-    pub text: String,
-    /// True when the YAML value was a string (its position is inside a string scalar).
-    pub from_string: bool,
-}
-
-impl<'de> Deserialize<'de> for ExprSrc {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = ExprSrc;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a Rhai expression (a string), a number or a boolean")
-            }
-            fn visit_str<E>(self, s: &str) -> Result<ExprSrc, E> {
-                Ok(ExprSrc {
-                    text: s.to_string(),
-                    from_string: true,
-                })
-            }
-            fn visit_bool<E>(self, b: bool) -> Result<ExprSrc, E> {
-                Ok(ExprSrc {
-                    text: b.to_string(),
-                    from_string: false,
-                })
-            }
-            fn visit_i64<E>(self, i: i64) -> Result<ExprSrc, E> {
-                Ok(ExprSrc {
-                    text: i.to_string(),
-                    from_string: false,
-                })
-            }
-            fn visit_u64<E>(self, i: u64) -> Result<ExprSrc, E> {
-                Ok(ExprSrc {
-                    text: i.to_string(),
-                    from_string: false,
-                })
-            }
-            fn visit_f64<E>(self, f: f64) -> Result<ExprSrc, E> {
-                // Rhai needs a decimal point to read a float.
-                let mut t = format!("{f:?}");
-                if !t.contains(['.', 'e', 'E']) {
-                    t.push_str(".0");
-                }
-                Ok(ExprSrc {
-                    text: t,
-                    from_string: false,
-                })
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl JsonSchema for ExprSrc {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Expr".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "A Rhai expression over `msg`, `attr` and `meta` (a string), or a literal number or boolean. String literals need inner quotes: '\"ok\"'.",
-            "type": ["string", "number", "boolean"]
-        })
-    }
-}
-
-/// One id or a list of ids.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct IdList(pub Vec<Sp<String>>);
-
-impl<'de> Deserialize<'de> for IdList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Not `#[serde(untagged)]`: it buffers the value and loses positions.
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = IdList;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a name or a list of names")
-            }
-            fn visit_str<E>(self, s: &str) -> Result<IdList, E> {
-                Ok(IdList(vec![Sp::unplaced(s.to_string())]))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<IdList, A::Error> {
-                let mut v = Vec::new();
-                while let Some(s) = a.next_element::<Sp<String>>()? {
-                    v.push(s);
-                }
-                Ok(IdList(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl JsonSchema for IdList {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "IdList".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "One name, or a list of names.",
-            "anyOf": [{ "type": "string" }, { "type": "array", "items": { "type": "string" } }]
-        })
-    }
-}
-
-/// Deserializes a kind key that may be written with no value (`- influx:`) as its defaults.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
-    d: D,
-) -> Result<Option<Sp<T>>, D::Error> {
-    let v: Sp<Option<T>> = Deserialize::deserialize(d)?;
-    Ok(Some(Sp {
-        value: v.value.unwrap_or_default(),
-        pos: v.pos,
-    }))
-}
 
 /// A rule chain file (`rules/*.yaml`): one chain.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -170,17 +58,6 @@ pub struct OnSpec {
     /// A Rhai precondition; the message enters only when it is true.
     #[serde(default)]
     pub when: Option<Sp<ExprSrc>>,
-}
-
-/// `debounce` emit mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Emit {
-    /// Pass the latest message once the key has been quiet for the duration.
-    #[default]
-    Last,
-    /// Pass the first message and suppress the rest until the key has been quiet for the duration.
-    First,
 }
 
 /// One node of a chain. It holds exactly one kind key (`filter`, `transform`, `alarm`, …) and
@@ -274,11 +151,11 @@ pub struct NodeSpec {
     pub rpc: Option<Sp<RpcSpec>>,
 
     /// influx: write one point to InfluxDB.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::rules::syntax::present")]
     pub influx: Option<Sp<InfluxSpec>>,
 
     /// websocket: push the message to the WebSocket clients of a room.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::rules::syntax::present")]
     pub websocket: Option<Sp<WebsocketSpec>>,
 
     /// notify: the notification channels (names from the config) to send the message to.
@@ -290,7 +167,7 @@ pub struct NodeSpec {
     pub publish: Option<Sp<PublishSpec>>,
 
     /// log: write a log event.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::rules::syntax::present")]
     pub log: Option<Sp<LogSpec>>,
 }
 
@@ -323,143 +200,6 @@ impl NodeSpec {
             .filter_map(|k| pos(*k).map(|p| (*k, p)))
             .collect()
     }
-}
-
-/// `deadband`: change-of-value.
-#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DeadbandSpec {
-    /// The numeric field of `msg` to watch.
-    pub field: Sp<String>,
-    /// The message passes when the field moved by more than this since the last passed value.
-    pub delta: Sp<f64>,
-}
-
-/// `aggregate`: a tumbling window, aligned to the epoch.
-#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct AggregateSpec {
-    /// The window length (`1m`).
-    pub window: Sp<String>,
-    /// Per-key windows; default `meta.device`.
-    #[serde(default)]
-    pub key: Option<Sp<ExprSrc>>,
-    /// Output fields: `name: "avg(field)"` with `avg min max sum count first last`.
-    pub fields: Sp<SpMap<Sp<String>>>,
-}
-
-/// `alarm` action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AlarmAction {
-    /// Create the alarm, or update an active one (default).
-    #[default]
-    Raise,
-    /// Clear the active alarm.
-    Clear,
-}
-
-/// `alarm`: one alarm per (device, type), with ThingsBoard's lifecycle.
-#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct AlarmSpec {
-    /// The alarm type, a template (`MotorOverload`, `${msg.sensor}Fault`).
-    #[serde(rename = "type")]
-    pub type_: Sp<String>,
-    /// `raise` (default) or `clear`.
-    #[serde(default)]
-    pub action: Option<Sp<AlarmAction>>,
-    /// `CRITICAL`, `MAJOR`, `MINOR`, `WARNING` or `INDETERMINATE`, or a Rhai expression giving one.
-    #[serde(default)]
-    pub severity: Option<Sp<ExprSrc>>,
-    /// The alarm text, a template (`"${meta.device} is hot"`).
-    #[serde(default)]
-    pub message: Option<Sp<String>>,
-    /// Extra values kept with the alarm: `name: EXPR`.
-    #[serde(default)]
-    pub details: Option<Sp<SpMap<Sp<ExprSrc>>>>,
-    /// Which transitions go on to the nodes after this one. A raise passes `created` by
-    /// default, and may list `severity_changed`, and an operator's `acknowledged` and `cleared`
-    /// (by hand), which start at the node that raised the alarm; a clear passes `cleared`.
-    /// `[]` passes none. An operator's transition never runs an `rpc` or `publish` node.
-    #[serde(default)]
-    pub pass: Option<Sp<Vec<Sp<crate::alarm::Transition>>>>,
-}
-
-/// `rpc`: a command to the device.
-#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RpcSpec {
-    /// The method name.
-    pub method: Sp<String>,
-    /// Parameters: `name: EXPR`.
-    #[serde(default)]
-    pub params: Option<Sp<SpMap<Sp<ExprSrc>>>>,
-    /// The command topic, a template. Default: the source topic with its last level replaced
-    /// by `command`, or the config's command pattern.
-    #[serde(default)]
-    pub topic: Option<Sp<String>>,
-    /// MQTT QoS 0, 1 or 2 (default 1).
-    #[serde(default)]
-    pub qos: Option<Sp<u8>>,
-    /// At most one command per key per this duration.
-    #[serde(default)]
-    pub cooldown: Option<Sp<String>>,
-    /// Wait this long for the device's reply (same id on its rpc-response topic); the reply
-    /// passes downstream, a timeout goes to `on_error`.
-    #[serde(default, rename = "await")]
-    pub await_: Option<Sp<String>>,
-}
-
-/// `influx`: one point per message.
-#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct InfluxSpec {
-    /// The measurement, a template (default `telemetry`).
-    #[serde(default)]
-    pub measurement: Option<Sp<String>>,
-    /// Tag names, looked up in `meta`, then `attr`, then `msg`; a missing tag is omitted.
-    #[serde(default)]
-    pub tags: Option<Vec<Sp<String>>>,
-    /// Field names of `msg` (strings are written only when listed). Default: every numeric and
-    /// boolean field.
-    #[serde(default)]
-    pub fields: Option<Vec<Sp<String>>>,
-}
-
-/// `websocket`: push to a room.
-#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct WebsocketSpec {
-    /// The room, a template (default `device/${meta.device}`).
-    #[serde(default)]
-    pub room: Option<Sp<String>>,
-}
-
-/// `publish`: republish to MQTT.
-#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct PublishSpec {
-    /// The topic, a template.
-    pub topic: Sp<String>,
-    /// MQTT QoS 0, 1 or 2 (default 0).
-    #[serde(default)]
-    pub qos: Option<Sp<u8>>,
-    /// Publish as a retained message.
-    #[serde(default)]
-    pub retain: Option<bool>,
-}
-
-/// `log`: a log event.
-#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
-#[serde(deny_unknown_fields)]
-pub struct LogSpec {
-    /// The level (default `info`).
-    #[serde(default)]
-    pub level: Option<Sp<LogLevel>>,
-    /// The text, a template (default: the message as JSON).
-    #[serde(default)]
-    pub message: Option<Sp<String>>,
 }
 
 /// The devices file (`devices.yaml`).

@@ -6,12 +6,16 @@
 //! counts the messages that have field `f` (`count()` counts all); `first`/`last` keep values as
 //! they were. An output with no value to aggregate is left out.
 
+use crate::rules::syntax::ExprSrc;
+use crate::yaml::Sp;
+use crate::yaml::SpMap;
 use rhai::{Dynamic, Map};
+use schemars::JsonSchema;
+use serde::Deserialize;
 
-use super::{as_f64, KeySel};
+use super::common::{as_f64, KeySel};
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::yaml::Pos;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -67,13 +71,17 @@ fn parse_call(text: &str) -> Result<(Func, String), String> {
 /// holding one is an error).
 pub(super) const OWNS: &[&str] = &["key"];
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let a = spec.aggregate.as_ref()?;
+pub(super) fn build(
+    own: Option<&Sp<AggregateSpec>>,
+    key: &Option<Sp<ExprSrc>>,
+    b: &mut Builder,
+) -> Option<Box<dyn NodeImpl>> {
+    let a = own?;
     let window = b.duration(&a.window);
     if window == Some(0) {
         b.error(a.window.pos, "the window must be longer than 0");
     }
-    let key_src = a.key.clone().or_else(|| spec.key.clone());
+    let key_src = a.key.clone().or_else(|| key.clone());
     let key = KeySel::build(&key_src, b);
     let mut outs = Vec::new();
     let mut ok = true;
@@ -152,7 +160,7 @@ fn without_msg(mut p: Packet) -> Packet {
 }
 
 impl NodeImpl for Aggregate {
-    super::persisted!(State);
+    super::common::persisted!(State);
 
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let key = match self.key.key(cx, &mut p) {
@@ -258,4 +266,17 @@ impl Aggregate {
         }
         Flow::Stop(Why::Held)
     }
+}
+
+/// `aggregate`: a tumbling window, aligned to the epoch.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSpec {
+    /// The window length (`1m`).
+    pub window: Sp<String>,
+    /// Per-key windows; default `meta.device`.
+    #[serde(default)]
+    pub key: Option<Sp<ExprSrc>>,
+    /// Output fields: `name: "avg(field)"` with `avg min max sum count first last`.
+    pub fields: Sp<SpMap<Sp<String>>>,
 }

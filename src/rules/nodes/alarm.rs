@@ -4,13 +4,17 @@
 //! command after a raise is sent when the alarm is created, not again when its severity
 //! changes or an operator acknowledges it.
 
+use crate::rules::syntax::ExprSrc;
+use crate::yaml::Sp;
+use crate::yaml::SpMap;
 use rhai::{Dynamic, Map};
+use schemars::JsonSchema;
+use serde::Deserialize;
 
 use crate::alarm::{Alarm, Transition, SEVERITIES};
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
-use crate::rules::model::{AlarmAction, NodeSpec};
 use crate::script::{Expr, Template};
 
 enum Severity {
@@ -32,8 +36,8 @@ struct AlarmNode {
 /// holding one is an error).
 pub(super) const OWNS: &[&str] = &[];
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let a = spec.alarm.as_ref()?;
+pub(super) fn build(own: Option<&Sp<AlarmSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let a = own?;
     let type_ = b.template(&a.type_);
     let action = a.action.as_ref().map_or(AlarmAction::Raise, |x| x.value);
     let sev = match &a.severity {
@@ -175,4 +179,41 @@ impl NodeImpl for AlarmNode {
     fn operator(&self, _cx: &mut Cx<'_>, t: Transition, p: Packet) -> Option<Flow> {
         (self.action == AlarmAction::Raise && self.pass.contains(&t)).then_some(Flow::Pass(p))
     }
+}
+
+/// `alarm` action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmAction {
+    /// Create the alarm, or update an active one (default).
+    #[default]
+    Raise,
+    /// Clear the active alarm.
+    Clear,
+}
+/// `alarm`: one alarm per (device, type), with ThingsBoard's lifecycle.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmSpec {
+    /// The alarm type, a template (`MotorOverload`, `${msg.sensor}Fault`).
+    #[serde(rename = "type")]
+    pub type_: Sp<String>,
+    /// `raise` (default) or `clear`.
+    #[serde(default)]
+    pub action: Option<Sp<AlarmAction>>,
+    /// `CRITICAL`, `MAJOR`, `MINOR`, `WARNING` or `INDETERMINATE`, or a Rhai expression giving one.
+    #[serde(default)]
+    pub severity: Option<Sp<ExprSrc>>,
+    /// The alarm text, a template (`"${meta.device} is hot"`).
+    #[serde(default)]
+    pub message: Option<Sp<String>>,
+    /// Extra values kept with the alarm: `name: EXPR`.
+    #[serde(default)]
+    pub details: Option<Sp<SpMap<Sp<ExprSrc>>>>,
+    /// Which transitions go on to the nodes after this one. A raise passes `created` by
+    /// default, and may list `severity_changed`, and an operator's `acknowledged` and `cleared`
+    /// (by hand), which start at the node that raised the alarm; a clear passes `cleared`.
+    /// `[]` passes none. An operator's transition never runs an `rpc` or `publish` node.
+    #[serde(default)]
+    pub pass: Option<Sp<Vec<Sp<crate::alarm::Transition>>>>,
 }

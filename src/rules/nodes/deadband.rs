@@ -1,12 +1,15 @@
 //! `deadband`: change-of-value. Passes a message only when `field` moved by more than `delta`
 //! since the last value passed for the key (the first message passes).
 
+use crate::rules::syntax::ExprSrc;
+use crate::yaml::Sp;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use std::any::Any;
 
-use super::{as_f64, KeySel};
+use super::common::{as_f64, KeySel};
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 
 struct Deadband {
     field: String,
@@ -18,9 +21,13 @@ struct Deadband {
 /// holding one is an error).
 pub(super) const OWNS: &[&str] = &["key"];
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let d = spec.deadband.as_ref()?;
-    let key = KeySel::build(&spec.key, b);
+pub(super) fn build(
+    own: Option<&Sp<DeadbandSpec>>,
+    key: &Option<Sp<ExprSrc>>,
+    b: &mut Builder,
+) -> Option<Box<dyn NodeImpl>> {
+    let d = own?;
+    let key = KeySel::build(key, b);
     if !(d.delta.value >= 0.0 && d.delta.value.is_finite()) {
         b.error(d.delta.pos, "`delta` must be a finite number, 0 or more");
         return None;
@@ -38,7 +45,7 @@ struct State {
 }
 
 impl NodeImpl for Deadband {
-    super::persisted!(State);
+    super::common::persisted!(State);
 
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let Some(v) = p.field(&self.field).as_ref().and_then(as_f64) else {
@@ -67,4 +74,14 @@ impl NodeImpl for Deadband {
             .downcast_mut::<State>()
             .map_or(0, |s| s.last.sweep(now, idle, |_| false))
     }
+}
+
+/// `deadband`: change-of-value.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeadbandSpec {
+    /// The numeric field of `msg` to watch.
+    pub field: Sp<String>,
+    /// The message passes when the field moved by more than this since the last passed value.
+    pub delta: Sp<f64>,
 }

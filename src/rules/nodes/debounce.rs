@@ -1,14 +1,17 @@
 //! `debounce`: per key, `last` passes the latest message once the key has been quiet for the
 //! duration; `first` passes a message when no message for the key came in the duration before it.
 
+use crate::rules::syntax::ExprSrc;
+use crate::yaml::Sp;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::KeySel;
+use super::common::KeySel;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
-use crate::rules::model::{Emit, NodeSpec};
 
 struct Debounce {
     quiet: i64,
@@ -20,10 +23,15 @@ struct Debounce {
 /// holding one is an error).
 pub(super) const OWNS: &[&str] = &["emit", "key"];
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let quiet = spec.debounce.as_ref().and_then(|d| b.duration(d));
-    let key = KeySel::build(&spec.key, b);
-    let emit = spec.emit.as_ref().map_or(Emit::Last, |e| e.value);
+pub(super) fn build(
+    debounce: Option<&Sp<String>>,
+    emit: Option<&Sp<Emit>>,
+    key: &Option<Sp<ExprSrc>>,
+    b: &mut Builder,
+) -> Option<Box<dyn NodeImpl>> {
+    let quiet = debounce.and_then(|d| b.duration(d));
+    let key = KeySel::build(key, b);
+    let emit = emit.map_or(Emit::Last, |e| e.value);
     Some(Box::new(Debounce {
         quiet: quiet?,
         emit,
@@ -49,7 +57,7 @@ struct State {
 }
 
 impl NodeImpl for Debounce {
-    super::persisted!(State);
+    super::common::persisted!(State);
 
     /// `first`: a key quiet for longer than the duration passes its next message either way,
     /// so its entry goes once the duration has passed. `last`: a pending message is left to
@@ -130,4 +138,15 @@ impl NodeImpl for Debounce {
             }
         }
     }
+}
+
+/// `debounce` emit mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Emit {
+    /// Pass the latest message once the key has been quiet for the duration.
+    #[default]
+    Last,
+    /// Pass the first message and suppress the rest until the key has been quiet for the duration.
+    First,
 }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::KeySel;
+use super::common::KeySel;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
@@ -52,7 +52,7 @@ struct State {
 }
 
 impl NodeImpl for Delay {
-    super::persisted!(State);
+    super::common::persisted!(State);
 
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let key = match self.key.key(cx, &mut p) {

@@ -4,7 +4,7 @@
 
 use std::any::Any;
 
-use super::KeySel;
+use super::common::KeySel;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
@@ -45,7 +45,7 @@ struct State {
 }
 
 impl NodeImpl for Filter {
-    super::persisted!(State);
+    super::common::persisted!(State);
 
     /// An episode (`Passing`) idle for `idle` is forgotten: the key's next true message starts a
     /// new hold. A hold in progress is left to its timer.

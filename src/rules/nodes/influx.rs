@@ -2,14 +2,16 @@
 //! in `meta`, then `attr`, then `msg` (missing ones omitted), fields from `msg` (default every
 //! numeric and boolean field; strings only when listed), timestamp `meta.ts`.
 
+use crate::yaml::Sp;
 use rhai::{Dynamic, Map};
+use schemars::JsonSchema;
+use serde::Deserialize;
 
-use super::as_f64;
+use super::common::as_f64;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::lineproto::Line;
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::script::Template;
 
 struct Influx {
@@ -24,8 +26,8 @@ struct Influx {
 /// holding one is an error).
 pub(super) const OWNS: &[&str] = &[];
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let i = spec.influx.as_ref()?;
+pub(super) fn build(own: Option<&Sp<InfluxSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let i = own?;
     let measurement = match &i.measurement {
         Some(m) => b.template(m)?,
         None => Template::literal("telemetry"),
@@ -119,4 +121,20 @@ impl NodeImpl for Influx {
         }
         Flow::Pass(p)
     }
+}
+
+/// `influx`: one point per message.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSpec {
+    /// The measurement, a template (default `telemetry`).
+    #[serde(default)]
+    pub measurement: Option<Sp<String>>,
+    /// Tag names, looked up in `meta`, then `attr`, then `msg`; a missing tag is omitted.
+    #[serde(default)]
+    pub tags: Option<Vec<Sp<String>>>,
+    /// Field names of `msg` (strings are written only when listed). Default: every numeric and
+    /// boolean field.
+    #[serde(default)]
+    pub fields: Option<Vec<Sp<String>>>,
 }

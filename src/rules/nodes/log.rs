@@ -5,8 +5,10 @@ use crate::engine::effect::Event;
 use crate::engine::effect::LogLevel;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::script::Template;
+use crate::yaml::Sp;
+use schemars::JsonSchema;
+use serde::Deserialize;
 
 struct Log {
     level: LogLevel,
@@ -17,8 +19,8 @@ struct Log {
 /// holding one is an error).
 pub(super) const OWNS: &[&str] = &[];
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let l = spec.log.as_ref()?;
+pub(super) fn build(own: Option<&Sp<LogSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let l = own?;
     let message = b.opt_template(&l.message)?;
     Some(Box::new(Log {
         level: l.level.as_ref().map_or(LogLevel::Info, |x| x.value),
@@ -42,4 +44,16 @@ impl NodeImpl for Log {
         });
         Flow::Pass(p)
     }
+}
+
+/// `log`: a log event.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogSpec {
+    /// The level (default `info`).
+    #[serde(default)]
+    pub level: Option<Sp<LogLevel>>,
+    /// The text, a template (default: the message as JSON).
+    #[serde(default)]
+    pub message: Option<Sp<String>>,
 }

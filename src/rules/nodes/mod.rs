@@ -2,43 +2,28 @@
 //! (`build`, from the node's YAML through a [`Builder`] that reports problems with positions)
 //! and the run step (an [`NodeImpl`]). The YAML types live in [`crate::rules::model`].
 
-mod aggregate;
-mod alarm;
-mod deadband;
-mod debounce;
-mod delay;
-mod filter;
-mod influx;
-mod log;
+pub mod aggregate;
+pub mod alarm;
+pub mod common;
+pub mod deadband;
+pub mod debounce;
+pub mod delay;
+pub mod filter;
+pub mod influx;
+pub mod log;
 pub mod notify;
-mod publish;
-mod rpc;
-mod switch;
-mod throttle;
-mod transform;
-mod websocket;
-
-use std::sync::Arc;
+pub mod publish;
+pub mod rpc;
+pub mod switch;
+pub mod throttle;
+pub mod transform;
+pub mod websocket;
 
 use crate::engine::program::NodeKind;
-use crate::engine::{Cx, NodeImpl, Packet};
+use crate::engine::NodeImpl;
 use crate::rules::builder::Builder;
-use crate::rules::model::{ExprSrc, NodeSpec};
-use crate::script::Expr;
-use crate::yaml::{Pos, Sp};
-
-/// Makes a node's `State` type its persisted state (see [`NodeImpl::save`]).
-macro_rules! persisted {
-    ($t:ty) => {
-        fn save(&self, state: &(dyn std::any::Any + Send)) -> Option<serde_json::Value> {
-            crate::engine::persist::save::<$t>(state)
-        }
-        fn load(&self, state: serde_json::Value) -> Option<Box<dyn std::any::Any + Send>> {
-            crate::engine::persist::load::<$t>(state)
-        }
-    };
-}
-pub(crate) use persisted;
+use crate::rules::model::NodeSpec;
+use crate::yaml::Pos;
 
 /// Compiles the node of kind `kind`. `edge` records extra graph edges (switch targets) for the
 /// cycle and reachability checks. Returns `None` when the node has errors (already reported).
@@ -52,18 +37,20 @@ pub fn build(
         NodeKind::Filter => filter::build(spec, b),
         NodeKind::Transform => transform::build(spec, b),
         NodeKind::Switch => switch::build(spec, b, edge),
-        NodeKind::Debounce => debounce::build(spec, b),
+        NodeKind::Debounce => {
+            debounce::build(spec.debounce.as_ref(), spec.emit.as_ref(), &spec.key, b)
+        }
         NodeKind::Delay => delay::build(spec, b),
         NodeKind::Throttle => throttle::build(spec, b),
-        NodeKind::Deadband => deadband::build(spec, b),
-        NodeKind::Aggregate => aggregate::build(spec, b),
-        NodeKind::Alarm => alarm::build(spec, b),
-        NodeKind::Rpc => rpc::build(spec, b),
-        NodeKind::Influx => influx::build(spec, b),
-        NodeKind::Websocket => websocket::build(spec, b),
+        NodeKind::Deadband => deadband::build(spec.deadband.as_ref(), &spec.key, b),
+        NodeKind::Aggregate => aggregate::build(spec.aggregate.as_ref(), &spec.key, b),
+        NodeKind::Alarm => alarm::build(spec.alarm.as_ref(), b),
+        NodeKind::Rpc => rpc::build(spec.rpc.as_ref(), &spec.key, b),
+        NodeKind::Influx => influx::build(spec.influx.as_ref(), b),
+        NodeKind::Websocket => websocket::build(spec.websocket.as_ref(), b),
         NodeKind::Notify => notify::build(spec, b),
-        NodeKind::Publish => publish::build(spec, b),
-        NodeKind::Log => log::build(spec, b),
+        NodeKind::Publish => publish::build(spec.publish.as_ref(), b),
+        NodeKind::Log => log::build(spec.log.as_ref(), b),
     }
 }
 
@@ -86,33 +73,5 @@ pub fn owns(kind: NodeKind) -> &'static [&'static str] {
         NodeKind::Notify => notify::OWNS,
         NodeKind::Publish => publish::OWNS,
         NodeKind::Log => log::OWNS,
-    }
-}
-
-/// How a per-key node picks its key: `key:` or `meta.device`.
-pub(crate) struct KeySel(Option<Expr>);
-
-impl KeySel {
-    pub(crate) fn build(key: &Option<Sp<ExprSrc>>, b: &mut Builder) -> Option<KeySel> {
-        b.opt_expr(key).map(KeySel)
-    }
-
-    pub(crate) fn key(&self, cx: &mut Cx<'_>, p: &mut Packet) -> Result<Arc<str>, String> {
-        match &self.0 {
-            None => Ok(p.device.clone()),
-            Some(e) => e.eval(cx.rt, &mut p.vars).map(|v| Arc::from(v.to_string())),
-        }
-    }
-}
-
-/// A Rhai number as f64.
-pub(crate) fn as_f64(v: &rhai::Dynamic) -> Option<f64> {
-    // By kind first: a failed `as_float` looks up the type's name for its error.
-    if v.is_float() {
-        v.as_float().ok()
-    } else if v.is_int() {
-        v.as_int().ok().map(|i| i as f64)
-    } else {
-        None
     }
 }

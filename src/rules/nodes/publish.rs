@@ -3,8 +3,10 @@
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::script::Template;
+use crate::yaml::Sp;
+use schemars::JsonSchema;
+use serde::Deserialize;
 
 struct Publish {
     topic: Template,
@@ -16,8 +18,8 @@ struct Publish {
 /// holding one is an error).
 pub(super) const OWNS: &[&str] = &[];
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let s = spec.publish.as_ref()?;
+pub(super) fn build(own: Option<&Sp<PublishSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let s = own?;
     let topic = b.template(&s.topic);
     let qos = match &s.qos {
         Some(q) if q.value > 2 => {
@@ -54,4 +56,18 @@ impl NodeImpl for Publish {
         });
         Flow::Pass(p)
     }
+}
+
+/// `publish`: republish to MQTT.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSpec {
+    /// The topic, a template.
+    pub topic: Sp<String>,
+    /// MQTT QoS 0, 1 or 2 (default 0).
+    #[serde(default)]
+    pub qos: Option<Sp<u8>>,
+    /// Publish as a retained message.
+    #[serde(default)]
+    pub retain: Option<bool>,
 }

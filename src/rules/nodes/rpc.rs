@@ -3,17 +3,21 @@
 //! `await`, the message waits for the device's reply (an `rpc_response` message with the same
 //! `id`): the reply passes on; a timeout is this node's error.
 
+use crate::rules::syntax::ExprSrc;
+use crate::yaml::Sp;
+use crate::yaml::SpMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use rhai::{Dynamic, Map};
 
-use super::KeySel;
+use super::common::KeySel;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::script::{Expr, Template};
 use crate::topic::default_command_topic;
 
@@ -31,8 +35,12 @@ struct Rpc {
 /// holding one is an error).
 pub(super) const OWNS: &[&str] = &["key"];
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let r = spec.rpc.as_ref()?;
+pub(super) fn build(
+    own: Option<&Sp<RpcSpec>>,
+    key: &Option<Sp<ExprSrc>>,
+    b: &mut Builder,
+) -> Option<Box<dyn NodeImpl>> {
+    let r = own?;
     let mut ok = true;
     if r.method.trim().is_empty() {
         b.error(r.method.pos, "the rpc method is empty");
@@ -47,7 +55,7 @@ pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl
     }
     let topic = b.opt_template(&r.topic);
     let cooldown = b.opt_duration(&r.cooldown);
-    let key = KeySel::build(&spec.key, b);
+    let key = KeySel::build(key, b);
     let qos = match &r.qos {
         Some(q) if q.value > 2 => {
             b.error(q.pos, "qos is 0, 1 or 2");
@@ -101,7 +109,7 @@ fn fill_pattern(pattern: &str, p: &Packet) -> Result<String, String> {
 }
 
 impl NodeImpl for Rpc {
-    super::persisted!(State);
+    super::common::persisted!(State);
     fn acts_on_devices(&self) -> bool {
         true
     }
@@ -195,4 +203,29 @@ impl NodeImpl for Rpc {
         cx.state::<State>().awaiting.remove(id)?;
         Some(Flow::Pass(reply))
     }
+}
+
+/// `rpc`: a command to the device.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RpcSpec {
+    /// The method name.
+    pub method: Sp<String>,
+    /// Parameters: `name: EXPR`.
+    #[serde(default)]
+    pub params: Option<Sp<SpMap<Sp<ExprSrc>>>>,
+    /// The command topic, a template. Default: the source topic with its last level replaced
+    /// by `command`, or the config's command pattern.
+    #[serde(default)]
+    pub topic: Option<Sp<String>>,
+    /// MQTT QoS 0, 1 or 2 (default 1).
+    #[serde(default)]
+    pub qos: Option<Sp<u8>>,
+    /// At most one command per key per this duration.
+    #[serde(default)]
+    pub cooldown: Option<Sp<String>>,
+    /// Wait this long for the device's reply (same id on its rpc-response topic); the reply
+    /// passes downstream, a timeout goes to `on_error`.
+    #[serde(default, rename = "await")]
+    pub await_: Option<Sp<String>>,
 }

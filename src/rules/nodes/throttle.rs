@@ -2,7 +2,7 @@
 
 use std::any::Any;
 
-use super::KeySel;
+use super::common::KeySel;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
 use crate::rules::builder::Builder;
 use crate::rules::model::NodeSpec;
@@ -31,7 +31,7 @@ struct State {
 }
 
 impl NodeImpl for Throttle {
-    super::persisted!(State);
+    super::common::persisted!(State);
 
     fn run(&self, cx: &mut Cx<'_>, mut p: Packet) -> Flow {
         let key = match self.key.key(cx, &mut p) {

@@ -4,8 +4,10 @@
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::script::Template;
+use crate::yaml::Sp;
+use schemars::JsonSchema;
+use serde::Deserialize;
 
 struct Websocket {
     room: Option<Template>,
@@ -15,8 +17,8 @@ struct Websocket {
 /// holding one is an error).
 pub(super) const OWNS: &[&str] = &[];
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let w = spec.websocket.as_ref()?;
+pub(super) fn build(own: Option<&Sp<WebsocketSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let w = own?;
     Some(Box::new(Websocket {
         room: b.opt_template(&w.room)?,
     }))
@@ -44,4 +46,13 @@ impl NodeImpl for Websocket {
         });
         Flow::Pass(p)
     }
+}
+
+/// `websocket`: push to a room.
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WebsocketSpec {
+    /// The room, a template (default `device/${meta.device}`).
+    #[serde(default)]
+    pub room: Option<Sp<String>>,
 }
