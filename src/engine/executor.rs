@@ -259,14 +259,7 @@ impl Executor {
                 kind: source.as_ref().map_or(Kind::Telemetry, |s| s.kind),
                 captures: source.as_ref().map_or(&[][..], |s| &s.captures[..]),
             };
-            self.fill(
-                &mut p,
-                &head,
-                Reads {
-                    meta: true,
-                    attr: true,
-                },
-            );
+            self.fill(&mut p, &head, Reads::ALL);
             let flow = {
                 let mut cx = self.cx(&rules, ci, ni, out);
                 rules.chains[ci].nodes[ni]
@@ -429,14 +422,7 @@ impl Executor {
             }) = awaited
             {
                 let mut reply = packet.clone();
-                self.fill(
-                    &mut reply,
-                    &head,
-                    Reads {
-                        meta: true,
-                        attr: true,
-                    },
-                );
+                self.fill(&mut reply, &head, Reads::ALL);
                 let flow = {
                     let mut cx = self.cx(&rules, ci, ni, out);
                     rules.chains[ci].nodes[ni].imp.reply(

@@ -48,6 +48,14 @@ pub struct Reads {
     pub attr: bool,
 }
 
+impl Reads {
+    /// Both maps (a message the engine starts itself: an operator's action, a reply).
+    pub const ALL: Reads = Reads {
+        meta: true,
+        attr: true,
+    };
+}
+
 /// The kinds of node: the one place a kind is named. Its YAML keys and its compile step are in
 /// `rules::nodes` (one file per kind, one row in its table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
