@@ -1042,3 +1042,42 @@ fn the_example_day_diff_names_exactly_the_overloads_a_raised_threshold_removes()
         gone.len() as u64
     );
 }
+
+#[test]
+fn validate_checks_the_shadow_candidate_as_a_rule_set_of_its_own() {
+    let dir = scratch("validate-shadow");
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::create_dir_all(dir.join("next")).unwrap();
+    let chain = "chain: hot\nnodes:\n  - filter: msg.t > 50\n  - log: {}\n";
+    write(&dir.join("rules"), "hot.yaml", chain);
+    // The candidate names the same chain (no duplicate across the two sets) and has an error.
+    write(
+        &dir.join("next"),
+        "hot.yaml",
+        "chain: hot\nnodes:\n  - filter: msg.t >\n",
+    );
+    let cfg = write(
+        &dir,
+        "rulechain.yaml",
+        "rules: {dir: rules, shadow_dir: next}\n",
+    );
+    let o = rulechain(&["validate", "--config", &cfg]);
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("next/hot.yaml:3:"), "{text}");
+    assert!(!text.contains("duplicate chain name"), "{text}");
+    assert!(text.contains("2 files checked: 1 error"), "{text}");
+    // A good candidate: clean.
+    write(&dir.join("next"), "hot.yaml", &chain.replace("50", "70"));
+    let o = rulechain(&["validate", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    // A shadow directory that is not there is named as such.
+    let cfg = write(
+        &dir,
+        "rulechain.yaml",
+        "rules: {dir: rules, shadow_dir: nowhere}\n",
+    );
+    let o = rulechain(&["validate", "--config", &cfg]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("rules.shadow_dir"), "{}", stdout(&o));
+}

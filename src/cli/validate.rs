@@ -17,38 +17,24 @@ pub enum Format {
     Json,
 }
 
-/// Runs `validate`.
-pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 {
-    let mut diags = Diagnostics::new();
-    let cfg = super::load_config(config.as_deref(), &mut diags);
-    let mut paths = paths;
-    // A config that could not be read names no rules directory: falling back to `./rules`
-    // would report a directory nobody asked for.
-    let unread_config = config.is_some() && cfg.is_none();
-    if paths.is_empty() && !unread_config {
-        let (settings, _) =
-            crate::config::settings::resolve_lossy(config.as_deref(), cfg.as_ref(), None);
-        paths.push(settings.rules_dir);
-        paths.extend(settings.devices);
-    }
-    let files = rules::yaml_files(&paths, &mut diags);
+/// Reads and checks each file by its kind; gives the chain files, to compile together.
+fn check_files(files: &[PathBuf], diags: &mut Diagnostics, checked: &mut usize) -> Vec<ChainDoc> {
     let mut docs = Vec::new();
-    let mut checked = 0;
-    for f in &files {
-        checked += 1;
-        let Some((src, root)) = read_yaml(f, &mut diags) else {
+    for f in files {
+        *checked += 1;
+        let Some((src, root)) = read_yaml(f, diags) else {
             continue;
         };
         match classify(&root) {
             Some(FileKind::Chain) => docs.push(ChainDoc { src, root }),
             Some(FileKind::Test) => {
-                check_test_file(f, &mut diags);
+                check_test_file(f, diags);
             }
             Some(FileKind::Devices) => {
-                rules::load_devices(f, &mut diags);
+                rules::load_devices(f, diags);
             }
             Some(FileKind::Config) => {
-                rules::check_config(&src, &root, &mut diags);
+                rules::check_config(&src, &root, diags);
             }
             None => {
                 diags
@@ -57,14 +43,51 @@ pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 
             }
         }
     }
+    docs
+}
+
+/// Runs `validate`.
+pub fn run(config: Option<PathBuf>, paths: Vec<PathBuf>, format: Format) -> i32 {
+    let mut diags = Diagnostics::new();
+    let cfg = super::load_config(config.as_deref(), &mut diags);
+    let mut paths = paths;
+    // A config that could not be read names no rules directory: falling back to `./rules`
+    // would report a directory nobody asked for.
+    let unread_config = config.is_some() && cfg.is_none();
+    // A shadow's candidate rules (`rules.shadow_dir`) are a rule set of their own: checked,
+    // and compiled apart from the live rules (the same chain names on both sides are the point).
+    let mut shadow = None;
+    if paths.is_empty() && !unread_config {
+        let (settings, _) =
+            crate::config::settings::resolve_lossy(config.as_deref(), cfg.as_ref(), None);
+        paths.push(settings.rules_dir);
+        paths.extend(settings.devices);
+        shadow = settings.shadow_dir;
+    }
+    let mut checked = 0;
+    let files = rules::yaml_files(&paths, &mut diags);
+    let docs = check_files(&files, &mut diags, &mut checked);
+    let shadow_docs = shadow.map(|dir| {
+        if !dir.is_dir() {
+            diags.unreadable_error(
+                &dir,
+                "no such directory (the config's `rules.shadow_dir`: the candidate rules a shadow runs)",
+            );
+            return Vec::new();
+        }
+        let files = rules::yaml_files(&[dir], &mut diags);
+        check_files(&files, &mut diags, &mut checked)
+    });
     // With a broken config, channel names cannot be checked; the config's own errors are shown.
-    compile::compile(
-        &docs,
-        &CompileOptions {
-            config: cfg.as_ref(),
-        },
-        &mut diags,
-    );
+    for docs in std::iter::once(&docs).chain(shadow_docs.as_ref()) {
+        compile::compile(
+            docs,
+            &CompileOptions {
+                config: cfg.as_ref(),
+            },
+            &mut diags,
+        );
+    }
     match format {
         Format::Json => println!("{}", diags.render_json()),
         Format::Text => {
