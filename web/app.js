@@ -400,41 +400,48 @@ function alarmsPage() {
 function alarmPage(id) {
   let data = null;
   let timer = 0;
+  // Built once: what a redraw replaces is the alarm and its history, never the comment being
+  // typed (a poll every 3 s would take its focus, or its text).
+  const form = el("form", { class: "inline", id: "comment-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    const text = ev.target.elements.text.value;
+    try {
+      await api(`api/alarms/${encodeURIComponent(id)}/comments`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text, by: who() }) });
+      ev.target.reset();
+      load();
+    } catch (e) { alert(`comment: ${e.message}`); }
+  } },
+  el("label", {}, "Comment ", el("input", { name: "text", size: 50, required: true })),
+  el("button", { type: "submit" }, "Add"));
+  const top = el("div");
+  const history = el("div");
   const draw = () => {
     if (!data) return;
     const a = data.alarm || state.alarms.get(id);
-    const form = el("form", { class: "inline", id: "comment-form", onsubmit: async (ev) => {
-      ev.preventDefault();
-      const text = ev.target.elements.text.value;
-      try {
-        await api(`api/alarms/${encodeURIComponent(id)}/comments`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text, by: who() }) });
-        ev.target.reset();
-        load();
-      } catch (e) { alert(`comment: ${e.message}`); }
-    } },
-    el("label", {}, "Comment ", el("input", { name: "text", size: 50, required: true })),
-    el("button", { type: "submit" }, "Add"));
-    $("#main").replaceChildren(
-      el("h1", {}, el("a", { href: "#/alarms" }, "Alarms"), " / ", el("span", { id: "alarm-id" }, id)),
+    if (!form.isConnected) {
+      $("#main").replaceChildren(
+        el("h1", {}, el("a", { href: "#/alarms" }, "Alarms"), " / ", el("span", { id: "alarm-id" }, id)),
+        top, el("h2", {}, "History"), history, form);
+    }
+    top.replaceChildren(
       a ? el("p", {}, el("span", { class: `sev ${a.severity}` }, a.severity), " ", a.type, " on ",
         el("a", { href: `#/device/${encodeURIComponent(a.device)}` }, a.device), " · ", el("span", { class: "status" }, a.status), " · ", a.message || "") : el("p", { class: "muted" }, "no longer open"),
       el("div", { class: "actions" },
         a && a.status.endsWith("UNACK") ? el("button", { class: "ack", onclick: () => alarmAction(id, "ack").then(load) }, "Acknowledge") : null,
-        a && a.status.startsWith("ACTIVE") ? el("button", { class: "clear", onclick: () => alarmAction(id, "clear").then(load) }, "Clear") : null),
-      el("h2", {}, "History"),
+        a && a.status.startsWith("ACTIVE") ? el("button", { class: "clear", onclick: () => alarmAction(id, "clear").then(load) }, "Clear") : null));
+    history.replaceChildren(
       el("table", { id: "history" },
         el("tr", {}, ["time", "what", "who", ""].map((h) => el("th", {}, h))),
         data.history.slice().reverse().map((e) => el("tr", { "data-kind": e.kind },
           el("td", {}, new Date(e.ts).toLocaleString()),
           el("td", {}, e.kind.replace("_", " ")),
           el("td", {}, e.by),
-          el("td", {}, e.text || "")))),
-      form);
+          el("td", {}, e.text || "")))));
   };
+  const gen = pageGen;
   const load = () => api(`api/alarms/${encodeURIComponent(id)}/history`)
     .then((r) => { data = r; redraw(draw); })
-    .catch((e) => { $("#main").replaceChildren(el("h1", {}, "Alarm"), el("p", { class: "muted" }, e.message)); });
-  const gen = pageGen;
+    .catch((e) => { if (shown(gen)) $("#main").replaceChildren(el("h1", {}, "Alarm"), el("p", { class: "muted" }, e.message)); });
   const poll = () => load().finally(() => { if (shown(gen)) timer = setTimeout(poll, 3000); });
   poll();
   return { name: "alarms", draw, stop() { clearTimeout(timer); } };
@@ -465,8 +472,12 @@ function silencesPage(prefill) {
     el("label", {}, el("input", { name: "expire_on_clear", type: "checkbox" }), " end when the alarm clears")),
   el("label", {}, "Comment ", el("input", { name: "comment", size: 40, required: true })),
   el("button", { type: "submit" }, "Silence"));
+  // The form is built once and left in place: a redraw replaces the list only (re-attaching
+  // the form took the focus from a field being typed in, and the keystrokes with it).
+  const listBox = el("div");
   const draw = () => {
-    $("#main").replaceChildren(el("h1", {}, "Silences"), form, status,
+    if (!form.isConnected) $("#main").replaceChildren(el("h1", {}, "Silences"), form, status, listBox);
+    listBox.replaceChildren(
       list.length ? el("table", { id: "silences" },
         el("tr", {}, ["state", "matches", "from", "until", "by", "comment", ""].map((h) => el("th", {}, h))),
         list.map((s) => el("tr", { "data-silence": s.id, "data-state": s.state },
@@ -555,21 +566,21 @@ function shadowPage() {
         el("td", {}, a.base ? `${when(a.base.start)} → ${a.base.end ? when(a.base.end) : "open"}` : "–"),
         el("td", {}, a.candidate ? `${when(a.candidate.start)} → ${a.candidate.end ? when(a.candidate.end) : "open"}` : "–"),
         el("td", {}, (a.changes || []).join(", "), a.start_shift_ms ? ` (${a.start_shift_ms > 0 ? "+" : ""}${a.start_shift_ms / 1000} s)` : ""))))] : [];
-  let idle = "";
+  const lastBox = el("div");
   const draw = () => {
     if (!data) return;
     const s = data.shadow;
-    // Not running: redrawn only when something changed (the form keeps its focus).
-    const now = JSON.stringify(data);
-    if (!s.running && now === idle && $("#shadow-form")) return;
-    idle = s.running ? "" : now;
     const last = data.last_promotion;
     const lastLine = last ? el("p", { class: "muted", id: "last-promotion" },
       `last promoted ${when(last.at)} by ${last.by || "–"} from ${last.from} (generation ${last.generation}; ${last.written.length} files written, ${last.removed.length} removed)`) : null;
     if (!s.running) {
-      $("#main").replaceChildren(el("h1", {}, "Shadow"),
-        el("p", {}, "No shadow runs. A shadow runs candidate rules on the live messages, from the live state; their alarms, commands and notifications are counted, never sent."),
-        start, status, ...(lastLine ? [lastLine] : []));
+      // The form stays in place while the page polls (re-attaching it took the focus).
+      if (!start.isConnected) {
+        $("#main").replaceChildren(el("h1", {}, "Shadow"),
+          el("p", {}, "No shadow runs. A shadow runs candidate rules on the live messages, from the live state; their alarms, commands and notifications are counted, never sent."),
+          start, status, lastBox);
+      }
+      lastBox.replaceChildren(...(lastLine ? [lastLine] : []));
       return;
     }
     const summary = data.equal ? "no difference so far"

@@ -185,6 +185,10 @@ try {
   assert.match(ackRow, /browser-test/, `the history names who acknowledged: ${ackRow}`);
   assert.ok(await page.locator('#history tr[data-kind="created"]').count() === 1, "the creation is in the history");
   await page.fill('#comment-form input[name="text"]', "checked the <b>bearing</b>");
+  // The page polls every 3 s: a comment being typed keeps its text and its focus.
+  await sleep(3500);
+  assert.equal(await page.inputValue('#comment-form input[name="text"]'), "checked the <b>bearing</b>", "the comment survived a poll");
+  assert.ok(await page.evaluate(() => document.activeElement && document.activeElement.name === "text"), "the comment field kept the focus");
   await page.click('#comment-form button[type="submit"]');
   await page.waitForSelector('#history tr[data-kind="comment"]', { timeout: 10000 });
   const commentRow = await page.locator('#history tr[data-kind="comment"]').first().innerText();
@@ -196,10 +200,8 @@ try {
 
   // A silence made on the Silences page: listed as active, ends on time by itself.
   await page.click('nav a[data-page="silences"]');
-  // The form is filled once the page has settled (its first list loaded): a field typed in the
-  // same millisecond as the page switch once went to a form about to be replaced.
-  await page.waitForFunction(() => document.querySelector("#silence-form") && document.querySelector("#silence-status"));
-  await sleep(300);
+  // Filled at once, while the page's first list arrives: a redraw once re-attached the form and
+  // took the focus from the field being filled (its keystrokes went nowhere).
   const silenceForm = { device: "pump-2", type: "MotorOverload", duration: "4s", comment: "browser maintenance" };
   for (const [k, v] of Object.entries(silenceForm)) await page.fill(`#silence-form input[name="${k}"]`, v);
   for (const [k, v] of Object.entries(silenceForm)) {
