@@ -326,6 +326,17 @@ async fn a_shadow_is_refused_with_every_problem_kept_over_a_restart_and_started_
     })
     .expect("the shadow runs after the restart");
     assert_eq!(pairs(&v["removed"]), [("Hot".into(), "d1".into())]);
+    // A shadow started right after a stop runs (the stop, delivered to the shards on its
+    // own, never stops a newer shadow).
+    assert_eq!(json(port, "DELETE", "/api/shadow", "").0, 200);
+    let (code, v) = json(port, "POST", "/api/shadow", &good.to_string());
+    assert_eq!(code, 201, "{v}");
+    p.publish("device/d1/telemetry", r#"{"t": 54}"#).await;
+    wait_for(Duration::from_secs(10), || {
+        let v = get(port, "/api/shadow");
+        (v["messages"] == 1 && v["shadow"]["running"] == true).then_some(())
+    })
+    .expect("the new shadow runs and counts");
     // Stopped, it stays stopped over a restart.
     assert_eq!(json(port, "DELETE", "/api/shadow", "").0, 200);
     engine.stop();

@@ -20,11 +20,16 @@ use crate::message::Message;
 
 /// What a shard is told about its shadow.
 pub enum Cmd {
-    /// Start a shadow of these rules (one running is replaced); the shard answers with the
-    /// pair it counts into.
-    Start(Arc<RuleSet>, tokio::sync::oneshot::Sender<Arc<Mutex<Pair>>>),
-    /// Stop it.
-    Stop,
+    /// Start shadow number `.1` of these rules (one running is replaced); the shard answers
+    /// with the pair it counts into.
+    Start(
+        Arc<RuleSet>,
+        u64,
+        tokio::sync::oneshot::Sender<Arc<Mutex<Pair>>>,
+    ),
+    /// Stop the shadow if it is this one or an older one (a stop that arrives late never
+    /// stops a newer shadow).
+    Stop(u64),
 }
 
 /// The two sides of one shard, as the API reads them (locked once per shard turn).
@@ -71,6 +76,8 @@ pub struct Run {
     live: Vec<Effect>,
     /// Live effects of the turn it started in that came before it: not its to pair.
     skip: usize,
+    /// Which shadow it is (the engine counts them).
+    pub generation: u64,
     pair: Arc<Mutex<Pair>>,
 }
 
@@ -84,6 +91,7 @@ impl Run {
         rules: Arc<RuleSet>,
         shard: usize,
         before: usize,
+        generation: u64,
     ) -> Run {
         let (mut exec, carried) = live.fork(rules);
         let stats = Arc::new(RuleStats::default());
@@ -102,6 +110,7 @@ impl Run {
             steps: Vec::new(),
             live: Vec::new(),
             skip: before,
+            generation,
             pair: Arc::new(Mutex::new(Pair {
                 live: Tally::paired(live_stats),
                 candidate: Tally::paired(stats),

@@ -26,6 +26,9 @@ use crate::counters::{Counters, Report as CounterReport};
 use crate::diff::{compare, Report, Side};
 use crate::engine::program::RuleSet;
 
+/// How long starting a shadow waits for every shard to take it.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Who started the shadow, from where: what `shadow.json` keeps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Origin {
@@ -106,6 +109,8 @@ pub struct Shadows {
     reload: mpsc::Sender<ReloadReq>,
     /// In a cluster a shadow would see only this instance's partitions: refused.
     cluster: bool,
+    /// The number of the last shadow started (a stop names the one it stops).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// The files of a directory of chains: (path, text) of each non-test YAML file.
@@ -151,6 +156,7 @@ impl Shadows {
             shards,
             reload,
             cluster,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -262,22 +268,59 @@ impl Shadows {
 
     async fn send_start(&self, rules: &Arc<RuleSet>) -> Result<Vec<Arc<Mutex<Pair>>>, ShadowError> {
         let gone = || ShadowError::Unavailable("shutting down".into());
-        let mut answers = Vec::new();
-        for tx in self.shards.senders() {
-            let (reply, answer) = oneshot::channel();
-            tx.send(ShardMsg::Shadow(Cmd::Start(rules.clone(), reply)))
+        let busy = || {
+            ShadowError::Unavailable(format!(
+                "a shard did not take the shadow within {} s (it is behind, or holding output \
+                 while its state cannot be written); try again",
+                ANSWER_WITHIN.as_secs()
+            ))
+        };
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let started = async {
+            let mut answers = Vec::new();
+            for tx in self.shards.senders() {
+                let (reply, answer) = oneshot::channel();
+                tx.send(ShardMsg::Shadow(Cmd::Start(
+                    rules.clone(),
+                    generation,
+                    reply,
+                )))
                 .await
                 .map_err(|_| gone())?;
-            answers.push(answer);
-        }
-        let mut pairs = Vec::new();
-        for a in answers {
-            pairs.push(a.await.map_err(|_| gone())?);
-        }
+                answers.push(answer);
+            }
+            let mut pairs = Vec::new();
+            for a in answers {
+                pairs.push(a.await.map_err(|_| gone())?);
+            }
+            Ok(pairs)
+        };
+        let pairs = match tokio::time::timeout(ANSWER_WITHIN, started).await {
+            Ok(r) => r?,
+            Err(_) => {
+                // The shards that took it stop it again.
+                self.send_stop();
+                return Err(busy());
+            }
+        };
         if pairs.is_empty() {
             return Err(gone());
         }
         Ok(pairs)
+    }
+
+    /// Tells every shard to stop its shadow (the last one started, or an older one), without
+    /// waiting for room in their queues.
+    fn send_stop(&self) {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        for tx in self.shards.senders() {
+            tokio::spawn(async move {
+                let _ = tx.send(ShardMsg::Shadow(Cmd::Stop(generation))).await;
+            });
+        }
     }
 
     /// Writes uploaded chain files (name → text, names already checked) into the state
@@ -317,9 +360,7 @@ impl Shadows {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        for tx in self.shards.senders() {
-            let _ = tx.send(ShardMsg::Shadow(Cmd::Stop)).await;
-        }
+        self.send_stop();
         let _ = std::fs::remove_file(self.saved_path());
         was.is_some()
     }

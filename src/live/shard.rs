@@ -526,18 +526,27 @@ impl Shard {
                 };
                 self.dirty |= a.answer(ask);
             }
-            ShardMsg::Shadow(super::shadow::Cmd::Start(rules, reply)) => {
+            ShardMsg::Shadow(super::shadow::Cmd::Start(rules, generation, reply)) => {
                 let run = super::shadow::Run::start(
                     &self.exec,
                     self.ctx.rule_stats.clone(),
                     rules,
                     self.ctx.index,
                     self.buf.0.len(),
+                    generation,
                 );
                 let _ = reply.send(run.pair());
                 self.shadow = Some(run);
             }
-            ShardMsg::Shadow(super::shadow::Cmd::Stop) => self.shadow = None,
+            ShardMsg::Shadow(super::shadow::Cmd::Stop(generation)) => {
+                if self
+                    .shadow
+                    .as_ref()
+                    .is_some_and(|s| s.generation <= generation)
+                {
+                    self.shadow = None;
+                }
+            }
             ShardMsg::Reload(rules, generation) => {
                 let c = self.exec.reload(rules);
                 self.dirty = true;
