@@ -85,6 +85,18 @@ impl Reloader {
         }
     }
 
+    /// The chain files in force, as (path under the directory, text): what the last good load
+    /// compiled.
+    pub fn sources(&self) -> Vec<(PathBuf, Arc<str>)> {
+        self.good
+            .iter()
+            .map(|(p, (src, _))| {
+                let rel = p.strip_prefix(&self.dir).unwrap_or(p).to_path_buf();
+                (rel, src.text.clone())
+            })
+            .collect()
+    }
+
     /// Reads the directory again. Returns the new rules when anything changed and they compile,
     /// and the diagnostics either way.
     pub fn load(&mut self) -> (Option<Arc<RuleSet>>, ReloadReport) {

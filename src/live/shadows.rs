@@ -214,8 +214,9 @@ impl Shadows {
         }
         let config = self.config.clone();
         let d2 = dir.clone();
+        // The files promoted later are the texts compiled now (a file changed since is not
+        // what the shadow ran).
         let loaded = tokio::task::spawn_blocking(move || {
-            let files = chain_files(&d2);
             let mut r = super::reload::Reloader::new(&d2, config);
             let loaded = r.load();
             let problems = r
@@ -223,7 +224,7 @@ impl Shadows {
                 .lock()
                 .map(|s| s.problems.clone())
                 .unwrap_or_default();
-            (files, loaded, problems)
+            (r.sources(), loaded, problems)
         })
         .await
         .map_err(|_| ShadowError::Unavailable("the candidate could not be compiled".into()))?;
@@ -236,7 +237,6 @@ impl Shadows {
                     .collect(),
             ));
         }
-        let files = files.map_err(ShadowError::Bad)?;
         let Some(rules) = rules else {
             return Err(ShadowError::Bad(format!(
                 "{} has no chain files",

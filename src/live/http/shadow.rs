@@ -114,7 +114,7 @@ pub(super) async fn start(
     let origin = Origin {
         dir,
         started_at: crate::engine::clock::wall_ms(),
-        started_by: s.by.filter(|b| !b.is_empty()),
+        started_by: s.by.as_deref().and_then(crate::alarm::operator_name),
     };
     let n = api.shadow.start(origin.clone()).await.map_err(error)?;
     Ok((
@@ -154,7 +154,7 @@ pub(super) async fn promote(
     )?;
     let done = api
         .shadow
-        .promote(p.by.filter(|b| !b.is_empty()))
+        .promote(p.by.as_deref().and_then(crate::alarm::operator_name))
         .await
         .map_err(error)?;
     Ok(Json(serde_json::to_value(done).unwrap_or_default()))
