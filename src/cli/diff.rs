@@ -300,12 +300,14 @@ fn feed(
             bad += 1;
             return;
         };
-        match (base.message_json(line), cand.message_json(line)) {
-            (Ok(b), Ok(c)) => {
-                base.feed(b, base_out);
-                cand.feed(c, cand_out);
+        // Read once: both sides are set up alike and fed alike, so a line means the same
+        // message to each.
+        match base.message_json(line) {
+            Ok(m) => {
+                cand.feed(m.clone(), cand_out);
+                base.feed(m, base_out);
             }
-            _ => bad += 1,
+            Err(_) => bad += 1,
         }
     });
     bad

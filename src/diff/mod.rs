@@ -60,7 +60,7 @@ pub struct Tally {
     /// (alarm type, device) → episodes, in order.
     alarms: BTreeMap<(String, String), Vec<Episode>>,
     /// (kind, chain) → count.
-    counts: BTreeMap<(&'static str, String), u64>,
+    counts: BTreeMap<(&'static str, Arc<str>), u64>,
     /// kind → every effect's example key, for the first differences (bounded per kind).
     keys: BTreeMap<&'static str, Vec<Example>>,
     /// Examples come from [`pair`]: only effects the other side did not make are kept.
@@ -160,7 +160,8 @@ impl Tally {
         let Some((kind, _, _, _)) = parts(e) else {
             return;
         };
-        *self.counts.entry((kind, e.chain.to_string())).or_default() += 1;
+        // The chain's name is shared with the effect: no copy per effect.
+        *self.counts.entry((kind, e.chain.clone())).or_default() += 1;
         if !self.paired {
             let keys = self.keys.entry(kind).or_default();
             if keys.len() < KEYS_KEPT {
@@ -313,7 +314,7 @@ pub fn pair(base: &[&Effect], cand: &[&Effect], bt: &mut Tally, ct: &mut Tally) 
 pub struct Side {
     alarms: BTreeMap<(String, String), Vec<Episode>>,
     same: usize,
-    counts: BTreeMap<(&'static str, String), u64>,
+    counts: BTreeMap<(&'static str, Arc<str>), u64>,
     keys: BTreeMap<&'static str, Vec<Example>>,
     nodes: NodeCounts,
 }
@@ -524,7 +525,7 @@ pub fn compare(base: &Side, candidate: &Side, messages: u64) -> Report {
         }
     }
     let mut effects = Vec::new();
-    let kinds: BTreeSet<&(&'static str, String)> =
+    let kinds: BTreeSet<&(&'static str, Arc<str>)> =
         base.counts.keys().chain(candidate.counts.keys()).collect();
     for k in kinds {
         let (bc, cc) = (
@@ -534,7 +535,7 @@ pub fn compare(base: &Side, candidate: &Side, messages: u64) -> Report {
         if bc != cc {
             effects.push(EffectCount {
                 kind: k.0,
-                chain: k.1.clone(),
+                chain: k.1.to_string(),
                 base: bc,
                 candidate: cc,
             });
