@@ -446,8 +446,17 @@ async fn one_message_per_alarm_edited_one_incident_and_everything_escaped() {
         (svc.on(&format!("/tg/bot{TG_TOKEN}/editMessageText")).len() >= 2).then_some(())
     })
     .expect("Telegram edited on clear");
-    // One message per alarm, one thread reply per later transition.
-    let posts = svc.on("/slack/chat.postMessage");
+    // One message per alarm, one thread reply per later transition. The bot edits before it
+    // replies: wait for the clear's reply before counting.
+    let posts = wait_for(Duration::from_secs(10), || {
+        let p = svc.on("/slack/chat.postMessage");
+        let replies = p
+            .iter()
+            .filter(|c| c.body["thread_ts"] == "1700000000.000001")
+            .count();
+        (replies >= 2).then_some(p)
+    })
+    .expect("a reply for the clear");
     let top: Vec<_> = posts
         .iter()
         .filter(|c| !c.body["thread_ts"].is_string() && c.body["attachments"].is_array())
@@ -475,6 +484,12 @@ async fn one_message_per_alarm_edited_one_incident_and_everything_escaped() {
         1,
         "one Telegram message"
     );
+    // The webhook and Teams deliveries run on their own: wait for their third post (the clear)
+    // before counting, so a slow delivery is not counted as a missing one.
+    wait_for(Duration::from_secs(10), || {
+        (svc.on("/hooks/slack").len() >= 3 && svc.on("/teams").len() >= 3).then_some(())
+    })
+    .expect("the webhook and Teams get the clear");
     assert_eq!(
         svc.on("/hooks/slack").len(),
         3,
