@@ -1096,11 +1096,16 @@ async fn an_acknowledgement_reaches_every_bot_message_and_incident_though_the_ch
     })
     .expect("edited again on the clear");
     assert_eq!(last.body["attachments"][0]["color"], "#2e7d32");
-    let replies = svc
-        .on("/slack/chat.postMessage")
-        .iter()
-        .filter(|c| c.body["thread_ts"].is_string())
-        .count();
+    // The bot edits before it replies: wait for the clear's reply, then count.
+    let replies = wait_for(Duration::from_secs(10), || {
+        let n = svc
+            .on("/slack/chat.postMessage")
+            .iter()
+            .filter(|c| c.body["thread_ts"].is_string())
+            .count();
+        (n >= 2).then_some(n)
+    })
+    .expect("a reply for the clear");
     assert_eq!(replies, 2, "one reply per later transition");
     // A channel that posted nothing for an alarm hears nothing of it.
     std::thread::sleep(Duration::from_millis(300));
