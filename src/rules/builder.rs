@@ -24,6 +24,9 @@ pub struct Builder<'a> {
     pub(super) channels: Option<&'a BTreeSet<String>>,
     pub(super) failed: bool,
     pub(super) reads: Reads,
+    /// The graph edges the node being built adds besides `next`/`else`/`on_error` (a switch's
+    /// targets), for the cycle and reachability checks.
+    pub(super) edges: Vec<(usize, Pos)>,
 }
 
 impl Builder<'_> {
@@ -46,6 +49,11 @@ impl Builder<'_> {
     pub fn reads(&mut self, meta: bool, attr: bool) {
         self.reads.meta |= meta;
         self.reads.attr |= attr;
+    }
+
+    /// Records a graph edge of the node being built to node `to` (a switch's case target).
+    pub fn edge(&mut self, to: usize, pos: Pos) {
+        self.edges.push((to, pos));
     }
 
     fn saw(&mut self, src: &str) {

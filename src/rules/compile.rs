@@ -10,31 +10,17 @@ use std::sync::Arc;
 use rhai::Engine;
 
 use super::builder::Builder;
-use super::model::{ChainFile, NodeSpec};
+use super::model::ChainFile;
 use crate::config::Config;
 use crate::diag::{Diagnostics, Source};
 use crate::engine::program::NodeKind;
 use crate::engine::program::{CNode, Chain, OnFilter, Reads, RuleSet};
 use crate::engine::{ChannelTemplates, NodeConfig};
 use crate::message::Kind;
+use crate::rules::nodes::{KindSpec, NodeSpec};
 use crate::script::Template;
 use crate::topic;
-use crate::yaml::{self, from_node, Node, Pos, Sp};
-
-fn owned_key_present(spec: &NodeSpec, key: &str) -> Option<Pos> {
-    match key {
-        "for" => spec.hold.as_ref().map(|s| s.pos),
-        "else" => spec.else_.as_ref().map(|s| s.pos),
-        "drop" => spec.drop.as_ref().and_then(|d| d.first()).map(|s| s.pos),
-        "cases" => spec.cases.as_ref().map(|s| s.pos),
-        "default" => spec.default.as_ref().map(|s| s.pos),
-        "emit" => spec.emit.as_ref().map(|s| s.pos),
-        "max_pending" => spec.max_pending.as_ref().map(|s| s.pos),
-        "cancel_when" => spec.cancel_when.as_ref().map(|s| s.pos),
-        "key" => spec.key.as_ref().map(|s| s.pos),
-        _ => None,
-    }
-}
+use crate::yaml::{self, Node, Pos, Sp};
 
 /// Warns of a `publish` whose topic comes back in as a message this chain takes: the chain
 /// would run on its own output, message after message (83,000 in 5 s, seen). A template's
@@ -50,7 +36,11 @@ fn warn_self_feeding(
         .and_then(|o| o.kind.as_ref())
         .map_or(Kind::default(), |k| k.value);
     let filter = on.and_then(|o| o.topic.as_ref());
-    for p in specs.iter().flatten().filter_map(|s| s.publish.as_ref()) {
+    let publishes = specs.iter().flatten().filter_map(|s| match &s.body {
+        Some(KindSpec::Publish(p)) => p.publish.as_ref(),
+        _ => None,
+    });
+    for p in publishes {
         let sample = hole_free(&p.topic.value);
         let Some(m) = patterns.iter().find_map(|pat| pat.matches(&sample)) else {
             continue;
@@ -241,10 +231,12 @@ fn compile_chain(
     };
     let mut specs: Vec<Option<NodeSpec>> = Vec::new();
     for n in node_list {
-        match from_node::<NodeSpec>(n) {
+        match crate::rules::nodes::load(n) {
             Ok(s) => specs.push(Some(s)),
-            Err(e) => {
-                report_de(diags, src, e, n.pos);
+            Err(errors) => {
+                for e in errors {
+                    report_de(diags, src, e, n.pos);
+                }
                 specs.push(None);
             }
         }
@@ -258,29 +250,26 @@ fn compile_chain(
     let mut kinds: Vec<Option<NodeKind>> = Vec::new();
     for (i, (spec, raw)) in specs.iter().zip(node_list).enumerate() {
         let kind = match spec {
-            Some(s) => {
-                let k = s.kinds();
-                match k.as_slice() {
-                    [(one, _)] => Some(*one),
-                    [] => {
-                        let all: Vec<&str> = NodeKind::ALL.iter().map(|k| k.name()).collect();
-                        diags
-                            .error(src, raw.pos, "the node has no kind key")
-                            .hint(format!("add one of: {}", all.join(", ")));
-                        None
-                    }
-                    [(first, _), (second, pos), ..] => {
-                        diags
-                            .error(
-                                src,
-                                *pos,
-                                format!("the node has two kind keys, `{first}` and `{second}`"),
-                            )
-                            .hint("one node does one thing: split it in two nodes");
-                        Some(*first)
-                    }
+            Some(s) => match s.kinds.as_slice() {
+                [(one, _)] => Some(*one),
+                [] => {
+                    let all: Vec<&str> = NodeKind::ALL.iter().map(|k| k.name()).collect();
+                    diags
+                        .error(src, raw.pos, "the node has no kind key")
+                        .hint(format!("add one of: {}", all.join(", ")));
+                    None
                 }
-            }
+                [(first, _), (second, pos), ..] => {
+                    diags
+                        .error(
+                            src,
+                            *pos,
+                            format!("the node has two kind keys, `{first}` and `{second}`"),
+                        )
+                        .hint("one node does one thing: split it in two nodes");
+                    Some(*first)
+                }
+            },
             None => None,
         };
         kinds.push(kind);
@@ -312,6 +301,7 @@ fn compile_chain(
         channels,
         failed: false,
         reads: Reads::default(),
+        edges: Vec::new(),
     };
     let mut nodes: Vec<Option<CNode>> = Vec::new();
     let mut edges: Vec<Vec<Edge>> = Vec::new();
@@ -334,33 +324,26 @@ fn compile_chain(
             continue;
         };
         let kind = kinds[i];
-        let owned: BTreeSet<&str> = NodeKind::ALL
-            .iter()
-            .flat_map(|k| crate::rules::nodes::owns(*k).iter().copied())
-            .collect();
-        for key in owned {
-            if let Some(pos) = owned_key_present(spec, key) {
-                if !kind.is_some_and(|k| crate::rules::nodes::owns(k).contains(&key)) {
-                    let names: Vec<&str> = NodeKind::ALL
-                        .iter()
-                        .filter(|k| crate::rules::nodes::owns(**k).contains(&key))
-                        .map(|k| k.name())
-                        .collect();
-                    let kind = kind.map_or("node", NodeKind::name);
-                    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
-                        "an"
-                    } else {
-                        "a"
-                    };
-                    b.error(
-                        pos,
-                        format!("`{key}` does not apply to {article} {kind} node"),
-                    )
-                    .hint(format!("`{key}` belongs to: {}", names.join(", ")));
-                }
-            }
+        for (key, pos) in &spec.stray {
+            let names: Vec<&str> = NodeKind::ALL
+                .iter()
+                .filter(|k| crate::rules::nodes::owns(**k).contains(key))
+                .map(|k| k.name())
+                .collect();
+            let kind = kind.map_or("node", NodeKind::name);
+            let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
+            b.error(
+                *pos,
+                format!("`{key}` does not apply to {article} {kind} node"),
+            )
+            .hint(format!("`{key}` belongs to: {}", names.join(", ")));
         }
-        let next = match &spec.next {
+        let head = &spec.head;
+        let next = match &head.next {
             Some(n) => {
                 let mut v = Vec::new();
                 for id in &n.0 {
@@ -394,8 +377,12 @@ fn compile_chain(
             }
             None => Vec::new(),
         };
-        explicit_next.push(spec.next.is_some());
-        let else_ = spec.else_.as_ref().and_then(|e| {
+        explicit_next.push(head.next.is_some());
+        let else_ = match &spec.body {
+            Some(KindSpec::Filter(f)) => f.else_.as_ref(),
+            _ => None,
+        };
+        let else_ = else_.and_then(|e| {
             let t = b.target(e)?;
             out.push(Edge {
                 to: t,
@@ -404,7 +391,7 @@ fn compile_chain(
             });
             Some(t)
         });
-        let on_error = spec.on_error.as_ref().and_then(|e| {
+        let on_error = head.on_error.as_ref().and_then(|e| {
             let t = b.target(e)?;
             out.push(Edge {
                 to: t,
@@ -414,15 +401,15 @@ fn compile_chain(
             Some(t)
         });
         b.failed = false;
-        let imp = kind.and_then(|kind| {
-            crate::rules::nodes::build(kind, spec, &mut b, &mut |to, pos| {
-                out.push(Edge {
-                    to,
-                    pos,
-                    branch: true,
-                })
-            })
-        });
+        let imp = spec
+            .body
+            .as_ref()
+            .and_then(|body| crate::rules::nodes::build(body, head, &mut b));
+        out.extend(b.edges.drain(..).map(|(to, pos)| Edge {
+            to,
+            pos,
+            branch: true,
+        }));
         let ok = !b.failed;
         edges.push(out);
         nodes.push(match (imp, kind, ok) {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::common::{as_f64, KeySel};
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
 use crate::yaml::Pos;
 
@@ -67,16 +68,26 @@ fn parse_call(text: &str) -> Result<(Func, String), String> {
     Ok((f, field.to_string()))
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &["key"];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["aggregate"],
+    owns: &["key"],
+};
 
-pub(super) fn build(
-    own: Option<&Sp<AggregateSpec>>,
-    key: &Option<Sp<ExprSrc>>,
-    b: &mut Builder,
-) -> Option<Box<dyn NodeImpl>> {
-    let a = own?;
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// aggregate: a tumbling window per key, emitting one message when it closes.
+    #[serde(default)]
+    pub aggregate: Option<Sp<AggregateSpec>>,
+}
+
+pub(super) fn build(spec: &Spec, head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let a = spec.aggregate.as_ref()?;
+    let key = &head.key;
     let window = b.duration(&a.window);
     if window == Some(0) {
         b.error(a.window.pos, "the window must be longer than 0");

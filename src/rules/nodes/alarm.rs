@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::alarm::{Alarm, Transition, SEVERITIES};
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
 use crate::script::{Expr, Template};
 
@@ -32,12 +33,25 @@ struct AlarmNode {
     pass: Vec<Transition>,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &[];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["alarm"],
+    owns: &[],
+};
 
-pub(super) fn build(own: Option<&Sp<AlarmSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let a = own?;
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// alarm: raise or clear the one alarm per (device, type).
+    #[serde(default)]
+    pub alarm: Option<Sp<AlarmSpec>>,
+}
+
+pub(super) fn build(spec: &Spec, _head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let a = spec.alarm.as_ref()?;
     let type_ = b.template(&a.type_);
     let action = a.action.as_ref().map_or(AlarmAction::Raise, |x| x.value);
     let sev = match &a.severity {

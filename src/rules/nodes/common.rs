@@ -1,13 +1,51 @@
-//! What several node kinds share: how a per-key node picks its key ([`KeySel`]), reading a Rhai
-//! number, and the macro that makes a node's state persisted.
+//! What several node kinds share: the keys every node may hold ([`NodeHead`]), how a kind names
+//! its keys ([`Keys`]), how a per-key node picks its key ([`KeySel`]), reading a Rhai number,
+//! and the macro that makes a node's state persisted.
 
 use std::sync::Arc;
 
 use crate::engine::{Cx, Packet};
 use crate::rules::builder::Builder;
-use crate::rules::syntax::ExprSrc;
+use crate::rules::syntax::{ExprSrc, IdList};
 use crate::script::Expr;
 use crate::yaml::Sp;
+
+/// The keys every node may hold, whatever its kind.
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeHead {
+    /// The node's id: unique in the chain, the target of `next`/`else`/`on_error`, and the key of
+    /// its state across hot reloads. Default: `<kind>-<position>` (1-based).
+    #[serde(default)]
+    pub id: Option<Sp<String>>,
+    /// What the node is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where the output goes instead of the next node in the list: an id, a list of ids
+    /// (fan-out, in order), or `[]` to end here.
+    #[serde(default)]
+    pub next: Option<Sp<IdList>>,
+    /// Where a message goes when this node fails (a Rhai error, say), with `meta.error` set.
+    #[serde(default)]
+    pub on_error: Option<Sp<String>>,
+    /// Per-key state is kept per value of this expression. Default: `meta.device`.
+    #[serde(default)]
+    pub key: Option<Sp<ExprSrc>>,
+}
+
+impl NodeHead {
+    /// Its keys, in the order the schema and the "expected one of" hints list them.
+    pub const KEYS: &'static [&'static str] = &["id", "description", "next", "on_error", "key"];
+}
+
+/// The keys of a node that are one kind's, as its file declares them.
+pub struct Keys {
+    /// The kind keys: any of them makes a node of this kind (`transform` or `script`).
+    pub triggers: &'static [&'static str],
+    /// The keys the kind owns besides (`for` and `else` of a filter; `key` for the kinds with
+    /// per-key state): a node of another kind holding one is an error.
+    pub owns: &'static [&'static str],
+}
 
 /// Makes a node's `State` type its persisted state (see [`NodeImpl::save`]).
 macro_rules! persisted {

@@ -1,7 +1,6 @@
 //! `deadband`: change-of-value. Passes a message only when `field` moved by more than `delta`
 //! since the last value passed for the key (the first message passes).
 
-use crate::rules::syntax::ExprSrc;
 use crate::yaml::Sp;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -9,6 +8,7 @@ use std::any::Any;
 
 use super::common::{as_f64, KeySel};
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
 
 struct Deadband {
@@ -17,17 +17,26 @@ struct Deadband {
     key: KeySel,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &["key"];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["deadband"],
+    owns: &["key"],
+};
 
-pub(super) fn build(
-    own: Option<&Sp<DeadbandSpec>>,
-    key: &Option<Sp<ExprSrc>>,
-    b: &mut Builder,
-) -> Option<Box<dyn NodeImpl>> {
-    let d = own?;
-    let key = KeySel::build(key, b);
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// deadband: passes only when a field moved by more than `delta` since the last passed value.
+    #[serde(default)]
+    pub deadband: Option<Sp<DeadbandSpec>>,
+}
+
+pub(super) fn build(spec: &Spec, head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let d = spec.deadband.as_ref()?;
+    let key = KeySel::build(&head.key, b);
     if !(d.delta.value >= 0.0 && d.delta.value.is_finite()) {
         b.error(d.delta.pos, "`delta` must be a finite number, 0 or more");
         return None;

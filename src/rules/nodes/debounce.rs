@@ -1,7 +1,6 @@
 //! `debounce`: per key, `last` passes the latest message once the key has been quiet for the
 //! duration; `first` passes a message when no message for the key came in the duration before it.
 
-use crate::rules::syntax::ExprSrc;
 use crate::yaml::Sp;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -11,6 +10,7 @@ use std::sync::Arc;
 
 use super::common::KeySel;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
 
 struct Debounce {
@@ -19,19 +19,30 @@ struct Debounce {
     key: KeySel,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &["emit", "key"];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["debounce"],
+    owns: &["emit", "key"],
+};
 
-pub(super) fn build(
-    debounce: Option<&Sp<String>>,
-    emit: Option<&Sp<Emit>>,
-    key: &Option<Sp<ExprSrc>>,
-    b: &mut Builder,
-) -> Option<Box<dyn NodeImpl>> {
-    let quiet = debounce.and_then(|d| b.duration(d));
-    let key = KeySel::build(key, b);
-    let emit = emit.map_or(Emit::Last, |e| e.value);
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// debounce: the quiet time per key (`5s`).
+    #[serde(default)]
+    pub debounce: Option<Sp<String>>,
+    /// debounce: `last` (default) or `first`.
+    #[serde(default)]
+    pub emit: Option<Sp<Emit>>,
+}
+
+pub(super) fn build(spec: &Spec, head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let quiet = spec.debounce.as_ref().and_then(|d| b.duration(d));
+    let key = KeySel::build(&head.key, b);
+    let emit = spec.emit.as_ref().map_or(Emit::Last, |e| e.value);
     Some(Box::new(Debounce {
         quiet: quiet?,
         emit,

@@ -2,14 +2,16 @@
 //! which `cancel_when` is true drops the key's pending messages and is consumed; beyond
 //! `max_pending` per key the oldest pending message is dropped.
 
+use crate::yaml::Sp;
+use crate::rules::syntax::ExprSrc;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::common::KeySel;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet, Why};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::script::Expr;
 
 /// The default bound on pending messages per key.
@@ -22,14 +24,33 @@ struct Delay {
     key: KeySel,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &["max_pending", "cancel_when", "key"];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["delay"],
+    owns: &["max_pending", "cancel_when", "key"],
+};
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// delay: how long each message is held before it passes.
+    #[serde(default)]
+    pub delay: Option<Sp<String>>,
+    /// delay: at most this many pending messages per key; the oldest is dropped beyond it (default 1000).
+    #[serde(default)]
+    pub max_pending: Option<Sp<u32>>,
+    /// delay: a message for which this is true drops the key's pending messages and is consumed.
+    #[serde(default)]
+    pub cancel_when: Option<Sp<ExprSrc>>,
+}
+
+pub(super) fn build(spec: &Spec, head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let hold = spec.delay.as_ref().and_then(|d| b.duration(d));
     let cancel_when = b.opt_expr(&spec.cancel_when);
-    let key = KeySel::build(&spec.key, b);
+    let key = KeySel::build(&head.key, b);
     let max_pending = match &spec.max_pending {
         Some(m) if m.value == 0 => {
             b.error(m.pos, "`max_pending` must be at least 1");

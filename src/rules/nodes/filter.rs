@@ -2,12 +2,14 @@
 //! condition has held for the duration per key (the hold), then every true message until a false
 //! one ends the episode.
 
+use crate::yaml::Sp;
+use crate::rules::syntax::ExprSrc;
 use std::any::Any;
 
 use super::common::KeySel;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::script::Expr;
 
 struct Filter {
@@ -16,14 +18,33 @@ struct Filter {
     key: KeySel,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &["for", "else", "key"];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["filter"],
+    owns: &["for", "else", "key"],
+};
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// filter: passes the message when the expression is true.
+    #[serde(default)]
+    pub filter: Option<Sp<ExprSrc>>,
+    /// filter: the condition must stay true this long per key before anything passes (`30s`).
+    #[serde(default, rename = "for")]
+    pub hold: Option<Sp<String>>,
+    /// filter: the node id a false message goes to (default: nowhere).
+    #[serde(default, rename = "else")]
+    pub else_: Option<Sp<String>>,
+}
+
+pub(super) fn build(spec: &Spec, head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let cond = spec.filter.as_ref().and_then(|f| b.expr(f));
     let hold = b.opt_duration(&spec.hold);
-    let key = KeySel::build(&spec.key, b);
+    let key = KeySel::build(&head.key, b);
     Some(Box::new(Filter {
         cond: cond?,
         hold: hold?.filter(|h| *h > 0),

@@ -11,6 +11,7 @@ use super::common::as_f64;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
 use crate::lineproto::Line;
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
 use crate::script::Template;
 
@@ -22,12 +23,25 @@ struct Influx {
     fields: Option<Vec<String>>,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &[];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["influx"],
+    owns: &[],
+};
 
-pub(super) fn build(own: Option<&Sp<InfluxSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let i = own?;
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// influx: write one point to InfluxDB.
+    #[serde(default, deserialize_with = "crate::rules::syntax::present")]
+    pub influx: Option<Sp<InfluxSpec>>,
+}
+
+pub(super) fn build(spec: &Spec, _head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let i = spec.influx.as_ref()?;
     let measurement = match &i.measurement {
         Some(m) => b.template(m)?,
         None => Template::literal("telemetry"),

@@ -4,6 +4,7 @@
 use crate::engine::effect::Event;
 use crate::engine::effect::LogLevel;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
 use crate::script::Template;
 use crate::yaml::Sp;
@@ -15,12 +16,25 @@ struct Log {
     message: Option<Template>,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &[];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["log"],
+    owns: &[],
+};
 
-pub(super) fn build(own: Option<&Sp<LogSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let l = own?;
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// log: write a log event.
+    #[serde(default, deserialize_with = "crate::rules::syntax::present")]
+    pub log: Option<Sp<LogSpec>>,
+}
+
+pub(super) fn build(spec: &Spec, _head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let l = spec.log.as_ref()?;
     let message = b.opt_template(&l.message)?;
     Some(Box::new(Log {
         level: l.level.as_ref().map_or(LogLevel::Info, |x| x.value),

@@ -3,22 +3,37 @@
 //! `[WARNING] MotorOverload created on pump-3` with the alarm text as body, and any other
 //! message `<chain> on <device>` with the message as JSON.
 
+use crate::yaml::Sp;
+use crate::rules::syntax::IdList;
 use rhai::Map;
 
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 
 struct Notify {
     channels: Vec<String>,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &[];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["notify"],
+    owns: &[],
+};
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// notify: the notification channels (names from the config) to send the message to.
+    #[serde(default)]
+    pub notify: Option<Sp<IdList>>,
+}
+
+pub(super) fn build(spec: &Spec, _head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let n = spec.notify.as_ref()?;
     let mut ok = true;
     if n.0.is_empty() {

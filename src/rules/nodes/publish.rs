@@ -2,6 +2,7 @@
 
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
 use crate::script::Template;
 use crate::yaml::Sp;
@@ -14,12 +15,25 @@ struct Publish {
     retain: bool,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &[];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["publish"],
+    owns: &[],
+};
 
-pub(super) fn build(own: Option<&Sp<PublishSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let s = own?;
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// publish: republish the message as JSON to MQTT.
+    #[serde(default)]
+    pub publish: Option<Sp<PublishSpec>>,
+}
+
+pub(super) fn build(spec: &Spec, _head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let s = spec.publish.as_ref()?;
     let topic = b.template(&s.topic);
     let qos = match &s.qos {
         Some(q) if q.value > 2 => {

@@ -17,6 +17,7 @@ use rhai::{Dynamic, Map};
 use super::common::KeySel;
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
 use crate::script::{Expr, Template};
 use crate::topic::default_command_topic;
@@ -31,16 +32,26 @@ struct Rpc {
     key: KeySel,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &["key"];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["rpc"],
+    owns: &["key"],
+};
 
-pub(super) fn build(
-    own: Option<&Sp<RpcSpec>>,
-    key: &Option<Sp<ExprSrc>>,
-    b: &mut Builder,
-) -> Option<Box<dyn NodeImpl>> {
-    let r = own?;
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// rpc: send a command `{id, method, params}` to the device.
+    #[serde(default)]
+    pub rpc: Option<Sp<RpcSpec>>,
+}
+
+pub(super) fn build(spec: &Spec, head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let r = spec.rpc.as_ref()?;
+    let key = &head.key;
     let mut ok = true;
     if r.method.trim().is_empty() {
         b.error(r.method.pos, "the rpc method is empty");

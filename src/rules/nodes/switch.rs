@@ -1,8 +1,11 @@
 //! `switch`: routes by the value of an expression, compared as text with the `cases` keys.
 
+use crate::yaml::Sp;
+use crate::yaml::SpMap;
+use crate::rules::syntax::ExprSrc;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::script::Expr;
 use crate::yaml::Pos;
 
@@ -12,15 +15,30 @@ struct Switch {
     default: Option<usize>,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &["cases", "default"];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["switch"],
+    owns: &["cases", "default"],
+};
 
-pub(super) fn build(
-    spec: &NodeSpec,
-    b: &mut Builder,
-    edge: &mut dyn FnMut(usize, Pos),
-) -> Option<Box<dyn NodeImpl>> {
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// switch: routes by the value of this expression.
+    #[serde(default)]
+    pub switch: Option<Sp<ExprSrc>>,
+    /// switch: `value: node-id`; values are compared as text.
+    #[serde(default)]
+    pub cases: Option<Sp<SpMap<Sp<String>>>>,
+    /// switch: the node id for a value with no case (default: nowhere).
+    #[serde(default)]
+    pub default: Option<Sp<String>>,
+}
+
+pub(super) fn build(spec: &Spec, _head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let expr = spec.switch.as_ref().and_then(|e| b.expr(e));
     let mut cases = Vec::new();
     let mut ok = true;
@@ -29,7 +47,7 @@ pub(super) fn build(
             for (value, target) in &c.value.0 {
                 match b.target(target) {
                     Some(t) => {
-                        edge(t, target.pos);
+                        b.edge(t, target.pos);
                         cases.push((value.value.clone(), t));
                     }
                     None => ok = false,
@@ -47,7 +65,7 @@ pub(super) fn build(
         Some(d) => {
             let t = b.target(d);
             if let Some(t) = t {
-                edge(t, d.pos);
+                b.edge(t, d.pos);
             } else {
                 ok = false;
             }

@@ -1,24 +1,38 @@
 //! `throttle`: at most one message per key per duration (leading edge, no trailing emit).
 
+use crate::yaml::Sp;
 use std::any::Any;
 
 use super::common::KeySel;
 use crate::engine::{Cx, Flow, Keyed, NodeImpl, Packet, Why};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 
 struct Throttle {
     every: i64,
     key: KeySel,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &["key"];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["throttle"],
+    owns: &["key"],
+};
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// throttle: at most one message per key per duration (leading edge).
+    #[serde(default)]
+    pub throttle: Option<Sp<String>>,
+}
+
+pub(super) fn build(spec: &Spec, head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let every = spec.throttle.as_ref().and_then(|d| b.duration(d));
-    let key = KeySel::build(&spec.key, b);
+    let key = KeySel::build(&head.key, b);
     Some(Box::new(Throttle {
         every: every?,
         key: key?,

@@ -1,11 +1,14 @@
 //! `transform`: sets fields of `msg` (`name: EXPR`, in order, each seeing the ones before it;
 //! `()` removes the field), then runs `script:` (its map is merged the same way), then `drop:`.
 
+use crate::yaml::Sp;
+use crate::yaml::SpMap;
+use crate::rules::syntax::ExprSrc;
 use rhai::{Dynamic, Map};
 
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
-use crate::rules::model::NodeSpec;
 use crate::script::{Expr, Script};
 
 struct Transform {
@@ -14,11 +17,30 @@ struct Transform {
     drop: Vec<String>,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &["drop"];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["transform", "script"],
+    owns: &["drop"],
+};
 
-pub(super) fn build(spec: &NodeSpec, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// transform: fields to set, `name: EXPR`, evaluated in order; a `()` value removes the field.
+    #[serde(default)]
+    pub transform: Option<Sp<SpMap<Sp<ExprSrc>>>>,
+    /// transform: a Rhai script returning a map of fields to set (instead of, or after, `transform`).
+    #[serde(default)]
+    pub script: Option<Sp<String>>,
+    /// transform: fields to remove.
+    #[serde(default)]
+    pub drop: Option<Vec<Sp<String>>>,
+}
+
+pub(super) fn build(spec: &Spec, _head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
     let mut fields = Vec::new();
     let mut ok = true;
     for (name, e) in spec.transform.iter().flat_map(|t| t.value.0.iter()) {

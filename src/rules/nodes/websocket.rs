@@ -3,6 +3,7 @@
 
 use crate::engine::effect::Event;
 use crate::engine::{Cx, Flow, NodeImpl, Packet};
+use super::common::{Keys, NodeHead};
 use crate::rules::builder::Builder;
 use crate::script::Template;
 use crate::yaml::Sp;
@@ -13,12 +14,25 @@ struct Websocket {
     room: Option<Template>,
 }
 
-/// The keys of a node that belong to this kind besides its kind key (another kind's node
-/// holding one is an error).
-pub(super) const OWNS: &[&str] = &[];
+/// The keys of a node that are this kind's: the kind key(s), and the keys it owns besides
+/// (another kind's node holding one of those is an error).
+pub(super) const KEYS: Keys = Keys {
+    triggers: &["websocket"],
+    owns: &[],
+};
 
-pub(super) fn build(own: Option<&Sp<WebsocketSpec>>, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
-    let w = own?;
+/// This kind's keys in a node: its kind key and the keys it owns (`key` is read from the
+/// node's shared keys).
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// websocket: push the message to the WebSocket clients of a room.
+    #[serde(default, deserialize_with = "crate::rules::syntax::present")]
+    pub websocket: Option<Sp<WebsocketSpec>>,
+}
+
+pub(super) fn build(spec: &Spec, _head: &NodeHead, b: &mut Builder) -> Option<Box<dyn NodeImpl>> {
+    let w = spec.websocket.as_ref()?;
     Some(Box::new(Websocket {
         room: b.opt_template(&w.room)?,
     }))
