@@ -378,11 +378,7 @@ fn compile_chain(
             None => Vec::new(),
         };
         explicit_next.push(head.next.is_some());
-        let else_ = match &spec.body {
-            Some(KindSpec::Filter(f)) => f.else_.as_ref(),
-            _ => None,
-        };
-        let else_ = else_.and_then(|e| {
+        let else_ = spec.else_.as_ref().and_then(|e| {
             let t = b.target(e)?;
             out.push(Edge {
                 to: t,

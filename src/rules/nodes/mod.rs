@@ -13,7 +13,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use crate::engine::program::NodeKind;
 use crate::engine::NodeImpl;
 use crate::rules::builder::Builder;
-use crate::yaml::{did_you_mean, from_node, DeError, Node, Pos, Yaml};
+use crate::yaml::{did_you_mean, from_node, DeError, Node, Pos, Sp, Yaml};
 use common::{Keys, NodeHead};
 
 pub mod common;
@@ -96,6 +96,9 @@ pub struct NodeSpec {
     pub body: Option<KindSpec>,
     /// Keys it holds that another kind owns (`for` on an alarm), with their value's position.
     pub stray: Vec<(&'static str, Pos)>,
+    /// Where a message the node routes aside goes (`else:` of the kinds that own it: a false
+    /// filter, a normal value of `anomaly`).
+    pub else_: Option<Sp<String>>,
 }
 
 impl NodeSpec {
@@ -189,6 +192,10 @@ pub fn load(node: &Node) -> Result<NodeSpec, Vec<DeError>> {
         value: Yaml::Map(entries),
         pos: node.pos,
     };
+    let else_ = body
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("else"))
+        .and_then(|(_, v)| from_node::<Sp<String>>(v).map_err(|e| errors.push(e)).ok());
     let head = from_node::<NodeHead>(&map(head))
         .map_err(|e| errors.push(e))
         .ok();
@@ -196,12 +203,20 @@ pub fn load(node: &Node) -> Result<NodeSpec, Vec<DeError>> {
         Some(kind) => read(kind, &map(body)).map_err(|e| errors.push(e)).ok(),
         None => None,
     };
+    // `else` is read twice (for the graph, and by its kind's Spec): one error each is enough.
+    let mut seen = Vec::new();
+    errors.retain(|e| {
+        let new = !seen.contains(e);
+        seen.push(e.clone());
+        new
+    });
     match head {
         Some(head) if errors.is_empty() => Ok(NodeSpec {
             head,
             kinds,
             body,
             stray,
+            else_,
         }),
         _ => Err(errors),
     }
