@@ -76,6 +76,8 @@ pub enum NodeKind {
     Deadband,
     /// `aggregate`: a window's summary.
     Aggregate,
+    /// `anomaly`: passes a value far from its learned baseline.
+    Anomaly,
     /// `alarm`: raises or clears an alarm.
     Alarm,
     /// `rpc`: a command to the device.
@@ -94,7 +96,7 @@ pub enum NodeKind {
 
 impl NodeKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [NodeKind; 15] = [
+    pub const ALL: [NodeKind; 16] = [
         NodeKind::Filter,
         NodeKind::Transform,
         NodeKind::Switch,
@@ -103,6 +105,7 @@ impl NodeKind {
         NodeKind::Throttle,
         NodeKind::Deadband,
         NodeKind::Aggregate,
+        NodeKind::Anomaly,
         NodeKind::Alarm,
         NodeKind::Rpc,
         NodeKind::Influx,
@@ -123,6 +126,7 @@ impl NodeKind {
             NodeKind::Throttle => "throttle",
             NodeKind::Deadband => "deadband",
             NodeKind::Aggregate => "aggregate",
+            NodeKind::Anomaly => "anomaly",
             NodeKind::Alarm => "alarm",
             NodeKind::Rpc => "rpc",
             NodeKind::Influx => "influx",

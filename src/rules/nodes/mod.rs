@@ -69,6 +69,7 @@ kinds! {
     Throttle => throttle,
     Deadband => deadband,
     Aggregate => aggregate,
+    Anomaly => anomaly,
     Alarm => alarm,
     Rpc => rpc,
     Influx => influx,
