@@ -143,7 +143,8 @@ fn dry_run_prints_the_contract_at_the_right_virtual_times() {
     assert_eq!(summary["alarms"], 2);
     assert_eq!(summary["rpcs"], 1);
     assert_eq!(summary["notifications"], 3);
-    assert_eq!(summary["influx_points"], 15);
+    // One per message (store-telemetry), and the pump's run when the recording ends (pump-runs).
+    assert_eq!(summary["influx_points"], 16);
     assert_eq!(summary["websocket"], 15);
     assert_eq!(summary["errors"], 0);
 }
@@ -189,7 +190,8 @@ fn dry_run_reads_stdin_reports_bad_lines_and_goes_on() {
     );
     let summary = events.last().unwrap();
     assert_eq!(summary["messages"], 2);
-    assert_eq!(summary["influx_points"], 2);
+    // One per message, and the run they make (pump-runs).
+    assert_eq!(summary["influx_points"], 3);
     assert!(String::from_utf8_lossy(&o.stderr).contains("3 input lines could not be read"));
 }
 

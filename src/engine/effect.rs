@@ -340,6 +340,8 @@ pub enum DropReason {
     NonFinite,
     /// An input line of a replay could not be read.
     BadInput,
+    /// A message came after every window it belongs to had closed (`allowed_lateness`).
+    Late,
 }
 
 impl DropReason {
@@ -350,6 +352,7 @@ impl DropReason {
             DropReason::Overflow => "overflow",
             DropReason::NonFinite => "non-finite",
             DropReason::BadInput => "bad-input",
+            DropReason::Late => "late",
         }
     }
 }
