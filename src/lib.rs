@@ -23,6 +23,7 @@ pub mod replay;
 pub mod retry;
 pub mod rules;
 pub mod script;
+pub mod signature;
 pub mod sinks;
 pub mod topic;
 pub mod yaml;

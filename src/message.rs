@@ -100,6 +100,9 @@ pub enum Reject {
     NotJson,
     /// JSON, but not an object.
     NotObject,
+    /// A signed message (`ingest.signature`) whose signature is missing or wrong, whose time is
+    /// too far from the clock, or that came before (a replay).
+    BadSignature,
 }
 
 impl Reject {
@@ -111,6 +114,7 @@ impl Reject {
             Reject::TooDeep => "too_deep",
             Reject::NotJson => "not_json",
             Reject::NotObject => "not_object",
+            Reject::BadSignature => "bad_signature",
         }
     }
 }

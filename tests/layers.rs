@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 fn floor(module: &str) -> Option<u8> {
     Some(match module {
         "diag" | "env" | "topic" | "lineproto" | "message" | "yaml" | "duration" | "durable"
-        | "retry" | "counters" => 0,
+        | "retry" | "counters" | "signature" => 0,
         "config" | "alarm" => 1,
         "script" | "rules" | "engine" | "diff" => 2,
         "replay" | "live" | "sinks" | "clients" => 3,

@@ -73,7 +73,7 @@ pub fn run(a: Args) -> i32 {
     let mut diags = Diagnostics::new();
     let cfg = super::load_config(a.config.as_deref(), &mut diags);
     // The engine's part of the config, typed (its problems are in `diags` already).
-    let (settings, _) =
+    let (mut settings, _) =
         crate::config::settings::resolve_lossy(a.config.as_deref(), cfg.as_ref(), a.rules.clone());
     let rules_dir = settings.rules_dir.clone();
     let devices_path = a.devices.clone().or_else(|| settings.devices.clone());
@@ -83,10 +83,12 @@ pub fn run(a: Args) -> i32 {
     };
     let files = rules::yaml_files(std::slice::from_ref(&rules_dir), &mut diags);
     let ruleset = rules::load_chains(&files, cfg.as_ref(), &mut diags);
-    let devices = match &devices_path {
+    let mut devices = match &devices_path {
         Some(p) => rules::load_devices(p, &mut diags).unwrap_or_default(),
         None => Default::default(),
     };
+    // Signing keys leave the attributes, as in `run`.
+    rules::take_signing_keys(&mut settings, &mut devices);
     if !diags.is_empty() {
         eprint!("{}", diags.render_text());
     }
@@ -116,7 +118,11 @@ pub fn run(a: Args) -> i32 {
     );
     replay.executor_mut().set_limits(settings.state_limits);
     replay.set_payload_limits(settings.payload);
-    let bad = feed_lines(input, &mut replay, &mut out);
+    let verifier = settings
+        .signature
+        .clone()
+        .map(crate::signature::Verifier::new);
+    let bad = feed_lines(input, &mut replay, &mut out, verifier);
     replay.drain(drain, &mut out);
     out.summary.messages = replay.messages;
     let s = &out.summary;
@@ -142,10 +148,17 @@ fn feed_lines(
     input: Box<dyn BufRead>,
     replay: &mut Replay,
     out: &mut JsonLines<impl Write>,
+    mut verifier: Option<crate::signature::Verifier>,
 ) -> u64 {
     let mut bad = 0;
     bad += super::each_line(input, |n, line| {
-        match line.and_then(|l| replay.message_json(l)) {
+        let m = line.and_then(|l| replay.message_json(l)).and_then(|mut m| {
+            if let Some(v) = verifier.as_mut() {
+                check_signature(v, &mut m, replay.executor().now())?;
+            }
+            Ok(m)
+        });
+        match m {
             Ok(m) => replay.feed(m, out),
             Err(e) => {
                 bad += 1;
@@ -156,4 +169,31 @@ fn feed_lines(
         }
     });
     bad
+}
+
+/// Checks a signed message as `run` does (`ingest.signature`), at the later of the replay's
+/// clock and the message's time (the clock it will be processed at); the signature field is
+/// taken out of a message that passes. A status message is not signed (see `run`).
+fn check_signature(
+    v: &mut crate::signature::Verifier,
+    m: &mut crate::message::Message,
+    clock: i64,
+) -> Result<(), String> {
+    if m.kind == crate::message::Kind::Status {
+        return Ok(());
+    }
+    let json = serde_json::to_value(rhai::Dynamic::from_map(m.payload.clone()))
+        .map_err(|e| e.to_string())?;
+    let serde_json::Value::Object(map) = json else {
+        return Err("the payload is rejected (bad_signature), as `run` would reject it".into());
+    };
+    v.check_map(&m.device, &map, clock.max(m.ts))
+        .map_err(|why| {
+            format!(
+                "the payload is rejected (bad_signature: {}), as `run` would reject it",
+                why.as_str()
+            )
+        })?;
+    m.payload.remove(v.settings().field.as_str());
+    Ok(())
 }

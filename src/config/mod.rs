@@ -280,6 +280,35 @@ pub struct IngestSpec {
     /// A topic to republish rejected messages to, as `{topic, reason, payload}` JSON.
     #[serde(default)]
     pub dead_letter: Option<String>,
+    /// Signed messages: every payload carries an HMAC-SHA256 of itself, checked before anything
+    /// else; a missing or bad signature, a stale time or a replay is rejected as
+    /// `bad_signature`.
+    #[serde(default)]
+    pub signature: Option<SignatureSpec>,
+}
+
+/// `ingest.signature`: how devices sign their payloads (docs/live.md, "Signed messages").
+#[derive(Debug, Clone, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureSpec {
+    /// The payload field holding the signature: lowercase hex HMAC-SHA256 of the payload
+    /// without it, as RFC 8785 canonical JSON (default `sig`).
+    #[serde(default)]
+    pub field: Option<Sp<String>>,
+    /// Each device's key is this attribute of it in the devices file (`signing_key`). The
+    /// attribute is taken out: rules, the API, the dashboard and traces never see it.
+    #[serde(default)]
+    pub key_attribute: Option<Sp<String>>,
+    /// One key for every device instead: use `${ENV_VAR}`.
+    #[serde(default)]
+    pub key: Option<Sp<String>>,
+    /// How far the payload's `ts` (ms) may be from the engine's clock (default `30s`); a
+    /// signature is taken once within it (the replay guard).
+    #[serde(default)]
+    pub max_skew: Option<Sp<String>>,
+    /// Sign RPC commands the same way (with `ts`), for devices to verify (default false).
+    #[serde(default)]
+    pub commands: Option<bool>,
 }
 
 /// The HTTP server.

@@ -51,6 +51,8 @@ pub struct Outbox {
     pub fanout: Option<mpsc::Sender<Vec<Frame>>>,
     /// Frames gathered in this turn of the shard loop.
     pub fanout_pending: Vec<Frame>,
+    /// RPC commands are signed for devices to verify (`ingest.signature.commands`).
+    pub command_signing: Option<Arc<crate::signature::SignatureSettings>>,
 }
 
 /// A WebSocket frame (or an alarm transition) on its way to every instance of a cluster.
@@ -139,7 +141,22 @@ impl Outbox {
             } => {
                 s.rpc_sent.fetch_add(1, Relaxed);
                 tracing::info!(chain = %e.chain, node = %e.node, %device, %topic, %id, %method, "rpc command");
-                let payload = json!({"id": id, "method": method, "params": params});
+                let mut payload = json!({"id": id, "method": method, "params": params});
+                if let (Some(sig), Some(m)) = (&self.command_signing, payload.as_object_mut()) {
+                    // Signed as devices sign: the time in `ts`, the signature in its field.
+                    m.insert("ts".into(), e.ts.into());
+                    match sig.keys.key(&device) {
+                        Some(key) => {
+                            let s = crate::signature::sign(key, m, &sig.field);
+                            m.insert(sig.field.clone(), s.into());
+                        }
+                        None => {
+                            if self.limit.allow() {
+                                tracing::warn!(%device, "no signing key for the device: its command goes unsigned");
+                            }
+                        }
+                    }
+                }
                 self.publish(topic, payload.to_string().into_bytes(), qos, false);
             }
             Event::Publish {

@@ -167,6 +167,22 @@ pub(super) fn start(settings: Settings, opts: RunOptions) -> Result<(), Fatal> {
         }
         None => Default::default(),
     };
+    let mut devices = devices;
+    let mut settings = settings;
+    if let Some(attr) = settings.signature_key_attribute.clone() {
+        let n = crate::rules::take_signing_keys(&mut settings, &mut devices);
+        tracing::info!(
+            attribute = %attr,
+            devices = n,
+            "signed messages: each device's key taken from the devices file"
+        );
+        if n == 0 {
+            tracing::warn!(
+                attribute = %attr,
+                "no device has a signing key: every signed message will be refused"
+            );
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(io_threads(shards))
         .enable_all()

@@ -186,6 +186,11 @@ pub(super) async fn serve(
         limit: limit.clone(),
         fanout: None,
         fanout_pending: Vec::new(),
+        command_signing: settings
+            .signature
+            .clone()
+            .filter(|s| s.commands)
+            .map(Arc::new),
     };
     let (rules_tx, rules_rx) = watch::channel(rules.clone());
     let notices_done = watch::Sender::new(false);
@@ -211,6 +216,7 @@ pub(super) async fn serve(
                         tracer: tracer.clone(),
                         rule_stats: rule_stats.clone(),
                         queue: settings.queue,
+                        signature: settings.signature.clone(),
                     },
                     rules: rules_rx,
                     devices,
@@ -583,6 +589,7 @@ fn start_shards(
             history: (settings.history, state_shards),
             offline_after: settings.offline_after,
             tracer: tracer.clone(),
+            signature: settings.signature.clone(),
         };
         // A shard gets the registry's devices it owns: no other shard ever sees their messages
         // (and the API lists each device once).

@@ -118,6 +118,8 @@ pub struct ShardCtx {
     pub offline_after: i64,
     /// The live trace.
     pub tracer: Arc<super::trace::Tracer>,
+    /// Signed messages (`ingest.signature`).
+    pub signature: Option<crate::signature::SignatureSettings>,
 }
 
 /// The monotonic clock the executor times chains with (ns since the first call).
@@ -403,6 +405,8 @@ struct Shard {
     next_checkpoint: tokio::time::Instant,
     /// A candidate rule set run on the same messages, its effects counted, never sent.
     shadow: Option<super::shadow::Run>,
+    /// Checks signed messages, with the replay memory of this shard's devices.
+    verifier: Option<crate::signature::Verifier>,
 }
 
 impl Shard {
@@ -413,7 +417,6 @@ impl Shard {
             next_checkpoint: tokio::time::Instant::now() + ctx.checkpoint,
             exec,
             history,
-            ctx,
             buf: Buffer(Vec::new(), false),
             done: Vec::new(),
             dirty: false,
@@ -423,6 +426,8 @@ impl Shard {
             position: None,
             notices: Vec::new(),
             shadow: None,
+            verifier: ctx.signature.clone().map(crate::signature::Verifier::new),
+            ctx,
         }
     }
 
@@ -492,6 +497,7 @@ impl Shard {
                     &mut self.buf,
                     &mut self.done,
                     self.shadow.as_mut(),
+                    self.verifier.as_mut(),
                 );
                 self.dirty = true;
             }
@@ -653,10 +659,20 @@ impl Shard {
                 }
             }
             self.next_checkpoint = now + self.ctx.checkpoint;
-            self.history.sweep(wall_ms());
+            self.sweep();
         } else if now >= self.next_checkpoint {
             self.next_checkpoint = now + self.ctx.checkpoint;
-            self.history.sweep(wall_ms());
+            self.sweep();
+        }
+    }
+
+    /// Forgets what only mattered for a while: recent values past their window, signatures
+    /// past the replay window.
+    fn sweep(&mut self) {
+        let now = wall_ms();
+        self.history.sweep(now);
+        if let Some(v) = &mut self.verifier {
+            v.sweep(now);
         }
     }
 
@@ -787,6 +803,8 @@ fn release(held: &mut Held, done: &mut Vec<u64>, ctx: &mut ShardCtx) {
     held.failures = 0;
 }
 
+// The shard's parts a message touches, each borrowed apart (the shard owns them all).
+#[allow(clippy::too_many_arguments)]
 fn handle(
     exec: &mut Executor,
     history: &mut super::history::History,
@@ -795,9 +813,31 @@ fn handle(
     buf: &mut Buffer,
     done: &mut Vec<u64>,
     shadow: Option<&mut super::shadow::Run>,
+    verifier: Option<&mut crate::signature::Verifier>,
 ) {
     let stats = &ctx.stats;
-    match parse(job.kind, &job.payload, &ctx.limits) {
+    // A signed message is checked before anything reads it. A status message is not signed:
+    // the MQTT last will that says `offline` is published by the broker, as the device left it.
+    let checked = match verifier {
+        Some(v) if job.kind != crate::message::Kind::Status => {
+            match v.check(&job.device, &job.payload, job.received) {
+                Ok(()) => Ok(Some(v.settings().field.as_str())),
+                Err(why) => {
+                    tracing::debug!(device = %job.device, why = why.as_str(), "signed message refused");
+                    Err(crate::message::Reject::BadSignature)
+                }
+            }
+        }
+        _ => Ok(None),
+    };
+    match checked.and_then(|sig| {
+        let mut payload = parse(job.kind, &job.payload, &ctx.limits)?;
+        if let Some(field) = sig {
+            // Checked: the signature has done its work and stays out of `msg`.
+            payload.remove(field);
+        }
+        Ok(payload)
+    }) {
         Ok(payload) => {
             let ts = message_ts(&payload, job.received, &ctx.limits, stats);
             if job.kind == crate::message::Kind::Telemetry {

@@ -22,7 +22,7 @@ pub struct Stats {
     /// Topics that matched no pattern.
     pub no_pattern: AtomicU64,
     /// Rejected payloads, by reason.
-    pub rejected: [AtomicU64; 5],
+    pub rejected: [AtomicU64; 6],
     /// Payload timestamps replaced by the receive time (skew guard).
     pub skew_replaced: AtomicU64,
     /// RPC commands sent.
@@ -87,12 +87,13 @@ pub struct Stats {
     pub history_fields_dropped: AtomicU64,
 }
 
-const REJECTS: [Reject; 5] = [
+const REJECTS: [Reject; 6] = [
     Reject::TooLarge,
     Reject::InvalidUtf8,
     Reject::TooDeep,
     Reject::NotJson,
     Reject::NotObject,
+    Reject::BadSignature,
 ];
 
 impl Stats {

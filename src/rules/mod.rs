@@ -302,6 +302,33 @@ pub fn load_devices(path: &Path, diags: &mut Diagnostics) -> Option<HashMap<Arc<
     }
 }
 
+/// Takes each device's signing key out of its attributes (`ingest.signature.key_attribute`),
+/// into the signature settings: rules, the API, the dashboard and traces never see it. Returns
+/// how many devices have a key.
+pub fn take_signing_keys(
+    settings: &mut crate::config::settings::Settings,
+    devices: &mut std::collections::HashMap<std::sync::Arc<str>, crate::engine::Device>,
+) -> usize {
+    let (Some(attr), Some(sig)) = (&settings.signature_key_attribute, &mut settings.signature)
+    else {
+        return 0;
+    };
+    let mut keys = std::collections::HashMap::new();
+    for (id, d) in devices.iter_mut() {
+        let mut attrs = d.registry_attrs().clone();
+        if let Some(k) = attrs.remove(attr.as_str()) {
+            let text = k.to_string();
+            if !text.is_empty() {
+                keys.insert(id.clone(), std::sync::Arc::<[u8]>::from(text.as_bytes()));
+            }
+            *d = crate::engine::Device::new(d.type_.clone(), attrs);
+        }
+    }
+    let n = keys.len();
+    sig.keys = crate::signature::KeySource::PerDevice(std::sync::Arc::new(keys));
+    n
+}
+
 /// Deserializes every item of the list `key` of `root` on its own, so that every broken item is
 /// reported, not only the first. The flag is false when any item failed.
 pub fn items<'a, T: serde::Deserialize<'a>>(

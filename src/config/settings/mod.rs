@@ -323,6 +323,11 @@ pub struct Settings {
     pub payload: crate::message::PayloadLimits,
     /// Dead-letter topic.
     pub dead_letter: Option<String>,
+    /// Signed messages (`ingest.signature`). With `key_attribute` the keys are filled in from
+    /// the devices file when it is loaded (`rules::take_signing_keys`).
+    pub signature: Option<crate::signature::SignatureSettings>,
+    /// The devices' attribute that holds their keys (`ingest.signature.key_attribute`).
+    pub signature_key_attribute: Option<String>,
     /// The InfluxDB writer, when `influx:` is configured.
     pub influx: Option<InfluxSettings>,
     /// The WebSocket hub.
@@ -527,6 +532,10 @@ pub fn resolve_lossy(
             .duration(&ingest.max_clock_skew, dl.max_clock_skew_ms, 0)
             .as_millis() as i64,
     };
+    let (signature, signature_key_attribute) = match &ingest.signature {
+        Some(sig) => signature(&mut p, sig),
+        None => (None, None),
+    };
     let state_dir = config
         .state_dir
         .as_ref()
@@ -594,6 +603,8 @@ pub fn resolve_lossy(
         history,
         payload,
         dead_letter: ingest.dead_letter.clone(),
+        signature,
+        signature_key_attribute,
         influx: influx.flatten(),
         websocket,
         channels,
@@ -732,6 +743,65 @@ fn inhibition(
         target,
         equal,
     })
+}
+
+/// `ingest.signature`, checked: one key source, a key that is not blank.
+fn signature(
+    p: &mut Problems,
+    sig: &crate::config::SignatureSpec,
+) -> (Option<crate::signature::SignatureSettings>, Option<String>) {
+    use crate::signature::{KeySource, SignatureSettings};
+    let field = sig
+        .field
+        .as_ref()
+        .map_or_else(|| "sig".to_string(), |f| f.value.clone());
+    if let Some(f) = sig.field.as_ref().filter(|f| f.value.trim().is_empty()) {
+        p.add(f.pos, "`field` is empty").hint =
+            Some("the payload field holding the signature, e.g. `sig`".into());
+    }
+    let max_skew_ms = p.duration(&sig.max_skew, 30_000, 1_000).as_millis() as i64;
+    let commands = sig.commands.unwrap_or(false);
+    let keys = match (&sig.key_attribute, &sig.key) {
+        (Some(a), None) if !a.value.trim().is_empty() => {
+            let settings = SignatureSettings {
+                field,
+                keys: KeySource::PerDevice(Default::default()),
+                max_skew_ms,
+                commands,
+            };
+            return (Some(settings), Some(a.value.clone()));
+        }
+        (Some(a), None) => {
+            p.add(a.pos, "`key_attribute` is empty").hint =
+                Some("the devices' attribute holding their keys, e.g. `signing_key`".into());
+            return (None, None);
+        }
+        (None, Some(k)) if !k.value.trim().is_empty() => KeySource::One(k.value.as_bytes().into()),
+        (None, Some(k)) => {
+            p.add(k.pos, "the signing key is empty")
+                .hint = Some("`key: ${SIGNING_KEY}` with the variable set, or `key_attribute:` for a key per device".into());
+            return (None, None);
+        }
+        (Some(a), Some(_)) => {
+            p.add(a.pos, "`key_attribute` and `key` both given").hint =
+                Some("one key per device (`key_attribute`) or one for all (`key`)".into());
+            return (None, None);
+        }
+        (None, None) => {
+            p.add(Pos::default(), "`ingest.signature` needs `key_attribute` or `key`")
+                .hint = Some("`key_attribute: signing_key` (each device's, from the devices file) or `key: ${SIGNING_KEY}`".into());
+            return (None, None);
+        }
+    };
+    (
+        Some(SignatureSettings {
+            field,
+            keys,
+            max_skew_ms,
+            commands,
+        }),
+        None,
+    )
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct ShardTemplate {
     pub rule_stats: Vec<Arc<RuleStats>>,
     /// Queue length per partition.
     pub queue: usize,
+    /// Signed messages (`ingest.signature`).
+    pub signature: Option<crate::signature::SignatureSettings>,
 }
 
 /// Everything the cluster needs from the engine.
@@ -674,6 +676,7 @@ impl Control {
             history: (t.history, partitions as usize),
             offline_after: t.offline_after,
             tracer: t.tracer.clone(),
+            signature: t.signature.clone(),
         };
         let rules = self.setup.rules.borrow().clone();
         let thread = std::thread::Builder::new()
