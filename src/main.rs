@@ -3,14 +3,25 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use rulechain::{cli, live};
+
+/// `--version`: the package version, the git commit and the build date.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RULECHAIN_COMMIT"),
+    ", built ",
+    env!("RULECHAIN_BUILD_DATE"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "rulechain",
-    version,
-    about = "A declarative rule-engine stream processor for IoT telemetry"
+    version = VERSION,
+    about = "A declarative rule-engine stream processor for IoT telemetry",
+    after_help = "Without --config a command uses $RULECHAIN_CONFIG, else ./rulechain.yaml, else /etc/rulechain/rulechain.yaml, when the file exists; `run` falls back to the embedded default."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -111,6 +122,21 @@ enum Command {
         #[command(subcommand)]
         what: NewWhat,
     },
+    /// Start a project in DIR (default `.`): a config that runs the embedded broker on
+    /// localhost, a chain with its tests, devices and a recording to replay.
+    Init {
+        /// The project's directory (created if missing; files already there are kept).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print a shell completion script (`rulechain completions bash > /etc/bash_completion.d/rulechain`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from these definitions (`rulechain man > rulechain.1`).
+    Man,
     /// Write the JSON Schemas of the config, chain, devices and test files.
     Schema {
         /// The directory to write into.
@@ -133,14 +159,15 @@ enum NewWhat {
 
 fn main() {
     let args = Cli::parse();
+    let config = cli::config_or_default;
     let code = match args.command {
         Command::Validate {
-            config,
+            config: c,
             format,
             paths,
-        } => cli::validate::run(config, paths, format),
+        } => cli::validate::run(config(c), paths, format),
         Command::Run {
-            config,
+            config: c,
             rules,
             demo,
             mqtt_listen,
@@ -148,7 +175,7 @@ fn main() {
             reset_state,
             log_format,
         } => cli::run::run(
-            config,
+            config(c),
             rules,
             cli::run::Listen {
                 mqtt: mqtt_listen,
@@ -159,15 +186,40 @@ fn main() {
         ),
         Command::Simulate(a) => cli::run::simulate(a),
         Command::Record {
-            config,
+            config: c,
             broker,
             output,
             count,
-        } => cli::run::record(config, broker, output, count),
-        Command::DryRun(a) => cli::dry_run::run(a),
-        Command::Diff(a) => cli::diff::run(a),
-        Command::Test { config, paths } => cli::test::run(config, paths),
+        } => cli::run::record(config(c), broker, output, count),
+        Command::DryRun(mut a) => {
+            a.config = config(a.config.take());
+            cli::dry_run::run(a)
+        }
+        Command::Diff(mut a) => {
+            a.config = config(a.config.take());
+            cli::diff::run(a)
+        }
+        Command::Test { config: c, paths } => cli::test::run(config(c), paths),
         Command::Schema { out } => cli::schema::run(&out),
+        Command::Init { dir } => cli::new::init(&dir),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "rulechain",
+                &mut std::io::stdout(),
+            );
+            0
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: cannot write the manual page: {e}");
+                    2
+                }
+            }
+        }
         Command::New {
             what: NewWhat::Chain { name, rules },
         } => cli::new::chain_files(&name, &rules),

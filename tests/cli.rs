@@ -1083,3 +1083,116 @@ fn validate_checks_the_shadow_candidate_as_a_rule_set_of_its_own() {
     assert_ne!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("rules.shadow_dir"), "{}", stdout(&o));
 }
+
+#[test]
+fn init_makes_a_project_that_validates_tests_and_replays_at_once() {
+    let dir = scratch("init");
+    let o = rulechain(&["init", dir.join("demo").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let demo = dir.join("demo");
+    let run_in = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rulechain"))
+            .args(args)
+            .current_dir(&demo)
+            .env_remove("RULECHAIN_CONFIG")
+            .output()
+            .unwrap()
+    };
+    // Its own config is found without --config, and said so.
+    let v = run_in(&["validate"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    assert!(String::from_utf8_lossy(&v.stderr).contains("using the config rulechain.yaml"));
+    let t = run_in(&["test"]);
+    assert!(t.status.success(), "{}", stdout(&t));
+    assert!(stdout(&t).contains("2 passed, 0 failed"), "{}", stdout(&t));
+    let d = run_in(&["dry-run", "--input", "recordings/high-temperature.jsonl"]);
+    assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
+    let events = json_lines(&d);
+    let alarms: Vec<_> = events.iter().filter(|e| e["event"] == "alarm").collect();
+    assert_eq!(alarms.len(), 2, "raised and cleared: {events:?}");
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "notify" && e["channel"] == "ops"));
+    // A second init keeps what is there.
+    std::fs::write(demo.join("devices.yaml"), "devices: []\n").unwrap();
+    let again = rulechain(&["init", demo.to_str().unwrap()]);
+    assert!(stdout(&again).contains("kept"), "{}", stdout(&again));
+    assert_eq!(
+        std::fs::read_to_string(demo.join("devices.yaml")).unwrap(),
+        "devices: []\n"
+    );
+}
+
+#[test]
+fn rulechain_config_names_the_config_when_none_is_given() {
+    let dir = scratch("envconfig");
+    write(&dir, "cfg.yaml", "channels:\n  ops: {log: {}}\n");
+    let chain = write(
+        &dir,
+        "chain.yaml",
+        "chain: c\nnodes:\n  - notify: [pager]\n",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["validate", &chain])
+        .env("RULECHAIN_CONFIG", dir.join("cfg.yaml"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "checked against the config's channels"
+    );
+    assert!(stdout(&o).contains("pager"), "{}", stdout(&o));
+    let missing = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["validate", &chain])
+        .env("RULECHAIN_CONFIG", dir.join("nope.yaml"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_ne!(
+        missing.status.code(),
+        Some(0),
+        "a named config that is missing is an error"
+    );
+}
+
+#[test]
+fn completions_man_page_and_version_come_from_the_command_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = rulechain(&["completions", shell]);
+        assert!(o.status.success(), "{shell}");
+        let text = stdout(&o);
+        assert!(
+            text.contains("rulechain") && text.contains("dry-run") && text.contains("notify-test"),
+            "{shell}: {text}"
+        );
+    }
+    let man = rulechain(&["man"]);
+    assert!(man.status.success());
+    let page = stdout(&man);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH rulechain"),
+        "{page}"
+    );
+    assert!(
+        page.contains("dry\\-run") || page.contains("dry-run"),
+        "{page}"
+    );
+    let v = stdout(&rulechain(&["--version"]));
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=10", "HEAD"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(c) = commit {
+        assert!(v.contains(&c), "the commit in --version: {v} (HEAD is {c})");
+    }
+    assert!(
+        v.split_whitespace()
+            .any(|w| w.len() >= 10 && w[..4].parse::<u32>().is_ok() && &w[4..5] == "-"),
+        "a build date in --version: {v}"
+    );
+}

@@ -11,7 +11,7 @@ pub mod silence;
 pub mod test;
 pub mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::diag::Diagnostics;
@@ -30,6 +30,24 @@ pub fn exit_for(diags: &Diagnostics) -> i32 {
     } else {
         EXIT_FINDINGS
     }
+}
+
+/// The config a command uses: the one given, else `$RULECHAIN_CONFIG` (used even if missing,
+/// so a wrong path is reported, not ignored), else `./rulechain.yaml`, else the package's
+/// `/etc/rulechain/rulechain.yaml`, when the file exists. An implicit one is named on stderr.
+pub fn config_or_default(given: Option<PathBuf>) -> Option<PathBuf> {
+    if given.is_some() {
+        return given;
+    }
+    if let Some(p) = std::env::var_os("RULECHAIN_CONFIG").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let found = ["rulechain.yaml", "/etc/rulechain/rulechain.yaml"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())?;
+    eprintln!("using the config {} (no --config given)", found.display());
+    Some(found)
 }
 
 /// The config given with `--config`, loaded and checked (problems into `diags`).

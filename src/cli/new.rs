@@ -123,3 +123,121 @@ pub fn chain_files(name: &str, dir: &Path) -> i32 {
     );
     super::EXIT_OK
 }
+
+/// The config `init` writes: the embedded broker and the API on localhost, alarms to the log.
+const INIT_CONFIG: &str = r#"# yaml-language-server: $schema=schemas/config.schema.json
+# A rulechain project (from `rulechain init`). Every key is optional; docs/live.md lists them all.
+embedded_broker:
+  listen: 127.0.0.1:1883           # devices publish here: device/<id>/telemetry
+http:
+  listen: 127.0.0.1:8080           # the dashboard, the API, /metrics
+rules: rules
+devices: devices.yaml
+state_dir: state                   # alarms, windows and holds survive restarts here
+channels:
+  ops:
+    log: {}                        # alarms to the log; email, Slack, webhooks: docs/alarms.md
+"#;
+
+const INIT_DEVICES: &str = r#"# yaml-language-server: $schema=schemas/devices.schema.json
+# The devices rules know by id: `attr.max_temp` in a rule is this attribute. Devices not listed
+# here are learned from their first message.
+devices:
+  - id: dev-1
+    type: sensor
+    attributes: { max_temp: 80.0 }
+"#;
+
+/// A recording to replay with `dry-run`: dev-1 too hot for 40 s, then back.
+fn init_recording() -> String {
+    let t0 = 1_767_225_600_000i64;
+    [
+        (0, 72.0),
+        (10, 81.5),
+        (20, 84.0),
+        (30, 85.5),
+        (40, 86.0),
+        (50, 83.0),
+        (60, 76.0),
+    ]
+    .iter()
+    .map(|(s, t)| {
+        format!(
+            "{{\"device\": \"dev-1\", \"ts\": {}, \"data\": {{\"temperature\": {t:.1}}}}}\n",
+            t0 + s * 1000
+        )
+    })
+    .collect()
+}
+
+const INIT_README: &str = r#"# A rulechain project
+
+Made by `rulechain init`. Try, from this directory:
+
+```sh
+rulechain test                       # the chain's tests (rules/*.test.yaml)
+rulechain dry-run --input recordings/high-temperature.jsonl   # what a recording would do
+rulechain run                        # the engine: broker on 127.0.0.1:1883, dashboard on :8080
+```
+
+Then send a reading (any MQTT client; `mosquitto_pub` shown):
+
+```sh
+mosquitto_pub -t device/dev-1/telemetry -m '{"temperature": 85}'
+```
+
+Over 80 °C for 30 s raises the `HighTemperature` alarm (see the log and
+http://127.0.0.1:8080/). Edit `rules/high-temperature.yaml`, then `rulechain validate` and
+`rulechain test`: a running engine reloads the rules when they change.
+"#;
+
+/// Runs `init DIR`: a project a new user can run at once. Files already there are kept (and
+/// named), so running it twice changes nothing.
+pub fn init(dir: &Path) -> i32 {
+    let files: Vec<(PathBuf, String)> = vec![
+        (dir.join("rulechain.yaml"), INIT_CONFIG.to_string()),
+        (dir.join("devices.yaml"), INIT_DEVICES.to_string()),
+        (
+            dir.join("rules/high-temperature.yaml"),
+            chain("high-temperature", "HighTemperature"),
+        ),
+        (
+            dir.join("rules/high-temperature.test.yaml"),
+            tests("high-temperature", "HighTemperature"),
+        ),
+        (
+            dir.join("recordings/high-temperature.jsonl"),
+            init_recording(),
+        ),
+        (dir.join("README.md"), INIT_README.to_string()),
+    ];
+    for (p, text) in &files {
+        if p.exists() {
+            println!("kept {} (it exists)", p.display());
+            continue;
+        }
+        let written = p
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(p, text));
+        if let Err(e) = written {
+            eprintln!("error: cannot write {}: {e}", p.display());
+            return super::EXIT_USAGE;
+        }
+        println!("wrote {}", p.display());
+    }
+    // The schemas the files name, for editors (kept up to date by `rulechain schema`).
+    if !dir.join("schemas").exists() {
+        let code = super::schema::run(&dir.join("schemas"));
+        if code != super::EXIT_OK {
+            return code;
+        }
+    }
+    let cd = if dir == Path::new(".") {
+        String::new()
+    } else {
+        format!("cd {} && ", dir.display())
+    };
+    println!("next: {cd}rulechain test && rulechain run   (README.md tells more)");
+    super::EXIT_OK
+}
