@@ -36,6 +36,7 @@ pub mod shard;
 pub mod shards;
 mod stats;
 pub mod store;
+mod systemd;
 pub mod trace;
 
 pub use preflight::Fatal;

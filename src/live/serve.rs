@@ -298,6 +298,17 @@ pub(super) async fn serve(
     let cluster_view = cluster.as_ref().map(|c| c.view.clone());
     let (reload_tx, reload_status, reload_task) =
         serve_reloads(reloader, shards.clone(), rules_tx, stop.clone());
+    // Under systemd: readiness and the watchdog (nothing without $NOTIFY_SOCKET).
+    let systemd_task = tokio::spawn(super::systemd::run(
+        super::systemd::Watched {
+            stats: stats.clone(),
+            reload: reload_status.clone(),
+            shards: shards.clone(),
+            ingest: ingest_tasks.iter().map(JoinHandle::abort_handle).collect(),
+            cluster: cluster.is_some(),
+        },
+        stop.clone(),
+    ));
     let _watcher = super::os::watch_rules(&settings.rules_dir, reload_tx.clone());
     // Shadow mode: the config's candidate, else the one the API started before a restart.
     let shadows = Arc::new(super::shadows::Shadows::new(
@@ -357,6 +368,8 @@ pub(super) async fn serve(
     });
     let progress = tokio::spawn(super::stats::progress(stats.clone(), stop.clone()));
     super::os::wait_for_signal(reload_tx).await;
+    super::systemd::stopping();
+    systemd_task.abort();
     // Shutdown: stop reading, let the shards finish their queues and save, flush the sinks and
     // egress.
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
