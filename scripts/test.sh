@@ -65,6 +65,15 @@ done
 # without git history works too).
 RULECHAIN="$bin" OUT="$(mktemp)" deploy/ci/rules-check.sh rules removed
 
+step "the container image (or, where no container runtime can run, its stages outside one)"
+scripts/container.sh "$bin"
+
+step "the Debian package: built, its contents, its unit, run from the unpacked package"
+scripts/package.sh
+
+step "supply chain: licences, bans, sources (and advisories where they can be fetched)"
+scripts/deny.sh
+
 step "the dashboard in a real browser (Debian's chromium, playwright-core) against run --demo"
 node tests/browser/dashboard.mjs "$bin"
 

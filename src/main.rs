@@ -137,6 +137,16 @@ enum Command {
     },
     /// Print the manual page (roff), generated from these definitions (`rulechain man > rulechain.1`).
     Man,
+    /// Ask a running engine's `/livez` (or another URL on it) and exit 0 if it answers 200: the
+    /// container image's HEALTHCHECK, where no HTTP client is installed.
+    Healthcheck {
+        /// The URL (plain HTTP).
+        #[arg(long, default_value = "http://127.0.0.1:8080/livez")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s")]
+        timeout: String,
+    },
     /// Write the JSON Schemas of the config, chain, devices and test files.
     Schema {
         /// The directory to write into.
@@ -202,6 +212,7 @@ fn main() {
         Command::Test { config: c, paths } => cli::test::run(config(c), paths),
         Command::Schema { out } => cli::schema::run(&out),
         Command::Init { dir } => cli::new::init(&dir),
+        Command::Healthcheck { url, timeout } => cli::healthcheck::run(&url, &timeout),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

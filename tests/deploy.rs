@@ -78,6 +78,20 @@ fn ready_once_subscribed_with_rules_then_the_watchdog_then_stopping() {
     // Ready means what /readyz means.
     let (code, body) = http(http_port, "GET", "/readyz").unwrap();
     assert_eq!(code, 200, "READY=1 before the engine was ready: {body}");
+    // The image's health check, against the running engine.
+    let check = |path: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rulechain"))
+            .args([
+                "healthcheck",
+                "--url",
+                &format!("http://127.0.0.1:{http_port}{path}"),
+            ])
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(check("/livez"), Some(0));
+    assert_eq!(check("/no-such-page"), Some(1), "a 404 is not healthy");
     // Pings at half the watchdog interval: several within 2 s.
     let t0 = Instant::now();
     let pings = read_until(&sock, |g| {
@@ -94,4 +108,10 @@ fn ready_once_subscribed_with_rules_then_the_watchdog_then_stopping() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(dir.join("state").exists(), "the state was saved");
+    assert_eq!(check("/livez"), Some(1), "nothing answers once stopped");
+    let bad = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args(["healthcheck", "--url", "https://127.0.0.1/livez"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a URL it cannot use");
 }

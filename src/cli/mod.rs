@@ -3,6 +3,7 @@
 
 pub mod diff;
 pub mod dry_run;
+pub mod healthcheck;
 pub mod new;
 pub mod notify_test;
 pub mod run;
