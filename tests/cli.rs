@@ -1113,6 +1113,51 @@ fn init_makes_a_project_that_validates_tests_and_replays_at_once() {
     assert!(events
         .iter()
         .any(|e| e["event"] == "notify" && e["channel"] == "ops"));
+    // And it runs: `rulechain run` in the project, its config found (the listen addresses
+    // moved to free ports, as a user whose 1883 is taken would).
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (mqtt, http) = (free(), free());
+    let mut engine = Command::new(env!("CARGO_BIN_EXE_rulechain"))
+        .args([
+            "run",
+            "--mqtt-listen",
+            &format!("127.0.0.1:{mqtt}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .current_dir(&demo)
+        .env_remove("RULECHAIN_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Command::new(env!("CARGO_BIN_EXE_rulechain"))
+            .args([
+                "healthcheck",
+                "--url",
+                &format!("http://127.0.0.1:{http}/readyz"),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let _ = engine.kill();
+    let _ = engine.wait();
+    assert!(
+        ready,
+        "`rulechain run` in the new project never became ready"
+    );
+    assert!(
+        demo.join("state").exists(),
+        "its state_dir is the project's"
+    );
     // A second init keeps what is there.
     std::fs::write(demo.join("devices.yaml"), "devices: []\n").unwrap();
     let again = rulechain(&["init", demo.to_str().unwrap()]);
