@@ -13,7 +13,13 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let commit = git(&["rev-parse", "--short=10", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // A build without git (the container's build stage) is told the commit.
+    let commit = std::env::var("RULECHAIN_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=10", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rerun-if-env-changed=RULECHAIN_COMMIT");
     // SOURCE_DATE_EPOCH (reproducible builds) wins over the clock.
     let secs = std::env::var("SOURCE_DATE_EPOCH")
         .ok()

@@ -83,7 +83,8 @@ trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 if [ -n "$runtime" ]; then
   say "building the image with $runtime"
-  "$runtime" build -t rulechain:check -f Containerfile .
+  "$runtime" build -t rulechain:check -f Containerfile \
+    --build-arg "RULECHAIN_COMMIT=$(git rev-parse --short=10 HEAD 2>/dev/null || echo unknown)" .
   "$runtime" volume rm -f rulechain-check-state >/dev/null 2>&1 || true
   "$runtime" run -d --name rulechain-check -p "127.0.0.1:$mqtt:1883" -p "127.0.0.1:$http:8080" \
     -v rulechain-check-state:/var/lib/rulechain rulechain:check >/dev/null
