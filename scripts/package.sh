@@ -65,3 +65,35 @@ done
 kill -TERM "$engine"; wait "$engine" || fail "the engine did not stop cleanly"
 [ -e "$root/var/lib/rulechain/state.redb" ] || fail "no state saved"
 say "the unpacked package runs with its config: ready, stopped, state saved"
+
+# Installed for real, where this runs as root and is asked to (PACKAGE_INSTALL=1, as the test
+# command does on its throwaway machine): dpkg installs it (its scripts enable the unit; they
+# start it only where systemd runs), the installed binary finds the packaged config by itself,
+# runs, stops with its state in /var/lib/rulechain, and the package is purged again.
+if [ -n "${PACKAGE_INSTALL:-}" ] && [ "$(id -u)" = 0 ]; then
+  if dpkg -s rulechain >/dev/null 2>&1; then
+    say "rulechain is installed on this machine already: not installing over it"
+  else
+    dpkg -i "$deb" >/dev/null 2>&1 || fail "dpkg -i failed"
+    trap '[ -n "${KEEP:-}" ] || rm -rf "$work"; dpkg --purge rulechain >/dev/null 2>&1 || true; rm -rf /var/lib/rulechain' EXIT
+    [ -x /usr/bin/rulechain ] && [ -f /etc/rulechain/rulechain.yaml ] || fail "the installed files are missing"
+    mqtt=$(free_port); http=$(free_port)
+    mkdir -p /var/lib/rulechain
+    (cd / && exec env -u RULECHAIN_CONFIG /usr/bin/rulechain run --mqtt-listen "127.0.0.1:$mqtt" \
+      --http-listen "127.0.0.1:$http" > "$work/installed.log" 2>&1) &
+    engine=$!
+    for i in $(seq 1 100); do
+      /usr/bin/rulechain healthcheck --url "http://127.0.0.1:$http/readyz" --timeout 1s 2>/dev/null && break
+      sleep 0.3
+    done
+    /usr/bin/rulechain healthcheck --url "http://127.0.0.1:$http/readyz" || fail "the installed engine is not ready: $(tail -5 "$work/installed.log")"
+    grep -q "using the config /etc/rulechain/rulechain.yaml" "$work/installed.log" || fail "the packaged config was not found by itself"
+    kill -TERM "$engine"; wait "$engine" || fail "the installed engine did not stop cleanly"
+    [ -e /var/lib/rulechain/state.redb ] || fail "no state in /var/lib/rulechain"
+    man -w rulechain >/dev/null 2>&1 || [ -f /usr/share/man/man1/rulechain.1.gz ] || fail "no man page installed"
+    dpkg --purge rulechain >/dev/null
+    rm -rf /var/lib/rulechain
+    [ ! -e /usr/bin/rulechain ] || fail "the purge left the binary"
+    say "installed with dpkg, ran with the packaged config found by itself, purged"
+  fi
+fi

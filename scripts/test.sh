@@ -69,7 +69,7 @@ step "the container image (or, where no container runtime can run, its stages ou
 scripts/container.sh "$bin"
 
 step "the Debian package: built, its contents, its unit, run from the unpacked package"
-scripts/package.sh
+PACKAGE_INSTALL=1 scripts/package.sh
 
 step "supply chain: licences, bans, sources (and advisories where they can be fetched)"
 scripts/deny.sh
