@@ -78,6 +78,7 @@ if [ -z "$bin" ]; then
 fi
 client="$bin"
 mqtt=$(free_port); http=$(free_port)
+while [ "$http" = "$mqtt" ]; do http=$(free_port); done  # a released port may come again
 work="$(mktemp -d "${TMPDIR:-/tmp}/rulechain-container.XXXXXX")"
 trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 

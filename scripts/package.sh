@@ -49,6 +49,7 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mqtt=$(free_port); http=$(free_port)
+while [ "$http" = "$mqtt" ]; do http=$(free_port); done  # a released port may come again
 mkdir -p "$root/var/lib/rulechain"
 sed -e "s|/var/lib/rulechain|$root/var/lib/rulechain|" -e "s|127.0.0.1:1883|127.0.0.1:$mqtt|" \
     -e "s|127.0.0.1:8080|127.0.0.1:$http|" "$root/etc/rulechain/rulechain.yaml" > "$work/rulechain.yaml.new"
@@ -78,6 +79,7 @@ if [ -n "${PACKAGE_INSTALL:-}" ] && [ "$(id -u)" = 0 ]; then
     trap '[ -n "${KEEP:-}" ] || rm -rf "$work"; dpkg --purge rulechain >/dev/null 2>&1 || true; rm -rf /var/lib/rulechain' EXIT
     [ -x /usr/bin/rulechain ] && [ -f /etc/rulechain/rulechain.yaml ] || fail "the installed files are missing"
     mqtt=$(free_port); http=$(free_port)
+while [ "$http" = "$mqtt" ]; do http=$(free_port); done  # a released port may come again
     mkdir -p /var/lib/rulechain
     (cd / && exec env -u RULECHAIN_CONFIG /usr/bin/rulechain run --mqtt-listen "127.0.0.1:$mqtt" \
       --http-listen "127.0.0.1:$http" > "$work/installed.log" 2>&1) &
