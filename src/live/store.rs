@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+/// The state file's cache: enough for a checkpoint's pages, not a copy of the file.
+const STORE_CACHE_BYTES: usize = 16 << 20;
+
 /// Shard snapshots, by shard number.
 const SHARDS: TableDefinition<u32, &[u8]> = TableDefinition::new("shards");
 /// A shard's attributes record is kept in `shards` too, under its number with this bit set:
@@ -196,10 +199,16 @@ fn open_db(path: &Path, quiet: bool) -> Result<(Database, (u64, u64)), StoreErro
     let id = file_id(&file.metadata().map_err(io)?);
     let mut in_use = false;
     let db = guarded(quiet, || {
-        Database::builder().create_file(file).map_err(|e| {
-            in_use = matches!(e, redb::DatabaseError::DatabaseAlreadyOpen);
-            e.to_string()
-        })
+        // The state is written every checkpoint and read back only at start: a small cache
+        // (redb's default is 1 GiB) keeps a shard's memory flat however much state it writes
+        // (sliding windows, 1,000 devices at 2 msg/s: +60 MiB in a minute with the default).
+        Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create_file(file)
+            .map_err(|e| {
+                in_use = matches!(e, redb::DatabaseError::DatabaseAlreadyOpen);
+                e.to_string()
+            })
     })
     .map_err(|e| {
         if in_use {
