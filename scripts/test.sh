@@ -59,7 +59,7 @@ bin="${CARGO_TARGET_DIR:-target}/release/rulechain"
 for rec in examples/*.jsonl; do
   "$bin" dry-run --config examples/rulechain.yaml --input "$rec" | tail -n 1
 done
-"$bin" test rules/ tests/rules/
+"$bin" test rules/ tests/rules/ examples/rules/
 "$bin" test --config examples/rulechain.yaml rules/
 # The CI snippet users copy, with the rules directory itself as the base (equal; a checkout
 # without git history works too).

@@ -92,8 +92,23 @@ fn recordings() -> Vec<PathBuf> {
 
 #[test]
 fn a_restart_after_any_line_changes_nothing() {
-    let rules = load_rules(&root().join("rules"));
-    for rec in recordings() {
+    restart_anywhere(&root().join("rules"), recordings());
+}
+
+#[test]
+fn a_sliding_window_restarted_after_any_line_changes_nothing() {
+    // The example chain outside the defaults (examples/rules/), on 3 minutes of the simulator.
+    restart_anywhere(
+        &root().join("examples/rules"),
+        vec![root().join("examples/pump-vibration.jsonl")],
+    );
+}
+
+/// Runs each recording through `dir`'s chains whole, and again restarted from a snapshot after
+/// every line: the output must be the same.
+fn restart_anywhere(dir: &Path, recs: Vec<PathBuf>) {
+    let rules = load_rules(dir);
+    for rec in recs {
         let input = lines(&rec);
         let whole = run(rules.clone(), &input, usize::MAX, |r| r);
         assert!(!whole.is_empty(), "{} emits nothing", rec.display());
