@@ -101,8 +101,12 @@ impl Refusal {
 pub fn canonical(payload: &serde_json::Map<String, Value>, field: &str) -> Vec<u8> {
     let mut m = payload.clone();
     m.remove(field);
-    // Serializing a map of JSON values cannot fail.
-    serde_json_canonicalizer::to_vec(&Value::Object(m)).unwrap_or_default()
+    canonical_bytes(&m)
+}
+
+/// A map as canonical JSON (serializing JSON values cannot fail).
+fn canonical_bytes(m: &serde_json::Map<String, Value>) -> Vec<u8> {
+    serde_json_canonicalizer::to_vec(m).unwrap_or_default()
 }
 
 /// The signature of `payload` (without `field`) under `key`: lowercase hex.
@@ -139,26 +143,25 @@ impl Verifier {
         let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(payload) else {
             return Err(Refusal::NotObject);
         };
-        self.check_map(device, &m, now)
+        self.check_map(device, m, now)
     }
 
-    /// Checks a payload already read as JSON.
+    /// Checks a payload already read as JSON (taken: the signature field comes out of it, and
+    /// the rest is what was signed, with no copy of the payload).
     pub fn check_map(
         &mut self,
         device: &Arc<str>,
-        m: &serde_json::Map<String, Value>,
+        mut m: serde_json::Map<String, Value>,
         now: i64,
     ) -> Result<(), Refusal> {
         let s = &self.settings;
-        let sig = m
-            .get(&s.field)
-            .and_then(Value::as_str)
-            .ok_or(Refusal::Missing)?;
+        let sig = m.remove(&s.field).ok_or(Refusal::Missing)?;
+        let sig = sig.as_str().ok_or(Refusal::Missing)?;
         let key = s.keys.key(device).ok_or(Refusal::NoKey)?;
         let given = hex(sig).ok_or(Refusal::Mismatch)?;
         let mut mac = HmacSha256::new_from_slice(key)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(&canonical(m, &s.field));
+        mac.update(&canonical_bytes(&m));
         // Constant time.
         mac.verify_slice(&given).map_err(|_| Refusal::Mismatch)?;
         let ts = m

@@ -187,7 +187,7 @@ fn check_signature(
     let serde_json::Value::Object(map) = json else {
         return Err("the payload is rejected (bad_signature), as `run` would reject it".into());
     };
-    v.check_map(&m.device, &map, clock.max(m.ts))
+    v.check_map(&m.device, map, clock.max(m.ts))
         .map_err(|why| {
             format!(
                 "the payload is rejected (bad_signature: {}), as `run` would reject it",
