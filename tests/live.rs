@@ -824,6 +824,92 @@ async fn engine_restarts_mid_stream_graceful_or_kill_9_lose_no_qos1_message() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dense_messages_are_gathered_for_the_batch_window_and_a_stop_runs_what_it_holds() {
+    let dir = tempdir("batch-window");
+    let broker = Mosquitto::start(&dir);
+    let http = free_port();
+    let chain = "chain: echo\non: { kind: telemetry }\nnodes:\n  - publish: { topic: \"out/seen\", qos: 1 }\n";
+    engine_dir(
+        &dir,
+        &format!(
+            "mqtt: {{url: mqtt://127.0.0.1:{}, client_id: rc-batch, batch_window: 1s}}",
+            broker.port
+        ),
+        http,
+        &[("echo.yaml", chain)],
+        "devices: []\n",
+    );
+    let mut engine = Engine::start(&dir, http);
+    let mut sub = Mqtt::connect(broker.port, "batch-sub", false, &["out/seen"]).await;
+    let publ = Mqtt::connect(broker.port, "batch-pub", false, &[]).await;
+    let turns = |e: &Engine| e.status()["counters"]["shard_turns"].as_u64().unwrap();
+    let send = |from: u64, n: u64| {
+        let publ = &publ;
+        async move {
+            for i in from..from + n {
+                let d = format!("device/d{}/telemetry", i % 3);
+                publ.publish(&d, json!({"seq": i}).to_string()).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    // A message, a quiet spell, then one message and 100 more at once: the first runs at once,
+    // the rest wait for the window (1 s after the first) and run together; without a window,
+    // each read from the broker is a turn of its own.
+    send(500, 1).await;
+    sub.expect(Duration::from_secs(10), |_, v| v["seq"] == 500)
+        .await
+        .expect("the first message did not run");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = turns(&engine);
+    send(0, 101).await;
+    let mut arrived = std::collections::BTreeMap::new();
+    while arrived.len() < 101 {
+        match sub.expect(Duration::from_secs(10), |_, _| true).await {
+            Some((_, v)) => {
+                arrived
+                    .entry(v["seq"].as_u64().unwrap())
+                    .or_insert_with(Instant::now);
+            }
+            None => panic!("{} of 101 arrived\n{}", arrived.len(), engine.log()),
+        }
+    }
+    let held = arrived[&1].duration_since(arrived[&0]);
+    assert!(
+        held >= Duration::from_millis(500),
+        "the message after a quiet spell was held with the next ones ({held:?} between them)"
+    );
+    let took = turns(&engine) - before;
+    assert!(
+        took <= 4,
+        "101 messages in a burst took {took} shard turns: they were not gathered"
+    );
+    // A burst held back when the engine is told to stop runs before it stops: its output is
+    // out before the engine is, not only after a restart (the broker would deliver it again).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    send(1000, 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early = sub.drain(Duration::from_millis(50)).await.len();
+    assert!(
+        early < 30,
+        "the window held nothing back ({early} of 30 out within 300 ms)"
+    );
+    let status = engine.stop().unwrap();
+    assert!(
+        status.success(),
+        "graceful stop: {status}\n{}",
+        engine.log()
+    );
+    let late = sub.drain(Duration::from_millis(1000)).await.len();
+    assert_eq!(
+        early + late,
+        30,
+        "the messages held for the window were not run at the stop\n{}",
+        engine.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_talks_to_a_broker_over_tls_with_its_ca() {
     let dir = tempdir("mqtts");

@@ -473,12 +473,17 @@ impl Shard {
     fn take_turn(&mut self, first: Option<ShardMsg>, rx: &mut mpsc::Receiver<ShardMsg>) {
         let mut next = first;
         let mut n = 0;
+        let mut jobs = false;
         while let Some(m) = next.take() {
+            jobs |= matches!(m, ShardMsg::Job(_));
             self.take(m);
             n += 1;
             if n < 256 {
                 next = rx.try_recv().ok();
             }
+        }
+        if jobs {
+            self.ctx.stats.shard_turns.fetch_add(1, Relaxed);
         }
     }
 

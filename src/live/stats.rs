@@ -19,6 +19,9 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Messages whose chains ran.
     pub processed: AtomicU64,
+    /// Shard turns that took messages (a wake of a shard; `processed` ÷ this is the messages
+    /// a wake ran).
+    pub shard_turns: AtomicU64,
     /// Topics that matched no pattern.
     pub no_pattern: AtomicU64,
     /// Rejected payloads, by reason.
@@ -120,6 +123,11 @@ impl Counters for Stats {
             .collect();
         r.counter("received", "MQTT messages received", g(&self.received));
         r.counter("processed", "messages whose chains ran", g(&self.processed));
+        r.counter(
+            "shard_turns",
+            "shard turns that took messages (a shard's wakes)",
+            g(&self.shard_turns),
+        );
         r.counter(
             "no_pattern",
             "topics that matched no pattern",

@@ -164,6 +164,8 @@ pub struct MqttConn {
     pub persistent_session: bool,
     /// The longest wait between reconnect attempts.
     pub reconnect_max: Duration,
+    /// How long messages arriving densely are gathered before a shard gets them (0: never).
+    pub batch_window: Duration,
 }
 
 impl std::fmt::Debug for MqttConn {
@@ -380,10 +382,18 @@ impl Settings {
                 qos: 1,
                 persistent_session: true,
                 reconnect_max: Duration::from_secs(1),
+                batch_window: DEFAULT_BATCH_WINDOW,
             },
         }
     }
 }
+
+/// `mqtt.batch_window`'s default: a shard wakes at most about once a millisecond for the
+/// messages of one broker connection while they come densely (see `live::ingest`).
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(1);
+
+/// The longest `mqtt.batch_window` accepted.
+const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
 /// Resolves a config (`None`: the embedded default). `rules` overrides the rules directory.
 /// Every problem is reported, each with its position.
@@ -641,6 +651,20 @@ fn broker(p: &mut Problems, config: &Config, rel: &dyn Fn(&str) -> PathBuf) -> O
     let m = &m.value;
     let keep_alive = p.duration(&m.keep_alive, 30_000, 1000);
     let reconnect_max = p.duration(&m.reconnect_max, 5_000, 100);
+    let batch_window = match &m.batch_window {
+        Some(w) => {
+            let d = p.duration(&Some(w.clone()), 1, 0);
+            if d > MAX_BATCH_WINDOW {
+                p.add(
+                    w.pos,
+                    format!("`mqtt.batch_window: {}` is longer than 1s", w.value),
+                )
+                .hint("it gathers dense traffic for a few milliseconds (default 1ms; 0s turns it off)");
+            }
+            d.min(MAX_BATCH_WINDOW)
+        }
+        None => DEFAULT_BATCH_WINDOW,
+    };
     if let Some(q) = m.qos.as_ref().filter(|q| q.value > 1) {
         p.add(q.pos, "the subscription qos is 0 or 1")
             .hint("rulechain acknowledges QoS 1 after the chains ran; QoS 2 adds nothing");
@@ -689,6 +713,7 @@ fn broker(p: &mut Problems, config: &Config, rel: &dyn Fn(&str) -> PathBuf) -> O
         qos: m.qos.as_ref().map_or(1, |q| q.value.min(1)),
         persistent_session: m.persistent_session.unwrap_or(true),
         reconnect_max,
+        batch_window,
     }))
 }
 
