@@ -824,46 +824,56 @@ async fn engine_restarts_mid_stream_graceful_or_kill_9_lose_no_qos1_message() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dense_messages_are_gathered_for_the_batch_window_and_a_stop_runs_what_it_holds() {
-    let dir = tempdir("batch-window");
+/// An engine on a Mosquitto of its own with a 1 s batch window, subscribed at `qos`, its one
+/// chain publishing every telemetry message to `out/seen`.
+fn batch_window_setup(name: &str, qos: u8) -> (std::path::PathBuf, Mosquitto, u16) {
+    let dir = tempdir(name);
     let broker = Mosquitto::start(&dir);
     let http = free_port();
     let chain = "chain: echo\non: { kind: telemetry }\nnodes:\n  - publish: { topic: \"out/seen\", qos: 1 }\n";
     engine_dir(
         &dir,
         &format!(
-            "mqtt: {{url: mqtt://127.0.0.1:{}, client_id: rc-batch, batch_window: 1s}}",
+            "mqtt: {{url: mqtt://127.0.0.1:{}, client_id: rc-{name}, batch_window: 1s, qos: {qos}}}",
             broker.port
         ),
         http,
         &[("echo.yaml", chain)],
         "devices: []\n",
     );
+    (dir, broker, http)
+}
+
+/// `{"seq": i}` for i in `from..from + n` on three devices' telemetry, 2 ms apart.
+async fn send(publ: &Mqtt, from: u64, n: u64) {
+    for i in from..from + n {
+        let d = format!("device/d{}/telemetry", i % 3);
+        publ.publish(&d, json!({"seq": i}).to_string()).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The shard turns that took messages so far.
+fn shard_turns(e: &Engine) -> u64 {
+    e.status()["counters"]["shard_turns"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dense_messages_are_gathered_for_the_batch_window_and_a_stop_runs_what_it_holds() {
+    let (dir, broker, http) = batch_window_setup("batch-window", 0);
     let mut engine = Engine::start(&dir, http);
     let mut sub = Mqtt::connect(broker.port, "batch-sub", false, &["out/seen"]).await;
     let publ = Mqtt::connect(broker.port, "batch-pub", false, &[]).await;
-    let turns = |e: &Engine| e.status()["counters"]["shard_turns"].as_u64().unwrap();
-    let send = |from: u64, n: u64| {
-        let publ = &publ;
-        async move {
-            for i in from..from + n {
-                let d = format!("device/d{}/telemetry", i % 3);
-                publ.publish(&d, json!({"seq": i}).to_string()).await;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-    };
     // A message, a quiet spell, then one message and 100 more at once: the first runs at once,
     // the rest wait for the window (1 s after the first) and run together; without a window,
     // each read from the broker is a turn of its own.
-    send(500, 1).await;
+    send(&publ, 500, 1).await;
     sub.expect(Duration::from_secs(10), |_, v| v["seq"] == 500)
         .await
         .expect("the first message did not run");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = turns(&engine);
-    send(0, 101).await;
+    let before = shard_turns(&engine);
+    send(&publ, 0, 101).await;
     let mut arrived = std::collections::BTreeMap::new();
     while arrived.len() < 101 {
         match sub.expect(Duration::from_secs(10), |_, _| true).await {
@@ -880,15 +890,15 @@ async fn dense_messages_are_gathered_for_the_batch_window_and_a_stop_runs_what_i
         held >= Duration::from_millis(500),
         "the message after a quiet spell was held with the next ones ({held:?} between them)"
     );
-    let took = turns(&engine) - before;
+    let took = shard_turns(&engine) - before;
     assert!(
         took <= 4,
         "101 messages in a burst took {took} shard turns: they were not gathered"
     );
-    // A burst held back when the engine is told to stop runs before it stops: its output is
-    // out before the engine is, not only after a restart (the broker would deliver it again).
+    // A burst held back when the engine is told to stop runs before it stops (at QoS 0 the
+    // broker would not deliver it again).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    send(1000, 30).await;
+    send(&publ, 1000, 30).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let early = sub.drain(Duration::from_millis(50)).await.len();
     assert!(
@@ -907,6 +917,29 @@ async fn dense_messages_are_gathered_for_the_batch_window_and_a_stop_runs_what_i
         30,
         "the messages held for the window were not run at the stop\n{}",
         engine.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_messages_are_not_held_past_a_few_the_broker_waits_on() {
+    // A broker sends only so many unacknowledged QoS 1 messages (Mosquitto 20 by default) and
+    // drops what its queue cannot hold: a window that held them all would cap the rate.
+    let (dir, broker, http) = batch_window_setup("batch-qos1", 1);
+    let engine = Engine::start(&dir, http);
+    let mut sub = Mqtt::connect(broker.port, "batchq-sub", false, &["out/seen"]).await;
+    let publ = Mqtt::connect(broker.port, "batchq-pub", false, &[]).await;
+    send(&publ, 500, 1).await;
+    sub.expect(Duration::from_secs(10), |_, v| v["seq"] == 500)
+        .await
+        .expect("the first message did not run");
+    let before = shard_turns(&engine);
+    send(&publ, 0, 100).await;
+    let missing = missing_seqs(&mut sub, 100).await;
+    assert!(missing.is_empty(), "lost: {missing:?}\n{}", engine.log());
+    let took = shard_turns(&engine) - before;
+    assert!(
+        took >= 10,
+        "100 QoS 1 messages took {took} shard turns: more than 8 awaiting acknowledgement were held"
     );
 }
 

@@ -197,8 +197,10 @@ impl Io {
             tokio::select! {
                 biased;
                 _ = stop.changed(), if !self.draining => {
-                    // Whatever was read goes to the shards first; dropping the queues then
-                    // lets the shards finish.
+                    // Whatever was received goes to the shards first (what waits in the socket
+                    // while a batch is held, too); dropping the queues then lets the shards
+                    // finish.
+                    self.read_ready(&mut rd, &mut rbuf, &mut out).await?;
                     if self.batch.len > 0 {
                         self.hand_over(&mut out).await?;
                     }
@@ -215,14 +217,19 @@ impl Io {
                     }
                 }
                 _ = sleep_until(self.due), if self.due.is_some() => {
-                    self.hand_over(&mut out).await?;
-                }
-                r = rd.read_buf(&mut rbuf) => {
-                    match r {
-                        Ok(0) => return Err("the broker closed the connection".into()),
-                        Ok(_) => {}
-                        Err(e) => return Err(format!("read: {e}")),
+                    // The socket is not read while a batch of QoS 0 messages is held: what the
+                    // broker sent meanwhile is taken now, in one read, and goes with it (this
+                    // thread wakes once a window, not once per read).
+                    if let Some(read) = self.read_ready(&mut rd, &mut rbuf, &mut out).await? {
+                        awaiting_pong &= !read.pong;
+                        need = read.need;
                     }
+                    if self.batch.len > 0 {
+                        self.hand_over(&mut out).await?;
+                    }
+                }
+                r = rd.read_buf(&mut rbuf), if self.due.is_none() || self.batch.unacked > 0 => {
+                    got(r)?;
                     let read = self.read_packets(&mut rbuf, &mut out).await?;
                     awaiting_pong &= !read.pong;
                     need = read.need;
@@ -241,11 +248,11 @@ impl Io {
     /// Takes every whole packet out of `rbuf`; publishes go to the shards, in batches of at
     /// most [`BATCH`]. While messages come densely, hand-overs are at least
     /// `mqtt.batch_window` apart: a read that follows the last hand-over sooner keeps its
-    /// messages until the window is over (or until [`BATCH`] are gathered), so a shard wakes
-    /// once for them all instead of once per read (at 30k msg/s through a broker, reads bring
-    /// one or two messages each, and every wake of a shard and of this thread is a context
-    /// switch that cost more CPU than the messages' chains). A message after a quiet spell
-    /// goes at once.
+    /// messages until the window is over (or until [`BATCH`] are gathered), and the socket is
+    /// read again only then, so a shard and this thread wake once for them all instead of once
+    /// per read (at 30k msg/s through a broker, reads bring one or two messages each, and every
+    /// wake is a context switch that cost more CPU than the messages' chains). A message after
+    /// a quiet spell goes at once.
     async fn read_packets(
         &mut self,
         rbuf: &mut BytesMut,
@@ -277,7 +284,10 @@ impl Io {
             let now = tokio::time::Instant::now();
             match self.last_hand_over {
                 // Dense traffic: the batch waits for more, up to the window after the last one.
-                Some(last) if now < last + self.ing.conn.batch_window => {
+                Some(last)
+                    if now < last + self.ing.conn.batch_window
+                        && self.batch.unacked < HOLD_UNACKED =>
+                {
                     self.due.get_or_insert(last + self.ing.conn.batch_window);
                 }
                 _ => self.hand_over(out).await?,
@@ -320,6 +330,28 @@ impl Io {
             if let Some(seq) = ack {
                 self.acks.done(&[seq], out);
             }
+        }
+    }
+
+    /// What waits in the socket, read without waiting for more and gathered (see
+    /// [`Io::read_packets`]); None when nothing waits.
+    async fn read_ready(
+        &mut self,
+        rd: &mut (impl tokio::io::AsyncRead + Unpin),
+        rbuf: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<Option<Read>, String> {
+        let ready = tokio::select! {
+            biased;
+            r = rd.read_buf(rbuf) => Some(r),
+            _ = std::future::ready(()) => None,
+        };
+        match ready {
+            Some(r) => {
+                got(r)?;
+                self.read_packets(rbuf, out).await.map(Some)
+            }
+            None => Ok(None),
         }
     }
 
@@ -368,6 +400,15 @@ struct Read {
     need: usize,
 }
 
+/// A read from the broker that brought bytes; an error when it closed or failed.
+fn got(r: std::io::Result<usize>) -> Result<(), String> {
+    match r {
+        Ok(0) => Err("the broker closed the connection".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
 /// Waits until `due`; never, without one.
 async fn sleep_until(due: Option<tokio::time::Instant>) {
     match due {
@@ -375,6 +416,13 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// A held batch goes once it has this many messages the broker waits to have acknowledged:
+/// a broker sends a client only so many unacknowledged QoS 1 messages at once (Mosquitto 20 by
+/// default, EMQX 32) and keeps the rest, dropping them past its queue (Mosquitto: 1,000), so
+/// holding more than a few would cap the rate at the window's pace. For the same reason the
+/// socket is read on while such a batch is held.
+const HOLD_UNACKED: usize = 8;
 
 /// Room kept free in the read buffer: one read takes in up to this much.
 const READ_ROOM: usize = 64 * 1024;
@@ -389,6 +437,8 @@ pub(super) struct Batch {
     jobs: Vec<Vec<Job>>,
     /// Jobs gathered, in all shards.
     pub len: usize,
+    /// Of them, messages the broker waits to have acknowledged (QoS 1 and 2).
+    pub unacked: usize,
 }
 
 impl Batch {
@@ -398,6 +448,7 @@ impl Batch {
                 .map(|_| Vec::with_capacity(BATCH))
                 .collect(),
             len: 0,
+            unacked: 0,
         }
     }
 
@@ -426,6 +477,7 @@ impl Batch {
             offset: None,
         });
         self.len += 1;
+        self.unacked += usize::from(ack.is_some());
         true
     }
 
@@ -457,6 +509,7 @@ impl Batch {
             }
         }
         self.len = 0;
+        self.unacked = 0;
         Ok(())
     }
 }
