@@ -825,8 +825,9 @@ async fn engine_restarts_mid_stream_graceful_or_kill_9_lose_no_qos1_message() {
 }
 
 /// An engine on a Mosquitto of its own with a 1 s batch window, subscribed at `qos`, its one
-/// chain publishing every telemetry message to `out/seen`.
-fn batch_window_setup(name: &str, qos: u8) -> (std::path::PathBuf, Mosquitto, u16) {
+/// chain publishing every telemetry message to `out/seen`; a subscriber to that and a
+/// publisher, once a first message (`seq` 500) ran.
+async fn batch_window_engine(name: &str, qos: u8) -> (Mosquitto, Engine, Mqtt, Mqtt) {
     let dir = tempdir(name);
     let broker = Mosquitto::start(&dir);
     let http = free_port();
@@ -841,7 +842,14 @@ fn batch_window_setup(name: &str, qos: u8) -> (std::path::PathBuf, Mosquitto, u1
         &[("echo.yaml", chain)],
         "devices: []\n",
     );
-    (dir, broker, http)
+    let engine = Engine::start(&dir, http);
+    let mut sub = Mqtt::connect(broker.port, &format!("{name}-sub"), false, &["out/seen"]).await;
+    let publ = Mqtt::connect(broker.port, &format!("{name}-pub"), false, &[]).await;
+    send(&publ, 500, 1).await;
+    sub.expect(Duration::from_secs(10), |_, v| v["seq"] == 500)
+        .await
+        .expect("the first message did not run");
+    (broker, engine, sub, publ)
 }
 
 /// `{"seq": i}` for i in `from..from + n` on three devices' telemetry, 2 ms apart.
@@ -860,17 +868,10 @@ fn shard_turns(e: &Engine) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dense_messages_are_gathered_for_the_batch_window_and_a_stop_runs_what_it_holds() {
-    let (dir, broker, http) = batch_window_setup("batch-window", 0);
-    let mut engine = Engine::start(&dir, http);
-    let mut sub = Mqtt::connect(broker.port, "batch-sub", false, &["out/seen"]).await;
-    let publ = Mqtt::connect(broker.port, "batch-pub", false, &[]).await;
-    // A message, a quiet spell, then one message and 100 more at once: the first runs at once,
-    // the rest wait for the window (1 s after the first) and run together; without a window,
-    // each read from the broker is a turn of its own.
-    send(&publ, 500, 1).await;
-    sub.expect(Duration::from_secs(10), |_, v| v["seq"] == 500)
-        .await
-        .expect("the first message did not run");
+    let (_broker, mut engine, mut sub, publ) = batch_window_engine("batch-window", 0).await;
+    // After a quiet spell, one message and 100 more at once: the first runs at once, the rest
+    // wait for the window (1 s after the first) and run together; without a window, each read
+    // from the broker is a turn of its own.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = shard_turns(&engine);
     send(&publ, 0, 101).await;
@@ -924,14 +925,7 @@ async fn dense_messages_are_gathered_for_the_batch_window_and_a_stop_runs_what_i
 async fn qos1_messages_are_not_held_past_a_few_the_broker_waits_on() {
     // A broker sends only so many unacknowledged QoS 1 messages (Mosquitto 20 by default) and
     // drops what its queue cannot hold: a window that held them all would cap the rate.
-    let (dir, broker, http) = batch_window_setup("batch-qos1", 1);
-    let engine = Engine::start(&dir, http);
-    let mut sub = Mqtt::connect(broker.port, "batchq-sub", false, &["out/seen"]).await;
-    let publ = Mqtt::connect(broker.port, "batchq-pub", false, &[]).await;
-    send(&publ, 500, 1).await;
-    sub.expect(Duration::from_secs(10), |_, v| v["seq"] == 500)
-        .await
-        .expect("the first message did not run");
+    let (_broker, engine, mut sub, publ) = batch_window_engine("batch-qos1", 1).await;
     let before = shard_turns(&engine);
     send(&publ, 0, 100).await;
     let missing = missing_seqs(&mut sub, 100).await;
