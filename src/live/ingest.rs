@@ -199,13 +199,17 @@ impl Io {
                 _ = stop.changed(), if !self.draining => {
                     // Whatever was received goes to the shards first (what waits in the socket
                     // while a batch is held, too); dropping the queues then lets the shards
-                    // finish.
-                    self.read_ready(&mut rd, &mut rbuf, &mut out).await?;
-                    if self.batch.len > 0 {
-                        self.hand_over(&mut out).await?;
-                    }
+                    // finish. Draining starts whatever the read found (a closed connection
+                    // ends the session, never the stop).
+                    let read = self.read_ready(&mut rd, &mut rbuf, &mut out).await;
+                    let handed = match self.batch.len {
+                        0 => Ok(()),
+                        _ => self.hand_over(&mut out).await,
+                    };
                     self.draining = true;
                     self.ing.shards.clear();
+                    read?;
+                    handed?;
                 }
                 n = self.ing.done.recv_many(&mut done, 64) => {
                     if n == 0 {
