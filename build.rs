@@ -4,6 +4,10 @@
 
 use std::process::Command;
 
+// The crate's own civil-date function (a file with no imports), as `rulechain::civil`.
+#[path = "src/civil.rs"]
+mod civil;
+
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).output().ok()?;
     out.status
@@ -33,6 +37,7 @@ fn main() {
     println!("cargo:rustc-env=RULECHAIN_BUILD_DATE={}", date(secs));
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/civil.rs");
     // Where git keeps them (a worktree's HEAD is its own, its branches the repository's).
     let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
     if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
@@ -47,17 +52,8 @@ fn main() {
     }
 }
 
-/// `YYYY-MM-DD` of a Unix time (UTC), by the civil-from-days algorithm.
+/// `YYYY-MM-DD` of a Unix time (UTC).
 fn date(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = civil::from_days(secs.div_euclid(86_400));
     format!("{y:04}-{m:02}-{d:02}")
 }

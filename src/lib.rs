@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod alarm;
+pub mod civil;
 pub mod cli;
 pub mod clients;
 pub mod config;

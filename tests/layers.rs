@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 /// The floor of each top-level module of `src/` (higher may import lower).
 fn floor(module: &str) -> Option<u8> {
     Some(match module {
-        "diag" | "env" | "topic" | "lineproto" | "message" | "yaml" | "duration" | "durable"
-        | "retry" | "counters" | "signature" => 0,
+        "civil" | "diag" | "env" | "topic" | "lineproto" | "message" | "yaml" | "duration"
+        | "durable" | "retry" | "counters" | "signature" => 0,
         "config" | "alarm" => 1,
         "script" | "rules" | "engine" | "diff" => 2,
         "replay" | "live" | "sinks" | "clients" => 3,
