@@ -63,7 +63,6 @@ pub async fn run(ing: Ingest, mut stop: watch::Receiver<bool>) {
         draining: false,
         connected_once: false,
         last_hand_over: None,
-        due: None,
     };
     loop {
         // A broker that accepts the connection and never answers holds `connect` for up to its
@@ -126,8 +125,6 @@ struct Io {
     connected_once: bool,
     /// When the last batch went to the shards.
     last_hand_over: Option<tokio::time::Instant>,
-    /// When the batch held back must go (`mqtt.batch_window`, see [`Io::read_packets`]).
-    due: Option<tokio::time::Instant>,
 }
 
 /// The packet id of the SUBSCRIBE (ingest sends no other packet that takes an id).
@@ -194,6 +191,7 @@ impl Io {
             if rbuf.capacity() - rbuf.len() < room {
                 rbuf.reserve(room.max(READ_ROOM));
             }
+            let held = self.held_until();
             tokio::select! {
                 biased;
                 _ = stop.changed(), if !self.draining => {
@@ -220,7 +218,7 @@ impl Io {
                         self.acks.done(&seqs, &mut out);
                     }
                 }
-                _ = sleep_until(self.due), if self.due.is_some() => {
+                _ = sleep_until(held), if held.is_some() => {
                     // The socket is not read while a batch of QoS 0 messages is held: what the
                     // broker sent meanwhile is taken now, in one read, and goes with it (this
                     // thread wakes once a window, not once per read).
@@ -232,7 +230,7 @@ impl Io {
                         self.hand_over(&mut out).await?;
                     }
                 }
-                r = rd.read_buf(&mut rbuf), if self.due.is_none() || self.batch.unacked > 0 => {
+                r = rd.read_buf(&mut rbuf), if held.is_none() || self.batch.unacked > 0 => {
                     got(r)?;
                     let read = self.read_packets(&mut rbuf, &mut out).await?;
                     awaiting_pong &= !read.pong;
@@ -284,18 +282,13 @@ impl Io {
                 Err(e) => return Err(format!("bad packet from the broker: {e:?}")),
             }
         };
-        if self.batch.len > 0 {
-            let now = tokio::time::Instant::now();
-            match self.last_hand_over {
-                // Dense traffic: the batch waits for more, up to the window after the last one.
-                Some(last)
-                    if now < last + self.ing.conn.batch_window
-                        && self.batch.unacked < HOLD_UNACKED =>
-                {
-                    self.due.get_or_insert(last + self.ing.conn.batch_window);
-                }
-                _ => self.hand_over(out).await?,
-            }
+        // Dense traffic: the batch waits for more, up to the window after the last hand-over.
+        let hold = self.batch.unacked < HOLD_UNACKED
+            && self
+                .held_until()
+                .is_some_and(|due| tokio::time::Instant::now() < due);
+        if self.batch.len > 0 && !hold {
+            self.hand_over(out).await?;
         }
         Ok(Read { pong, need })
     }
@@ -359,6 +352,14 @@ impl Io {
         }
     }
 
+    /// When the batch gathered must go: the window after the last hand-over (None without a
+    /// batch, or before the first hand-over). Between reads a batch is there only when held:
+    /// `read_packets` hands over any other.
+    fn held_until(&self) -> Option<tokio::time::Instant> {
+        let last = self.last_hand_over.filter(|_| self.batch.len > 0)?;
+        Some(last + self.ing.conn.batch_window)
+    }
+
     /// A batch held back when the connection ended goes to the shards: its messages were
     /// received, and a broker with a clean session would not deliver them again. (What finishes
     /// while this waits for room is not acknowledged: a broker that kept the session delivers
@@ -375,7 +376,6 @@ impl Io {
     /// Sends what was gathered; finished messages that arrive meanwhile are acknowledged.
     async fn hand_over(&mut self, out: &mut BytesMut) -> Result<(), String> {
         self.last_hand_over = Some(tokio::time::Instant::now());
-        self.due = None;
         let mut finished = Vec::new();
         let r = self
             .batch
