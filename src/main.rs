@@ -220,14 +220,14 @@ fn main() {
                 "rulechain",
                 &mut std::io::stdout(),
             );
-            0
+            cli::EXIT_OK
         }
         Command::Man => {
             match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => 0,
+                Ok(()) => cli::EXIT_OK,
                 Err(e) => {
                     eprintln!("error: cannot write the manual page: {e}");
-                    2
+                    cli::EXIT_USAGE
                 }
             }
         }

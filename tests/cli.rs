@@ -1171,7 +1171,7 @@ fn init_makes_a_project_that_validates_tests_and_replays_at_once() {
 }
 
 #[test]
-fn rulechain_config_names_the_config_when_none_is_given() {
+fn rulechain_config_is_the_config_when_none_is_given() {
     let dir = scratch("envconfig");
     write(&dir, "cfg.yaml", "channels:\n  ops: {log: {}}\n");
     let chain = write(
@@ -1179,24 +1179,22 @@ fn rulechain_config_names_the_config_when_none_is_given() {
         "chain.yaml",
         "chain: c\nnodes:\n  - notify: [pager]\n",
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_rulechain"))
-        .args(["validate", &chain])
-        .env("RULECHAIN_CONFIG", dir.join("cfg.yaml"))
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let validate_with = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rulechain"))
+            .args(["validate", &chain])
+            .env("RULECHAIN_CONFIG", dir.join(config))
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let o = validate_with("cfg.yaml");
     assert_eq!(
         o.status.code(),
         Some(1),
         "checked against the config's channels"
     );
     assert!(stdout(&o).contains("pager"), "{}", stdout(&o));
-    let missing = Command::new(env!("CARGO_BIN_EXE_rulechain"))
-        .args(["validate", &chain])
-        .env("RULECHAIN_CONFIG", dir.join("nope.yaml"))
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let missing = validate_with("nope.yaml");
     assert_ne!(
         missing.status.code(),
         Some(0),
