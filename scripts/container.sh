@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '%s\n' "$*"; }
 fail() { say "container check FAILED: $*" >&2; exit 1; }
+. scripts/engine-check.sh
 
 lint() {
   local f=Containerfile
@@ -38,12 +39,7 @@ lint() {
 # with STOP and check its state.
 smoke() {
   local mqtt=$1 http=$2 state=$3; shift 3
-  local i
-  for i in $(seq 1 100); do
-    if "$client" healthcheck --url "http://127.0.0.1:$http/readyz" --timeout 1s 2>/dev/null; then break; fi
-    sleep 0.3
-  done
-  "$client" healthcheck --url "http://127.0.0.1:$http/readyz" || fail "/readyz did not answer 200"
+  wait_ready "$client" "$http" "$work/engine.log"
   "$client" simulate --broker "mqtt://127.0.0.1:$mqtt" --devices 2 --rate 5 --count 10 \
     > "$work/simulate.log" 2>&1 || fail "the simulator could not publish: $(tail -3 "$work/simulate.log")"
   local seen=""
@@ -64,8 +60,6 @@ print(sum(c.get("messages", 0) for c in chains if c["name"] == "store-telemetry"
   say "smoke: stopped, state saved ($(du -h "$state/state.redb" | cut -f1))"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 lint
 runtime=""
 for r in podman docker; do
@@ -77,8 +71,7 @@ if [ -z "$bin" ]; then
   bin="${CARGO_TARGET_DIR:-target}/release/rulechain"
 fi
 client="$bin"
-mqtt=$(free_port); http=$(free_port)
-while [ "$http" = "$mqtt" ]; do http=$(free_port); done  # a released port may come again
+free_ports
 work="$(mktemp -d "${TMPDIR:-/tmp}/rulechain-container.XXXXXX")"
 trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
@@ -89,6 +82,7 @@ if [ -n "$runtime" ]; then
   "$runtime" volume rm -f rulechain-check-state >/dev/null 2>&1 || true
   "$runtime" run -d --name rulechain-check -p "127.0.0.1:$mqtt:1883" -p "127.0.0.1:$http:8080" \
     -v rulechain-check-state:/var/lib/rulechain rulechain:check >/dev/null
+  "$runtime" logs -f rulechain-check > "$work/engine.log" 2>&1 &
   state="$work/state"
   stop_container() {
     "$runtime" stop -t 20 rulechain-check >/dev/null

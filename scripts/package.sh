@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '%s\n' "$*"; }
 fail() { say "package check FAILED: $*" >&2; exit 1; }
+. scripts/engine-check.sh
 target="${CARGO_TARGET_DIR:-target}"
 
 command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked
@@ -47,9 +48,7 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   [ -z "$out" ] || fail "systemd-analyze: $out"
   say "the packaged unit verifies"
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-mqtt=$(free_port); http=$(free_port)
-while [ "$http" = "$mqtt" ]; do http=$(free_port); done  # a released port may come again
+free_ports
 mkdir -p "$root/var/lib/rulechain"
 sed -e "s|/var/lib/rulechain|$root/var/lib/rulechain|" -e "s|127.0.0.1:1883|127.0.0.1:$mqtt|" \
     -e "s|127.0.0.1:8080|127.0.0.1:$http|" "$root/etc/rulechain/rulechain.yaml" > "$work/rulechain.yaml.new"
@@ -57,11 +56,7 @@ mv "$work/rulechain.yaml.new" "$root/etc/rulechain/rulechain.yaml"
 (cd "$root/var/lib/rulechain" && RULECHAIN_CONFIG="$root/etc/rulechain/rulechain.yaml" \
   exec "$root/usr/bin/rulechain" run > "$work/engine.log" 2>&1) &
 engine=$!
-for i in $(seq 1 100); do
-  "$root/usr/bin/rulechain" healthcheck --url "http://127.0.0.1:$http/readyz" --timeout 1s 2>/dev/null && break
-  sleep 0.3
-done
-"$root/usr/bin/rulechain" healthcheck --url "http://127.0.0.1:$http/readyz" || fail "not ready: $(tail -5 "$work/engine.log")"
+wait_ready "$root/usr/bin/rulechain" "$http" "$work/engine.log"
 "$root/usr/bin/rulechain" --version
 kill -TERM "$engine"; wait "$engine" || fail "the engine did not stop cleanly"
 [ -e "$root/var/lib/rulechain/state.redb" ] || fail "no state saved"
@@ -78,17 +73,12 @@ if [ -n "${PACKAGE_INSTALL:-}" ] && [ "$(id -u)" = 0 ]; then
     dpkg -i "$deb" >/dev/null 2>&1 || fail "dpkg -i failed"
     trap '[ -n "${KEEP:-}" ] || rm -rf "$work"; dpkg --purge rulechain >/dev/null 2>&1 || true; rm -rf /var/lib/rulechain' EXIT
     [ -x /usr/bin/rulechain ] && [ -f /etc/rulechain/rulechain.yaml ] || fail "the installed files are missing"
-    mqtt=$(free_port); http=$(free_port)
-while [ "$http" = "$mqtt" ]; do http=$(free_port); done  # a released port may come again
+    free_ports
     mkdir -p /var/lib/rulechain
     (cd / && exec env -u RULECHAIN_CONFIG /usr/bin/rulechain run --mqtt-listen "127.0.0.1:$mqtt" \
       --http-listen "127.0.0.1:$http" > "$work/installed.log" 2>&1) &
     engine=$!
-    for i in $(seq 1 100); do
-      /usr/bin/rulechain healthcheck --url "http://127.0.0.1:$http/readyz" --timeout 1s 2>/dev/null && break
-      sleep 0.3
-    done
-    /usr/bin/rulechain healthcheck --url "http://127.0.0.1:$http/readyz" || fail "the installed engine is not ready: $(tail -5 "$work/installed.log")"
+    wait_ready /usr/bin/rulechain "$http" "$work/installed.log"
     grep -q "using the config /etc/rulechain/rulechain.yaml" "$work/installed.log" || fail "the packaged config was not found by itself"
     kill -TERM "$engine"; wait "$engine" || fail "the installed engine did not stop cleanly"
     [ -e /var/lib/rulechain/state.redb ] || fail "no state in /var/lib/rulechain"
